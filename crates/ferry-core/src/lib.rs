@@ -1,0 +1,26 @@
+//! Ferry's core vocabulary, shared by every source, sink and the engine. No I/O.
+//!
+//! - [`position`]: where a source is in its log ([`Position`], [`Lsn`]); ordered and persisted.
+//! - [`table`]: table identity and shape ([`TableId`], [`TableSchema`]).
+//! - [`change`]: what flows from a source to a sink ([`SourceEvent`], [`RowChange`], [`Value`]).
+//! - [`filter`]: which tables a changefeed selects ([`TableFilter`], TiCDC's rule syntax).
+//! - [`uri`]: source and sink connection strings, with secrets that never print.
+//! - [`sink`]: the contract every sink keeps ([`Sink`]), including the checkpoint invariant.
+//!
+//! Data flows `source → SourceEvent → engine → Sink`. A source emits committed
+//! transactions in commit order as a *stream* of events (begin, changes, commit), never as
+//! one buffered value, so memory stays bounded whatever a transaction's size.
+
+pub mod change;
+pub mod filter;
+pub mod position;
+pub mod sink;
+pub mod table;
+pub mod uri;
+
+pub use change::{Row, RowChange, SourceEvent, Value};
+pub use filter::{FilterError, TableFilter};
+pub use position::{Lsn, ParsePositionError, Position};
+pub use sink::{ErrorClass, Sink, SinkError};
+pub use table::{ColumnSchema, ReplicaIdentity, TableId, TableSchema};
+pub use uri::{ConnectionUri, SinkUri, UriError};

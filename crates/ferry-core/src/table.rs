@@ -1,0 +1,109 @@
+//! Table identity and shape, as a source describes them and a sink recreates them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A table's schema-qualified name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TableId {
+    /// Schema (PostgreSQL) or database (MySQL) name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+}
+
+impl TableId {
+    /// A table id from its two parts.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableId {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The name quoted for SQL: `"schema"."table"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Quotes an SQL identifier, doubling embedded quotes.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// What a source sends as the old row of an update or delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaIdentity {
+    /// The primary key's columns (PostgreSQL's default).
+    Default,
+    /// Every column.
+    Full,
+    /// The columns of a chosen unique index.
+    Index,
+    /// Nothing: updates and deletes cannot be matched on a target.
+    Nothing,
+}
+
+/// One column of a table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSchema {
+    /// Column name.
+    pub name: String,
+    /// The column's type as SQL, schema-qualified where needed (`numeric(12,2)`, `public.mood`).
+    pub type_name: String,
+    /// The source's type id (PostgreSQL OID).
+    pub type_oid: u32,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+}
+
+/// A table's shape: its columns and the key a sink matches rows by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    /// The table.
+    pub id: TableId,
+    /// Columns in the source's order (the order row values arrive in).
+    pub columns: Vec<ColumnSchema>,
+    /// Indexes into `columns` of the key that identifies a row: the primary key, else the
+    /// replica identity index. Empty for a table without one.
+    pub key: Vec<usize>,
+    /// What the source sends as an old row.
+    pub identity: ReplicaIdentity,
+}
+
+impl TableSchema {
+    /// Whether rows can be matched by a key (primary key or unique replica identity index).
+    pub fn has_key(&self) -> bool {
+        !self.key.is_empty()
+    }
+
+    /// Whether updates and deletes of this table reach a sink. Without a key and without
+    /// `REPLICA IDENTITY FULL` the source must not publish them.
+    pub fn replicates_updates(&self) -> bool {
+        self.has_key() || self.identity == ReplicaIdentity::Full
+    }
+
+    /// The column named `name`.
+    pub fn column(&self, name: &str) -> Option<&ColumnSchema> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_quotes() {
+        assert_eq!(TableId::new("a\"b", "T").quoted(), "\"a\"\"b\".\"T\"");
+    }
+}
