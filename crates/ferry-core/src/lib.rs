@@ -22,5 +22,7 @@ pub use change::{Row, RowChange, SourceEvent, Value};
 pub use filter::{FilterError, TableFilter};
 pub use position::{Lsn, ParsePositionError, Position};
 pub use sink::{ErrorClass, Sink, SinkError};
-pub use table::{ColumnSchema, ReplicaIdentity, TableId, TableSchema};
-pub use uri::{ConnectionUri, SinkUri, UriError};
+pub use table::{
+    quote_ident, ColumnSchema, ReplicaIdentity, TableId, TableSchema, UserType, UserTypeKind,
+};
+pub use uri::{parse_postgres_uri, ConnectionUri, SinkUri, UriError};

@@ -64,6 +64,11 @@ pub struct ColumnSchema {
     pub type_oid: u32,
     /// Whether NULL is allowed.
     pub nullable: bool,
+    /// What rows that existed before the column was added read as (PostgreSQL's
+    /// `attmissingval`, from `ADD COLUMN … DEFAULT`), in text form. Such rows change
+    /// without any row event, so a target adding the column must fill them the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_value: Option<String>,
 }
 
 /// A table's shape: its columns and the key a sink matches rows by.
@@ -78,6 +83,38 @@ pub struct TableSchema {
     pub key: Vec<usize>,
     /// What the source sends as an old row.
     pub identity: ReplicaIdentity,
+    /// User-defined types the columns use, in creation order (a domain after its base).
+    #[serde(default)]
+    pub user_types: Vec<UserType>,
+}
+
+/// A user-defined type a target must create before the table that uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserType {
+    /// Schema-qualified, quoted name (`"public"."mood"`).
+    pub name: String,
+    /// What it is.
+    pub kind: UserTypeKind,
+}
+
+/// The definition of a [`UserType`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserTypeKind {
+    /// An enum with its labels in sort order.
+    Enum {
+        /// Labels.
+        labels: Vec<String>,
+    },
+    /// A domain over a base type with its constraints (SQL, as the source prints them).
+    Domain {
+        /// The base type as SQL.
+        base: String,
+        /// `NOT NULL` domain.
+        not_null: bool,
+        /// `CHECK (...)` clauses.
+        checks: Vec<String>,
+    },
 }
 
 impl TableSchema {

@@ -1,1 +1,36 @@
-//! placeholder
+//! PostgreSQL, both ends: the logical replication source and the transactional sink.
+//!
+//! # Source
+//! ```text
+//!  publication(s) ─┐                        ┌─ snapshot: COPY chunks inside the exported
+//!  slot ───────────┼─ CREATE_REPLICATION_SLOT │  snapshot, bytes passed straight to the sink
+//!                  │  (EXPORT_SNAPSHOT)       └─ then START_REPLICATION on the same session:
+//!                  │                             pgoutput → decode → SourceEvent stream
+//! ```
+//! - [`slot`]: names derived from the changefeed id, publications (a second, insert-only
+//!   one for tables without a replica identity, so the source's own UPDATEs never fail),
+//!   the replication slot and its exported snapshot.
+//! - [`catalog`]: which tables a filter selects, their columns, keys and user types.
+//! - [`snapshot`]: chunk planning by key range and the `COPY … TO STDOUT` reader.
+//! - [`decode`]: the pgoutput byte decoder (fuzzed and property-tested).
+//! - [`source`]: the replication stream, turned into [`ferry_core::SourceEvent`]s.
+//!
+//! # Sink
+//! - [`sink`]: DDL for missing tables and column changes, `COPY FROM` for snapshot chunks,
+//!   pipelined statements for the stream, and the checkpoint table written in the same
+//!   transaction as the data.
+//!
+//! # Sessions
+//! Every connection pins `DateStyle=ISO`, `IntervalStyle=postgres`, `TimeZone=UTC`,
+//! `extra_float_digits=3` and `bytea_output=hex`, so the text a source prints is the text
+//! a target parses back to the same value.
+
+pub mod catalog;
+pub mod connect;
+pub mod decode;
+pub mod sink;
+pub mod slot;
+pub mod snapshot;
+pub mod source;
+
+pub use connect::PgError;

@@ -1,1 +1,46 @@
-//! placeholder
+//! Throwaway servers for Ferry's integration tests.
+//!
+//! Every test gets its own server process on a free loopback port in a fresh temporary
+//! directory, so tests run in parallel (threads or `cargo nextest` processes) without sharing
+//! state. Servers come from the machine's packages (`scripts/setup` installs them); there is no
+//! Docker. A server lives as long as its handle: dropping it stops the process and deletes its
+//! directory.
+//!
+//! - [`postgres`]: [`PgCluster`], an `initdb`-fresh PostgreSQL cluster with `wal_level=logical`,
+//!   a superuser `ferry` and optional password authentication.
+//! - [`ferry`]: [`FerryServer`], the real `ferry server` binary on a free port, with
+//!   `kill -9` and restart, and a tiny blocking HTTP client for its API.
+//! - [`wait`]: [`wait_for`] and [`wait_for_async`], deadline-bounded polling for assertions on
+//!   eventually-true conditions (a checkpoint saved, rows arrived).
+//!
+//! ```no_run
+//! use ferry_testkit::PgCluster;
+//!
+//! # async fn example() {
+//! let pg = PgCluster::start();
+//! pg.create_database("source");
+//! let client = pg.connect("source").await;
+//! client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+//! assert_eq!(pg.psql("source", "SELECT count(*) FROM t"), "0");
+//! # }
+//! ```
+//!
+//! Helpers panic with a descriptive message (including the server log where useful) instead of
+//! returning errors: they are test fixtures, and a panic is the clearest failure a test can
+//! report.
+//!
+//! # Running as root
+//!
+//! PostgreSQL refuses to run as root, and CI containers usually are root. The testkit then runs
+//! server processes as an unprivileged account (the `postgres` system user, else `nobody`) and
+//! hands it the temporary directory; client tools such as `psql` and `pgbench` stay as the
+//! current user and connect over TCP.
+
+pub mod ferry;
+pub mod postgres;
+mod server_user;
+pub mod wait;
+
+pub use ferry::FerryServer;
+pub use postgres::{pg_bin_dir, PgCluster, PgOptions};
+pub use wait::{wait_for, wait_for_async};

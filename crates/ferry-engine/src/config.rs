@@ -1,0 +1,125 @@
+//! A changefeed's configuration: what the operator asked for.
+
+use ferry_core::{ConnectionUri, SinkUri, TableFilter};
+use serde::{Deserialize, Serialize};
+
+/// Default snapshot copy workers: enough to keep a target busy while one worker waits on
+/// the source, few enough for a small machine.
+pub const DEFAULT_SNAPSHOT_WORKERS: usize = 4;
+/// Default most row changes in one target transaction.
+pub const DEFAULT_BATCH_MAX_ROWS: usize = 20_000;
+/// Default longest a batch stays open while more changes keep arriving (milliseconds).
+pub const DEFAULT_BATCH_MAX_WAIT_MS: u64 = 200;
+
+/// A configuration that is not acceptable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The id does not match `^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`.
+    #[error("id {0:?} is invalid: use 1-128 letters, digits, '_' or '-', starting with a letter or digit")]
+    InvalidId(String),
+    /// An option is out of range.
+    #[error("{field} {problem}")]
+    InvalidOption {
+        /// The option's path.
+        field: &'static str,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+/// Tuning knobs; every one has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Parallel snapshot copy workers.
+    pub snapshot_workers: usize,
+    /// Most row changes in one target transaction.
+    pub batch_max_rows: usize,
+    /// Longest a batch stays open while changes keep arriving, in milliseconds.
+    pub batch_max_wait_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            snapshot_workers: DEFAULT_SNAPSHOT_WORKERS,
+            batch_max_rows: DEFAULT_BATCH_MAX_ROWS,
+            batch_max_wait_ms: DEFAULT_BATCH_MAX_WAIT_MS,
+        }
+    }
+}
+
+/// One changefeed's static configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangefeedConfig {
+    /// Unique within its namespace.
+    pub id: String,
+    /// Tenant namespace.
+    pub namespace: String,
+    /// The source database (password inside; prints masked).
+    pub source_uri: ConnectionUri,
+    /// The sink.
+    pub sink_uri: SinkUri,
+    /// Table rules; empty selects every table of every non-system schema.
+    pub tables: TableFilter,
+    /// Tuning.
+    #[serde(default)]
+    pub options: Options,
+    /// Creation time, microseconds since the Unix epoch.
+    pub created_at_us: i64,
+}
+
+impl ChangefeedConfig {
+    /// `namespace/id`: the key of everything stored about this changefeed.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.id)
+    }
+
+    /// Checks everything that needs no I/O.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_id(&self.id)?;
+        if self.options.snapshot_workers == 0 || self.options.snapshot_workers > 64 {
+            return Err(ConfigError::InvalidOption {
+                field: "options.snapshot_workers",
+                problem: "must be between 1 and 64",
+            });
+        }
+        if self.options.batch_max_rows == 0 {
+            return Err(ConfigError::InvalidOption {
+                field: "options.batch_max_rows",
+                problem: "must be > 0",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks an id (or namespace) against `^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`.
+pub fn validate_id(id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidId(id.chars().take(140).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "orders", "A-1_b", &"x".repeat(128)] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "_a", "a b", "a/b", "ä", &"x".repeat(129)] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The sink a changefeed's configuration picks, and the blackhole sink.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_core::{Lsn, Position, RowChange, Sink, SinkError, SinkUri, TableSchema};
+use ferry_postgres::sink::{FinishedChunk, PgSink};
+use futures::{Stream, StreamExt};
+
+/// Discards everything but keeps counts, to measure a source alone (as TiCDC's blackhole).
+#[derive(Debug, Default)]
+pub(crate) struct BlackholeSink {
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+    checkpoint: Option<Position>,
+}
+
+/// A configured sink.
+pub(crate) enum AnySink {
+    Postgres(Box<PgSink>),
+    Blackhole(BlackholeSink),
+}
+
+impl AnySink {
+    pub(crate) async fn connect(uri: &SinkUri, changefeed: &str) -> Result<Self, SinkError> {
+        Ok(match uri {
+            SinkUri::Postgres(uri) => {
+                AnySink::Postgres(Box::new(PgSink::connect(uri, changefeed).await?))
+            }
+            SinkUri::Blackhole => AnySink::Blackhole(BlackholeSink::default()),
+        })
+    }
+
+    pub(crate) async fn reset_state(&mut self) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.reset_state().await,
+            AnySink::Blackhole(_) => Ok(()),
+        }
+    }
+
+    pub(crate) async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.finished_chunks().await,
+            AnySink::Blackhole(_) => Ok(Vec::new()),
+        }
+    }
+
+    pub(crate) async fn copy_chunk<S, E>(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot_lsn: Lsn,
+        replace: bool,
+        data: S,
+    ) -> Result<u64, SinkError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match self {
+            AnySink::Postgres(s) => {
+                s.copy_chunk(schema, chunk, snapshot_lsn, replace, data)
+                    .await
+            }
+            AnySink::Blackhole(b) => {
+                let mut data = std::pin::pin!(data);
+                let mut rows = 0u64;
+                while let Some(item) = data.next().await {
+                    let bytes = item.map_err(|e| SinkError::Connect {
+                        what: "read a snapshot chunk".into(),
+                        source: Box::new(e),
+                    })?;
+                    rows += bytes.iter().filter(|&&c| c == b'\n').count() as u64;
+                    b.bytes += bytes.len() as u64;
+                }
+                b.rows += rows;
+                Ok(rows)
+            }
+        }
+    }
+
+    pub(crate) async fn abort_batch(&mut self) {
+        if let AnySink::Postgres(s) = self {
+            s.abort_batch().await;
+        }
+    }
+}
+
+impl Sink for AnySink {
+    async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.load_checkpoint().await,
+            AnySink::Blackhole(b) => Ok(b.checkpoint),
+        }
+    }
+
+    async fn ensure_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.ensure_table(schema).await,
+            AnySink::Blackhole(_) => Ok(()),
+        }
+    }
+
+    async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.apply(change).await,
+            AnySink::Blackhole(b) => {
+                b.rows += 1;
+                b.bytes += change.payload_bytes() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.commit_batch(checkpoint).await,
+            AnySink::Blackhole(b) => {
+                b.checkpoint = Some(checkpoint);
+                Ok(())
+            }
+        }
+    }
+}

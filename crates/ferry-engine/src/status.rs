@@ -1,0 +1,189 @@
+//! What a changefeed is doing now, as the API shows it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_core::{Position, TableId};
+use serde::Serialize;
+
+/// A changefeed's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedState {
+    /// Created and not started, or stopped by an operator.
+    Stopped,
+    /// Replicating.
+    Running,
+    /// A transient failure; retrying with backoff (see `last_warning`).
+    Error,
+    /// A definite failure; needs an operator (see `last_error`).
+    Failed,
+}
+
+/// Which part of the job runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Copying the tables' existing rows.
+    Snapshot,
+    /// Applying the change stream.
+    Streaming,
+}
+
+/// Snapshot progress of one table.
+#[derive(Clone, Debug, Serialize)]
+pub struct TableProgress {
+    /// `schema.table`.
+    pub table: String,
+    /// `pending`, `copying`, `copied`.
+    pub state: &'static str,
+    /// Rows copied so far.
+    pub rows_copied: u64,
+    /// The source's row estimate.
+    pub rows_estimated: u64,
+    /// Chunks copied / planned.
+    pub chunks_done: u32,
+    /// Chunks planned.
+    pub chunks_total: u32,
+}
+
+/// The live, mutable part, shared between a runner and the API.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) state: FeedState,
+    pub(crate) phase: Phase,
+    /// The durable position (last committed batch, or idle position confirmed).
+    pub(crate) checkpoint: Option<Position>,
+    /// Source time of the checkpoint, microseconds since the Unix epoch.
+    pub(crate) checkpoint_time_us: Option<i64>,
+    /// Whether everything received has been applied and nothing is in flight.
+    pub(crate) caught_up: bool,
+    pub(crate) last_error: Option<(String, i64)>,
+    pub(crate) last_warning: Option<(String, i64)>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) tables: Vec<TableProgress>,
+    pub(crate) rows_applied: u64,
+    pub(crate) transactions_applied: u64,
+    pub(crate) batches_committed: u64,
+}
+
+/// A handle to a changefeed's live status.
+#[derive(Clone, Debug)]
+pub(crate) struct StatusCell(Arc<Mutex<Live>>);
+
+impl StatusCell {
+    pub(crate) fn new(phase: Phase) -> Self {
+        StatusCell(Arc::new(Mutex::new(Live {
+            state: FeedState::Running,
+            phase,
+            checkpoint: None,
+            checkpoint_time_us: None,
+            caught_up: false,
+            last_error: None,
+            last_warning: None,
+            warnings: Vec::new(),
+            tables: Vec::new(),
+            rows_applied: 0,
+            transactions_applied: 0,
+            batches_committed: 0,
+        })))
+    }
+
+    /// Runs `f` on the live status.
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut Live) -> R) -> R {
+        let mut live = self
+            .0
+            .lock()
+            .expect("status lock is never poisoned: no panics inside");
+        f(&mut live)
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// RFC 3339 text of a Unix-epoch microsecond time.
+pub(crate) fn rfc3339(us: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The status document of `GET /changefeeds/{id}/status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangefeedStatus {
+    /// Changefeed id.
+    pub id: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Lifecycle state.
+    pub state: FeedState,
+    /// Snapshot or streaming.
+    pub phase: Phase,
+    /// The durable source position (`0/16B3748`), if any.
+    pub checkpoint_position: Option<String>,
+    /// Source commit time of the checkpoint (RFC 3339).
+    pub checkpoint_time: Option<String>,
+    /// Seconds the target is behind the source (0 when caught up).
+    pub lag_seconds: Option<f64>,
+    /// The last definite error, with a hint.
+    pub last_error: Option<String>,
+    /// When `last_error` happened.
+    pub last_error_time: Option<String>,
+    /// The last transient error (retried).
+    pub last_warning: Option<String>,
+    /// When `last_warning` happened.
+    pub last_warning_time: Option<String>,
+    /// Standing warnings (e.g. tables whose updates cannot be replicated).
+    pub warnings: Vec<String>,
+    /// Row changes applied by the stream.
+    pub rows_applied: u64,
+    /// Source transactions applied by the stream.
+    pub transactions_applied: u64,
+    /// Snapshot rows copied.
+    pub snapshot_rows_copied: u64,
+    /// Snapshot progress by table.
+    pub tables: Vec<TableProgress>,
+}
+
+impl StatusCell {
+    pub(crate) fn snapshot(&self, id: &str, namespace: &str) -> ChangefeedStatus {
+        self.update(|live| {
+            let lag_seconds = match (live.phase, live.checkpoint_time_us) {
+                (Phase::Streaming, _) if live.caught_up => Some(0.0),
+                (Phase::Streaming, Some(t)) => Some(((now_us() - t).max(0) as f64) / 1e6),
+                _ => None,
+            };
+            ChangefeedStatus {
+                id: id.to_string(),
+                namespace: namespace.to_string(),
+                state: live.state,
+                phase: live.phase,
+                checkpoint_position: live.checkpoint.map(|p| p.to_string()),
+                checkpoint_time: live.checkpoint_time_us.map(rfc3339),
+                lag_seconds,
+                last_error: live.last_error.as_ref().map(|e| e.0.clone()),
+                last_error_time: live.last_error.as_ref().map(|e| rfc3339(e.1)),
+                last_warning: live.last_warning.as_ref().map(|e| e.0.clone()),
+                last_warning_time: live.last_warning.as_ref().map(|e| rfc3339(e.1)),
+                warnings: live.warnings.clone(),
+                rows_applied: live.rows_applied,
+                transactions_applied: live.transactions_applied,
+                snapshot_rows_copied: live.tables.iter().map(|t| t.rows_copied).sum(),
+                tables: live.tables.clone(),
+            }
+        })
+    }
+}
+
+/// Progress of `table` in a list.
+pub(crate) fn table_entry<'a>(
+    tables: &'a mut [TableProgress],
+    table: &TableId,
+) -> Option<&'a mut TableProgress> {
+    let name = table.to_string();
+    tables.iter_mut().find(|t| t.table == name)
+}

@@ -1,0 +1,237 @@
+//! What the source's catalog says: selected tables, their columns, keys and user types.
+//!
+//! Catalog sessions run with an empty `search_path`, so `format_type` qualifies every type
+//! outside `pg_catalog` (`public.mood`), and the SQL we generate for a target is unambiguous.
+
+use ferry_core::{
+    quote_ident, ColumnSchema, ReplicaIdentity, TableFilter, TableId, TableSchema, UserType,
+    UserTypeKind,
+};
+use tokio_postgres::Client;
+
+use crate::PgError;
+
+/// A table the filter selects, with the facts needed to plan its replication.
+#[derive(Clone, Debug)]
+pub struct SelectedTable {
+    /// The table's shape.
+    pub schema: TableSchema,
+    /// The source's OID for it.
+    pub oid: u32,
+    /// The planner's row estimate (`reltuples`), `None` when never analyzed.
+    pub estimated_rows: Option<u64>,
+}
+
+/// Makes a catalog session qualify type names.
+pub async fn prepare_session(client: &Client) -> Result<(), PgError> {
+    client
+        .batch_execute("SET search_path TO ''")
+        .await
+        .map_err(|e| PgError::new("set search_path", e))
+}
+
+/// Every ordinary table `filter` selects, sorted by name.
+pub async fn selected_tables(
+    client: &Client,
+    filter: &TableFilter,
+) -> Result<Vec<SelectedTable>, PgError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.oid, c.reltuples::float8
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
+               AND n.nspname NOT LIKE 'pg\\_%'
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::new("list source tables", e))?;
+    let mut tables = Vec::new();
+    for row in rows {
+        let id = TableId::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        if !filter.matches(&id) {
+            continue;
+        }
+        let oid: u32 = row.get(2);
+        let reltuples: f64 = row.get(3);
+        let schema = table_schema(client, oid).await?;
+        tables.push(SelectedTable {
+            schema,
+            oid,
+            estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),
+        });
+    }
+    Ok(tables)
+}
+
+/// The shape of the table with OID `oid`, as the catalog says now.
+pub async fn table_schema(client: &Client, oid: u32) -> Result<TableSchema, PgError> {
+    let head = client
+        .query_one(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| PgError::new(format!("read table {oid}"), e))?;
+    let id = TableId::new(head.get::<_, String>(0), head.get::<_, String>(1));
+    let identity = match head.get::<_, String>(2).as_str() {
+        "f" => ReplicaIdentity::Full,
+        "i" => ReplicaIdentity::Index,
+        "n" => ReplicaIdentity::Nothing,
+        _ => ReplicaIdentity::Default,
+    };
+    let cols = client
+        .query(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid,
+                    NOT a.attnotnull, t.typtype::text, t.oid >= 16384 AS user_defined,
+                    COALESCE(et.typtype::text, ''), COALESCE(et.oid, 0),
+                    CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END
+             FROM pg_catalog.pg_attribute a
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+             LEFT JOIN pg_catalog.pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| PgError::new(format!("read columns of {id}"), e))?;
+    let mut columns = Vec::with_capacity(cols.len());
+    let mut user_types: Vec<UserType> = Vec::new();
+    for row in &cols {
+        let mut type_name: String = row.get(1);
+        let type_oid: u32 = row.get(2);
+        let typtype: String = row.get(4);
+        let user_defined: bool = row.get(5);
+        let elem_typtype: String = row.get(6);
+        let elem_oid: u32 = row.get(7);
+        // Enums and domains (and arrays of them) are recreated on the target; any other
+        // type the target may not have (extension or composite types) travels as text.
+        let (def_oid, def_kind) = if !elem_typtype.is_empty() && elem_oid >= 16384 {
+            (elem_oid, elem_typtype.as_str())
+        } else {
+            (type_oid, typtype.as_str())
+        };
+        match def_kind {
+            "e" | "d" if def_oid >= 16384 => {
+                collect_user_type(client, def_oid, &mut user_types).await?;
+            }
+            _ if user_defined || (elem_oid >= 16384) => type_name = "text".into(),
+            _ => {}
+        }
+        columns.push(ColumnSchema {
+            name: row.get(0),
+            type_name,
+            type_oid,
+            nullable: row.get(3),
+            missing_value: row.get(8),
+        });
+    }
+    let key_names = key_columns(client, oid).await?;
+    let key = key_names
+        .iter()
+        .filter_map(|k| columns.iter().position(|c| &c.name == k))
+        .collect();
+    Ok(TableSchema {
+        id,
+        columns,
+        key,
+        identity,
+        user_types,
+    })
+}
+
+/// The primary key's columns, else the replica identity index's, else none.
+async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, PgError> {
+    let rows = client
+        .query(
+            "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord)
+             FROM pg_catalog.pg_index i
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
+             GROUP BY i.indexrelid, i.indisprimary
+             ORDER BY i.indisprimary DESC
+             LIMIT 1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| PgError::new(format!("read key of table {oid}"), e))?;
+    Ok(rows
+        .first()
+        .map(|r| r.get::<_, Vec<String>>(1))
+        .unwrap_or_default())
+}
+
+/// Adds the enum or domain `oid` (and a domain's user-defined base first) to `out`.
+async fn collect_user_type(
+    client: &Client,
+    oid: u32,
+    out: &mut Vec<UserType>,
+) -> Result<(), PgError> {
+    let mut pending = vec![oid];
+    let mut chain = Vec::new();
+    while let Some(oid) = pending.pop() {
+        let row = client
+            .query_one(
+                "SELECT n.nspname::text, t.typname::text, t.typtype::text, t.typnotnull,
+                        t.typbasetype, pg_catalog.format_type(t.typbasetype, t.typtypmod)
+                 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                 WHERE t.oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| PgError::new(format!("read type {oid}"), e))?;
+        let name = format!(
+            "{}.{}",
+            quote_ident(&row.get::<_, String>(0)),
+            quote_ident(&row.get::<_, String>(1))
+        );
+        let kind = if row.get::<_, String>(2) == "e" {
+            let labels = client
+                .query(
+                    "SELECT enumlabel::text FROM pg_catalog.pg_enum WHERE enumtypid = $1
+                     ORDER BY enumsortorder",
+                    &[&oid],
+                )
+                .await
+                .map_err(|e| PgError::new(format!("read enum {name}"), e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            UserTypeKind::Enum { labels }
+        } else {
+            let base_oid: u32 = row.get(4);
+            if base_oid >= 16384 {
+                pending.push(base_oid);
+            }
+            let checks = client
+                .query(
+                    "SELECT pg_catalog.pg_get_constraintdef(oid) FROM pg_catalog.pg_constraint
+                     WHERE contypid = $1 AND contype = 'c' ORDER BY conname",
+                    &[&oid],
+                )
+                .await
+                .map_err(|e| PgError::new(format!("read domain {name}"), e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            UserTypeKind::Domain {
+                base: row.get(5),
+                not_null: row.get(3),
+                checks,
+            }
+        };
+        chain.push(UserType { name, kind });
+    }
+    // Bases were discovered after the types that use them: create them first.
+    for t in chain.into_iter().rev() {
+        if !out.iter().any(|u| u.name == t.name) {
+            out.push(t);
+        }
+    }
+    Ok(())
+}

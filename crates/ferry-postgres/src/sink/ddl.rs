@@ -1,0 +1,280 @@
+//! Target DDL: Ferry's bookkeeping tables, missing schemas, types and tables, and column
+//! changes that follow the source.
+
+use ferry_core::{quote_ident, SinkError, TableSchema, UserType, UserTypeKind};
+use tokio_postgres::Client;
+
+use super::statement_error;
+
+/// Ferry's bookkeeping in the target: the checkpoint of each changefeed, written in the
+/// same transaction as the data it covers, and the snapshot chunks already copied.
+pub(crate) const BOOKKEEPING: &str = "
+CREATE SCHEMA IF NOT EXISTS _ferry;
+CREATE TABLE IF NOT EXISTS _ferry.checkpoints (
+    changefeed text PRIMARY KEY,
+    position   text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS _ferry.snapshot_chunks (
+    changefeed   text NOT NULL,
+    table_schema text NOT NULL,
+    table_name   text NOT NULL,
+    chunk        int  NOT NULL,
+    rows         bigint NOT NULL,
+    snapshot_lsn text NOT NULL,
+    PRIMARY KEY (changefeed, table_schema, table_name, chunk)
+);";
+
+/// One column as the target has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TargetColumn {
+    pub(crate) name: String,
+    pub(crate) type_name: String,
+}
+
+/// The target's columns of `schema.id`, or `None` when the table does not exist.
+pub(crate) async fn target_columns(
+    client: &Client,
+    schema: &TableSchema,
+) -> Result<Option<Vec<TargetColumn>>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+             FROM pg_catalog.pg_attribute a
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&schema.id.schema, &schema.id.name],
+        )
+        .await
+        .map_err(|e| statement_error(format!("read target columns of {}", schema.id), e))?;
+    if rows.is_empty() {
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&schema.id.schema, &schema.id.name],
+            )
+            .await
+            .map_err(|e| statement_error(format!("look up target table {}", schema.id), e))?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(
+        rows.iter()
+            .map(|r| TargetColumn {
+                name: r.get(0),
+                type_name: r.get(1),
+            })
+            .collect(),
+    ))
+}
+
+/// SQL that creates `schema`'s types (when missing) and table.
+pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
+    let mut sql = format!(
+        "CREATE SCHEMA IF NOT EXISTS {};\n",
+        quote_ident(&schema.id.schema)
+    );
+    for t in &schema.user_types {
+        sql.push_str(&create_type_sql(t));
+    }
+    let mut defs: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}{}",
+                quote_ident(&c.name),
+                c.type_name,
+                if c.nullable { "" } else { " NOT NULL" }
+            )
+        })
+        .collect();
+    if schema.has_key() {
+        let key: Vec<String> = schema
+            .key
+            .iter()
+            .map(|&i| quote_ident(&schema.columns[i].name))
+            .collect();
+        defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    }
+    sql.push_str(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n    {}\n);",
+        schema.id.quoted(),
+        defs.join(",\n    ")
+    ));
+    sql
+}
+
+/// Creates a type unless one of that name exists (another table may have created it).
+fn create_type_sql(t: &UserType) -> String {
+    let body = match &t.kind {
+        UserTypeKind::Enum { labels } => {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|l| format!("'{}'", l.replace('\'', "''")))
+                .collect();
+            format!("CREATE TYPE {} AS ENUM ({})", t.name, labels.join(", "))
+        }
+        UserTypeKind::Domain {
+            base,
+            not_null,
+            checks,
+        } => {
+            let mut s = format!("CREATE DOMAIN {} AS {}", t.name, base);
+            if *not_null {
+                s.push_str(" NOT NULL");
+            }
+            for c in checks {
+                s.push(' ');
+                s.push_str(c);
+            }
+            s
+        }
+    };
+    let schema = t.name.split('.').next().unwrap_or("public");
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};\n\
+         DO $ferry$ BEGIN {body}; EXCEPTION WHEN duplicate_object THEN NULL; END $ferry$;\n"
+    )
+}
+
+/// The ALTERs that bring the target's `current` columns in line with `schema`, or an
+/// error when the change is not one Ferry can follow safely.
+pub(crate) fn alter_table_sql(
+    schema: &TableSchema,
+    current: &[TargetColumn],
+) -> Result<Vec<String>, SinkError> {
+    let table = schema.id.quoted();
+    let added: Vec<_> = schema
+        .columns
+        .iter()
+        .filter(|c| !current.iter().any(|t| t.name == c.name))
+        .collect();
+    let removed: Vec<_> = current
+        .iter()
+        .filter(|t| schema.column(&t.name).is_none())
+        .collect();
+    if !added.is_empty() && !removed.is_empty() {
+        return Err(SinkError::Unsupported {
+            message: format!(
+                "table {}: columns {} disappeared and {} appeared in one change (a rename?); \
+                 Ferry stops rather than drop data. Rename the target columns to match, then \
+                 resume the changefeed",
+                schema.id,
+                names(removed.iter().map(|c| c.name.as_str())),
+                names(added.iter().map(|c| c.name.as_str())),
+            ),
+        });
+    }
+    let mut sql: Vec<String> = schema.user_types.iter().map(create_type_sql).collect();
+    for c in &added {
+        let col = quote_ident(&c.name);
+        match &c.missing_value {
+            // Existing rows got a value without a row event: give them the same one.
+            Some(value) => {
+                let literal = value.replace('\'', "''");
+                sql.push(format!(
+                    "ALTER TABLE {table} ADD COLUMN {col} {ty} DEFAULT '{literal}'::{ty}",
+                    ty = c.type_name
+                ));
+                sql.push(format!(
+                    "ALTER TABLE {table} ALTER COLUMN {col} DROP DEFAULT"
+                ));
+            }
+            None => sql.push(format!(
+                "ALTER TABLE {table} ADD COLUMN {col} {}",
+                c.type_name
+            )),
+        }
+    }
+    for c in &removed {
+        sql.push(format!(
+            "ALTER TABLE {table} DROP COLUMN {}",
+            quote_ident(&c.name)
+        ));
+    }
+    for c in &schema.columns {
+        if let Some(t) = current.iter().find(|t| t.name == c.name) {
+            if t.type_name != c.type_name {
+                let col = quote_ident(&c.name);
+                sql.push(format!(
+                    "ALTER TABLE {table} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}",
+                    ty = c.type_name
+                ));
+            }
+        }
+    }
+    Ok(sql)
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    it.collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
+
+    fn schema(cols: &[(&str, &str)]) -> TableSchema {
+        TableSchema {
+            id: TableId::new("public", "t"),
+            columns: cols
+                .iter()
+                .map(|(n, t)| ColumnSchema {
+                    name: n.to_string(),
+                    type_name: t.to_string(),
+                    type_oid: 0,
+                    nullable: *n != "id",
+                    missing_value: None,
+                })
+                .collect(),
+            key: vec![0],
+            identity: ReplicaIdentity::Default,
+            user_types: vec![],
+        }
+    }
+
+    fn current(cols: &[(&str, &str)]) -> Vec<TargetColumn> {
+        cols.iter()
+            .map(|(n, t)| TargetColumn {
+                name: n.to_string(),
+                type_name: t.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn create_has_key_and_not_null() {
+        let sql = create_table_sql(&schema(&[("id", "integer"), ("v", "text")]));
+        assert!(sql.contains("\"id\" integer NOT NULL"), "{sql}");
+        assert!(sql.contains("PRIMARY KEY (\"id\")"), "{sql}");
+    }
+
+    #[test]
+    fn follows_add_drop_and_type_change() {
+        let s = schema(&[("id", "integer"), ("v", "bigint"), ("w", "text")]);
+        let sql = alter_table_sql(&s, &current(&[("id", "integer"), ("v", "integer")])).unwrap();
+        assert_eq!(sql.len(), 2, "{sql:?}");
+        assert!(sql[0].contains("ADD COLUMN \"w\" text"));
+        assert!(sql[1].contains("ALTER COLUMN \"v\" TYPE bigint USING \"v\"::bigint"));
+        let s = schema(&[("id", "integer")]);
+        let sql = alter_table_sql(&s, &current(&[("id", "integer"), ("v", "integer")])).unwrap();
+        assert_eq!(
+            sql,
+            vec!["ALTER TABLE \"public\".\"t\" DROP COLUMN \"v\"".to_string()]
+        );
+    }
+
+    #[test]
+    fn refuses_ambiguous_rename() {
+        let s = schema(&[("id", "integer"), ("b", "text")]);
+        let err = alter_table_sql(&s, &current(&[("id", "integer"), ("a", "text")])).unwrap_err();
+        assert!(err.to_string().contains("rename"), "{err}");
+    }
+}

@@ -1,0 +1,303 @@
+//! Publications and the replication slot of one changefeed.
+//!
+//! Names derive from the changefeed's key (namespace and id): lowercase, `[a-z0-9_]`, at
+//! most 63 bytes, with a hash of the exact key so that ids differing only in case or `-`/`_`
+//! never share a slot.
+//!
+//! Two publications: the main one publishes every operation for tables that have a key or
+//! `REPLICA IDENTITY FULL`; the `_ins` one publishes only inserts and truncates for the
+//! others. PostgreSQL refuses UPDATE/DELETE on a table without a replica identity once a
+//! publication that publishes them contains it, so putting such a table in the main one
+//! would break the source's own writes.
+
+use ferry_core::{ConnectionUri, ErrorClass, Lsn, TableId};
+use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
+use tokio_postgres::Client;
+
+use crate::connect::SESSION_OPTIONS;
+use crate::PgError;
+
+/// The source-side object names of one changefeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotNames {
+    /// The logical replication slot.
+    pub slot: String,
+    /// Publication of all operations.
+    pub publication: String,
+    /// Publication of inserts and truncates only (tables without a replica identity).
+    pub insert_only_publication: String,
+}
+
+impl SlotNames {
+    /// Names for the changefeed identified by `key` (e.g. `default/orders`).
+    pub fn for_changefeed(key: &str) -> Self {
+        let mut base: String = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        base.truncate(40);
+        let base = format!("ferry_{base}_{:08x}", fnv1a(key.as_bytes()));
+        SlotNames {
+            slot: base.clone(),
+            insert_only_publication: format!("{base}_ins"),
+            publication: base,
+        }
+    }
+
+    /// Both publication names.
+    pub fn publications(&self) -> [&str; 2] {
+        [&self.publication, &self.insert_only_publication]
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Makes publication `name` (publishing `publish`) contain exactly `tables`.
+pub async fn sync_publication(
+    client: &Client,
+    name: &str,
+    publish: &str,
+    tables: &[TableId],
+) -> Result<(), PgError> {
+    let quoted = ferry_core::quote_ident(name);
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| PgError::new(format!("look up publication {name}"), e))?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {quoted} WITH (publish = '{publish}')"
+            ))
+            .await
+            .map_err(|e| PgError::new(format!("create publication {name}"), e))?;
+    }
+    let current: Vec<TableId> = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables
+             WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| PgError::new(format!("read publication {name}"), e))?
+        .iter()
+        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    let add: Vec<String> = tables
+        .iter()
+        .filter(|t| !current.contains(t))
+        .map(TableId::quoted)
+        .collect();
+    let drop: Vec<String> = current
+        .iter()
+        .filter(|t| !tables.contains(t))
+        .map(TableId::quoted)
+        .collect();
+    if !add.is_empty() {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {quoted} ADD TABLE {}",
+                add.join(", ")
+            ))
+            .await
+            .map_err(|e| PgError::new(format!("add tables to publication {name}"), e))?;
+    }
+    if !drop.is_empty() {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {quoted} DROP TABLE {}",
+                drop.join(", ")
+            ))
+            .await
+            .map_err(|e| PgError::new(format!("drop tables from publication {name}"), e))?;
+    }
+    Ok(())
+}
+
+/// The slot's state on the source, if it exists.
+#[derive(Clone, Debug)]
+pub struct SlotState {
+    /// What the slot has confirmed (the oldest position it can still stream from).
+    pub confirmed_flush: Lsn,
+    /// Whether a walsender holds it now.
+    pub active_pid: Option<i32>,
+}
+
+/// Reads slot `slot`.
+pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT COALESCE(confirmed_flush_lsn, '0/0')::text, active_pid
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| PgError::new(format!("read slot {slot}"), e))?;
+    Ok(row.map(|r| SlotState {
+        confirmed_flush: r.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO),
+        active_pid: r.get(1),
+    }))
+}
+
+/// Drops the slot (ending a walsender that still holds it) and both publications.
+/// Objects already gone are fine: this is idempotent.
+pub async fn drop_all(client: &Client, names: &SlotNames) -> Result<(), PgError> {
+    for _ in 0..50 {
+        match slot_state(client, &names.slot).await? {
+            None => break,
+            Some(SlotState {
+                active_pid: Some(pid),
+                ..
+            }) => {
+                let _ = client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Some(SlotState {
+                active_pid: None, ..
+            }) => {
+                match client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&names.slot])
+                    .await
+                {
+                    Ok(_) => break,
+                    // Raced with a walsender that just took it, or another dropper: retry.
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            }
+        }
+    }
+    for publication in names.publications() {
+        client
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                ferry_core::quote_ident(publication)
+            ))
+            .await
+            .map_err(|e| PgError::new(format!("drop publication {publication}"), e))?;
+    }
+    Ok(())
+}
+
+/// A replication-protocol configuration for `slot` on the source `uri`.
+pub fn replication_config(
+    uri: &ConnectionUri,
+    names: &SlotNames,
+    start: Lsn,
+    application_name: &str,
+) -> ReplicationConfig {
+    ReplicationConfig::new(
+        uri.host(),
+        uri.user(),
+        uri.password().unwrap_or_default(),
+        uri.database(),
+        names.slot.clone(),
+        [
+            names.publication.clone(),
+            names.insert_only_publication.clone(),
+        ],
+    )
+    .with_port(uri.port_or(5432))
+    .with_tls(TlsConfig::disabled())
+    .with_start_lsn(pgwire_replication::Lsn(start.0))
+    .with_options(SESSION_OPTIONS)
+    .with_application_name(application_name)
+    .with_status_interval(std::time::Duration::from_secs(1))
+    .with_wakeup_interval(std::time::Duration::from_secs(5))
+    .with_buffer_size(4096)
+}
+
+/// A slot just created, with the snapshot it exported.
+pub struct CreatedSlot {
+    /// The replication session that created it. Its snapshot lives until this session runs
+    /// its next command, so it stays idle until the snapshot copy is done; then it starts
+    /// streaming (or, for a temporary slot, is dropped).
+    pub session: ReplicationClient,
+    /// Where the slot starts: the snapshot shows every transaction committed before it.
+    pub consistent_point: Lsn,
+    /// The exported snapshot's name for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot_name: String,
+}
+
+/// Opens a gated replication session and creates the slot named in `config` with an
+/// exported snapshot. A `temporary` slot disappears with the session.
+pub async fn create_slot_with_snapshot(
+    config: ReplicationConfig,
+    temporary: bool,
+) -> Result<CreatedSlot, PgError> {
+    let slot = config.slot.clone();
+    let mut session = ReplicationClient::connect_gated(config)
+        .await
+        .map_err(|e| replication_error("open replication session", e))?;
+    let sql = format!(
+        "CREATE_REPLICATION_SLOT {} {} LOGICAL pgoutput (SNAPSHOT 'export')",
+        ferry_core::quote_ident(&slot),
+        if temporary { "TEMPORARY" } else { "" }
+    );
+    let rows = session
+        .simple_query(&sql)
+        .await
+        .map_err(|e| replication_error(&format!("create replication slot {slot}"), e))?;
+    let text = |row: &[Option<bytes::Bytes>], i: usize| {
+        row.get(i)
+            .and_then(|v| v.as_ref())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let row = rows
+        .first()
+        .ok_or_else(|| PgError::definite("CREATE_REPLICATION_SLOT returned no row"))?;
+    let consistent_point = text(row, 1)
+        .parse()
+        .map_err(|_| PgError::definite("CREATE_REPLICATION_SLOT returned no consistent point"))?;
+    Ok(CreatedSlot {
+        snapshot_name: text(row, 2),
+        consistent_point,
+        session,
+    })
+}
+
+/// Wraps a replication-client error with its class.
+pub fn replication_error(what: &str, err: pgwire_replication::PgWireError) -> PgError {
+    let class = if err.is_transient() || err.is_io() {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Definite
+    };
+    PgError::other(what, class, err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_valid_and_distinct() {
+        let a = SlotNames::for_changefeed("default/Orders-1");
+        let b = SlotNames::for_changefeed("default/orders_1");
+        assert_ne!(a.slot, b.slot);
+        for n in [&a.slot, &a.publication, &a.insert_only_publication] {
+            assert!(n.len() <= 63, "{n}");
+            assert!(n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        }
+        let long = SlotNames::for_changefeed(&format!("default/{}", "x".repeat(128)));
+        assert!(long.insert_only_publication.len() <= 63);
+    }
+}

@@ -1,0 +1,273 @@
+//! The replication stream, turned into [`SourceEvent`]s.
+//!
+//! pgwire-replication frames the protocol, answers keepalives and sends standby status
+//! updates (also when idle); it hands over `Begin`/`Commit` boundaries and raw pgoutput
+//! payloads, which [`crate::decode`] turns into messages and this module into events:
+//!
+//! ```text
+//! Relation ─► catalog lookup ─► SourceEvent::Schema (cached per relation id)
+//! Insert/Update/Delete/Truncate ─► SourceEvent::Change (values stay zero-copy Bytes)
+//! Begin/Commit ─► SourceEvent::Begin/Commit (Commit carries end_lsn, the resume point)
+//! KeepAlive outside a transaction ─► SourceEvent::Idle (lets `synced` work on a quiet source)
+//! ```
+//!
+//! The slot learns what it may discard only through the `confirms` channel of
+//! [`PgStream::run`], which the engine feeds after a batch and its checkpoint are durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferry_core::{ErrorClass, Lsn, Position, Row, RowChange, SourceEvent, TableSchema};
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
+
+use crate::catalog;
+use crate::decode::{self, OldTuple, PgOutputMessage, RelationMessage};
+use crate::slot::replication_error;
+use crate::PgError;
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// A started replication stream.
+pub struct PgStream {
+    session: ReplicationClient,
+    catalog: Client,
+    relations: HashMap<u32, Arc<TableSchema>>,
+    in_transaction: bool,
+    pending: std::collections::VecDeque<SourceEvent>,
+}
+
+impl PgStream {
+    /// Starts streaming on a gated `session` (its slot and publications set up), using
+    /// `catalog` (a normal connection to the source) to describe relations.
+    pub async fn start(mut session: ReplicationClient, catalog: Client) -> Result<Self, PgError> {
+        catalog::prepare_session(&catalog).await?;
+        session
+            .start()
+            .await
+            .map_err(|e| replication_error("start replication", e))?;
+        session
+            .wait_started()
+            .await
+            .map_err(|e| replication_error("start replication", e))?;
+        Ok(PgStream {
+            session,
+            catalog,
+            relations: HashMap::new(),
+            in_transaction: false,
+            pending: Default::default(),
+        })
+    }
+
+    /// Reads the stream until it ends, the receiver of `events` goes away, or an error
+    /// (sent as the last item). Positions received on `confirms` are reported to the slot
+    /// as durably applied; only the raw receive is ever raced against them, so no decoded
+    /// event is lost to cancellation.
+    pub async fn run(
+        mut self,
+        events: mpsc::Sender<Result<SourceEvent, PgError>>,
+        mut confirms: watch::Receiver<Lsn>,
+    ) {
+        loop {
+            let raw = tokio::select! {
+                biased;
+                changed = confirms.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let lsn = *confirms.borrow_and_update();
+                    self.session.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+                    continue;
+                }
+                raw = self.session.recv() => raw,
+            };
+            let handled = match raw {
+                Ok(Some(event)) => self.translate(event).await,
+                Ok(None) => Err(PgError::other(
+                    "the replication stream ended",
+                    ErrorClass::Transient,
+                    "server closed the stream",
+                )),
+                Err(e) => Err(replication_error("read the replication stream", e)),
+            };
+            if let Err(e) = handled {
+                let _ = events.send(Err(e)).await;
+                return;
+            }
+            while let Some(event) = self.pending.pop_front() {
+                if events.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn translate(&mut self, event: ReplicationEvent) -> Result<(), PgError> {
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.in_transaction = true;
+                self.pending.push_back(SourceEvent::Begin {
+                    commit: Position::PgLsn(Lsn(final_lsn.0)),
+                    commit_time_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
+                });
+            }
+            ReplicationEvent::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.in_transaction = false;
+                self.pending.push_back(SourceEvent::Commit {
+                    end: Position::PgLsn(Lsn(end_lsn.0)),
+                    commit_time_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
+                });
+            }
+            ReplicationEvent::KeepAlive {
+                wal_end,
+                server_time_micros,
+                ..
+            } => {
+                if !self.in_transaction {
+                    self.pending.push_back(SourceEvent::Idle {
+                        position: Position::PgLsn(Lsn(wal_end.0)),
+                        server_time_us: server_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
+                    });
+                }
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let message = decode::decode(&data).map_err(|e| {
+                    PgError::other("decode a pgoutput message", ErrorClass::Definite, e)
+                })?;
+                self.on_message(message).await?;
+            }
+            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, message: PgOutputMessage) -> Result<(), PgError> {
+        match message {
+            PgOutputMessage::Relation(relation) => {
+                let schema = Arc::new(self.describe(&relation).await?);
+                self.relations.insert(relation.id, schema.clone());
+                self.pending.push_back(SourceEvent::Schema(schema));
+            }
+            PgOutputMessage::Insert { relation_id, new } => {
+                let table = self.relation(relation_id)?;
+                check_width(&table, &new)?;
+                self.pending
+                    .push_back(SourceEvent::Change(RowChange::Insert { table, new }));
+            }
+            PgOutputMessage::Update {
+                relation_id,
+                old,
+                new,
+            } => {
+                let table = self.relation(relation_id)?;
+                check_width(&table, &new)?;
+                let old = old.map(|o| match o {
+                    OldTuple::Key(row) | OldTuple::Full(row) => row,
+                });
+                self.pending
+                    .push_back(SourceEvent::Change(RowChange::Update { table, old, new }));
+            }
+            PgOutputMessage::Delete { relation_id, old } => {
+                let table = self.relation(relation_id)?;
+                let old: Row = match old {
+                    OldTuple::Key(row) | OldTuple::Full(row) => row,
+                };
+                self.pending
+                    .push_back(SourceEvent::Change(RowChange::Delete { table, old }));
+            }
+            PgOutputMessage::Truncate {
+                relation_ids,
+                restart_identity,
+                ..
+            } => {
+                let tables = relation_ids
+                    .iter()
+                    .map(|id| self.relation(*id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.pending
+                    .push_back(SourceEvent::Change(RowChange::Truncate {
+                        tables,
+                        restart_identity,
+                    }));
+            }
+            // Begin/Commit/Message arrive as the client's own events; types and origins
+            // need no action (types are read from the catalog with the relation).
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn relation(&self, id: u32) -> Result<Arc<TableSchema>, PgError> {
+        self.relations.get(&id).cloned().ok_or_else(|| {
+            PgError::definite(format!("pgoutput sent a change for unknown relation {id}"))
+        })
+    }
+
+    /// The relation's shape: its columns as pgoutput lists them now, completed from the
+    /// catalog (types, nullability, key, user types).
+    async fn describe(&self, relation: &RelationMessage) -> Result<TableSchema, PgError> {
+        let mut schema = catalog::table_schema(&self.catalog, relation.id).await?;
+        let key_names: Vec<String> = schema
+            .key
+            .iter()
+            .map(|&i| schema.columns[i].name.clone())
+            .collect();
+        let mut columns = Vec::with_capacity(relation.columns.len());
+        for col in &relation.columns {
+            match schema
+                .columns
+                .iter()
+                .find(|c| c.name == col.name && c.type_oid == col.type_oid)
+            {
+                Some(c) => columns.push(c.clone()),
+                None => {
+                    // The catalog moved on since this change: describe it from the message.
+                    let row = self
+                        .catalog
+                        .query_one(
+                            "SELECT pg_catalog.format_type($1, $2), $1 >= 16384",
+                            &[&col.type_oid, &col.type_modifier],
+                        )
+                        .await
+                        .map_err(|e| PgError::new("describe a column type", e))?;
+                    let user: bool = row.get(1);
+                    columns.push(ferry_core::ColumnSchema {
+                        name: col.name.clone(),
+                        type_name: if user { "text".into() } else { row.get(0) },
+                        type_oid: col.type_oid,
+                        nullable: true,
+                        missing_value: None,
+                    });
+                }
+            }
+        }
+        schema.key = key_names
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| &c.name == k))
+            .collect();
+        schema.columns = columns;
+        Ok(schema)
+    }
+}
+
+fn check_width(table: &TableSchema, row: &Row) -> Result<(), PgError> {
+    if row.len() != table.columns.len() {
+        return Err(PgError::definite(format!(
+            "pgoutput sent {} values for {} which has {} columns",
+            row.len(),
+            table.id,
+            table.columns.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! A `ferry server` process for end-to-end tests, and a minimal blocking HTTP client.
+//!
+//! The server runs the real binary (the test passes its path, from
+//! `env!("CARGO_BIN_EXE_ferry")`) on a free loopback port with a temporary data directory,
+//! so tests can `kill -9` it and start it again on the same data.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running (or killed) `ferry server`.
+pub struct FerryServer {
+    binary: PathBuf,
+    addr: SocketAddr,
+    data_dir: tempfile::TempDir,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl FerryServer {
+    /// Starts `binary server` on a free port with a new data directory; waits for health.
+    pub fn start(binary: &Path) -> FerryServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = FerryServer {
+            binary: binary.to_path_buf(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            data_dir: tempfile::Builder::new()
+                .prefix("ferry-data-")
+                .tempdir()
+                .expect("a temp dir"),
+            child: None,
+            starts: 0,
+        };
+        server.restart();
+        server
+    }
+
+    /// The API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The current log file (one per start).
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir
+            .path()
+            .join(format!("server-{}.log", self.starts))
+    }
+
+    /// Starts the server again on the same port and data (after [`FerryServer::kill9`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).expect("create the server log");
+        let child = Command::new(&self.binary)
+            .args(["server", "--addr", &self.addr.to_string(), "--data-dir"])
+            .arg(self.data_dir.path().join("data"))
+            .args(["--log", "info,ferry_engine=debug"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferry server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = self.try_request("GET", "/api/v2/health", None) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("ferry server exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry server did not become healthy: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the server (no shutdown of any kind) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every log of this server so far.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.data_dir.path().join(format!("server-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    /// `GET path`: status and JSON body. Panics when the server is unreachable.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.request("GET", path, None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.request("POST", path, Some(body.to_string().as_bytes()))
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        self.request("DELETE", path, None)
+    }
+
+    /// Any request with a raw body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, serde_json::Value) {
+        self.try_request(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}\n{}", self.log()))
+    }
+
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<(u16, serde_json::Value)> {
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let body = body.unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        )?;
+        stream.write_all(body)?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
+        let payload = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(payload)
+        } else {
+            payload.to_string()
+        };
+        let json = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
+        Ok((status, json))
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+impl Drop for FerryServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Shared fixtures of the end-to-end tests: a source and a target cluster, a Ferry server,
+//! and row-by-row table comparison.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+use ferry_testkit::{FerryServer, PgCluster};
+use serde_json::{json, Value};
+
+/// A source cluster, a target cluster and a server.
+pub struct Pair {
+    pub source: PgCluster,
+    pub target: PgCluster,
+    pub ferry: FerryServer,
+}
+
+impl Pair {
+    /// Starts both clusters (databases `shop` and `analytics`) and a server.
+    pub fn start() -> Pair {
+        let (source, target) = std::thread::scope(|s| {
+            let a = s.spawn(PgCluster::start);
+            let b = s.spawn(PgCluster::start);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        source.create_database("shop");
+        target.create_database("analytics");
+        let ferry = FerryServer::start(std::path::Path::new(env!("CARGO_BIN_EXE_ferry")));
+        Pair {
+            source,
+            target,
+            ferry,
+        }
+    }
+
+    /// Creates changefeed `id` from `shop` to `analytics` with `tables` rules.
+    pub fn create(&self, id: &str, tables: &[&str]) -> Value {
+        let (code, body) = self.ferry.post(
+            "/api/v2/changefeeds",
+            &json!({
+                "id": id,
+                "source_uri": self.source.uri("shop"),
+                "sink_uri": self.target.uri("analytics"),
+                "tables": tables,
+            }),
+        );
+        assert_eq!(code, 201, "create failed: {body}\n{}", self.ferry.log());
+        body
+    }
+
+    /// Waits until `synced` is true; panics (with the status and log) after `timeout`.
+    pub fn wait_synced(&self, id: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (code, body) = self.ferry.get(&format!("/api/v2/changefeeds/{id}/synced"));
+            if code == 200 && body["synced"] == json!(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let (_, status) = self.ferry.get(&format!("/api/v2/changefeeds/{id}/status"));
+                panic!(
+                    "not synced after {timeout:?}: {body}\nstatus: {status}\n{}",
+                    self.ferry.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asserts `table` has the same rows on both sides (sorted COPY text).
+    pub fn assert_same(&self, table: &str) {
+        let source = dump(&self.source, "shop", table);
+        let target = dump(&self.target, "analytics", table);
+        if source != target {
+            let s: Vec<&str> = source.lines().collect();
+            let t: Vec<&str> = target.lines().collect();
+            let short = |l: &&&str| l.chars().take(200).collect::<String>();
+            let missing: Vec<String> = s
+                .iter()
+                .filter(|l| !t.contains(l))
+                .take(5)
+                .map(|l| short(&l))
+                .collect();
+            let extra: Vec<String> = t
+                .iter()
+                .filter(|l| !s.contains(l))
+                .take(5)
+                .map(|l| short(&l))
+                .collect();
+            panic!(
+                "{table} differs: source {} rows, target {} rows\nmissing on target: {missing:#?}\nextra on target: {extra:#?}",
+                s.len(),
+                t.len()
+            );
+        }
+    }
+}
+
+/// `COPY (SELECT * FROM table ORDER BY row text) TO STDOUT`.
+pub fn dump(cluster: &PgCluster, db: &str, table: &str) -> String {
+    cluster.psql(
+        db,
+        &format!("COPY (SELECT * FROM {table} t ORDER BY t::text COLLATE \"C\") TO STDOUT"),
+    )
+}
