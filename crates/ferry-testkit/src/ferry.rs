@@ -91,6 +91,16 @@ impl FerryServer {
         }
     }
 
+    /// The running server's peak resident memory (`VmHWM`) in KiB, if it runs.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Every log of this server so far.
     pub fn log(&self) -> String {
         (1..=self.starts)
