@@ -52,9 +52,26 @@ impl FerryServer {
             .join(format!("server-{}.log", self.starts))
     }
 
-    /// Starts the server again on the same port and data (after [`FerryServer::kill9`]).
+    /// Starts the server again on the same data (after [`FerryServer::kill9`]). It keeps its
+    /// port unless another process took it meanwhile (tests run in parallel), then moves.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is still running");
+        for _ in 0..5 {
+            if self.spawn_and_wait() {
+                return;
+            }
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        }
+        panic!("ferry server could not bind a port: {}", self.log());
+    }
+
+    /// Spawns the server and waits until *it* (not another process on the port) is
+    /// healthy; `false` when it exited because the port was taken.
+    fn spawn_and_wait(&mut self) -> bool {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("create the server log");
         let child = Command::new(&self.binary)
@@ -68,11 +85,22 @@ impl FerryServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) = self.try_request("GET", "/api/v2/health", None) {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+            let exited = self.child.as_mut().map(Child::try_wait);
+            if let Some(Ok(Some(status))) = exited {
+                self.child = None;
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                if log.contains("listen on") {
+                    return false;
+                }
                 panic!("ferry server exited with {status}: {}", self.log());
+            }
+            if let Ok((200, _)) = self.try_request("GET", "/api/v2/health", None) {
+                // Healthy, and still ours: a server that lost the port race has exited.
+                std::thread::sleep(Duration::from_millis(50));
+                if let Some(Ok(None)) = self.child.as_mut().map(Child::try_wait) {
+                    return true;
+                }
+                continue;
             }
             assert!(
                 Instant::now() < deadline,

@@ -116,6 +116,21 @@ fn snapshot_then_stream_all_types_and_operations() {
         pair.assert_same(t);
     }
 
+    // Only unpublished writes: the WAL moves, nothing reaches Ferry but keepalives, and
+    // `synced` must still become true (the checkpoint follows the server's WAL position).
+    pair.source.psql(
+        "shop",
+        "INSERT INTO audit_log SELECT generate_series(2, 1000)",
+    );
+    let before = pair.source.psql("shop", "SELECT pg_current_wal_lsn()");
+    pair.wait_synced("shop", Duration::from_secs(60));
+    let (_, synced) = pair.ferry.get("/api/v2/changefeeds/shop/synced");
+    assert_eq!(
+        synced["synced"],
+        json!(true),
+        "{synced} (source was at {before})"
+    );
+
     let (code, status) = pair.ferry.get("/api/v2/changefeeds/shop/status");
     assert_eq!(code, 200);
     assert_eq!(status["state"], json!("running"), "{status}");

@@ -74,7 +74,15 @@ impl Pair {
         if source != target {
             let s: Vec<&str> = source.lines().collect();
             let t: Vec<&str> = target.lines().collect();
-            let short = |l: &&&str| l.chars().take(200).collect::<String>();
+            let short = |l: &&&str| {
+                let c: Vec<char> = l.chars().collect();
+                let n = c.len();
+                format!(
+                    "{}…{}",
+                    c[..n.min(80)].iter().collect::<String>(),
+                    c[n.saturating_sub(120)..].iter().collect::<String>()
+                )
+            };
             let missing: Vec<String> = s
                 .iter()
                 .filter(|l| !t.contains(l))
