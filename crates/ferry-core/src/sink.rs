@@ -19,6 +19,22 @@ use std::sync::Arc;
 
 use crate::{Position, RowChange, TableSchema};
 
+/// An error and its causes on one line (`what: cause: cause`), skipping a cause whose text
+/// the line already ends with. For status fields and logs.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Whether retrying can help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {

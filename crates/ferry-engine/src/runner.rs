@@ -49,17 +49,7 @@ impl RunError {
 
     /// The error and its causes on one line (no secrets: URIs are always masked).
     fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !out.contains(&text) {
-                out.push_str(": ");
-                out.push_str(&text);
-            }
-            cause = c.source();
-        }
-        out
+        ferry_core::error_chain(self)
     }
 }
 
@@ -618,7 +608,6 @@ impl Applier {
             s.checkpoint_time_us = Some(commit_time_us);
             s.rows_applied += batch.rows;
             s.transactions_applied += batch.transactions;
-            s.batches_committed += 1;
             s.caught_up = caught_up;
         });
         *batch = Batch::default();

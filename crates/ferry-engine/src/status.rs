@@ -64,7 +64,6 @@ pub(crate) struct Live {
     pub(crate) tables: Vec<TableProgress>,
     pub(crate) rows_applied: u64,
     pub(crate) transactions_applied: u64,
-    pub(crate) batches_committed: u64,
 }
 
 /// A handle to a changefeed's live status.
@@ -85,7 +84,6 @@ impl StatusCell {
             tables: Vec::new(),
             rows_applied: 0,
             transactions_applied: 0,
-            batches_committed: 0,
         })))
     }
 

@@ -56,17 +56,7 @@ impl PgError {
 
     /// The error and its causes on one line, for status and logs.
     pub fn chain(&self) -> String {
-        let mut out = self.what.clone();
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !out.ends_with(&text) {
-                out.push_str(": ");
-                out.push_str(&text);
-            }
-            cause = c.source();
-        }
-        out
+        ferry_core::error_chain(self)
     }
 }
 
