@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::{Position, TableSchema};
 
 /// One column value of a row.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Value {
     /// SQL NULL.
     Null,

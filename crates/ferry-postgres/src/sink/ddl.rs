@@ -74,7 +74,9 @@ pub(crate) async fn target_columns(
 }
 
 /// SQL that creates `schema`'s types (when missing) and table.
-pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
+/// SQL that creates `schema`'s types (when missing) and table; the primary key only
+/// `with_key` (a bulk copy adds it afterwards with [`add_key_sql`]).
+pub(crate) fn create_table_sql(schema: &TableSchema, with_key: bool) -> String {
     let mut sql = format!(
         "CREATE SCHEMA IF NOT EXISTS {};\n",
         quote_ident(&schema.id.schema)
@@ -94,13 +96,8 @@ pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
             )
         })
         .collect();
-    if schema.has_key() {
-        let key: Vec<String> = schema
-            .key
-            .iter()
-            .map(|&i| quote_ident(&schema.columns[i].name))
-            .collect();
-        defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    if with_key && schema.has_key() {
+        defs.push(format!("PRIMARY KEY ({})", key_columns(schema)));
     }
     sql.push_str(&format!(
         "CREATE TABLE IF NOT EXISTS {} (\n    {}\n);",
@@ -108,6 +105,41 @@ pub(crate) fn create_table_sql(schema: &TableSchema) -> String {
         defs.join(",\n    ")
     ));
     sql
+}
+
+fn key_columns(schema: &TableSchema) -> String {
+    let key: Vec<String> = schema
+        .key
+        .iter()
+        .map(|&i| quote_ident(&schema.columns[i].name))
+        .collect();
+    key.join(", ")
+}
+
+/// SQL that gives the target table its primary key.
+pub(crate) fn add_key_sql(schema: &TableSchema) -> String {
+    format!(
+        "ALTER TABLE {} ADD PRIMARY KEY ({})",
+        schema.id.quoted(),
+        key_columns(schema)
+    )
+}
+
+/// Whether the target table has a unique index (its primary key, or one the user made)
+/// that `ON CONFLICT` on the key can use.
+pub(crate) async fn has_unique_index(
+    client: &Client,
+    schema: &TableSchema,
+) -> Result<bool, SinkError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index
+                            WHERE indrelid = pg_catalog.to_regclass($1) AND indisunique)",
+            &[&schema.id.quoted()],
+        )
+        .await
+        .map_err(|e| statement_error(format!("look up the key of {}", schema.id), e))?;
+    Ok(row.get(0))
 }
 
 /// Creates a type unless one of that name exists (another table may have created it).
@@ -251,9 +283,21 @@ mod tests {
 
     #[test]
     fn create_has_key_and_not_null() {
-        let sql = create_table_sql(&schema(&[("id", "integer"), ("v", "text")]));
+        let sql = create_table_sql(&schema(&[("id", "integer"), ("v", "text")]), true);
         assert!(sql.contains("\"id\" integer NOT NULL"), "{sql}");
         assert!(sql.contains("PRIMARY KEY (\"id\")"), "{sql}");
+    }
+
+    #[test]
+    fn bulk_copy_tables_get_their_key_afterwards() {
+        let s = schema(&[("id", "integer"), ("v", "text")]);
+        let sql = create_table_sql(&s, false);
+        assert!(sql.contains("\"id\" integer NOT NULL"), "{sql}");
+        assert!(!sql.contains("PRIMARY KEY"), "{sql}");
+        assert_eq!(
+            add_key_sql(&s),
+            "ALTER TABLE \"public\".\"t\" ADD PRIMARY KEY (\"id\")"
+        );
     }
 
     #[test]

@@ -2,38 +2,47 @@
 //!
 //! - Tables: created from the source's shape when missing (types, `NOT NULL`, primary
 //!   key), altered when the source's columns change ([`ddl`]).
-//! - Snapshot: each chunk's COPY text is streamed into `COPY … FROM STDIN` in its own
-//!   transaction, which also records the chunk in `_ferry.snapshot_chunks`, so a restart
-//!   knows exactly which chunks are in.
-//! - Stream: a batch is one target transaction. Changes become prepared statements with
-//!   text parameters ([`statements`]), queued and sent **pipelined** (no round trip per
-//!   row); the queue is flushed at a row or byte bound, so memory stays bounded whatever a
-//!   transaction's size. [`PgSink::commit_batch`] writes the checkpoint into
-//!   `_ferry.checkpoints` in the same transaction and commits.
+//! - Snapshot ([`copy`]): each chunk's COPY text is streamed into `COPY … FROM STDIN` in
+//!   its own transaction together with its record in `_ferry.snapshot_chunks`; tables
+//!   created for the copy get their primary key after it.
+//! - Stream: a batch is one target transaction. Its changes are compacted per table and
+//!   key into a **segment** ([`compact`]) that becomes a few set statements per table
+//!   ([`statements`]), sent **pipelined**. A change that cannot be compacted ends the
+//!   segment and is queued as a row statement of its own; the two never interleave out of
+//!   order. Segments and queues are flushed at a row or byte bound, so memory stays
+//!   bounded whatever a transaction's size. [`PgSink::commit_batch`] writes the checkpoint
+//!   into `_ferry.checkpoints` in the same transaction and commits.
 
+mod compact;
+mod copy;
 mod ddl;
 mod statements;
+
+pub use copy::FinishedChunk;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ferry_core::{
-    ConnectionUri, ErrorClass, Lsn, Position, RowChange, Sink, SinkError, TableId, TableSchema,
+    ConnectionUri, ErrorClass, Position, RowChange, Sink, SinkError, TableId, TableSchema,
 };
-use futures::{Stream, StreamExt};
 use tokio_postgres::{Client, Statement};
 
-use statements::{Op, Shape};
+use compact::TableChanges;
+use statements::{Op, Param, Shape};
 
-/// Queued statements are sent when this many are waiting…
+/// Queued row statements are sent when this many are waiting…
 const FLUSH_OPS: usize = 4096;
-/// …or when their values reach this many bytes (bounds memory for huge transactions).
+/// …and a segment is applied when it holds this many changes (a set statement's size)…
+const SEGMENT_ROWS: usize = 50_000;
+/// …or when either holds this many bytes of values (bounds memory for huge transactions).
 const FLUSH_BYTES: usize = 16 << 20;
 
 /// A target table as this sink last made it, with its prepared statements.
 struct TargetTable {
     schema: Arc<TableSchema>,
+    /// The target's type of each source column, which set statements cast to.
+    casts: Vec<String>,
     statements: HashMap<Shape, Statement>,
 }
 
@@ -43,21 +52,13 @@ pub struct PgSink {
     changefeed: String,
     tables: HashMap<TableId, TargetTable>,
     in_batch: bool,
-    queue: Vec<(Statement, Vec<statements::TextParam>)>,
+    /// Row statements waiting to be sent (empty while `segment` is not).
+    queue: Vec<(Statement, Vec<Param>)>,
     queued_bytes: usize,
-}
-
-/// A chunk the target already holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FinishedChunk {
-    /// Its table.
-    pub table: TableId,
-    /// Its number within the table.
-    pub chunk: u32,
-    /// Rows it copied.
-    pub rows: u64,
-    /// The snapshot it was read in.
-    pub snapshot_lsn: Lsn,
+    /// Compacted changes per table (empty while `queue` is not).
+    segment: HashMap<TableId, TableChanges>,
+    segment_rows: usize,
+    segment_bytes: usize,
 }
 
 pub(crate) fn statement_error(what: impl Into<String>, err: tokio_postgres::Error) -> SinkError {
@@ -68,6 +69,15 @@ pub(crate) fn statement_error(what: impl Into<String>, err: tokio_postgres::Erro
         class,
         source: err.source,
     }
+}
+
+/// A refused DDL statement: retrying will not help.
+fn ddl_error(what: String, err: tokio_postgres::Error) -> SinkError {
+    let mut err = statement_error(what, err);
+    if let SinkError::Statement { class, .. } = &mut err {
+        *class = ErrorClass::Definite;
+    }
+    err
 }
 
 impl PgSink {
@@ -98,120 +108,10 @@ impl PgSink {
             in_batch: false,
             queue: Vec::new(),
             queued_bytes: 0,
+            segment: HashMap::new(),
+            segment_rows: 0,
+            segment_bytes: 0,
         })
-    }
-
-    /// Forgets this changefeed's checkpoint and snapshot progress (a fresh start).
-    pub async fn reset_state(&mut self) -> Result<(), SinkError> {
-        for table in ["_ferry.checkpoints", "_ferry.snapshot_chunks"] {
-            self.client
-                .execute(
-                    &format!("DELETE FROM {table} WHERE changefeed = $1"),
-                    &[&self.changefeed],
-                )
-                .await
-                .map_err(|e| statement_error(format!("reset {table}"), e))?;
-        }
-        Ok(())
-    }
-
-    /// The snapshot chunks already copied for this changefeed.
-    pub async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
-        let rows = self
-            .client
-            .query(
-                "SELECT table_schema, table_name, chunk, rows, snapshot_lsn
-                 FROM _ferry.snapshot_chunks WHERE changefeed = $1",
-                &[&self.changefeed],
-            )
-            .await
-            .map_err(|e| statement_error("read snapshot progress", e))?;
-        Ok(rows
-            .iter()
-            .map(|r| FinishedChunk {
-                table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                chunk: r.get::<_, i32>(2) as u32,
-                rows: r.get::<_, i64>(3) as u64,
-                snapshot_lsn: r.get::<_, String>(4).parse().unwrap_or(Lsn::ZERO),
-            })
-            .collect())
-    }
-
-    /// Copies one snapshot chunk (COPY text) in its own transaction, recording it as
-    /// finished in the same transaction. With `replace`, the table is emptied first (a
-    /// table re-copied whole after a restart). Returns the rows copied.
-    pub async fn copy_chunk<S, E>(
-        &mut self,
-        schema: &TableSchema,
-        chunk: u32,
-        snapshot_lsn: Lsn,
-        replace: bool,
-        data: S,
-    ) -> Result<u64, SinkError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Send,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        let what = format!("copy {} chunk {chunk}", schema.id);
-        let fail = |e| statement_error(what.clone(), e);
-        self.client.batch_execute("BEGIN").await.map_err(fail)?;
-        if replace {
-            self.client
-                .batch_execute(&format!("TRUNCATE {}", schema.id.quoted()))
-                .await
-                .map_err(fail)?;
-        }
-        let columns: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| ferry_core::quote_ident(&c.name))
-            .collect();
-        let sink = self
-            .client
-            .copy_in::<_, Bytes>(&format!(
-                "COPY {} ({}) FROM STDIN",
-                schema.id.quoted(),
-                columns.join(", ")
-            ))
-            .await
-            .map_err(fail)?;
-        futures::pin_mut!(sink);
-        let mut data = std::pin::pin!(data);
-        while let Some(item) = data.next().await {
-            let sent = match item {
-                Ok(bytes) => futures::SinkExt::feed(&mut sink, bytes).await.map_err(fail),
-                Err(e) => Err(SinkError::Statement {
-                    what: format!("{what}: read from the source"),
-                    class: ErrorClass::Transient,
-                    source: Box::new(e),
-                }),
-            };
-            if let Err(e) = sent {
-                let _ = self.client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-        }
-        let rows = sink.finish().await.map_err(fail)?;
-        self.client
-            .execute(
-                "INSERT INTO _ferry.snapshot_chunks
-                 (changefeed, table_schema, table_name, chunk, rows, snapshot_lsn)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (changefeed, table_schema, table_name, chunk)
-                 DO UPDATE SET rows = EXCLUDED.rows, snapshot_lsn = EXCLUDED.snapshot_lsn",
-                &[
-                    &self.changefeed,
-                    &schema.id.schema,
-                    &schema.id.name,
-                    &(chunk as i32),
-                    &(rows as i64),
-                    &snapshot_lsn.to_string(),
-                ],
-            )
-            .await
-            .map_err(fail)?;
-        self.client.batch_execute("COMMIT").await.map_err(fail)?;
-        Ok(rows)
     }
 
     async fn begin_if_needed(&mut self) -> Result<(), SinkError> {
@@ -225,8 +125,14 @@ impl PgSink {
         Ok(())
     }
 
-    /// Sends every queued statement, pipelined, and waits for all of them.
+    /// Sends everything pending, in order.
     async fn flush(&mut self) -> Result<(), SinkError> {
+        self.flush_segment().await?;
+        self.flush_queue().await
+    }
+
+    /// Sends every queued row statement, pipelined, and waits for all of them.
+    async fn flush_queue(&mut self) -> Result<(), SinkError> {
         if self.queue.is_empty() {
             return Ok(());
         }
@@ -245,33 +151,203 @@ impl PgSink {
         Ok(())
     }
 
-    async fn queue(&mut self, table: &Arc<TableSchema>, op: Op) -> Result<(), SinkError> {
+    /// Applies the segment: per table its deletes, then its upserts, then its partial
+    /// updates, all pipelined.
+    async fn flush_segment(&mut self) -> Result<(), SinkError> {
+        if self.segment.is_empty() {
+            return Ok(());
+        }
+        let segment = std::mem::take(&mut self.segment);
+        self.segment_rows = 0;
+        self.segment_bytes = 0;
+        let mut work: Vec<(Statement, Vec<Param>)> = Vec::new();
+        for (id, changes) in segment {
+            let schema = changes.schema.clone();
+            let sets = changes.into_sets();
+            if !sets.deletes.is_empty() {
+                let statement = self.statement(&schema, Shape::DeleteSet).await?;
+                let keys: Vec<_> = (0..schema.key.len()).collect();
+                let params = statements::column_arrays(&sets.deletes, keys.into_iter()).collect();
+                work.push((statement, params));
+            }
+            if !sets.upserts.is_empty() {
+                let shape = if schema.has_key() {
+                    Shape::UpsertSet
+                } else {
+                    Shape::InsertSet
+                };
+                let statement = self.statement(&schema, shape).await?;
+                let params =
+                    statements::column_arrays(&sets.upserts, 0..schema.columns.len()).collect();
+                work.push((statement, params));
+            }
+            for (sent, rows) in sets.updates {
+                let set: Vec<usize> = (0..sent.len())
+                    .filter(|i| sent[*i] && !schema.key.contains(i))
+                    .collect();
+                if set.is_empty() {
+                    continue;
+                }
+                let statement = self.statement(&schema, Shape::UpdateSet(sent)).await?;
+                let columns = schema.key.iter().copied().chain(set);
+                let params = statements::column_arrays(&rows, columns).collect();
+                work.push((statement, params));
+            }
+            tracing::trace!(table = %id, "segment applied");
+        }
+        let client = &self.client;
+        let results = futures::future::join_all(
+            work.iter()
+                .map(|(stmt, params)| client.execute_raw(stmt, params.iter())),
+        )
+        .await;
+        for result in results {
+            result.map_err(|e| statement_error("apply a batch of changes", e))?;
+        }
+        Ok(())
+    }
+
+    /// The prepared statement of `shape` for `table`, prepared on first use.
+    async fn statement(
+        &mut self,
+        table: &TableSchema,
+        shape: Shape,
+    ) -> Result<Statement, SinkError> {
         let target = self
             .tables
             .get_mut(&table.id)
             .ok_or_else(|| SinkError::Unsupported {
                 message: format!("a change for {} arrived before its schema", table.id),
             })?;
-        let statement = match target.statements.get(&op.shape) {
-            Some(s) => s.clone(),
-            None => {
-                let sql = statements::sql(&target.schema, &op.shape);
-                let prepared = self.client.prepare(&sql).await.map_err(|e| {
-                    statement_error(format!("prepare a statement on {}", table.id), e)
-                })?;
-                target.statements.insert(op.shape.clone(), prepared.clone());
-                prepared
-            }
-        };
-        self.queued_bytes += op
-            .params
-            .iter()
-            .map(|p| p.0.as_ref().map_or(4, |b| b.len() + 4))
-            .sum::<usize>();
+        if let Some(s) = target.statements.get(&shape) {
+            return Ok(s.clone());
+        }
+        let sql = statements::sql(&target.schema, &target.casts, &shape);
+        let prepared = self
+            .client
+            .prepare(&sql)
+            .await
+            .map_err(|e| statement_error(format!("prepare a statement on {}", table.id), e))?;
+        target.statements.insert(shape, prepared.clone());
+        Ok(prepared)
+    }
+
+    /// Queues a row statement (after applying the segment, which came first).
+    async fn queue(&mut self, table: &Arc<TableSchema>, op: Op) -> Result<(), SinkError> {
+        self.flush_segment().await?;
+        let statement = self.statement(table, op.shape).await?;
+        self.queued_bytes += op.params.iter().map(Param::size).sum::<usize>();
         self.queue.push((statement, op.params));
         if self.queue.len() >= FLUSH_OPS || self.queued_bytes >= FLUSH_BYTES {
-            self.flush().await?;
+            self.flush_queue().await?;
         }
+        Ok(())
+    }
+
+    /// Adds a change to the segment, or queues it as a row statement when it cannot be
+    /// compacted.
+    async fn compact(
+        &mut self,
+        table: &Arc<TableSchema>,
+        change: RowChange,
+    ) -> Result<(), SinkError> {
+        // Row statements queued earlier run first.
+        self.flush_queue().await?;
+        let bytes = change.payload_bytes();
+        // A table whose shape changed since its segment entry: apply the segment first.
+        if self
+            .segment
+            .get(&table.id)
+            .is_some_and(|c| c.schema.columns != table.columns || c.schema.key != table.key)
+        {
+            self.flush_segment().await?;
+        }
+        let changes = self
+            .segment
+            .entry(table.id.clone())
+            .or_insert_with(|| TableChanges::new(table.clone()));
+        match changes.absorb(change) {
+            Ok(()) => {
+                self.segment_rows += 1;
+                self.segment_bytes += bytes;
+                if self.segment_rows >= SEGMENT_ROWS || self.segment_bytes >= FLUSH_BYTES {
+                    self.flush_segment().await?;
+                }
+                Ok(())
+            }
+            Err(change) => self.apply_alone(change).await,
+        }
+    }
+
+    /// Queues the row statements of one change.
+    async fn apply_alone(&mut self, change: RowChange) -> Result<(), SinkError> {
+        match &change {
+            RowChange::Insert { table, new } => {
+                let op = statements::insert(table, new);
+                self.queue(table, op).await
+            }
+            RowChange::Update { table, old, new } => {
+                for op in statements::update(table, old.as_ref(), new) {
+                    self.queue(table, op).await?;
+                }
+                Ok(())
+            }
+            RowChange::Delete { table, old } => {
+                let op = statements::delete(table, old);
+                self.queue(table, op).await
+            }
+            RowChange::Truncate { .. } => unreachable!("truncates are applied by `apply`"),
+        }
+    }
+
+    async fn shape_table(
+        &mut self,
+        schema: &Arc<TableSchema>,
+        with_key: bool,
+    ) -> Result<(), SinkError> {
+        if let Some(t) = self.tables.get_mut(&schema.id) {
+            if t.schema.columns == schema.columns && t.schema.key == schema.key {
+                t.schema = schema.clone();
+                return Ok(());
+            }
+        }
+        // DDL joins the open batch's transaction, after the changes queued before it.
+        self.flush().await?;
+        let current = ddl::target_columns(&self.client, schema).await?;
+        let sql = match &current {
+            None => vec![ddl::create_table_sql(schema, with_key)],
+            Some(current) => ddl::alter_table_sql(schema, current)?,
+        };
+        for statement in &sql {
+            self.client
+                .batch_execute(statement)
+                .await
+                .map_err(|e| ddl_error(format!("change target table {}", schema.id), e))?;
+        }
+        let current = match current {
+            Some(current) if sql.is_empty() => current,
+            _ => ddl::target_columns(&self.client, schema)
+                .await?
+                .expect("the table was just created"),
+        };
+        let casts = schema
+            .columns
+            .iter()
+            .map(|c| {
+                current
+                    .iter()
+                    .find(|t| t.name == c.name)
+                    .map_or_else(|| c.type_name.clone(), |t| t.type_name.clone())
+            })
+            .collect();
+        self.tables.insert(
+            schema.id.clone(),
+            TargetTable {
+                schema: schema.clone(),
+                casts,
+                statements: HashMap::new(),
+            },
+        );
         Ok(())
     }
 
@@ -279,6 +355,9 @@ impl PgSink {
     pub async fn abort_batch(&mut self) {
         self.queue.clear();
         self.queued_bytes = 0;
+        self.segment.clear();
+        self.segment_rows = 0;
+        self.segment_bytes = 0;
         if self.in_batch {
             let _ = self.client.batch_execute("ROLLBACK").await;
             self.in_batch = false;
@@ -305,53 +384,17 @@ impl Sink for PgSink {
     }
 
     async fn ensure_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        if let Some(t) = self.tables.get_mut(&schema.id) {
-            if t.schema.columns == schema.columns {
-                t.schema = schema.clone();
-                return Ok(());
-            }
-        }
-        // DDL joins the open batch's transaction, after the changes queued before it.
-        self.flush().await?;
-        let sql = match ddl::target_columns(&self.client, schema).await? {
-            None => vec![ddl::create_table_sql(schema)],
-            Some(current) => ddl::alter_table_sql(schema, &current)?,
-        };
-        for statement in sql {
-            self.client.batch_execute(&statement).await.map_err(|e| {
-                let mut err = statement_error(format!("change target table {}", schema.id), e);
-                if let SinkError::Statement { class, .. } = &mut err {
-                    *class = ErrorClass::Definite;
-                }
-                err
-            })?;
-        }
-        self.tables.insert(
-            schema.id.clone(),
-            TargetTable {
-                schema: schema.clone(),
-                statements: HashMap::new(),
-            },
-        );
-        Ok(())
+        self.shape_table(schema, true).await
     }
 
     async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
         self.begin_if_needed().await?;
-        match &change {
-            RowChange::Insert { table, new } => {
-                let op = statements::insert(table, new);
-                self.queue(table, op).await
-            }
-            RowChange::Update { table, old, new } => {
-                for op in statements::update(table, old.as_ref(), new) {
-                    self.queue(table, op).await?;
-                }
-                Ok(())
-            }
-            RowChange::Delete { table, old } => {
-                let op = statements::delete(table, old);
-                self.queue(table, op).await
+        match change {
+            RowChange::Insert { ref table, .. }
+            | RowChange::Update { ref table, .. }
+            | RowChange::Delete { ref table, .. } => {
+                let table = table.clone();
+                self.compact(&table, change).await
             }
             RowChange::Truncate {
                 tables,
@@ -362,7 +405,7 @@ impl Sink for PgSink {
                 let sql = format!(
                     "TRUNCATE {}{}",
                     names.join(", "),
-                    if *restart_identity {
+                    if restart_identity {
                         " RESTART IDENTITY"
                     } else {
                         ""

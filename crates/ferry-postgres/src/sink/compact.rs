@@ -1,0 +1,333 @@
+//! Compaction of a batch's row changes into set-based statements.
+//!
+//! Within one target transaction only each row's **final** state matters. For a table
+//! with a key, the changes of a segment collapse to one entry per key: the whole row to
+//! upsert, the key to delete, or the sent columns to update (an update whose unchanged
+//! TOAST values must keep the target's). Inserts into a table without a key are kept as a
+//! list. A segment then becomes at most a few statements per table, each taking one
+//! `text[]` array per column ([`super::statements`]): never a round trip per row.
+//!
+//! Keys are compared by their text. Two texts that the target holds equal (`1.0` and
+//! `1.00` in a `numeric` key) can only both appear when a key update changed the text;
+//! of such a group at most one key ends as a row, so running the deletes before the
+//! upserts and the updates gives the same table as applying the changes one by one.
+//!
+//! A change that cannot be compacted is handed back ([`TableChanges::absorb`] returns it)
+//! and the sink applies the segment so far, then the change on its own: updates and
+//! deletes of a table without a key, an update that changes the key and leaves TOAST
+//! values unsent (unless the batch holds the old row), a key value not sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferry_core::{Row, RowChange, TableSchema, Value};
+
+/// The final state of one key within a segment.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Final {
+    /// The row exists with these values (all sent).
+    Upsert(Row),
+    /// The row is gone; the key's values in key order.
+    Delete(Vec<Value>),
+    /// The row exists; the sent values replace the target's, `Value::Unchanged` keep it.
+    Update(Row),
+}
+
+/// The compacted changes of one table in the open segment.
+pub(crate) struct TableChanges {
+    /// The table's shape the changes were made with.
+    pub(crate) schema: Arc<TableSchema>,
+    /// Final state per key (tables with a key).
+    pub(crate) keyed: HashMap<Vec<Value>, Final>,
+    /// Rows inserted, in order (tables without a key).
+    pub(crate) inserts: Vec<Row>,
+}
+
+fn has_unchanged(values: &[Value]) -> bool {
+    values.iter().any(|v| matches!(v, Value::Unchanged))
+}
+
+/// `base` with every value `over` sent.
+fn overlay(base: &Row, over: &Row) -> Row {
+    base.iter()
+        .zip(over)
+        .map(|(b, o)| match o {
+            Value::Unchanged => b.clone(),
+            sent => sent.clone(),
+        })
+        .collect()
+}
+
+impl TableChanges {
+    pub(crate) fn new(schema: Arc<TableSchema>) -> Self {
+        TableChanges {
+            schema,
+            keyed: HashMap::new(),
+            inserts: Vec::new(),
+        }
+    }
+
+    fn key_of(&self, row: &Row) -> Vec<Value> {
+        self.schema.key.iter().map(|&k| row[k].clone()).collect()
+    }
+
+    /// Folds `change` into the segment, or hands it back when it must be applied alone
+    /// (after the segment so far).
+    pub(crate) fn absorb(&mut self, change: RowChange) -> Result<(), RowChange> {
+        if !self.schema.has_key() {
+            return match change {
+                RowChange::Insert { new, .. } if !has_unchanged(&new) => {
+                    self.inserts.push(new);
+                    Ok(())
+                }
+                other => Err(other),
+            };
+        }
+        match change {
+            RowChange::Insert { new, .. } => {
+                if has_unchanged(&new) {
+                    return Err(RowChange::Insert {
+                        table: self.schema.clone(),
+                        new,
+                    });
+                }
+                let key = self.key_of(&new);
+                self.keyed.insert(key, Final::Upsert(new));
+                Ok(())
+            }
+            RowChange::Delete { old, .. } => {
+                let key = self.key_of(&old);
+                if has_unchanged(&key) {
+                    return Err(RowChange::Delete {
+                        table: self.schema.clone(),
+                        old,
+                    });
+                }
+                self.keyed.insert(key.clone(), Final::Delete(key));
+                Ok(())
+            }
+            RowChange::Update { table, old, new } => self.absorb_update(table, old, new),
+            truncate @ RowChange::Truncate { .. } => Err(truncate),
+        }
+    }
+
+    fn absorb_update(
+        &mut self,
+        table: Arc<TableSchema>,
+        old: Option<Row>,
+        new: Row,
+    ) -> Result<(), RowChange> {
+        let new_key = self.key_of(&new);
+        let old_key = old.as_ref().map(|o| self.key_of(o));
+        let hand_back = |old, new| Err(RowChange::Update { table, old, new });
+        if has_unchanged(&new_key) || old_key.as_deref().is_some_and(has_unchanged) {
+            return hand_back(old, new);
+        }
+        let complete = !has_unchanged(&new);
+        match old_key.filter(|k| *k != new_key) {
+            // The key changed: the old key is gone, the new one holds the row.
+            Some(old_key) => {
+                let row = if complete {
+                    new
+                } else if let Some(Final::Upsert(prev)) = self.keyed.get(&old_key) {
+                    overlay(prev, &new)
+                } else {
+                    return hand_back(old, new);
+                };
+                self.keyed
+                    .insert(old_key.clone(), Final::Delete(old_key.clone()));
+                self.keyed.insert(new_key, Final::Upsert(row));
+            }
+            None => {
+                let entry = if complete {
+                    Final::Upsert(new)
+                } else {
+                    match self.keyed.get(&new_key) {
+                        Some(Final::Upsert(prev)) => Final::Upsert(overlay(prev, &new)),
+                        Some(Final::Update(prev)) => Final::Update(overlay(prev, &new)),
+                        Some(Final::Delete(_)) => return hand_back(old, new),
+                        None => Final::Update(new),
+                    }
+                };
+                self.keyed.insert(new_key, entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows to delete (key values), to upsert or insert (whole rows), and to update
+    /// grouped by which columns were sent, in the order they must run.
+    pub(crate) fn into_sets(self) -> Sets {
+        let mut sets = Sets {
+            deletes: Vec::new(),
+            upserts: self.inserts,
+            updates: HashMap::new(),
+        };
+        for (_, state) in self.keyed {
+            match state {
+                Final::Delete(key) => sets.deletes.push(key),
+                Final::Upsert(row) => sets.upserts.push(row),
+                Final::Update(row) => {
+                    let sent: Vec<bool> =
+                        row.iter().map(|v| !matches!(v, Value::Unchanged)).collect();
+                    sets.updates.entry(sent).or_default().push(row);
+                }
+            }
+        }
+        sets
+    }
+}
+
+/// A table's compacted segment, ready to become statements.
+pub(crate) struct Sets {
+    /// Key values of rows to delete (run first).
+    pub(crate) deletes: Vec<Vec<Value>>,
+    /// Whole rows to upsert (keyed) or insert (keyless).
+    pub(crate) upserts: Vec<Row>,
+    /// Rows to update, by the mask of sent columns.
+    pub(crate) updates: HashMap<Vec<bool>, Vec<Row>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
+
+    fn schema(key: Vec<usize>) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            id: TableId::new("s", "t"),
+            columns: ["id", "a", "b"]
+                .iter()
+                .map(|n| ColumnSchema {
+                    name: n.to_string(),
+                    type_name: "text".into(),
+                    type_oid: 25,
+                    nullable: true,
+                    missing_value: None,
+                })
+                .collect(),
+            key,
+            identity: ReplicaIdentity::Default,
+            user_types: vec![],
+        })
+    }
+
+    fn t(s: &str) -> Value {
+        Value::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn row(id: &str, a: &str, b: &str) -> Row {
+        vec![t(id), t(a), t(b)]
+    }
+
+    fn insert(s: &Arc<TableSchema>, new: Row) -> RowChange {
+        RowChange::Insert {
+            table: s.clone(),
+            new,
+        }
+    }
+
+    fn update(s: &Arc<TableSchema>, old: Option<Row>, new: Row) -> RowChange {
+        RowChange::Update {
+            table: s.clone(),
+            old,
+            new,
+        }
+    }
+
+    fn delete(s: &Arc<TableSchema>, id: &str) -> RowChange {
+        RowChange::Delete {
+            table: s.clone(),
+            old: vec![t(id), Value::Null, Value::Null],
+        }
+    }
+
+    #[test]
+    fn last_change_of_a_key_wins() {
+        let s = schema(vec![0]);
+        let mut c = TableChanges::new(s.clone());
+        c.absorb(insert(&s, row("1", "a", "b"))).unwrap();
+        c.absorb(update(&s, None, row("1", "a2", "b2"))).unwrap();
+        c.absorb(insert(&s, row("2", "x", "y"))).unwrap();
+        c.absorb(delete(&s, "2")).unwrap();
+        let sets = c.into_sets();
+        assert_eq!(sets.upserts, vec![row("1", "a2", "b2")]);
+        assert_eq!(sets.deletes, vec![vec![t("2")]]);
+        assert!(sets.updates.is_empty());
+    }
+
+    #[test]
+    fn delete_then_insert_is_an_upsert() {
+        let s = schema(vec![0]);
+        let mut c = TableChanges::new(s.clone());
+        c.absorb(delete(&s, "1")).unwrap();
+        c.absorb(insert(&s, row("1", "a", "b"))).unwrap();
+        let sets = c.into_sets();
+        assert!(sets.deletes.is_empty());
+        assert_eq!(sets.upserts, vec![row("1", "a", "b")]);
+    }
+
+    #[test]
+    fn unchanged_toast_merges_into_the_batch_row_or_stays_an_update() {
+        let s = schema(vec![0]);
+        let mut c = TableChanges::new(s.clone());
+        c.absorb(insert(&s, row("1", "a", "big"))).unwrap();
+        c.absorb(update(&s, None, vec![t("1"), t("a2"), Value::Unchanged]))
+            .unwrap();
+        c.absorb(update(&s, None, vec![t("2"), t("z"), Value::Unchanged]))
+            .unwrap();
+        c.absorb(update(&s, None, vec![t("2"), Value::Unchanged, t("w")]))
+            .unwrap();
+        let sets = c.into_sets();
+        assert_eq!(sets.upserts, vec![row("1", "a2", "big")]);
+        assert_eq!(
+            sets.updates[&vec![true, true, true]],
+            vec![vec![t("2"), t("z"), t("w")]]
+        );
+    }
+
+    #[test]
+    fn key_change_deletes_the_old_key() {
+        let s = schema(vec![0]);
+        let mut c = TableChanges::new(s.clone());
+        let old = Some(vec![t("1"), Value::Null, Value::Null]);
+        c.absorb(update(&s, old, row("2", "a", "b"))).unwrap();
+        let sets = c.into_sets();
+        assert_eq!(sets.deletes, vec![vec![t("1")]]);
+        assert_eq!(sets.upserts, vec![row("2", "a", "b")]);
+    }
+
+    #[test]
+    fn key_change_with_unsent_values_needs_the_old_row() {
+        let s = schema(vec![0]);
+        let old = || Some(vec![t("1"), Value::Null, Value::Null]);
+        let new = vec![t("2"), t("a"), Value::Unchanged];
+        let mut c = TableChanges::new(s.clone());
+        assert!(c.absorb(update(&s, old(), new.clone())).is_err());
+        c.absorb(insert(&s, row("1", "x", "big"))).unwrap();
+        c.absorb(update(&s, old(), new)).unwrap();
+        let sets = c.into_sets();
+        assert_eq!(sets.deletes, vec![vec![t("1")]]);
+        assert_eq!(sets.upserts, vec![row("2", "a", "big")]);
+    }
+
+    #[test]
+    fn update_after_delete_is_handed_back() {
+        let s = schema(vec![0]);
+        let mut c = TableChanges::new(s.clone());
+        c.absorb(delete(&s, "1")).unwrap();
+        let partial = vec![t("1"), t("a"), Value::Unchanged];
+        assert!(c.absorb(update(&s, None, partial)).is_err());
+    }
+
+    #[test]
+    fn keyless_tables_keep_inserts_and_hand_back_the_rest() {
+        let s = schema(vec![]);
+        let mut c = TableChanges::new(s.clone());
+        c.absorb(insert(&s, row("1", "a", "b"))).unwrap();
+        c.absorb(insert(&s, row("1", "a", "b"))).unwrap();
+        assert!(c.absorb(delete(&s, "1")).is_err());
+        assert_eq!(c.into_sets().upserts.len(), 2);
+    }
+}

@@ -1,0 +1,177 @@
+//! Bulk copy into the target: snapshot chunks, their bookkeeping, and primary keys built
+//! after the load.
+//!
+//! Each chunk's COPY text is streamed into `COPY … FROM STDIN` in its own transaction,
+//! which also records the chunk in `_ferry.snapshot_chunks`, so a restart knows exactly
+//! which chunks are in. Tables this sink creates for a copy get their primary key only
+//! when the copy is done: one index build is several times cheaper than maintaining the
+//! index row by row.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_core::{ErrorClass, Lsn, SinkError, TableId, TableSchema};
+use futures::{Stream, StreamExt};
+
+use super::{ddl, ddl_error, statement_error, PgSink};
+
+/// `maintenance_work_mem` for building a primary key after a bulk copy: enough to sort
+/// tens of millions of keys in memory, and used only for the length of the build.
+const INDEX_BUILD_MEMORY: &str = "256MB";
+
+/// A chunk the target already holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedChunk {
+    /// Its table.
+    pub table: TableId,
+    /// Its number within the table.
+    pub chunk: u32,
+    /// Rows it copied.
+    pub rows: u64,
+    /// The snapshot it was read in.
+    pub snapshot_lsn: Lsn,
+}
+
+impl PgSink {
+    /// Forgets this changefeed's checkpoint and snapshot progress (a fresh start).
+    pub async fn reset_state(&mut self) -> Result<(), SinkError> {
+        for table in ["_ferry.checkpoints", "_ferry.snapshot_chunks"] {
+            self.client
+                .execute(
+                    &format!("DELETE FROM {table} WHERE changefeed = $1"),
+                    &[&self.changefeed],
+                )
+                .await
+                .map_err(|e| statement_error(format!("reset {table}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The snapshot chunks already copied for this changefeed.
+    pub async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT table_schema, table_name, chunk, rows, snapshot_lsn
+                 FROM _ferry.snapshot_chunks WHERE changefeed = $1",
+                &[&self.changefeed],
+            )
+            .await
+            .map_err(|e| statement_error("read snapshot progress", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| FinishedChunk {
+                table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                chunk: r.get::<_, i32>(2) as u32,
+                rows: r.get::<_, i64>(3) as u64,
+                snapshot_lsn: r.get::<_, String>(4).parse().unwrap_or(Lsn::ZERO),
+            })
+            .collect())
+    }
+
+    /// Copies one snapshot chunk (COPY text) in its own transaction, recording it as
+    /// finished in the same transaction. With `replace`, the table is emptied first (a
+    /// table re-copied whole after a restart). Returns the rows copied.
+    pub async fn copy_chunk<S, E>(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot_lsn: Lsn,
+        replace: bool,
+        data: S,
+    ) -> Result<u64, SinkError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = format!("copy {} chunk {chunk}", schema.id);
+        let fail = |e| statement_error(what.clone(), e);
+        self.client.batch_execute("BEGIN").await.map_err(fail)?;
+        if replace {
+            self.client
+                .batch_execute(&format!("TRUNCATE {}", schema.id.quoted()))
+                .await
+                .map_err(fail)?;
+        }
+        let columns: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| ferry_core::quote_ident(&c.name))
+            .collect();
+        let sink = self
+            .client
+            .copy_in::<_, Bytes>(&format!(
+                "COPY {} ({}) FROM STDIN",
+                schema.id.quoted(),
+                columns.join(", ")
+            ))
+            .await
+            .map_err(fail)?;
+        futures::pin_mut!(sink);
+        let mut data = std::pin::pin!(data);
+        while let Some(item) = data.next().await {
+            let sent = match item {
+                Ok(bytes) => futures::SinkExt::feed(&mut sink, bytes).await.map_err(fail),
+                Err(e) => Err(SinkError::Statement {
+                    what: format!("{what}: read from the source"),
+                    class: ErrorClass::Transient,
+                    source: Box::new(e),
+                }),
+            };
+            if let Err(e) = sent {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+        let rows = sink.finish().await.map_err(fail)?;
+        self.client
+            .execute(
+                "INSERT INTO _ferry.snapshot_chunks
+                 (changefeed, table_schema, table_name, chunk, rows, snapshot_lsn)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (changefeed, table_schema, table_name, chunk)
+                 DO UPDATE SET rows = EXCLUDED.rows, snapshot_lsn = EXCLUDED.snapshot_lsn",
+                &[
+                    &self.changefeed,
+                    &schema.id.schema,
+                    &schema.id.name,
+                    &(chunk as i32),
+                    &(rows as i64),
+                    &snapshot_lsn.to_string(),
+                ],
+            )
+            .await
+            .map_err(fail)?;
+        self.client.batch_execute("COMMIT").await.map_err(fail)?;
+        Ok(rows)
+    }
+
+    /// Creates the target table of `schema` for a bulk copy, or follows its column changes
+    /// when it exists. A table created here has no primary key yet: the copy loads it
+    /// faster, and [`PgSink::ensure_key`] adds the key once the copy is done (building an
+    /// index once costs a fraction of maintaining it row by row).
+    pub async fn ensure_table_for_copy(
+        &mut self,
+        schema: &Arc<TableSchema>,
+    ) -> Result<(), SinkError> {
+        self.shape_table(schema, false).await
+    }
+
+    /// Gives the target table its primary key after a bulk copy, unless it has a unique
+    /// index already.
+    pub async fn ensure_key(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
+        if !schema.has_key() || ddl::has_unique_index(&self.client, schema).await? {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.client
+            .batch_execute(&format!(
+                "SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'; {}; RESET maintenance_work_mem",
+                ddl::add_key_sql(schema)
+            ))
+            .await
+            .map_err(|e| ddl_error(format!("add the primary key of {}", schema.id), e))?;
+        tracing::info!(table = %schema.id, seconds = started.elapsed().as_secs_f64(), "primary key built");
+        Ok(())
+    }
+}
