@@ -123,10 +123,15 @@ impl TableSchema {
         !self.key.is_empty()
     }
 
-    /// Whether updates and deletes of this table reach a sink. Without a key and without
-    /// `REPLICA IDENTITY FULL` the source must not publish them.
+    /// Whether updates and deletes of this table reach a sink. With `REPLICA IDENTITY
+    /// NOTHING`, or without a key and without `REPLICA IDENTITY FULL`, the source must not
+    /// publish them: PostgreSQL would refuse the source's own updates and deletes.
     pub fn replicates_updates(&self) -> bool {
-        self.has_key() || self.identity == ReplicaIdentity::Full
+        match self.identity {
+            ReplicaIdentity::Full => true,
+            ReplicaIdentity::Nothing => false,
+            ReplicaIdentity::Default | ReplicaIdentity::Index => self.has_key(),
+        }
     }
 
     /// The column named `name`.
@@ -138,6 +143,22 @@ impl TableSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn updates_replicate_only_with_a_usable_identity() {
+        let table = |key: Vec<usize>, identity| TableSchema {
+            id: TableId::new("s", "t"),
+            columns: vec![],
+            key,
+            identity,
+            user_types: vec![],
+        };
+        assert!(table(vec![0], ReplicaIdentity::Default).replicates_updates());
+        assert!(table(vec![0], ReplicaIdentity::Index).replicates_updates());
+        assert!(table(vec![], ReplicaIdentity::Full).replicates_updates());
+        assert!(!table(vec![], ReplicaIdentity::Default).replicates_updates());
+        assert!(!table(vec![0], ReplicaIdentity::Nothing).replicates_updates());
+    }
 
     #[test]
     fn quoting_doubles_quotes() {

@@ -1,6 +1,6 @@
 //! A changefeed's configuration: what the operator asked for.
 
-use ferry_core::{ConnectionUri, SinkUri, TableFilter};
+use ferry_core::{ConnectionUri, Lsn, SinkUri, TableFilter};
 use serde::{Deserialize, Serialize};
 
 /// Default snapshot copy workers: enough to keep a target busy while one worker waits on
@@ -17,6 +17,16 @@ pub enum ConfigError {
     /// The id does not match `^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`.
     #[error("id {0:?} is invalid: use 1-128 letters, digits, '_' or '-', starting with a letter or digit")]
     InvalidId(String),
+    /// A name is longer than the server allows.
+    #[error("{field} is {len} bytes long; this server allows at most {max}")]
+    NameTooLong {
+        /// Which name.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// An option is out of range.
     #[error("{field} {problem}")]
     InvalidOption {
@@ -28,7 +38,7 @@ pub enum ConfigError {
 }
 
 /// Tuning knobs; every one has a default.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Options {
     /// Parallel snapshot copy workers.
@@ -56,6 +66,10 @@ pub struct ChangefeedConfig {
     pub id: String,
     /// Tenant namespace.
     pub namespace: String,
+    /// The named source this changefeed reads from, if it names one (then `source_uri` is
+    /// that source's URI, kept up to date when the source changes).
+    #[serde(default)]
+    pub source: Option<String>,
     /// The source database (password inside; prints masked).
     pub source_uri: ConnectionUri,
     /// The sink.
@@ -65,6 +79,12 @@ pub struct ChangefeedConfig {
     /// Tuning.
     #[serde(default)]
     pub options: Options,
+    /// Finish once every transaction committed at or before this position is applied.
+    #[serde(default)]
+    pub target_position: Option<Lsn>,
+    /// Copy the tables once and finish, without streaming changes.
+    #[serde(default)]
+    pub snapshot_only: bool,
     /// Creation time, microseconds since the Unix epoch.
     pub created_at_us: i64,
 }
@@ -75,9 +95,11 @@ impl ChangefeedConfig {
         format!("{}/{}", self.namespace, self.id)
     }
 
-    /// Checks everything that needs no I/O.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks everything that needs no I/O; names may be at most `max_name_length` bytes.
+    pub fn validate(&self, max_name_length: usize) -> Result<(), ConfigError> {
         validate_id(&self.id)?;
+        validate_name_length("id", &self.id, max_name_length)?;
+        validate_name_length("namespace", &self.namespace, max_name_length)?;
         if self.options.snapshot_workers == 0 || self.options.snapshot_workers > 64 {
             return Err(ConfigError::InvalidOption {
                 field: "options.snapshot_workers",
@@ -90,8 +112,40 @@ impl ChangefeedConfig {
                 problem: "must be > 0",
             });
         }
+        if self.options.batch_max_wait_ms > MAX_BATCH_WAIT_MS {
+            return Err(ConfigError::InvalidOption {
+                field: "options.batch_max_wait_ms",
+                problem: "must be at most 3600000 (one hour)",
+            });
+        }
+        if self.snapshot_only && self.target_position.is_some() {
+            return Err(ConfigError::InvalidOption {
+                field: "target_position",
+                problem: "cannot be combined with snapshot_only (a snapshot-only changefeed never streams)",
+            });
+        }
         Ok(())
     }
+}
+
+/// Longest batch wait accepted: longer would hold a source transaction's changes back
+/// for no gain.
+const MAX_BATCH_WAIT_MS: u64 = 3_600_000;
+
+/// Checks that `name` (the `field`) is at most `max` bytes.
+pub fn validate_name_length(
+    field: &'static str,
+    name: &str,
+    max: usize,
+) -> Result<(), ConfigError> {
+    if name.len() > max {
+        return Err(ConfigError::NameTooLong {
+            field,
+            len: name.len(),
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Checks an id (or namespace) against `^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`.
@@ -112,6 +166,17 @@ pub fn validate_id(id: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_length_limit() {
+        assert!(validate_name_length("id", "abcd", 4).is_ok());
+        assert_eq!(
+            validate_name_length("id", "abcde", 4)
+                .unwrap_err()
+                .to_string(),
+            "id is 5 bytes long; this server allows at most 4"
+        );
+    }
 
     #[test]
     fn ids() {

@@ -21,17 +21,44 @@
 //! the stream's changes are applied idempotently (upserts); a table without a key is copied
 //! again whole and the stream skips its changes older than that snapshot.
 //!
+//! # Lifecycle
+//! A changefeed is `stopped`, `running`, `paused`, `error` (retrying a transient failure
+//! with exponential backoff), `failed` (a definite failure, or retries exhausted after
+//! [`RetryPolicy::give_up_after`]) or `finished` (its `target_position` reached, or a
+//! snapshot-only copy done). [`lifecycle`] holds the transition table; operator actions
+//! live in `control.rs`, the task in `runner/`. A paused or stopped changefeed keeps its
+//! slot, so a resume continues exactly after the checkpoint. An operator may move the
+//! position with `overwrite_checkpoint_position`: the one deliberate exception to "stored
+//! positions never move backwards", limited to what the slot can still serve.
+//!
 //! # Errors
 //! Transient failures (connections, restarts) retry with exponential backoff in state
 //! `error`; definite ones (bad data, refused DDL, a lost slot) stop in state `failed` with a
 //! hint.
+//!
+//! # Modules
+//! - `registry.rs`: the changefeeds of the process; create, list, delete, restore.
+//! - `control.rs`: pause, resume, update. `validate.rs`: checks against the source first.
+//! - `sources.rs`: named sources. `monitor.rs`: WAL retained by each slot.
+//! - [`metrics`]: the counters the tasks increment.
 
 pub mod config;
+mod control;
+pub mod lifecycle;
+pub mod metrics;
+mod monitor;
+pub mod options;
 mod registry;
+mod retry;
 mod runner;
 mod sink;
+mod sources;
 pub mod status;
+mod validate;
 
 pub use config::{ChangefeedConfig, ConfigError};
+pub use lifecycle::Refusal;
+pub use options::{EngineOptions, RetryPolicy};
 pub use registry::{Engine, EngineError, SyncedReport};
-pub use status::{ChangefeedStatus, FeedState, Phase};
+pub use sources::{SlotReport, SourceConfig, SourceReport};
+pub use status::{ChangefeedStatus, FeedState, Phase, TableProgress, TableState};

@@ -1,4 +1,11 @@
-//! The changefeeds of this process: create, look up, check, delete; restore on start.
+//! The changefeeds of this process: create, look up, delete; restore on start.
+//!
+//! Each changefeed has an entry with its configuration, its live status, an operation
+//! lock, and — while `running` or `error` — its task. Operator actions on one changefeed
+//! (pause, resume, update, delete; see [`crate::lifecycle`]) hold its operation lock, so
+//! they apply one at a time; the map lock itself is only held for short, non-blocking
+//! looks. A task is always stopped (and awaited) before its state is persisted by the
+//! registry, so the task and the registry never write the same lifecycle document at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +19,16 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{ChangefeedConfig, ConfigError};
+use crate::lifecycle::{self, LifecycleDoc, Refusal};
+use crate::metrics::FeedMetrics;
+use crate::options::EngineOptions;
+use crate::runner::tables::RuntimeState;
 use crate::runner::Runner;
 use crate::status::{ChangefeedStatus, FeedState, Phase, StatusCell};
+use crate::validate;
+
+/// How long a stopping task may take to finish its batch before it is cancelled.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An engine operation that was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,16 +42,52 @@ pub enum EngineError {
     /// No changefeed with that id in that namespace.
     #[error("changefeed {0} does not exist")]
     NotFound(String),
+    /// The server runs as many changefeeds as it is configured for.
+    #[error("this server already has {0} changefeeds, its configured maximum")]
+    TooManyChangefeeds(usize),
+    /// The action is not possible in the changefeed's state.
+    #[error("changefeed {id}: {refusal}")]
+    Refused {
+        /// The changefeed.
+        id: String,
+        /// Why.
+        refusal: Refusal,
+    },
     /// The source cannot be used (unreachable, not configured for logical replication).
     #[error("source is not usable: {0}")]
     SourceUnusable(String),
+    /// A table rule names a table the source does not have.
+    #[error("the source has no table {0}")]
+    TableNotFound(String),
+    /// A resume position is malformed or cannot be served.
+    #[error("invalid position: {0}")]
+    InvalidPosition(String),
+    /// No named source with that name in that namespace.
+    #[error("source {0} does not exist")]
+    SourceNotFound(String),
+    /// A changefeed names a source that does not exist.
+    #[error("source {0} does not exist; create it first (POST /api/v2/sources)")]
+    UnknownSource(String),
+    /// A source with that name exists in that namespace.
+    #[error("source {0} already exists")]
+    SourceAlreadyExists(String),
+    /// Changefeeds use the source.
+    #[error("source {name} is used by changefeeds {changefeeds}; {hint}")]
+    SourceInUse {
+        /// The source.
+        name: String,
+        /// The changefeeds, comma-separated.
+        changefeeds: String,
+        /// What to do.
+        hint: &'static str,
+    },
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
 }
 
 /// The answer of `GET /changefeeds/{id}/synced`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct SyncedReport {
     /// Snapshot done and every change committed on the source before the request applied.
     pub synced: bool,
@@ -50,99 +101,224 @@ pub struct SyncedReport {
     pub info: String,
 }
 
-struct Feed {
-    config: ChangefeedConfig,
-    status: StatusCell,
+/// A running task.
+pub(crate) struct Task {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) struct Feed {
+    pub(crate) config: ChangefeedConfig,
+    pub(crate) status: StatusCell,
+    /// Serializes operator actions on this changefeed.
+    pub(crate) ops: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) task: Option<Task>,
 }
 
 /// Owns every changefeed of this process.
 pub struct Engine {
-    meta: Arc<MetaStore>,
-    feeds: Mutex<BTreeMap<String, Feed>>,
+    pub(crate) meta: Arc<MetaStore>,
+    pub(crate) options: EngineOptions,
+    pub(crate) feeds: Mutex<BTreeMap<String, Feed>>,
+    /// Serializes changes to named sources.
+    pub(crate) sources_lock: tokio::sync::Mutex<()>,
+}
+
+/// `namespace/id`.
+pub(crate) fn feed_key(namespace: &str, id: &str) -> String {
+    format!("{namespace}/{id}")
 }
 
 impl Engine {
-    /// Opens the engine and starts every stored changefeed.
-    pub fn start(meta: Arc<MetaStore>) -> Result<Arc<Self>, EngineError> {
+    /// Opens the engine: restores every stored changefeed, starting those that ran.
+    pub fn start(meta: Arc<MetaStore>, options: EngineOptions) -> Result<Arc<Self>, EngineError> {
         let engine = Arc::new(Engine {
             meta,
+            options,
             feeds: Mutex::new(BTreeMap::new()),
+            sources_lock: tokio::sync::Mutex::new(()),
         });
         let stored: Vec<(String, ChangefeedConfig)> = engine.meta.list(Collection::Changefeeds)?;
         for (key, config) in stored {
-            info!(changefeed = %key, "restoring changefeed");
-            engine.launch(config);
+            let doc = LifecycleDoc::load(&engine.meta, &key)?;
+            info!(changefeed = %key, state = %doc.state, "restoring changefeed");
+            let status = if lifecycle::runs(doc.state) {
+                let phase = engine
+                    .meta
+                    .get::<RuntimeState>(Collection::ChangefeedState, &key)?
+                    .and_then(|s| s.phase)
+                    .unwrap_or(Phase::Snapshot);
+                let status = StatusCell::new(FeedState::Running, phase);
+                status.update(|s| {
+                    s.last_error = doc.last_error.clone();
+                    s.last_warning = doc.last_warning.clone();
+                });
+                status
+            } else {
+                doc.status()
+            };
+            let task = lifecycle::runs(doc.state).then(|| engine.spawn(&config, &status));
+            engine.feeds.lock().expect("feeds lock").insert(
+                key,
+                Feed {
+                    config,
+                    status,
+                    ops: Arc::default(),
+                    task,
+                },
+            );
         }
+        crate::monitor::spawn(Arc::downgrade(&engine));
         Ok(engine)
     }
 
-    fn launch(&self, config: ChangefeedConfig) {
-        let key = config.key();
-        let status = StatusCell::new(Phase::Snapshot);
+    /// The engine's settings.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Starts a task for `config`, reporting into `status`.
+    pub(crate) fn spawn(&self, config: &ChangefeedConfig, status: &StatusCell) -> Task {
         let (stop_tx, stop_rx) = watch::channel(false);
+        status.update(|s| {
+            s.state = FeedState::Running;
+            // Until the task has seen the source again, nothing says it is caught up.
+            s.caught_up = false;
+        });
         let runner = Runner {
             config: config.clone(),
             meta: self.meta.clone(),
             status: status.clone(),
             stop: stop_rx,
+            retry: self.options.retry,
+            metrics: FeedMetrics::new(&config.namespace, &config.id),
         };
-        let task = tokio::spawn(runner.run());
-        self.feeds.lock().expect("feeds lock").insert(
-            key,
-            Feed {
-                config,
-                status,
-                stop: stop_tx,
-                task,
-            },
-        );
+        Task {
+            stop: stop_tx,
+            handle: tokio::spawn(runner.run()),
+        }
     }
 
-    /// Validates, stores and starts a changefeed.
-    pub async fn create(&self, config: ChangefeedConfig) -> Result<(), EngineError> {
-        config.validate()?;
+    /// Stops the task of `key`, if it has one, and waits for it to end.
+    pub(crate) async fn stop_task(&self, key: &str) {
+        let task = self
+            .feeds
+            .lock()
+            .expect("feeds lock")
+            .get_mut(key)
+            .and_then(|f| f.task.take());
+        if let Some(task) = task {
+            stop(task).await;
+        }
+    }
+
+    /// The operation lock of `key`.
+    pub(crate) fn ops_lock(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<()>>, EngineError> {
+        self.feeds
+            .lock()
+            .expect("feeds lock")
+            .get(&feed_key(namespace, id))
+            .map(|f| f.ops.clone())
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    /// Runs `f` on the entry of `namespace/id`.
+    pub(crate) fn with_feed<R>(
+        &self,
+        namespace: &str,
+        id: &str,
+        f: impl FnOnce(&mut Feed) -> R,
+    ) -> Result<R, EngineError> {
+        self.feeds
+            .lock()
+            .expect("feeds lock")
+            .get_mut(&feed_key(namespace, id))
+            .map(f)
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    /// Validates and stores a changefeed, then starts it unless `start` is false (then it
+    /// is `stopped`). Nothing is stored when a check fails.
+    pub async fn create(
+        &self,
+        mut config: ChangefeedConfig,
+        start: bool,
+    ) -> Result<(), EngineError> {
+        config.validate(self.options.max_name_length)?;
         let key = config.key();
         if self.feeds.lock().expect("feeds lock").contains_key(&key) {
             return Err(EngineError::AlreadyExists(config.id.clone()));
         }
-        check_source(&config).await?;
-        if self.feeds.lock().expect("feeds lock").contains_key(&key) {
+        if let Some(name) = &config.source {
+            config.source_uri = self
+                .source_config(&config.namespace, name)
+                .map_err(|_| EngineError::UnknownSource(name.clone()))?
+                .uri;
+        }
+        let (client, _) = validate::check_source(&config.source_uri).await?;
+        validate::check_tables(&client, &config.tables).await?;
+        drop(client);
+        let state = if start {
+            FeedState::Running
+        } else {
+            FeedState::Stopped
+        };
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        if feeds.contains_key(&key) {
             return Err(EngineError::AlreadyExists(config.id.clone()));
+        }
+        if feeds.len() >= self.options.max_changefeeds {
+            return Err(EngineError::TooManyChangefeeds(
+                self.options.max_changefeeds,
+            ));
         }
         self.meta.put(Collection::Changefeeds, &key, &config)?;
         self.meta.delete(Collection::ChangefeedState, &key)?;
-        info!(changefeed = %key, source = %config.source_uri, sink = %config.sink_uri, "changefeed created");
-        self.launch(config);
+        LifecycleDoc::new(state).save(&self.meta, &key)?;
+        let status = StatusCell::new(state, Phase::Snapshot);
+        let task = start.then(|| self.spawn(&config, &status));
+        info!(changefeed = %key, source = %config.source_uri, sink = %config.sink_uri, state = %state, "changefeed created");
+        feeds.insert(
+            key,
+            Feed {
+                config,
+                status,
+                ops: Arc::default(),
+                task,
+            },
+        );
         Ok(())
     }
 
-    /// Every changefeed's status, sorted by namespace and id.
-    pub fn list(&self) -> Vec<ChangefeedStatus> {
+    /// The status of every changefeed of `namespace` (of every namespace when `None`) in
+    /// `state` (any when `None`), sorted by id.
+    pub fn list(&self, namespace: Option<&str>, state: Option<FeedState>) -> Vec<ChangefeedStatus> {
         let feeds = self.feeds.lock().expect("feeds lock");
         feeds
             .values()
-            .map(|f| f.status.snapshot(&f.config.id, &f.config.namespace))
+            .filter(|f| namespace.is_none_or(|ns| f.config.namespace == ns))
+            .map(|f| {
+                f.status
+                    .snapshot(&f.config.id, &f.config.namespace, f.config.created_at_us)
+            })
+            .filter(|s| state.is_none_or(|want| s.state == want))
             .collect()
     }
 
     /// A changefeed's configuration.
     pub fn config(&self, namespace: &str, id: &str) -> Result<ChangefeedConfig, EngineError> {
-        let feeds = self.feeds.lock().expect("feeds lock");
-        feeds
-            .get(&format!("{namespace}/{id}"))
-            .map(|f| f.config.clone())
-            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+        self.with_feed(namespace, id, |f| f.config.clone())
     }
 
     /// A changefeed's status.
     pub fn status(&self, namespace: &str, id: &str) -> Result<ChangefeedStatus, EngineError> {
-        let feeds = self.feeds.lock().expect("feeds lock");
-        feeds
-            .get(&format!("{namespace}/{id}"))
-            .map(|f| f.status.snapshot(id, namespace))
-            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+        self.with_feed(namespace, id, |f| {
+            f.status.snapshot(id, namespace, f.config.created_at_us)
+        })
     }
 
     /// Whether everything the source committed before now is applied and checkpointed.
@@ -150,26 +326,23 @@ impl Engine {
         let config = self.config(namespace, id)?;
         // Read the source's position first: anything committed before the request lies
         // before it.
-        let client = ferry_postgres::connect::connect(&config.source_uri, "ferry-synced")
-            .await
-            .map_err(|e| EngineError::SourceUnusable(e.chain()))?;
+        let client = validate::connect(&config.source_uri).await?;
         let row = client
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await
-            .map_err(|e| EngineError::SourceUnusable(e.to_string()))?;
+            .map_err(|e| EngineError::SourceUnusable(ferry_core::error_chain(&e)))?;
         let source: Lsn = row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO);
         let status = self.status(namespace, id)?;
         let checkpoint: Option<Lsn> = status
             .checkpoint_position
             .as_deref()
             .and_then(|p| p.parse().ok());
-        let (synced, info) = if status.phase != Phase::Streaming {
+        let (synced, info) = if status.state == FeedState::Finished {
+            (false, "the changefeed is finished".to_string())
+        } else if status.phase != Phase::Streaming {
             (false, "the snapshot is still running".to_string())
         } else if status.state != FeedState::Running {
-            (
-                false,
-                format!("the changefeed is {:?}", status.state).to_lowercase(),
-            )
+            (false, format!("the changefeed is {}", status.state))
         } else if checkpoint.is_some_and(|c| c >= source) {
             (
                 true,
@@ -190,18 +363,17 @@ impl Engine {
     /// Stops and removes a changefeed, dropping its slot and publications on the source.
     /// Target data stays. Returns whether it existed.
     pub async fn delete(&self, namespace: &str, id: &str) -> Result<bool, EngineError> {
-        let key = format!("{namespace}/{id}");
-        let feed = self.feeds.lock().expect("feeds lock").remove(&key);
-        let Some(feed) = feed else {
+        let Ok(ops) = self.ops_lock(namespace, id) else {
             return Ok(false);
         };
-        let _ = feed.stop.send(true);
-        let mut task = feed.task;
-        if tokio::time::timeout(Duration::from_secs(10), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
+        let _guard = ops.lock().await;
+        let key = feed_key(namespace, id);
+        let feed = self.feeds.lock().expect("feeds lock").remove(&key);
+        let Some(mut feed) = feed else {
+            return Ok(false);
+        };
+        if let Some(task) = feed.task.take() {
+            stop(task).await;
         }
         let names = SlotNames::for_changefeed(&key);
         match ferry_postgres::connect::connect(&feed.config.source_uri, "ferry-cleanup").await {
@@ -216,45 +388,33 @@ impl Engine {
         }
         self.meta.delete(Collection::Changefeeds, &key)?;
         self.meta.delete(Collection::ChangefeedState, &key)?;
+        self.meta.delete(Collection::ChangefeedLifecycle, &key)?;
         info!(changefeed = %key, slot = %names.slot, "changefeed deleted");
         Ok(true)
     }
 
-    /// Stops every changefeed (server shutdown); they resume on the next start.
+    /// Stops every changefeed (server shutdown); those that ran resume on the next start.
     pub async fn shutdown(&self) {
-        let feeds: Vec<Feed> = std::mem::take(&mut *self.feeds.lock().expect("feeds lock"))
-            .into_values()
+        let tasks: Vec<Task> = self
+            .feeds
+            .lock()
+            .expect("feeds lock")
+            .values_mut()
+            .filter_map(|f| f.task.take())
             .collect();
-        for feed in feeds {
-            let _ = feed.stop.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(5), feed.task).await;
-        }
+        futures::future::join_all(tasks.into_iter().map(stop)).await;
     }
 }
 
-/// Connects to the source and checks it can do logical replication.
-async fn check_source(config: &ChangefeedConfig) -> Result<(), EngineError> {
-    let client = ferry_postgres::connect::connect(&config.source_uri, "ferry-check")
+/// Asks a task to stop and waits for it (cancelling it after [`STOP_TIMEOUT`]).
+async fn stop(task: Task) {
+    let _ = task.stop.send(true);
+    let mut handle = task.handle;
+    if tokio::time::timeout(STOP_TIMEOUT, &mut handle)
         .await
-        .map_err(|e| EngineError::SourceUnusable(e.chain()))?;
-    let row = client
-        .query_one(
-            "SELECT current_setting('wal_level'),
-                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
-            &[],
-        )
-        .await
-        .map_err(|e| EngineError::SourceUnusable(e.to_string()))?;
-    let wal_level: String = row.get(0);
-    if wal_level != "logical" {
-        return Err(EngineError::SourceUnusable(format!(
-            "wal_level is {wal_level}; set wal_level = logical on the source and restart it"
-        )));
+        .is_err()
+    {
+        handle.abort();
+        let _ = handle.await;
     }
-    if !row.get::<_, bool>(1) {
-        return Err(EngineError::SourceUnusable(
-            "the source user lacks the REPLICATION attribute; ALTER ROLE … WITH REPLICATION".into(),
-        ));
-    }
-    Ok(())
 }

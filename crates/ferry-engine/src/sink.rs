@@ -79,6 +79,25 @@ impl AnySink {
         }
     }
 
+    /// Creates or follows a table for a bulk copy (the key comes after it).
+    pub(crate) async fn ensure_table_for_copy(
+        &mut self,
+        schema: &Arc<TableSchema>,
+    ) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.ensure_table_for_copy(schema).await,
+            AnySink::Blackhole(_) => Ok(()),
+        }
+    }
+
+    /// Gives a bulk-copied table its key.
+    pub(crate) async fn ensure_key(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.ensure_key(schema).await,
+            AnySink::Blackhole(_) => Ok(()),
+        }
+    }
+
     pub(crate) async fn abort_batch(&mut self) {
         if let AnySink::Postgres(s) = self {
             s.abort_batch().await;

@@ -1,27 +1,79 @@
 //! What a changefeed is doing now, as the API shows it.
+//!
+//! A runner writes into its changefeed's [`StatusCell`]; the API reads snapshots of it. When
+//! a task stops (pause, failure, finish, shutdown) the cell's last values are persisted with
+//! the lifecycle, so a settled changefeed still shows its checkpoint and table progress
+//! after a server restart.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_core::{Position, TableId};
-use serde::Serialize;
 
-/// A changefeed's lifecycle state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+use crate::lifecycle::Timed;
+use serde::{Deserialize, Serialize};
+
+/// A changefeed's lifecycle state (see [`crate::lifecycle`] for the transitions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FeedState {
     /// Created and not started, or stopped by an operator.
     Stopped,
     /// Replicating.
     Running,
+    /// Paused by an operator; the slot keeps the source's WAL until it resumes.
+    Paused,
     /// A transient failure; retrying with backoff (see `last_warning`).
     Error,
-    /// A definite failure; needs an operator (see `last_error`).
+    /// A definite failure, or retries exhausted; needs an operator (see `last_error`).
     Failed,
+    /// The `target_position` was reached, or a snapshot-only copy completed.
+    Finished,
+}
+
+impl FeedState {
+    /// Every state, in documentation order.
+    pub const ALL: [FeedState; 6] = [
+        FeedState::Stopped,
+        FeedState::Running,
+        FeedState::Paused,
+        FeedState::Error,
+        FeedState::Failed,
+        FeedState::Finished,
+    ];
+
+    /// The state's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedState::Stopped => "stopped",
+            FeedState::Running => "running",
+            FeedState::Paused => "paused",
+            FeedState::Error => "error",
+            FeedState::Failed => "failed",
+            FeedState::Finished => "finished",
+        }
+    }
+}
+
+impl std::fmt::Display for FeedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FeedState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FeedState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown state {s:?}"))
+    }
 }
 
 /// Which part of the job runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Copying the tables' existing rows.
@@ -30,18 +82,30 @@ pub enum Phase {
     Streaming,
 }
 
+/// Where one table's snapshot copy is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TableState {
+    /// Not copied yet.
+    Pending,
+    /// Being copied.
+    Copying,
+    /// Copied; its changes stream.
+    Copied,
+}
+
 /// Snapshot progress of one table.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TableProgress {
     /// `schema.table`.
     pub table: String,
-    /// `pending`, `copying`, `copied`.
-    pub state: &'static str,
+    /// Pending, copying or copied.
+    pub state: TableState,
     /// Rows copied so far.
     pub rows_copied: u64,
-    /// The source's row estimate.
+    /// The source's row estimate when the copy was planned.
     pub rows_estimated: u64,
-    /// Chunks copied / planned.
+    /// Chunks copied.
     pub chunks_done: u32,
     /// Chunks planned.
     pub chunks_total: u32,
@@ -58,12 +122,14 @@ pub(crate) struct Live {
     pub(crate) checkpoint_time_us: Option<i64>,
     /// Whether everything received has been applied and nothing is in flight.
     pub(crate) caught_up: bool,
-    pub(crate) last_error: Option<(String, i64)>,
-    pub(crate) last_warning: Option<(String, i64)>,
+    pub(crate) last_error: Option<Timed>,
+    pub(crate) last_warning: Option<Timed>,
     pub(crate) warnings: Vec<String>,
     pub(crate) tables: Vec<TableProgress>,
     pub(crate) rows_applied: u64,
     pub(crate) transactions_applied: u64,
+    /// WAL the slot holds back on the source, as last measured.
+    pub(crate) retained_wal_bytes: Option<u64>,
 }
 
 /// A handle to a changefeed's live status.
@@ -71,9 +137,9 @@ pub(crate) struct Live {
 pub(crate) struct StatusCell(Arc<Mutex<Live>>);
 
 impl StatusCell {
-    pub(crate) fn new(phase: Phase) -> Self {
+    pub(crate) fn new(state: FeedState, phase: Phase) -> Self {
         StatusCell(Arc::new(Mutex::new(Live {
-            state: FeedState::Running,
+            state,
             phase,
             checkpoint: None,
             checkpoint_time_us: None,
@@ -84,6 +150,7 @@ impl StatusCell {
             tables: Vec::new(),
             rows_applied: 0,
             transactions_applied: 0,
+            retained_wal_bytes: None,
         })))
     }
 
@@ -95,23 +162,28 @@ impl StatusCell {
             .expect("status lock is never poisoned: no panics inside");
         f(&mut live)
     }
+
+    /// The current state.
+    pub(crate) fn state(&self) -> FeedState {
+        self.update(|live| live.state)
+    }
 }
 
 /// Microseconds since the Unix epoch, now.
-pub(crate) fn now_us() -> i64 {
+pub fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// RFC 3339 text of a Unix-epoch microsecond time.
-pub(crate) fn rfc3339(us: i64) -> String {
+pub fn rfc3339(us: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// The status document of `GET /changefeeds/{id}/status`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ChangefeedStatus {
     /// Changefeed id.
     pub id: String,
@@ -137,18 +209,29 @@ pub struct ChangefeedStatus {
     pub last_warning_time: Option<String>,
     /// Standing warnings (e.g. tables whose updates cannot be replicated).
     pub warnings: Vec<String>,
-    /// Row changes applied by the stream.
+    /// Row changes applied by the stream (since the server started).
     pub rows_applied: u64,
-    /// Source transactions applied by the stream.
+    /// Source transactions applied by the stream (since the server started).
     pub transactions_applied: u64,
     /// Snapshot rows copied.
     pub snapshot_rows_copied: u64,
+    /// Snapshot rows the source estimated.
+    pub snapshot_rows_estimated: u64,
+    /// WAL the replication slot holds back on the source, in bytes, as last measured.
+    pub slot_retained_wal_bytes: Option<u64>,
     /// Snapshot progress by table.
     pub tables: Vec<TableProgress>,
+    /// When the changefeed was created (RFC 3339).
+    pub created_at: String,
 }
 
 impl StatusCell {
-    pub(crate) fn snapshot(&self, id: &str, namespace: &str) -> ChangefeedStatus {
+    pub(crate) fn snapshot(
+        &self,
+        id: &str,
+        namespace: &str,
+        created_at_us: i64,
+    ) -> ChangefeedStatus {
         self.update(|live| {
             let lag_seconds = match (live.phase, live.checkpoint_time_us) {
                 (Phase::Streaming, _) if live.caught_up => Some(0.0),
@@ -163,15 +246,18 @@ impl StatusCell {
                 checkpoint_position: live.checkpoint.map(|p| p.to_string()),
                 checkpoint_time: live.checkpoint_time_us.map(rfc3339),
                 lag_seconds,
-                last_error: live.last_error.as_ref().map(|e| e.0.clone()),
-                last_error_time: live.last_error.as_ref().map(|e| rfc3339(e.1)),
-                last_warning: live.last_warning.as_ref().map(|e| e.0.clone()),
-                last_warning_time: live.last_warning.as_ref().map(|e| rfc3339(e.1)),
+                last_error: live.last_error.as_ref().map(|e| e.message.clone()),
+                last_error_time: live.last_error.as_ref().map(|e| rfc3339(e.at_us)),
+                last_warning: live.last_warning.as_ref().map(|e| e.message.clone()),
+                last_warning_time: live.last_warning.as_ref().map(|e| rfc3339(e.at_us)),
                 warnings: live.warnings.clone(),
                 rows_applied: live.rows_applied,
                 transactions_applied: live.transactions_applied,
                 snapshot_rows_copied: live.tables.iter().map(|t| t.rows_copied).sum(),
+                snapshot_rows_estimated: live.tables.iter().map(|t| t.rows_estimated).sum(),
+                slot_retained_wal_bytes: live.retained_wal_bytes,
                 tables: live.tables.clone(),
+                created_at: rfc3339(created_at_us),
             }
         })
     }

@@ -3,9 +3,17 @@
 //! One process runs with the embedded store here: a `redb` file in the server's data
 //! directory (ACID, fsync on commit, survives `kill -9`). Values are JSON documents keyed by
 //! `namespace/id`, in named collections, so an etcd-backed store for a cluster can keep the
-//! same keys and documents. What the store holds is the *desired* configuration and the
+//! same keys and documents. What the store holds is the *desired* configuration, the
+//! lifecycle state an operator or a failure left a changefeed in, named sources, and the
 //! facts a restart needs (phase, snapshot plan); the replication checkpoint itself lives in
 //! the sink, next to the data it covers.
+//!
+//! | collection | key | document |
+//! |---|---|---|
+//! | `changefeeds` | `namespace/id` | configuration (secrets included) |
+//! | `changefeed_state` | `namespace/id` | phase and snapshot plan |
+//! | `changefeed_lifecycle` | `namespace/id` | state, last error, resume position |
+//! | `sources` | `namespace/name` | a named source connection (secrets included) |
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +27,11 @@ pub enum Collection {
     Changefeeds,
     /// Changefeed runtime state (phase, snapshot plan, source positions).
     ChangefeedState,
+    /// Changefeed lifecycle: the state an operator or a failure left it in (stopped,
+    /// paused, failed, finished), its last error, and a requested resume position.
+    ChangefeedLifecycle,
+    /// Named source connections that changefeeds refer to.
+    Sources,
 }
 
 impl Collection {
@@ -26,6 +39,8 @@ impl Collection {
         match self {
             Collection::Changefeeds => TableDefinition::new("changefeeds"),
             Collection::ChangefeedState => TableDefinition::new("changefeed_state"),
+            Collection::ChangefeedLifecycle => TableDefinition::new("changefeed_lifecycle"),
+            Collection::Sources => TableDefinition::new("sources"),
         }
     }
 }

@@ -14,6 +14,8 @@
 //! - [`snapshot`]: chunk planning by key range and the `COPY … TO STDOUT` reader.
 //! - [`decode`]: the pgoutput byte decoder (fuzzed and property-tested).
 //! - [`source`]: the replication stream, turned into [`ferry_core::SourceEvent`]s.
+//! - [`eligibility`]: whether a source can be replicated (wal_level, REPLICATION) and which
+//!   tables fully (a key or a replica identity), for checks before anything is stored.
 //!
 //! # Sink
 //! - [`sink`]: DDL for missing tables and column changes, `COPY FROM` for snapshot chunks,
@@ -28,6 +30,7 @@
 pub mod catalog;
 pub mod connect;
 pub mod decode;
+pub mod eligibility;
 pub mod sink;
 pub mod slot;
 pub mod snapshot;

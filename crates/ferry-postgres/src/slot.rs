@@ -153,6 +153,55 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     }))
 }
 
+/// Where a slot can stream from, and the WAL it keeps on the source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotPositions {
+    /// The oldest WAL the slot still needs.
+    pub restart_lsn: Lsn,
+    /// What the slot has confirmed: streaming can start no earlier than this.
+    pub confirmed_flush: Lsn,
+    /// The source's current WAL position.
+    pub current_wal: Lsn,
+}
+
+impl SlotPositions {
+    /// Bytes of WAL the source keeps for this slot.
+    pub fn retained_wal_bytes(&self) -> u64 {
+        self.current_wal.0.saturating_sub(self.restart_lsn.0)
+    }
+}
+
+/// Positions of the slots named in `slots` that exist, by name.
+pub async fn slot_positions(
+    client: &Client,
+    slots: &[String],
+) -> Result<Vec<(String, SlotPositions)>, PgError> {
+    let rows = client
+        .query(
+            "SELECT slot_name::text, COALESCE(restart_lsn, '0/0')::text,
+                    COALESCE(confirmed_flush_lsn, '0/0')::text,
+                    pg_catalog.pg_current_wal_lsn()::text
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = ANY($1)",
+            &[&slots],
+        )
+        .await
+        .map_err(|e| PgError::new("read replication slots", e))?;
+    let lsn = |r: &tokio_postgres::Row, i| r.get::<_, String>(i).parse().unwrap_or(Lsn::ZERO);
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                SlotPositions {
+                    restart_lsn: lsn(r, 1),
+                    confirmed_flush: lsn(r, 2),
+                    current_wal: lsn(r, 3),
+                },
+            )
+        })
+        .collect())
+}
+
 /// Drops the slot (ending a walsender that still holds it) and both publications.
 /// Objects already gone are fine: this is idempotent.
 pub async fn drop_all(client: &Client, names: &SlotNames) -> Result<(), PgError> {

@@ -2,7 +2,9 @@
 //!
 //! The server runs the real binary (the test passes its path, from
 //! `env!("CARGO_BIN_EXE_ferry")`) on a free loopback port with a temporary data directory,
-//! so tests can `kill -9` it and start it again on the same data.
+//! so tests can `kill -9` it (or stop it gracefully) and start it again on the same data.
+//! Its resource use ([`FerryServer::peak_rss_kib`], [`FerryServer::cpu_seconds`]) is read
+//! from `/proc`, for the benchmarks.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,9 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The log filter tests run the server with: engine decisions at debug, for failure reports.
+const TEST_LOG_FILTER: &str = "info,ferry_engine=debug";
+
+/// How long a graceful stop ([`FerryServer::stop`]) may take before the server is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A running (or killed) `ferry server`.
 pub struct FerryServer {
     binary: PathBuf,
+    log_filter: String,
     addr: SocketAddr,
     data_dir: tempfile::TempDir,
     child: Option<Child>,
@@ -22,12 +31,19 @@ pub struct FerryServer {
 impl FerryServer {
     /// Starts `binary server` on a free port with a new data directory; waits for health.
     pub fn start(binary: &Path) -> FerryServer {
+        FerryServer::start_with_log(binary, TEST_LOG_FILTER)
+    }
+
+    /// Like [`FerryServer::start`], with the server's `--log` filter (the benchmarks run it
+    /// with `info`, as in production).
+    pub fn start_with_log(binary: &Path, log_filter: &str) -> FerryServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let mut server = FerryServer {
             binary: binary.to_path_buf(),
+            log_filter: log_filter.to_owned(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             data_dir: tempfile::Builder::new()
                 .prefix("ferry-data-")
@@ -77,7 +93,7 @@ impl FerryServer {
         let child = Command::new(&self.binary)
             .args(["server", "--addr", &self.addr.to_string(), "--data-dir"])
             .arg(self.data_dir.path().join("data"))
-            .args(["--log", "info,ferry_engine=debug"])
+            .args(["--log", &self.log_filter])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -117,6 +133,40 @@ impl FerryServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the server gracefully (SIGTERM: it finishes its batch and shuts its changefeeds
+    /// down) and reaps it; SIGKILL after 30 s. [`FerryServer::restart`] starts it again.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill only sends a signal; `pid` is our child and not yet reaped, so the
+            // pid cannot have been reused by another process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU time (user + system) the running server has used so far, in seconds, from
+    /// `/proc/<pid>/stat`.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        cpu_seconds_from_stat(&stat)
     }
 
     /// The running server's peak resident memory (`VmHWM`) in KiB, if it runs.
@@ -205,6 +255,25 @@ impl FerryServer {
     }
 }
 
+/// utime + stime of a `/proc/<pid>/stat` line, in seconds.
+///
+/// The command name (field 2) may hold spaces and parentheses, so fields are counted from
+/// the last `)`: state is field 3, utime field 14 and stime field 15.
+fn cpu_seconds_from_stat(stat: &str) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_second = if ticks_per_second > 0 {
+        ticks_per_second as f64
+    } else {
+        100.0
+    };
+    Some((utime + stime) as f64 / ticks_per_second)
+}
+
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
@@ -226,5 +295,19 @@ impl Drop for FerryServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_counts_fields_after_the_command_name() {
+        let stat = "4242 (ferry (x) y) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 9";
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        assert_eq!(cpu_seconds_from_stat(stat), Some(300.0 / ticks));
+        assert_eq!(cpu_seconds_from_stat("4242 (ferry) S 1"), None);
     }
 }

@@ -1,21 +1,35 @@
-//! `ferry`: the one binary. `ferry server` runs the HTTP API and the changefeed runtime
-//! with an embedded metadata store in `--data-dir`.
+//! `ferry`: the one binary.
+//!
+//! - `ferry server` ([`server`]) runs the HTTP API and the changefeed runtime with an
+//!   embedded metadata store, configured by [`settings`] (defaults → file → `FERRY_*`
+//!   environment → flags).
+//! - `ferry changefeed …` and `ferry source …` ([`cli`]) are the client: each command is a
+//!   request to a running server's `/api/v2`, printed as a table, JSON or YAML, with a
+//!   distinct exit code per kind of failure ([`cli::exit`], documented in `docs/cli.md`).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+mod cli;
+mod server;
+mod settings;
 
-use anyhow::Context;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
-use tracing::info;
+
+use crate::cli::changefeed::ChangefeedArgs;
+use crate::cli::source::SourceArgs;
+use crate::cli::LeadingClientFlags;
 
 #[derive(Parser)]
 #[command(
     name = "ferry",
     version,
-    about = "Change data capture and database replication"
+    about = "Change data capture and database replication",
+    after_help = "Run `ferry server` for the server; `ferry changefeed --help` and \
+                  `ferry source --help` for the client commands. Exit codes: docs/cli.md."
 )]
 struct Cli {
+    #[command(flatten)]
+    client: LeadingClientFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,75 +37,33 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: HTTP API plus the changefeed runtime.
-    Server(ServerArgs),
+    Server(server::ServerArgs),
+    /// Manage changefeeds on a server.
+    #[command(alias = "cf")]
+    Changefeed(ChangefeedArgs),
+    /// Manage registered sources on a server.
+    Source(SourceArgs),
 }
 
-#[derive(clap::Args)]
-struct ServerArgs {
-    /// Address the HTTP API listens on.
-    #[arg(long, env = "FERRY_ADDR", default_value = "127.0.0.1:8300")]
-    addr: SocketAddr,
-    /// Directory of the embedded metadata store.
-    #[arg(long, env = "FERRY_DATA_DIR", default_value = "./ferry-data")]
-    data_dir: PathBuf,
-    /// Log filter (`info`, `ferry_engine=debug`, …).
-    #[arg(long, env = "FERRY_LOG", default_value = "info")]
-    log: String,
-    /// Log format.
-    #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(args) => {
-            init_logs(&args.log, &args.log_format);
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("start the async runtime")?
-                .block_on(serve(args))
-        }
+        Command::Server(args) => server::main(args),
+        Command::Changefeed(args) => cli::run(args.flags.or(cli.client), |context| {
+            cli::changefeed::run(context, args.command)
+        }),
+        Command::Source(args) => cli::run(args.flags.or(cli.client), |context| {
+            cli::source::run(context, args.command)
+        }),
     }
 }
 
-fn init_logs(filter: &str, format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
 
-async fn serve(args: ServerArgs) -> anyhow::Result<()> {
-    let meta = ferry_meta::MetaStore::open(&args.data_dir)
-        .with_context(|| format!("open the data dir {}", args.data_dir.display()))?;
-    let engine = ferry_engine::Engine::start(Arc::new(meta)).context("start the engine")?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("listen on {}", args.addr))?;
-    info!(addr = %args.addr, data_dir = %args.data_dir.display(), "ferry server listening");
-    let app = ferry_api::router(engine.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serve HTTP")?;
-    info!("shutting down");
-    engine.shutdown().await;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

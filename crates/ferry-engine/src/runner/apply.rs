@@ -1,0 +1,260 @@
+//! The applier: groups source transactions into target batches and keeps the checkpoint
+//! invariant (commit the batch with its checkpoint, *then* confirm it to the source).
+//!
+//! It also ends a changefeed at its `target_position`: every transaction whose commit lies
+//! at or before the target is applied, the first one after it is not, and the run ends as
+//! finished once nothing at or before the target is left.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ferry_core::{ErrorClass, Lsn, Position, RowChange, Sink, SourceEvent, TableId};
+use ferry_postgres::PgError;
+use tokio::sync::{mpsc, watch};
+
+use super::RunError;
+use crate::metrics::{FeedMetrics, RowCounts};
+use crate::sink::AnySink;
+use crate::status::StatusCell;
+
+/// How a stream ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// Asked to stop.
+    Stopped,
+    /// The target position is reached and everything up to it is applied.
+    Finished,
+}
+
+/// Groups source transactions into target batches.
+pub(crate) struct Applier {
+    pub(crate) sink: AnySink,
+    pub(crate) events: mpsc::Receiver<Result<SourceEvent, PgError>>,
+    pub(crate) confirm: watch::Sender<Lsn>,
+    pub(crate) status: StatusCell,
+    /// Per table: changes committed before this position are already in its snapshot.
+    pub(crate) skip_before: HashMap<TableId, Lsn>,
+    pub(crate) max_rows: usize,
+    pub(crate) max_wait: Duration,
+    /// Stop (finished) after the last transaction committed at or before this.
+    pub(crate) target: Option<Lsn>,
+    pub(crate) metrics: FeedMetrics,
+    /// Called once after the first batch is durable (clears a requested resume position).
+    pub(crate) on_first_commit: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// The open batch.
+#[derive(Default)]
+struct Batch {
+    transactions: u64,
+    rows: u64,
+    opened: Option<tokio::time::Instant>,
+    end: Option<(Position, i64)>,
+    counts: RowCounts,
+}
+
+/// Where the applier is in the stream.
+#[derive(Default)]
+struct Cursor {
+    in_transaction: bool,
+    current_commit: Lsn,
+}
+
+impl Applier {
+    pub(crate) async fn run(
+        mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<StreamEnd, RunError> {
+        let mut batch = Batch::default();
+        let mut cursor = Cursor::default();
+        loop {
+            let deadline = batch.opened.map(|t| t + self.max_wait);
+            let next = tokio::select! {
+                ev = self.events.recv() => ev,
+                _ = stop.changed() => {
+                    self.abort(&mut batch).await;
+                    return Ok(StreamEnd::Stopped);
+                }
+                _ = sleep_until(deadline), if deadline.is_some() && !cursor.in_transaction => {
+                    self.commit(&mut batch).await?;
+                    continue;
+                }
+            };
+            let Some(event) = next else {
+                self.abort(&mut batch).await;
+                return Err(PgError::other(
+                    "the replication reader stopped",
+                    ErrorClass::Transient,
+                    "reader ended",
+                )
+                .into());
+            };
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    self.abort(&mut batch).await;
+                    return Err(e.into());
+                }
+            };
+            match self.on_event(event, &mut batch, &mut cursor).await {
+                Ok(None) => {}
+                Ok(Some(end)) => return Ok(end),
+                Err(e) => {
+                    self.abort(&mut batch).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn abort(&mut self, batch: &mut Batch) {
+        self.sink.abort_batch().await;
+        batch.counts.discard();
+    }
+
+    fn past_target(&self, position: Lsn) -> bool {
+        self.target.is_some_and(|t| position > t)
+    }
+
+    async fn on_event(
+        &mut self,
+        event: SourceEvent,
+        batch: &mut Batch,
+        cursor: &mut Cursor,
+    ) -> Result<Option<StreamEnd>, RunError> {
+        match event {
+            SourceEvent::Begin { commit, .. } => {
+                if self.past_target(commit.lsn()) {
+                    // Everything at or before the target is in the batch.
+                    self.commit(batch).await?;
+                    return Ok(Some(StreamEnd::Finished));
+                }
+                cursor.in_transaction = true;
+                cursor.current_commit = commit.lsn();
+                batch.opened.get_or_insert_with(tokio::time::Instant::now);
+                self.status.update(|s| s.caught_up = false);
+            }
+            SourceEvent::Schema(schema) => self.sink.ensure_table(&schema).await?,
+            SourceEvent::Change(change) => {
+                self.metrics.bytes_read(change.payload_bytes() as u64);
+                if let Some(change) = self.filter_skipped(change, cursor.current_commit) {
+                    batch.rows += 1;
+                    batch.counts.count(&change);
+                    self.sink.apply(change).await?;
+                }
+            }
+            SourceEvent::Commit {
+                end,
+                commit_time_us,
+            } => {
+                cursor.in_transaction = false;
+                batch.transactions += 1;
+                batch.end = Some((end, commit_time_us));
+                let waited = batch.opened.is_some_and(|t| t.elapsed() >= self.max_wait);
+                let at_target = self.target.is_some_and(|t| end.lsn() >= t);
+                if batch.rows as usize >= self.max_rows
+                    || waited
+                    || self.events.is_empty()
+                    || at_target
+                {
+                    self.commit(batch).await?;
+                }
+                if at_target {
+                    return Ok(Some(StreamEnd::Finished));
+                }
+            }
+            SourceEvent::Idle {
+                position,
+                server_time_us,
+            } => {
+                self.commit(batch).await?;
+                if !cursor.in_transaction {
+                    // Everything up to `position` was sent and is applied: safe to confirm.
+                    self.confirm.send_if_modified(|c| {
+                        let raise = position.lsn() > *c;
+                        if raise {
+                            *c = position.lsn();
+                        }
+                        raise
+                    });
+                    self.status.update(|s| {
+                        if s.checkpoint.is_none_or(|c| c < position) {
+                            s.checkpoint = Some(position);
+                        }
+                        s.checkpoint_time_us = Some(server_time_us);
+                        s.caught_up = true;
+                    });
+                    if self.target.is_some_and(|t| position.lsn() >= t) {
+                        return Ok(Some(StreamEnd::Finished));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Drops changes a table's snapshot already holds.
+    fn filter_skipped(&self, change: RowChange, commit: Lsn) -> Option<RowChange> {
+        if self.skip_before.is_empty() {
+            return Some(change);
+        }
+        let skipped = |id: &TableId| self.skip_before.get(id).is_some_and(|&lsn| commit < lsn);
+        match change {
+            RowChange::Insert { ref table, .. }
+            | RowChange::Update { ref table, .. }
+            | RowChange::Delete { ref table, .. } => (!skipped(&table.id)).then_some(change),
+            RowChange::Truncate {
+                tables,
+                restart_identity,
+            } => {
+                let tables: Vec<_> = tables.into_iter().filter(|t| !skipped(&t.id)).collect();
+                (!tables.is_empty()).then_some(RowChange::Truncate {
+                    tables,
+                    restart_identity,
+                })
+            }
+        }
+    }
+
+    /// Commits the batch with its checkpoint, then confirms it to the source.
+    async fn commit(&mut self, batch: &mut Batch) -> Result<(), RunError> {
+        let Some((end, commit_time_us)) = batch.end else {
+            return Ok(());
+        };
+        self.sink.commit_batch(end).await?;
+        self.confirm.send_if_modified(|c| {
+            let raise = end.lsn() > *c;
+            if raise {
+                *c = end.lsn();
+            }
+            raise
+        });
+        if let Some(first) = self.on_first_commit.take() {
+            first();
+        }
+        let caught_up = self.events.is_empty();
+        self.status.update(|s| {
+            if s.checkpoint.is_none_or(|c| c < end) {
+                s.checkpoint = Some(end);
+            }
+            s.checkpoint_time_us = Some(commit_time_us);
+            s.rows_applied += batch.rows;
+            s.transactions_applied += batch.transactions;
+            s.caught_up = caught_up;
+        });
+        self.metrics.transactions(batch.transactions);
+        batch.counts.publish(&self.metrics);
+        *batch = Batch {
+            counts: std::mem::take(&mut batch.counts),
+            ..Batch::default()
+        };
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

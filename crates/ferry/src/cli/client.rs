@@ -1,0 +1,241 @@
+//! The HTTP client of the CLI: one method per request shape, JSON in and out.
+//!
+//! Every answer that is not a success becomes a [`CliError`] whose exit code says what
+//! kind of failure it was ([`super::exit`]) and whose message carries the API's
+//! `error_code` and `error_msg`. A `404` with the code `NOT_FOUND` means the *route* is
+//! unknown (a server older than this CLI), which is reported as such rather than as a
+//! missing changefeed.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use serde_json::Value;
+
+use super::{exit, CliError};
+
+/// Longest wait for a TCP connection to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for an answer: creating a changefeed connects to its source first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A client of one server, in one namespace.
+#[derive(Clone, Debug)]
+pub(crate) struct ApiClient {
+    http: reqwest::Client,
+    base: Url,
+    namespace: String,
+}
+
+impl ApiClient {
+    /// A client of the server at `server` (`http://host:port`).
+    pub(crate) fn new(server: &str, namespace: &str) -> Result<ApiClient, CliError> {
+        let base = Url::parse(server.trim())
+            .ok()
+            .filter(|u| u.scheme() == "http" && u.host_str().is_some())
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "--server {}: expected http://HOST:PORT",
+                    super::secrets::mask_text(server)
+                ))
+            })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| CliError::new(exit::FAILURE, format!("build the HTTP client: {e}")))?;
+        Ok(ApiClient {
+            http,
+            base,
+            namespace: namespace.to_string(),
+        })
+    }
+
+    /// The namespace requests are made in.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Makes further requests in `namespace`.
+    pub(crate) fn set_namespace(&mut self, namespace: &str) {
+        self.namespace = namespace.to_string();
+    }
+
+    /// `/api/v2/<segments…>` (each segment percent-encoded) with `?namespace=`.
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        url.set_query(None);
+        url.path_segments_mut()
+            .expect("an http URL has a path")
+            .pop_if_empty()
+            .extend(["api", "v2"])
+            .extend(segments);
+        url.query_pairs_mut()
+            .append_pair("namespace", &self.namespace)
+            .extend_pairs(query);
+        url
+    }
+
+    /// `GET`.
+    pub(crate) async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Value, CliError> {
+        self.send(Method::GET, segments, query, None).await
+    }
+
+    /// `POST` with an optional JSON body.
+    pub(crate) async fn post(
+        &self,
+        segments: &[&str],
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
+        self.send(Method::POST, segments, &[], body).await
+    }
+
+    /// `PUT` with a JSON body.
+    pub(crate) async fn put(&self, segments: &[&str], body: &Value) -> Result<Value, CliError> {
+        self.send(Method::PUT, segments, &[], Some(body)).await
+    }
+
+    /// `DELETE`.
+    pub(crate) async fn delete(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Value, CliError> {
+        self.send(Method::DELETE, segments, query, None).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
+        let url = self.url(segments, query);
+        let mut request = self.http.request(method.clone(), url.clone());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.unreachable(&e))?;
+        let json: Option<Value> = if text.trim().is_empty() {
+            Some(Value::Null)
+        } else {
+            serde_json::from_str(&text).ok()
+        };
+        if status.is_success() {
+            return json.ok_or_else(|| {
+                CliError::new(
+                    exit::SERVER_ERROR,
+                    format!(
+                        "{method} {}: the server answered {status} with a body that is not JSON",
+                        url.path()
+                    ),
+                )
+            });
+        }
+        Err(api_error(&method, &url, status, json.as_ref()))
+    }
+
+    fn unreachable(&self, err: &reqwest::Error) -> CliError {
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(err);
+        while let Some(s) = source {
+            cause = s.to_string();
+            source = s.source();
+        }
+        let what = if err.is_timeout() {
+            "timed out waiting for"
+        } else {
+            "cannot reach"
+        };
+        CliError::new(
+            exit::UNREACHABLE,
+            format!("{what} the ferry server at {}: {cause}", self.server()),
+        )
+        .with_hint("start one with `ferry server`, or point --server or FERRY_SERVER at it")
+    }
+
+    /// The server's base URL as given.
+    pub(crate) fn server(&self) -> String {
+        self.base.as_str().trim_end_matches('/').to_string()
+    }
+}
+
+/// The error of a non-2xx answer.
+fn api_error(method: &Method, url: &Url, status: StatusCode, body: Option<&Value>) -> CliError {
+    let code = body
+        .and_then(|b| b.get("error_code"))
+        .and_then(Value::as_str);
+    let message = body
+        .and_then(|b| b.get("error_msg"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Some(code) = code else {
+        return CliError::new(
+            exit::SERVER_ERROR,
+            format!(
+                "{method} {}: the server answered {status} without an API error body",
+                url.path()
+            ),
+        );
+    };
+    if code == "NOT_FOUND" || status == StatusCode::METHOD_NOT_ALLOWED {
+        return CliError::new(
+            exit::SERVER_ERROR,
+            format!(
+                "the server does not know {method} {} ({code}): is it an older ferry?",
+                url.path()
+            ),
+        );
+    }
+    let exit_code = match status {
+        StatusCode::NOT_FOUND => exit::NOT_FOUND,
+        StatusCode::CONFLICT => exit::CONFLICT,
+        s if s.is_client_error() => exit::REJECTED,
+        _ => exit::SERVER_ERROR,
+    };
+    CliError::new(exit_code, format!("{code}: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_encoded_and_namespaced() {
+        let client = ApiClient::new("http://127.0.0.1:8300/", "team-a").unwrap();
+        let url = client.url(&["changefeeds", "a b/c"], &[("state", "running")]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8300/api/v2/changefeeds/a%20b%2Fc?namespace=team-a&state=running"
+        );
+        assert!(ApiClient::new("127.0.0.1:8300", "default").is_err());
+        assert!(ApiClient::new("ftp://x", "default").is_err());
+    }
+
+    #[test]
+    fn api_errors_map_to_exit_codes() {
+        let url = Url::parse("http://h/api/v2/changefeeds/x").unwrap();
+        let body = |code: &str| serde_json::json!({"error_code": code, "error_msg": "why"});
+        for (status, code, exit_code) in [
+            (404, "CHANGEFEED_NOT_FOUND", exit::NOT_FOUND),
+            (409, "CHANGEFEED_ALREADY_EXISTS", exit::CONFLICT),
+            (400, "INVALID_CONFIG", exit::REJECTED),
+            (413, "REQUEST_BODY_TOO_LARGE", exit::REJECTED),
+            (500, "INTERNAL", exit::SERVER_ERROR),
+            (404, "NOT_FOUND", exit::SERVER_ERROR),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let err = api_error(&Method::GET, &url, status, Some(&body(code)));
+            assert_eq!(err.code, exit_code, "{code}");
+            assert!(err.message.contains(code), "{}", err.message);
+        }
+        let err = api_error(&Method::GET, &url, StatusCode::BAD_GATEWAY, None);
+        assert_eq!(err.code, exit::SERVER_ERROR);
+    }
+}

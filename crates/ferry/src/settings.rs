@@ -1,0 +1,568 @@
+//! The server's configuration: what `ferry server` reads once at start and passes down as
+//! typed values.
+//!
+//! # Layers
+//! Each key is resolved in this order, later layers winning:
+//!
+//! ```text
+//! defaults ──► config file (--config, FERRY_CONFIG; TOML or YAML by extension)
+//!          ──► FERRY_* environment variables ──► command-line flags ──► validate()
+//! ```
+//!
+//! Every key has exactly one environment variable and one flag (see [`KEYS`]). The file
+//! rejects unknown keys by name (`deny_unknown_fields`), so a typo never silently falls back
+//! to a default. [`Settings::validate`] runs once on the merged result; its errors name the
+//! key's path in the file (`retry.max_backoff must be >= retry.initial_backoff`).
+//!
+//! The defaults are the engine's own ([`EngineOptions::default`]), so the server and a test
+//! that starts an engine directly agree without repeating numbers.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_engine::{EngineOptions, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+/// Default API address: loopback only, so a fresh server is not reachable from outside.
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8300";
+/// Default data directory, relative to the working directory.
+pub(crate) const DEFAULT_DATA_DIR: &str = "./ferry-data";
+/// Default log filter.
+pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
+/// Longest name the engine accepts at all (its id syntax allows 128 bytes).
+const MAX_NAME_LENGTH_LIMIT: usize = 128;
+
+/// A configuration that cannot be read or is not acceptable. Never holds a secret: the
+/// server configuration has none.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SettingsError {
+    /// The file cannot be read.
+    #[error("cannot read the configuration file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's name does not say its format.
+    #[error("configuration file {path}: unknown format; name it *.toml, *.yaml or *.yml")]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file does not parse, has an unknown key or a value of the wrong type.
+    #[error("configuration file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names unknown keys and their line).
+        message: String,
+    },
+    /// An environment variable or flag has a value that does not parse.
+    #[error("{origin}: {problem}")]
+    BadValue {
+        /// `environment variable FERRY_X` or `flag --x`.
+        origin: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A merged value is out of range.
+    #[error("{field} {problem}")]
+    Invalid {
+        /// The key's path in the file.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}: use text or json")),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogSettings {
+    /// A tracing filter: `info`, `warn,ferry_engine=debug`, …
+    pub(crate) level: String,
+    /// `text` or `json`.
+    pub(crate) format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: DEFAULT_LOG_LEVEL.to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[retry]`: how changefeeds retry transient failures. Durations are written `500ms`,
+/// `10s`, `5m`, `1h 30m`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RetrySettings {
+    /// Delay before the first retry; doubled after each failed retry.
+    #[serde(with = "duration_text")]
+    pub(crate) initial_backoff: Duration,
+    /// Largest delay between retries.
+    #[serde(with = "duration_text")]
+    pub(crate) max_backoff: Duration,
+    /// A streak of failures this long turns the changefeed `failed`.
+    #[serde(with = "duration_text")]
+    pub(crate) give_up_after: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let policy = RetryPolicy::default();
+        RetrySettings {
+            initial_backoff: policy.initial_backoff,
+            max_backoff: policy.max_backoff,
+            give_up_after: policy.give_up_after,
+        }
+    }
+}
+
+/// Everything `ferry server` is configured with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Settings {
+    /// Address the HTTP API listens on.
+    pub(crate) addr: SocketAddr,
+    /// Directory of the embedded metadata store.
+    pub(crate) data_dir: PathBuf,
+    /// This node's id in `GET /api/v2/status`; unset: host name and process id (which
+    /// change on every start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) node_id: Option<String>,
+    /// Most changefeeds this server runs (all namespaces together).
+    pub(crate) max_changefeeds: usize,
+    /// Longest changefeed id, source name or namespace, in bytes.
+    pub(crate) max_name_length: usize,
+    /// Logging.
+    pub(crate) log: LogSettings,
+    /// Retries of transient failures.
+    pub(crate) retry: RetrySettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let engine = EngineOptions::default();
+        Settings {
+            addr: DEFAULT_ADDR.parse().expect("the default address parses"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            node_id: None,
+            max_changefeeds: engine.max_changefeeds,
+            max_name_length: engine.max_name_length,
+            log: LogSettings::default(),
+            retry: RetrySettings::default(),
+        }
+    }
+}
+
+/// One configuration key: its path in the file, its environment variable and its flag.
+pub(crate) struct Key {
+    /// Path in the file (`retry.max_backoff`).
+    pub(crate) path: &'static str,
+    /// Environment variable.
+    pub(crate) env: &'static str,
+    /// Flag, without the leading `--`.
+    pub(crate) flag: &'static str,
+}
+
+/// Every key. `FERRY_LOG` and `--log` keep their names from before the file existed.
+pub(crate) const KEYS: &[Key] = &[
+    key("addr", "FERRY_ADDR", "addr"),
+    key("data_dir", "FERRY_DATA_DIR", "data-dir"),
+    key("node_id", "FERRY_NODE_ID", "node-id"),
+    key(
+        "max_changefeeds",
+        "FERRY_MAX_CHANGEFEEDS",
+        "max-changefeeds",
+    ),
+    key(
+        "max_name_length",
+        "FERRY_MAX_NAME_LENGTH",
+        "max-name-length",
+    ),
+    key("log.level", "FERRY_LOG", "log"),
+    key("log.format", "FERRY_LOG_FORMAT", "log-format"),
+    key(
+        "retry.initial_backoff",
+        "FERRY_RETRY_INITIAL_BACKOFF",
+        "retry-initial-backoff",
+    ),
+    key(
+        "retry.max_backoff",
+        "FERRY_RETRY_MAX_BACKOFF",
+        "retry-max-backoff",
+    ),
+    key(
+        "retry.give_up_after",
+        "FERRY_RETRY_GIVE_UP_AFTER",
+        "retry-give-up-after",
+    ),
+];
+
+const fn key(path: &'static str, env: &'static str, flag: &'static str) -> Key {
+    Key { path, env, flag }
+}
+
+impl Settings {
+    /// Defaults, then `file` (if any), then the `FERRY_*` variables among `env`, then
+    /// `flags` (key path → value, as given on the command line); validated.
+    pub(crate) fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[(&'static str, String)],
+    ) -> Result<Settings, SettingsError> {
+        let mut settings = match file {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        for key in KEYS {
+            if let Some((_, value)) = env.iter().find(|(name, _)| name == key.env) {
+                settings
+                    .set(key.path, value)
+                    .map_err(|problem| SettingsError::BadValue {
+                        origin: format!("environment variable {}", key.env),
+                        problem,
+                    })?;
+            }
+        }
+        for (path, value) in flags {
+            let flag = KEYS
+                .iter()
+                .find(|k| k.path == *path)
+                .map_or(*path, |k| k.flag);
+            settings
+                .set(path, value)
+                .map_err(|problem| SettingsError::BadValue {
+                    origin: format!("flag --{flag}"),
+                    problem,
+                })?;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Defaults overlaid with a TOML or YAML file (by extension).
+    pub(crate) fn from_file(path: &Path) -> Result<Settings, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let parsed = match extension.to_ascii_lowercase().as_str() {
+            "toml" => toml::from_str(&text).map_err(|e| e.to_string()),
+            // An empty YAML document is "no keys", as an empty TOML file is.
+            "yaml" | "yml" if text.trim().is_empty() => Ok(Settings::default()),
+            "yaml" | "yml" => yaml_serde::from_str(&text).map_err(|e| e.to_string()),
+            _ => {
+                return Err(SettingsError::UnknownFormat {
+                    path: path.to_path_buf(),
+                })
+            }
+        };
+        parsed.map_err(|message| SettingsError::Parse {
+            path: path.to_path_buf(),
+            message: message.trim_end().to_string(),
+        })
+    }
+
+    /// Sets the key at `path` from its text form (an environment variable or a flag).
+    fn set(&mut self, path: &str, value: &str) -> Result<(), String> {
+        fn number(value: &str) -> Result<usize, String> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{value:?} is not a non-negative integer"))
+        }
+        fn duration(value: &str) -> Result<Duration, String> {
+            humantime::parse_duration(value.trim())
+                .map_err(|e| format!("{value:?} is not a duration such as 500ms, 10s or 5m: {e}"))
+        }
+        match path {
+            "addr" => {
+                self.addr = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:8300"))?;
+            }
+            "data_dir" => self.data_dir = PathBuf::from(value),
+            "node_id" => self.node_id = Some(value.to_string()),
+            "max_changefeeds" => self.max_changefeeds = number(value)?,
+            "max_name_length" => self.max_name_length = number(value)?,
+            "log.level" => self.log.level = value.to_string(),
+            "log.format" => self.log.format = value.trim().parse()?,
+            "retry.initial_backoff" => self.retry.initial_backoff = duration(value)?,
+            "retry.max_backoff" => self.retry.max_backoff = duration(value)?,
+            "retry.give_up_after" => self.retry.give_up_after = duration(value)?,
+            other => unreachable!("{other} is not in KEYS"),
+        }
+        Ok(())
+    }
+
+    /// Checks every value's range; errors name the key's path.
+    pub(crate) fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |field, problem: &str| {
+            Err(SettingsError::Invalid {
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        if self
+            .node_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return invalid("node_id", "must not be empty");
+        }
+        if self.max_changefeeds == 0 {
+            return invalid("max_changefeeds", "must be > 0");
+        }
+        if self.max_name_length == 0 || self.max_name_length > MAX_NAME_LENGTH_LIMIT {
+            return invalid("max_name_length", "must be between 1 and 128");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(SettingsError::Invalid {
+                field: "log.level",
+                problem: format!(
+                    "is not a log filter such as info or warn,ferry_engine=debug: {e}"
+                ),
+            });
+        }
+        if self.retry.initial_backoff.is_zero() {
+            return invalid("retry.initial_backoff", "must be > 0");
+        }
+        if self.retry.max_backoff < self.retry.initial_backoff {
+            return invalid("retry.max_backoff", "must be >= retry.initial_backoff");
+        }
+        if self.retry.give_up_after.is_zero() {
+            return invalid("retry.give_up_after", "must be > 0");
+        }
+        Ok(())
+    }
+
+    /// The engine's part.
+    pub(crate) fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            max_changefeeds: self.max_changefeeds,
+            max_name_length: self.max_name_length,
+            retry: RetryPolicy {
+                initial_backoff: self.retry.initial_backoff,
+                max_backoff: self.retry.max_backoff,
+                give_up_after: self.retry.give_up_after,
+            },
+        }
+    }
+
+    /// The effective configuration as a TOML file (`ferry server --print-config`).
+    pub(crate) fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings are plain TOML values")
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// Durations as humantime text (`30s`, `1h 30m`) in files.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration such as 500ms, 10s or 5m: {e}"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_engines() {
+        let settings = Settings::load(None, env(&[]), &[]).unwrap();
+        assert_eq!(settings.engine_options(), EngineOptions::default());
+        assert_eq!(settings.addr.to_string(), DEFAULT_ADDR);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let (_dir, path) = write(
+            "ferry.toml",
+            "addr = \"127.0.0.1:9000\"\nmax_changefeeds = 7\nmax_name_length = 40\n\
+             [log]\nformat = \"json\"\n[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"1m\"\n",
+        );
+        let settings = Settings::load(
+            Some(&path),
+            env(&[
+                ("FERRY_MAX_CHANGEFEEDS", "8"),
+                ("FERRY_RETRY_GIVE_UP_AFTER", "2h"),
+                ("FERRY_MAX_NAME_LENGTH", "50"),
+                ("FERRY_UNRELATED", "x"),
+            ]),
+            &[("max_name_length", "60".into())],
+        )
+        .unwrap();
+        assert_eq!(settings.addr.port(), 9000, "file over default");
+        assert_eq!(settings.max_changefeeds, 8, "env over file");
+        assert_eq!(settings.max_name_length, 60, "flag over env");
+        assert_eq!(settings.log.format, LogFormat::Json);
+        assert_eq!(settings.retry.initial_backoff, Duration::from_secs(2));
+        assert_eq!(settings.retry.give_up_after, Duration::from_secs(7200));
+        assert_eq!(settings.log.level, DEFAULT_LOG_LEVEL, "default kept");
+    }
+
+    #[test]
+    fn yaml_and_toml_agree() {
+        let (_a, toml_path) = write(
+            "f.toml",
+            "data_dir = \"/tmp/x\"\n[retry]\nmax_backoff = \"90s\"\n",
+        );
+        let (_b, yaml_path) = write("f.yml", "data_dir: /tmp/x\nretry:\n  max_backoff: 90s\n");
+        let a = Settings::from_file(&toml_path).unwrap();
+        let b = Settings::from_file(&yaml_path).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.retry.max_backoff, Duration::from_secs(90));
+        let (_c, empty) = write("empty.yaml", "");
+        assert_eq!(Settings::from_file(&empty).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        for (name, text, key) in [
+            ("a.toml", "adr = \"127.0.0.1:1\"\n", "adr"),
+            ("b.toml", "[retry]\ngive_up = \"1s\"\n", "give_up"),
+            ("c.yaml", "log:\n  colour: true\n", "colour"),
+        ] {
+            let (_dir, path) = write(name, text);
+            let err = Settings::from_file(&path).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let (_dir, path) = write("ferry.ini", "addr = 1");
+        assert!(matches!(
+            Settings::from_file(&path),
+            Err(SettingsError::UnknownFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("FERRY_MAX_CHANGEFEEDS", "0")],
+                "max_changefeeds must be > 0",
+            ),
+            (
+                &[("FERRY_MAX_NAME_LENGTH", "129")],
+                "max_name_length must be between",
+            ),
+            (
+                &[("FERRY_RETRY_INITIAL_BACKOFF", "0s")],
+                "retry.initial_backoff must be > 0",
+            ),
+            (
+                &[
+                    ("FERRY_RETRY_INITIAL_BACKOFF", "2m"),
+                    ("FERRY_RETRY_MAX_BACKOFF", "1m"),
+                ],
+                "retry.max_backoff must be >= retry.initial_backoff",
+            ),
+            (
+                &[("FERRY_RETRY_GIVE_UP_AFTER", "0s")],
+                "retry.give_up_after must be > 0",
+            ),
+            (
+                &[("FERRY_LOG", "info,[bad")],
+                "log.level is not a log filter",
+            ),
+            (
+                &[("FERRY_LOG_FORMAT", "xml")],
+                "environment variable FERRY_LOG_FORMAT",
+            ),
+            (
+                &[("FERRY_ADDR", "nowhere")],
+                "environment variable FERRY_ADDR",
+            ),
+            (
+                &[("FERRY_RETRY_MAX_BACKOFF", "soon")],
+                "FERRY_RETRY_MAX_BACKOFF",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let err = Settings::load(None, env(vars), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{vars:?}: {err}");
+        }
+        let err = Settings::load(None, env(&[]), &[("max_changefeeds", "-1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("flag --max-changefeeds:"), "{err}");
+    }
+
+    #[test]
+    fn printed_config_reads_back() {
+        let settings =
+            Settings::load(None, env(&[("FERRY_RETRY_GIVE_UP_AFTER", "1h 30m")]), &[]).unwrap();
+        let (_dir, path) = write("printed.toml", &settings.to_toml());
+        assert_eq!(Settings::from_file(&path).unwrap(), settings);
+    }
+}
