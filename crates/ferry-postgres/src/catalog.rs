@@ -144,7 +144,8 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<TableSchema, PgEr
     })
 }
 
-/// The primary key's columns, else the replica identity index's, else none.
+/// The key rows are matched by: the replica identity index's columns with `REPLICA IDENTITY
+/// USING INDEX` (old rows carry only those), else the primary key's, else none.
 async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, PgError> {
     let rows = client
         .query(
@@ -153,8 +154,8 @@ async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, PgError> 
              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
              WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
-             GROUP BY i.indexrelid, i.indisprimary
-             ORDER BY i.indisprimary DESC
+             GROUP BY i.indexrelid, i.indisprimary, i.indisreplident
+             ORDER BY i.indisreplident DESC, i.indisprimary DESC
              LIMIT 1",
             &[&oid],
         )

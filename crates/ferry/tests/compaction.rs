@@ -14,6 +14,7 @@ fn many_changes_to_the_same_rows_in_one_batch_end_as_on_the_source() {
     pair.source.psql(
         "shop",
         "CREATE TABLE kv (id int PRIMARY KEY, v text, big text);
+         ALTER TABLE kv ALTER COLUMN big SET STORAGE EXTERNAL;
          CREATE TABLE nk (n numeric PRIMARY KEY, v text);
          CREATE TABLE full_nokey (a int, b text);
          ALTER TABLE full_nokey REPLICA IDENTITY FULL;

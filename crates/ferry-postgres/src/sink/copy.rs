@@ -13,7 +13,7 @@ use bytes::Bytes;
 use ferry_core::{ErrorClass, Lsn, SinkError, TableId, TableSchema};
 use futures::{Stream, StreamExt};
 
-use super::{ddl, ddl_error, statement_error, PgSink};
+use super::{ddl, statement_error, PgSink};
 
 /// `maintenance_work_mem` for building a primary key after a bulk copy: enough to sort
 /// tens of millions of keys in memory, and used only for the length of the build.
@@ -157,20 +157,25 @@ impl PgSink {
         self.shape_table(schema, false).await
     }
 
-    /// Gives the target table its primary key after a bulk copy, unless it has a unique
-    /// index already.
+    /// Gives the target table a unique index on the key (its primary key) after a bulk
+    /// copy, unless it has one. Also run for every keyed table the stream writes to, so a
+    /// build that failed after a copy is retried.
     pub async fn ensure_key(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
-        if !schema.has_key() || ddl::has_unique_index(&self.client, schema).await? {
+        if !schema.has_key() {
+            return Ok(());
+        }
+        let index = ddl::key_index(&self.client, schema).await?;
+        if index.usable {
             return Ok(());
         }
         let started = std::time::Instant::now();
         self.client
             .batch_execute(&format!(
                 "SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'; {}; RESET maintenance_work_mem",
-                ddl::add_key_sql(schema)
+                ddl::add_key_sql(schema, index.has_primary_key)
             ))
             .await
-            .map_err(|e| ddl_error(format!("add the primary key of {}", schema.id), e))?;
+            .map_err(|e| statement_error(format!("add the primary key of {}", schema.id), e))?;
         tracing::info!(table = %schema.id, seconds = started.elapsed().as_secs_f64(), "primary key built");
         Ok(())
     }

@@ -116,30 +116,62 @@ fn key_columns(schema: &TableSchema) -> String {
     key.join(", ")
 }
 
-/// SQL that gives the target table its primary key.
-pub(crate) fn add_key_sql(schema: &TableSchema) -> String {
-    format!(
-        "ALTER TABLE {} ADD PRIMARY KEY ({})",
-        schema.id.quoted(),
-        key_columns(schema)
-    )
+/// SQL that gives the target table a unique index on the key: its primary key, or a
+/// unique index when the table has a primary key on other columns (a user-made table).
+pub(crate) fn add_key_sql(schema: &TableSchema, has_primary_key: bool) -> String {
+    if has_primary_key {
+        format!(
+            "CREATE UNIQUE INDEX ON {} ({})",
+            schema.id.quoted(),
+            key_columns(schema)
+        )
+    } else {
+        format!(
+            "ALTER TABLE {} ADD PRIMARY KEY ({})",
+            schema.id.quoted(),
+            key_columns(schema)
+        )
+    }
 }
 
-/// Whether the target table has a unique index (its primary key, or one the user made)
-/// that `ON CONFLICT` on the key can use.
-pub(crate) async fn has_unique_index(
+/// What the target table has for `ON CONFLICT (key)`.
+pub(crate) struct KeyIndex {
+    /// A unique, non-partial index on exactly the key's columns exists.
+    pub(crate) usable: bool,
+    /// The table has a primary key (on these columns or others).
+    pub(crate) has_primary_key: bool,
+}
+
+/// Looks up the target table's unique indexes for `schema`'s key.
+pub(crate) async fn key_index(
     client: &Client,
     schema: &TableSchema,
-) -> Result<bool, SinkError> {
+) -> Result<KeyIndex, SinkError> {
+    let mut key: Vec<String> = schema
+        .key
+        .iter()
+        .map(|&i| schema.columns[i].name.clone())
+        .collect();
+    key.sort();
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index
-                            WHERE indrelid = pg_catalog.to_regclass($1) AND indisunique)",
-            &[&schema.id.quoted()],
+            "SELECT
+               COALESCE(bool_or(i.indisunique AND i.indpred IS NULL
+                 AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                      FROM unnest(i.indkey) AS k(attnum)
+                      JOIN pg_catalog.pg_attribute a
+                        ON a.attrelid = i.indrelid AND a.attnum = k.attnum) = $2::text[]), false),
+               COALESCE(bool_or(i.indisprimary), false)
+             FROM pg_catalog.pg_index i
+             WHERE i.indrelid = pg_catalog.to_regclass($1)",
+            &[&schema.id.quoted(), &key],
         )
         .await
         .map_err(|e| statement_error(format!("look up the key of {}", schema.id), e))?;
-    Ok(row.get(0))
+    Ok(KeyIndex {
+        usable: row.get(0),
+        has_primary_key: row.get(1),
+    })
 }
 
 /// Creates a type unless one of that name exists (another table may have created it).
@@ -295,8 +327,12 @@ mod tests {
         assert!(sql.contains("\"id\" integer NOT NULL"), "{sql}");
         assert!(!sql.contains("PRIMARY KEY"), "{sql}");
         assert_eq!(
-            add_key_sql(&s),
+            add_key_sql(&s, false),
             "ALTER TABLE \"public\".\"t\" ADD PRIMARY KEY (\"id\")"
+        );
+        assert_eq!(
+            add_key_sql(&s, true),
+            "CREATE UNIQUE INDEX ON \"public\".\"t\" (\"id\")"
         );
     }
 

@@ -23,9 +23,7 @@ pub use copy::FinishedChunk;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_core::{
-    ConnectionUri, ErrorClass, Position, RowChange, Sink, SinkError, TableId, TableSchema,
-};
+use ferry_core::{ConnectionUri, Position, RowChange, Sink, SinkError, TableId, TableSchema};
 use tokio_postgres::{Client, Statement};
 
 use compact::TableChanges;
@@ -69,15 +67,6 @@ pub(crate) fn statement_error(what: impl Into<String>, err: tokio_postgres::Erro
         class,
         source: err.source,
     }
-}
-
-/// A refused DDL statement: retrying will not help.
-fn ddl_error(what: String, err: tokio_postgres::Error) -> SinkError {
-    let mut err = statement_error(what, err);
-    if let SinkError::Statement { class, .. } = &mut err {
-        *class = ErrorClass::Definite;
-    }
-    err
 }
 
 impl PgSink {
@@ -251,8 +240,6 @@ impl PgSink {
         table: &Arc<TableSchema>,
         change: RowChange,
     ) -> Result<(), SinkError> {
-        // Row statements queued earlier run first.
-        self.flush_queue().await?;
         let bytes = change.payload_bytes();
         // A table whose shape changed since its segment entry: apply the segment first.
         if self
@@ -268,6 +255,9 @@ impl PgSink {
             .or_insert_with(|| TableChanges::new(table.clone()));
         match changes.absorb(change) {
             Ok(()) => {
+                // Row statements queued before this change run before the segment (which
+                // was empty while they queued).
+                self.flush_queue().await?;
                 self.segment_rows += 1;
                 self.segment_bytes += bytes;
                 if self.segment_rows >= SEGMENT_ROWS || self.segment_bytes >= FLUSH_BYTES {
@@ -322,7 +312,7 @@ impl PgSink {
             self.client
                 .batch_execute(statement)
                 .await
-                .map_err(|e| ddl_error(format!("change target table {}", schema.id), e))?;
+                .map_err(|e| statement_error(format!("change target table {}", schema.id), e))?;
         }
         let current = match current {
             Some(current) if sql.is_empty() => current,
@@ -330,6 +320,9 @@ impl PgSink {
                 .await?
                 .expect("the table was just created"),
         };
+        if with_key {
+            self.ensure_key(schema).await?;
+        }
         let casts = schema
             .columns
             .iter()

@@ -181,7 +181,13 @@ pub(crate) fn sql(schema: &TableSchema, casts: &[String], shape: &Shape) -> Stri
         let mut parts = Vec::new();
         for (i, on) in mask.iter().enumerate() {
             if *on {
-                parts.push(format!("{}::text IS NOT DISTINCT FROM ${n}::text", cols[i]));
+                // The type's output text, as the source sent it (`c::text` differs for
+                // bool, inet and char(n)); `format` of NULL is '', hence the CASE.
+                parts.push(format!(
+                    "(CASE WHEN {c} IS NULL THEN NULL ELSE format('%s', {c}) END) \
+                     IS NOT DISTINCT FROM ${n}::text",
+                    c = cols[i]
+                ));
                 n += 1;
             }
         }
@@ -527,8 +533,10 @@ mod tests {
         assert_eq!(
             sql(&s, &casts(), &op.shape),
             "DELETE FROM \"s\".\"t\" WHERE ctid = (SELECT ctid FROM \"s\".\"t\" WHERE \
-             \"id\"::text IS NOT DISTINCT FROM $1::text AND \"a\"::text IS NOT DISTINCT FROM \
-             $2::text AND \"b\"::text IS NOT DISTINCT FROM $3::text LIMIT 1)"
+             (CASE WHEN \"id\" IS NULL THEN NULL ELSE format('%s', \"id\") END) IS NOT \
+             DISTINCT FROM $1::text AND (CASE WHEN \"a\" IS NULL THEN NULL ELSE \
+             format('%s', \"a\") END) IS NOT DISTINCT FROM $2::text AND (CASE WHEN \"b\" IS \
+             NULL THEN NULL ELSE format('%s', \"b\") END) IS NOT DISTINCT FROM $3::text LIMIT 1)"
         );
     }
 }
