@@ -216,26 +216,12 @@ pub(crate) fn sql(schema: &TableSchema, casts: &[String], shape: &Shape) -> Stri
             cols.join(", "),
             placeholders(cols.len())
         ),
-        Shape::Upsert => {
-            let key: Vec<&str> = schema.key.iter().map(|&k| cols[k].as_str()).collect();
-            let updates: Vec<String> = cols
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !schema.key.contains(i))
-                .map(|(_, c)| format!("{c} = EXCLUDED.{c}"))
-                .collect();
-            let action = if updates.is_empty() {
-                "NOTHING".to_string()
-            } else {
-                format!("UPDATE SET {}", updates.join(", "))
-            };
-            format!(
-                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
-                cols.join(", "),
-                placeholders(cols.len()),
-                key.join(", ")
-            )
-        }
+        Shape::Upsert => format!(
+            "INSERT INTO {table} ({}) VALUES ({}){}",
+            cols.join(", "),
+            placeholders(cols.len()),
+            on_conflict(schema, &cols)
+        ),
         Shape::UpdateByKey(mask) => {
             let (set, n) = assignments(mask);
             format!("UPDATE {table} SET {set} WHERE {}", key_match(n + 1))
@@ -257,22 +243,7 @@ pub(crate) fn sql(schema: &TableSchema, casts: &[String], shape: &Shape) -> Stri
             let conflict = if *shape == Shape::InsertSet {
                 String::new()
             } else {
-                let key: Vec<&str> = schema.key.iter().map(|&k| cols[k].as_str()).collect();
-                let updates: Vec<String> = cols
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !schema.key.contains(i))
-                    .map(|(_, c)| format!("{c} = EXCLUDED.{c}"))
-                    .collect();
-                if updates.is_empty() {
-                    format!(" ON CONFLICT ({}) DO NOTHING", key.join(", "))
-                } else {
-                    format!(
-                        " ON CONFLICT ({}) DO UPDATE SET {}",
-                        key.join(", "),
-                        updates.join(", ")
-                    )
-                }
+                on_conflict(schema, &cols)
             };
             format!(
                 "INSERT INTO {table} ({}) SELECT {} FROM {}{conflict}",
@@ -306,6 +277,27 @@ pub(crate) fn sql(schema: &TableSchema, casts: &[String], shape: &Shape) -> Stri
                 set_key_match(schema, &cols, casts)
             )
         }
+    }
+}
+
+/// ` ON CONFLICT (key) DO UPDATE SET <every other column> = EXCLUDED.…` (or `DO NOTHING`
+/// when the key is every column).
+fn on_conflict(schema: &TableSchema, cols: &[String]) -> String {
+    let key: Vec<&str> = schema.key.iter().map(|&k| cols[k].as_str()).collect();
+    let updates: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !schema.key.contains(i))
+        .map(|(_, c)| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    if updates.is_empty() {
+        format!(" ON CONFLICT ({}) DO NOTHING", key.join(", "))
+    } else {
+        format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            key.join(", "),
+            updates.join(", ")
+        )
     }
 }
 
