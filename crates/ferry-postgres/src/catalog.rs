@@ -20,6 +20,8 @@ pub struct SelectedTable {
     pub oid: u32,
     /// The planner's row estimate (`reltuples`), `None` when never analyzed.
     pub estimated_rows: Option<u64>,
+    /// The table's size on disk with its TOAST data, in bytes.
+    pub total_bytes: u64,
 }
 
 /// Makes a catalog session qualify type names.
@@ -37,7 +39,8 @@ pub async fn selected_tables(
 ) -> Result<Vec<SelectedTable>, PgError> {
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text, c.oid, c.reltuples::float8
+            "SELECT n.nspname::text, c.relname::text, c.oid, c.reltuples::float8,
+                    pg_catalog.pg_total_relation_size(c.oid)
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind = 'r' AND c.relpersistence = 'p'
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
@@ -55,11 +58,13 @@ pub async fn selected_tables(
         }
         let oid: u32 = row.get(2);
         let reltuples: f64 = row.get(3);
+        let total_bytes: i64 = row.get(4);
         let schema = table_schema(client, oid).await?;
         tables.push(SelectedTable {
             schema,
             oid,
             estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),
+            total_bytes: total_bytes.max(0) as u64,
         });
     }
     Ok(tables)

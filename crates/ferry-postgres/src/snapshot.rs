@@ -1,7 +1,8 @@
 //! Snapshot planning and reading.
 //!
 //! A table is copied in chunks. A table whose key is one integer column and whose estimate
-//! exceeds [`CHUNK_ROWS`] is split into key ranges between its current min and max; the
+//! exceeds [`CHUNK_ROWS`] rows or [`CHUNK_BYTES`] is split into key ranges between its
+//! current min and max (so a wide table with few rows is spread over the workers too); the
 //! first and last ranges are open-ended, so rows outside the planned bounds are still
 //! covered. Every other table is one chunk. Chunks are read with
 //! `COPY (SELECT …) TO STDOUT` inside the changefeed's exported snapshot, and the bytes go
@@ -23,6 +24,10 @@ use crate::PgError;
 /// transaction, a marker row) is noise, small enough to spread a table over workers and
 /// to lose little work on a restart.
 pub const CHUNK_ROWS: u64 = 100_000;
+
+/// Bytes (with TOAST) per chunk the planner aims for, for wide tables whose rows are few
+/// but large.
+pub const CHUNK_BYTES: u64 = 32 << 20;
 
 /// Most chunks one table is split into.
 pub const MAX_CHUNKS: u64 = 256;
@@ -71,7 +76,11 @@ pub async fn plan_table(client: &Client, table: &SelectedTable) -> Result<TableP
         [k] if INTEGER_TYPES.contains(&schema.columns[*k].type_oid) => &schema.columns[*k].name,
         _ => return Ok(single(estimated_rows)),
     };
-    if estimated_rows <= CHUNK_ROWS {
+    let count = estimated_rows
+        .div_ceil(CHUNK_ROWS)
+        .max(table.total_bytes.div_ceil(CHUNK_BYTES))
+        .clamp(1, MAX_CHUNKS);
+    if count == 1 {
         return Ok(single(estimated_rows));
     }
     let row = client
@@ -89,7 +98,6 @@ pub async fn plan_table(client: &Client, table: &SelectedTable) -> Result<TableP
     else {
         return Ok(single(estimated_rows));
     };
-    let count = estimated_rows.div_ceil(CHUNK_ROWS).clamp(1, MAX_CHUNKS);
     let span = (i128::from(max) - i128::from(min) + 1).max(1);
     let step = (span / i128::from(count)).max(1);
     let mut bounds: Vec<i64> = (1..count)

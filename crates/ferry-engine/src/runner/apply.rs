@@ -17,6 +17,12 @@ use crate::metrics::{FeedMetrics, RowCounts};
 use crate::sink::AnySink;
 use crate::status::StatusCell;
 
+/// While nothing is queued, an open batch commits at most this long after it opened: low
+/// latency, yet a live workload's transactions still share a target commit instead of
+/// paying one commit (several round trips) each. Backlogs fill batches up to
+/// `batch_max_rows` / `batch_max_wait_ms` instead.
+const LIVE_COMMIT_DELAY: Duration = Duration::from_millis(10);
+
 /// How a stream ended without an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StreamEnd {
@@ -50,6 +56,9 @@ struct Batch {
     rows: u64,
     opened: Option<tokio::time::Instant>,
     end: Option<(Position, i64)>,
+    /// A keepalive position (and server time) received after the batch's transactions,
+    /// confirmed once the batch is durable.
+    idle: Option<(Position, i64)>,
     counts: RowCounts,
 }
 
@@ -68,13 +77,19 @@ impl Applier {
         let mut batch = Batch::default();
         let mut cursor = Cursor::default();
         loop {
-            let deadline = batch.opened.map(|t| t + self.max_wait);
+            let wait = if self.events.is_empty() {
+                self.max_wait.min(LIVE_COMMIT_DELAY)
+            } else {
+                self.max_wait
+            };
+            let deadline = batch.opened.map(|t| t + wait);
             let next = tokio::select! {
-                ev = self.events.recv() => ev,
+                biased;
                 _ = stop.changed() => {
                     self.abort(&mut batch).await;
                     return Ok(StreamEnd::Stopped);
                 }
+                ev = self.events.recv() => ev,
                 _ = sleep_until(deadline), if deadline.is_some() && !cursor.in_transaction => {
                     self.commit(&mut batch).await?;
                     continue;
@@ -150,11 +165,11 @@ impl Applier {
                 cursor.in_transaction = false;
                 batch.transactions += 1;
                 batch.end = Some((end, commit_time_us));
-                let waited = batch.opened.is_some_and(|t| t.elapsed() >= self.max_wait);
+                let age = batch.opened.map_or(Duration::ZERO, |t| t.elapsed());
                 let at_target = self.target.is_some_and(|t| end.lsn() >= t);
                 if batch.rows as usize >= self.max_rows
-                    || waited
-                    || self.events.is_empty()
+                    || age >= self.max_wait
+                    || (age >= LIVE_COMMIT_DELAY && self.events.is_empty())
                     || at_target
                 {
                     self.commit(batch).await?;
@@ -167,30 +182,46 @@ impl Applier {
                 position,
                 server_time_us,
             } => {
+                if cursor.in_transaction {
+                    return Ok(None);
+                }
+                let age = batch.opened.map_or(Duration::ZERO, |t| t.elapsed());
+                if batch.end.is_some() && age < LIVE_COMMIT_DELAY && !self.at_target(position) {
+                    // Confirmed with the batch, which the timer commits shortly.
+                    batch.idle = Some((position, server_time_us));
+                    return Ok(None);
+                }
                 self.commit(batch).await?;
-                if !cursor.in_transaction {
-                    // Everything up to `position` was sent and is applied: safe to confirm.
-                    self.confirm.send_if_modified(|c| {
-                        let raise = position.lsn() > *c;
-                        if raise {
-                            *c = position.lsn();
-                        }
-                        raise
-                    });
-                    self.status.update(|s| {
-                        if s.checkpoint.is_none_or(|c| c < position) {
-                            s.checkpoint = Some(position);
-                        }
-                        s.checkpoint_time_us = Some(server_time_us);
-                        s.caught_up = true;
-                    });
-                    if self.target.is_some_and(|t| position.lsn() >= t) {
-                        return Ok(Some(StreamEnd::Finished));
-                    }
+                // Everything up to `position` was sent and is applied: safe to confirm.
+                self.confirm_idle(position, server_time_us);
+                if self.at_target(position) {
+                    return Ok(Some(StreamEnd::Finished));
                 }
             }
         }
         Ok(None)
+    }
+
+    fn at_target(&self, position: Position) -> bool {
+        self.target.is_some_and(|t| position.lsn() >= t)
+    }
+
+    /// Confirms a keepalive position received when everything before it was applied.
+    fn confirm_idle(&self, position: Position, server_time_us: i64) {
+        self.confirm.send_if_modified(|c| {
+            let raise = position.lsn() > *c;
+            if raise {
+                *c = position.lsn();
+            }
+            raise
+        });
+        self.status.update(|s| {
+            if s.checkpoint.is_none_or(|c| c < position) {
+                s.checkpoint = Some(position);
+            }
+            s.checkpoint_time_us = Some(server_time_us);
+            s.caught_up = true;
+        });
     }
 
     /// Drops changes a table's snapshot already holds.
@@ -242,6 +273,9 @@ impl Applier {
             s.transactions_applied += batch.transactions;
             s.caught_up = caught_up;
         });
+        if let Some((position, server_time_us)) = batch.idle.filter(|(p, _)| *p > end) {
+            self.confirm_idle(position, server_time_us);
+        }
         self.metrics.transactions(batch.transactions);
         batch.counts.publish(&self.metrics);
         *batch = Batch {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ferry_core::{ErrorClass, Lsn, SinkError, TableId, TableSchema};
 use futures::{Stream, StreamExt};
 
@@ -18,6 +18,9 @@ use super::{ddl, statement_error, PgSink};
 /// `maintenance_work_mem` for building a primary key after a bulk copy: enough to sort
 /// tens of millions of keys in memory, and used only for the length of the build.
 const INDEX_BUILD_MEMORY: &str = "256MB";
+
+/// Size of the `COPY FROM` messages the rows of a chunk are gathered into.
+const COPY_MESSAGE_BYTES: usize = 256 << 10;
 
 /// A chunk the target already holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,14 +112,34 @@ impl PgSink {
             .map_err(fail)?;
         futures::pin_mut!(sink);
         let mut data = std::pin::pin!(data);
-        while let Some(item) = data.next().await {
-            let sent = match item {
-                Ok(bytes) => futures::SinkExt::feed(&mut sink, bytes).await.map_err(fail),
-                Err(e) => Err(SinkError::Statement {
+        // The source sends a message per row: gather them into large messages, so the
+        // target and Ferry handle a few thousand messages per chunk, not one per row.
+        let mut pending = BytesMut::with_capacity(COPY_MESSAGE_BYTES);
+        let mut ended = false;
+        while !ended {
+            let sent = match data.next().await {
+                Some(Ok(bytes)) => {
+                    pending.extend_from_slice(&bytes);
+                    if pending.len() < COPY_MESSAGE_BYTES {
+                        continue;
+                    }
+                    let message = pending.split().freeze();
+                    futures::SinkExt::feed(&mut sink, message).await.map_err(fail)
+                }
+                Some(Err(e)) => Err(SinkError::Statement {
                     what: format!("{what}: read from the source"),
                     class: ErrorClass::Transient,
                     source: Box::new(e),
                 }),
+                None => {
+                    ended = true;
+                    let message = pending.split().freeze();
+                    if message.is_empty() {
+                        Ok(())
+                    } else {
+                        futures::SinkExt::feed(&mut sink, message).await.map_err(fail)
+                    }
+                }
             };
             if let Err(e) = sent {
                 let _ = self.client.batch_execute("ROLLBACK").await;

@@ -23,6 +23,7 @@ pub use copy::FinishedChunk;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use ferry_core::{ConnectionUri, Position, RowChange, Sink, SinkError, TableId, TableSchema};
 use tokio_postgres::{Client, Statement};
 
@@ -57,6 +58,8 @@ pub struct PgSink {
     segment: HashMap<TableId, TableChanges>,
     segment_rows: usize,
     segment_bytes: usize,
+    /// The prepared checkpoint upsert.
+    checkpoint_statement: Option<Statement>,
 }
 
 pub(crate) fn statement_error(what: impl Into<String>, err: tokio_postgres::Error) -> SinkError {
@@ -100,6 +103,7 @@ impl PgSink {
             segment: HashMap::new(),
             segment_rows: 0,
             segment_bytes: 0,
+            checkpoint_statement: None,
         })
     }
 
@@ -127,25 +131,18 @@ impl PgSink {
         }
         let queue = std::mem::take(&mut self.queue);
         self.queued_bytes = 0;
-        let client = &self.client;
-        let results = futures::future::join_all(
-            queue
-                .iter()
-                .map(|(stmt, params)| client.execute_raw(stmt, params.iter())),
-        )
-        .await;
-        for result in results {
-            result.map_err(|e| statement_error("apply a change", e))?;
-        }
-        Ok(())
+        run_pipelined(&self.client, &queue, None).await
     }
 
     /// Applies the segment: per table its deletes, then its upserts, then its partial
     /// updates, all pipelined.
     async fn flush_segment(&mut self) -> Result<(), SinkError> {
-        if self.segment.is_empty() {
-            return Ok(());
-        }
+        let work = self.segment_statements().await?;
+        run_pipelined(&self.client, &work, None).await
+    }
+
+    /// Takes the segment and turns it into statements (preparing new shapes).
+    async fn segment_statements(&mut self) -> Result<Vec<(Statement, Vec<Param>)>, SinkError> {
         let segment = std::mem::take(&mut self.segment);
         self.segment_rows = 0;
         self.segment_bytes = 0;
@@ -182,18 +179,9 @@ impl PgSink {
                 let params = statements::column_arrays(&rows, columns).collect();
                 work.push((statement, params));
             }
-            tracing::trace!(table = %id, "segment applied");
+            tracing::trace!(table = %id, "segment statements");
         }
-        let client = &self.client;
-        let results = futures::future::join_all(
-            work.iter()
-                .map(|(stmt, params)| client.execute_raw(stmt, params.iter())),
-        )
-        .await;
-        for result in results {
-            result.map_err(|e| statement_error("apply a batch of changes", e))?;
-        }
-        Ok(())
+        Ok(work)
     }
 
     /// The prepared statement of `shape` for `table`, prepared on first use.
@@ -414,23 +402,69 @@ impl Sink for PgSink {
 
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
         self.begin_if_needed().await?;
-        self.flush().await?;
+        // The last statements, the checkpoint and COMMIT go out together: one round trip.
+        let mut work = self.segment_statements().await?;
+        work.append(&mut self.queue);
+        self.queued_bytes = 0;
+        let store = match &self.checkpoint_statement {
+            Some(s) => s.clone(),
+            None => {
+                let prepared = self
+                    .client
+                    .prepare(
+                        "INSERT INTO _ferry.checkpoints (changefeed, position, updated_at)
+                         VALUES ($1, $2, now())
+                         ON CONFLICT (changefeed) DO UPDATE
+                         SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
+                    )
+                    .await
+                    .map_err(|e| statement_error("prepare the checkpoint statement", e))?;
+                self.checkpoint_statement = Some(prepared.clone());
+                prepared
+            }
+        };
         let position = serde_json::to_string(&checkpoint).expect("a position serializes");
-        self.client
-            .execute(
-                "INSERT INTO _ferry.checkpoints (changefeed, position, updated_at)
-                 VALUES ($1, $2, now())
-                 ON CONFLICT (changefeed) DO UPDATE
-                 SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
-                &[&self.changefeed, &position],
-            )
-            .await
-            .map_err(|e| statement_error("store the checkpoint", e))?;
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| statement_error("commit a batch", e))?;
+        work.push((
+            store,
+            vec![
+                Param::Text(Some(Bytes::from(self.changefeed.clone()))),
+                Param::Text(Some(Bytes::from(position))),
+            ],
+        ));
+        let result = run_pipelined(&self.client, &work, Some("COMMIT")).await;
+        // Committed, or (after an error) rolled back by the failed COMMIT: either way the
+        // transaction is over.
         self.in_batch = false;
-        Ok(())
+        result
     }
+}
+
+/// Sends `work` (then `finish`, a simple statement such as COMMIT) pipelined, in order, and
+/// waits for all of it; the first failure is the error. COMMIT after a failed statement
+/// rolls back, so a failed batch never commits.
+async fn run_pipelined(
+    client: &Client,
+    work: &[(Statement, Vec<Param>)],
+    finish: Option<&str>,
+) -> Result<(), SinkError> {
+    if work.is_empty() && finish.is_none() {
+        return Ok(());
+    }
+    // Each request is sent when its future is first polled: `join!` polls the statements
+    // (in order) before `finish`.
+    let statements = futures::future::join_all(
+        work.iter()
+            .map(|(stmt, params)| client.execute_raw(stmt, params.iter())),
+    );
+    let finish = async {
+        match finish {
+            Some(sql) => client.batch_execute(sql).await.map(|_| ()),
+            None => Ok(()),
+        }
+    };
+    let (results, finished) = futures::join!(statements, finish);
+    for result in results {
+        result.map_err(|e| statement_error("apply a batch of changes", e))?;
+    }
+    finished.map_err(|e| statement_error("commit a batch", e))
 }

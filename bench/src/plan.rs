@@ -1,0 +1,302 @@
+//! The command line, and the plan it resolves to: which workloads, which contenders, how much
+//! data, how many runs.
+//!
+//! Every size has a full default (the numbers issue 4 asks for) and a `--quick` default for
+//! developing the harness; a flag given explicitly wins over both.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// pgbench clients in the backlog and latency workloads (`pgbench -c 4`).
+pub(crate) const PGBENCH_CLIENTS: u32 = 4;
+/// pgbench worker threads: one per core of the 2-core machine the targets were set on.
+pub(crate) const PGBENCH_THREADS: u32 = 2;
+
+/// Full run: `pgbench -i -s 50` is 5,000,000 pgbench_accounts rows.
+const FULL_SCALE: u32 = 50;
+/// Full run: three runs per contender, so a median means something.
+const FULL_RUNS: u32 = 3;
+/// Full run: `pgbench -c 4 -t 20000`.
+const FULL_BACKLOG_TRANSACTIONS: u32 = 20_000;
+/// Full run: `pgbench -c 4 -T 60`.
+const FULL_LATENCY_SECONDS: u64 = 60;
+/// Full run: one 1,000,000-row transaction.
+const FULL_BIGTX_ROWS: u64 = 1_000_000;
+/// Rows of the wide (TOASTed) table per pgbench scale unit: 50,000 rows (~300 MB) at scale 50.
+const WIDE_ROWS_PER_SCALE: u64 = 1_000;
+
+/// Quick run: small enough that the whole matrix finishes in a few minutes on 2 cores.
+const QUICK_SCALE: u32 = 2;
+const QUICK_RUNS: u32 = 1;
+const QUICK_BACKLOG_TRANSACTIONS: u32 = 1_000;
+const QUICK_LATENCY_SECONDS: u64 = 10;
+const QUICK_BIGTX_ROWS: u64 = 100_000;
+
+/// Ferry and its peers on the same data, on throwaway PostgreSQL clusters, in one run.
+///
+/// Runs every selected contender on every selected workload, alternating contenders run by
+/// run (A B C, A B C, …) so drift on a shared machine hits them all alike, then prints
+/// medians, min–max and Ferry's ratio to each peer, and writes them to docs/benchmarks.md.
+#[derive(Parser, Debug)]
+#[command(name = "ferry-bench")]
+pub(crate) struct Args {
+    /// pgbench scale of the source data (100,000 pgbench_accounts rows each) [full: 50, quick: 2].
+    #[arg(long)]
+    scale: Option<u32>,
+    /// Runs per contender and workload; the table shows medians [full: 3, quick: 1].
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Workloads to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<Workload>,
+    /// Contenders to run, comma-separated; each runs the workloads it supports [default: all].
+    #[arg(long, value_delimiter = ',')]
+    contenders: Vec<Contender>,
+    /// Backlog workload: transactions per pgbench client (`-t`) [full: 20000, quick: 1000].
+    #[arg(long)]
+    backlog_transactions: Option<u32>,
+    /// Latency workload: seconds of pgbench load (`-T`) [full: 60, quick: 10].
+    #[arg(long)]
+    latency_seconds: Option<u64>,
+    /// Big-transaction workload: rows inserted by the one transaction [full: 1M, quick: 100k].
+    #[arg(long)]
+    bigtx_rows: Option<u64>,
+    /// Rows of the wide TOASTed table in the snapshot [default: 1000 × scale].
+    #[arg(long)]
+    wide_rows: Option<u64>,
+    /// Development mode: small data, one run, short windows; does not write the docs.
+    #[arg(long)]
+    quick: bool,
+    /// The ferry binary to run (a release build; `bench/run` builds it).
+    #[arg(long, default_value = "target/release/ferry")]
+    ferry_bin: PathBuf,
+    /// Markdown file whose results section is replaced with this run's results.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    docs: PathBuf,
+    /// Do not write the docs file (implied by --quick unless --docs is given explicitly).
+    #[arg(long)]
+    no_docs: bool,
+}
+
+/// One benchmark scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub(crate) enum Workload {
+    /// Initial copy of pgbench's tables plus a wide TOASTed table into an empty target.
+    Snapshot,
+    /// Replicator stopped, pgbench writes a backlog, replicator restarted: time to drain.
+    Backlog,
+    /// Steady streaming under pgbench load, with an end-to-end latency probe.
+    Latency,
+    /// One transaction inserting many rows: time from its commit until synced.
+    Bigtx,
+}
+
+impl Workload {
+    pub(crate) const ALL: [Workload; 4] = [
+        Workload::Snapshot,
+        Workload::Backlog,
+        Workload::Latency,
+        Workload::Bigtx,
+    ];
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Workload::Snapshot => "snapshot",
+            Workload::Backlog => "backlog",
+            Workload::Latency => "latency",
+            Workload::Bigtx => "bigtx",
+        })
+    }
+}
+
+/// A tool that moves the data, or a limit that bounds what any tool can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub(crate) enum Contender {
+    /// PostgreSQL's own logical replication: publication + subscription (`copy_data`).
+    Native,
+    /// `pg_dump | psql`: schema, data, then indexes, one stream.
+    PgDump,
+    /// `pgcopydb clone`: parallel COPY, then parallel index builds.
+    Pgcopydb,
+    /// Read limit: `COPY … TO STDOUT` of every table into /dev/null.
+    CopyOut,
+    /// Write limit: `COPY … FROM STDIN` into a target without indexes, from files.
+    CopyIn,
+    /// Decode limit: `pg_recvlogical` with pgoutput writing the stream to /dev/null.
+    Recvlogical,
+    /// Ferry into a PostgreSQL target.
+    Ferry,
+    /// Ferry into its `blackhole://` sink: the source side alone.
+    FerryBlackhole,
+}
+
+impl Contender {
+    pub(crate) const ALL: [Contender; 8] = [
+        Contender::Native,
+        Contender::PgDump,
+        Contender::Pgcopydb,
+        Contender::CopyOut,
+        Contender::CopyIn,
+        Contender::Recvlogical,
+        Contender::Ferry,
+        Contender::FerryBlackhole,
+    ];
+
+    /// Whether this contender has something to say about `workload`.
+    pub(crate) fn runs(self, workload: Workload) -> bool {
+        use Contender::*;
+        match workload {
+            Workload::Snapshot => matches!(
+                self,
+                Native | PgDump | Pgcopydb | CopyOut | CopyIn | Ferry | FerryBlackhole
+            ),
+            Workload::Backlog | Workload::Bigtx => {
+                matches!(self, Native | Recvlogical | Ferry | FerryBlackhole)
+            }
+            Workload::Latency => matches!(self, Native | Ferry),
+        }
+    }
+
+    /// How the contender is named in the results tables.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Contender::Native => "native logical replication",
+            Contender::PgDump => "pg_dump \\| psql",
+            Contender::Pgcopydb => "pgcopydb clone",
+            Contender::CopyOut => "limit: COPY TO /dev/null (read)",
+            Contender::CopyIn => "limit: COPY FROM, no indexes (write)",
+            Contender::Recvlogical => "limit: pg_recvlogical pgoutput (decode)",
+            Contender::Ferry => "**Ferry → postgres**",
+            Contender::FerryBlackhole => "Ferry → blackhole",
+        }
+    }
+}
+
+impl fmt::Display for Contender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self
+            .to_possible_value()
+            .expect("no contender is skipped by clap");
+        f.pad(name.get_name())
+    }
+}
+
+/// What one invocation will do, with every default resolved.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) scale: u32,
+    pub(crate) runs: u32,
+    pub(crate) workloads: Vec<Workload>,
+    pub(crate) contenders: Vec<Contender>,
+    pub(crate) backlog_transactions: u32,
+    pub(crate) latency_window: Duration,
+    pub(crate) bigtx_rows: u64,
+    pub(crate) wide_rows: u64,
+    pub(crate) quick: bool,
+    pub(crate) ferry_bin: PathBuf,
+    /// Where to write the results section; `None` for quick or `--no-docs` runs.
+    pub(crate) docs: Option<PathBuf>,
+}
+
+impl Plan {
+    /// Resolves the flags: explicit values, else the quick or full defaults.
+    pub(crate) fn from_args(args: Args, docs_given: bool) -> anyhow::Result<Plan> {
+        let quick = args.quick;
+        let pick = |full, fast| if quick { fast } else { full };
+        let pick_u64 = |full, fast| if quick { fast } else { full };
+        let scale = args.scale.unwrap_or(pick(FULL_SCALE, QUICK_SCALE));
+        anyhow::ensure!(scale > 0, "--scale must be > 0");
+        let runs = args.runs.unwrap_or(pick(FULL_RUNS, QUICK_RUNS));
+        anyhow::ensure!(runs > 0, "--runs must be > 0");
+        let docs = if args.no_docs || (quick && !docs_given) {
+            None
+        } else {
+            Some(args.docs)
+        };
+        Ok(Plan {
+            scale,
+            runs,
+            workloads: dedup(args.workloads, &Workload::ALL),
+            contenders: dedup(args.contenders, &Contender::ALL),
+            backlog_transactions: args
+                .backlog_transactions
+                .unwrap_or(pick(FULL_BACKLOG_TRANSACTIONS, QUICK_BACKLOG_TRANSACTIONS)),
+            latency_window: Duration::from_secs(
+                args.latency_seconds
+                    .unwrap_or(pick_u64(FULL_LATENCY_SECONDS, QUICK_LATENCY_SECONDS)),
+            ),
+            bigtx_rows: args
+                .bigtx_rows
+                .unwrap_or(pick_u64(FULL_BIGTX_ROWS, QUICK_BIGTX_ROWS)),
+            wide_rows: args
+                .wide_rows
+                .unwrap_or(WIDE_ROWS_PER_SCALE * u64::from(scale)),
+            quick,
+            ferry_bin: args.ferry_bin,
+            docs,
+        })
+    }
+
+    /// The contenders that run `workload`, in the order given.
+    pub(crate) fn contenders_for(&self, workload: Workload) -> Vec<Contender> {
+        self.contenders
+            .iter()
+            .copied()
+            .filter(|c| c.runs(workload))
+            .collect()
+    }
+}
+
+/// `list` without repeats, in order; `all` when `list` is empty.
+fn dedup<T: Copy + PartialEq>(list: Vec<T>, all: &[T]) -> Vec<T> {
+    let list = if list.is_empty() { all.to_vec() } else { list };
+    let mut unique = Vec::with_capacity(list.len());
+    for item in list {
+        if !unique.contains(&item) {
+            unique.push(item);
+        }
+    }
+    unique
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(argv: &[&str]) -> Plan {
+        let args = Args::try_parse_from(std::iter::once("ferry-bench").chain(argv.iter().copied()))
+            .expect("valid flags");
+        Plan::from_args(args, argv.iter().any(|a| a.starts_with("--docs"))).expect("valid plan")
+    }
+
+    #[test]
+    fn quick_shrinks_everything_but_explicit_flags_win() {
+        let quick = plan(&["--quick", "--runs", "2"]);
+        assert_eq!((quick.scale, quick.runs, quick.wide_rows), (2, 2, 2_000));
+        assert!(quick.docs.is_none());
+        let full = plan(&[]);
+        assert_eq!((full.scale, full.runs, full.bigtx_rows), (50, 3, 1_000_000));
+        assert_eq!(full.docs, Some(PathBuf::from("docs/benchmarks.md")));
+        assert!(plan(&["--quick", "--docs", "x.md"]).docs.is_some());
+    }
+
+    #[test]
+    fn lists_default_to_all_and_drop_repeats() {
+        let p = plan(&[
+            "--workloads",
+            "bigtx,snapshot,bigtx",
+            "--contenders",
+            "ferry,native",
+        ]);
+        assert_eq!(p.workloads, vec![Workload::Bigtx, Workload::Snapshot]);
+        assert_eq!(p.contenders_for(Workload::Latency).len(), 2);
+        assert_eq!(plan(&[]).contenders_for(Workload::Snapshot).len(), 7);
+        assert_eq!(Contender::FerryBlackhole.to_string(), "ferry-blackhole");
+        assert_eq!(Contender::PgDump.to_string(), "pg-dump");
+    }
+}

@@ -1,0 +1,136 @@
+//! Ferry as a contender: a release-built `ferry server` process with one changefeed.
+//!
+//! The server is started (and healthy) before the clock starts; the timed part begins with
+//! `POST /api/v2/changefeeds` and ends when `GET …/synced` says `true`. Ferry runs as in
+//! production: log level `info`, default changefeed options. Its CPU time and peak RSS are
+//! read from `/proc` before it stops, so they cover only the server process of this run (a
+//! restarted server starts counting afresh).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferry_testkit::FerryServer;
+use serde_json::{json, Value};
+
+use crate::db::Db;
+use crate::peer_process::ProcessUsage;
+use crate::replicator::{poll_until, wait_slots_idle};
+use crate::testbed::{Testbed, SOURCE_DB, TARGET_DB};
+
+/// The changefeed's id.
+const CHANGEFEED_ID: &str = "bench";
+/// The server's log filter: production's default.
+const LOG_FILTER: &str = "info";
+/// How often the changefeed's state is checked for a definite failure while waiting.
+const FAILURE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A ferry server with (after [`FerryChangefeed::create`]) the benchmark's changefeed.
+pub(crate) struct FerryChangefeed {
+    server: FerryServer,
+    source: Db,
+}
+
+impl FerryChangefeed {
+    /// Starts a ferry server with an empty data directory; returns once it is healthy.
+    pub(crate) fn start_server(testbed: &Testbed, binary: &Path) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            binary.is_file(),
+            "no ferry binary at {} (bench/run builds it with cargo build --release)",
+            binary.display()
+        );
+        Ok(FerryChangefeed {
+            server: FerryServer::start_with_log(binary, LOG_FILTER),
+            source: testbed.source_db()?,
+        })
+    }
+
+    /// Creates the changefeed for `tables` into the target database, or the blackhole.
+    pub(crate) fn create(
+        &self,
+        testbed: &Testbed,
+        blackhole: bool,
+        tables: &[&str],
+    ) -> anyhow::Result<()> {
+        let sink_uri = if blackhole {
+            "blackhole://".to_owned()
+        } else {
+            testbed.target.uri(TARGET_DB)
+        };
+        let (code, body) = self.server.post(
+            "/api/v2/changefeeds",
+            &json!({
+                "id": CHANGEFEED_ID,
+                "source_uri": testbed.source.uri(SOURCE_DB),
+                "sink_uri": sink_uri,
+                "tables": tables,
+            }),
+        );
+        anyhow::ensure!(
+            code == 201,
+            "creating the changefeed failed ({code}): {body}"
+        );
+        Ok(())
+    }
+
+    /// Polls `/synced` until it is `true`; fails early when the changefeed has failed.
+    pub(crate) fn wait_synced(&self, timeout: Duration) -> anyhow::Result<()> {
+        let mut last_failure_check = Instant::now();
+        poll_until("ferry's /synced to be true", timeout, || {
+            let path = format!("/api/v2/changefeeds/{CHANGEFEED_ID}/synced");
+            let (code, body) = self.server.get(&path);
+            if code == 200 && body["synced"] == Value::Bool(true) {
+                return Ok(true);
+            }
+            if last_failure_check.elapsed() >= FAILURE_CHECK_INTERVAL {
+                last_failure_check = Instant::now();
+                self.check_not_failed()?;
+            }
+            Ok(false)
+        })
+    }
+
+    /// Stops the server gracefully and waits until its slot is idle; the slot keeps the WAL.
+    pub(crate) fn stop(&mut self) -> anyhow::Result<()> {
+        self.server.stop();
+        wait_slots_idle(&self.source)
+    }
+
+    /// Starts the server again on the same data directory; it resumes the changefeed.
+    pub(crate) fn restart(&mut self) -> anyhow::Result<()> {
+        self.server.restart();
+        Ok(())
+    }
+
+    /// The running server's CPU time and peak RSS.
+    pub(crate) fn usage(&self) -> Option<ProcessUsage> {
+        Some(ProcessUsage {
+            cpu_seconds: self.server.cpu_seconds()?,
+            peak_rss_kib: self.server.peak_rss_kib()?,
+        })
+    }
+
+    /// Deletes the changefeed (dropping its slot and publications) and stops the server.
+    pub(crate) fn finish(mut self) -> anyhow::Result<()> {
+        let (code, body) = self
+            .server
+            .delete(&format!("/api/v2/changefeeds/{CHANGEFEED_ID}"));
+        anyhow::ensure!(
+            code == 200,
+            "deleting the changefeed failed ({code}): {body}"
+        );
+        self.server.stop();
+        Ok(())
+    }
+
+    fn check_not_failed(&self) -> anyhow::Result<()> {
+        let (code, status) = self
+            .server
+            .get(&format!("/api/v2/changefeeds/{CHANGEFEED_ID}/status"));
+        if code == 200 && status["state"] == "failed" {
+            return Err(anyhow::anyhow!("{}", status["last_error"]))
+                .context("the changefeed failed");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! Issue 4's targets, checked against a run's medians.
+//!
+//! Each target compares Ferry with a peer measured in the same run (or with an absolute
+//! number for the source side and memory). A target whose inputs were not measured (a
+//! contender or workload left out) is left out of the list rather than reported as missed.
+
+use crate::measurement::{Measurement, Results};
+use crate::plan::{Contender, Workload};
+
+/// Target: snapshot in at most this fraction of native replication's time.
+const SNAPSHOT_VS_NATIVE_MAX: f64 = 0.6;
+/// Target: drain a backlog at least this many times native replication's rate.
+const BACKLOG_VS_NATIVE_MIN: f64 = 1.5;
+/// Target: drain at least this fraction of the pgoutput decode limit.
+const BACKLOG_VS_DECODE_MIN: f64 = 0.5;
+/// Target: the source side alone snapshots at least this many rows per second.
+const BLACKHOLE_SNAPSHOT_ROWS_MIN: f64 = 1_000_000.0;
+/// Target: the source side alone drains at least this many row changes per second.
+const BLACKHOLE_BACKLOG_CHANGES_MIN: f64 = 100_000.0;
+/// Target: median end-to-end latency under load at most this many milliseconds.
+const LATENCY_P50_MAX_MS: f64 = 20.0;
+/// Target: peak RSS at most this many megabytes (10^6 bytes) in every workload.
+const PEAK_RSS_MAX_MB: f64 = 150.0;
+
+/// One target and how this run did.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TargetCheck {
+    pub(crate) target: String,
+    pub(crate) measured: String,
+    pub(crate) met: bool,
+}
+
+/// Every target this run has the numbers for.
+pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
+    let seconds = |m: &Measurement| Some(m.wall.as_secs_f64());
+    let rate = |m: &Measurement| Some(m.rows_per_second());
+    let p50 = |m: &Measurement| m.latency.as_ref().map(|l| l.p50_ms);
+    let p99 = |m: &Measurement| m.latency.as_ref().map(|l| l.p99_ms);
+    let med = |w, c, metric: &dyn Fn(&Measurement) -> Option<f64>| results.median_of(w, c, metric);
+    let mut checks = Vec::new();
+    let mut push = |target: String, measured: String, met: bool| {
+        checks.push(TargetCheck {
+            target,
+            measured,
+            met,
+        });
+    };
+
+    use Contender::*;
+    use Workload::*;
+    if let Some(ferry) = med(Snapshot, Ferry, &seconds) {
+        if let Some(native) = med(Snapshot, Native, &seconds) {
+            let ratio = ferry / native;
+            push(
+                format!("snapshot ≤ {SNAPSHOT_VS_NATIVE_MAX}× native replication's time"),
+                format!("{ratio:.2}× ({ferry:.1} s vs {native:.1} s)"),
+                ratio <= SNAPSHOT_VS_NATIVE_MAX,
+            );
+        }
+        for (peer, name) in [(PgDump, "pg_dump | psql"), (Pgcopydb, "pgcopydb clone")] {
+            if let Some(theirs) = med(Snapshot, peer, &seconds) {
+                push(
+                    format!("snapshot faster than {name}"),
+                    format!("{ferry:.1} s vs {theirs:.1} s"),
+                    ferry < theirs,
+                );
+            }
+        }
+    }
+    if let Some(ferry) = med(Backlog, Ferry, &rate) {
+        for (peer, name, min) in [
+            (Native, "native replication's rate", BACKLOG_VS_NATIVE_MIN),
+            (
+                Recvlogical,
+                "the pgoutput decode limit",
+                BACKLOG_VS_DECODE_MIN,
+            ),
+        ] {
+            if let Some(theirs) = med(Backlog, peer, &rate) {
+                let ratio = ferry / theirs;
+                push(
+                    format!("backlog ≥ {min}× {name}"),
+                    format!("{ratio:.2}× ({ferry:.0} vs {theirs:.0} changes/s)"),
+                    ratio >= min,
+                );
+            }
+        }
+    }
+    if let Some(rows) = med(Snapshot, FerryBlackhole, &rate) {
+        push(
+            format!("blackhole snapshot ≥ {BLACKHOLE_SNAPSHOT_ROWS_MIN:.0} rows/s"),
+            format!("{rows:.0} rows/s"),
+            rows >= BLACKHOLE_SNAPSHOT_ROWS_MIN,
+        );
+    }
+    if let Some(changes) = med(Backlog, FerryBlackhole, &rate) {
+        push(
+            format!("blackhole backlog ≥ {BLACKHOLE_BACKLOG_CHANGES_MIN:.0} changes/s"),
+            format!("{changes:.0} changes/s"),
+            changes >= BLACKHOLE_BACKLOG_CHANGES_MIN,
+        );
+    }
+    if let (Some(ferry), Some(native)) = (med(Latency, Ferry, &p99), med(Latency, Native, &p99)) {
+        push(
+            "latency p99 ≤ native replication's".to_owned(),
+            format!("{ferry:.0} ms vs {native:.0} ms"),
+            ferry <= native,
+        );
+    }
+    if let Some(ferry) = med(Latency, Ferry, &p50) {
+        push(
+            format!("latency p50 ≤ {LATENCY_P50_MAX_MS:.0} ms"),
+            format!("{ferry:.1} ms"),
+            ferry <= LATENCY_P50_MAX_MS,
+        );
+    }
+    if let Some((mb, workload, contender)) = peak_rss(results) {
+        push(
+            format!("peak RSS ≤ {PEAK_RSS_MAX_MB:.0} MB in every workload"),
+            format!("max {mb:.0} MB ({workload}, {contender})"),
+            mb <= PEAK_RSS_MAX_MB,
+        );
+    }
+    checks
+}
+
+/// Ferry's largest peak RSS over every run of every workload, in MB, and where.
+fn peak_rss(results: &Results) -> Option<(f64, Workload, Contender)> {
+    Workload::ALL
+        .into_iter()
+        .flat_map(|w| [(w, Contender::Ferry), (w, Contender::FerryBlackhole)])
+        .flat_map(|(w, c)| {
+            results
+                .measurements(w, c)
+                .into_iter()
+                .filter_map(move |m| Some((m.usage?.peak_rss_kib as f64 * 1024.0 / 1e6, w, c)))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::peer_process::ProcessUsage;
+
+    fn run(secs: f64, rows: u64, rss_mb: u64) -> Measurement {
+        Measurement {
+            wall: Duration::from_secs_f64(secs),
+            rows,
+            bytes: 0,
+            usage: Some(ProcessUsage {
+                cpu_seconds: 1.0,
+                peak_rss_kib: rss_mb * 1_000_000 / 1024,
+            }),
+            latency: None,
+        }
+    }
+
+    #[test]
+    fn snapshot_ratio_and_memory_are_checked() {
+        let mut results = Results::default();
+        results.push(Workload::Snapshot, Contender::Ferry, Ok(run(5.0, 100, 120)));
+        results.push(Workload::Snapshot, Contender::Native, Ok(run(10.0, 100, 0)));
+        results.push(Workload::Bigtx, Contender::Ferry, Ok(run(1.0, 100, 200)));
+        let checks = check(&results);
+        assert_eq!(checks.len(), 2, "{checks:?}");
+        assert!(checks[0].met, "0.5 ≤ 0.6: {:?}", checks[0]);
+        assert_eq!(checks[0].measured, "0.50× (5.0 s vs 10.0 s)");
+        assert!(!checks[1].met);
+        assert!(
+            checks[1].measured.contains("(bigtx, ferry)"),
+            "{:?}",
+            checks[1]
+        );
+    }
+}
