@@ -124,7 +124,9 @@ impl PgSink {
                         continue;
                     }
                     let message = pending.split().freeze();
-                    futures::SinkExt::feed(&mut sink, message).await.map_err(fail)
+                    futures::SinkExt::feed(&mut sink, message)
+                        .await
+                        .map_err(fail)
                 }
                 Some(Err(e)) => Err(SinkError::Statement {
                     what: format!("{what}: read from the source"),
@@ -137,7 +139,9 @@ impl PgSink {
                     if message.is_empty() {
                         Ok(())
                     } else {
-                        futures::SinkExt::feed(&mut sink, message).await.map_err(fail)
+                        futures::SinkExt::feed(&mut sink, message)
+                            .await
+                            .map_err(fail)
                     }
                 }
             };
