@@ -191,30 +191,13 @@ pub(crate) struct Sets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
 
     fn schema(key: Vec<usize>) -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            id: TableId::new("s", "t"),
-            columns: ["id", "a", "b"]
-                .iter()
-                .map(|n| ColumnSchema {
-                    name: n.to_string(),
-                    type_name: "text".into(),
-                    type_oid: 25,
-                    nullable: true,
-                    missing_value: None,
-                })
-                .collect(),
-            key,
-            identity: ReplicaIdentity::Default,
-            user_types: vec![],
-        })
+        Arc::new(super::super::fixtures::table(key))
     }
 
     fn t(s: &str) -> Value {
-        Value::Text(Bytes::copy_from_slice(s.as_bytes()))
+        super::super::fixtures::text(s)
     }
 
     fn row(id: &str, a: &str, b: &str) -> Row {

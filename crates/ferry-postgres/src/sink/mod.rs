@@ -468,3 +468,35 @@ async fn run_pipelined(
     }
     finished.map_err(|e| statement_error("commit a batch", e))
 }
+
+/// Fixtures shared by the sink's unit tests.
+#[cfg(test)]
+mod fixtures {
+    use bytes::Bytes;
+    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId, TableSchema, Value};
+
+    /// `s.t (id, a, b)`, all text, keyed on the columns in `key`.
+    pub(super) fn table(key: Vec<usize>) -> TableSchema {
+        TableSchema {
+            id: TableId::new("s", "t"),
+            columns: ["id", "a", "b"]
+                .iter()
+                .map(|n| ColumnSchema {
+                    name: n.to_string(),
+                    type_name: "text".into(),
+                    type_oid: 25,
+                    nullable: true,
+                    missing_value: None,
+                })
+                .collect(),
+            key,
+            identity: ReplicaIdentity::Default,
+            user_types: vec![],
+        }
+    }
+
+    /// A text value.
+    pub(super) fn text(s: &str) -> Value {
+        Value::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}

@@ -420,25 +420,9 @@ pub(crate) fn delete(schema: &TableSchema, old: &Row) -> Op {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
 
     fn schema(key: Vec<usize>) -> TableSchema {
-        TableSchema {
-            id: TableId::new("s", "t"),
-            columns: ["id", "a", "b"]
-                .iter()
-                .map(|n| ColumnSchema {
-                    name: n.to_string(),
-                    type_name: "text".into(),
-                    type_oid: 25,
-                    nullable: true,
-                    missing_value: None,
-                })
-                .collect(),
-            key,
-            identity: ReplicaIdentity::Default,
-            user_types: vec![],
-        }
+        super::super::fixtures::table(key)
     }
 
     fn casts() -> Vec<String> {
@@ -483,7 +467,7 @@ mod tests {
     }
 
     fn t(s: &str) -> Value {
-        Value::Text(Bytes::copy_from_slice(s.as_bytes()))
+        super::super::fixtures::text(s)
     }
 
     #[test]
