@@ -237,10 +237,15 @@ impl PgSink {
         {
             self.flush_segment().await?;
         }
+        // Look up before inserting: `entry` would clone the table's name for every change.
+        if !self.segment.contains_key(&table.id) {
+            self.segment
+                .insert(table.id.clone(), TableChanges::new(table.clone()));
+        }
         let changes = self
             .segment
-            .entry(table.id.clone())
-            .or_insert_with(|| TableChanges::new(table.clone()));
+            .get_mut(&table.id)
+            .expect("the entry was inserted above");
         match changes.absorb(change) {
             Ok(()) => {
                 // Row statements queued before this change run before the segment (which
