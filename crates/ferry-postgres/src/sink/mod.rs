@@ -82,10 +82,14 @@ impl PgSink {
                 what: e.what.clone(),
                 source: e.source,
             })?;
+        // `synchronous_commit = on` whatever the target's default: the engine tells the
+        // source's slot it may discard WAL once `commit_batch` returns, so a commit the target
+        // has acknowledged must already be flushed. With the target at `off`, a target crash
+        // would otherwise lose transactions the source has already forgotten.
         client
-            .batch_execute("SET search_path TO ''")
+            .batch_execute("SET search_path TO ''; SET synchronous_commit TO on")
             .await
-            .map_err(|e| statement_error("set search_path", e))?;
+            .map_err(|e| statement_error("set session settings", e))?;
         // Concurrent sinks (snapshot workers) may race to create the schema: retry once.
         if client.batch_execute(ddl::BOOKKEEPING).await.is_err() {
             client
