@@ -10,6 +10,8 @@
 //!   a superuser `ferry` and optional password authentication.
 //! - [`ferry`]: [`FerryServer`], the real `ferry server` binary on a free port, with
 //!   `kill -9` and restart, and a tiny blocking HTTP client for its API.
+//! - [`certs`]: [`certs::TestCa`], a throwaway CA that issues server and client certificates
+//!   as PEM files, for TLS tests.
 //! - [`wait`]: [`wait_for`] and [`wait_for_async`], deadline-bounded polling for assertions on
 //!   eventually-true conditions (a checkpoint saved, rows arrived).
 //!
@@ -36,6 +38,7 @@
 //! hands it the temporary directory; client tools such as `psql` and `pgbench` stay as the
 //! current user and connect over TCP.
 
+pub mod certs;
 pub mod ferry;
 pub mod postgres;
 mod server_user;
