@@ -27,6 +27,9 @@ pub enum ErrorCode {
     SourceUnusable,
     /// A table rule names a table the source does not have.
     TableNotFound,
+    /// A URI's `password_file` cannot be read, or its `password_env` variable is not set on
+    /// the server.
+    SecretUnavailable,
     /// A resume position is malformed or older than the slot can serve.
     InvalidPosition,
     /// A changefeed names a source that does not exist.
@@ -139,6 +142,7 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::SourceUnusable(_) => (S::BAD_REQUEST, C::SourceUnusable),
             EngineError::TableNotFound(_) => (S::BAD_REQUEST, C::TableNotFound),
+            EngineError::SecretUnavailable(_) => (S::BAD_REQUEST, C::SecretUnavailable),
             EngineError::InvalidPosition(_) => (S::BAD_REQUEST, C::InvalidPosition),
             EngineError::SourceNotFound(_) => (S::NOT_FOUND, C::SourceNotFound),
             EngineError::UnknownSource(_) => (S::BAD_REQUEST, C::UnknownSource),
@@ -153,7 +157,8 @@ impl From<EngineError> for ApiError {
     }
 }
 
-/// `text` with the password of every `scheme://user:password@` replaced by `***`, and the
+/// `text` with the password of every `scheme://user:password@` and the value of every
+/// secret `key=value` (`password=`, `sslpassword=`, …) replaced by `***`, and the
 /// contents of every quoted string after `string ` (serde's way of quoting a bad value)
 /// dropped: a message may quote what a client sent, and what a client sent may be a secret.
 pub fn mask_secrets(text: &str) -> String {
@@ -178,7 +183,7 @@ pub fn mask_secrets(text: &str) -> String {
         rest = &tail[end..];
     }
     out.push_str(rest);
-    drop_quoted_strings(&out)
+    drop_quoted_strings(&ferry_core::uri::mask_secret_params(&out))
 }
 
 /// Replaces `string "…"` (serde's quoting of a value) with `string`.
@@ -228,6 +233,10 @@ mod tests {
             "postgres://app@db/shop"
         );
         assert_eq!(mask_secrets("no uri here"), "no uri here");
+        assert_eq!(
+            mask_secrets("postgres://app@db/shop?sslmode=disable&password=s3cr3t failed"),
+            "postgres://app@db/shop?sslmode=disable&password=*** failed"
+        );
     }
 
     #[test]

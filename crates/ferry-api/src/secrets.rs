@@ -1,14 +1,14 @@
-//! Masked passwords sent back: `ferry changefeed get` shows `postgres://app:***@db/shop`,
-//! and when that text comes back in an update, `***` means "keep the stored password".
+//! Masked secrets sent back: `ferry changefeed get` shows `postgres://app:***@db/shop` (or
+//! `…?password=***`), and when that text comes back in an update, `***` means "keep the
+//! stored secret".
 
+use ferry_core::uri::{is_secret_param, MASK};
 use ferry_core::ConnectionUri;
 use url::Url;
 
-/// The password placeholder every response shows.
-const MASK: &str = "***";
-
-/// `uri` with a `***` password replaced by `current`'s password. Anything else (a new
-/// password, no password, an unparsable URI for the caller to reject) passes unchanged.
+/// `uri` with every `***` secret (the userinfo password, a secret query parameter) replaced
+/// by `current`'s. Anything else (a new password, no password, an unparsable URI for the
+/// caller to reject) passes unchanged.
 pub(crate) fn unmask(uri: &str, current: Option<&ConnectionUri>) -> String {
     let Some(current) = current else {
         return uri.to_string();
@@ -16,17 +16,44 @@ pub(crate) fn unmask(uri: &str, current: Option<&ConnectionUri>) -> String {
     let Ok(mut url) = Url::parse(uri.trim()) else {
         return uri.to_string();
     };
-    if url.password() != Some(MASK) {
-        return uri.to_string();
-    }
     let Ok(stored) = Url::parse(current.expose()) else {
         return uri.to_string();
     };
     // The stored password is already percent-encoded; `set_password` keeps it as is.
-    if url.set_password(stored.password()).is_err() {
+    if url.password() == Some(MASK) && url.set_password(stored.password()).is_err() {
         return uri.to_string();
     }
+    if let Some(query) = url.query() {
+        let restored: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, MASK)) if is_secret_param(&decode(key)) => {
+                    stored_pair(&stored, key).unwrap_or_else(|| pair.to_string())
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        url.set_query(Some(&restored.join("&")));
+    }
     url.to_string()
+}
+
+/// The stored URI's `key=value` pair (still percent-encoded) for query parameter `key`.
+fn stored_pair(stored: &Url, key: &str) -> Option<String> {
+    stored
+        .query()?
+        .split('&')
+        .find(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(k, _)| decode(k) == decode(key))
+        })
+        .map(str::to_string)
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -48,6 +75,25 @@ mod tests {
         assert_eq!(
             unmask("postgres://app:***@db/shop", None),
             "postgres://app:***@db/shop"
+        );
+    }
+
+    #[test]
+    fn a_masked_query_secret_keeps_the_stored_one() {
+        let stored = ferry_core::parse_postgres_uri(
+            "postgres://app@db/shop?password=p%26ss&sslmode=disable&sslpassword=k",
+        )
+        .unwrap();
+        assert_eq!(
+            unmask(
+                "postgres://app@db/shop?sslmode=require&password=***&sslpassword=***",
+                Some(&stored)
+            ),
+            "postgres://app@db/shop?sslmode=require&password=p%26ss&sslpassword=k"
+        );
+        assert_eq!(
+            unmask("postgres://app@db/shop?password=new", Some(&stored)),
+            "postgres://app@db/shop?password=new"
         );
     }
 }

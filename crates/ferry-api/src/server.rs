@@ -142,6 +142,12 @@ pub(crate) async fn verify_table(
             format!("source is not usable: {}", e.chain()),
         )
     };
+    uri.password().map_err(|e| {
+        ApiError::bad_request(
+            ErrorCode::SecretUnavailable,
+            format!("source_uri: {}", ferry_core::error_chain(&e)),
+        )
+    })?;
     let client = ferry_postgres::connect::connect(&uri, "ferry-verify")
         .await
         .map_err(unusable)?;

@@ -1,4 +1,6 @@
-//! Ferry's core vocabulary, shared by every source, sink and the engine. No I/O.
+//! Ferry's core vocabulary, shared by every source, sink and the engine. No I/O, but for
+//! one exception: [`ConnectionUri::password`] reads a `password_file` or `password_env`
+//! reference when a connector asks for the password.
 //!
 //! - [`position`]: where a source is in its log ([`Position`], [`Lsn`]); ordered and persisted.
 //! - [`table`]: table identity and shape ([`TableId`], [`TableSchema`]).
@@ -25,4 +27,6 @@ pub use sink::{error_chain, ErrorClass, Sink, SinkError};
 pub use table::{
     quote_ident, ColumnSchema, ReplicaIdentity, TableId, TableSchema, UserType, UserTypeKind,
 };
-pub use uri::{parse_postgres_uri, ConnectionUri, SinkUri, UriError};
+pub use uri::{
+    parse_postgres_uri, ConnectionUri, PasswordError, PasswordSource, SinkUri, UriError,
+};

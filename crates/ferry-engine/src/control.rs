@@ -92,6 +92,7 @@ impl Engine {
                 .map_err(|_| EngineError::UnknownSource(name.clone()))?
                 .uri;
         }
+        validate::check_passwords(&config)?;
         if config.source_uri != current.source_uri || config.tables != current.tables {
             let (client, _) = validate::check_source(&config.source_uri).await?;
             validate::check_tables(&client, &config.tables).await?;

@@ -56,6 +56,10 @@ pub enum EngineError {
     /// The source cannot be used (unreachable, not configured for logical replication).
     #[error("source is not usable: {0}")]
     SourceUnusable(String),
+    /// A URI's `password_file` cannot be read or its `password_env` variable is not set
+    /// on the server (the message names the file or variable, never a value).
+    #[error("{0}")]
+    SecretUnavailable(String),
     /// A table rule names a table the source does not have.
     #[error("the source has no table {0}")]
     TableNotFound(String),
@@ -259,6 +263,7 @@ impl Engine {
                 .map_err(|_| EngineError::UnknownSource(name.clone()))?
                 .uri;
         }
+        validate::check_passwords(&config)?;
         let (client, _) = validate::check_source(&config.source_uri).await?;
         validate::check_tables(&client, &config.tables).await?;
         drop(client);

@@ -82,6 +82,7 @@ impl Engine {
         if self.source_config(&source.namespace, &source.name).is_ok() {
             return Err(EngineError::SourceAlreadyExists(source.name));
         }
+        validate::check_password(&source.uri)?;
         validate::check_source(&source.uri).await?;
         let _guard = self.sources_lock.lock().await;
         if self.source_config(&source.namespace, &source.name).is_ok() {
@@ -144,6 +145,7 @@ impl Engine {
                 hint: "pause them first",
             });
         }
+        validate::check_password(&source.uri)?;
         validate::check_source(&source.uri).await?;
         let source = SourceConfig {
             created_at_us: current.created_at_us,

@@ -1,13 +1,42 @@
-//! Checks against the source before anything is stored: reachable, `wal_level = logical`,
-//! a user with `REPLICATION`, tables that exist, and resume positions the slot can serve.
-//! Every check connects with a short timeout and never touches a running changefeed.
+//! Checks against the source before anything is stored: passwords given by reference can
+//! be read, the source is reachable, `wal_level = logical`, a user with `REPLICATION`,
+//! tables that exist, and resume positions the slot can serve. Every check connects with a
+//! short timeout and never touches a running changefeed.
 
-use ferry_core::{ConnectionUri, Lsn, TableFilter};
+use ferry_core::{ConnectionUri, Lsn, SinkUri, TableFilter};
 use ferry_postgres::eligibility::{self, SourceFacts};
 use ferry_postgres::slot::{self, SlotNames};
 use tokio_postgres::Client;
 
+use crate::config::ChangefeedConfig;
 use crate::registry::EngineError;
+
+/// Reads `uri`'s password now when it is given by reference (`password_file`,
+/// `password_env`), so a missing file or variable is refused before anything is stored
+/// instead of failing the changefeed later. The value read is dropped at once.
+pub(crate) fn check_password(uri: &ConnectionUri) -> Result<(), EngineError> {
+    uri.password()
+        .map(drop)
+        .map_err(|e| EngineError::SecretUnavailable(ferry_core::error_chain(&e)))
+}
+
+/// [`check_password`] for the source and the sink of `config`.
+pub(crate) fn check_passwords(config: &ChangefeedConfig) -> Result<(), EngineError> {
+    check_password(&config.source_uri).map_err(|e| prefixed("source_uri", e))?;
+    if let SinkUri::Postgres(uri) = &config.sink_uri {
+        check_password(uri).map_err(|e| prefixed("sink_uri", e))?;
+    }
+    Ok(())
+}
+
+fn prefixed(field: &str, err: EngineError) -> EngineError {
+    match err {
+        EngineError::SecretUnavailable(m) => {
+            EngineError::SecretUnavailable(format!("{field}: {m}"))
+        }
+        other => other,
+    }
+}
 
 /// Connects to `uri` for a check.
 pub(crate) async fn connect(uri: &ConnectionUri) -> Result<Client, EngineError> {

@@ -29,7 +29,8 @@ async fn retries_back_off_then_give_up_and_failure_persists() {
     source.create_database("shop");
     source.psql("shop", "CREATE TABLE t (id int PRIMARY KEY)");
     let dir = tempfile::tempdir().unwrap();
-    let meta = Arc::new(MetaStore::open(dir.path()).unwrap());
+    let meta =
+        Arc::new(MetaStore::open(&dir.path().join("data"), &dir.path().join("key")).unwrap());
     let engine = Engine::start(meta.clone(), options()).unwrap();
     let config = ChangefeedConfig {
         id: "cf".into(),
@@ -86,7 +87,8 @@ async fn server_limits_refuse_more_changefeeds_and_long_names() {
     let source = PgCluster::start();
     source.create_database("shop");
     let dir = tempfile::tempdir().unwrap();
-    let meta = Arc::new(MetaStore::open(dir.path()).unwrap());
+    let meta =
+        Arc::new(MetaStore::open(&dir.path().join("data"), &dir.path().join("key")).unwrap());
     let limits = EngineOptions {
         max_changefeeds: 1,
         max_name_length: 8,

@@ -14,11 +14,34 @@
 //! | `changefeed_state` | `namespace/id` | phase and snapshot plan |
 //! | `changefeed_lifecycle` | `namespace/id` | state, last error, resume position |
 //! | `sources` | `namespace/name` | a named source connection (secrets included) |
+//!
+//! # Secrets at rest
+//! Every document is sealed (see [`seal`]) with the key in a separate key file, so the
+//! data directory alone reveals no password. [`MetaStore::open`] checks the key against a
+//! sealed check value before anything else, generates the key file on first start, and
+//! rewrites a store from before encryption (plaintext documents) into a new, sealed file
+//! that replaces the old one, so no plaintext page survives in it. The data directory is
+//! `0700`, the store `0600` (see [`files`]).
+
+mod files;
+pub mod seal;
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
+
+pub use seal::{KeyFileError, SecretKey};
+
+/// The store's file in the data directory.
+const STORE_FILE: &str = "meta.redb";
+/// Facts about the store itself: the key check.
+const STORE_TABLE: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new("ferry_store");
+/// The key of the sealed check value in [`STORE_TABLE`].
+const KEY_CHECK: &str = "key_check";
+/// What the check value seals.
+const KEY_CHECK_PLAINTEXT: &[u8] = b"ferry metadata store";
 
 /// A group of documents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,13 +58,30 @@ pub enum Collection {
 }
 
 impl Collection {
-    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    /// Every collection.
+    const ALL: [Collection; 4] = [
+        Collection::Changefeeds,
+        Collection::ChangefeedState,
+        Collection::ChangefeedLifecycle,
+        Collection::Sources,
+    ];
+
+    fn name(self) -> &'static str {
         match self {
-            Collection::Changefeeds => TableDefinition::new("changefeeds"),
-            Collection::ChangefeedState => TableDefinition::new("changefeed_state"),
-            Collection::ChangefeedLifecycle => TableDefinition::new("changefeed_lifecycle"),
-            Collection::Sources => TableDefinition::new("sources"),
+            Collection::Changefeeds => "changefeeds",
+            Collection::ChangefeedState => "changefeed_state",
+            Collection::ChangefeedLifecycle => "changefeed_lifecycle",
+            Collection::Sources => "sources",
         }
+    }
+
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name())
+    }
+
+    /// The associated data a document is sealed with: its place.
+    fn aad(self, key: &str) -> String {
+        format!("{}/{key}", self.name())
     }
 }
 
@@ -75,6 +115,37 @@ pub enum MetaError {
         #[source]
         source: serde_json::Error,
     },
+    /// A stored document is not sealed with the store's key (or was altered).
+    #[error("stored document {key} does not decrypt with the secret key")]
+    Unsealable {
+        /// Its key.
+        key: String,
+    },
+    /// The key file cannot be read, created or used.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// The key is not the one the store was sealed with.
+    #[error(
+        "the secret key in {key_file} does not decrypt the metadata store {path}: it was \
+         written with another key; point --secret-key-file at that key"
+    )]
+    WrongKey {
+        /// The key file.
+        key_file: PathBuf,
+        /// The store's file.
+        path: PathBuf,
+    },
+    /// The store is sealed, and the key file is gone.
+    #[error(
+        "the metadata store {path} is encrypted, and its secret key file {key_file} does not \
+         exist; restore the key file from your backup (or point --secret-key-file at it)"
+    )]
+    KeyMissing {
+        /// The key file.
+        key_file: PathBuf,
+        /// The store's file.
+        path: PathBuf,
+    },
 }
 
 fn io<E: std::error::Error + Send + Sync + 'static>(
@@ -89,21 +160,60 @@ fn io<E: std::error::Error + Send + Sync + 'static>(
 /// The embedded store.
 pub struct MetaStore {
     db: Database,
+    key: SecretKey,
 }
 
 impl MetaStore {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, MetaError> {
-        let path = dir.join("meta.redb");
-        std::fs::create_dir_all(dir).map_err(|e| MetaError::Open {
+    /// Opens (or creates) the store in `dir`, sealed with the key in `key_file` (generated,
+    /// mode 0600, when neither the file nor a sealed store exists). Refuses a key that is
+    /// not the store's. Rewrites a store with plaintext documents into a sealed one.
+    pub fn open(dir: &Path, key_file: &Path) -> Result<Self, MetaError> {
+        let path = dir.join(STORE_FILE);
+        let open_err = |e: std::io::Error| MetaError::Open {
             path: path.clone(),
             source: Box::new(e),
-        })?;
-        let db = Database::create(&path).map_err(|e| MetaError::Open {
-            path: path.clone(),
-            source: Box::new(e),
-        })?;
-        Ok(MetaStore { db })
+        };
+        files::private_dir(dir).map_err(open_err)?;
+        files::private_file(&path).map_err(open_err)?;
+        let db = create_db(&path)?;
+        let check = read_raw(&db, STORE_TABLE, KEY_CHECK)?;
+        let key = if key_file.exists() {
+            SecretKey::load(key_file)?
+        } else if check.is_some() {
+            return Err(MetaError::KeyMissing {
+                key_file: key_file.to_path_buf(),
+                path,
+            });
+        } else {
+            SecretKey::generate(key_file)?
+        };
+        match check {
+            Some(sealed)
+                if key.open(KEY_CHECK, &sealed).as_deref() == Some(KEY_CHECK_PLAINTEXT) => {}
+            Some(_) => {
+                return Err(MetaError::WrongKey {
+                    key_file: key_file.to_path_buf(),
+                    path,
+                })
+            }
+            None => write_raw(
+                &db,
+                STORE_TABLE,
+                KEY_CHECK,
+                &key.seal(KEY_CHECK, KEY_CHECK_PLAINTEXT),
+            )?,
+        }
+        let db = if has_plaintext(&db)? {
+            rewrite_sealed(db, &path, &key)?
+        } else {
+            db
+        };
+        Ok(MetaStore { db, key })
+    }
+
+    /// The key the store is sealed with (its path, and whether this start generated it).
+    pub fn secret_key(&self) -> &SecretKey {
+        &self.key
     }
 
     /// Stores `value` under `key`, durably.
@@ -113,7 +223,8 @@ impl MetaStore {
         key: &str,
         value: &T,
     ) -> Result<(), MetaError> {
-        let bytes = serde_json::to_vec(value).expect("metadata documents serialize");
+        let json = serde_json::to_vec(value).expect("metadata documents serialize");
+        let bytes = self.key.seal(&collection.aad(key), &json);
         let txn = self.db.begin_write().map_err(io("write"))?;
         {
             let mut table = txn.open_table(collection.table()).map_err(io("write"))?;
@@ -137,12 +248,26 @@ impl MetaStore {
         let Some(value) = table.get(key).map_err(io("read"))? else {
             return Ok(None);
         };
-        serde_json::from_slice(value.value())
-            .map(Some)
-            .map_err(|source| MetaError::Corrupt {
-                key: key.to_string(),
-                source,
-            })
+        self.decode(collection, key, value.value()).map(Some)
+    }
+
+    /// A sealed document's value.
+    fn decode<T: DeserializeOwned>(
+        &self,
+        collection: Collection,
+        key: &str,
+        sealed: &[u8],
+    ) -> Result<T, MetaError> {
+        let json =
+            self.key
+                .open(&collection.aad(key), sealed)
+                .ok_or_else(|| MetaError::Unsealable {
+                    key: key.to_string(),
+                })?;
+        serde_json::from_slice(&json).map_err(|source| MetaError::Corrupt {
+            key: key.to_string(),
+            source,
+        })
     }
 
     /// Removes `key`; returns whether it existed.
@@ -172,44 +297,125 @@ impl MetaStore {
         for entry in table.iter().map_err(io("read"))? {
             let (k, v) = entry.map_err(io("read"))?;
             let key = k.value().to_string();
-            let doc = serde_json::from_slice(v.value()).map_err(|source| MetaError::Corrupt {
-                key: key.clone(),
-                source,
-            })?;
+            let doc = self.decode(collection, &key, v.value())?;
             out.push((key, doc));
         }
         Ok(out)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = MetaStore::open(dir.path()).unwrap();
-            assert_eq!(
-                store.get::<String>(Collection::Changefeeds, "a").unwrap(),
-                None
-            );
-            store
-                .put(Collection::Changefeeds, "default/a", &"x".to_string())
-                .unwrap();
-            store
-                .put(Collection::Changefeeds, "default/b", &"y".to_string())
-                .unwrap();
-            assert!(store.delete(Collection::Changefeeds, "default/b").unwrap());
-            assert!(!store.delete(Collection::Changefeeds, "default/b").unwrap());
-        }
-        let store = MetaStore::open(dir.path()).unwrap();
-        let all: Vec<(String, String)> = store.list(Collection::Changefeeds).unwrap();
-        assert_eq!(all, vec![("default/a".to_string(), "x".to_string())]);
-        assert!(store
-            .list::<String>(Collection::ChangefeedState)
-            .unwrap()
-            .is_empty());
-    }
+fn create_db(path: &Path) -> Result<Database, MetaError> {
+    Database::create(path).map_err(|e| MetaError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }
+
+/// The raw value under `key` in `table`.
+fn read_raw(
+    db: &Database,
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<Vec<u8>>, MetaError> {
+    let txn = db.begin_read().map_err(io("read"))?;
+    let table = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(io("read")(e)),
+    };
+    Ok(table
+        .get(key)
+        .map_err(io("read"))?
+        .map(|v| v.value().to_vec()))
+}
+
+fn write_raw(
+    db: &Database,
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
+    key: &str,
+    value: &[u8],
+) -> Result<(), MetaError> {
+    let txn = db.begin_write().map_err(io("write"))?;
+    txn.open_table(table)
+        .map_err(io("write"))?
+        .insert(key, value)
+        .map_err(io("write"))?;
+    txn.commit().map_err(io("commit"))
+}
+
+/// Every raw `(key, value)` of `collection`.
+fn raw_documents(
+    db: &Database,
+    collection: Collection,
+) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
+    let txn = db.begin_read().map_err(io("read"))?;
+    let table = match txn.open_table(collection.table()) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(io("read")(e)),
+    };
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(io("read"))? {
+        let (k, v) = entry.map_err(io("read"))?;
+        out.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Whether a document of a store written before encryption is still in plaintext.
+fn has_plaintext(db: &Database) -> Result<bool, MetaError> {
+    for collection in Collection::ALL {
+        if raw_documents(db, collection)?
+            .iter()
+            .any(|(_, v)| !seal::is_sealed(v))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Copies every document of `db` (at `path`), sealed, into a new file that then replaces
+/// `path`: redb reuses freed pages without erasing them, so sealing in place could leave
+/// plaintext passwords in the file.
+fn rewrite_sealed(db: Database, path: &Path, key: &SecretKey) -> Result<Database, MetaError> {
+    let fresh_path = path.with_extension("redb.sealing");
+    let open_err = |e: std::io::Error| MetaError::Open {
+        path: fresh_path.clone(),
+        source: Box::new(e),
+    };
+    match std::fs::remove_file(&fresh_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(open_err(e)),
+    }
+    files::private_file(&fresh_path).map_err(open_err)?;
+    let fresh = create_db(&fresh_path)?;
+    let check = read_raw(&db, STORE_TABLE, KEY_CHECK)?.expect("open() wrote the key check");
+    write_raw(&fresh, STORE_TABLE, KEY_CHECK, &check)?;
+    let txn = fresh.begin_write().map_err(io("write"))?;
+    for collection in Collection::ALL {
+        let mut table = txn.open_table(collection.table()).map_err(io("write"))?;
+        for (k, v) in raw_documents(&db, collection)? {
+            let sealed = if seal::is_sealed(&v) {
+                v
+            } else {
+                key.seal(&collection.aad(&k), &v)
+            };
+            table
+                .insert(k.as_str(), sealed.as_slice())
+                .map_err(io("write"))?;
+        }
+    }
+    txn.commit().map_err(io("commit"))?;
+    drop(fresh);
+    drop(db);
+    std::fs::rename(&fresh_path, path).map_err(open_err)?;
+    if let Some(dir) = path.parent() {
+        files::sync_dir(dir).map_err(open_err)?;
+    }
+    create_db(path)
+}
+
+#[cfg(test)]
+mod tests;

@@ -83,8 +83,16 @@ fn classify(err: &tokio_postgres::Error) -> ErrorClass {
 
 /// The tokio-postgres configuration for `uri`, with Ferry's session settings.
 pub fn config(uri: &ConnectionUri, application_name: &str) -> Result<Config, PgError> {
-    let mut config: Config = uri
-        .expose()
+    // The driver gets the effective password (a `password_file` or `password_env` is read
+    // now, on every connect) and never sees Ferry's own parameters.
+    let connection_string = uri.connection_string().map_err(|e| {
+        PgError::other(
+            format!("connect to {}", uri.masked()),
+            ErrorClass::Definite,
+            e,
+        )
+    })?;
+    let mut config: Config = connection_string
         .parse()
         .map_err(|_| PgError::definite(format!("cannot use connection URI {}", uri.masked())))?;
     config.options(SESSION_OPTIONS);

@@ -243,17 +243,25 @@ pub async fn drop_all(client: &Client, names: &SlotNames) -> Result<(), PgError>
     Ok(())
 }
 
-/// A replication-protocol configuration for `slot` on the source `uri`.
+/// A replication-protocol configuration for `slot` on the source `uri`. Reads the password
+/// now when the URI gives it by reference; fails (definite) when it cannot.
 pub fn replication_config(
     uri: &ConnectionUri,
     names: &SlotNames,
     start: Lsn,
     application_name: &str,
-) -> ReplicationConfig {
-    ReplicationConfig::new(
+) -> Result<ReplicationConfig, PgError> {
+    let password = uri.password().map_err(|e| {
+        PgError::other(
+            format!("open replication session to {}", uri.masked()),
+            ErrorClass::Definite,
+            e,
+        )
+    })?;
+    Ok(ReplicationConfig::new(
         uri.host(),
         uri.user(),
-        uri.password().unwrap_or_default(),
+        password.unwrap_or_default(),
         uri.database(),
         names.slot.clone(),
         [
@@ -268,7 +276,7 @@ pub fn replication_config(
     .with_application_name(application_name)
     .with_status_interval(std::time::Duration::from_secs(1))
     .with_wakeup_interval(std::time::Duration::from_secs(5))
-    .with_buffer_size(4096)
+    .with_buffer_size(4096))
 }
 
 /// A slot just created, with the snapshot it exported.

@@ -24,6 +24,7 @@ pub struct FerryServer {
     log_filter: String,
     addr: SocketAddr,
     data_dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -37,6 +38,16 @@ impl FerryServer {
     /// Like [`FerryServer::start`], with the server's `--log` filter (the benchmarks run it
     /// with `info`, as in production).
     pub fn start_with_log(binary: &Path, log_filter: &str) -> FerryServer {
+        FerryServer::start_with(binary, log_filter, &[])
+    }
+
+    /// Like [`FerryServer::start`], with extra environment variables for the server process
+    /// (kept across restarts).
+    pub fn start_with_env(binary: &Path, env: &[(&str, &str)]) -> FerryServer {
+        FerryServer::start_with(binary, TEST_LOG_FILTER, env)
+    }
+
+    fn start_with(binary: &Path, log_filter: &str, env: &[(&str, &str)]) -> FerryServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -49,6 +60,10 @@ impl FerryServer {
                 .prefix("ferry-data-")
                 .tempdir()
                 .expect("a temp dir"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             starts: 0,
         };
@@ -59,6 +74,12 @@ impl FerryServer {
     /// The API's base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The server's data directory (`--data-dir`); its default secret key file is the
+    /// sibling `data.secret-key`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.path().join("data")
     }
 
     /// The current log file (one per start).
@@ -94,6 +115,7 @@ impl FerryServer {
             .args(["server", "--addr", &self.addr.to_string(), "--data-dir"])
             .arg(self.data_dir.path().join("data"))
             .args(["--log", &self.log_filter])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

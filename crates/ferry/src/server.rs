@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::exit;
 use crate::settings::{LogFormat, Settings};
@@ -31,6 +31,10 @@ pub(crate) struct ServerArgs {
     /// Directory of the embedded metadata store [env: FERRY_DATA_DIR] [default: ./ferry-data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<String>,
+    /// Key file sealing the stored secrets; generated (mode 0600) when absent
+    /// [env: FERRY_SECRET_KEY_FILE] [default: <data dir>.secret-key, beside the data dir]
+    #[arg(long, value_name = "FILE")]
+    secret_key_file: Option<String>,
     /// This node's id in `GET /api/v2/status` [env: FERRY_NODE_ID] [default: host name and
     /// process id]
     #[arg(long, value_name = "ID")]
@@ -67,6 +71,7 @@ impl ServerArgs {
         [
             ("addr", &self.addr),
             ("data_dir", &self.data_dir),
+            ("secret_key_file", &self.secret_key_file),
             ("node_id", &self.node_id),
             ("log.level", &self.log),
             ("log.format", &self.log_format),
@@ -134,8 +139,18 @@ fn init_logs(settings: &Settings) {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let meta = ferry_meta::MetaStore::open(&settings.data_dir)
+    let key_file = settings
+        .secret_key_path()
+        .expect("validate() checked the secret key file");
+    let meta = ferry_meta::MetaStore::open(&settings.data_dir, &key_file)
         .with_context(|| format!("open the data dir {}", settings.data_dir.display()))?;
+    if meta.secret_key().generated() {
+        warn!(
+            key_file = %key_file.display(),
+            "generated a new secret key for the metadata store; back it up apart from the \
+             data directory: without it the stored passwords cannot be read"
+        );
+    }
     let engine = ferry_engine::Engine::start(Arc::new(meta), settings.engine_options())
         .context("start the engine")?;
     let listener = tokio::net::TcpListener::bind(settings.addr)
@@ -144,6 +159,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     info!(
         addr = %settings.addr,
         data_dir = %settings.data_dir.display(),
+        secret_key_file = %key_file.display(),
         max_changefeeds = settings.max_changefeeds,
         "ferry server listening"
     );

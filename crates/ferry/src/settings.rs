@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8300";
 /// Default data directory, relative to the working directory.
 pub(crate) const DEFAULT_DATA_DIR: &str = "./ferry-data";
+/// Appended to the data directory's name for the default secret key file: a sibling, so a
+/// copy of the data directory alone (a backup, a volume snapshot) holds no usable secret.
+pub(crate) const SECRET_KEY_SUFFIX: &str = ".secret-key";
 /// Default log filter.
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
 /// Longest name the engine accepts at all (its id syntax allows 128 bytes).
@@ -154,6 +157,10 @@ pub(crate) struct Settings {
     pub(crate) addr: SocketAddr,
     /// Directory of the embedded metadata store.
     pub(crate) data_dir: PathBuf,
+    /// The key sealing the store's secrets; unset: `<data_dir>.secret-key`, beside (not
+    /// inside) the data directory. Generated on first start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) secret_key_file: Option<PathBuf>,
     /// This node's id in `GET /api/v2/status`; unset: host name and process id (which
     /// change on every start).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,6 +181,7 @@ impl Default for Settings {
         Settings {
             addr: DEFAULT_ADDR.parse().expect("the default address parses"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            secret_key_file: None,
             node_id: None,
             max_changefeeds: engine.max_changefeeds,
             max_name_length: engine.max_name_length,
@@ -197,6 +205,11 @@ pub(crate) struct Key {
 pub(crate) const KEYS: &[Key] = &[
     key("addr", "FERRY_ADDR", "addr"),
     key("data_dir", "FERRY_DATA_DIR", "data-dir"),
+    key(
+        "secret_key_file",
+        "FERRY_SECRET_KEY_FILE",
+        "secret-key-file",
+    ),
     key("node_id", "FERRY_NODE_ID", "node-id"),
     key(
         "max_changefeeds",
@@ -314,6 +327,7 @@ impl Settings {
                     .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:8300"))?;
             }
             "data_dir" => self.data_dir = PathBuf::from(value),
+            "secret_key_file" => self.secret_key_file = Some(PathBuf::from(value)),
             "node_id" => self.node_id = Some(value.to_string()),
             "max_changefeeds" => self.max_changefeeds = number(value)?,
             "max_name_length" => self.max_name_length = number(value)?,
@@ -337,6 +351,12 @@ impl Settings {
         };
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
+        }
+        if self.secret_key_path().is_none() {
+            return invalid(
+                "secret_key_file",
+                "must be set when data_dir has no name of its own (/ or ..)",
+            );
         }
         if self
             .node_id
@@ -369,6 +389,17 @@ impl Settings {
             return invalid("retry.give_up_after", "must be > 0");
         }
         Ok(())
+    }
+
+    /// The secret key file: as set, or `<data_dir>.secret-key` beside the data directory.
+    pub(crate) fn secret_key_path(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.secret_key_file {
+            return Some(path.clone());
+        }
+        let data_dir = std::path::absolute(&self.data_dir).ok()?;
+        let mut name = data_dir.file_name()?.to_os_string();
+        name.push(SECRET_KEY_SUFFIX);
+        Some(data_dir.with_file_name(name))
     }
 
     /// The engine's part.
@@ -441,6 +472,15 @@ mod tests {
         let settings = Settings::load(None, env(&[]), &[]).unwrap();
         assert_eq!(settings.engine_options(), EngineOptions::default());
         assert_eq!(settings.addr.to_string(), DEFAULT_ADDR);
+        let key = settings.secret_key_path().unwrap();
+        assert_eq!(key, std::path::absolute("ferry-data.secret-key").unwrap());
+        let set = Settings::load(None, env(&[("FERRY_SECRET_KEY_FILE", "/k")]), &[]).unwrap();
+        assert_eq!(set.secret_key_path().unwrap(), PathBuf::from("/k"));
+        let err = Settings::load(None, env(&[("FERRY_DATA_DIR", "/")]), &[]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("secret_key_file must be set"),
+            "{err}"
+        );
     }
 
     #[test]

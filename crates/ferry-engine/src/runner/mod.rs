@@ -329,7 +329,7 @@ impl Runner {
                     names,
                     start.unwrap_or(Lsn::ZERO),
                     "ferry",
-                );
+                )?;
                 ReplicationClient::connect_gated(config)
                     .await
                     .map_err(|e| slot::replication_error("open replication session", e))?

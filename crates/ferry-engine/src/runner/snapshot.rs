@@ -74,7 +74,7 @@ impl Runner {
         // later position (see the crate docs for why that is still exact).
         let (main_session, temp_session, export) = if fresh && !snapshot_only {
             let config =
-                slot::replication_config(&self.config.source_uri, names, Lsn::ZERO, "ferry");
+                slot::replication_config(&self.config.source_uri, names, Lsn::ZERO, "ferry")?;
             let created = slot::create_slot_with_snapshot(config, false).await?;
             info!(changefeed = %key, lsn = %created.consistent_point, "slot created");
             let export = Export {
@@ -213,7 +213,7 @@ impl Runner {
         let mut tmp = names.clone();
         tmp.slot = format!("{}_tmp", names.slot);
         let config =
-            slot::replication_config(&self.config.source_uri, &tmp, Lsn::ZERO, "ferry-resync");
+            slot::replication_config(&self.config.source_uri, &tmp, Lsn::ZERO, "ferry-resync")?;
         let created = slot::create_slot_with_snapshot(config, true).await?;
         let export = Export {
             name: created.snapshot_name.clone(),

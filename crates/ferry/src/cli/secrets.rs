@@ -14,12 +14,11 @@ pub(crate) fn mask_text(text: &str) -> String {
     ferry_api::mask_secrets(text)
 }
 
-/// Whether a URI's password is the mask `***` (a URI copied from `get` output).
+/// Whether a URI's password (or another secret parameter) is the mask `***` (a URI copied
+/// from `get` output).
 pub(crate) fn has_masked_password(uri: &str) -> bool {
     uri.parse::<ferry_core::ConnectionUri>()
-        .ok()
-        .and_then(|u| u.password())
-        .is_some_and(|p| p == "***")
+        .is_ok_and(|u| u.has_masked_secret())
 }
 
 #[cfg(test)]
@@ -45,6 +44,10 @@ mod tests {
                 "invalid type: string, expected a sequence",
             ),
             ("no uri at all: a:b@c", "no uri at all: a:b@c"),
+            (
+                "postgres://app@db/shop?password=s3cret&sslmode=disable",
+                "postgres://app@db/shop?password=***&sslmode=disable",
+            ),
             ("ends with ://", "ends with ://"),
         ] {
             assert_eq!(mask_text(text), expected, "{text}");
@@ -54,6 +57,10 @@ mod tests {
     #[test]
     fn recognises_masked_uris() {
         assert!(has_masked_password("postgres://app:***@db/shop"));
+        assert!(has_masked_password("postgres://app@db/shop?password=***"));
+        assert!(has_masked_password(
+            "postgres://app@db/shop?sslpassword=***"
+        ));
         assert!(!has_masked_password("postgres://app:x@db/shop"));
         assert!(!has_masked_password("blackhole://"));
     }
