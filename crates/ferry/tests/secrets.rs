@@ -248,6 +248,11 @@ fn a_password_given_any_way_never_shows() {
         "{status}"
     );
     std::fs::rename(secrets.path().join("moved"), &password_file).unwrap();
+    record(ferry.post("/api/v2/changefeeds/vanishing/resume", &json!({})));
+    wait_for("vanishing runs again once the file is back", MINUTE, || {
+        let status = ferry.get("/api/v2/changefeeds/vanishing/status").1;
+        status["state"] == json!("running") && status["phase"] == json!("streaming")
+    });
 
     // Every read of the API.
     let mut paths: Vec<String> = [

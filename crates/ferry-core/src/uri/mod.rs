@@ -117,19 +117,22 @@ impl ConnectionUri {
 
     /// The URI for a driver that parses libpq URIs: Ferry's own parameters
     /// (`password_file`, `password_env`) removed and a referenced password, read now, put
-    /// in the userinfo. Holds the secret: never print it.
+    /// in the userinfo; so the driver uses the password [`ConnectionUri::password`] returns
+    /// (also for a stored URI with two, see `parse_stored`). Holds the secret: never print
+    /// it.
     pub fn connection_string(&self) -> Result<String, PasswordError> {
         let referenced = match self.password_source() {
             PasswordSource::File(_) | PasswordSource::Env(_) => self.password()?,
             PasswordSource::None | PasswordSource::Inline(_) => None,
         };
         let mut url = self.url.clone();
+        let userinfo = self.url.password().is_some();
         if let Some(query) = self.url.query() {
             let kept: Vec<&str> = query
                 .split('&')
                 .filter(|pair| {
-                    let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-                    !matches!(percent_decode(key).as_str(), PASSWORD_FILE | PASSWORD_ENV)
+                    let key = percent_decode(pair.split_once('=').map_or(*pair, |(k, _)| k));
+                    !(key == PASSWORD_FILE || key == PASSWORD_ENV || userinfo && key == "password")
                 })
                 .collect();
             url.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
@@ -193,18 +196,33 @@ fn percent_decode(s: &str) -> String {
         .into_owned()
 }
 
+impl ConnectionUri {
+    /// A URI read back from the metadata store: like [`FromStr`], without refusing a
+    /// password given more than one way. An older Ferry stored `user:a@…?password=b`
+    /// unchecked; such a store still opens (the userinfo password is the effective one),
+    /// and only new input is refused.
+    fn parse_stored(s: &str) -> Result<Self, UriError> {
+        parse_url(s).map(|url| ConnectionUri { url })
+    }
+}
+
+fn parse_url(s: &str) -> Result<Url, UriError> {
+    let url = Url::parse(s.trim()).map_err(|e| UriError::Malformed {
+        reason: e.to_string(),
+    })?;
+    if url.cannot_be_a_base() {
+        return Err(UriError::Malformed {
+            reason: "expected scheme://[user[:password]@]host[:port][/database]".into(),
+        });
+    }
+    Ok(url)
+}
+
 impl FromStr for ConnectionUri {
     type Err = UriError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let url = Url::parse(s.trim()).map_err(|e| UriError::Malformed {
-            reason: e.to_string(),
-        })?;
-        if url.cannot_be_a_base() {
-            return Err(UriError::Malformed {
-                reason: "expected scheme://[user[:password]@]host[:port][/database]".into(),
-            });
-        }
+        let url = parse_url(s)?;
         let params: Vec<(String, String)> = url.query_pairs().into_owned().collect();
         password::check_password_forms(url.password().is_some(), &params)?;
         Ok(ConnectionUri { url })
@@ -234,13 +252,17 @@ impl Serialize for ConnectionUri {
 impl<'de> Deserialize<'de> for ConnectionUri {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        ConnectionUri::parse_stored(&s).map_err(serde::de::Error::custom)
     }
 }
 
 /// A PostgreSQL source URI (`postgres://` or `postgresql://`).
 pub fn parse_postgres_uri(s: &str) -> Result<ConnectionUri, UriError> {
-    let uri: ConnectionUri = s.parse()?;
+    check_postgres(s.parse()?)
+}
+
+/// `uri` if it is a PostgreSQL URI with a host and a database.
+fn check_postgres(uri: ConnectionUri) -> Result<ConnectionUri, UriError> {
     match uri.scheme() {
         "postgres" | "postgresql" => {}
         other => {
@@ -306,10 +328,17 @@ impl FromStr for SinkUri {
     }
 }
 
+/// Reads a sink URI back from the metadata store, as leniently as
+/// [`ConnectionUri`]'s `Deserialize` (input goes through [`FromStr`]).
 impl TryFrom<String> for SinkUri {
     type Error = UriError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
+        match ConnectionUri::parse_stored(&s) {
+            Ok(uri) if matches!(uri.scheme(), "postgres" | "postgresql") => {
+                check_postgres(uri).map(SinkUri::Postgres)
+            }
+            _ => s.parse(),
+        }
     }
 }
 
@@ -403,6 +432,22 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_stored_uri_with_two_passwords_still_loads() {
+        let stored = "\"postgres://app:a@db/x?password=b\"";
+        let uri: ConnectionUri = serde_json::from_str(stored).unwrap();
+        assert_eq!(uri.password().unwrap().as_deref(), Some("a"));
+        assert_eq!(uri.masked(), "postgres://app:***@db/x?password=***");
+        let driver = uri.connection_string().unwrap();
+        assert_eq!(
+            driver, "postgres://app:a@db/x",
+            "one password reaches the driver"
+        );
+        let sink: SinkUri = serde_json::from_str(stored).unwrap();
+        assert!(matches!(sink, SinkUri::Postgres(_)));
+        assert!(stored.trim_matches('"').parse::<SinkUri>().is_err());
     }
 
     #[test]
