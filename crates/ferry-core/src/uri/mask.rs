@@ -41,9 +41,13 @@ pub fn mask_secret_params(text: &str) -> String {
     let mut rest = text;
     while let Some(eq) = rest.find('=') {
         let (head, tail) = rest.split_at(eq);
+        let is_key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        // Key characters are ASCII, so the key starts one byte after the last other char
+        // ends: the end of that char, which may be several bytes long.
         let key_start = head
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rfind(|&(_, c)| !is_key_char(c))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         out.push_str(head);
         out.push('=');
         let tail = &tail[1..];
@@ -119,8 +123,26 @@ mod tests {
             ("password_file=/run/pw a=b", "password_file=/run/pw a=b"),
             ("password= x", "password= x"),
             ("no secrets == here", "no secrets == here"),
+            ("\u{80}=null é=x", "\u{80}=null é=x"),
+            ("ü password=x", "ü password=***"),
         ] {
             assert_eq!(mask_secret_params(text), expected, "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text (the fuzzer found a multibyte character before `=`) masks without a
+        /// panic, and a secret value after `password=` never survives.
+        #[test]
+        fn masking_any_text(prefix in "\\PC*", secret in "[a-zA-Z0-9]{12}", suffix in "\\PC*") {
+            let _ = mask_secret_params(&prefix);
+            let _ = mask_query(&prefix);
+            let text = format!("{prefix} password={secret} {suffix}");
+            let masked = mask_secret_params(&text);
+            proptest::prop_assert!(
+                masked.matches(&secret).count() < text.matches(&secret).count(),
+                "{masked}"
+            );
         }
     }
 }
