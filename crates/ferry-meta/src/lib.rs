@@ -14,6 +14,7 @@
 //! | `changefeed_state` | `namespace/id` | phase and snapshot plan |
 //! | `changefeed_lifecycle` | `namespace/id` | state, last error, resume position |
 //! | `sources` | `namespace/name` | a named source connection (secrets included) |
+//! | `server` | `instance` | this server's id (names it as the owner of target tables) |
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,8 @@ pub enum Collection {
     ChangefeedLifecycle,
     /// Named source connections that changefeeds refer to.
     Sources,
+    /// Facts about this server itself (its instance id).
+    Server,
 }
 
 impl Collection {
@@ -41,6 +44,7 @@ impl Collection {
             Collection::ChangefeedState => TableDefinition::new("changefeed_state"),
             Collection::ChangefeedLifecycle => TableDefinition::new("changefeed_lifecycle"),
             Collection::Sources => TableDefinition::new("sources"),
+            Collection::Server => TableDefinition::new("server"),
         }
     }
 }
