@@ -343,3 +343,54 @@ fn snapshot_never_streams_only_later_changes() {
     bad["id"] = json!("bad");
     refused(create(&pair, &bad), 400, "INVALID_CONFIG");
 }
+
+#[test]
+fn of_two_changefeeds_racing_for_a_table_one_writes_it() {
+    let pair = Pair::start();
+    // No key: had both written it, every row would be there twice.
+    pair.source.psql(
+        "shop",
+        "CREATE TABLE v (n int); INSERT INTO v SELECT generate_series(1, 1000);",
+    );
+    // Both pass create's checks: nothing owns the table yet.
+    for id in ["a", "b"] {
+        let mut body = spec(&pair, id, &["public.v"], json!({}));
+        body["start"] = json!(false);
+        ok(create(&pair, &body));
+    }
+    std::thread::scope(|s| {
+        for id in ["a", "b"] {
+            let pair = &pair;
+            s.spawn(move || {
+                ok(pair
+                    .ferry
+                    .post(&format!("/api/v2/changefeeds/{id}/resume"), &json!({})))
+            });
+        }
+    });
+    wait_for("one failed", MINUTE, || {
+        ["a", "b"]
+            .iter()
+            .any(|id| state(&pair, id)["state"] == json!("failed"))
+    });
+    let (loser, winner) = if state(&pair, "a")["state"] == json!("failed") {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    let error = state(&pair, loser)["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "public.v is written by changefeed default/{winner}"
+        )),
+        "{error}"
+    );
+    pair.wait_synced(winner, MINUTE);
+    pair.source
+        .psql("shop", "INSERT INTO v SELECT generate_series(1001, 1010)");
+    pair.wait_synced(winner, MINUTE);
+    pair.assert_same("v");
+}

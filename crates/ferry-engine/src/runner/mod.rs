@@ -216,8 +216,17 @@ impl Runner {
         let catalog_client =
             ferry_postgres::connect::connect(&self.config.source_uri, "ferry-catalog").await?;
         catalog::prepare_session(&catalog_client).await?;
-        self.source_identity =
-            Some(ferry_postgres::identity::server_identity(&catalog_client).await?);
+        self.source_identity = match ferry_postgres::identity::server_identity(&catalog_client)
+            .await
+        {
+            Ok(identity) => Some(identity),
+            Err(e) if e.class == ErrorClass::Transient => return Err(e.into()),
+            Err(e) => {
+                // A source that hides its identity cannot be compared with the sink.
+                warn!(changefeed = %key, error = %e.chain(), "cannot read the source's identity");
+                None
+            }
+        };
         let mut state: RuntimeState = self
             .meta
             .get(Collection::ChangefeedState, &key)?

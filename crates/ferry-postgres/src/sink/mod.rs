@@ -103,17 +103,24 @@ impl PgSink {
             .await
             .map_err(|e| statement_error("set session settings", e))?;
         if let Some(source) = &policy.source {
-            let target = crate::identity::server_identity(&client)
-                .await
-                .map_err(|e| SinkError::Statement {
-                    what: e.what.clone(),
-                    class: e.class,
-                    source: e.source,
-                })?;
-            if &target == source {
-                return Err(SinkError::Unsupported {
-                    message: crate::identity::sink_is_source_message(&target),
-                });
+            // A target that hides its identity (a restricted managed service) cannot be
+            // compared: say so, and carry on.
+            match crate::identity::server_identity(&client).await {
+                Ok(target) if &target == source => {
+                    return Err(SinkError::Unsupported {
+                        message: crate::identity::sink_is_source_message(&target),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if e.class == ferry_core::ErrorClass::Transient => {
+                    return Err(SinkError::Connect {
+                        what: e.what.clone(),
+                        source: e.source,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(changefeed, error = %e.chain(), "cannot compare the target with the source")
+                }
             }
         }
         // Concurrent sinks (snapshot workers) may race to create the schema: retry once.
