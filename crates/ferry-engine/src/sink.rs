@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_core::{Lsn, Position, RowChange, Sink, SinkError, SinkUri, TableSchema};
+use ferry_core::{Lsn, Position, RowChange, Sink, SinkError, SinkUri, TableId, TableSchema};
 use ferry_postgres::sink::{FinishedChunk, PgSink, TargetPolicy};
 use futures::{Stream, StreamExt};
 
@@ -98,6 +98,14 @@ impl AnySink {
     pub(crate) async fn ensure_key(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
         match self {
             AnySink::Postgres(s) => s.ensure_key(schema).await,
+            AnySink::Blackhole(_) => Ok(()),
+        }
+    }
+
+    /// Releases target tables the changefeed no longer writes.
+    pub(crate) async fn release_tables(&mut self, tables: &[TableId]) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.release_tables(tables).await,
             AnySink::Blackhole(_) => Ok(()),
         }
     }

@@ -97,6 +97,7 @@ fn one_changefeed_writes_a_table_until_it_is_deleted() {
     pair.source.psql(
         "shop",
         "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY);
+         CREATE TABLE x (id int PRIMARY KEY);
          INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 100) i;",
     );
     ok(create(
@@ -141,6 +142,26 @@ fn one_changefeed_writes_a_table_until_it_is_deleted() {
         ),
     );
     refused(reply, 409, "TARGET_TABLE_OWNED");
+    // A table an update removes is released when the changefeed runs again.
+    let owner_of = |table: &str| {
+        pair.target.psql(
+            "analytics",
+            &format!("SELECT changefeed FROM _ferry.table_owners WHERE table_name = '{table}'"),
+        )
+    };
+    assert_eq!(owner_of("u"), "default/third");
+    let reply = pair.ferry.request(
+        "PUT",
+        "/api/v2/changefeeds/third",
+        Some(json!({"tables": ["public.x"]}).to_string().as_bytes()),
+    );
+    ok(reply);
+    ok(pair
+        .ferry
+        .post("/api/v2/changefeeds/third/resume", &json!({})));
+    wait_for("u released, x claimed", MINUTE, || {
+        owner_of("u").is_empty() && owner_of("x") == "default/third"
+    });
     ok(pair.ferry.delete("/api/v2/changefeeds/third"));
 
     // Deleting the owner releases the table and removes its checkpoint and markers.

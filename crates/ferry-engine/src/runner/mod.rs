@@ -275,6 +275,8 @@ impl Runner {
                         .join(", ")
                 };
                 info!(changefeed = %key, added = %list(&changed.added), removed = %list(&changed.removed), "tables changed");
+                // Tables no longer written: another changefeed may claim them.
+                sink.release_tables(&changed.removed).await?;
                 self.meta.put(Collection::ChangefeedState, &key, &state)?;
             }
             self.sync_publications(&catalog_client, &names, &selected)

@@ -268,6 +268,25 @@ pub(crate) async fn append_rows(client: &Client, table: &TableId) -> Result<bool
     Ok(row.is_some_and(|r| r.get(0)))
 }
 
+impl super::PgSink {
+    /// Releases `tables` (no longer selected): another changefeed may write them now.
+    pub async fn release_tables(&mut self, tables: &[TableId]) -> Result<(), SinkError> {
+        let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        self.client
+            .execute(
+                "DELETE FROM _ferry.table_owners o
+                 USING unnest($3::text[], $4::text[]) AS r(table_schema, table_name)
+                 WHERE o.changefeed = $1 AND o.server_id = $2
+                   AND o.table_schema = r.table_schema AND o.table_name = r.table_name",
+                &[&self.changefeed, &self.policy.server_id, &schemas, &names],
+            )
+            .await
+            .map_err(|e| statement_error("release target tables", e))?;
+        Ok(())
+    }
+}
+
 /// Whether the target has Ferry's bookkeeping (read-only checks never create it).
 async fn has_bookkeeping(client: &Client) -> Result<bool, SinkError> {
     let row = client
