@@ -231,6 +231,45 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_never_keeps_existing_rows_and_refuses_what_contradicts_it() {
+        let config = |options: serde_json::Value, snapshot_only: bool| {
+            serde_json::from_value::<ChangefeedConfig>(serde_json::json!({
+                "id": "a", "namespace": "default",
+                "source_uri": "postgres://u@h/db", "sink_uri": "blackhole://",
+                "tables": [], "options": options, "snapshot_only": snapshot_only,
+                "created_at_us": 0,
+            }))
+            .unwrap()
+        };
+        let default = config(serde_json::json!({}), false);
+        assert!(default.copies());
+        assert_eq!(default.existing_target(), ExistingTarget::Fail);
+        let never = config(serde_json::json!({"snapshot": "never"}), false);
+        assert!(never.validate(128).is_ok());
+        assert!(!never.copies());
+        assert_eq!(never.existing_target(), ExistingTarget::Append);
+        for (options, only, field) in [
+            (
+                serde_json::json!({"snapshot": "never"}),
+                true,
+                "options.snapshot",
+            ),
+            (
+                serde_json::json!({"snapshot": "never", "existing_target": "truncate"}),
+                false,
+                "options.existing_target",
+            ),
+        ] {
+            let err = config(options, only).validate(128).unwrap_err();
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+        assert!(
+            serde_json::from_value::<Options>(serde_json::json!({"existing_target": "keep"}))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn ids() {
         for ok in ["a", "orders", "A-1_b", &"x".repeat(128)] {
             assert!(validate_id(ok).is_ok(), "{ok}");
