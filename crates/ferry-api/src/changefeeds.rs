@@ -156,6 +156,27 @@ pub(crate) struct ResumeRequest {
     overwrite_checkpoint_position: Option<String>,
 }
 
+/// `?namespace=…&dry_run=…` of `POST /changefeeds`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CreateQuery {
+    /// Tenant namespace (default `default`).
+    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")]
+    namespace: Option<String>,
+    /// Run every check `create` runs (source, tables, target) and create nothing: `200`
+    /// with `{"checked": true}`, or the error `create` would give.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The answer of a `dry_run` create.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CheckedResponse {
+    /// Always true: every check passed.
+    checked: bool,
+}
+
 /// `?namespace=…&state=…` of `GET /changefeeds`.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -244,15 +265,16 @@ fn view(state: &AppState, namespace: &str, id: &str) -> Result<ChangefeedView, A
 }
 
 #[utoipa::path(post, path = "/api/v2/changefeeds", tag = "changefeeds",
-    params(NamespaceQuery), request_body = CreateRequest,
-    responses((status = 201, body = ChangefeedView), (status = "4XX", body = crate::error::ErrorBody)))]
+    params(CreateQuery), request_body = CreateRequest,
+    responses((status = 201, body = ChangefeedView), (status = 200, description = "dry_run: every check passed", body = CheckedResponse), (status = "4XX", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    ns: Result<Query<NamespaceQuery>, QueryRejection>,
+    q: Result<Query<CreateQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<ChangefeedView>), ApiError> {
-    let ns = extract::query(ns)?;
-    let namespace = ns.get()?;
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let q = extract::query(q)?;
+    let namespace = extract::check_namespace(q.namespace.as_deref())?;
     let r: CreateRequest = extract::json_body(body)?;
     let config = build_config(
         &state.engine,
@@ -267,9 +289,13 @@ pub(crate) async fn create(
         r.snapshot_only,
         ferry_engine::status::now_us(),
     )?;
+    if q.dry_run {
+        state.engine.check(config).await?;
+        return Ok(Json(CheckedResponse { checked: true }).into_response());
+    }
     let id = config.id.clone();
     state.engine.create(config, r.start).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, namespace, &id)?)))
+    Ok((StatusCode::CREATED, Json(view(&state, namespace, &id)?)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v2/changefeeds", tag = "changefeeds", params(ListQuery),

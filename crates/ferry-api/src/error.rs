@@ -52,6 +52,17 @@ pub enum ErrorCode {
     SourceNotFound,
     /// Changefeeds use the source.
     SourceInUse,
+    /// The sink is the source database itself (same cluster and database, whatever the
+    /// URIs say).
+    SinkIsSource,
+    /// Another changefeed (of any namespace or server) owns a target table this one would
+    /// write.
+    TargetTableOwned,
+    /// A target table holds rows and `options.existing_target` is `fail`.
+    TargetTableNotEmpty,
+    /// The source's columns cannot be written into an existing target table as it is (a
+    /// type that does not cast, a missing key column, a generated column).
+    TargetSchemaConflict,
     /// No such route.
     NotFound,
     /// The route exists, the method does not.
@@ -148,6 +159,10 @@ impl From<EngineError> for ApiError {
             EngineError::UnknownSource(_) => (S::BAD_REQUEST, C::UnknownSource),
             EngineError::SourceAlreadyExists(_) => (S::CONFLICT, C::SourceAlreadyExists),
             EngineError::SourceInUse { .. } => (S::CONFLICT, C::SourceInUse),
+            EngineError::SinkIsSource(_) => (S::BAD_REQUEST, C::SinkIsSource),
+            EngineError::TargetTableOwned(_) => (S::CONFLICT, C::TargetTableOwned),
+            EngineError::TargetNotEmpty(_) => (S::CONFLICT, C::TargetTableNotEmpty),
+            EngineError::TargetConflict(_) => (S::CONFLICT, C::TargetSchemaConflict),
             EngineError::Meta(_) => {
                 tracing::error!(error = %ferry_core::error_chain(&err), "metadata store failed");
                 (S::INTERNAL_SERVER_ERROR, C::Internal)

@@ -35,6 +35,30 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// What a changefeed does with a target table that already holds rows when it first
+/// writes it (a table the user created, or one a deleted changefeed left behind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExistingTarget {
+    /// Refuse a table that is not empty (the default: nothing is written).
+    #[default]
+    Fail,
+    /// Empty it before the copy.
+    Truncate,
+    /// Keep its rows; the copy and the stream upsert by key.
+    Append,
+}
+
+impl std::fmt::Display for ExistingTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExistingTarget::Fail => "fail",
+            ExistingTarget::Truncate => "truncate",
+            ExistingTarget::Append => "append",
+        })
+    }
+}
+
 /// Whether retrying can help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {

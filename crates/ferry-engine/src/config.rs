@@ -1,6 +1,6 @@
 //! A changefeed's configuration: what the operator asked for.
 
-use ferry_core::{ConnectionUri, Lsn, SinkUri, TableFilter};
+use ferry_core::{ConnectionUri, ExistingTarget, Lsn, SinkUri, TableFilter};
 use serde::{Deserialize, Serialize};
 
 /// Default snapshot copy workers: enough to keep a target busy while one worker waits on
@@ -37,7 +37,19 @@ pub enum ConfigError {
     },
 }
 
-/// Tuning knobs; every one has a default.
+/// Whether a changefeed copies its tables before streaming.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Copy every table, then stream from the copy's consistent point.
+    #[default]
+    Initial,
+    /// Copy nothing: stream from the slot's creation. Rows that existed before are not
+    /// copied; the target must already hold them (the user copied them).
+    Never,
+}
+
+/// Tuning knobs and target handling; every one has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Options {
@@ -47,6 +59,15 @@ pub struct Options {
     pub batch_max_rows: usize,
     /// Longest a batch stays open while changes keep arriving, in milliseconds.
     pub batch_max_wait_ms: u64,
+    /// What to do with rows of a target table that existed before the changefeed:
+    /// `fail` (refuse a table that is not empty), `truncate` (empty it before the copy) or
+    /// `append` (keep the rows; the copy and the stream upsert by key).
+    #[schema(value_type = String, example = "fail")]
+    pub existing_target: ExistingTarget,
+    /// `initial` (copy the tables, then stream) or `never` (stream from the slot's
+    /// creation; rows that existed before are not copied).
+    #[schema(value_type = String, example = "initial")]
+    pub snapshot: SnapshotMode,
 }
 
 impl Default for Options {
@@ -55,6 +76,8 @@ impl Default for Options {
             snapshot_workers: DEFAULT_SNAPSHOT_WORKERS,
             batch_max_rows: DEFAULT_BATCH_MAX_ROWS,
             batch_max_wait_ms: DEFAULT_BATCH_MAX_WAIT_MS,
+            existing_target: ExistingTarget::Fail,
+            snapshot: SnapshotMode::Initial,
         }
     }
 }
@@ -90,6 +113,20 @@ pub struct ChangefeedConfig {
 }
 
 impl ChangefeedConfig {
+    /// Whether the changefeed copies tables (then `existing_target` applies to their rows).
+    pub fn copies(&self) -> bool {
+        self.options.snapshot == SnapshotMode::Initial
+    }
+
+    /// What the sink does with rows already in a table: kept when nothing is copied.
+    pub fn existing_target(&self) -> ExistingTarget {
+        if self.copies() {
+            self.options.existing_target
+        } else {
+            ExistingTarget::Append
+        }
+    }
+
     /// `namespace/id`: the key of everything stored about this changefeed.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.id)
@@ -117,6 +154,21 @@ impl ChangefeedConfig {
                 field: "options.batch_max_wait_ms",
                 problem: "must be at most 3600000 (one hour)",
             });
+        }
+        if self.options.snapshot == SnapshotMode::Never {
+            if self.snapshot_only {
+                return Err(ConfigError::InvalidOption {
+                    field: "options.snapshot",
+                    problem:
+                        "never cannot be combined with snapshot_only (nothing would be copied)",
+                });
+            }
+            if self.options.existing_target == ExistingTarget::Truncate {
+                return Err(ConfigError::InvalidOption {
+                    field: "options.existing_target",
+                    problem: "truncate cannot be combined with snapshot never (the target would be emptied and nothing copied)",
+                });
+            }
         }
         if self.snapshot_only && self.target_position.is_some() {
             return Err(ConfigError::InvalidOption {
@@ -175,6 +227,45 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "id is 5 bytes long; this server allows at most 4"
+        );
+    }
+
+    #[test]
+    fn snapshot_never_keeps_existing_rows_and_refuses_what_contradicts_it() {
+        let config = |options: serde_json::Value, snapshot_only: bool| {
+            serde_json::from_value::<ChangefeedConfig>(serde_json::json!({
+                "id": "a", "namespace": "default",
+                "source_uri": "postgres://u@h/db", "sink_uri": "blackhole://",
+                "tables": [], "options": options, "snapshot_only": snapshot_only,
+                "created_at_us": 0,
+            }))
+            .unwrap()
+        };
+        let default = config(serde_json::json!({}), false);
+        assert!(default.copies());
+        assert_eq!(default.existing_target(), ExistingTarget::Fail);
+        let never = config(serde_json::json!({"snapshot": "never"}), false);
+        assert!(never.validate(128).is_ok());
+        assert!(!never.copies());
+        assert_eq!(never.existing_target(), ExistingTarget::Append);
+        for (options, only, field) in [
+            (
+                serde_json::json!({"snapshot": "never"}),
+                true,
+                "options.snapshot",
+            ),
+            (
+                serde_json::json!({"snapshot": "never", "existing_target": "truncate"}),
+                false,
+                "options.existing_target",
+            ),
+        ] {
+            let err = config(options, only).validate(128).unwrap_err();
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+        assert!(
+            serde_json::from_value::<Options>(serde_json::json!({"existing_target": "keep"}))
+                .is_err()
         );
     }
 

@@ -78,6 +78,14 @@ impl Engine {
         config.validate(self.options.max_name_length)?;
         let current = self.config(&namespace, &id)?;
         config.created_at_us = current.created_at_us;
+        if current.options.snapshot != config.options.snapshot {
+            return Err(EngineError::InvalidConfig(
+                crate::ConfigError::InvalidOption {
+                    field: "options.snapshot",
+                    problem: "cannot change after creation",
+                },
+            ));
+        }
         if current.snapshot_only != config.snapshot_only {
             return Err(EngineError::InvalidConfig(
                 crate::ConfigError::InvalidOption {
@@ -93,9 +101,15 @@ impl Engine {
                 .uri;
         }
         validate::check_passwords(&config)?;
-        if config.source_uri != current.source_uri || config.tables != current.tables {
+        let target_changes = config.sink_uri != current.sink_uri
+            || config.options.existing_target != current.options.existing_target;
+        if config.source_uri != current.source_uri
+            || config.tables != current.tables
+            || target_changes
+        {
             let (client, _) = validate::check_source(&config.source_uri).await?;
             validate::check_tables(&client, &config.tables).await?;
+            validate::check_target(&config, &self.server_id, &client).await?;
         }
         let key = config.key();
         self.meta.put(Collection::Changefeeds, &key, &config)?;

@@ -85,6 +85,18 @@ pub enum EngineError {
         /// What to do.
         hint: &'static str,
     },
+    /// The sink is the source database itself (same cluster and database).
+    #[error("{0}")]
+    SinkIsSource(String),
+    /// Another changefeed owns a target table this one would write.
+    #[error("{0}")]
+    TargetTableOwned(String),
+    /// A target table holds rows and `options.existing_target` is `fail`.
+    #[error("{0}")]
+    TargetNotEmpty(String),
+    /// The source's columns cannot be written into an existing target table as it is.
+    #[error("{0}")]
+    TargetConflict(String),
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
@@ -126,6 +138,37 @@ pub struct Engine {
     pub(crate) feeds: Mutex<BTreeMap<String, Feed>>,
     /// Serializes changes to named sources.
     pub(crate) sources_lock: tokio::sync::Mutex<()>,
+    /// This server's id, stored in its metadata: with a changefeed's `namespace/id` it
+    /// names the owner of the target tables the changefeed writes.
+    pub(crate) server_id: String,
+}
+
+/// The metadata key of this server's id.
+const SERVER_ID_KEY: &str = "instance";
+
+/// This server's id: read from the store, or made up and stored on first start.
+fn server_id(meta: &MetaStore) -> Result<String, MetaError> {
+    if let Some(id) = meta.get::<String>(Collection::Server, SERVER_ID_KEY)? {
+        return Ok(id);
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = String::new();
+    for part in 0..2u8 {
+        // Randomly seeded SipHash of the time and process: unique enough to tell servers
+        // apart, with no dependency on a random number crate.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(part);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        h.write_u32(std::process::id());
+        id.push_str(&format!("{:016x}", h.finish()));
+    }
+    meta.put(Collection::Server, SERVER_ID_KEY, &id)?;
+    Ok(id)
 }
 
 /// `namespace/id`.
@@ -136,11 +179,14 @@ pub(crate) fn feed_key(namespace: &str, id: &str) -> String {
 impl Engine {
     /// Opens the engine: restores every stored changefeed, starting those that ran.
     pub fn start(meta: Arc<MetaStore>, options: EngineOptions) -> Result<Arc<Self>, EngineError> {
+        let server_id = server_id(&meta)?;
+        info!(server_id = %server_id, "server id");
         let engine = Arc::new(Engine {
             meta,
             options,
             feeds: Mutex::new(BTreeMap::new()),
             sources_lock: tokio::sync::Mutex::new(()),
+            server_id,
         });
         let stored: Vec<(String, ChangefeedConfig)> = engine.meta.list(Collection::Changefeeds)?;
         for (key, config) in stored {
@@ -196,6 +242,8 @@ impl Engine {
             stop: stop_rx,
             retry: self.options.retry,
             metrics: FeedMetrics::new(&config.namespace, &config.id),
+            server_id: self.server_id.clone(),
+            source_identity: None,
         };
         Task {
             stop: stop_tx,
@@ -245,13 +293,15 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(id.to_string()))
     }
 
-    /// Validates and stores a changefeed, then starts it unless `start` is false (then it
-    /// is `stopped`). Nothing is stored when a check fails.
-    pub async fn create(
+    /// Runs every check `create` runs, without creating anything (in the source, the
+    /// target or the store): the configuration, the id, the source and its tables, and
+    /// the target (not the source itself; no table owned by another changefeed; existing
+    /// tables writable and, under `existing_target: fail`, empty). Returns the
+    /// configuration with a named source resolved.
+    pub async fn check(
         &self,
         mut config: ChangefeedConfig,
-        start: bool,
-    ) -> Result<(), EngineError> {
+    ) -> Result<ChangefeedConfig, EngineError> {
         config.validate(self.options.max_name_length)?;
         let key = config.key();
         if self.feeds.lock().expect("feeds lock").contains_key(&key) {
@@ -266,7 +316,15 @@ impl Engine {
         validate::check_passwords(&config)?;
         let (client, _) = validate::check_source(&config.source_uri).await?;
         validate::check_tables(&client, &config.tables).await?;
-        drop(client);
+        validate::check_target(&config, &self.server_id, &client).await?;
+        Ok(config)
+    }
+
+    /// Validates and stores a changefeed, then starts it unless `start` is false (then it
+    /// is `stopped`). Nothing is stored when a check fails (see [`Engine::check`]).
+    pub async fn create(&self, config: ChangefeedConfig, start: bool) -> Result<(), EngineError> {
+        let config = self.check(config).await?;
+        let key = config.key();
         let state = if start {
             FeedState::Running
         } else {
@@ -365,8 +423,9 @@ impl Engine {
         })
     }
 
-    /// Stops and removes a changefeed, dropping its slot and publications on the source.
-    /// Target data stays. Returns whether it existed.
+    /// Stops and removes a changefeed, dropping its slot and publications on the source and
+    /// releasing its target tables (its checkpoint and copy markers go too). Target data
+    /// stays. Returns whether it existed.
     pub async fn delete(&self, namespace: &str, id: &str) -> Result<bool, EngineError> {
         let Ok(ops) = self.ops_lock(namespace, id) else {
             return Ok(false);
@@ -389,6 +448,14 @@ impl Engine {
             }
             Err(e) => {
                 warn!(changefeed = %key, error = %e.chain(), "source unreachable: slot left behind")
+            }
+        }
+        if let ferry_core::SinkUri::Postgres(uri) = &feed.config.sink_uri {
+            match ferry_postgres::sink::release(uri, &key, &self.server_id).await {
+                Ok(tables) => info!(changefeed = %key, tables, "target tables released"),
+                Err(e) => {
+                    warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "target unreachable: its tables stay claimed (delete the changefeed's rows in _ferry.table_owners to release them)")
+                }
             }
         }
         self.meta.delete(Collection::Changefeeds, &key)?;

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_core::{Lsn, Position, RowChange, Sink, SinkError, SinkUri, TableSchema};
-use ferry_postgres::sink::{FinishedChunk, PgSink};
+use ferry_core::{Lsn, Position, RowChange, Sink, SinkError, SinkUri, TableId, TableSchema};
+use ferry_postgres::sink::{FinishedChunk, PgSink, TargetPolicy};
 use futures::{Stream, StreamExt};
 
 /// Discards everything but keeps counts, to measure a source alone (as TiCDC's blackhole).
@@ -22,10 +22,14 @@ pub(crate) enum AnySink {
 }
 
 impl AnySink {
-    pub(crate) async fn connect(uri: &SinkUri, changefeed: &str) -> Result<Self, SinkError> {
+    pub(crate) async fn connect(
+        uri: &SinkUri,
+        changefeed: &str,
+        policy: TargetPolicy,
+    ) -> Result<Self, SinkError> {
         Ok(match uri {
             SinkUri::Postgres(uri) => {
-                AnySink::Postgres(Box::new(PgSink::connect(uri, changefeed).await?))
+                AnySink::Postgres(Box::new(PgSink::connect(uri, changefeed, policy).await?))
             }
             SinkUri::Blackhole => AnySink::Blackhole(BlackholeSink::default()),
         })
@@ -94,6 +98,14 @@ impl AnySink {
     pub(crate) async fn ensure_key(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
         match self {
             AnySink::Postgres(s) => s.ensure_key(schema).await,
+            AnySink::Blackhole(_) => Ok(()),
+        }
+    }
+
+    /// Releases target tables the changefeed no longer writes.
+    pub(crate) async fn release_tables(&mut self, tables: &[TableId]) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.release_tables(tables).await,
             AnySink::Blackhole(_) => Ok(()),
         }
     }

@@ -1,10 +1,13 @@
-//! Checks against the source before anything is stored: passwords given by reference can
+//! Checks before anything is stored. Against the source: passwords given by reference can
 //! be read, the source is reachable, `wal_level = logical`, a user with `REPLICATION`,
-//! tables that exist, and resume positions the slot can serve. Every check connects with a
-//! short timeout and never touches a running changefeed.
+//! tables that exist, and resume positions the slot can serve. Against the target: not the
+//! source itself, no table owned by another changefeed, existing tables writable as they
+//! are. Every check connects with a short timeout, only reads, and never touches a running
+//! changefeed.
 
 use ferry_core::{ConnectionUri, Lsn, SinkUri, TableFilter};
 use ferry_postgres::eligibility::{self, SourceFacts};
+use ferry_postgres::sink::TargetProblem;
 use ferry_postgres::slot::{self, SlotNames};
 use tokio_postgres::Client;
 
@@ -106,4 +109,68 @@ pub(crate) async fn check_resume_position(
         )));
     }
     Ok(())
+}
+
+/// Checks the target of `config` (run by the changefeed with id `server_id` as owner)
+/// against the source `source`: a sink that is the source database is refused, and so is
+/// a table another changefeed owns, an existing table the source cannot be written into,
+/// and (under `existing_target: fail`) a table holding rows. A target that cannot be reached
+/// now is not an error: the same checks run when the changefeed first writes.
+pub(crate) async fn check_target(
+    config: &ChangefeedConfig,
+    server_id: &str,
+    source: &Client,
+) -> Result<(), EngineError> {
+    let SinkUri::Postgres(uri) = &config.sink_uri else {
+        return Ok(());
+    };
+    let key = config.key();
+    let sink = match ferry_postgres::connect::connect(uri, "ferry-check").await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::info!(changefeed = %key, error = %e.chain(), "target unreachable: its checks run when the changefeed starts");
+            return Ok(());
+        }
+    };
+    // A database that hides its identity (a restricted managed service) cannot be
+    // compared: the other checks still run.
+    let source_id = ferry_postgres::identity::server_identity(source).await;
+    let sink_id = ferry_postgres::identity::server_identity(&sink).await;
+    match (source_id, sink_id) {
+        (Ok(a), Ok(b)) if a == b => {
+            return Err(EngineError::SinkIsSource(
+                ferry_postgres::identity::sink_is_source_message(&b),
+            ))
+        }
+        (Ok(_), Ok(_)) => {}
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(changefeed = %key, error = %e.chain(), "cannot compare the target with the source");
+        }
+    }
+    ferry_postgres::catalog::prepare_session(source)
+        .await
+        .map_err(|e| EngineError::SourceUnusable(e.chain()))?;
+    let selected = ferry_postgres::catalog::selected_tables(source, &config.tables)
+        .await
+        .map_err(|e| EngineError::SourceUnusable(e.chain()))?;
+    let schemas: Vec<_> = selected.into_iter().map(|t| t.schema).collect();
+    let found = ferry_postgres::sink::preflight(
+        &sink,
+        &key,
+        server_id,
+        &schemas,
+        config.existing_target(),
+        config.copies(),
+    )
+    .await;
+    match found {
+        Ok(None) => Ok(()),
+        Ok(Some(TargetProblem::Owned(m))) => Err(EngineError::TargetTableOwned(m)),
+        Ok(Some(TargetProblem::NotEmpty(m))) => Err(EngineError::TargetNotEmpty(m)),
+        Ok(Some(TargetProblem::Conflict(m))) => Err(EngineError::TargetConflict(m)),
+        Err(e) => {
+            tracing::warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "cannot check the target tables: checked when the changefeed starts");
+            Ok(())
+        }
+    }
 }

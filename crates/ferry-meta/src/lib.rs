@@ -14,6 +14,7 @@
 //! | `changefeed_state` | `namespace/id` | phase and snapshot plan |
 //! | `changefeed_lifecycle` | `namespace/id` | state, last error, resume position |
 //! | `sources` | `namespace/name` | a named source connection (secrets included) |
+//! | `server` | `instance` | this server's id (names it as the owner of target tables) |
 //!
 //! # Secrets at rest
 //! Every document is sealed (see [`seal`]) with the key in a separate key file, so the
@@ -55,15 +56,18 @@ pub enum Collection {
     ChangefeedLifecycle,
     /// Named source connections that changefeeds refer to.
     Sources,
+    /// Facts about this server itself (its instance id).
+    Server,
 }
 
 impl Collection {
     /// Every collection.
-    const ALL: [Collection; 4] = [
+    const ALL: [Collection; 5] = [
         Collection::Changefeeds,
         Collection::ChangefeedState,
         Collection::ChangefeedLifecycle,
         Collection::Sources,
+        Collection::Server,
     ];
 
     fn name(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Collection {
             Collection::ChangefeedState => "changefeed_state",
             Collection::ChangefeedLifecycle => "changefeed_lifecycle",
             Collection::Sources => "sources",
+            Collection::Server => "server",
         }
     }
 

@@ -17,10 +17,13 @@
 //! - [`eligibility`]: whether a source can be replicated (wal_level, REPLICATION) and which
 //!   tables fully (a key or a replica identity), for checks before anything is stored.
 //!
+//! - [`identity`]: which cluster and database a connection reaches (sink = source refusal).
+//!
 //! # Sink
 //! - [`sink`]: DDL for missing tables and column changes, `COPY FROM` for snapshot chunks,
 //!   pipelined statements for the stream, and the checkpoint table written in the same
-//!   transaction as the data.
+//!   transaction as the data; which changefeed owns each target table, and which columns
+//!   Ferry created (it never drops or rewrites another).
 //!
 //! # Sessions
 //! Every connection pins `DateStyle=ISO`, `IntervalStyle=postgres`, `TimeZone=UTC`,
@@ -31,6 +34,7 @@ pub mod catalog;
 pub mod connect;
 pub mod decode;
 pub mod eligibility;
+pub mod identity;
 pub mod sink;
 pub mod slot;
 pub mod snapshot;

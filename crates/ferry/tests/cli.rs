@@ -180,6 +180,11 @@ fn changefeed_lifecycle_through_the_cli() {
         missing.stdout.contains("no table public.nope"),
         "{missing:?}"
     );
+    // check runs create's target checks too: here the sink is the source by another name.
+    let itself = source.uri("shop").replace("127.0.0.1", "localhost");
+    let looped = cli.run(&["changefeed", "check", "-f", &cf, "--sink-uri", &itself]);
+    assert_eq!(looped.code, CHECK_FAILED, "{looped:?}");
+    assert!(looped.stdout.contains("SINK_IS_SOURCE"), "{looped:?}");
 
     // create, and create again.
     let created = cli.run(&["changefeed", "create", "-f", &cf]);

@@ -26,6 +26,7 @@ use std::time::Duration;
 use ferry_core::{ErrorClass, Lsn, Position, Sink, SinkError, TableId};
 use ferry_meta::{Collection, MetaStore};
 use ferry_postgres::catalog::{self, SelectedTable};
+use ferry_postgres::sink::TargetPolicy;
 use ferry_postgres::slot::{self, SlotNames};
 use ferry_postgres::source::PgStream;
 use ferry_postgres::PgError;
@@ -87,6 +88,11 @@ pub(crate) struct Runner {
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) retry: RetryPolicy,
     pub(crate) metrics: FeedMetrics,
+    /// This server's id (with the changefeed's key, the owner of its target tables).
+    pub(crate) server_id: String,
+    /// The source database's identity, read by each attempt: its sinks refuse to connect
+    /// to the same database.
+    pub(crate) source_identity: Option<ferry_postgres::identity::ServerIdentity>,
 }
 
 impl Runner {
@@ -210,11 +216,22 @@ impl Runner {
         let catalog_client =
             ferry_postgres::connect::connect(&self.config.source_uri, "ferry-catalog").await?;
         catalog::prepare_session(&catalog_client).await?;
+        self.source_identity = match ferry_postgres::identity::server_identity(&catalog_client)
+            .await
+        {
+            Ok(identity) => Some(identity),
+            Err(e) if e.class == ErrorClass::Transient => return Err(e.into()),
+            Err(e) => {
+                // A source that hides its identity cannot be compared with the sink.
+                warn!(changefeed = %key, error = %e.chain(), "cannot read the source's identity");
+                None
+            }
+        };
         let mut state: RuntimeState = self
             .meta
             .get(Collection::ChangefeedState, &key)?
             .unwrap_or_default();
-        let mut sink = AnySink::connect(&self.config.sink_uri, &key).await?;
+        let mut sink = AnySink::connect(&self.config.sink_uri, &key, self.target_policy()).await?;
         let selected = catalog::selected_tables(&catalog_client, &self.config.tables).await?;
         self.note_tables(&selected);
         if self.config.snapshot_only {
@@ -244,6 +261,12 @@ impl Runner {
                 .map(|t| (t.schema.id.clone(), t.estimated_rows.unwrap_or(0)))
                 .collect();
             let changed = tables::reconcile(&mut state, &wanted, since);
+            if !self.config.copies() {
+                // Nothing to copy: added tables stream from when they were added.
+                for added in &mut state.added {
+                    added.plan.chunks.clear();
+                }
+            }
             if !changed.is_empty() {
                 let list = |v: &[TableId]| {
                     v.iter()
@@ -252,6 +275,8 @@ impl Runner {
                         .join(", ")
                 };
                 info!(changefeed = %key, added = %list(&changed.added), removed = %list(&changed.removed), "tables changed");
+                // Tables no longer written: another changefeed may claim them.
+                sink.release_tables(&changed.removed).await?;
                 self.meta.put(Collection::ChangefeedState, &key, &state)?;
             }
             self.sync_publications(&catalog_client, &names, &selected)
@@ -274,6 +299,15 @@ impl Runner {
         self.status.update(|s| s.phase = Phase::Streaming);
         self.stream(session, catalog_client, sink, &names, &state)
             .await
+    }
+
+    /// How this changefeed's sinks treat target tables.
+    pub(super) fn target_policy(&self) -> TargetPolicy {
+        TargetPolicy {
+            server_id: self.server_id.clone(),
+            existing_target: self.config.existing_target(),
+            source: self.source_identity.clone(),
+        }
     }
 
     fn note_tables(&self, tables: &[SelectedTable]) {

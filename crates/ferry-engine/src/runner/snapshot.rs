@@ -9,9 +9,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use ferry_core::{Lsn, TableId, TableSchema};
+use ferry_core::{Lsn, Sink, TableId, TableSchema};
 use ferry_meta::Collection;
 use ferry_postgres::catalog::SelectedTable;
+use ferry_postgres::sink::TargetPolicy;
 use ferry_postgres::slot::{self, SlotNames};
 use ferry_postgres::snapshot::{self, ChunkSpec, TablePlan};
 use ferry_postgres::PgError;
@@ -58,6 +59,11 @@ impl Runner {
                 .is_some()
         };
         let fresh = !begun;
+        if !self.config.copies() {
+            return self
+                .start_without_copy(sink, names, state, selected, fresh)
+                .await;
+        }
         if fresh || state.plan.is_empty() {
             sink.reset_state().await?;
             state.plan.clear();
@@ -130,8 +136,51 @@ impl Runner {
         Ok(main_session)
     }
 
+    /// `snapshot: never`: creates the slot (the stream starts at its creation) and the
+    /// target tables, copying nothing. Rows that existed before are the user's to copy.
+    async fn start_without_copy(
+        &mut self,
+        sink: &mut AnySink,
+        names: &SlotNames,
+        mut state: RuntimeState,
+        selected: &[SelectedTable],
+        fresh: bool,
+    ) -> Result<Option<ReplicationClient>, RunError> {
+        let key = self.config.key();
+        let session = if fresh {
+            sink.reset_state().await?;
+            let config =
+                slot::replication_config(&self.config.source_uri, names, Lsn::ZERO, "ferry")?;
+            let created = slot::create_slot_with_snapshot(config, false).await?;
+            info!(changefeed = %key, lsn = %created.consistent_point, "slot created; nothing copied (snapshot: never)");
+            Some(created.session)
+        } else {
+            None
+        };
+        self.progressing();
+        for t in selected {
+            sink.ensure_table(&Arc::new(t.schema.clone())).await?;
+        }
+        state.plan = selected
+            .iter()
+            .map(|t| TablePlan {
+                table: t.schema.id.clone(),
+                key_column: None,
+                chunks: Vec::new(),
+                estimated_rows: 0,
+            })
+            .collect();
+        state.added.clear();
+        state.phase = Some(Phase::Streaming);
+        self.meta.put(Collection::ChangefeedState, &key, &state)?;
+        self.status
+            .update(|s| s.tables = tables::progress(&state, &[]));
+        Ok(session)
+    }
+
     /// Copies the added tables whose copy is not done, each whole in one chunk, in a
-    /// snapshot taken after they joined the publications.
+    /// snapshot taken after they joined the publications (none with `snapshot: never`:
+    /// they stream from when they were added).
     pub(super) async fn copy_added(
         &mut self,
         sink: &mut AnySink,
@@ -143,7 +192,7 @@ impl Runner {
         self.status
             .update(|s| s.tables = tables::progress(state, &finished));
         let pending = tables::pending_added(state, &finished);
-        if pending.is_empty() {
+        if pending.is_empty() || !self.config.copies() {
             return Ok(());
         }
         self.status.update(|s| s.phase = Phase::Snapshot);
@@ -232,6 +281,7 @@ impl Runner {
         for _ in 0..workers {
             let job = SnapshotWorker {
                 config: self.config.clone(),
+                policy: self.target_policy(),
                 snapshot_name: export.name.clone(),
                 snapshot_lsn: export.lsn,
                 work: work.clone(),
@@ -265,6 +315,7 @@ struct ChunkJob {
 
 struct SnapshotWorker {
     config: ChangefeedConfig,
+    policy: TargetPolicy,
     snapshot_name: String,
     snapshot_lsn: Lsn,
     work: Arc<Mutex<VecDeque<ChunkJob>>>,
@@ -277,7 +328,8 @@ impl SnapshotWorker {
         let source =
             ferry_postgres::connect::connect(&self.config.source_uri, "ferry-snapshot").await?;
         snapshot::enter_snapshot(&source, &self.snapshot_name).await?;
-        let mut sink = AnySink::connect(&self.config.sink_uri, &self.config.key()).await?;
+        let mut sink =
+            AnySink::connect(&self.config.sink_uri, &self.config.key(), self.policy).await?;
         let mut rows = 0;
         loop {
             let job = self.work.lock().expect("work queue lock").pop_front();

@@ -35,6 +35,33 @@ pub struct FinishedChunk {
     pub snapshot_lsn: Lsn,
 }
 
+/// Moves the staged rows into the table, replacing rows of the same key.
+fn upsert_staged_sql(schema: &TableSchema, columns: &str) -> String {
+    let key: Vec<String> = schema
+        .key
+        .iter()
+        .map(|&i| ferry_core::quote_ident(&schema.columns[i].name))
+        .collect();
+    let set: Vec<String> = (0..schema.columns.len())
+        .filter(|i| !schema.key.contains(i))
+        .map(|i| {
+            let c = ferry_core::quote_ident(&schema.columns[i].name);
+            format!("{c} = EXCLUDED.{c}")
+        })
+        .collect();
+    let action = if set.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", set.join(", "))
+    };
+    format!(
+        "INSERT INTO {} ({columns}) SELECT {columns} FROM pg_temp._ferry_stage \
+         ON CONFLICT ({}) DO {action}; DROP TABLE pg_temp._ferry_stage",
+        schema.id.quoted(),
+        key.join(", ")
+    )
+}
+
 impl PgSink {
     /// Forgets this changefeed's checkpoint and snapshot progress (a fresh start).
     pub async fn reset_state(&mut self) -> Result<(), SinkError> {
@@ -89,8 +116,25 @@ impl PgSink {
     {
         let what = format!("copy {} chunk {chunk}", schema.id);
         let fail = |e| statement_error(what.clone(), e);
+        // Rows kept from before the changefeed (`existing_target: append`): never emptied,
+        // the copy upserts into them by key through a staging table.
+        let append = super::ownership::append_rows(&self.client, &schema.id).await?;
+        if append && replace && !schema.has_key() {
+            return Err(SinkError::Unsupported {
+                message: format!(
+                    "table {} has no key and its target kept rows from before the changefeed \
+                     (existing_target: append); its interrupted copy cannot be redone without \
+                     doubling or deleting rows. Empty the target table, then resume",
+                    schema.id
+                ),
+            });
+        }
+        let staged = append && schema.has_key();
+        if staged {
+            self.ensure_key(schema).await?;
+        }
         self.client.batch_execute("BEGIN").await.map_err(fail)?;
-        if replace {
+        if replace && !append {
             self.client
                 .batch_execute(&format!("TRUNCATE {}", schema.id.quoted()))
                 .await
@@ -101,13 +145,23 @@ impl PgSink {
             .iter()
             .map(|c| ferry_core::quote_ident(&c.name))
             .collect();
+        let columns = columns.join(", ");
+        let into = if staged {
+            self.client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE _ferry_stage ON COMMIT DROP AS \
+                     SELECT {columns} FROM {} WITH NO DATA",
+                    schema.id.quoted()
+                ))
+                .await
+                .map_err(fail)?;
+            "pg_temp._ferry_stage".to_string()
+        } else {
+            schema.id.quoted()
+        };
         let sink = self
             .client
-            .copy_in::<_, Bytes>(&format!(
-                "COPY {} ({}) FROM STDIN",
-                schema.id.quoted(),
-                columns.join(", ")
-            ))
+            .copy_in::<_, Bytes>(&format!("COPY {into} ({columns}) FROM STDIN"))
             .await
             .map_err(fail)?;
         futures::pin_mut!(sink);
@@ -151,6 +205,12 @@ impl PgSink {
             }
         }
         let rows = sink.finish().await.map_err(fail)?;
+        if staged {
+            self.client
+                .batch_execute(&upsert_staged_sql(schema, &columns))
+                .await
+                .map_err(fail)?;
+        }
         self.client
             .execute(
                 "INSERT INTO _ferry.snapshot_chunks

@@ -1,5 +1,12 @@
 //! Target DDL: Ferry's bookkeeping tables, missing schemas, types and tables, and column
 //! changes that follow the source.
+//!
+//! A target table may hold columns Ferry did not create (the user's, on a table made
+//! beforehand): Ferry records the columns it creates in `_ferry.created_columns` and only
+//! ever drops or retypes those ([`reshape`]). Another column keeps its values, type and
+//! default; statements never name it.
+
+use std::collections::HashSet;
 
 use ferry_core::{quote_ident, SinkError, TableSchema, UserType, UserTypeKind};
 use tokio_postgres::Client;
@@ -7,7 +14,8 @@ use tokio_postgres::Client;
 use super::statement_error;
 
 /// Ferry's bookkeeping in the target: the checkpoint of each changefeed, written in the
-/// same transaction as the data it covers, and the snapshot chunks already copied.
+/// same transaction as the data it covers, the snapshot chunks already copied, which
+/// changefeed owns (is the one writer of) each target table, and the columns Ferry created.
 pub(crate) const BOOKKEEPING: &str = "
 CREATE SCHEMA IF NOT EXISTS _ferry;
 CREATE TABLE IF NOT EXISTS _ferry.checkpoints (
@@ -23,6 +31,21 @@ CREATE TABLE IF NOT EXISTS _ferry.snapshot_chunks (
     rows         bigint NOT NULL,
     snapshot_lsn text NOT NULL,
     PRIMARY KEY (changefeed, table_schema, table_name, chunk)
+);
+CREATE TABLE IF NOT EXISTS _ferry.table_owners (
+    table_schema text NOT NULL,
+    table_name   text NOT NULL,
+    changefeed   text NOT NULL,
+    server_id    text NOT NULL,
+    append_rows  boolean NOT NULL DEFAULT false,
+    claimed_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_schema, table_name)
+);
+CREATE TABLE IF NOT EXISTS _ferry.created_columns (
+    table_schema text NOT NULL,
+    table_name   text NOT NULL,
+    column_name  text NOT NULL,
+    PRIMARY KEY (table_schema, table_name, column_name)
 );";
 
 /// One column as the target has it.
@@ -30,6 +53,10 @@ CREATE TABLE IF NOT EXISTS _ferry.snapshot_chunks (
 pub(crate) struct TargetColumn {
     pub(crate) name: String,
     pub(crate) type_name: String,
+    /// `GENERATED ALWAYS AS (…) STORED`: nothing may write it.
+    pub(crate) generated: bool,
+    /// `NOT NULL` without a default or identity: an insert must name it.
+    pub(crate) required: bool,
 }
 
 /// The target's columns of `schema.id`, or `None` when the table does not exist.
@@ -39,7 +66,8 @@ pub(crate) async fn target_columns(
 ) -> Result<Option<Vec<TargetColumn>>, SinkError> {
     let rows = client
         .query(
-            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
+                    a.attgenerated <> '', a.attnotnull AND NOT a.atthasdef AND a.attidentity = ''
              FROM pg_catalog.pg_attribute a
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -68,6 +96,8 @@ pub(crate) async fn target_columns(
             .map(|r| TargetColumn {
                 name: r.get(0),
                 type_name: r.get(1),
+                generated: r.get(2),
+                required: r.get(3),
             })
             .collect(),
     ))
@@ -207,13 +237,37 @@ fn create_type_sql(t: &UserType) -> String {
     )
 }
 
-/// The ALTERs that bring the target's `current` columns in line with `schema`, or an
-/// error when the change is not one Ferry can follow safely.
-pub(crate) fn alter_table_sql(
+/// What [`reshape`] does to an existing target table.
+#[derive(Debug, Default)]
+pub(crate) struct Reshape {
+    /// The statements, in order.
+    pub(crate) sql: Vec<String>,
+    /// Columns it adds (Ferry's from then on).
+    pub(crate) added: Vec<String>,
+    /// Columns of Ferry's it drops.
+    pub(crate) dropped: Vec<String>,
+    /// Source columns whose target column (not Ferry's) has another type, which it keeps:
+    /// `(column, source type, target type)`. Their values must cast.
+    pub(crate) kept_types: Vec<(String, String, String)>,
+}
+
+/// The changes that bring the target's `current` columns in line with `schema`, touching
+/// only the columns Ferry `created`; or a definite error (naming table and column) when
+/// the source cannot be written into the table as it is. `first_claim`: the table existed
+/// before this changefeed, so its key columns must be there already.
+pub(crate) fn reshape(
     schema: &TableSchema,
     current: &[TargetColumn],
-) -> Result<Vec<String>, SinkError> {
+    created: &HashSet<String>,
+    first_claim: bool,
+) -> Result<Reshape, SinkError> {
     let table = schema.id.quoted();
+    let conflict = |column: &str, problem: String| SinkError::Unsupported {
+        message: format!(
+            "target table {} column {column}: {problem}; Ferry stops before writing anything",
+            schema.id
+        ),
+    };
     let added: Vec<_> = schema
         .columns
         .iter()
@@ -221,7 +275,7 @@ pub(crate) fn alter_table_sql(
         .collect();
     let removed: Vec<_> = current
         .iter()
-        .filter(|t| schema.column(&t.name).is_none())
+        .filter(|t| schema.column(&t.name).is_none() && created.contains(&t.name))
         .collect();
     if !added.is_empty() && !removed.is_empty() {
         return Err(SinkError::Unsupported {
@@ -235,45 +289,91 @@ pub(crate) fn alter_table_sql(
             ),
         });
     }
-    let mut sql: Vec<String> = schema.user_types.iter().map(create_type_sql).collect();
+    if first_claim {
+        if let Some(&k) = schema
+            .key
+            .iter()
+            .find(|&&k| added.iter().any(|c| c.name == schema.columns[k].name))
+        {
+            return Err(conflict(
+                &schema.columns[k].name,
+                "the source's key column is missing from the existing table (Ferry does not \
+                 add a key column to a table it did not create); add it, or let Ferry create \
+                 the table"
+                    .into(),
+            ));
+        }
+    }
+    for t in current {
+        let in_source = schema.column(&t.name).is_some();
+        if in_source && t.generated {
+            return Err(conflict(
+                &t.name,
+                "it is a generated column on the target but a plain column on the source, so \
+                 it cannot be written; rename or drop one of them"
+                    .into(),
+            ));
+        }
+        if !in_source && !created.contains(&t.name) && t.required {
+            return Err(conflict(
+                &t.name,
+                "the source has no such column and it is NOT NULL without a default, so every \
+                 insert would fail; give it a default or allow NULL"
+                    .into(),
+            ));
+        }
+    }
+    let mut out = Reshape {
+        sql: schema.user_types.iter().map(create_type_sql).collect(),
+        ..Reshape::default()
+    };
     for c in &added {
         let col = quote_ident(&c.name);
         match &c.missing_value {
             // Existing rows got a value without a row event: give them the same one.
             Some(value) => {
                 let literal = value.replace('\'', "''");
-                sql.push(format!(
+                out.sql.push(format!(
                     "ALTER TABLE {table} ADD COLUMN {col} {ty} DEFAULT '{literal}'::{ty}",
                     ty = c.type_name
                 ));
-                sql.push(format!(
+                out.sql.push(format!(
                     "ALTER TABLE {table} ALTER COLUMN {col} DROP DEFAULT"
                 ));
             }
-            None => sql.push(format!(
+            None => out.sql.push(format!(
                 "ALTER TABLE {table} ADD COLUMN {col} {}",
                 c.type_name
             )),
         }
+        out.added.push(c.name.clone());
     }
     for c in &removed {
-        sql.push(format!(
+        out.sql.push(format!(
             "ALTER TABLE {table} DROP COLUMN {}",
             quote_ident(&c.name)
         ));
+        out.dropped.push(c.name.clone());
     }
     for c in &schema.columns {
-        if let Some(t) = current.iter().find(|t| t.name == c.name) {
-            if t.type_name != c.type_name {
-                let col = quote_ident(&c.name);
-                sql.push(format!(
-                    "ALTER TABLE {table} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}",
-                    ty = c.type_name
-                ));
-            }
+        let Some(t) = current.iter().find(|t| t.name == c.name) else {
+            continue;
+        };
+        if t.type_name == c.type_name {
+            continue;
+        }
+        if created.contains(&c.name) {
+            let col = quote_ident(&c.name);
+            out.sql.push(format!(
+                "ALTER TABLE {table} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}",
+                ty = c.type_name
+            ));
+        } else {
+            out.kept_types
+                .push((c.name.clone(), c.type_name.clone(), t.type_name.clone()));
         }
     }
-    Ok(sql)
+    Ok(out)
 }
 
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
@@ -309,6 +409,8 @@ mod tests {
             .map(|(n, t)| TargetColumn {
                 name: n.to_string(),
                 type_name: t.to_string(),
+                generated: false,
+                required: false,
             })
             .collect()
     }
@@ -336,25 +438,85 @@ mod tests {
         );
     }
 
+    fn all(cols: &[&str]) -> HashSet<String> {
+        cols.iter().map(|c| c.to_string()).collect()
+    }
+
     #[test]
-    fn follows_add_drop_and_type_change() {
+    fn follows_add_drop_and_type_change_of_its_own_columns() {
         let s = schema(&[("id", "integer"), ("v", "bigint"), ("w", "text")]);
-        let sql = alter_table_sql(&s, &current(&[("id", "integer"), ("v", "integer")])).unwrap();
-        assert_eq!(sql.len(), 2, "{sql:?}");
-        assert!(sql[0].contains("ADD COLUMN \"w\" text"));
-        assert!(sql[1].contains("ALTER COLUMN \"v\" TYPE bigint USING \"v\"::bigint"));
+        let cur = current(&[("id", "integer"), ("v", "integer")]);
+        let r = reshape(&s, &cur, &all(&["id", "v"]), false).unwrap();
+        assert_eq!(r.sql.len(), 2, "{:?}", r.sql);
+        assert!(r.sql[0].contains("ADD COLUMN \"w\" text"));
+        assert!(r.sql[1].contains("ALTER COLUMN \"v\" TYPE bigint USING \"v\"::bigint"));
+        assert_eq!(r.added, vec!["w"]);
         let s = schema(&[("id", "integer")]);
-        let sql = alter_table_sql(&s, &current(&[("id", "integer"), ("v", "integer")])).unwrap();
+        let r = reshape(&s, &cur, &all(&["id", "v"]), false).unwrap();
         assert_eq!(
-            sql,
+            r.sql,
             vec!["ALTER TABLE \"public\".\"t\" DROP COLUMN \"v\"".to_string()]
+        );
+        assert_eq!(r.dropped, vec!["v"]);
+    }
+
+    #[test]
+    fn never_drops_or_retypes_a_column_it_did_not_create() {
+        let s = schema(&[("id", "integer"), ("v", "bigint")]);
+        let mut cur = current(&[("id", "integer"), ("v", "integer"), ("note", "text")]);
+        cur.push(TargetColumn {
+            name: "g".into(),
+            type_name: "integer".into(),
+            generated: true,
+            required: false,
+        });
+        let r = reshape(&s, &cur, &all(&[]), true).unwrap();
+        assert!(r.sql.is_empty(), "{:?}", r.sql);
+        assert_eq!(
+            r.kept_types,
+            vec![("v".to_string(), "bigint".to_string(), "integer".to_string())]
+        );
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_written() {
+        let s = schema(&[("id", "integer"), ("v", "text")]);
+        let mut generated = current(&[("id", "integer")]);
+        generated.push(TargetColumn {
+            name: "v".into(),
+            type_name: "text".into(),
+            generated: true,
+            required: false,
+        });
+        let err = reshape(&s, &generated, &all(&[]), true).unwrap_err();
+        assert!(
+            err.to_string().contains("column v: it is a generated"),
+            "{err}"
+        );
+        let err = reshape(&s, &current(&[("v", "text")]), &all(&[]), true).unwrap_err();
+        assert!(
+            err.to_string().contains("column id: the source's key"),
+            "{err}"
+        );
+        let mut required = current(&[("id", "integer"), ("v", "text")]);
+        required.push(TargetColumn {
+            name: "r".into(),
+            type_name: "text".into(),
+            generated: false,
+            required: true,
+        });
+        let err = reshape(&s, &required, &all(&[]), true).unwrap_err();
+        assert!(
+            err.to_string().contains("column r: the source has no"),
+            "{err}"
         );
     }
 
     #[test]
     fn refuses_ambiguous_rename() {
         let s = schema(&[("id", "integer"), ("b", "text")]);
-        let err = alter_table_sql(&s, &current(&[("id", "integer"), ("a", "text")])).unwrap_err();
+        let cur = current(&[("id", "integer"), ("a", "text")]);
+        let err = reshape(&s, &cur, &all(&["id", "a"]), false).unwrap_err();
         assert!(err.to_string().contains("rename"), "{err}");
     }
 }

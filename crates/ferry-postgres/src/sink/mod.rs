@@ -1,7 +1,9 @@
 //! The PostgreSQL sink.
 //!
 //! - Tables: created from the source's shape when missing (types, `NOT NULL`, primary
-//!   key), altered when the source's columns change ([`ddl`]).
+//!   key), altered when the source's columns change ([`ddl`]); claimed by one changefeed
+//!   each, and checked before anything is written when they existed before it
+//!   ([`ownership`]). Columns Ferry did not create are never dropped or retyped.
 //! - Snapshot ([`copy`]): each chunk's COPY text is streamed into `COPY … FROM STDIN` in
 //!   its own transaction together with its record in `_ferry.snapshot_chunks`; tables
 //!   created for the copy get their primary key after it.
@@ -16,9 +18,12 @@
 mod compact;
 mod copy;
 mod ddl;
+mod ownership;
+mod shape;
 mod statements;
 
 pub use copy::FinishedChunk;
+pub use ownership::{preflight, release, TargetPolicy, TargetProblem};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +65,8 @@ pub struct PgSink {
     segment_bytes: usize,
     /// The prepared checkpoint upsert.
     checkpoint_statement: Option<Statement>,
+    /// Ownership and the handling of existing tables.
+    policy: TargetPolicy,
 }
 
 pub(crate) fn statement_error(what: impl Into<String>, err: tokio_postgres::Error) -> SinkError {
@@ -74,8 +81,13 @@ pub(crate) fn statement_error(what: impl Into<String>, err: tokio_postgres::Erro
 
 impl PgSink {
     /// Connects to the target and makes sure Ferry's bookkeeping tables exist.
-    /// `changefeed` is the key its checkpoint is stored under.
-    pub async fn connect(uri: &ConnectionUri, changefeed: &str) -> Result<Self, SinkError> {
+    /// `changefeed` is the key its checkpoint and table claims are stored under. Refuses
+    /// (before creating anything) a target that is the policy's source database.
+    pub async fn connect(
+        uri: &ConnectionUri,
+        changefeed: &str,
+        policy: TargetPolicy,
+    ) -> Result<Self, SinkError> {
         let client = crate::connect::connect(uri, &format!("ferry-sink {changefeed}"))
             .await
             .map_err(|e| SinkError::Connect {
@@ -90,6 +102,27 @@ impl PgSink {
             .batch_execute("SET search_path TO ''; SET synchronous_commit TO on")
             .await
             .map_err(|e| statement_error("set session settings", e))?;
+        if let Some(source) = &policy.source {
+            // A target that hides its identity (a restricted managed service) cannot be
+            // compared: say so, and carry on.
+            match crate::identity::server_identity(&client).await {
+                Ok(target) if &target == source => {
+                    return Err(SinkError::Unsupported {
+                        message: crate::identity::sink_is_source_message(&target),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if e.class == ferry_core::ErrorClass::Transient => {
+                    return Err(SinkError::Connect {
+                        what: e.what.clone(),
+                        source: e.source,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(changefeed, error = %e.chain(), "cannot compare the target with the source")
+                }
+            }
+        }
         // Concurrent sinks (snapshot workers) may race to create the schema: retry once.
         if client.batch_execute(ddl::BOOKKEEPING).await.is_err() {
             client
@@ -108,6 +141,7 @@ impl PgSink {
             segment_rows: 0,
             segment_bytes: 0,
             checkpoint_statement: None,
+            policy,
         })
     }
 
@@ -285,60 +319,6 @@ impl PgSink {
             }
             RowChange::Truncate { .. } => unreachable!("truncates are applied by `apply`"),
         }
-    }
-
-    async fn shape_table(
-        &mut self,
-        schema: &Arc<TableSchema>,
-        with_key: bool,
-    ) -> Result<(), SinkError> {
-        if let Some(t) = self.tables.get_mut(&schema.id) {
-            if t.schema.columns == schema.columns && t.schema.key == schema.key {
-                t.schema = schema.clone();
-                return Ok(());
-            }
-        }
-        // DDL joins the open batch's transaction, after the changes queued before it.
-        self.flush().await?;
-        let current = ddl::target_columns(&self.client, schema).await?;
-        let sql = match &current {
-            None => vec![ddl::create_table_sql(schema, with_key)],
-            Some(current) => ddl::alter_table_sql(schema, current)?,
-        };
-        for statement in &sql {
-            self.client
-                .batch_execute(statement)
-                .await
-                .map_err(|e| statement_error(format!("change target table {}", schema.id), e))?;
-        }
-        let current = match current {
-            Some(current) if sql.is_empty() => current,
-            _ => ddl::target_columns(&self.client, schema)
-                .await?
-                .expect("the table was just created"),
-        };
-        if with_key {
-            self.ensure_key(schema).await?;
-        }
-        let casts = schema
-            .columns
-            .iter()
-            .map(|c| {
-                current
-                    .iter()
-                    .find(|t| t.name == c.name)
-                    .map_or_else(|| c.type_name.clone(), |t| t.type_name.clone())
-            })
-            .collect();
-        self.tables.insert(
-            schema.id.clone(),
-            TargetTable {
-                schema: schema.clone(),
-                casts,
-                statements: HashMap::new(),
-            },
-        );
-        Ok(())
     }
 
     /// Rolls back an open batch (after a failure), leaving no trace of it.

@@ -9,6 +9,11 @@
 //!    `wal_level = logical`, `REPLICATION`, which tables the rules select and which of
 //!    them can replicate updates and deletes. A source the server cannot use and rules
 //!    that select no table are errors; tables without a key (insert-only) are warnings.
+//! 4. Everything else `create` checks, by the server without creating anything
+//!    (`POST /api/v2/changefeeds?dry_run=true`): above all the target — not the source
+//!    itself (`SINK_IS_SOURCE`), no table owned by another changefeed
+//!    (`TARGET_TABLE_OWNED`), existing tables writable as they are and, under
+//!    `existing_target: fail`, empty. Run only when the steps before found no error.
 //!
 //! Errors exit with [`exit::CHECK_FAILED`]; warnings alone exit 0.
 
@@ -76,6 +81,23 @@ pub(crate) async fn check(context: &Context, spec: &ChangefeedSpec) -> Result<u8
             Err(e) if matches!(e.code, exit::REJECTED | exit::NOT_FOUND) => {
                 report.errors.push(format!("source: {}", e.message))
             }
+            Err(e) => return Err(e),
+        }
+    }
+    let exists = report
+        .warnings
+        .iter()
+        .any(|w| w.contains("`create` would be refused"));
+    if report.errors.is_empty() && !exists && spec.sink_uri.is_some() {
+        let body = spec.create_body();
+        match client
+            .post_with_query(&["changefeeds"], &[("dry_run", "true")], &body)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if matches!(e.code, exit::REJECTED | exit::CONFLICT | exit::NOT_FOUND) => report
+                .errors
+                .push(format!("create would be refused: {}", e.message)),
             Err(e) => return Err(e),
         }
     }

@@ -93,6 +93,16 @@ impl ApiClient {
         self.send(Method::POST, segments, &[], body).await
     }
 
+    /// `POST` with query parameters and a JSON body.
+    pub(crate) async fn post_with_query(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: &Value,
+    ) -> Result<Value, CliError> {
+        self.send(Method::POST, segments, query, Some(body)).await
+    }
+
     /// `PUT` with a JSON body.
     pub(crate) async fn put(&self, segments: &[&str], body: &Value) -> Result<Value, CliError> {
         self.send(Method::PUT, segments, &[], Some(body)).await

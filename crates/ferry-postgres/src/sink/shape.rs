@@ -1,0 +1,143 @@
+//! Shaping a target table before Ferry writes it: claim it, then create it, or check and
+//! follow it (see [`super::ownership`] and [`super::ddl::reshape`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferry_core::{ExistingTarget, SinkError, TableSchema};
+
+use super::{ddl, ownership, statement_error, PgSink, TargetTable};
+
+impl PgSink {
+    pub(super) async fn shape_table(
+        &mut self,
+        schema: &Arc<TableSchema>,
+        with_key: bool,
+    ) -> Result<(), SinkError> {
+        if let Some(t) = self.tables.get_mut(&schema.id) {
+            if t.schema.columns == schema.columns && t.schema.key == schema.key {
+                t.schema = schema.clone();
+                return Ok(());
+            }
+        }
+        // DDL joins the open batch's transaction, after the changes queued before it;
+        // outside a batch the claim, the checks and the DDL get a transaction of their own.
+        self.flush().await?;
+        let own_transaction = !self.in_batch;
+        if own_transaction {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| statement_error("begin", e))?;
+        }
+        let shaped = self.claim_and_shape(schema).await;
+        if own_transaction {
+            let end = if shaped.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = self.client.batch_execute(end).await;
+            if shaped.is_ok() {
+                ended
+                    .map_err(|e| statement_error(format!("shape target table {}", schema.id), e))?;
+            }
+        }
+        let current = shaped?;
+        if with_key {
+            self.ensure_key(schema).await?;
+        }
+        let casts = schema
+            .columns
+            .iter()
+            .map(|c| {
+                current
+                    .iter()
+                    .find(|t| t.name == c.name)
+                    .map_or_else(|| c.type_name.clone(), |t| t.type_name.clone())
+            })
+            .collect();
+        self.tables.insert(
+            schema.id.clone(),
+            TargetTable {
+                schema: schema.clone(),
+                casts,
+                statements: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Claims the table, then creates it, or checks and follows it: inside a transaction.
+    /// Returns the target's columns afterwards.
+    async fn claim_and_shape(
+        &mut self,
+        schema: &Arc<TableSchema>,
+    ) -> Result<Vec<ddl::TargetColumn>, SinkError> {
+        let id = &schema.id;
+        let claim =
+            ownership::claim(&self.client, &self.changefeed, &self.policy.server_id, id).await?;
+        let change = |e| statement_error(format!("change target table {id}"), e);
+        match ddl::target_columns(&self.client, schema).await? {
+            None => {
+                self.client
+                    .batch_execute(&ddl::create_table_sql(schema, false))
+                    .await
+                    .map_err(change)?;
+                let all: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+                ownership::record_columns(&self.client, id, &all, &[]).await?;
+                tracing::info!(table = %id, changefeed = %self.changefeed, "target table created");
+            }
+            Some(current) => {
+                if claim == ownership::Claim::Legacy {
+                    // Copied by this changefeed before columns were recorded: its columns.
+                    let all: Vec<String> = current.iter().map(|c| c.name.clone()).collect();
+                    ownership::record_columns(&self.client, id, &all, &[]).await?;
+                }
+                let first_claim = claim == ownership::Claim::New;
+                let created = ownership::created_columns(&self.client, id).await?;
+                let reshape = ddl::reshape(schema, &current, &created, first_claim)?;
+                for (column, source_type, target_type) in &reshape.kept_types {
+                    ownership::check_cast(&self.client, id, column, source_type, target_type, true)
+                        .await?;
+                }
+                if first_claim {
+                    self.adopt(schema).await?;
+                }
+                for statement in &reshape.sql {
+                    self.client.batch_execute(statement).await.map_err(change)?;
+                }
+                ownership::record_columns(&self.client, id, &reshape.added, &reshape.dropped)
+                    .await?;
+                if !reshape.added.is_empty() || !reshape.dropped.is_empty() {
+                    tracing::info!(table = %id, added = ?reshape.added, dropped = ?reshape.dropped, "target columns follow the source");
+                }
+            }
+        }
+        Ok(ddl::target_columns(&self.client, schema)
+            .await?
+            .expect("the table exists in this transaction"))
+    }
+
+    /// Takes over a table that existed before this changefeed, applying its
+    /// `existing_target` choice to the rows there.
+    async fn adopt(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
+        let id = &schema.id;
+        if !ownership::has_rows(&self.client, id).await? {
+            tracing::info!(table = %id, changefeed = %self.changefeed, "existing empty target table adopted");
+            return Ok(());
+        }
+        match self.policy.existing_target {
+            ExistingTarget::Fail => Err(ownership::not_empty(id)),
+            ExistingTarget::Truncate => {
+                self.client
+                    .batch_execute(&format!("TRUNCATE {}", id.quoted()))
+                    .await
+                    .map_err(|e| statement_error(format!("truncate target table {id}"), e))?;
+                tracing::info!(table = %id, changefeed = %self.changefeed, "existing target table emptied (existing_target: truncate)");
+                Ok(())
+            }
+            ExistingTarget::Append => {
+                ownership::mark_append_rows(&self.client, id).await?;
+                tracing::info!(table = %id, changefeed = %self.changefeed, "existing target rows kept (existing_target: append)");
+                Ok(())
+            }
+        }
+    }
+}
