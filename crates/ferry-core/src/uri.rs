@@ -34,6 +34,12 @@ pub enum UriError {
         /// The missing part.
         part: &'static str,
     },
+    /// A query parameter has a value Ferry cannot use (for example `sslmode=bogus`).
+    #[error("invalid URI parameter: {reason}")]
+    InvalidParameter {
+        /// What is wrong, without the URI itself.
+        reason: String,
+    },
 }
 
 /// A database connection URI such as `postgres://user:pw@host:5432/db?sslmode=disable`.
@@ -76,6 +82,15 @@ impl ConnectionUri {
     /// Database name (the path without its leading `/`).
     pub fn database(&self) -> String {
         percent_decode(self.url.path().trim_start_matches('/'))
+    }
+
+    /// Query parameters other than `skip`, in order (values decoded).
+    pub fn params_except(&self, skip: &[&str]) -> Vec<(String, String)> {
+        self.url
+            .query_pairs()
+            .filter(|(k, _)| !skip.contains(&k.as_ref()))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
     }
 
     /// The value of query parameter `key`.
@@ -166,6 +181,7 @@ pub fn parse_postgres_uri(s: &str) -> Result<ConnectionUri, UriError> {
             part: "a database name (postgres://user@host:5432/dbname)",
         });
     }
+    crate::tls::TlsOptions::from_uri(&uri)?;
     Ok(uri)
 }
 

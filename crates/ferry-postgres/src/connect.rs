@@ -1,7 +1,10 @@
-//! Connections with pinned session settings, and PostgreSQL error classification.
+//! Connections with pinned session settings and the URI's TLS, and PostgreSQL error
+//! classification.
 
-use ferry_core::{ConnectionUri, ErrorClass};
+use ferry_core::{ConnectionSecurity, ConnectionUri, ErrorClass, SslMode, TlsOptions};
 use tokio_postgres::{Client, Config, NoTls};
+
+use crate::tls::ClientTls;
 
 /// Session settings that make text output parse back to the same value on another server.
 pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC \
@@ -82,11 +85,41 @@ fn classify(err: &tokio_postgres::Error) -> ErrorClass {
 }
 
 /// The tokio-postgres configuration for `uri`, with Ferry's session settings.
+///
+/// The TLS parameters (`sslmode`, `sslrootcert`, …) are Ferry's own (see
+/// [`ferry_core::TlsOptions`]): tokio-postgres knows only part of them, so they are taken
+/// out and the rest of the URI is handed to its parser; the TLS mode is set from the
+/// parsed options.
 pub fn config(uri: &ConnectionUri, application_name: &str) -> Result<Config, PgError> {
-    let mut config: Config = uri
-        .expose()
+    let tls = tls_options(uri)?;
+    let mut url = format!(
+        "postgres://{}",
+        uri.expose()
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+    );
+    let rest = uri.params_except(&ferry_core::tls::TLS_PARAMS);
+    if !rest.is_empty() {
+        let query: Vec<String> = rest
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        url.push('?');
+        url.push_str(&query.join("&"));
+    }
+    let mut config: Config = url
         .parse()
         .map_err(|_| PgError::definite(format!("cannot use connection URI {}", uri.masked())))?;
+    config.ssl_mode(match tls.mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
     config.options(SESSION_OPTIONS);
     config.application_name(application_name);
     config.connect_timeout(std::time::Duration::from_secs(10));
@@ -94,17 +127,70 @@ pub fn config(uri: &ConnectionUri, application_name: &str) -> Result<Config, PgE
     Ok(config)
 }
 
-/// Connects and drives the connection on a background task.
+/// The URI's TLS options (already validated when the URI was accepted).
+pub(crate) fn tls_options(uri: &ConnectionUri) -> Result<TlsOptions, PgError> {
+    TlsOptions::from_uri(uri).map_err(|e| PgError::definite(e.to_string()))
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Connects and drives the connection on a background task, with TLS as the URI says.
 pub async fn connect(uri: &ConnectionUri, application_name: &str) -> Result<Client, PgError> {
     let config = config(uri, application_name)?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| PgError::new(format!("connect to {}", uri.masked()), e))?;
+    let options = tls_options(uri)?;
+    let what = || format!("connect to {}", uri.masked());
+    let failed = |e: tokio_postgres::Error| match crate::tls::explain(&e, &options, uri.host()) {
+        Some(reason) => PgError::other(format!("{}: {reason}", what()), ErrorClass::Definite, e),
+        None => PgError::new(what(), e),
+    };
+    let client = match ClientTls::for_options(&options)? {
+        None => {
+            let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        }
+        Some(tls) => {
+            let (client, connection) = config.connect(tls.connector()).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        }
+    };
+    Ok(client)
+}
+
+fn spawn_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "postgres connection closed");
         }
     });
-    Ok(client)
+}
+
+/// Whether this session is encrypted, and how, from the server's own `pg_stat_ssl`.
+pub async fn connection_security(client: &Client) -> Result<ConnectionSecurity, PgError> {
+    let row = client
+        .query_one(
+            "SELECT ssl, version, cipher FROM pg_catalog.pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::new("read pg_stat_ssl", e))?;
+    Ok(ConnectionSecurity {
+        encrypted: row.get(0),
+        tls_version: row.get(1),
+        cipher: row.get(2),
+    })
 }

@@ -35,5 +35,7 @@ pub mod sink;
 pub mod slot;
 pub mod snapshot;
 pub mod source;
+pub mod tls;
+mod tunnel;
 
 pub use connect::PgError;

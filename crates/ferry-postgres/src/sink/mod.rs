@@ -80,6 +80,7 @@ impl PgSink {
             .await
             .map_err(|e| SinkError::Connect {
                 what: e.what.clone(),
+                class: e.class,
                 source: e.source,
             })?;
         // `synchronous_commit = on` whatever the target's default: the engine tells the
