@@ -194,3 +194,49 @@ pub async fn connection_security(client: &Client) -> Result<ConnectionSecurity, 
         cipher: row.get(2),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::{Host, SslMode as PgSslMode};
+
+    fn config_for(uri: &str) -> Config {
+        config(&ferry_core::parse_postgres_uri(uri).unwrap(), "test").unwrap()
+    }
+
+    #[test]
+    fn tls_parameters_are_ferrys_and_the_rest_reaches_the_driver() {
+        let config = config_for(
+            "postgresql://app:p%40ss@db.example:5433/shop?sslmode=verify-full\
+             &sslrootcert=/etc/ca.pem&sslsni=0&connect_timeout=3&target_session_attrs=read-write",
+        );
+        assert_eq!(config.get_ssl_mode(), PgSslMode::Require);
+        assert_eq!(config.get_user(), Some("app"));
+        assert_eq!(config.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(config.get_dbname(), Some("shop"));
+        assert_eq!(config.get_ports(), &[5433]);
+        assert_eq!(config.get_hosts(), &[Host::Tcp("db.example".into())]);
+        // Ferry's own settings win over the URI's.
+        assert_eq!(
+            config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(10))
+        );
+        assert_eq!(config.get_application_name(), Some("test"));
+    }
+
+    #[test]
+    fn modes_map_to_the_drivers() {
+        for (mode, expected) in [
+            ("disable", PgSslMode::Disable),
+            ("prefer", PgSslMode::Prefer),
+            ("require", PgSslMode::Require),
+        ] {
+            let uri = format!("postgres://u@h/db?sslmode={mode}");
+            assert_eq!(config_for(&uri).get_ssl_mode(), expected, "{mode}");
+        }
+        assert_eq!(
+            config_for("postgres://u@h/db").get_ssl_mode(),
+            PgSslMode::Prefer
+        );
+    }
+}

@@ -18,12 +18,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use ferry_core::ErrorClass::Definite;
 use ferry_core::{ClientCert, RootCerts, SslMode, TlsOptions};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -153,8 +154,6 @@ fn build_config(options: &TlsOptions) -> Result<ClientConfig, PgError> {
     Ok(config)
 }
 
-use ferry_core::ErrorClass::Definite;
-
 fn read_file(param: &str, path: &Path) -> Result<Vec<u8>, PgError> {
     std::fs::read(path).map_err(|e| {
         PgError::other(
@@ -235,7 +234,7 @@ fn client_identity(
 
 /// libpq's rule: a private key must not be readable by others (0600 or less), or 0640 or
 /// less when root owns it.
-fn check_key_permissions(path: &PathBuf) -> Result<(), PgError> {
+fn check_key_permissions(path: &Path) -> Result<(), PgError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| {
         PgError::other(
@@ -593,6 +592,36 @@ mod tests {
             .contains("host name mismatch"));
         let plain = io::Error::other("connection reset");
         assert_eq!(explain(&plain, &options, "db"), None);
+    }
+
+    #[test]
+    fn built_once_and_rebuilt_when_a_file_changes() {
+        let ca = ferry_testkit::certs::TestCa::new("cache CA");
+        let options = TlsOptions {
+            mode: SslMode::VerifyFull,
+            mode_given: SslMode::VerifyFull,
+            root_certs: Some(RootCerts::File(ca.cert_path())),
+            ..TlsOptions::default()
+        };
+        let first = ClientTls::for_options(&options).unwrap().unwrap();
+        let again = ClientTls::for_options(&options).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first.config, &again.config));
+
+        let rotated = ferry_testkit::certs::TestCa::new("rotated CA");
+        std::fs::write(ca.cert_path(), rotated.cert_pem()).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(ca.cert_path())
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let rebuilt = ClientTls::for_options(&options).unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&first.config, &rebuilt.config));
+
+        std::fs::write(ca.cert_path(), "not a certificate").unwrap();
+        let err = ClientTls::for_options(&options).err().unwrap().to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
     }
 
     #[test]

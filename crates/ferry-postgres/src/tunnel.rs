@@ -17,7 +17,8 @@
 
 use std::time::Duration;
 
-use ferry_core::{ConnectionUri, ErrorClass, SslMode, TlsOptions};
+use ferry_core::ErrorClass::{Definite, Transient};
+use ferry_core::{ConnectionUri, SslMode, TlsOptions};
 use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener};
@@ -67,8 +68,6 @@ pub(crate) async fn connect_gated(
         .await
         .map_err(|e| crate::slot::replication_error("open replication session", e))
 }
-
-use ErrorClass::{Definite, Transient};
 
 type ServerStream = tokio_rustls::client::TlsStream<TcpStream>;
 
