@@ -148,3 +148,16 @@ async fn prefer_falls_back_to_plain_when_the_server_has_no_ssl() {
     assert!(!connection_security(&client).await.unwrap().encrypted);
     replicate(&default).await.unwrap();
 }
+
+#[tokio::test]
+async fn system_roots_come_from_the_operating_system_store() {
+    let ca = TestCa::new("ferry test CA");
+    let cluster = tls_cluster(&ca.issue("server", &["127.0.0.1"]), None);
+    // rustls-native-certs, like OpenSSL, reads SSL_CERT_FILE first. No other test in this
+    // binary uses the system store.
+    std::env::set_var("SSL_CERT_FILE", ca.cert_path());
+    let system = uri(&cluster, "sslrootcert=system");
+    let client = connect(&system, "t").await.unwrap();
+    assert!(connection_security(&client).await.unwrap().encrypted);
+    replicate(&system).await.unwrap();
+}

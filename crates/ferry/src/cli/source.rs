@@ -276,3 +276,23 @@ fn report(context: &Context, answer: &Value, sentence: String) -> Result<u8, Cli
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_text_says_encrypted_and_how() {
+        let tls = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            connection_text(&tls(serde_json::json!({
+                "encrypted": true, "version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"
+            }))),
+            "encrypted (TLSv1.3, TLS_AES_256_GCM_SHA384)"
+        );
+        assert_eq!(
+            connection_text(&tls(serde_json::json!({"encrypted": false}))),
+            "not encrypted"
+        );
+    }
+}
