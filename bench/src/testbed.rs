@@ -128,6 +128,7 @@ impl Testbed {
                 .map(|(name, value, _)| (name.to_string(), value.to_string()))
                 .collect(),
             password: None,
+            tls: None,
         };
         let (source, target) = std::thread::scope(|scope| {
             let source = scope.spawn(|| PgCluster::start_with(options.clone()));

@@ -7,6 +7,7 @@
 //! - [`change`]: what flows from a source to a sink ([`SourceEvent`], [`RowChange`], [`Value`]).
 //! - [`filter`]: which tables a changefeed selects ([`TableFilter`], TiCDC's rule syntax).
 //! - [`uri`]: source and sink connection strings, with secrets that never print.
+//! - [`tls`]: TLS options of a connection URI (libpq's `sslmode` and friends), typed.
 //! - [`sink`]: the contract every sink keeps ([`Sink`]), including the checkpoint invariant.
 //!
 //! Data flows `source → SourceEvent → engine → Sink`. A source emits committed
@@ -18,6 +19,7 @@ pub mod filter;
 pub mod position;
 pub mod sink;
 pub mod table;
+pub mod tls;
 pub mod uri;
 
 pub use change::{Row, RowChange, SourceEvent, Value};
@@ -27,6 +29,7 @@ pub use sink::{error_chain, ErrorClass, ExistingTarget, Sink, SinkError};
 pub use table::{
     quote_ident, ColumnSchema, ReplicaIdentity, TableId, TableSchema, UserType, UserTypeKind,
 };
+pub use tls::{ClientCert, ConnectionSecurity, RootCerts, SslMode, TlsOptions};
 pub use uri::{
     parse_postgres_uri, ConnectionUri, PasswordError, PasswordSource, SinkUri, UriError,
 };

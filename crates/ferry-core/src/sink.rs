@@ -76,6 +76,9 @@ pub enum SinkError {
     Connect {
         /// What was attempted.
         what: String,
+        /// Transient for a network cut; definite for a refusal retrying cannot fix (a
+        /// certificate not trusted, a wrong password).
+        class: ErrorClass,
         /// The cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -103,7 +106,7 @@ impl SinkError {
     /// Whether retrying can help.
     pub fn class(&self) -> ErrorClass {
         match self {
-            SinkError::Connect { .. } => ErrorClass::Transient,
+            SinkError::Connect { class, .. } => *class,
             SinkError::Statement { class, .. } => *class,
             SinkError::Unsupported { .. } => ErrorClass::Definite,
         }

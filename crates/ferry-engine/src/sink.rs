@@ -72,6 +72,7 @@ impl AnySink {
                 while let Some(item) = data.next().await {
                     let bytes = item.map_err(|e| SinkError::Connect {
                         what: "read a snapshot chunk".into(),
+                        class: ferry_core::ErrorClass::Transient,
                         source: Box::new(e),
                     })?;
                     rows += bytes.iter().filter(|&&c| c == b'\n').count() as u64;

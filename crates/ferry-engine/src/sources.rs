@@ -52,6 +52,27 @@ pub struct SlotReport {
     pub retained_wal_bytes: u64,
 }
 
+/// Whether a connection is encrypted.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct TlsReport {
+    /// TLS is in use.
+    pub encrypted: bool,
+    /// `TLSv1.3`, `TLSv1.2`, … when encrypted.
+    pub version: Option<String>,
+    /// The cipher suite, when encrypted.
+    pub cipher: Option<String>,
+}
+
+impl From<ferry_core::ConnectionSecurity> for TlsReport {
+    fn from(c: ferry_core::ConnectionSecurity) -> Self {
+        TlsReport {
+            encrypted: c.encrypted,
+            version: c.tls_version,
+            cipher: c.cipher,
+        }
+    }
+}
+
 /// The answer of `GET /sources/{name}/status`.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct SourceReport {
@@ -65,6 +86,9 @@ pub struct SourceReport {
     pub usable: bool,
     /// Why not, when not (no secrets).
     pub error: Option<String>,
+    /// Whether Ferry's connection to it is encrypted, as the server sees it (`pg_stat_ssl`),
+    /// when reachable.
+    pub tls: Option<TlsReport>,
     /// What the server says about itself, when reachable: `server_version`, `wal_level`,
     /// `can_replicate`, `max_replication_slots`, `replication_slots_used`.
     #[schema(value_type = Option<Object>)]
@@ -214,6 +238,7 @@ impl Engine {
             reachable: false,
             usable: false,
             error: None,
+            tls: None,
             facts: None,
             changefeeds: changefeeds.clone(),
             slots: Vec::new(),
@@ -233,6 +258,10 @@ impl Engine {
             }
         };
         report.reachable = true;
+        report.tls = ferry_postgres::connect::connection_security(&client)
+            .await
+            .ok()
+            .map(TlsReport::from);
         let problems = facts.problems();
         report.usable = problems.is_empty();
         report.error = (!problems.is_empty()).then(|| problems.join("; "));

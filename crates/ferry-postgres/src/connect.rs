@@ -1,7 +1,10 @@
-//! Connections with pinned session settings, and PostgreSQL error classification.
+//! Connections with pinned session settings and the URI's TLS, and PostgreSQL error
+//! classification.
 
-use ferry_core::{ConnectionUri, ErrorClass};
+use ferry_core::{ConnectionSecurity, ConnectionUri, ErrorClass, SslMode, TlsOptions};
 use tokio_postgres::{Client, Config, NoTls};
+
+use crate::tls::ClientTls;
 
 /// Session settings that make text output parse back to the same value on another server.
 pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC \
@@ -82,9 +85,15 @@ fn classify(err: &tokio_postgres::Error) -> ErrorClass {
 }
 
 /// The tokio-postgres configuration for `uri`, with Ferry's session settings.
+///
+/// The TLS parameters (`sslmode`, `sslrootcert`, …) are Ferry's own (see
+/// [`ferry_core::TlsOptions`]): tokio-postgres knows only part of them, so they are taken
+/// out and the rest of the URI is handed to its parser; the TLS mode is set from the
+/// parsed options.
 pub fn config(uri: &ConnectionUri, application_name: &str) -> Result<Config, PgError> {
     // The driver gets the effective password (a `password_file` or `password_env` is read
-    // now, on every connect) and never sees Ferry's own parameters.
+    // now, on every connect) and never sees Ferry's own parameters (references, TLS).
+    let tls = tls_options(uri)?;
     let connection_string = uri.connection_string().map_err(|e| {
         PgError::other(
             format!("connect to {}", uri.masked()),
@@ -95,6 +104,13 @@ pub fn config(uri: &ConnectionUri, application_name: &str) -> Result<Config, PgE
     let mut config: Config = connection_string
         .parse()
         .map_err(|_| PgError::definite(format!("cannot use connection URI {}", uri.masked())))?;
+    config.ssl_mode(match tls.mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
     config.options(SESSION_OPTIONS);
     config.application_name(application_name);
     config.connect_timeout(std::time::Duration::from_secs(10));
@@ -102,17 +118,104 @@ pub fn config(uri: &ConnectionUri, application_name: &str) -> Result<Config, PgE
     Ok(config)
 }
 
-/// Connects and drives the connection on a background task.
+/// The URI's TLS options (already validated when the URI was accepted).
+pub(crate) fn tls_options(uri: &ConnectionUri) -> Result<TlsOptions, PgError> {
+    TlsOptions::from_uri(uri).map_err(|e| PgError::definite(e.to_string()))
+}
+
+/// Connects and drives the connection on a background task, with TLS as the URI says.
 pub async fn connect(uri: &ConnectionUri, application_name: &str) -> Result<Client, PgError> {
     let config = config(uri, application_name)?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| PgError::new(format!("connect to {}", uri.masked()), e))?;
+    let options = tls_options(uri)?;
+    let what = || format!("connect to {}", uri.masked());
+    let failed = |e: tokio_postgres::Error| match crate::tls::explain(&e, &options, uri.host()) {
+        Some(reason) => PgError::other(format!("{}: {reason}", what()), ErrorClass::Definite, e),
+        None => PgError::new(what(), e),
+    };
+    let client = match ClientTls::for_options(&options)? {
+        None => {
+            let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        }
+        Some(tls) => {
+            let (client, connection) = config.connect(tls.connector()).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        }
+    };
+    Ok(client)
+}
+
+fn spawn_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "postgres connection closed");
         }
     });
-    Ok(client)
+}
+
+/// Whether this session is encrypted, and how, from the server's own `pg_stat_ssl`.
+pub async fn connection_security(client: &Client) -> Result<ConnectionSecurity, PgError> {
+    let row = client
+        .query_one(
+            "SELECT ssl, version, cipher FROM pg_catalog.pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::new("read pg_stat_ssl", e))?;
+    Ok(ConnectionSecurity {
+        encrypted: row.get(0),
+        tls_version: row.get(1),
+        cipher: row.get(2),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::{Host, SslMode as PgSslMode};
+
+    fn config_for(uri: &str) -> Config {
+        config(&ferry_core::parse_postgres_uri(uri).unwrap(), "test").unwrap()
+    }
+
+    #[test]
+    fn tls_parameters_are_ferrys_and_the_rest_reaches_the_driver() {
+        let config = config_for(
+            "postgresql://app:p%40ss@db.example:5433/shop?sslmode=verify-full\
+             &sslrootcert=/etc/ca.pem&sslsni=0&connect_timeout=3&target_session_attrs=read-write",
+        );
+        assert_eq!(config.get_ssl_mode(), PgSslMode::Require);
+        assert_eq!(config.get_user(), Some("app"));
+        assert_eq!(config.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(config.get_dbname(), Some("shop"));
+        assert_eq!(config.get_ports(), &[5433]);
+        assert_eq!(config.get_hosts(), &[Host::Tcp("db.example".into())]);
+        // Ferry's own settings win over the URI's.
+        assert_eq!(
+            config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(10))
+        );
+        assert_eq!(config.get_application_name(), Some("test"));
+    }
+
+    #[test]
+    fn modes_map_to_the_drivers() {
+        for (mode, expected) in [
+            ("disable", PgSslMode::Disable),
+            ("prefer", PgSslMode::Prefer),
+            ("require", PgSslMode::Require),
+        ] {
+            let uri = format!("postgres://u@h/db?sslmode={mode}");
+            assert_eq!(config_for(&uri).get_ssl_mode(), expected, "{mode}");
+        }
+        assert_eq!(
+            config_for("postgres://u@h/db").get_ssl_mode(),
+            PgSslMode::Prefer
+        );
+    }
 }

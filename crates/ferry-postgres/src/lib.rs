@@ -26,6 +26,11 @@
 //!   Ferry created (it never drops or rewrites another).
 //!
 //! # Sessions
+//! Every connection follows the URI's TLS options (libpq's `sslmode`, `sslrootcert`, …,
+//! parsed once by [`ferry_core::TlsOptions`]): [`tls`] builds the rustls client (ring) and
+//! explains failures; the replication session, whose client library cannot use it, is
+//! relayed through a private Unix socket by the `tunnel` module.
+//!
 //! Every connection pins `DateStyle=ISO`, `IntervalStyle=postgres`, `TimeZone=UTC`,
 //! `extra_float_digits=3` and `bytea_output=hex`, so the text a source prints is the text
 //! a target parses back to the same value.
@@ -39,5 +44,7 @@ pub mod sink;
 pub mod slot;
 pub mod snapshot;
 pub mod source;
+pub mod tls;
+mod tunnel;
 
 pub use connect::PgError;

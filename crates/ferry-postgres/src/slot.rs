@@ -12,6 +12,7 @@
 
 use ferry_core::{ConnectionUri, ErrorClass, Lsn, TableId};
 use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
+
 use tokio_postgres::Client;
 
 use crate::connect::SESSION_OPTIONS;
@@ -243,6 +244,27 @@ pub async fn drop_all(client: &Client, names: &SlotNames) -> Result<(), PgError>
     Ok(())
 }
 
+/// Where and how to open a replication session: the protocol settings and the source URI
+/// (whose TLS options the session follows).
+#[derive(Clone)]
+pub struct ReplicationTarget {
+    config: ReplicationConfig,
+    uri: ConnectionUri,
+}
+
+impl ReplicationTarget {
+    /// The replication slot the session uses.
+    pub fn slot(&self) -> &str {
+        &self.config.slot
+    }
+
+    /// Opens the session without starting replication (see
+    /// [`ReplicationClient::connect_gated`]), with TLS as the URI says.
+    pub async fn connect_gated(self) -> Result<ReplicationClient, PgError> {
+        crate::tunnel::connect_gated(self.config, &self.uri).await
+    }
+}
+
 /// A replication-protocol configuration for `slot` on the source `uri`. Reads the password
 /// now when the URI gives it by reference; fails (definite) when it cannot.
 pub fn replication_config(
@@ -250,7 +272,7 @@ pub fn replication_config(
     names: &SlotNames,
     start: Lsn,
     application_name: &str,
-) -> Result<ReplicationConfig, PgError> {
+) -> Result<ReplicationTarget, PgError> {
     let password = uri.password().map_err(|e| {
         PgError::other(
             format!("open replication session to {}", uri.masked()),
@@ -258,7 +280,7 @@ pub fn replication_config(
             e,
         )
     })?;
-    Ok(ReplicationConfig::new(
+    let config = ReplicationConfig::new(
         uri.host(),
         uri.user(),
         password.unwrap_or_default(),
@@ -276,7 +298,11 @@ pub fn replication_config(
     .with_application_name(application_name)
     .with_status_interval(std::time::Duration::from_secs(1))
     .with_wakeup_interval(std::time::Duration::from_secs(5))
-    .with_buffer_size(4096))
+    .with_buffer_size(4096);
+    Ok(ReplicationTarget {
+        config,
+        uri: uri.clone(),
+    })
 }
 
 /// A slot just created, with the snapshot it exported.
@@ -294,13 +320,11 @@ pub struct CreatedSlot {
 /// Opens a gated replication session and creates the slot named in `config` with an
 /// exported snapshot. A `temporary` slot disappears with the session.
 pub async fn create_slot_with_snapshot(
-    config: ReplicationConfig,
+    target: ReplicationTarget,
     temporary: bool,
 ) -> Result<CreatedSlot, PgError> {
-    let slot = config.slot.clone();
-    let mut session = ReplicationClient::connect_gated(config)
-        .await
-        .map_err(|e| replication_error("open replication session", e))?;
+    let slot = target.slot().to_owned();
+    let mut session = target.connect_gated().await?;
     let sql = format!(
         "CREATE_REPLICATION_SLOT {} {} LOGICAL pgoutput (SNAPSHOT 'export')",
         ferry_core::quote_ident(&slot),
@@ -331,6 +355,12 @@ pub async fn create_slot_with_snapshot(
 
 /// Wraps a replication-client error with its class.
 pub fn replication_error(what: &str, err: pgwire_replication::PgWireError) -> PgError {
+    let text = err.to_string();
+    if text.contains("no pg_hba.conf entry") && text.contains("no encryption") {
+        use crate::tls::{SERVER_REQUIRES_SSL, SERVER_REQUIRES_SSL_HINT};
+        let what = format!("{what}: {SERVER_REQUIRES_SSL} ({SERVER_REQUIRES_SSL_HINT})");
+        return PgError::other(what, ErrorClass::Definite, err);
+    }
     let class = if err.is_transient() || err.is_io() {
         ErrorClass::Transient
     } else {

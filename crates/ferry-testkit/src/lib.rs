@@ -45,5 +45,5 @@ mod server_user;
 pub mod wait;
 
 pub use ferry::FerryServer;
-pub use postgres::{pg_bin_dir, PgCluster, PgOptions};
+pub use postgres::{pg_bin_dir, PgCluster, PgOptions, ServerTls};
 pub use wait::{wait_for, wait_for_async};

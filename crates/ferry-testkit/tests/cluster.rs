@@ -66,6 +66,7 @@ async fn password_cluster_rejects_a_wrong_password() {
     let cluster = PgCluster::start_with(PgOptions {
         password: Some("s3cret:@/".to_owned()),
         extra_conf: vec![("wal_sender_timeout".to_owned(), "5s".to_owned())],
+        ..PgOptions::default()
     });
     let uri = cluster.uri("postgres");
     assert!(

@@ -370,6 +370,11 @@ fn sources_namespaces_and_flags() {
         .fails(CONFLICT, "SOURCE_ALREADY_EXISTS");
     let status = cli.run(&["source", "status", "shop-db"]);
     assert!(has_field(status.ok(), "usable", "true"), "{status:?}");
+    // The test cluster has no SSL: the default sslmode=prefer falls back to plain.
+    assert!(
+        has_field(status.ok(), "connection", "not encrypted"),
+        "{status:?}"
+    );
 
     // A changefeed on the named source, created stopped with flags only.
     let cf = cli.run(&[

@@ -47,6 +47,12 @@ pub enum UriError {
         /// The missing part.
         part: &'static str,
     },
+    /// A query parameter has a value Ferry cannot use (for example `sslmode=bogus`).
+    #[error("invalid URI parameter: {reason}")]
+    InvalidParameter {
+        /// What is wrong, without the URI itself.
+        reason: String,
+    },
     /// The password is given more than one way, or a reference is malformed.
     #[error("{reason}")]
     PasswordReference {
@@ -116,7 +122,8 @@ impl ConnectionUri {
     }
 
     /// The URI for a driver that parses libpq URIs: Ferry's own parameters
-    /// (`password_file`, `password_env`) removed and a referenced password, read now, put
+    /// (`password_file`, `password_env`, and the TLS options Ferry applies itself, see
+    /// [`crate::TlsOptions`]) removed and a referenced password, read now, put
     /// in the userinfo; so the driver uses the password [`ConnectionUri::password`] returns
     /// (also for a stored URI with two, see `parse_stored`). Holds the secret: never print
     /// it.
@@ -132,7 +139,10 @@ impl ConnectionUri {
                 .split('&')
                 .filter(|pair| {
                     let key = percent_decode(pair.split_once('=').map_or(*pair, |(k, _)| k));
-                    !(key == PASSWORD_FILE || key == PASSWORD_ENV || userinfo && key == "password")
+                    !(key == PASSWORD_FILE
+                        || key == PASSWORD_ENV
+                        || userinfo && key == "password"
+                        || crate::tls::TLS_PARAMS.contains(&key.as_str()))
                 })
                 .collect();
             url.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
@@ -280,6 +290,7 @@ fn check_postgres(uri: ConnectionUri) -> Result<ConnectionUri, UriError> {
             part: "a database name (postgres://user@host:5432/dbname)",
         });
     }
+    crate::tls::TlsOptions::from_uri(&uri)?;
     Ok(uri)
 }
 

@@ -358,15 +358,14 @@ impl Runner {
         let session = match session {
             Some(s) => s,
             None => {
-                let config = slot::replication_config(
+                slot::replication_config(
                     &self.config.source_uri,
                     names,
                     start.unwrap_or(Lsn::ZERO),
                     "ferry",
-                )?;
-                ReplicationClient::connect_gated(config)
-                    .await
-                    .map_err(|e| slot::replication_error("open replication session", e))?
+                )?
+                .connect_gated()
+                .await?
             }
         };
         let stream = PgStream::start(session, catalog_client).await?;

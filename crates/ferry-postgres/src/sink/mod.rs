@@ -69,6 +69,15 @@ pub struct PgSink {
     policy: TargetPolicy,
 }
 
+/// A failed connection to the target, keeping the class it was given where it was born.
+pub(crate) fn connect_error(err: crate::PgError) -> SinkError {
+    SinkError::Connect {
+        what: err.what,
+        class: err.class,
+        source: err.source,
+    }
+}
+
 pub(crate) fn statement_error(what: impl Into<String>, err: tokio_postgres::Error) -> SinkError {
     let err = crate::PgError::new(what, err);
     let class = err.class;
@@ -90,10 +99,7 @@ impl PgSink {
     ) -> Result<Self, SinkError> {
         let client = crate::connect::connect(uri, &format!("ferry-sink {changefeed}"))
             .await
-            .map_err(|e| SinkError::Connect {
-                what: e.what.clone(),
-                source: e.source,
-            })?;
+            .map_err(connect_error)?;
         // `synchronous_commit = on` whatever the target's default: the engine tells the
         // source's slot it may discard WAL once `commit_batch` returns, so a commit the target
         // has acknowledged must already be flushed. With the target at `off`, a target crash
@@ -113,10 +119,7 @@ impl PgSink {
                 }
                 Ok(_) => {}
                 Err(e) if e.class == ferry_core::ErrorClass::Transient => {
-                    return Err(SinkError::Connect {
-                        what: e.what.clone(),
-                        source: e.source,
-                    })
+                    return Err(connect_error(e))
                 }
                 Err(e) => {
                     tracing::warn!(changefeed, error = %e.chain(), "cannot compare the target with the source")

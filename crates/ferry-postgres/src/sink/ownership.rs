@@ -365,10 +365,7 @@ pub async fn release(
 ) -> Result<u64, SinkError> {
     let client = crate::connect::connect(uri, &format!("ferry-release {changefeed}"))
         .await
-        .map_err(|e| SinkError::Connect {
-            what: e.what.clone(),
-            source: e.source,
-        })?;
+        .map_err(super::connect_error)?;
     let row = client
         .query_one(
             "SELECT pg_catalog.to_regclass('_ferry.checkpoints') IS NOT NULL",

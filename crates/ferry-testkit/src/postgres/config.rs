@@ -19,6 +19,8 @@ pub struct PgOptions {
     /// Password of the `ferry` superuser. With one, TCP connections need it (SCRAM-SHA-256);
     /// without one, every connection is trusted.
     pub password: Option<String>,
+    /// `ssl = on` with this certificate; see [`ServerTls`].
+    pub tls: Option<ServerTls>,
 }
 
 impl fmt::Debug for PgOptions {
@@ -26,8 +28,60 @@ impl fmt::Debug for PgOptions {
         f.debug_struct("PgOptions")
             .field("extra_conf", &self.extra_conf)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls.as_ref().map(|t| t.hostssl_only))
             .finish()
     }
+}
+
+/// TLS for a test cluster: `ssl = on` with a certificate (from
+/// [`TestCa`](crate::certs::TestCa)), copied into the data directory as `server.crt` and
+/// `server.key` (owned by the server's account, mode 0600).
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The server certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+    /// TCP logins only over TLS (`hostssl` lines, no `host` lines): a client that does not
+    /// encrypt is refused with "no pg_hba.conf entry … no encryption".
+    pub hostssl_only: bool,
+    /// A CA (PEM) whose client certificates TCP logins must present (`ssl_ca_file`, and
+    /// `clientcert=verify-ca` on the `hostssl` lines); only with `hostssl_only`.
+    pub client_ca_pem: Option<String>,
+}
+
+impl ServerTls {
+    /// `issued` as the server certificate, with TCP logins over TLS only.
+    pub fn hostssl_only(issued: &crate::certs::IssuedCert) -> ServerTls {
+        ServerTls {
+            cert_pem: issued.cert_pem.clone(),
+            key_pem: issued.key_pem.clone(),
+            hostssl_only: true,
+            client_ca_pem: None,
+        }
+    }
+}
+
+/// The certificate files in the data directory, as `ssl_cert_file`/`ssl_key_file` name them.
+pub(super) const SERVER_CERT_FILE: &str = "server.crt";
+/// See [`SERVER_CERT_FILE`].
+pub(super) const SERVER_KEY_FILE: &str = "server.key";
+/// See [`SERVER_CERT_FILE`]: the CA of client certificates, when asked for.
+pub(super) const CLIENT_CA_FILE: &str = "client_ca.crt";
+
+/// The settings that turn TLS on with the files above.
+pub(super) fn tls_conf(tls: &ServerTls) -> Vec<(String, String)> {
+    let mut conf = vec![
+        ("ssl", "on"),
+        ("ssl_cert_file", SERVER_CERT_FILE),
+        ("ssl_key_file", SERVER_KEY_FILE),
+    ];
+    if tls.client_ca_pem.is_some() {
+        conf.push(("ssl_ca_file", CLIENT_CA_FILE));
+    }
+    conf.into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// The testkit's server settings for one start attempt on `port`.
@@ -63,19 +117,22 @@ pub(super) fn server_conf(port: u16, socket_dir: &Path, extra_conf: &[(String, S
 }
 
 /// `pg_hba.conf`: local sockets trusted; TCP from loopback for databases and replication,
-/// trusted or, with a password, SCRAM-SHA-256.
-pub(super) fn hba_conf(password_required: bool) -> String {
-    let method = if password_required {
-        "scram-sha-256"
-    } else {
-        "trust"
+/// trusted or, with a password, SCRAM-SHA-256; with `hostssl_only`, TCP over TLS only, and
+/// with `client_cert` also a client certificate signed by the server's `ssl_ca_file`.
+pub(super) fn hba_conf(password_required: bool, hostssl_only: bool, client_cert: bool) -> String {
+    let method = match (password_required, client_cert) {
+        (true, false) => "scram-sha-256",
+        (true, true) => "scram-sha-256 clientcert=verify-ca",
+        (false, false) => "trust",
+        (false, true) => "trust clientcert=verify-ca",
     };
+    let tcp = if hostssl_only { "hostssl" } else { "host   " };
     format!(
         "# Written by ferry-testkit.\n\
-         local all         all                trust\n\
-         local replication all                trust\n\
-         host  all         all  127.0.0.1/32  {method}\n\
-         host  replication all  127.0.0.1/32  {method}\n"
+         local   all         all                trust\n\
+         local   replication all                trust\n\
+         {tcp} all         all  127.0.0.1/32  {method}\n\
+         {tcp} replication all  127.0.0.1/32  {method}\n"
     )
 }
 
@@ -113,9 +170,16 @@ mod tests {
 
     #[test]
     fn hba_method_follows_password() {
-        assert!(hba_conf(false).contains("host  replication all  127.0.0.1/32  trust"));
-        assert!(hba_conf(true).contains("host  all         all  127.0.0.1/32  scram-sha-256"));
-        assert!(hba_conf(true).contains("local all         all                trust"));
+        assert!(
+            hba_conf(false, false, false).contains("host    replication all  127.0.0.1/32  trust")
+        );
+        let scram = hba_conf(true, false, false);
+        assert!(scram.contains("host    all         all  127.0.0.1/32  scram-sha-256"));
+        assert!(scram.contains("local   all         all                trust"));
+        let ssl = hba_conf(true, true, false);
+        assert!(hba_conf(true, true, true).contains("scram-sha-256 clientcert=verify-ca"));
+        assert!(ssl.contains("hostssl all         all  127.0.0.1/32  scram-sha-256"));
+        assert!(!ssl.contains("host "));
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!
 //! The server runs as a direct child of the test process. Clients reach it over TCP on
 //! `127.0.0.1:<port>` as `ferry`, a superuser (so it may also replicate); with
-//! [`PgOptions::password`] set, TCP logins need that password.
+//! [`PgOptions::password`] set, TCP logins need that password. With [`PgOptions::tls`] the
+//! server has `ssl = on` (and, `hostssl_only`, refuses unencrypted TCP logins); the test
+//! kit's own helpers (`psql`, `connect`) use the Unix socket then, which stays trusted.
 //!
 //! The private `process` module documents the file layout, port retries and the readiness
 //! check; `config` documents the server settings.
@@ -31,7 +33,7 @@ use tempfile::TempDir;
 use tokio_postgres::NoTls;
 
 pub use bin_dir::pg_bin_dir;
-pub use config::PgOptions;
+pub use config::{PgOptions, ServerTls};
 
 use crate::server_user::ServerUser;
 
@@ -46,6 +48,8 @@ pub struct PgCluster {
     bin_dir: PathBuf,
     port: u16,
     password: Option<String>,
+    /// TCP logins need TLS: the helpers use the Unix socket instead.
+    hostssl_only: bool,
     server: Child,
     /// Declared last: removed only after `Drop::drop` has stopped the server.
     root: TempDir,
@@ -81,16 +85,22 @@ impl PgCluster {
         }
         let data_dir = root.path().join("data");
         let password = options.password;
+        let hostssl_only = options.tls.as_ref().is_some_and(|t| t.hostssl_only);
 
         process::initdb(&bin_dir, root.path(), &data_dir, password.as_deref(), user);
-        process::configure(&data_dir, password.is_some(), user);
-        let (server, port) =
-            process::start(&bin_dir, root.path(), &data_dir, &options.extra_conf, user);
+        process::configure(&data_dir, password.is_some(), options.tls.as_ref(), user);
+        let mut conf = match &options.tls {
+            Some(tls) => config::tls_conf(tls),
+            None => Vec::new(),
+        };
+        conf.extend(options.extra_conf);
+        let (server, port) = process::start(&bin_dir, root.path(), &data_dir, &conf, user);
 
         PgCluster {
             bin_dir,
             port,
             password,
+            hostssl_only,
             server,
             root,
         }
@@ -137,15 +147,25 @@ impl PgCluster {
     /// Connects to database `db` as `ferry` and spawns the connection task on the current
     /// tokio runtime. Panics if the connection fails.
     pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.uri(db), NoTls)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not connect to {db} on port {}: {}",
-                    self.port,
-                    error_chain(&e)
-                )
-            });
+        let config = match self.hostssl_only {
+            true => {
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host_path(self.root.path())
+                    .port(self.port)
+                    .user(SUPERUSER)
+                    .dbname(db);
+                config
+            }
+            false => self.uri(db).parse().expect("the testkit's URI parses"),
+        };
+        let (client, connection) = config.connect(NoTls).await.unwrap_or_else(|e| {
+            panic!(
+                "could not connect to {db} on port {}: {}",
+                self.port,
+                error_chain(&e)
+            )
+        });
         let db = db.to_owned();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -205,14 +225,11 @@ impl PgCluster {
     /// A client tool (`psql`, `pgbench`) pointed at this server as `ferry`.
     fn client_command(&self, tool: &str) -> Command {
         let mut command = Command::new(self.bin_dir.join(tool));
-        command.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            SUPERUSER,
-        ]);
+        let host = match self.hostssl_only {
+            true => self.root.path().to_string_lossy().into_owned(),
+            false => "127.0.0.1".to_owned(),
+        };
+        command.args(["-h", &host, "-p", &self.port.to_string(), "-U", SUPERUSER]);
         match &self.password {
             Some(password) => command.env("PGPASSWORD", password),
             None => command.env_remove("PGPASSWORD"),

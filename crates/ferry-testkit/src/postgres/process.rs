@@ -28,7 +28,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::config::{hba_conf, server_conf, TESTKIT_CONF_FILE};
+use super::config::{
+    hba_conf, server_conf, ServerTls, CLIENT_CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE,
+    TESTKIT_CONF_FILE,
+};
 use super::SUPERUSER;
 use crate::server_user::ServerUser;
 
@@ -98,7 +101,12 @@ pub(super) fn initdb(
 }
 
 /// Points `postgresql.conf` at the testkit's settings file and replaces `pg_hba.conf`.
-pub(super) fn configure(data_dir: &Path, password_required: bool, user: Option<&ServerUser>) {
+pub(super) fn configure(
+    data_dir: &Path,
+    password_required: bool,
+    tls: Option<&ServerTls>,
+    user: Option<&ServerUser>,
+) {
     let conf_path = data_dir.join("postgresql.conf");
     let mut conf = OpenOptions::new()
         .append(true)
@@ -108,9 +116,24 @@ pub(super) fn configure(data_dir: &Path, password_required: bool, user: Option<&
         .unwrap_or_else(|e| panic!("could not write {}: {e}", conf_path.display()));
     write_server_file(
         &data_dir.join("pg_hba.conf"),
-        &hba_conf(password_required),
+        &hba_conf(
+            password_required,
+            tls.is_some_and(|t| t.hostssl_only),
+            tls.is_some_and(|t| t.hostssl_only && t.client_ca_pem.is_some()),
+        ),
         user,
     );
+    if let Some(tls) = tls {
+        write_server_file(&data_dir.join(SERVER_CERT_FILE), &tls.cert_pem, user);
+        if let Some(ca) = &tls.client_ca_pem {
+            write_server_file(&data_dir.join(CLIENT_CA_FILE), ca, user);
+        }
+        let key = data_dir.join(SERVER_KEY_FILE);
+        write_server_file(&key, &tls.key_pem, user);
+        // PostgreSQL refuses a key file others can read.
+        fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("could not chmod {}: {e}", key.display()));
+    }
 }
 
 /// Starts `postgres -D data_dir` on a free port and waits until it accepts connections.

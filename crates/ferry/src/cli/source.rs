@@ -201,6 +201,21 @@ pub(crate) async fn run(mut context: Context, command: SourceCommand) -> Result<
     }
 }
 
+/// `encrypted (TLSv1.3, TLS_AES_256_GCM_SHA384)` or `not encrypted`.
+fn connection_text(tls: &serde_json::Map<String, Value>) -> String {
+    if tls.get("encrypted") != Some(&Value::Bool(true)) {
+        return "not encrypted".into();
+    }
+    let details: Vec<&str> = ["version", "cipher"]
+        .iter()
+        .filter_map(|k| tls.get(*k).and_then(Value::as_str))
+        .collect();
+    match details.is_empty() {
+        true => "encrypted".into(),
+        false => format!("encrypted ({})", details.join(", ")),
+    }
+}
+
 /// `GET /sources/{name}/status` for people.
 fn status_text(status: &Value) -> String {
     let field = |key: &str| cell(status.get(key));
@@ -214,6 +229,9 @@ fn status_text(status: &Value) -> String {
     ];
     if let Some(error) = status.get("error").and_then(Value::as_str) {
         pairs.push(("error".into(), error.to_string()));
+    }
+    if let Some(tls) = status.get("tls").and_then(Value::as_object) {
+        pairs.push(("connection".into(), connection_text(tls)));
     }
     if let Some(facts) = status.get("facts").and_then(Value::as_object) {
         for (key, value) in facts {
@@ -257,4 +275,24 @@ fn report(context: &Context, answer: &Value, sentence: String) -> Result<u8, Cli
         format => print_doc(format, answer)?,
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_text_says_encrypted_and_how() {
+        let tls = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            connection_text(&tls(serde_json::json!({
+                "encrypted": true, "version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"
+            }))),
+            "encrypted (TLSv1.3, TLS_AES_256_GCM_SHA384)"
+        );
+        assert_eq!(
+            connection_text(&tls(serde_json::json!({"encrypted": false}))),
+            "not encrypted"
+        );
+    }
 }

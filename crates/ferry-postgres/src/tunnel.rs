@@ -1,0 +1,150 @@
+//! The replication session's TLS, done by Ferry and relayed over a private Unix socket.
+//!
+//! pgwire-replication speaks the replication protocol but brings TLS only through its
+//! `tls-rustls` feature, whose dependencies (rustls and tokio-rustls with their default
+//! features) compile in a second crypto provider, aws-lc-rs. So Ferry opens the connection
+//! itself, with the same [`ClientTls`] as every other session (same verification, same
+//! errors), and hands the library a Unix socket instead of a host:
+//!
+//! ```text
+//! ReplicationClient ──unix socket──► relay task ──TLS (rustls, ring)──► PostgreSQL
+//!                   (0700 temp dir, one connection, removed once accepted)
+//! ```
+//!
+//! The library authenticates over the relayed bytes exactly as over TCP. The socket lives
+//! in a fresh directory only Ferry's user can enter and is unlinked as soon as the one
+//! expected connection arrives, so no other local process can reach the session.
+
+use std::time::Duration;
+
+use ferry_core::ErrorClass::{Definite, Transient};
+use ferry_core::{ConnectionUri, SslMode, TlsOptions};
+use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener};
+
+use crate::tls::{self, ClientTls};
+use crate::PgError;
+
+/// How long the TCP connect and the TLS handshake may take, as for other sessions.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the relay waits for the library to connect to it.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `SSLRequest`: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Opens a gated replication session for `config` with the TLS that `uri` asks for.
+pub(crate) async fn connect_gated(
+    mut config: ReplicationConfig,
+    uri: &ConnectionUri,
+) -> Result<ReplicationClient, PgError> {
+    let options = crate::connect::tls_options(uri)?;
+    config.tls = TlsConfig::disabled();
+    let Some(tls) = ClientTls::for_options(&options)? else {
+        return ReplicationClient::connect_gated(config)
+            .await
+            .map_err(|e| crate::slot::replication_error("open replication session", e));
+    };
+    let Some(stream) = open(uri, &options, &tls).await? else {
+        // `prefer` and the server has no SSL: connect directly, nothing to relay.
+        return ReplicationClient::connect_gated(config)
+            .await
+            .map_err(|e| crate::slot::replication_error("open replication session", e));
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-repl-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| PgError::other("create the replication relay's directory", Transient, e))?;
+    let port = uri.port_or(5432);
+    let listener = UnixListener::bind(dir.path().join(format!(".s.PGSQL.{port}")))
+        .map_err(|e| PgError::other("open the replication relay's socket", Transient, e))?;
+    config.host = dir.path().to_string_lossy().into_owned();
+    config.port = port;
+    tokio::spawn(relay(listener, dir, stream));
+    ReplicationClient::connect_gated(config)
+        .await
+        .map_err(|e| crate::slot::replication_error("open replication session", e))
+}
+
+type ServerStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// TCP connect, SSL negotiation and the TLS handshake, with errors explained. `None` when
+/// the server declines SSL and `sslmode=prefer` allows that.
+async fn open(
+    uri: &ConnectionUri,
+    options: &TlsOptions,
+    tls: &ClientTls,
+) -> Result<Option<ServerStream>, PgError> {
+    let what = format!("open replication session to {}", uri.masked());
+    let timed_out = || PgError::definite(format!("{what}: timed out after {CONNECT_TIMEOUT:?}"));
+    let host = uri.host().to_owned();
+    let connect = TcpStream::connect((
+        host.trim_start_matches('[').trim_end_matches(']'),
+        uri.port_or(5432),
+    ));
+    let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| PgError::other(what.clone(), Transient, e))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| PgError::other(what.clone(), Transient, e))?;
+    let mut answer = [0u8; 1];
+    let negotiate = async {
+        tcp.write_all(&SSL_REQUEST).await?;
+        tcp.read_exact(&mut answer).await
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, negotiate)
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| PgError::other(what.clone(), Transient, e))?;
+    if answer[0] != b'S' {
+        if options.mode == SslMode::Prefer {
+            return Ok(None);
+        }
+        return Err(PgError::definite(format!(
+            "{what}: {}",
+            tls::server_without_ssl(options)
+        )));
+    }
+    let name = tls::server_name(&host).map_err(|e| PgError::other(what.clone(), Definite, e))?;
+    let handshake = tls.rustls_connector().connect(name, tcp);
+    match tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| timed_out())?
+    {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) => {
+            let e = tls::unwrap_rustls(e);
+            match tls::explain(e.as_ref(), options, &host) {
+                Some(reason) => Err(PgError::other(format!("{what}: {reason}"), Definite, e)),
+                None => Err(PgError::other(what, Transient, e)),
+            }
+        }
+    }
+}
+
+/// Accepts the library's one connection, removes the socket, then copies both ways until
+/// either side closes.
+async fn relay(listener: UnixListener, dir: tempfile::TempDir, mut server: ServerStream) {
+    let accepted = tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept()).await;
+    drop(listener);
+    drop(dir);
+    let mut client = match accepted {
+        Ok(Ok((client, _))) => client,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "replication relay: accept failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("replication relay: the replication client never connected");
+            return;
+        }
+    };
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        tracing::debug!(error = %e, "replication relay closed");
+    }
+    let _ = server.shutdown().await;
+}
