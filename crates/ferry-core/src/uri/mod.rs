@@ -468,7 +468,7 @@ mod tests {
         let file = dir.join("pw");
         std::fs::write(&file, "p@ss word/é\r\n").unwrap();
         let text = format!(
-            "postgres://app@db:5433/shop?password_file={}&sslmode=disable",
+            "postgres://app@db:5433/shop?password_file={}&sslmode=disable&connect_timeout=5",
             file.display()
         );
         let uri = parse_postgres_uri(&text).unwrap();
@@ -476,7 +476,8 @@ mod tests {
         assert_eq!(uri.password().unwrap().as_deref(), Some("p@ss word/é"));
         assert_eq!(uri.masked(), text, "a reference is not secret");
         let driver: Url = uri.connection_string().unwrap().parse().unwrap();
-        assert_eq!(driver.query(), Some("sslmode=disable"));
+        // Ferry's own parameters (references, TLS) are not the driver's; the rest are.
+        assert_eq!(driver.query(), Some("connect_timeout=5"));
         assert_eq!(percent_decode(driver.password().unwrap()), "p@ss word/é");
         assert_eq!(driver.port(), Some(5433));
 
