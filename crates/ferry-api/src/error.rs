@@ -49,6 +49,10 @@ pub enum ErrorCode {
     SourceNotFound,
     /// Changefeeds use the source.
     SourceInUse,
+    /// No token, or a token that is not valid (HTTP 401).
+    Unauthorized,
+    /// The token's role does not allow the request: a `read` token on a write (HTTP 403).
+    Forbidden,
     /// No such route.
     NotFound,
     /// The route exists, the method does not.

@@ -1,7 +1,7 @@
 //! The HTTP API (`/api/v2`): an axum router over the [`Engine`].
 //!
 //! ```text
-//! request ─► routes.rs ─► extract.rs (body ≤ 1 MiB, JSON, query, path: every rejection an
+//! request ─► auth.rs (token, role; 401/403 before routing) ─► routes.rs ─► extract.rs (body ≤ 1 MiB, JSON, query, path: every rejection an
 //!            │             ApiError) ─► changefeeds.rs / sources.rs / server.rs ─► Engine
 //!            └─► /metrics (metrics.rs), /api/v2/openapi.json (openapi.rs)
 //! ```
@@ -13,6 +13,7 @@
 //! [`mask_secrets`]. Handlers never touch a running changefeed except through the engine's
 //! operations, so bad input cannot disturb one.
 
+pub mod auth;
 mod changefeeds;
 mod error;
 mod extract;
@@ -41,6 +42,8 @@ pub struct ApiOptions {
     pub node_id: String,
     /// When the process started (for `uptime_seconds`).
     pub started_at: SystemTime,
+    /// Who may call the API (default: everyone; see [`auth`]).
+    pub access: auth::AccessPolicy,
 }
 
 impl Default for ApiOptions {
@@ -54,6 +57,7 @@ impl Default for ApiOptions {
         ApiOptions {
             node_id: format!("{host}-{}", std::process::id()),
             started_at: SystemTime::now(),
+            access: auth::AccessPolicy::default(),
         }
     }
 }
@@ -74,11 +78,15 @@ pub fn router(engine: Arc<Engine>) -> Router {
 /// The API router for `engine`, reporting `options` in `GET /api/v2/status`. Installs the
 /// process's metrics recorder on first use.
 pub fn router_with(engine: Arc<Engine>, options: ApiOptions) -> Router {
-    routes::router(AppState {
-        engine,
-        options: Arc::new(options),
-        prometheus: metrics::handle(),
-    })
+    let access = Arc::new(options.access.clone());
+    routes::router(
+        access,
+        AppState {
+            engine,
+            options: Arc::new(options),
+            prometheus: metrics::handle(),
+        },
+    )
 }
 
 /// The OpenAPI document (the same as `GET /api/v2/openapi.json` serves), as JSON.

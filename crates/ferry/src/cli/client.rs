@@ -4,13 +4,15 @@
 //! kind of failure it was ([`super::exit`]) and whose message carries the API's
 //! `error_code` and `error_msg`. A `404` with the code `NOT_FOUND` means the *route* is
 //! unknown (a server older than this CLI), which is reported as such rather than as a
-//! missing changefeed.
+//! missing changefeed. A `401` or `403` exits with [`super::exit::UNAUTHORIZED`], whatever
+//! the route, with a hint about the token.
 
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
+use super::credentials::Credentials;
 use super::{exit, CliError};
 
 /// Longest wait for a TCP connection to the server.
@@ -24,29 +26,42 @@ pub(crate) struct ApiClient {
     http: reqwest::Client,
     base: Url,
     namespace: String,
+    token: Option<ferry_api::auth::ApiToken>,
 }
 
 impl ApiClient {
-    /// A client of the server at `server` (`http://host:port`).
-    pub(crate) fn new(server: &str, namespace: &str) -> Result<ApiClient, CliError> {
+    /// A client of the server at `server` (`http://host:port` or `https://host:port`).
+    pub(crate) fn new(
+        server: &str,
+        namespace: &str,
+        credentials: &Credentials,
+    ) -> Result<ApiClient, CliError> {
         let base = Url::parse(server.trim())
             .ok()
-            .filter(|u| u.scheme() == "http" && u.host_str().is_some())
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
             .ok_or_else(|| {
                 CliError::usage(format!(
-                    "--server {}: expected http://HOST:PORT",
+                    "--server {}: expected http://HOST:PORT or https://HOST:PORT",
                     super::secrets::mask_text(server)
                 ))
             })?;
-        let http = reqwest::Client::builder()
+        // reqwest checks for a process-wide provider even for http://; ring is the only one
+        // in the binary. An error means it is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        if base.scheme() == "https" {
+            builder = builder.tls_backend_preconfigured(credentials.tls_config()?);
+        }
+        let http = builder
             .build()
             .map_err(|e| CliError::new(exit::FAILURE, format!("build the HTTP client: {e}")))?;
         Ok(ApiClient {
             http,
             base,
             namespace: namespace.to_string(),
+            token: credentials.token.clone(),
         })
     }
 
@@ -116,6 +131,9 @@ impl ApiClient {
     ) -> Result<Value, CliError> {
         let url = self.url(segments, query);
         let mut request = self.http.request(method.clone(), url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -175,6 +193,18 @@ fn api_error(method: &Method, url: &Url, status: StatusCode, body: Option<&Value
         .and_then(|b| b.get("error_msg"))
         .and_then(Value::as_str)
         .unwrap_or("");
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let hint = if status == StatusCode::UNAUTHORIZED {
+            "give a token of the server's token file with --token-file FILE, FERRY_TOKEN or --token"
+        } else {
+            "this needs a token with the role admin"
+        };
+        return CliError::new(
+            exit::UNAUTHORIZED,
+            format!("{}: {message}", code.unwrap_or(status.as_str())),
+        )
+        .with_hint(hint);
+    }
     let Some(code) = code else {
         return CliError::new(
             exit::SERVER_ERROR,
@@ -208,14 +238,16 @@ mod tests {
 
     #[test]
     fn urls_are_encoded_and_namespaced() {
-        let client = ApiClient::new("http://127.0.0.1:8300/", "team-a").unwrap();
+        let none = Credentials::default();
+        let client = ApiClient::new("http://127.0.0.1:8300/", "team-a", &none).unwrap();
         let url = client.url(&["changefeeds", "a b/c"], &[("state", "running")]);
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:8300/api/v2/changefeeds/a%20b%2Fc?namespace=team-a&state=running"
         );
-        assert!(ApiClient::new("127.0.0.1:8300", "default").is_err());
-        assert!(ApiClient::new("ftp://x", "default").is_err());
+        assert!(ApiClient::new("127.0.0.1:8300", "default", &none).is_err());
+        assert!(ApiClient::new("ftp://x", "default", &none).is_err());
+        assert!(ApiClient::new("https://h:8300", "default", &none).is_ok());
     }
 
     #[test]
@@ -229,6 +261,8 @@ mod tests {
             (413, "REQUEST_BODY_TOO_LARGE", exit::REJECTED),
             (500, "INTERNAL", exit::SERVER_ERROR),
             (404, "NOT_FOUND", exit::SERVER_ERROR),
+            (401, "UNAUTHORIZED", exit::UNAUTHORIZED),
+            (403, "FORBIDDEN", exit::UNAUTHORIZED),
         ] {
             let status = StatusCode::from_u16(status).unwrap();
             let err = api_error(&Method::GET, &url, status, Some(&body(code)));
