@@ -68,6 +68,8 @@ pub(crate) struct AppState {
     pub(crate) engine: Arc<Engine>,
     pub(crate) options: Arc<ApiOptions>,
     pub(crate) prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Whether requests need a token (the OpenAPI document says so then).
+    pub(crate) bearer_auth: bool,
 }
 
 /// The API router for `engine`, with default [`ApiOptions`].
@@ -79,9 +81,11 @@ pub fn router(engine: Arc<Engine>) -> Router {
 /// process's metrics recorder on first use.
 pub fn router_with(engine: Arc<Engine>, options: ApiOptions) -> Router {
     let access = Arc::new(options.access.clone());
+    let bearer_auth = access.tokens.is_some();
     routes::router(
         access,
         AppState {
+            bearer_auth,
             engine,
             options: Arc::new(options),
             prometheus: metrics::handle(),
@@ -89,7 +93,9 @@ pub fn router_with(engine: Arc<Engine>, options: ApiOptions) -> Router {
     )
 }
 
-/// The OpenAPI document (the same as `GET /api/v2/openapi.json` serves), as JSON.
-pub fn openapi_json() -> String {
-    serde_json::to_string_pretty(&openapi::spec()).expect("the OpenAPI document serializes")
+/// The OpenAPI document (the same as `GET /api/v2/openapi.json` serves), as JSON;
+/// `bearer_auth`: as a server with tokens serves it.
+pub fn openapi_json(bearer_auth: bool) -> String {
+    serde_json::to_string_pretty(&openapi::spec(bearer_auth))
+        .expect("the OpenAPI document serializes")
 }

@@ -1,6 +1,6 @@
 //! The route table.
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -57,6 +57,6 @@ pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(access, auth::guard))
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::openapi::spec())
+async fn openapi(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::openapi::spec(state.bearer_auth))
 }

@@ -135,6 +135,11 @@ fn every_route_of_the_openapi_document_checks_the_token() {
     // Metrics stay open by default.
     let (status, _) = server.request_as(None, "GET", "/metrics", None);
     assert_eq!(status, 200);
+    // A server without tokens declares no security requirement (its requests succeed).
+    let open = FerryServer::start(binary());
+    let (_, open_doc) = open.get("/api/v2/openapi.json");
+    assert!(open_doc.get("security").is_none(), "{open_doc}");
+    assert!(doc["security"].is_array(), "{doc}");
 
     let log = log_without_tokens(&server);
     assert!(
@@ -434,6 +439,10 @@ fn client_certificates_must_carry_an_allowed_cn() {
         let (code, out) = with_cert(cert);
         assert_eq!(code, UNREACHABLE, "{what}: {out}");
     }
+    // SIGTERM shuts the HTTPS server down gracefully.
+    let mut server = server;
+    server.stop();
     let log = log_without_tokens(&server);
     assert!(log.contains("its CN is not in tls.allowed_cn"), "{log}");
+    assert!(log.contains("shutting down"), "{log}");
 }
