@@ -175,12 +175,28 @@ impl ApiClient {
             exit::UNREACHABLE,
             format!("{what} the ferry server at {}: {cause}", self.server()),
         )
-        .with_hint("start one with `ferry server`, or point --server or FERRY_SERVER at it")
+        .with_hint(unreachable_hint(&cause))
     }
 
     /// The server's base URL as given.
     pub(crate) fn server(&self) -> String {
         self.base.as_str().trim_end_matches('/').to_string()
+    }
+}
+
+/// What to do about a connection that failed with `cause` (the innermost error).
+fn unreachable_hint(cause: &str) -> &'static str {
+    let cause = cause.to_ascii_lowercase();
+    if cause.contains("certificate") && cause.contains("peer") {
+        "the server's certificate is not trusted: pass --ca FILE (or FERRY_CA) with the CA \
+         that signed it"
+    } else if cause.contains("alert") || cause.contains("certificate") {
+        "the server refused the TLS handshake: it may require a client certificate \
+         (--cert FILE --key FILE) signed by its CA, with an allowed CN"
+    } else if cause.contains("invalid http version") {
+        "the server may serve HTTPS: use an https:// URL"
+    } else {
+        "start one with `ferry server`, or point --server or FERRY_SERVER at it"
     }
 }
 
