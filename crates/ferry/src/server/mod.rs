@@ -214,23 +214,23 @@ fn load_access(settings: &Settings) -> Result<AccessPolicy, String> {
 
 /// Logs how the API is protected; loudly when it is not.
 fn log_access(settings: &Settings, access: &AccessPolicy, https: bool) {
-    match &access.tokens {
-        Some(tokens) => {
-            info!(
-                file = %settings.auth_token_file.as_deref().unwrap_or_else(|| "".as_ref()).display(),
-                names = %tokens.names().join(","),
-                metrics_auth = access.metrics_auth,
-                "API tokens loaded"
-            );
-            warn_if_readable_by_others(settings.auth_token_file.as_deref());
-        }
-        None if settings.insecure_no_auth && !settings.addr.ip().is_loopback() => warn!(
+    if let (Some(tokens), Some(file)) = (&access.tokens, &settings.auth_token_file) {
+        info!(
+            file = %file.display(),
+            names = %tokens.names().join(","),
+            metrics_auth = access.metrics_auth,
+            "API tokens loaded"
+        );
+        warn_if_readable_by_others(file);
+    } else if settings.insecure_no_auth && !settings.addr.ip().is_loopback() {
+        warn!(
             addr = %settings.addr,
             "INSECURE: the API has no authentication (--insecure-no-auth) and listens on a \
              non-loopback address: anyone who can reach it can create, change and delete \
              changefeeds and read their configuration"
-        ),
-        None => info!("API authentication off (loopback address, no auth_token_file)"),
+        );
+    } else {
+        info!("API authentication off (loopback address, no auth_token_file)");
     }
     if https {
         info!(
@@ -241,9 +241,8 @@ fn log_access(settings: &Settings, access: &AccessPolicy, https: bool) {
     }
 }
 
-fn warn_if_readable_by_others(path: Option<&std::path::Path>) {
+fn warn_if_readable_by_others(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
-    let Some(path) = path else { return };
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
             warn!(
