@@ -57,6 +57,13 @@ impl ApiClient {
         let http = builder
             .build()
             .map_err(|e| CliError::new(exit::FAILURE, format!("build the HTTP client: {e}")))?;
+        if credentials.token.is_some() && sends_token_in_clear(&base) {
+            eprintln!(
+                "warning: the API token goes to {} over plain http, readable on the network; \
+                 serve HTTPS (--tls-cert, --tls-key) and use https://",
+                base.host_str().unwrap_or_default()
+            );
+        }
         Ok(ApiClient {
             http,
             base,
@@ -184,6 +191,18 @@ impl ApiClient {
     }
 }
 
+/// Whether a token sent to `base` crosses a network unencrypted: `http://` to anything but
+/// a loopback address or `localhost`.
+fn sends_token_in_clear(base: &Url) -> bool {
+    let loopback = match base.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    base.scheme() == "http" && !loopback
+}
+
 /// What to do about a connection that failed with `cause` (the innermost error).
 fn unreachable_hint(cause: &str) -> &'static str {
     let cause = cause.to_ascii_lowercase();
@@ -264,6 +283,24 @@ mod tests {
         assert!(ApiClient::new("127.0.0.1:8300", "default", &none).is_err());
         assert!(ApiClient::new("ftp://x", "default", &none).is_err());
         assert!(ApiClient::new("https://h:8300", "default", &none).is_ok());
+    }
+
+    #[test]
+    fn tokens_in_clear_are_noticed() {
+        for (url, clear) in [
+            ("http://127.0.0.1:8300", false),
+            ("http://localhost:8300", false),
+            ("http://[::1]:8300", false),
+            ("https://ferry.internal:8300", false),
+            ("http://ferry.internal:8300", true),
+            ("http://10.0.0.5:8300", true),
+        ] {
+            assert_eq!(
+                sends_token_in_clear(&Url::parse(url).unwrap()),
+                clear,
+                "{url}"
+            );
+        }
     }
 
     #[test]
