@@ -63,6 +63,10 @@ pub enum ErrorCode {
     /// The source's columns cannot be written into an existing target table as it is (a
     /// type that does not cast, a missing key column, a generated column).
     TargetSchemaConflict,
+    /// No token, or a token that is not valid (HTTP 401).
+    Unauthorized,
+    /// The token's role does not allow the request: a `read` token on a write (HTTP 403).
+    Forbidden,
     /// No such route.
     NotFound,
     /// The route exists, the method does not.

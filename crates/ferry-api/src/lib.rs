@@ -1,7 +1,7 @@
 //! The HTTP API (`/api/v2`): an axum router over the [`Engine`].
 //!
 //! ```text
-//! request ─► routes.rs ─► extract.rs (body ≤ 1 MiB, JSON, query, path: every rejection an
+//! request ─► auth.rs (token, role; 401/403 before routing) ─► routes.rs ─► extract.rs (body ≤ 1 MiB, JSON, query, path: every rejection an
 //!            │             ApiError) ─► changefeeds.rs / sources.rs / server.rs ─► Engine
 //!            └─► /metrics (metrics.rs), /api/v2/openapi.json (openapi.rs)
 //! ```
@@ -13,6 +13,7 @@
 //! [`mask_secrets`]. Handlers never touch a running changefeed except through the engine's
 //! operations, so bad input cannot disturb one.
 
+pub mod auth;
 mod changefeeds;
 mod error;
 mod extract;
@@ -41,6 +42,8 @@ pub struct ApiOptions {
     pub node_id: String,
     /// When the process started (for `uptime_seconds`).
     pub started_at: SystemTime,
+    /// Who may call the API (default: everyone; see [`auth`]).
+    pub access: auth::AccessPolicy,
 }
 
 impl Default for ApiOptions {
@@ -54,6 +57,7 @@ impl Default for ApiOptions {
         ApiOptions {
             node_id: format!("{host}-{}", std::process::id()),
             started_at: SystemTime::now(),
+            access: auth::AccessPolicy::default(),
         }
     }
 }
@@ -64,6 +68,8 @@ pub(crate) struct AppState {
     pub(crate) engine: Arc<Engine>,
     pub(crate) options: Arc<ApiOptions>,
     pub(crate) prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Whether requests need a token (the OpenAPI document says so then).
+    pub(crate) bearer_auth: bool,
 }
 
 /// The API router for `engine`, with default [`ApiOptions`].
@@ -74,14 +80,22 @@ pub fn router(engine: Arc<Engine>) -> Router {
 /// The API router for `engine`, reporting `options` in `GET /api/v2/status`. Installs the
 /// process's metrics recorder on first use.
 pub fn router_with(engine: Arc<Engine>, options: ApiOptions) -> Router {
-    routes::router(AppState {
-        engine,
-        options: Arc::new(options),
-        prometheus: metrics::handle(),
-    })
+    let access = Arc::new(options.access.clone());
+    let bearer_auth = access.tokens.is_some();
+    routes::router(
+        access,
+        AppState {
+            bearer_auth,
+            engine,
+            options: Arc::new(options),
+            prometheus: metrics::handle(),
+        },
+    )
 }
 
-/// The OpenAPI document (the same as `GET /api/v2/openapi.json` serves), as JSON.
-pub fn openapi_json() -> String {
-    serde_json::to_string_pretty(&openapi::spec()).expect("the OpenAPI document serializes")
+/// The OpenAPI document (the same as `GET /api/v2/openapi.json` serves), as JSON;
+/// `bearer_auth`: as a server with tokens serves it.
+pub fn openapi_json(bearer_auth: bool) -> String {
+    serde_json::to_string_pretty(&openapi::spec(bearer_auth))
+        .expect("the OpenAPI document serializes")
 }

@@ -1,14 +1,17 @@
 //! The route table.
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use std::sync::Arc;
+
+use crate::auth::{self, AccessPolicy};
 use crate::error::{ApiError, ErrorCode};
 use crate::{changefeeds, metrics, server, sources, AppState};
 
-pub(crate) fn router(state: AppState) -> Router {
+pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
     Router::new()
         .route("/api/v2/health", get(server::health))
         .route("/api/v2/status", get(server::server_status))
@@ -49,8 +52,11 @@ pub(crate) fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(crate::MAX_BODY_BYTES))
         .with_state(state)
+        // Outermost: runs before routing, so unknown routes and ids look alike to a caller
+        // without a token.
+        .layer(axum::middleware::from_fn_with_state(access, auth::guard))
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::openapi::spec())
+async fn openapi(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::openapi::spec(state.bearer_auth))
 }

@@ -5,12 +5,20 @@
 //! so tests can `kill -9` it (or stop it gracefully) and start it again on the same data.
 //! Its resource use ([`FerryServer::peak_rss_kib`], [`FerryServer::cpu_seconds`]) is read
 //! from `/proc`, for the benchmarks.
+//!
+//! [`FerryOptions`] adds flags and environment variables (tokens, HTTPS); the client then
+//! sends a bearer token ([`FerryServer::set_token`], [`FerryServer::request_as`]) and speaks
+//! HTTPS (rustls with ring) trusting the test's CA, with a client certificate if given.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// The log filter tests run the server with: engine decisions at debug, for failure reports.
 const TEST_LOG_FILTER: &str = "info,ferry_engine=debug";
@@ -18,13 +26,67 @@ const TEST_LOG_FILTER: &str = "info,ferry_engine=debug";
 /// How long a graceful stop ([`FerryServer::stop`]) may take before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How to start a [`FerryServer`] beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct FerryOptions {
+    /// More flags of `ferry server` (`--auth-token-file`, `--tls-cert` …).
+    pub args: Vec<String>,
+    /// Environment variables of the server process.
+    pub env: Vec<(String, String)>,
+    /// The `--log` filter; default: info, engine decisions at debug.
+    pub log_filter: Option<String>,
+    /// The server serves HTTPS: how the test kit's client connects.
+    pub https: Option<HttpsClient>,
+    /// The bearer token the client sends (health checks need none).
+    pub token: Option<String>,
+}
+
+/// The client side of an HTTPS server: the CA to trust and an optional client certificate.
+#[derive(Clone, Debug)]
+pub struct HttpsClient {
+    /// The CA that signed the server's certificate (PEM file).
+    pub ca_cert: PathBuf,
+    /// A client certificate and its key (PEM files).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl HttpsClient {
+    fn config(&self) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&self.ca_cert).expect("read the CA file") {
+            roots
+                .add(cert.expect("a PEM certificate"))
+                .expect("add the CA");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots);
+        let config = match &self.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .expect("read the client certificate")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("PEM certificates");
+                let key = PrivateKeyDer::from_pem_file(key).expect("read the client key");
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("client certificate")
+            }
+        };
+        Arc::new(config)
+    }
+}
+
 /// A running (or killed) `ferry server`.
 pub struct FerryServer {
     binary: PathBuf,
     log_filter: String,
+    options: FerryOptions,
     addr: SocketAddr,
     data_dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -38,32 +100,48 @@ impl FerryServer {
     /// Like [`FerryServer::start`], with the server's `--log` filter (the benchmarks run it
     /// with `info`, as in production).
     pub fn start_with_log(binary: &Path, log_filter: &str) -> FerryServer {
-        FerryServer::start_with(binary, log_filter, &[])
+        FerryServer::start_with(
+            binary,
+            FerryOptions {
+                log_filter: Some(log_filter.to_owned()),
+                ..FerryOptions::default()
+            },
+        )
     }
 
     /// Like [`FerryServer::start`], with extra environment variables for the server process
     /// (kept across restarts).
     pub fn start_with_env(binary: &Path, env: &[(&str, &str)]) -> FerryServer {
-        FerryServer::start_with(binary, TEST_LOG_FILTER, env)
+        FerryServer::start_with(
+            binary,
+            FerryOptions {
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..FerryOptions::default()
+            },
+        )
     }
 
-    fn start_with(binary: &Path, log_filter: &str, env: &[(&str, &str)]) -> FerryServer {
+    /// Like [`FerryServer::start`], with more flags, environment, HTTPS or a token.
+    pub fn start_with(binary: &Path, options: FerryOptions) -> FerryServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let mut server = FerryServer {
             binary: binary.to_path_buf(),
-            log_filter: log_filter.to_owned(),
+            log_filter: options
+                .log_filter
+                .clone()
+                .unwrap_or_else(|| TEST_LOG_FILTER.to_owned()),
+            options,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             data_dir: tempfile::Builder::new()
                 .prefix("ferry-data-")
                 .tempdir()
                 .expect("a temp dir"),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
             child: None,
             starts: 0,
         };
@@ -71,9 +149,19 @@ impl FerryServer {
         server
     }
 
-    /// The API's base URL.
+    /// The API's base URL (`https://` when the server serves HTTPS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.options.https.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The token the client sends from now on (`None`: no `Authorization` header).
+    pub fn set_token(&mut self, token: Option<&str>) {
+        self.options.token = token.map(String::from);
     }
 
     /// The server's data directory (`--data-dir`); its default secret key file is the
@@ -115,7 +203,8 @@ impl FerryServer {
             .args(["server", "--addr", &self.addr.to_string(), "--data-dir"])
             .arg(self.data_dir.path().join("data"))
             .args(["--log", &self.log_filter])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(&self.options.args)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -132,7 +221,7 @@ impl FerryServer {
                 }
                 panic!("ferry server exited with {status}: {}", self.log());
             }
-            if let Ok((200, _)) = self.try_request("GET", "/api/v2/health", None) {
+            if let Ok((200, _)) = self.try_request("GET", "/api/v2/health", None, None) {
                 // Healthy, and still ours: a server that lost the port race has exited.
                 std::thread::sleep(Duration::from_millis(50));
                 if let Some(Ok(None)) = self.child.as_mut().map(Child::try_wait) {
@@ -234,29 +323,62 @@ impl FerryServer {
         path: &str,
         body: Option<&[u8]>,
     ) -> (u16, serde_json::Value) {
-        self.try_request(method, path, body)
+        self.request_as(self.options.token.as_deref(), method, path, body)
+    }
+
+    /// Any request, with `token` as the bearer token (`None`: no `Authorization` header).
+    pub fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, serde_json::Value) {
+        self.try_request(method, path, body, token)
             .unwrap_or_else(|e| panic!("{method} {path} failed: {e}\n{}", self.log()))
     }
 
-    fn try_request(
+    /// Any request, or the I/O error (a TLS handshake the server refused, …).
+    pub fn try_request(
         &self,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
+        token: Option<&str>,
     ) -> std::io::Result<(u16, serde_json::Value)> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+        // The configuration is built per request (from files): a rustls configuration is not
+        // `RefUnwindSafe`, and tests hold servers across `catch_unwind`.
+        let mut stream: Box<dyn ReadWrite> = match &self.options.https {
+            None => Box::new(tcp),
+            Some(https) => {
+                let name = ServerName::IpAddress(self.addr.ip().into());
+                let connection = rustls::ClientConnection::new(https.config(), name)
+                    .map_err(std::io::Error::other)?;
+                Box::new(rustls::StreamOwned::new(connection, tcp))
+            }
+        };
         let body = body.unwrap_or_default();
+        let authorization = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
+             {authorization}Content-Length: {}\r\nConnection: close\r\n\r\n",
             self.addr,
             body.len()
         )?;
         stream.write_all(body)?;
+        stream.flush()?;
         let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
+        match stream.read_to_end(&mut response) {
+            Ok(_) => {}
+            // rustls reports a peer that closes without close_notify; the answer is complete.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+            Err(e) => return Err(e),
+        }
         let text = String::from_utf8_lossy(&response);
         let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head
@@ -276,6 +398,10 @@ impl FerryServer {
         Ok((status, json))
     }
 }
+
+/// A plain or TLS stream.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// utime + stime of a `/proc/<pid>/stat` line, in seconds.
 ///

@@ -9,7 +9,8 @@
 //! - [`postgres`]: [`PgCluster`], an `initdb`-fresh PostgreSQL cluster with `wal_level=logical`,
 //!   a superuser `ferry` and optional password authentication.
 //! - [`ferry`]: [`FerryServer`], the real `ferry server` binary on a free port, with
-//!   `kill -9` and restart, and a tiny blocking HTTP client for its API.
+//!   `kill -9` and restart, and a tiny blocking HTTP(S) client for its API, with flags,
+//!   environment, tokens and HTTPS from [`FerryOptions`].
 //! - [`certs`]: [`certs::TestCa`], a throwaway CA that issues server and client certificates
 //!   as PEM files, for TLS tests.
 //! - [`wait`]: [`wait_for`] and [`wait_for_async`], deadline-bounded polling for assertions on
@@ -44,6 +45,6 @@ pub mod postgres;
 mod server_user;
 pub mod wait;
 
-pub use ferry::FerryServer;
+pub use ferry::{FerryOptions, FerryServer, HttpsClient};
 pub use postgres::{pg_bin_dir, PgCluster, PgOptions, ServerTls};
 pub use wait::{wait_for, wait_for_async};

@@ -4,13 +4,15 @@
 //! kind of failure it was ([`super::exit`]) and whose message carries the API's
 //! `error_code` and `error_msg`. A `404` with the code `NOT_FOUND` means the *route* is
 //! unknown (a server older than this CLI), which is reported as such rather than as a
-//! missing changefeed.
+//! missing changefeed. A `401` or `403` exits with [`super::exit::UNAUTHORIZED`], whatever
+//! the route, with a hint about the token.
 
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
+use super::credentials::Credentials;
 use super::{exit, CliError};
 
 /// Longest wait for a TCP connection to the server.
@@ -24,29 +26,49 @@ pub(crate) struct ApiClient {
     http: reqwest::Client,
     base: Url,
     namespace: String,
+    token: Option<ferry_api::auth::ApiToken>,
 }
 
 impl ApiClient {
-    /// A client of the server at `server` (`http://host:port`).
-    pub(crate) fn new(server: &str, namespace: &str) -> Result<ApiClient, CliError> {
+    /// A client of the server at `server` (`http://host:port` or `https://host:port`).
+    pub(crate) fn new(
+        server: &str,
+        namespace: &str,
+        credentials: &Credentials,
+    ) -> Result<ApiClient, CliError> {
         let base = Url::parse(server.trim())
             .ok()
-            .filter(|u| u.scheme() == "http" && u.host_str().is_some())
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
             .ok_or_else(|| {
                 CliError::usage(format!(
-                    "--server {}: expected http://HOST:PORT",
+                    "--server {}: expected http://HOST:PORT or https://HOST:PORT",
                     super::secrets::mask_text(server)
                 ))
             })?;
-        let http = reqwest::Client::builder()
+        // reqwest checks for a process-wide provider even for http://; ring is the only one
+        // in the binary. An error means it is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        if base.scheme() == "https" {
+            builder = builder.tls_backend_preconfigured(credentials.tls_config()?);
+        }
+        let http = builder
             .build()
             .map_err(|e| CliError::new(exit::FAILURE, format!("build the HTTP client: {e}")))?;
+        if credentials.token.is_some() && sends_token_in_clear(&base) {
+            eprintln!(
+                "warning: the API token goes to {} over plain http, readable on the network; \
+                 serve HTTPS (--tls-cert, --tls-key) and use https://",
+                base.host_str().unwrap_or_default()
+            );
+        }
         Ok(ApiClient {
             http,
             base,
             namespace: namespace.to_string(),
+            token: credentials.token.clone(),
         })
     }
 
@@ -126,6 +148,9 @@ impl ApiClient {
     ) -> Result<Value, CliError> {
         let url = self.url(segments, query);
         let mut request = self.http.request(method.clone(), url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -167,12 +192,40 @@ impl ApiClient {
             exit::UNREACHABLE,
             format!("{what} the ferry server at {}: {cause}", self.server()),
         )
-        .with_hint("start one with `ferry server`, or point --server or FERRY_SERVER at it")
+        .with_hint(unreachable_hint(&cause))
     }
 
     /// The server's base URL as given.
     pub(crate) fn server(&self) -> String {
         self.base.as_str().trim_end_matches('/').to_string()
+    }
+}
+
+/// Whether a token sent to `base` crosses a network unencrypted: `http://` to anything but
+/// a loopback address or `localhost`.
+fn sends_token_in_clear(base: &Url) -> bool {
+    let loopback = match base.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    base.scheme() == "http" && !loopback
+}
+
+/// What to do about a connection that failed with `cause` (the innermost error).
+fn unreachable_hint(cause: &str) -> &'static str {
+    let cause = cause.to_ascii_lowercase();
+    if cause.contains("certificate") && cause.contains("peer") {
+        "the server's certificate is not trusted: pass --ca FILE (or FERRY_CA) with the CA \
+         that signed it"
+    } else if cause.contains("alert") || cause.contains("certificate") {
+        "the server refused the TLS handshake: it may require a client certificate \
+         (--cert FILE --key FILE) signed by its CA, with an allowed CN"
+    } else if cause.contains("invalid http version") {
+        "the server may serve HTTPS: use an https:// URL"
+    } else {
+        "start one with `ferry server`, or point --server or FERRY_SERVER at it"
     }
 }
 
@@ -185,6 +238,18 @@ fn api_error(method: &Method, url: &Url, status: StatusCode, body: Option<&Value
         .and_then(|b| b.get("error_msg"))
         .and_then(Value::as_str)
         .unwrap_or("");
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let hint = if status == StatusCode::UNAUTHORIZED {
+            "give a token of the server's token file with --token-file FILE, FERRY_TOKEN or --token"
+        } else {
+            "this needs a token with the role admin"
+        };
+        return CliError::new(
+            exit::UNAUTHORIZED,
+            format!("{}: {message}", code.unwrap_or(status.as_str())),
+        )
+        .with_hint(hint);
+    }
     let Some(code) = code else {
         return CliError::new(
             exit::SERVER_ERROR,
@@ -218,14 +283,34 @@ mod tests {
 
     #[test]
     fn urls_are_encoded_and_namespaced() {
-        let client = ApiClient::new("http://127.0.0.1:8300/", "team-a").unwrap();
+        let none = Credentials::default();
+        let client = ApiClient::new("http://127.0.0.1:8300/", "team-a", &none).unwrap();
         let url = client.url(&["changefeeds", "a b/c"], &[("state", "running")]);
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:8300/api/v2/changefeeds/a%20b%2Fc?namespace=team-a&state=running"
         );
-        assert!(ApiClient::new("127.0.0.1:8300", "default").is_err());
-        assert!(ApiClient::new("ftp://x", "default").is_err());
+        assert!(ApiClient::new("127.0.0.1:8300", "default", &none).is_err());
+        assert!(ApiClient::new("ftp://x", "default", &none).is_err());
+        assert!(ApiClient::new("https://h:8300", "default", &none).is_ok());
+    }
+
+    #[test]
+    fn tokens_in_clear_are_noticed() {
+        for (url, clear) in [
+            ("http://127.0.0.1:8300", false),
+            ("http://localhost:8300", false),
+            ("http://[::1]:8300", false),
+            ("https://ferry.internal:8300", false),
+            ("http://ferry.internal:8300", true),
+            ("http://10.0.0.5:8300", true),
+        ] {
+            assert_eq!(
+                sends_token_in_clear(&Url::parse(url).unwrap()),
+                clear,
+                "{url}"
+            );
+        }
     }
 
     #[test]
@@ -239,6 +324,8 @@ mod tests {
             (413, "REQUEST_BODY_TOO_LARGE", exit::REJECTED),
             (500, "INTERNAL", exit::SERVER_ERROR),
             (404, "NOT_FOUND", exit::SERVER_ERROR),
+            (401, "UNAUTHORIZED", exit::UNAUTHORIZED),
+            (403, "FORBIDDEN", exit::UNAUTHORIZED),
         ] {
             let status = StatusCode::from_u16(status).unwrap();
             let err = api_error(&Method::GET, &url, status, Some(&body(code)));

@@ -16,6 +16,8 @@
 //! - [`check`]: `changefeed check`, validation without creating anything.
 //! - [`output`]: tables, JSON and YAML; [`watch`]: the live `status --watch` view.
 //! - [`secrets`]: masking of passwords in everything the CLI prints.
+//! - [`credentials`]: the API token (`--token`, `FERRY_TOKEN`, `--token-file`) and HTTPS
+//!   (`--ca`, `--cert`, `--key`): a rustls client configuration with the ring provider.
 //!
 //! # Exit codes
 //! Stable and documented in `docs/cli.md`; see [`exit`].
@@ -23,12 +25,14 @@
 pub(crate) mod changefeed;
 mod check;
 mod client;
+mod credentials;
 mod output;
 mod secrets;
 pub(crate) mod source;
 mod spec;
 mod watch;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
@@ -61,6 +65,9 @@ pub(crate) mod exit {
     pub(crate) const NOT_SYNCED: u8 = 9;
     /// The user answered "no" to a confirmation.
     pub(crate) const ABORTED: u8 = 10;
+    /// The server refused the credentials: no token or an unknown one (HTTP 401), or a
+    /// token whose role does not allow the request (HTTP 403).
+    pub(crate) const UNAUTHORIZED: u8 = 11;
 }
 
 /// The default server URL.
@@ -111,6 +118,47 @@ pub(crate) struct ClientFlags {
         help_heading = "Global options"
     )]
     pub(crate) output: Option<OutputFormat>,
+    /// API token (prefer FERRY_TOKEN or --token-file: a flag shows in `ps`) [env: FERRY_TOKEN]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub(crate) token: Option<String>,
+    /// File holding the API token [env: FERRY_TOKEN_FILE]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub(crate) token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed an https:// server's certificate, instead of the
+    /// system's roots [env: FERRY_CA]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub(crate) ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires one [env: FERRY_CERT]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub(crate) cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert [env: FERRY_KEY]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub(crate) key: Option<PathBuf>,
 }
 
 /// The same flags before the resource name (`ferry --server URL changefeed list`). Not
@@ -126,6 +174,21 @@ pub(crate) struct LeadingClientFlags {
     /// Output format of client commands
     #[arg(long, short = 'o', value_enum, value_name = "FORMAT")]
     output: Option<OutputFormat>,
+    /// API token, for client commands [env: FERRY_TOKEN]
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// File holding the API token, for client commands [env: FERRY_TOKEN_FILE]
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of an https:// server, for client commands [env: FERRY_CA]
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM), for client commands [env: FERRY_CERT]
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert, for client commands [env: FERRY_KEY]
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 impl ClientFlags {
@@ -135,6 +198,11 @@ impl ClientFlags {
             server: self.server.or(leading.server),
             namespace: self.namespace.or(leading.namespace),
             output: self.output.or(leading.output),
+            token: self.token.or(leading.token),
+            token_file: self.token_file.or(leading.token_file),
+            ca: self.ca.or(leading.ca),
+            cert: self.cert.or(leading.cert),
+            key: self.key.or(leading.key),
         }
     }
 }
@@ -160,8 +228,19 @@ impl Context {
                 .ok()
                 .filter(|s| !s.is_empty())
         });
+        let credentials = credentials::Credentials::from_flags(
+            flags.token,
+            flags.token_file,
+            flags.ca,
+            flags.cert,
+            flags.key,
+        )?;
         Ok(Context {
-            client: ApiClient::new(&server, namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?,
+            client: ApiClient::new(
+                &server,
+                namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+                &credentials,
+            )?,
             output: flags.output.unwrap_or_default(),
             namespace_given: namespace.is_some(),
         })

@@ -38,7 +38,7 @@ pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
 const MAX_NAME_LENGTH_LIMIT: usize = 128;
 
 /// A configuration that cannot be read or is not acceptable. Never holds a secret: the
-/// server configuration has none.
+/// server configuration names secret files (tokens, keys) but never holds their contents.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SettingsError {
     /// The file cannot be read.
@@ -149,6 +149,24 @@ impl Default for RetrySettings {
     }
 }
 
+/// `[tls]`: HTTPS for the API. Unset `cert` and `key`: plain HTTP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TlsSettings {
+    /// The server's certificate chain (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<PathBuf>,
+    /// When set, clients must present a certificate signed by this CA (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) client_ca: Option<PathBuf>,
+    /// When not empty, a client certificate's subject common name must be one of these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) allowed_cn: Vec<String>,
+}
+
 /// Everything `ferry server` is configured with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -169,10 +187,20 @@ pub(crate) struct Settings {
     pub(crate) max_changefeeds: usize,
     /// Longest changefeed id, source name or namespace, in bytes.
     pub(crate) max_name_length: usize,
+    /// The API's bearer tokens: a file of `NAME ROLE TOKEN` lines. Unset: no authentication,
+    /// which is allowed only on a loopback address (or with `insecure_no_auth`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_token_file: Option<PathBuf>,
+    /// Whether `/metrics` needs a token.
+    pub(crate) metrics_auth: bool,
+    /// Serve without tokens on a non-loopback address (logged loudly at start).
+    pub(crate) insecure_no_auth: bool,
     /// Logging.
     pub(crate) log: LogSettings,
     /// Retries of transient failures.
     pub(crate) retry: RetrySettings,
+    /// HTTPS for the API.
+    pub(crate) tls: TlsSettings,
 }
 
 impl Default for Settings {
@@ -185,8 +213,12 @@ impl Default for Settings {
             node_id: None,
             max_changefeeds: engine.max_changefeeds,
             max_name_length: engine.max_name_length,
+            auth_token_file: None,
+            metrics_auth: false,
+            insecure_no_auth: false,
             log: LogSettings::default(),
             retry: RetrySettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -238,6 +270,21 @@ pub(crate) const KEYS: &[Key] = &[
         "FERRY_RETRY_GIVE_UP_AFTER",
         "retry-give-up-after",
     ),
+    key(
+        "auth_token_file",
+        "FERRY_AUTH_TOKEN_FILE",
+        "auth-token-file",
+    ),
+    key("metrics_auth", "FERRY_METRICS_AUTH", "metrics-auth"),
+    key(
+        "insecure_no_auth",
+        "FERRY_INSECURE_NO_AUTH",
+        "insecure-no-auth",
+    ),
+    key("tls.cert", "FERRY_TLS_CERT", "tls-cert"),
+    key("tls.key", "FERRY_TLS_KEY", "tls-key"),
+    key("tls.client_ca", "FERRY_TLS_CLIENT_CA", "tls-client-ca"),
+    key("tls.allowed_cn", "FERRY_TLS_ALLOWED_CN", "tls-allowed-cn"),
 ];
 
 const fn key(path: &'static str, env: &'static str, flag: &'static str) -> Key {
@@ -319,6 +366,16 @@ impl Settings {
             humantime::parse_duration(value.trim())
                 .map_err(|e| format!("{value:?} is not a duration such as 500ms, 10s or 5m: {e}"))
         }
+        fn boolean(value: &str) -> Result<bool, String> {
+            match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(format!("{value:?} is not a boolean: use true or false")),
+            }
+        }
+        fn file(value: &str) -> Option<PathBuf> {
+            (!value.trim().is_empty()).then(|| PathBuf::from(value))
+        }
         match path {
             "addr" => {
                 self.addr = value
@@ -336,6 +393,22 @@ impl Settings {
             "retry.initial_backoff" => self.retry.initial_backoff = duration(value)?,
             "retry.max_backoff" => self.retry.max_backoff = duration(value)?,
             "retry.give_up_after" => self.retry.give_up_after = duration(value)?,
+            "auth_token_file" => self.auth_token_file = file(value),
+            "metrics_auth" => self.metrics_auth = boolean(value)?,
+            "insecure_no_auth" => self.insecure_no_auth = boolean(value)?,
+            "tls.cert" => self.tls.cert = file(value),
+            "tls.key" => self.tls.key = file(value),
+            "tls.client_ca" => self.tls.client_ca = file(value),
+            // Comma-separated in the environment and flags (a repeated flag is joined so);
+            // the file takes a list.
+            "tls.allowed_cn" => {
+                self.tls.allowed_cn = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|cn| !cn.is_empty())
+                    .map(String::from)
+                    .collect();
+            }
             other => unreachable!("{other} is not in KEYS"),
         }
         Ok(())
@@ -387,6 +460,55 @@ impl Settings {
         }
         if self.retry.give_up_after.is_zero() {
             return invalid("retry.give_up_after", "must be > 0");
+        }
+        self.validate_access()
+    }
+
+    /// Authentication and HTTPS: secure by default, and no setting that would be ignored.
+    fn validate_access(&self) -> Result<(), SettingsError> {
+        let invalid = |field, problem: String| Err(SettingsError::Invalid { field, problem });
+        let tokens = self.auth_token_file.is_some();
+        if tokens && self.insecure_no_auth {
+            return invalid(
+                "insecure_no_auth",
+                "cannot be combined with auth_token_file (tokens are checked when configured)"
+                    .into(),
+            );
+        }
+        if self.metrics_auth && !tokens {
+            return invalid(
+                "metrics_auth",
+                "needs auth_token_file (--auth-token-file): there is no token to check".into(),
+            );
+        }
+        if !tokens && !self.insecure_no_auth && !self.addr.ip().is_loopback() {
+            return invalid(
+                "addr",
+                format!(
+                    "{} is not a loopback address, and no API tokens are configured: anyone \
+                     who can reach it could create and delete changefeeds; set \
+                     auth_token_file (--auth-token-file FILE), or listen on 127.0.0.1, or \
+                     pass --insecure-no-auth to serve without authentication anyway",
+                    self.addr
+                ),
+            );
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => return invalid("tls.key", "must be set with tls.cert".into()),
+            (None, Some(_)) => return invalid("tls.cert", "must be set with tls.key".into()),
+            _ => {}
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            return invalid(
+                "tls.client_ca",
+                "needs tls.cert and tls.key (client certificates are part of HTTPS)".into(),
+            );
+        }
+        if !self.tls.allowed_cn.is_empty() && self.tls.client_ca.is_none() {
+            return invalid(
+                "tls.allowed_cn",
+                "needs tls.client_ca (only a verified client certificate has a trusted CN)".into(),
+            );
         }
         Ok(())
     }
@@ -451,158 +573,4 @@ mod duration_text {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        (dir, path)
-    }
-
-    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
-        vars.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn defaults_are_the_engines() {
-        let settings = Settings::load(None, env(&[]), &[]).unwrap();
-        assert_eq!(settings.engine_options(), EngineOptions::default());
-        assert_eq!(settings.addr.to_string(), DEFAULT_ADDR);
-        let key = settings.secret_key_path().unwrap();
-        assert_eq!(key, std::path::absolute("ferry-data.secret-key").unwrap());
-        let set = Settings::load(None, env(&[("FERRY_SECRET_KEY_FILE", "/k")]), &[]).unwrap();
-        assert_eq!(set.secret_key_path().unwrap(), PathBuf::from("/k"));
-        let err = Settings::load(None, env(&[("FERRY_DATA_DIR", "/")]), &[]).unwrap_err();
-        assert!(
-            err.to_string().starts_with("secret_key_file must be set"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn file_then_env_then_flags() {
-        let (_dir, path) = write(
-            "ferry.toml",
-            "addr = \"127.0.0.1:9000\"\nmax_changefeeds = 7\nmax_name_length = 40\n\
-             [log]\nformat = \"json\"\n[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"1m\"\n",
-        );
-        let settings = Settings::load(
-            Some(&path),
-            env(&[
-                ("FERRY_MAX_CHANGEFEEDS", "8"),
-                ("FERRY_RETRY_GIVE_UP_AFTER", "2h"),
-                ("FERRY_MAX_NAME_LENGTH", "50"),
-                ("FERRY_UNRELATED", "x"),
-            ]),
-            &[("max_name_length", "60".into())],
-        )
-        .unwrap();
-        assert_eq!(settings.addr.port(), 9000, "file over default");
-        assert_eq!(settings.max_changefeeds, 8, "env over file");
-        assert_eq!(settings.max_name_length, 60, "flag over env");
-        assert_eq!(settings.log.format, LogFormat::Json);
-        assert_eq!(settings.retry.initial_backoff, Duration::from_secs(2));
-        assert_eq!(settings.retry.give_up_after, Duration::from_secs(7200));
-        assert_eq!(settings.log.level, DEFAULT_LOG_LEVEL, "default kept");
-    }
-
-    #[test]
-    fn yaml_and_toml_agree() {
-        let (_a, toml_path) = write(
-            "f.toml",
-            "data_dir = \"/tmp/x\"\n[retry]\nmax_backoff = \"90s\"\n",
-        );
-        let (_b, yaml_path) = write("f.yml", "data_dir: /tmp/x\nretry:\n  max_backoff: 90s\n");
-        let a = Settings::from_file(&toml_path).unwrap();
-        let b = Settings::from_file(&yaml_path).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a.retry.max_backoff, Duration::from_secs(90));
-        let (_c, empty) = write("empty.yaml", "");
-        assert_eq!(Settings::from_file(&empty).unwrap(), Settings::default());
-    }
-
-    #[test]
-    fn unknown_keys_are_named() {
-        for (name, text, key) in [
-            ("a.toml", "adr = \"127.0.0.1:1\"\n", "adr"),
-            ("b.toml", "[retry]\ngive_up = \"1s\"\n", "give_up"),
-            ("c.yaml", "log:\n  colour: true\n", "colour"),
-        ] {
-            let (_dir, path) = write(name, text);
-            let err = Settings::from_file(&path).unwrap_err().to_string();
-            assert!(err.contains(key), "{err}");
-        }
-        let (_dir, path) = write("ferry.ini", "addr = 1");
-        assert!(matches!(
-            Settings::from_file(&path),
-            Err(SettingsError::UnknownFormat { .. })
-        ));
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let cases: &[(&[(&str, &str)], &str)] = &[
-            (
-                &[("FERRY_MAX_CHANGEFEEDS", "0")],
-                "max_changefeeds must be > 0",
-            ),
-            (
-                &[("FERRY_MAX_NAME_LENGTH", "129")],
-                "max_name_length must be between",
-            ),
-            (
-                &[("FERRY_RETRY_INITIAL_BACKOFF", "0s")],
-                "retry.initial_backoff must be > 0",
-            ),
-            (
-                &[
-                    ("FERRY_RETRY_INITIAL_BACKOFF", "2m"),
-                    ("FERRY_RETRY_MAX_BACKOFF", "1m"),
-                ],
-                "retry.max_backoff must be >= retry.initial_backoff",
-            ),
-            (
-                &[("FERRY_RETRY_GIVE_UP_AFTER", "0s")],
-                "retry.give_up_after must be > 0",
-            ),
-            (
-                &[("FERRY_LOG", "info,[bad")],
-                "log.level is not a log filter",
-            ),
-            (
-                &[("FERRY_LOG_FORMAT", "xml")],
-                "environment variable FERRY_LOG_FORMAT",
-            ),
-            (
-                &[("FERRY_ADDR", "nowhere")],
-                "environment variable FERRY_ADDR",
-            ),
-            (
-                &[("FERRY_RETRY_MAX_BACKOFF", "soon")],
-                "FERRY_RETRY_MAX_BACKOFF",
-            ),
-        ];
-        for (vars, expected) in cases {
-            let err = Settings::load(None, env(vars), &[])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(expected), "{vars:?}: {err}");
-        }
-        let err = Settings::load(None, env(&[]), &[("max_changefeeds", "-1".into())])
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("flag --max-changefeeds:"), "{err}");
-    }
-
-    #[test]
-    fn printed_config_reads_back() {
-        let settings =
-            Settings::load(None, env(&[("FERRY_RETRY_GIVE_UP_AFTER", "1h 30m")]), &[]).unwrap();
-        let (_dir, path) = write("printed.toml", &settings.to_toml());
-        assert_eq!(Settings::from_file(&path).unwrap(), settings);
-    }
-}
+mod tests;

@@ -1,14 +1,19 @@
-//! `ferry server`: loads the [`Settings`], then runs the HTTP API and the changefeed
-//! runtime on an embedded metadata store until SIGINT or SIGTERM.
+//! `ferry server`: loads the [`Settings`], then runs the HTTP API (plain or HTTPS,
+//! [`https`]) and the changefeed runtime on an embedded metadata store until SIGINT or
+//! SIGTERM.
 //!
-//! A configuration error (unreadable file, unknown key, bad value) is reported on stderr
-//! and exits with [`crate::cli::exit::USAGE`] before anything starts.
+//! A configuration error (unreadable file, unknown key, bad value, a malformed token file,
+//! an unusable certificate, a non-loopback address without tokens) is reported on stderr and
+//! exits with [`crate::cli::exit::USAGE`] before anything starts.
+
+mod https;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use ferry_api::auth::{AccessPolicy, TokenTable};
 use tracing::{info, warn};
 
 use crate::cli::exit;
@@ -63,6 +68,30 @@ pub(crate) struct ServerArgs {
     /// [env: FERRY_RETRY_GIVE_UP_AFTER] [default: 30m]
     #[arg(long, value_name = "DURATION")]
     retry_give_up_after: Option<String>,
+    /// API tokens: a file of `NAME ROLE TOKEN` lines (ROLE admin or read)
+    /// [env: FERRY_AUTH_TOKEN_FILE]
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<String>,
+    /// Require a token for /metrics too [env: FERRY_METRICS_AUTH] [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    metrics_auth: Option<String>,
+    /// Serve without tokens on a non-loopback address (anyone who reaches it controls the
+    /// changefeeds) [env: FERRY_INSECURE_NO_AUTH]
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Serve HTTPS with this certificate chain (PEM) [env: FERRY_TLS_CERT]
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// The private key of --tls-cert (PEM) [env: FERRY_TLS_KEY]
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
+    /// Require client certificates signed by this CA (PEM) [env: FERRY_TLS_CLIENT_CA]
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<String>,
+    /// Accept only client certificates with this subject CN (repeatable)
+    /// [env: FERRY_TLS_ALLOWED_CN, comma-separated]
+    #[arg(long, value_name = "NAME")]
+    tls_allowed_cn: Vec<String>,
 }
 
 impl ServerArgs {
@@ -80,6 +109,19 @@ impl ServerArgs {
             ("retry.initial_backoff", &self.retry_initial_backoff),
             ("retry.max_backoff", &self.retry_max_backoff),
             ("retry.give_up_after", &self.retry_give_up_after),
+            ("auth_token_file", &self.auth_token_file),
+            ("metrics_auth", &self.metrics_auth),
+            (
+                "insecure_no_auth",
+                &self.insecure_no_auth.then(|| "true".to_string()),
+            ),
+            ("tls.cert", &self.tls_cert),
+            ("tls.key", &self.tls_key),
+            ("tls.client_ca", &self.tls_client_ca),
+            (
+                "tls.allowed_cn",
+                &(!self.tls_allowed_cn.is_empty()).then(|| self.tls_allowed_cn.join(",")),
+            ),
         ]
         .into_iter()
         .filter_map(|(path, value)| value.clone().map(|v| (path, v)))
@@ -111,12 +153,26 @@ pub(crate) fn main(args: ServerArgs) -> ExitCode {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
     }
+    let access = match load_access(&settings) {
+        Ok(access) => access,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let tls = match https::server_config(&settings.tls) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("error: {}", crate::cli::error_chain(&err));
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     init_logs(&settings);
     let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")
-        .and_then(|runtime| runtime.block_on(serve(settings)));
+        .and_then(|runtime| runtime.block_on(serve(settings, access, tls)));
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -129,8 +185,11 @@ pub(crate) fn main(args: ServerArgs) -> ExitCode {
 fn init_logs(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log.level)
         .expect("validate() checked the log filter");
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only on a terminal: a log file or collector gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.log.format {
         LogFormat::Json => builder.json().init(),
@@ -138,7 +197,73 @@ fn init_logs(settings: &Settings) {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// The access policy: the token file parsed (errors name the file and the line, never a
+/// token).
+fn load_access(settings: &Settings) -> Result<AccessPolicy, String> {
+    let Some(path) = &settings.auth_token_file else {
+        return Ok(AccessPolicy::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "auth_token_file {}: cannot read the file: {e}",
+            path.display()
+        )
+    })?;
+    let tokens =
+        TokenTable::parse(&text).map_err(|e| format!("auth_token_file {}: {e}", path.display()))?;
+    Ok(AccessPolicy {
+        tokens: Some(Arc::new(tokens)),
+        metrics_auth: settings.metrics_auth,
+    })
+}
+
+/// Logs how the API is protected; loudly when it is not.
+fn log_access(settings: &Settings, access: &AccessPolicy, https: bool) {
+    if let (Some(tokens), Some(file)) = (&access.tokens, &settings.auth_token_file) {
+        info!(
+            file = %file.display(),
+            names = %tokens.names().join(","),
+            metrics_auth = access.metrics_auth,
+            "API tokens loaded"
+        );
+        warn_if_readable_by_others(file);
+    } else if settings.insecure_no_auth && !settings.addr.ip().is_loopback() {
+        warn!(
+            addr = %settings.addr,
+            "INSECURE: the API has no authentication (--insecure-no-auth) and listens on a \
+             non-loopback address: anyone who can reach it can create, change and delete \
+             changefeeds and read their configuration"
+        );
+    } else {
+        info!("API authentication off (loopback address, no auth_token_file)");
+    }
+    if https {
+        info!(
+            client_certificates = settings.tls.client_ca.is_some(),
+            allowed_cn = %settings.tls.allowed_cn.join(","),
+            "serving HTTPS"
+        );
+    }
+}
+
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            warn!(
+                file = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the token file is readable by other users; chmod 600 it"
+            );
+        }
+    }
+}
+
+async fn serve(
+    settings: Settings,
+    access: AccessPolicy,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
     let key_file = settings
         .secret_key_path()
         .expect("validate() checked the secret key file");
@@ -156,22 +281,36 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("listen on {}", settings.addr))?;
+    log_access(&settings, &access, tls.is_some());
     info!(
         addr = %settings.addr,
+        scheme = if tls.is_some() { "https" } else { "http" },
         data_dir = %settings.data_dir.display(),
         secret_key_file = %key_file.display(),
         max_changefeeds = settings.max_changefeeds,
         "ferry server listening"
     );
-    let mut api_options = ferry_api::ApiOptions::default();
+    let mut api_options = ferry_api::ApiOptions {
+        access,
+        ..Default::default()
+    };
     if let Some(node_id) = settings.node_id.clone() {
         api_options.node_id = node_id;
     }
     let app = ferry_api::router_with(engine.clone(), api_options);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serve HTTP")?;
+    match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serve HTTP")?,
+        Some(config) => {
+            let listener = https::HttpsListener::new(listener, config).context("serve HTTPS")?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("serve HTTPS")?
+        }
+    }
     info!("shutting down");
     engine.shutdown().await;
     Ok(())
