@@ -22,6 +22,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct FerryServer {
     binary: PathBuf,
     log_filter: String,
+    /// More `ferry server` flags, given on every start.
+    extra_args: Vec<String>,
     addr: SocketAddr,
     data_dir: tempfile::TempDir,
     child: Option<Child>,
@@ -37,6 +39,12 @@ impl FerryServer {
     /// Like [`FerryServer::start`], with the server's `--log` filter (the benchmarks run it
     /// with `info`, as in production).
     pub fn start_with_log(binary: &Path, log_filter: &str) -> FerryServer {
+        FerryServer::start_with_args(binary, log_filter, &[])
+    }
+
+    /// Like [`FerryServer::start_with_log`], with more `ferry server` flags
+    /// (`--retained-wal-warning-bytes 1`), kept for restarts.
+    pub fn start_with_args(binary: &Path, log_filter: &str, extra_args: &[&str]) -> FerryServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -44,6 +52,7 @@ impl FerryServer {
         let mut server = FerryServer {
             binary: binary.to_path_buf(),
             log_filter: log_filter.to_owned(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             data_dir: tempfile::Builder::new()
                 .prefix("ferry-data-")
@@ -94,6 +103,7 @@ impl FerryServer {
             .args(["server", "--addr", &self.addr.to_string(), "--data-dir"])
             .arg(self.data_dir.path().join("data"))
             .args(["--log", &self.log_filter])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -162,6 +162,9 @@ pub(crate) struct Settings {
     pub(crate) max_changefeeds: usize,
     /// Longest changefeed id, source name or namespace, in bytes.
     pub(crate) max_name_length: usize,
+    /// A slot holding more WAL than this on its source puts a warning in the changefeed's
+    /// status.
+    pub(crate) retained_wal_warning_bytes: u64,
     /// Logging.
     pub(crate) log: LogSettings,
     /// Retries of transient failures.
@@ -177,6 +180,7 @@ impl Default for Settings {
             node_id: None,
             max_changefeeds: engine.max_changefeeds,
             max_name_length: engine.max_name_length,
+            retained_wal_warning_bytes: engine.retained_wal_warning_bytes,
             log: LogSettings::default(),
             retry: RetrySettings::default(),
         }
@@ -207,6 +211,11 @@ pub(crate) const KEYS: &[Key] = &[
         "max_name_length",
         "FERRY_MAX_NAME_LENGTH",
         "max-name-length",
+    ),
+    key(
+        "retained_wal_warning_bytes",
+        "FERRY_RETAINED_WAL_WARNING_BYTES",
+        "retained-wal-warning-bytes",
     ),
     key("log.level", "FERRY_LOG", "log"),
     key("log.format", "FERRY_LOG_FORMAT", "log-format"),
@@ -317,6 +326,9 @@ impl Settings {
             "node_id" => self.node_id = Some(value.to_string()),
             "max_changefeeds" => self.max_changefeeds = number(value)?,
             "max_name_length" => self.max_name_length = number(value)?,
+            "retained_wal_warning_bytes" => {
+                self.retained_wal_warning_bytes = number(value)? as u64;
+            }
             "log.level" => self.log.level = value.to_string(),
             "log.format" => self.log.format = value.trim().parse()?,
             "retry.initial_backoff" => self.retry.initial_backoff = duration(value)?,
@@ -376,6 +388,7 @@ impl Settings {
         EngineOptions {
             max_changefeeds: self.max_changefeeds,
             max_name_length: self.max_name_length,
+            retained_wal_warning_bytes: self.retained_wal_warning_bytes,
             retry: RetryPolicy {
                 initial_backoff: self.retry.initial_backoff,
                 max_backoff: self.retry.max_backoff,

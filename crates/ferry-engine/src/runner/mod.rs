@@ -53,6 +53,15 @@ pub(crate) enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Meta(#[from] ferry_meta::MetaError),
+    /// The slot can no longer stream what follows the checkpoint: definite, and resuming
+    /// cannot help (see [`slot_lost_hint`]).
+    #[error(
+        "{description}, so the source's changes since the last checkpoint ({checkpoint}) are gone"
+    )]
+    SlotLost {
+        description: String,
+        checkpoint: String,
+    },
 }
 
 impl RunError {
@@ -60,7 +69,7 @@ impl RunError {
         match self {
             RunError::Source(e) => e.class,
             RunError::Sink(e) => e.class(),
-            RunError::Meta(_) => ErrorClass::Definite,
+            RunError::Meta(_) | RunError::SlotLost { .. } => ErrorClass::Definite,
         }
     }
 
@@ -77,6 +86,17 @@ fn resume_hint(config: &ChangefeedConfig) -> String {
          POST /api/v2/changefeeds/{id}/resume?namespace={ns})",
         id = config.id,
         ns = config.namespace
+    )
+}
+
+/// What a changefeed whose slot was lost ends with: resuming cannot bring the changes back.
+fn slot_lost_hint(config: &ChangefeedConfig) -> String {
+    format!(
+        "re-sync: delete the changefeed and create it again (`ferry changefeed delete {id}`, \
+         then `ferry changefeed create`), which copies the tables anew; resuming cannot \
+         recover the lost changes. To keep a slot from being lost, raise the source's \
+         max_slot_wal_keep_size or watch ferry_source_retained_bytes",
+        id = config.id
     )
 }
 
@@ -123,7 +143,10 @@ impl Runner {
             if err.class() == ErrorClass::Definite {
                 warn!(changefeed = %key, error = %message, "changefeed failed");
                 self.metrics.error("definite");
-                let hint = resume_hint(&self.config);
+                let hint = match err {
+                    RunError::SlotLost { .. } => slot_lost_hint(&self.config),
+                    _ => resume_hint(&self.config),
+                };
                 self.settle(Event::Definite, Some(format!("{message}. Hint: {hint}")));
                 return;
             }
@@ -214,6 +237,10 @@ impl Runner {
             .meta
             .get(Collection::ChangefeedState, &key)?
             .unwrap_or_default();
+        if state.phase == Some(Phase::Streaming) {
+            // Before the target is even reached: a lost slot is definite whatever else fails.
+            self.ensure_slot(&catalog_client, &names).await?;
+        }
         let mut sink = AnySink::connect(&self.config.sink_uri, &key).await?;
         let selected = catalog::selected_tables(&catalog_client, &self.config.tables).await?;
         self.note_tables(&selected);
@@ -226,17 +253,6 @@ impl Runner {
             return Ok(StreamEnd::Finished);
         }
         let session = if state.phase == Some(Phase::Streaming) {
-            if slot::slot_state(&catalog_client, &names.slot)
-                .await?
-                .is_none()
-            {
-                return Err(PgError::definite(format!(
-                    "replication slot {} is gone from the source, so changes since the last \
-                     checkpoint are lost; delete and re-create the changefeed to copy the tables again",
-                    names.slot
-                ))
-                .into());
-            }
             self.status.update(|s| s.phase = Phase::Streaming);
             let since = current_wal_lsn(&catalog_client).await?;
             let wanted: Vec<(TableId, u64)> = selected
@@ -274,6 +290,33 @@ impl Runner {
         self.status.update(|s| s.phase = Phase::Streaming);
         self.stream(session, catalog_client, sink, &names, &state)
             .await
+    }
+
+    /// Fails (definite) when the slot is missing or invalidated on the source: streaming on
+    /// from another position would skip changes silently.
+    async fn ensure_slot(
+        &self,
+        client: &tokio_postgres::Client,
+        names: &SlotNames,
+    ) -> Result<(), RunError> {
+        let state = slot::slot_state(client, &names.slot).await?;
+        let Some(loss) = slot::slot_loss(state.as_ref()) else {
+            return Ok(());
+        };
+        // The status's checkpoint, else what the slot had confirmed when it was lost.
+        let confirmed = state
+            .map(|s| s.confirmed_flush)
+            .filter(|&lsn| lsn != Lsn::ZERO)
+            .map(Position::PgLsn);
+        let checkpoint = self
+            .status
+            .update(|s| s.checkpoint)
+            .or(confirmed)
+            .map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        Err(RunError::SlotLost {
+            description: loss.describe(&names.slot),
+            checkpoint,
+        })
     }
 
     fn note_tables(&self, tables: &[SelectedTable]) {
