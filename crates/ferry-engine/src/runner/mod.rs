@@ -140,6 +140,9 @@ impl Runner {
                 Err(err) => err,
             };
             let message = err.chain();
+            // Not caught up while nothing is read: the lag grows from the checkpoint's time
+            // until a new attempt applies or confirms something again.
+            self.status.update(|s| s.caught_up = false);
             if err.class() == ErrorClass::Definite {
                 warn!(changefeed = %key, error = %message, "changefeed failed");
                 self.metrics.error("definite");

@@ -217,6 +217,14 @@ impl PgCluster {
         }
     }
 
+    /// Stops the server the way `pg_ctl -m fast stop` does (SIGINT: sessions are ended, a
+    /// shutdown checkpoint is written). [`PgCluster::restart`] starts it again.
+    pub fn stop_fast(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            process::stop(&mut server);
+        }
+    }
+
     /// Starts a stopped server again on the same data directory and the same port, so URIs
     /// handed out before stay valid. Panics (with the log) if the port was taken meanwhile.
     pub fn restart(&mut self) {
