@@ -101,6 +101,8 @@ pub enum SourceEvent {
     Begin {
         /// The transaction's commit position.
         commit: Position,
+        /// The source's transaction id, to name the transaction in errors.
+        xid: u32,
         /// Commit time, microseconds since the Unix epoch.
         commit_time_us: i64,
     },

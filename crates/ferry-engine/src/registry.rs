@@ -192,6 +192,7 @@ impl Engine {
             stop: stop_rx,
             retry: self.options.retry,
             metrics: FeedMetrics::new(&config.namespace, &config.id),
+            isolate_until: None,
         };
         Task {
             stop: stop_tx,

@@ -109,11 +109,12 @@ impl PgStream {
             ReplicationEvent::Begin {
                 final_lsn,
                 commit_time_micros,
-                ..
+                xid,
             } => {
                 self.in_transaction = true;
                 self.pending.push_back(SourceEvent::Begin {
                     commit: Position::PgLsn(Lsn(final_lsn.0)),
+                    xid,
                     commit_time_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
                 });
             }

@@ -64,3 +64,54 @@ fn lag_grows_while_the_source_is_down_and_the_changefeed_reconnects() {
     }
     pair.compare(&["t"]).assert_identical();
 }
+
+#[test]
+fn a_refused_change_is_named_by_its_source_transaction_without_values() {
+    let pair = Pair::start();
+    pair.source.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE xids (x text)",
+    );
+    pair.create("cf", &["public.t"]);
+    pair.wait_synced("cf", MINUTE);
+    // The target refuses what the source allows: a second row with the same `v`.
+    pair.target
+        .psql("analytics", "CREATE UNIQUE INDEX t_v_unique ON t (v)");
+    // Three transactions sent at once, so they usually share a batch; the third is refused.
+    pair.source.psql(
+        "shop",
+        "BEGIN; INSERT INTO t VALUES (1, 'secret-value'); COMMIT;
+         BEGIN; INSERT INTO t VALUES (2, 'other'); COMMIT;
+         BEGIN; INSERT INTO t VALUES (3, 'secret-value');
+                INSERT INTO xids SELECT pg_current_xact_id()::text; COMMIT;",
+    );
+    let xid = pair.source.psql("shop", "SELECT x FROM xids");
+    let failed = pair.wait_state("cf", "failed", MINUTE);
+    let error = failed["last_error"].as_str().unwrap();
+    eprintln!(
+        "last_error: {error}\nisolated: {}",
+        pair.ferry
+            .log()
+            .contains("one source transaction per batch")
+    );
+    let named = format!("applying source transaction {xid} (commit ");
+    assert!(error.contains(&named), "{named:?} not in: {error}");
+    assert!(error.contains("INSERT public.t (key id)"), "{error}");
+    assert!(error.contains("t_v_unique"), "{error}");
+    assert!(
+        !error.contains("secret-value"),
+        "a row value leaked: {error}"
+    );
+    // Everything before the refused transaction is applied.
+    assert_eq!(
+        pair.target.psql(
+            "analytics",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
+        "1,2"
+    );
+    assert!(
+        !pair.ferry.log().contains("secret-value"),
+        "a row value leaked into the log"
+    );
+}

@@ -19,6 +19,7 @@
 mod apply;
 mod snapshot;
 pub(crate) mod tables;
+mod trail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,18 @@ pub(crate) enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Meta(#[from] ferry_meta::MetaError),
+    /// The target refused a batch; `context` names its source transactions, tables,
+    /// operations and key columns (never values).
+    #[error("applying {context}")]
+    Apply {
+        context: String,
+        /// How many source transactions the batch held.
+        transactions: u64,
+        /// The batch's last commit position.
+        last_commit: Option<Lsn>,
+        #[source]
+        source: SinkError,
+    },
     /// The slot can no longer stream what follows the checkpoint: definite, and resuming
     /// cannot help (see [`slot_lost_hint`]).
     #[error(
@@ -68,7 +81,7 @@ impl RunError {
     fn class(&self) -> ErrorClass {
         match self {
             RunError::Source(e) => e.class,
-            RunError::Sink(e) => e.class(),
+            RunError::Sink(e) | RunError::Apply { source: e, .. } => e.class(),
             RunError::Meta(_) | RunError::SlotLost { .. } => ErrorClass::Definite,
         }
     }
@@ -107,6 +120,9 @@ pub(crate) struct Runner {
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) retry: RetryPolicy,
     pub(crate) metrics: FeedMetrics,
+    /// Commit every source transaction up to here in a batch of its own: set after the
+    /// target refused a batch of several, so the next attempt names the one it refuses.
+    pub(crate) isolate_until: Option<Lsn>,
 }
 
 impl Runner {
@@ -139,6 +155,21 @@ impl Runner {
                 }
                 Err(err) => err,
             };
+            if let RunError::Apply {
+                transactions,
+                last_commit: Some(last),
+                ..
+            } = &err
+            {
+                if *transactions > 1
+                    && err.class() == ErrorClass::Definite
+                    && self.isolate_until.is_none()
+                {
+                    info!(changefeed = %key, until = %last, "target refused a batch; retrying one source transaction per batch to name the one it refuses");
+                    self.isolate_until = Some(*last);
+                    continue;
+                }
+            }
             let message = err.chain();
             // Not caught up while nothing is read: the lag grows from the checkpoint's time
             // until a new attempt applies or confirms something again.
@@ -409,6 +440,7 @@ impl Runner {
             target: self.config.target_position,
             metrics: self.metrics.clone(),
             on_first_commit,
+            isolate_until: self.isolate_until,
         };
         applier.run(&mut self.stop).await
     }
