@@ -161,6 +161,14 @@ impl Applier {
                 self.status.update(|s| s.caught_up = false);
             }
             SourceEvent::Schema(schema) => self.sink.ensure_table(&schema).await?,
+            SourceEvent::Warning(message) => {
+                tracing::warn!(warning = %message, "source warning");
+                self.status.update(|s| {
+                    if !s.warnings.contains(&message) {
+                        s.warnings.push(message);
+                    }
+                });
+            }
             SourceEvent::Change(change) => {
                 self.metrics.bytes_read(change.payload_bytes() as u64);
                 if let Some(change) = self.filter_skipped(change, cursor.current_commit) {

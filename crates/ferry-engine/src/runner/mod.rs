@@ -302,6 +302,16 @@ impl Runner {
                         .join(", ")
                 };
                 info!(changefeed = %key, added = %list(&changed.added), removed = %list(&changed.removed), "tables changed");
+                if !changed.removed.is_empty() {
+                    let removed = list(&changed.removed);
+                    self.status.update(|s| {
+                        s.warnings.push(format!(
+                            "tables no longer replicated (dropped on the source, or excluded \
+                             by the rules): {removed}; their target tables are kept and get no \
+                             further changes"
+                        ))
+                    });
+                }
                 self.meta.put(Collection::ChangefeedState, &key, &state)?;
             }
             self.sync_publications(&catalog_client, &names, &selected)
