@@ -89,7 +89,7 @@ fn a_refused_change_is_named_by_its_source_transaction_without_values() {
     let failed = pair.wait_state("cf", "failed", MINUTE);
     let error = failed["last_error"].as_str().unwrap();
     eprintln!(
-        "last_error: {error}\nisolated: {}",
+        "scenario errors: batch retried one transaction at a time: {}; last_error: {error}",
         pair.ferry
             .log()
             .contains("one source transaction per batch")
