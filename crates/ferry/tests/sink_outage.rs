@@ -18,7 +18,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Pair;
-use ferry_testkit::PgOptions;
+use ferry_testkit::{wait_for, PgOptions};
 
 const TABLES: [&str; 4] = [
     "pgbench_accounts",
@@ -90,7 +90,7 @@ fn target_crash_with_async_commit_loses_nothing_the_slot_confirmed() {
 
     let load_seconds = plan.load_seconds.to_string();
     let rate = plan.rate;
-    let (confirmed_at_crash, durable, outage) = std::thread::scope(|s| {
+    let (confirmed_at_crash, durable, outage, drain) = std::thread::scope(|s| {
         let source = &pair.source;
         let load = s.spawn(move || {
             source.pgbench(
@@ -122,14 +122,27 @@ fn target_crash_with_async_commit_loses_nothing_the_slot_confirmed() {
             confirmed_at_crash,
             "the slot moved while the changefeed was paused"
         );
+        // The backlog: everything the source wrote up to now, applied after the resume.
+        let backlog_end = pair.source.psql("shop", "SELECT pg_current_wal_lsn()");
+        let resumed = Instant::now();
         pair.act("cf", "resume");
+        wait_for("the backlog to drain", Duration::from_secs(120), || {
+            pair.target.psql(
+                "analytics",
+                &format!(
+                    "SELECT (position::jsonb->>'value')::pg_lsn >= '{backlog_end}' \
+                     FROM _ferry.checkpoints"
+                ),
+            ) == "t"
+        });
+        let drain = resumed.elapsed();
         let out = load.join().unwrap();
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        (confirmed_at_crash, durable, outage)
+        (confirmed_at_crash, durable, outage, drain)
     });
 
     // Transactions the slot confirmed that the target lost: committed after the target's
@@ -144,14 +157,13 @@ fn target_crash_with_async_commit_loses_nothing_the_slot_confirmed() {
     );
     pair.source
         .psql("shop", "SELECT pg_drop_replication_slot('witness')");
-    let drain_started = Instant::now();
     pair.wait_synced("cf", Duration::from_secs(120));
-    let drain = drain_started.elapsed();
     let report = pair.compare(&TABLES);
+    let peak_mib = pair.ferry.peak_rss_kib().unwrap_or(0) / 1024;
     eprintln!(
         "scenario 4: target down {:.1} s; slot confirmed {confirmed_at_crash} at the crash, \
-         target durable at {durable}; {lost} confirmed transactions lost; synced {:.1} s after \
-         the load ended\n{report}",
+         target durable at {durable}; {lost} confirmed transactions lost; backlog drained {:.1} \
+         s after the target came back; server peak RSS {peak_mib} MiB\n{report}",
         outage.as_secs_f64(),
         drain.as_secs_f64()
     );

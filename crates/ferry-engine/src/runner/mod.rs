@@ -161,9 +161,10 @@ impl Runner {
                 ..
             } = &err
             {
+                // Once per refused batch: an isolated retry's batches hold one transaction.
                 if *transactions > 1
                     && err.class() == ErrorClass::Definite
-                    && self.isolate_until.is_none()
+                    && self.isolate_until.is_none_or(|until| *last > until)
                 {
                     info!(changefeed = %key, until = %last, "target refused a batch; retrying one source transaction per batch to name the one it refuses");
                     self.isolate_until = Some(*last);

@@ -3,6 +3,7 @@
 //! columns' names. Never row values: errors end up in the status, logs and metrics.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use ferry_core::{Lsn, RowChange, TableSchema};
 
@@ -10,14 +11,17 @@ use ferry_core::{Lsn, RowChange, TableSchema};
 const MAX_OPS: usize = 8;
 
 /// The open batch's source transactions and what they touch.
+///
+/// On the hot path (every change) it compares a pointer and an operation against at most
+/// [`MAX_OPS`] entries; text is built only when an error is described.
 #[derive(Debug, Default)]
 pub(crate) struct Trail {
     /// (transaction id, commit position) of the batch's first and last transaction.
     first: Option<(u32, Lsn)>,
     last: Option<(u32, Lsn)>,
     transactions: u64,
-    /// `UPDATE public.t (key id)`, distinct, in first-seen order.
-    ops: Vec<String>,
+    /// Distinct (table shape, operation) pairs, in first-seen order.
+    ops: Vec<(Arc<TableSchema>, &'static str)>,
     more_ops: bool,
 }
 
@@ -43,24 +47,18 @@ impl Trail {
         }
     }
 
-    fn note(&mut self, op: &str, table: &TableSchema) {
-        if self.ops.len() >= MAX_OPS {
-            self.more_ops = true;
+    fn note(&mut self, op: &'static str, table: &Arc<TableSchema>) {
+        let seen = self
+            .ops
+            .iter()
+            .any(|(t, o)| *o == op && (Arc::ptr_eq(t, table) || t.id == table.id));
+        if seen {
             return;
         }
-        let key: Vec<&str> = table
-            .key
-            .iter()
-            .filter_map(|&i| table.columns.get(i).map(|c| c.name.as_str()))
-            .collect();
-        let mut entry = format!("{op} {}", table.id);
-        if key.is_empty() {
-            entry.push_str(" (no key)");
+        if self.ops.len() >= MAX_OPS {
+            self.more_ops = true;
         } else {
-            let _ = write!(entry, " (key {})", key.join(", "));
-        }
-        if !self.ops.contains(&entry) {
-            self.ops.push(entry);
+            self.ops.push((table.clone(), op));
         }
     }
 
@@ -89,7 +87,8 @@ impl Trail {
             _ => return "no source transaction".to_string(),
         };
         if !self.ops.is_empty() {
-            let _ = write!(text, ": {}", self.ops.join(", "));
+            let ops: Vec<String> = self.ops.iter().map(|(t, op)| describe_op(op, t)).collect();
+            let _ = write!(text, ": {}", ops.join(", "));
             if self.more_ops {
                 text.push_str(", …");
             }
@@ -98,11 +97,24 @@ impl Trail {
     }
 }
 
+/// `UPDATE public.t (key id, sub)`: the key columns' names, never values.
+fn describe_op(op: &str, table: &TableSchema) -> String {
+    let key: Vec<&str> = table
+        .key
+        .iter()
+        .filter_map(|&i| table.columns.get(i).map(|c| c.name.as_str()))
+        .collect();
+    if key.is_empty() {
+        format!("{op} {} (no key)", table.id)
+    } else {
+        format!("{op} {} (key {})", table.id, key.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
-    use std::sync::Arc;
 
     fn table() -> Arc<TableSchema> {
         let column = |name: &str| ColumnSchema {
