@@ -10,6 +10,14 @@
 //! - [`snapshot`]: the first copy, and the copy of tables added later.
 //! - [`tables`]: the persisted plan, reconciling it with the filter, per-table progress.
 //! - [`apply`]: batches, the checkpoint invariant, the target position.
+//! - [`trail`]: what the open batch holds (source transactions, tables, operations, key
+//!   columns), to name it when the target refuses it. A refused batch of several
+//!   transactions is retried once with one transaction per batch, so `last_error` names the
+//!   one the target refuses.
+//!
+//! Before each attempt that streams, the slot is checked: missing or invalidated
+//! (`wal_status` `lost`) is a definite failure whose hint is to re-sync, never a stream
+//! from a later position.
 //!
 //! A stop request (pause, delete, shutdown) cancels the attempt wherever it is: snapshot
 //! chunks and batches are target transactions, so a cancelled one leaves no trace, and the
