@@ -136,8 +136,15 @@ fn changefeed_gauges(state: &AppState, out: &mut String) {
     );
     gauge(
         out,
+        "ferry_source_retained_bytes",
+        "WAL (or log) the changefeed keeps on its source until it confirms it, in bytes.",
+        &|f| f.slot_retained_wal_bytes.map(|b| b as f64),
+    );
+    // The earlier name of the same gauge, kept for existing dashboards and alerts.
+    gauge(
+        out,
         "ferry_slot_retained_wal_bytes",
-        "WAL the changefeed's replication slot keeps on the source, in bytes.",
+        "Deprecated alias of ferry_source_retained_bytes.",
         &|f| f.slot_retained_wal_bytes.map(|b| b as f64),
     );
     gauge(

@@ -101,6 +101,8 @@ pub enum SourceEvent {
     Begin {
         /// The transaction's commit position.
         commit: Position,
+        /// The source's transaction id, to name the transaction in errors.
+        xid: u32,
         /// Commit time, microseconds since the Unix epoch.
         commit_time_us: i64,
     },
@@ -116,6 +118,9 @@ pub enum SourceEvent {
         /// Commit time, microseconds since the Unix epoch.
         commit_time_us: i64,
     },
+    /// Something the operator should know that does not stop the stream (a table dropped
+    /// on the source while its changes were unread); shown in the status's warnings.
+    Warning(String),
     /// The source has sent everything up to `position` and nothing is in flight: a
     /// changefeed that has applied all it received is caught up to here.
     Idle {

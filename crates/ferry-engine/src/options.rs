@@ -17,6 +17,10 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// hears of a lasting problem the same day.
 pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(30 * 60);
 
+/// Default WAL a slot may hold on its source before the changefeed's status warns: 10 GB,
+/// a day or more of a busy database's WAL, yet a small share of a production disk.
+pub const DEFAULT_RETAINED_WAL_WARNING_BYTES: u64 = 10_000_000_000;
+
 /// How a changefeed retries transient failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -48,6 +52,9 @@ pub struct EngineOptions {
     pub max_name_length: usize,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
+    /// A changefeed whose slot holds more WAL than this on its source shows a warning in its
+    /// status (the WAL stays until the changefeed confirms it, and fills the source's disk).
+    pub retained_wal_warning_bytes: u64,
 }
 
 impl Default for EngineOptions {
@@ -56,6 +63,7 @@ impl Default for EngineOptions {
             max_changefeeds: DEFAULT_MAX_CHANGEFEEDS,
             max_name_length: DEFAULT_MAX_NAME_LENGTH,
             retry: RetryPolicy::default(),
+            retained_wal_warning_bytes: DEFAULT_RETAINED_WAL_WARNING_BYTES,
         }
     }
 }

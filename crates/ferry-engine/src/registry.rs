@@ -244,6 +244,7 @@ impl Engine {
             metrics: FeedMetrics::new(&config.namespace, &config.id),
             server_id: self.server_id.clone(),
             source_identity: None,
+            isolate_until: None,
         };
         Task {
             stop: stop_tx,

@@ -130,6 +130,9 @@ pub(crate) struct Live {
     pub(crate) transactions_applied: u64,
     /// WAL the slot holds back on the source, as last measured.
     pub(crate) retained_wal_bytes: Option<u64>,
+    /// What the slot monitor last found wrong with the slot (too much WAL held, about to be
+    /// or already invalidated, gone); shown after `warnings`.
+    pub(crate) slot_warning: Option<String>,
 }
 
 /// A handle to a changefeed's live status.
@@ -151,6 +154,7 @@ impl StatusCell {
             rows_applied: 0,
             transactions_applied: 0,
             retained_wal_bytes: None,
+            slot_warning: None,
         })))
     }
 
@@ -250,7 +254,12 @@ impl StatusCell {
                 last_error_time: live.last_error.as_ref().map(|e| rfc3339(e.at_us)),
                 last_warning: live.last_warning.as_ref().map(|e| e.message.clone()),
                 last_warning_time: live.last_warning.as_ref().map(|e| rfc3339(e.at_us)),
-                warnings: live.warnings.clone(),
+                warnings: live
+                    .warnings
+                    .iter()
+                    .chain(&live.slot_warning)
+                    .cloned()
+                    .collect(),
                 rows_applied: live.rows_applied,
                 transactions_applied: live.transactions_applied,
                 snapshot_rows_copied: live.tables.iter().map(|t| t.rows_copied).sum(),

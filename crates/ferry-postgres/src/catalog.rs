@@ -59,7 +59,10 @@ pub async fn selected_tables(
         let oid: u32 = row.get(2);
         let reltuples: f64 = row.get(3);
         let total_bytes: i64 = row.get(4);
-        let schema = table_schema(client, oid).await?;
+        // Dropped since it was listed: not selected any more.
+        let Some(schema) = table_schema(client, oid).await? else {
+            continue;
+        };
         tables.push(SelectedTable {
             schema,
             oid,
@@ -70,10 +73,11 @@ pub async fn selected_tables(
     Ok(tables)
 }
 
-/// The shape of the table with OID `oid`, as the catalog says now.
-pub async fn table_schema(client: &Client, oid: u32) -> Result<TableSchema, PgError> {
+/// The shape of the table with OID `oid`, as the catalog says now; `None` when no such table
+/// exists any more (dropped).
+pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchema>, PgError> {
     let head = client
-        .query_one(
+        .query_opt(
             "SELECT n.nspname::text, c.relname::text, c.relreplident::text
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = $1",
@@ -81,6 +85,9 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<TableSchema, PgEr
         )
         .await
         .map_err(|e| PgError::new(format!("read table {oid}"), e))?;
+    let Some(head) = head else {
+        return Ok(None);
+    };
     let id = TableId::new(head.get::<_, String>(0), head.get::<_, String>(1));
     let identity = match head.get::<_, String>(2).as_str() {
         "f" => ReplicaIdentity::Full,
@@ -140,13 +147,13 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<TableSchema, PgEr
         .iter()
         .filter_map(|k| columns.iter().position(|c| &c.name == k))
         .collect();
-    Ok(TableSchema {
+    Ok(Some(TableSchema {
         id,
         columns,
         key,
         identity,
         user_types,
-    })
+    }))
 }
 
 /// The key rows are matched by: the replica identity index's columns with `REPLICA IDENTITY

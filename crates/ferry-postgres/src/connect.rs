@@ -25,12 +25,31 @@ pub struct PgError {
 
 impl PgError {
     /// Wraps a tokio-postgres error, classifying it by SQLSTATE.
+    ///
+    /// A server error keeps its severity, message, SQLSTATE and hint but not its `DETAIL`,
+    /// which may quote row values (`Key (email)=(…) already exists`, `Failing row contains
+    /// (…)`): the error ends up in the status, logs and metrics, where values never go.
     pub fn new(what: impl Into<String>, err: tokio_postgres::Error) -> Self {
         let class = classify(&err);
+        let source: Box<dyn std::error::Error + Send + Sync> = match err.as_db_error() {
+            Some(db) => {
+                let mut text = format!(
+                    "{}: {} (SQLSTATE {})",
+                    db.severity(),
+                    db.message(),
+                    db.code().code()
+                );
+                if let Some(hint) = db.hint() {
+                    text.push_str(&format!("; hint: {hint}"));
+                }
+                text.into()
+            }
+            None => Box::new(err),
+        };
         PgError {
             what: what.into(),
             class,
-            source: Box::new(err),
+            source,
         }
     }
 

@@ -129,6 +129,34 @@ pub async fn sync_publication(
     Ok(())
 }
 
+/// Whether the source still keeps the WAL a slot needs (`pg_replication_slots.wal_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalStatus {
+    /// Within `max_wal_size`.
+    Reserved,
+    /// Past `max_wal_size`, kept by the slot (within `max_slot_wal_keep_size`).
+    Extended,
+    /// Past `max_slot_wal_keep_size`: the next checkpoint removes WAL the slot needs unless
+    /// it catches up first.
+    Unreserved,
+    /// Invalidated: WAL the slot needs is gone, it can never stream again.
+    Lost,
+    /// A value this version does not know, or none.
+    Unknown,
+}
+
+impl WalStatus {
+    fn parse(text: Option<&str>) -> WalStatus {
+        match text {
+            Some("reserved") => WalStatus::Reserved,
+            Some("extended") => WalStatus::Extended,
+            Some("unreserved") => WalStatus::Unreserved,
+            Some("lost") => WalStatus::Lost,
+            _ => WalStatus::Unknown,
+        }
+    }
+}
+
 /// The slot's state on the source, if it exists.
 #[derive(Clone, Debug)]
 pub struct SlotState {
@@ -136,13 +164,15 @@ pub struct SlotState {
     pub confirmed_flush: Lsn,
     /// Whether a walsender holds it now.
     pub active_pid: Option<i32>,
+    /// Whether its WAL is still there.
+    pub wal_status: WalStatus,
 }
 
 /// Reads slot `slot`.
 pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, PgError> {
     let row = client
         .query_opt(
-            "SELECT COALESCE(confirmed_flush_lsn, '0/0')::text, active_pid
+            "SELECT COALESCE(confirmed_flush_lsn, '0/0')::text, active_pid, wal_status
              FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -151,7 +181,41 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     Ok(row.map(|r| SlotState {
         confirmed_flush: r.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO),
         active_pid: r.get(1),
+        wal_status: WalStatus::parse(r.get(2)),
     }))
+}
+
+/// Why a changefeed's slot can no longer stream what follows its checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotLoss {
+    /// No slot of that name on the source (dropped by someone, or a different database).
+    Missing,
+    /// The source invalidated it (`wal_status` `lost`): it removed WAL the slot still needed,
+    /// because the slot held more than `max_slot_wal_keep_size`.
+    Invalidated,
+}
+
+impl SlotLoss {
+    /// What happened, in the source's terms, for an operator.
+    pub fn describe(&self, slot: &str) -> String {
+        match self {
+            SlotLoss::Missing => format!("replication slot {slot} is gone from the source"),
+            SlotLoss::Invalidated => format!(
+                "replication slot {slot} was invalidated by the source (wal_status lost): it \
+                 held more WAL than the source's max_slot_wal_keep_size allows, and the source \
+                 removed WAL the slot still needed"
+            ),
+        }
+    }
+}
+
+/// Whether slot `slot` was lost, from the slot's row (`None` when it has no row).
+pub fn slot_loss(state: Option<&SlotState>) -> Option<SlotLoss> {
+    match state {
+        None => Some(SlotLoss::Missing),
+        Some(s) if s.wal_status == WalStatus::Lost => Some(SlotLoss::Invalidated),
+        Some(_) => None,
+    }
 }
 
 /// Where a slot can stream from, and the WAL it keeps on the source.
@@ -163,11 +227,17 @@ pub struct SlotPositions {
     pub confirmed_flush: Lsn,
     /// The source's current WAL position.
     pub current_wal: Lsn,
+    /// Whether the WAL the slot needs is still there.
+    pub wal_status: WalStatus,
 }
 
 impl SlotPositions {
-    /// Bytes of WAL the source keeps for this slot.
+    /// Bytes of WAL the source keeps for this slot (0 once it is invalidated: the source
+    /// keeps nothing for it any more).
     pub fn retained_wal_bytes(&self) -> u64 {
+        if self.restart_lsn == Lsn::ZERO {
+            return 0;
+        }
         self.current_wal.0.saturating_sub(self.restart_lsn.0)
     }
 }
@@ -181,7 +251,7 @@ pub async fn slot_positions(
         .query(
             "SELECT slot_name::text, COALESCE(restart_lsn, '0/0')::text,
                     COALESCE(confirmed_flush_lsn, '0/0')::text,
-                    pg_catalog.pg_current_wal_lsn()::text
+                    pg_catalog.pg_current_wal_lsn()::text, wal_status
              FROM pg_catalog.pg_replication_slots WHERE slot_name = ANY($1)",
             &[&slots],
         )
@@ -197,6 +267,7 @@ pub async fn slot_positions(
                     restart_lsn: lsn(r, 1),
                     confirmed_flush: lsn(r, 2),
                     current_wal: lsn(r, 3),
+                    wal_status: WalStatus::parse(r.get(4)),
                 },
             )
         })

@@ -17,7 +17,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_core::{ErrorClass, Lsn, Position, Row, RowChange, SourceEvent, TableSchema};
+use ferry_core::{
+    ErrorClass, Lsn, Position, ReplicaIdentity, Row, RowChange, SourceEvent, TableId, TableSchema,
+};
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
@@ -109,11 +111,12 @@ impl PgStream {
             ReplicationEvent::Begin {
                 final_lsn,
                 commit_time_micros,
-                ..
+                xid,
             } => {
                 self.in_transaction = true;
                 self.pending.push_back(SourceEvent::Begin {
                     commit: Position::PgLsn(Lsn(final_lsn.0)),
+                    xid,
                     commit_time_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
                 });
             }
@@ -154,7 +157,16 @@ impl PgStream {
     async fn on_message(&mut self, message: PgOutputMessage) -> Result<(), PgError> {
         match message {
             PgOutputMessage::Relation(relation) => {
-                let schema = Arc::new(self.describe(&relation).await?);
+                let (schema, dropped) = self.describe(&relation).await?;
+                let schema = Arc::new(schema);
+                if dropped {
+                    self.pending.push_back(SourceEvent::Warning(format!(
+                        "table {} was dropped on the source while changes to it were still \
+                         unread: they were applied as the stream describes the table, and its \
+                         target table is kept but gets no further changes",
+                        schema.id
+                    )));
+                }
                 self.relations.insert(relation.id, schema.clone());
                 self.pending.push_back(SourceEvent::Schema(schema));
             }
@@ -214,9 +226,14 @@ impl PgStream {
     }
 
     /// The relation's shape: its columns as pgoutput lists them now, completed from the
-    /// catalog (types, nullability, key, user types).
-    async fn describe(&self, relation: &RelationMessage) -> Result<TableSchema, PgError> {
-        let mut schema = catalog::table_schema(&self.catalog, relation.id).await?;
+    /// catalog (types, nullability, key, user types). `true` when the table is gone from the
+    /// catalog (dropped after these changes): its shape then comes from the message and what
+    /// this session knew of it.
+    async fn describe(&self, relation: &RelationMessage) -> Result<(TableSchema, bool), PgError> {
+        let (mut schema, dropped) = match catalog::table_schema(&self.catalog, relation.id).await? {
+            Some(schema) => (schema, false),
+            None => (self.dropped_table_schema(relation), true),
+        };
         let key_names: Vec<String> = schema
             .key
             .iter()
@@ -241,9 +258,17 @@ impl PgStream {
                         .await
                         .map_err(|e| PgError::new("describe a column type", e))?;
                     let user: bool = row.get(1);
+                    let type_name: String = row.get(0);
+                    // A dropped table's user-typed columns exist on the target with that
+                    // type already (created with the table): keep its name if it resolves.
+                    let keep_user_type = dropped && type_name != "???";
                     columns.push(ferry_core::ColumnSchema {
                         name: col.name.clone(),
-                        type_name: if user { "text".into() } else { row.get(0) },
+                        type_name: if user && !keep_user_type {
+                            "text".into()
+                        } else {
+                            type_name
+                        },
                         type_oid: col.type_oid,
                         nullable: true,
                         missing_value: None,
@@ -256,7 +281,44 @@ impl PgStream {
             .filter_map(|k| columns.iter().position(|c| &c.name == k))
             .collect();
         schema.columns = columns;
-        Ok(schema)
+        Ok((schema, dropped))
+    }
+
+    /// What is known of a relation the catalog no longer has: the shape this session last
+    /// saw, else the message's (name, key columns for a primary-key or index identity).
+    /// Columns the shape lacks are described from the message by the caller.
+    fn dropped_table_schema(&self, relation: &RelationMessage) -> TableSchema {
+        if let Some(known) = self.relations.get(&relation.id) {
+            return known.as_ref().clone();
+        }
+        let identity = match relation.replica_identity {
+            b'f' => ReplicaIdentity::Full,
+            b'i' => ReplicaIdentity::Index,
+            b'n' => ReplicaIdentity::Nothing,
+            _ => ReplicaIdentity::Default,
+        };
+        // With FULL every column is flagged, which says nothing about the key.
+        let key_columns: Vec<ferry_core::ColumnSchema> = relation
+            .columns
+            .iter()
+            .filter(|c| c.is_key && identity != ReplicaIdentity::Full)
+            .map(|c| ferry_core::ColumnSchema {
+                name: c.name.clone(),
+                type_name: String::new(),
+                type_oid: u32::MAX,
+                nullable: true,
+                missing_value: None,
+            })
+            .collect();
+        TableSchema {
+            id: TableId::new(relation.namespace.clone(), relation.name.clone()),
+            key: (0..key_columns.len()).collect(),
+            // Placeholders that only carry the key's names: no message column matches their
+            // type, so each is described from the message.
+            columns: key_columns,
+            identity,
+            user_types: Vec::new(),
+        }
     }
 }
 

@@ -124,6 +124,19 @@ impl FerryServer {
         )
     }
 
+    /// Like [`FerryServer::start_with_log`], with more `ferry server` flags
+    /// (`--retained-wal-warning-bytes 1`), kept for restarts.
+    pub fn start_with_args(binary: &Path, log_filter: &str, extra_args: &[&str]) -> FerryServer {
+        FerryServer::start_with(
+            binary,
+            FerryOptions {
+                args: extra_args.iter().map(|a| a.to_string()).collect(),
+                log_filter: Some(log_filter.to_owned()),
+                ..FerryOptions::default()
+            },
+        )
+    }
+
     /// Like [`FerryServer::start`], with more flags, environment, HTTPS or a token.
     pub fn start_with(binary: &Path, options: FerryOptions) -> FerryServer {
         let port = TcpListener::bind("127.0.0.1:0")

@@ -8,6 +8,10 @@
 //!
 //! - [`postgres`]: [`PgCluster`], an `initdb`-fresh PostgreSQL cluster with `wal_level=logical`,
 //!   a superuser `ferry` and optional password authentication.
+//!   [`PgCluster::stop_immediate`] and [`PgCluster::restart`] crash and recover it in place.
+//! - [`compare`]: the oracle fault tests end with: [`compare_tables`] matches source and
+//!   target rows by key (whole rows for keyless tables) and counts missing, extra and
+//!   different rows per table.
 //! - [`ferry`]: [`FerryServer`], the real `ferry server` binary on a free port, with
 //!   `kill -9` and restart, and a tiny blocking HTTP(S) client for its API, with flags,
 //!   environment, tokens and HTTPS from [`FerryOptions`].
@@ -40,11 +44,13 @@
 //! current user and connect over TCP.
 
 pub mod certs;
+pub mod compare;
 pub mod ferry;
 pub mod postgres;
 mod server_user;
 pub mod wait;
 
+pub use compare::{compare_tables, Comparison, TableDiff};
 pub use ferry::{FerryOptions, FerryServer, HttpsClient};
 pub use postgres::{pg_bin_dir, PgCluster, PgOptions, ServerTls};
 pub use wait::{wait_for, wait_for_async};

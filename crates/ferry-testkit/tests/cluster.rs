@@ -112,3 +112,57 @@ async fn password_cluster_rejects_a_wrong_password() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn immediate_stop_and_restart_keep_the_port_and_committed_data() {
+    let mut cluster = PgCluster::start();
+    let port = cluster.port();
+    cluster.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
+    cluster.stop_immediate();
+    assert!(!cluster.is_running());
+    cluster.restart();
+    assert_eq!(cluster.port(), port);
+    assert_eq!(cluster.psql("postgres", "SELECT count(*) FROM t"), "1");
+}
+
+#[test]
+fn comparison_counts_missing_extra_and_different_rows() {
+    let (source, target) = thread::scope(|scope| {
+        let a = scope.spawn(PgCluster::start);
+        let b = scope.spawn(PgCluster::start);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let setup = "CREATE TABLE k (id int, sub text, v jsonb, PRIMARY KEY (id, sub));
+                 CREATE TABLE h (a int, b text);";
+    source.psql("postgres", setup);
+    target.psql("postgres", setup);
+    source.psql(
+        "postgres",
+        "INSERT INTO k VALUES (1, 'a', '{\"x\": 1}'), (2, 'b', NULL), (3, 'c', '[]');
+         INSERT INTO h VALUES (1, 'x'), (1, 'x'), (2, E'tab\\there')",
+    );
+    target.psql(
+        "postgres",
+        "INSERT INTO k VALUES (1, 'a', '{\"x\": 1}'), (2, 'b', '{}'), (4, 'd', NULL);
+         INSERT INTO h VALUES (1, 'x'), (2, E'tab\\there'), (9, NULL)",
+    );
+    let report =
+        ferry_testkit::compare_tables(&source, "postgres", &target, "postgres", &["k", "public.h"]);
+    let k = &report.tables[0];
+    assert_eq!(k.key, ["id", "sub"]);
+    assert_eq!((k.missing, k.extra, k.different), (1, 1, 1), "{report}");
+    let h = &report.tables[1];
+    assert!(h.key.is_empty());
+    assert_eq!((h.missing, h.extra, h.different), (1, 1, 0), "{report}");
+    assert_eq!(report.totals(), (2, 2, 1));
+    assert!(!report.is_identical());
+    assert_eq!(
+        ferry_testkit::compare::user_tables(&source, "postgres"),
+        ["public.h", "public.k"]
+    );
+    let same = ferry_testkit::compare_tables(&source, "postgres", &source, "postgres", &["k", "h"]);
+    same.assert_identical();
+}

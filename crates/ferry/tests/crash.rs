@@ -54,14 +54,14 @@ fn kill_9_during_snapshot_and_stream_loses_and_doubles_nothing() {
     {
         eprintln!("{line}");
     }
-    for table in [
+    let report = pair.compare(&[
         "pgbench_accounts",
         "pgbench_branches",
         "pgbench_tellers",
         "pgbench_history",
-    ] {
-        pair.assert_same(table);
-    }
+    ]);
+    eprintln!("scenario 1: 4 kill -9 of the server (the first during the snapshot) under pgbench, scale {}\n{report}", scale());
+    report.assert_identical();
     let history = pair
         .target
         .psql("analytics", "SELECT count(*) FROM pgbench_history");

@@ -12,6 +12,7 @@ use ferry_core::{ErrorClass, Lsn, Position, RowChange, Sink, SourceEvent, TableI
 use ferry_postgres::PgError;
 use tokio::sync::{mpsc, watch};
 
+use super::trail::Trail;
 use super::RunError;
 use crate::metrics::{FeedMetrics, RowCounts};
 use crate::sink::AnySink;
@@ -47,6 +48,8 @@ pub(crate) struct Applier {
     pub(crate) metrics: FeedMetrics,
     /// Called once after the first batch is durable (clears a requested resume position).
     pub(crate) on_first_commit: Option<Box<dyn FnOnce() + Send>>,
+    /// Commit each source transaction committed at or before this in a batch of its own.
+    pub(crate) isolate_until: Option<Lsn>,
 }
 
 /// The open batch.
@@ -60,6 +63,8 @@ struct Batch {
     /// confirmed once the batch is durable.
     idle: Option<(Position, i64)>,
     counts: RowCounts,
+    /// The batch's transactions and what they touch, to name them in an error.
+    trail: Trail,
 }
 
 /// Where the applier is in the stream.
@@ -91,7 +96,11 @@ impl Applier {
                 }
                 ev = self.events.recv() => ev,
                 _ = sleep_until(deadline), if deadline.is_some() && !cursor.in_transaction => {
-                    self.commit(&mut batch).await?;
+                    if let Err(e) = self.commit(&mut batch).await {
+                        let e = named(e, &batch.trail);
+                        self.abort(&mut batch).await;
+                        return Err(e);
+                    }
                     continue;
                 }
             };
@@ -115,6 +124,7 @@ impl Applier {
                 Ok(None) => {}
                 Ok(Some(end)) => return Ok(end),
                 Err(e) => {
+                    let e = named(e, &batch.trail);
                     self.abort(&mut batch).await;
                     return Err(e);
                 }
@@ -138,7 +148,7 @@ impl Applier {
         cursor: &mut Cursor,
     ) -> Result<Option<StreamEnd>, RunError> {
         match event {
-            SourceEvent::Begin { commit, .. } => {
+            SourceEvent::Begin { commit, xid, .. } => {
                 if self.past_target(commit.lsn()) {
                     // Everything at or before the target is in the batch.
                     self.commit(batch).await?;
@@ -146,15 +156,25 @@ impl Applier {
                 }
                 cursor.in_transaction = true;
                 cursor.current_commit = commit.lsn();
+                batch.trail.begin(xid, commit.lsn());
                 batch.opened.get_or_insert_with(tokio::time::Instant::now);
                 self.status.update(|s| s.caught_up = false);
             }
             SourceEvent::Schema(schema) => self.sink.ensure_table(&schema).await?,
+            SourceEvent::Warning(message) => {
+                tracing::warn!(warning = %message, "source warning");
+                self.status.update(|s| {
+                    if !s.warnings.contains(&message) {
+                        s.warnings.push(message);
+                    }
+                });
+            }
             SourceEvent::Change(change) => {
                 self.metrics.bytes_read(change.payload_bytes() as u64);
                 if let Some(change) = self.filter_skipped(change, cursor.current_commit) {
                     batch.rows += 1;
                     batch.counts.count(&change);
+                    batch.trail.change(&change);
                     self.sink.apply(change).await?;
                 }
             }
@@ -167,7 +187,9 @@ impl Applier {
                 batch.end = Some((end, commit_time_us));
                 let age = batch.opened.map_or(Duration::ZERO, |t| t.elapsed());
                 let at_target = self.target.is_some_and(|t| end.lsn() >= t);
+                let isolated = self.isolate_until.is_some_and(|t| end.lsn() <= t);
                 if batch.rows as usize >= self.max_rows
+                    || isolated
                     || age >= self.max_wait
                     || (age >= LIVE_COMMIT_DELAY && self.events.is_empty())
                     || at_target
@@ -283,6 +305,20 @@ impl Applier {
             ..Batch::default()
         };
         Ok(())
+    }
+}
+
+/// A definite sink error, named by the batch it refused (transient ones stay as they are:
+/// a broken connection is no fault of the data).
+fn named(err: RunError, trail: &Trail) -> RunError {
+    match err {
+        RunError::Sink(source) if source.class() == ErrorClass::Definite => RunError::Apply {
+            context: trail.describe(),
+            transactions: trail.transactions(),
+            last_commit: trail.last_commit(),
+            source,
+        },
+        other => other,
     }
 }
 

@@ -10,6 +10,14 @@
 //! - [`snapshot`]: the first copy, and the copy of tables added later.
 //! - [`tables`]: the persisted plan, reconciling it with the filter, per-table progress.
 //! - [`apply`]: batches, the checkpoint invariant, the target position.
+//! - [`trail`]: what the open batch holds (source transactions, tables, operations, key
+//!   columns), to name it when the target refuses it. A refused batch of several
+//!   transactions is retried once with one transaction per batch, so `last_error` names the
+//!   one the target refuses.
+//!
+//! Before each attempt that streams, the slot is checked: missing or invalidated
+//! (`wal_status` `lost`) is a definite failure whose hint is to re-sync, never a stream
+//! from a later position.
 //!
 //! A stop request (pause, delete, shutdown) cancels the attempt wherever it is: snapshot
 //! chunks and batches are target transactions, so a cancelled one leaves no trace, and the
@@ -19,6 +27,7 @@
 mod apply;
 mod snapshot;
 pub(crate) mod tables;
+mod trail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,14 +63,35 @@ pub(crate) enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Meta(#[from] ferry_meta::MetaError),
+    /// The target refused a batch; `context` names its source transactions, tables,
+    /// operations and key columns (never values).
+    #[error("applying {context}")]
+    Apply {
+        context: String,
+        /// How many source transactions the batch held.
+        transactions: u64,
+        /// The batch's last commit position.
+        last_commit: Option<Lsn>,
+        #[source]
+        source: SinkError,
+    },
+    /// The slot can no longer stream what follows the checkpoint: definite, and resuming
+    /// cannot help (see [`slot_lost_hint`]).
+    #[error(
+        "{description}, so the source's changes since the last checkpoint ({checkpoint}) are gone"
+    )]
+    SlotLost {
+        description: String,
+        checkpoint: String,
+    },
 }
 
 impl RunError {
     fn class(&self) -> ErrorClass {
         match self {
             RunError::Source(e) => e.class,
-            RunError::Sink(e) => e.class(),
-            RunError::Meta(_) => ErrorClass::Definite,
+            RunError::Sink(e) | RunError::Apply { source: e, .. } => e.class(),
+            RunError::Meta(_) | RunError::SlotLost { .. } => ErrorClass::Definite,
         }
     }
 
@@ -81,6 +111,17 @@ fn resume_hint(config: &ChangefeedConfig) -> String {
     )
 }
 
+/// What a changefeed whose slot was lost ends with: resuming cannot bring the changes back.
+fn slot_lost_hint(config: &ChangefeedConfig) -> String {
+    format!(
+        "re-sync: delete the changefeed and create it again (`ferry changefeed delete {id}`, \
+         then `ferry changefeed create`), which copies the tables anew; resuming cannot \
+         recover the lost changes. To keep a slot from being lost, raise the source's \
+         max_slot_wal_keep_size or watch ferry_source_retained_bytes",
+        id = config.id
+    )
+}
+
 pub(crate) struct Runner {
     pub(crate) config: ChangefeedConfig,
     pub(crate) meta: Arc<MetaStore>,
@@ -93,6 +134,9 @@ pub(crate) struct Runner {
     /// The source database's identity, read by each attempt: its sinks refuse to connect
     /// to the same database.
     pub(crate) source_identity: Option<ferry_postgres::identity::ServerIdentity>,
+    /// Commit every source transaction up to here in a batch of its own: set after the
+    /// target refused a batch of several, so the next attempt names the one it refuses.
+    pub(crate) isolate_until: Option<Lsn>,
 }
 
 impl Runner {
@@ -125,11 +169,33 @@ impl Runner {
                 }
                 Err(err) => err,
             };
+            if let RunError::Apply {
+                transactions,
+                last_commit: Some(last),
+                ..
+            } = &err
+            {
+                // Once per refused batch: an isolated retry's batches hold one transaction.
+                if *transactions > 1
+                    && err.class() == ErrorClass::Definite
+                    && self.isolate_until.is_none_or(|until| *last > until)
+                {
+                    info!(changefeed = %key, until = %last, "target refused a batch; retrying one source transaction per batch to name the one it refuses");
+                    self.isolate_until = Some(*last);
+                    continue;
+                }
+            }
             let message = err.chain();
+            // Not caught up while nothing is read: the lag grows from the checkpoint's time
+            // until a new attempt applies or confirms something again.
+            self.status.update(|s| s.caught_up = false);
             if err.class() == ErrorClass::Definite {
                 warn!(changefeed = %key, error = %message, "changefeed failed");
                 self.metrics.error("definite");
-                let hint = resume_hint(&self.config);
+                let hint = match err {
+                    RunError::SlotLost { .. } => slot_lost_hint(&self.config),
+                    _ => resume_hint(&self.config),
+                };
                 self.settle(Event::Definite, Some(format!("{message}. Hint: {hint}")));
                 return;
             }
@@ -231,6 +297,10 @@ impl Runner {
             .meta
             .get(Collection::ChangefeedState, &key)?
             .unwrap_or_default();
+        if state.phase == Some(Phase::Streaming) {
+            // Before the target is even reached: a lost slot is definite whatever else fails.
+            self.ensure_slot(&catalog_client, &names).await?;
+        }
         let mut sink = AnySink::connect(&self.config.sink_uri, &key, self.target_policy()).await?;
         let selected = catalog::selected_tables(&catalog_client, &self.config.tables).await?;
         self.note_tables(&selected);
@@ -243,17 +313,6 @@ impl Runner {
             return Ok(StreamEnd::Finished);
         }
         let session = if state.phase == Some(Phase::Streaming) {
-            if slot::slot_state(&catalog_client, &names.slot)
-                .await?
-                .is_none()
-            {
-                return Err(PgError::definite(format!(
-                    "replication slot {} is gone from the source, so changes since the last \
-                     checkpoint are lost; delete and re-create the changefeed to copy the tables again",
-                    names.slot
-                ))
-                .into());
-            }
             self.status.update(|s| s.phase = Phase::Streaming);
             let since = current_wal_lsn(&catalog_client).await?;
             let wanted: Vec<(TableId, u64)> = selected
@@ -277,6 +336,16 @@ impl Runner {
                 info!(changefeed = %key, added = %list(&changed.added), removed = %list(&changed.removed), "tables changed");
                 // Tables no longer written: another changefeed may claim them.
                 sink.release_tables(&changed.removed).await?;
+                if !changed.removed.is_empty() {
+                    let removed = list(&changed.removed);
+                    self.status.update(|s| {
+                        s.warnings.push(format!(
+                            "tables no longer replicated (dropped on the source, or excluded \
+                             by the rules): {removed}; their target tables are kept and get no \
+                             further changes"
+                        ))
+                    });
+                }
                 self.meta.put(Collection::ChangefeedState, &key, &state)?;
             }
             self.sync_publications(&catalog_client, &names, &selected)
@@ -308,6 +377,33 @@ impl Runner {
             existing_target: self.config.existing_target(),
             source: self.source_identity.clone(),
         }
+    }
+
+    /// Fails (definite) when the slot is missing or invalidated on the source: streaming on
+    /// from another position would skip changes silently.
+    async fn ensure_slot(
+        &self,
+        client: &tokio_postgres::Client,
+        names: &SlotNames,
+    ) -> Result<(), RunError> {
+        let state = slot::slot_state(client, &names.slot).await?;
+        let Some(loss) = slot::slot_loss(state.as_ref()) else {
+            return Ok(());
+        };
+        // The status's checkpoint, else what the slot had confirmed when it was lost.
+        let confirmed = state
+            .map(|s| s.confirmed_flush)
+            .filter(|&lsn| lsn != Lsn::ZERO)
+            .map(Position::PgLsn);
+        let checkpoint = self
+            .status
+            .update(|s| s.checkpoint)
+            .or(confirmed)
+            .map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        Err(RunError::SlotLost {
+            description: loss.describe(&names.slot),
+            checkpoint,
+        })
     }
 
     fn note_tables(&self, tables: &[SelectedTable]) {
@@ -396,6 +492,7 @@ impl Runner {
             target: self.config.target_position,
             metrics: self.metrics.clone(),
             on_first_commit,
+            isolate_until: self.isolate_until,
         };
         applier.run(&mut self.stop).await
     }

@@ -54,9 +54,15 @@ impl Runner {
         let begun = if snapshot_only {
             !state.plan.is_empty()
         } else {
-            slot::slot_state(catalog_client, &names.slot)
-                .await?
-                .is_some()
+            match slot::slot_state(catalog_client, &names.slot).await? {
+                None => false,
+                Some(state) if slot::slot_loss(Some(&state)).is_some() => {
+                    // Begun, and its slot invalidated: copying on would end in a gap.
+                    self.ensure_slot(catalog_client, names).await?;
+                    true
+                }
+                Some(_) => true,
+            }
         };
         let fresh = !begun;
         if !self.config.copies() {

@@ -50,7 +50,11 @@ pub struct PgCluster {
     password: Option<String>,
     /// TCP logins need TLS: the helpers use the Unix socket instead.
     hostssl_only: bool,
-    server: Child,
+    /// The server settings of every start (the TLS files and the caller's `extra_conf`).
+    extra_conf: Vec<(String, String)>,
+    user: Option<&'static ServerUser>,
+    /// `None` while stopped by [`PgCluster::stop_immediate`].
+    server: Option<Child>,
     /// Declared last: removed only after `Drop::drop` has stopped the server.
     root: TempDir,
 }
@@ -94,14 +98,16 @@ impl PgCluster {
             None => Vec::new(),
         };
         conf.extend(options.extra_conf);
-        let (server, port) = process::start(&bin_dir, root.path(), &data_dir, &conf, user);
+        let (server, port) = process::start(&bin_dir, root.path(), &data_dir, &conf, user, None);
 
         PgCluster {
             bin_dir,
             port,
             password,
             hostssl_only,
-            server,
+            extra_conf: conf,
+            user,
+            server: Some(server),
             root,
         }
     }
@@ -217,6 +223,44 @@ impl PgCluster {
             .unwrap_or_else(|e| panic!("could not run {}/pgbench: {e}", self.bin_dir.display()))
     }
 
+    /// Crashes the server the way `pg_ctl -m immediate stop` does (SIGQUIT: no checkpoint, no
+    /// flush of anything not yet written), and waits until it is gone. Its data stays;
+    /// [`PgCluster::restart`] starts it again with crash recovery.
+    pub fn stop_immediate(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            process::stop_immediate(&mut server);
+        }
+    }
+
+    /// Stops the server the way `pg_ctl -m fast stop` does (SIGINT: sessions are ended, a
+    /// shutdown checkpoint is written). [`PgCluster::restart`] starts it again.
+    pub fn stop_fast(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            process::stop(&mut server);
+        }
+    }
+
+    /// Starts a stopped server again on the same data directory and the same port, so URIs
+    /// handed out before stay valid. Panics (with the log) if the port was taken meanwhile.
+    pub fn restart(&mut self) {
+        assert!(self.server.is_none(), "the server is still running");
+        let data_dir = self.root.path().join("data");
+        let (server, _) = process::start(
+            &self.bin_dir,
+            self.root.path(),
+            &data_dir,
+            &self.extra_conf,
+            self.user,
+            Some(self.port),
+        );
+        self.server = Some(server);
+    }
+
+    /// Whether the server process runs (false after [`PgCluster::stop_immediate`]).
+    pub fn is_running(&self) -> bool {
+        self.server.is_some()
+    }
+
     /// Stops the server and removes its directory; the same as dropping the cluster.
     pub fn stop(self) {
         drop(self);
@@ -240,7 +284,9 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        process::stop(&mut self.server);
+        if let Some(server) = &mut self.server {
+            process::stop(server);
+        }
         // `root` (the temp dir) is removed when the fields drop, now that the server is gone.
     }
 }

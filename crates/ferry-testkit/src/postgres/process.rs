@@ -20,7 +20,7 @@
 //! and its status line says `ready`. Checking the pid rules out a different server that holds
 //! the same port.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
@@ -136,7 +136,8 @@ pub(super) fn configure(
     }
 }
 
-/// Starts `postgres -D data_dir` on a free port and waits until it accepts connections.
+/// Starts `postgres -D data_dir` and waits until it accepts connections: on `port` when
+/// given (a restart keeps its port, so clients' URIs stay valid), else on a free port.
 ///
 /// Returns the running child and its port; panics with the server log if it does not come up.
 pub(super) fn start(
@@ -145,15 +146,23 @@ pub(super) fn start(
     data_dir: &Path,
     extra_conf: &[(String, String)],
     user: Option<&ServerUser>,
+    port: Option<u16>,
 ) -> (Child, u16) {
     let log_path = root.join(LOG_FILE);
     let mut attempt = 1;
     loop {
-        let port = free_loopback_port();
+        let fixed_port = port;
+        let port = fixed_port.unwrap_or_else(free_loopback_port);
         let conf = server_conf(port, root, extra_conf);
         write_server_file(&data_dir.join(TESTKIT_CONF_FILE), &conf, user);
 
-        let log = File::create(&log_path)
+        // A restart (fixed port) appends, so its log follows the crashed server's.
+        let log = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(fixed_port.is_some())
+            .truncate(fixed_port.is_none())
+            .open(&log_path)
             .unwrap_or_else(|e| panic!("could not create {}: {e}", log_path.display()));
         let log_for_stderr = log
             .try_clone()
@@ -173,7 +182,7 @@ pub(super) fn start(
             Startup::Ready => return (child, port),
             Startup::Exited(status) => {
                 let log = fs::read_to_string(&log_path).unwrap_or_default();
-                if lost_port(&log) && attempt < START_ATTEMPTS {
+                if lost_port(&log) && fixed_port.is_none() && attempt < START_ATTEMPTS {
                     attempt += 1;
                     continue;
                 }
@@ -200,6 +209,28 @@ pub(super) fn stop(child: &mut Child) {
     // SAFETY: kill only sends a signal. `pid` is our own child and has not been waited for,
     // so it cannot have been reused by another process.
     unsafe { libc::kill(pid, libc::SIGINT) };
+    let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Immediate shutdown, what `pg_ctl -m immediate stop` does: SIGQUIT, so the server exits
+/// without a checkpoint and without flushing anything, like a crash; the next start runs
+/// crash recovery. SIGKILL after [`SHUTDOWN_TIMEOUT`].
+pub(super) fn stop_immediate(child: &mut Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    let pid = libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t");
+    // SAFETY: kill only sends a signal. `pid` is our own child and has not been waited for,
+    // so it cannot have been reused by another process.
+    unsafe { libc::kill(pid, libc::SIGQUIT) };
     let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
     while Instant::now() < deadline {
         if !matches!(child.try_wait(), Ok(None)) {

@@ -57,6 +57,10 @@ pub(crate) struct ServerArgs {
     /// [env: FERRY_MAX_NAME_LENGTH] [default: 128]
     #[arg(long, value_name = "N")]
     max_name_length: Option<String>,
+    /// A slot holding more WAL than this (bytes) on its source puts a warning in the
+    /// changefeed's status [env: FERRY_RETAINED_WAL_WARNING_BYTES] [default: 10000000000]
+    #[arg(long, value_name = "BYTES")]
+    retained_wal_warning_bytes: Option<String>,
     /// First retry delay after a transient failure [env: FERRY_RETRY_INITIAL_BACKOFF]
     /// [default: 1s]
     #[arg(long, value_name = "DURATION")]
@@ -106,6 +110,10 @@ impl ServerArgs {
             ("log.format", &self.log_format),
             ("max_changefeeds", &self.max_changefeeds),
             ("max_name_length", &self.max_name_length),
+            (
+                "retained_wal_warning_bytes",
+                &self.retained_wal_warning_bytes,
+            ),
             ("retry.initial_backoff", &self.retry_initial_backoff),
             ("retry.max_backoff", &self.retry_max_backoff),
             ("retry.give_up_after", &self.retry_give_up_after),

@@ -195,6 +195,9 @@ pub(crate) struct Settings {
     pub(crate) metrics_auth: bool,
     /// Serve without tokens on a non-loopback address (logged loudly at start).
     pub(crate) insecure_no_auth: bool,
+    /// A slot holding more WAL than this on its source puts a warning in the changefeed's
+    /// status.
+    pub(crate) retained_wal_warning_bytes: u64,
     /// Logging.
     pub(crate) log: LogSettings,
     /// Retries of transient failures.
@@ -216,6 +219,7 @@ impl Default for Settings {
             auth_token_file: None,
             metrics_auth: false,
             insecure_no_auth: false,
+            retained_wal_warning_bytes: engine.retained_wal_warning_bytes,
             log: LogSettings::default(),
             retry: RetrySettings::default(),
             tls: TlsSettings::default(),
@@ -252,6 +256,11 @@ pub(crate) const KEYS: &[Key] = &[
         "max_name_length",
         "FERRY_MAX_NAME_LENGTH",
         "max-name-length",
+    ),
+    key(
+        "retained_wal_warning_bytes",
+        "FERRY_RETAINED_WAL_WARNING_BYTES",
+        "retained-wal-warning-bytes",
     ),
     key("log.level", "FERRY_LOG", "log"),
     key("log.format", "FERRY_LOG_FORMAT", "log-format"),
@@ -388,6 +397,9 @@ impl Settings {
             "node_id" => self.node_id = Some(value.to_string()),
             "max_changefeeds" => self.max_changefeeds = number(value)?,
             "max_name_length" => self.max_name_length = number(value)?,
+            "retained_wal_warning_bytes" => {
+                self.retained_wal_warning_bytes = number(value)? as u64;
+            }
             "log.level" => self.log.level = value.to_string(),
             "log.format" => self.log.format = value.trim().parse()?,
             "retry.initial_backoff" => self.retry.initial_backoff = duration(value)?,
@@ -529,6 +541,7 @@ impl Settings {
         EngineOptions {
             max_changefeeds: self.max_changefeeds,
             max_name_length: self.max_name_length,
+            retained_wal_warning_bytes: self.retained_wal_warning_bytes,
             retry: RetryPolicy {
                 initial_backoff: self.retry.initial_backoff,
                 max_backoff: self.retry.max_backoff,

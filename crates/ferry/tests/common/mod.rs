@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_testkit::{FerryServer, PgCluster};
+use ferry_testkit::{FerryServer, PgCluster, PgOptions};
 use serde_json::{json, Value};
 
 /// A source cluster, a target cluster and a server.
@@ -18,9 +18,14 @@ pub struct Pair {
 impl Pair {
     /// Starts both clusters (databases `shop` and `analytics`) and a server.
     pub fn start() -> Pair {
+        Pair::start_with(PgOptions::default(), PgOptions::default())
+    }
+
+    /// Like [`Pair::start`], with each cluster's options (settings, password).
+    pub fn start_with(source: PgOptions, target: PgOptions) -> Pair {
         let (source, target) = std::thread::scope(|s| {
-            let a = s.spawn(PgCluster::start);
-            let b = s.spawn(PgCluster::start);
+            let a = s.spawn(move || PgCluster::start_with(source));
+            let b = s.spawn(move || PgCluster::start_with(target));
             (a.join().unwrap(), b.join().unwrap())
         });
         source.create_database("shop");
@@ -65,6 +70,53 @@ impl Pair {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// `GET /changefeeds/{id}/status`.
+    pub fn status(&self, id: &str) -> Value {
+        self.ferry
+            .get(&format!("/api/v2/changefeeds/{id}/status"))
+            .1
+    }
+
+    /// Waits until the changefeed's state is `state`; panics with the status after `timeout`.
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(id);
+            if status["state"] == json!(state) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "state not {state} after {timeout:?}: {status}\n{}",
+                    self.ferry.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `POST /changefeeds/{id}/{action}` (pause, resume), asserting success.
+    pub fn act(&self, id: &str, action: &str) -> Value {
+        let (code, body) = self
+            .ferry
+            .post(&format!("/api/v2/changefeeds/{id}/{action}"), &json!({}));
+        assert_eq!(code, 200, "{action} failed: {body}");
+        body
+    }
+
+    /// The oracle: `tables` compared row by row (by key; whole rows when keyless).
+    pub fn compare(&self, tables: &[&str]) -> ferry_testkit::Comparison {
+        ferry_testkit::compare_tables(&self.source, "shop", &self.target, "analytics", tables)
+    }
+
+    /// The replication slot of the changefeed (Ferry's only slot on the source).
+    pub fn slot_confirmed_flush(&self) -> String {
+        self.source.psql(
+            "shop",
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name LIKE 'ferry%'",
+        )
     }
 
     /// Asserts `table` has the same rows on both sides (sorted COPY text).
