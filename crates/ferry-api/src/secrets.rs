@@ -2,7 +2,7 @@
 //! `…?password=***`), and when that text comes back in an update, `***` means "keep the
 //! stored secret".
 
-use ferry_core::uri::{is_secret_param, MASK};
+use ferry_core::uri::{is_secret_param, percent_decode, MASK};
 use ferry_core::ConnectionUri;
 use url::Url;
 
@@ -27,7 +27,7 @@ pub(crate) fn unmask(uri: &str, current: Option<&ConnectionUri>) -> String {
         let restored: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((key, MASK)) if is_secret_param(&decode(key)) => {
+                Some((key, MASK)) if is_secret_param(&percent_decode(key)) => {
                     stored_pair(&stored, key).unwrap_or_else(|| pair.to_string())
                 }
                 _ => pair.to_string(),
@@ -45,15 +45,9 @@ fn stored_pair(stored: &Url, key: &str) -> Option<String> {
         .split('&')
         .find(|pair| {
             pair.split_once('=')
-                .is_some_and(|(k, _)| decode(k) == decode(key))
+                .is_some_and(|(k, _)| percent_decode(k) == percent_decode(key))
         })
         .map(str::to_string)
-}
-
-fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]

@@ -26,7 +26,9 @@ pub(super) fn mask_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if is_secret_param(&decode(key)) => format!("{key}={MASK}"),
+            Some((key, _)) if is_secret_param(&super::percent_decode(key)) => {
+                format!("{key}={MASK}")
+            }
             _ => pair.to_string(),
         })
         .collect::<Vec<_>>()
@@ -65,12 +67,6 @@ pub fn mask_secret_params(text: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]
