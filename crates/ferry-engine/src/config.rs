@@ -68,6 +68,32 @@ pub struct Options {
     /// creation; rows that existed before are not copied).
     #[schema(value_type = String, example = "initial")]
     pub snapshot: SnapshotMode,
+    /// Writes a heartbeat message into the source's WAL every this many milliseconds while
+    /// streaming, so the slot's position moves on a database whose writes are all to tables
+    /// the changefeed does not replicate. Off (`null`) by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Most WAL the slot may hold on the source, in bytes, before
+    /// `on_retained_wal_exceeded` applies. Off (`null`) by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retained_wal_bytes: Option<u64>,
+    /// What happens past `max_retained_wal_bytes`: `pause` (the changefeed is paused and
+    /// keeps its slot, which still holds the WAL) or `drop_slot` (the slot is dropped so the
+    /// source frees its WAL, and the changefeed fails: its tables must be copied anew).
+    #[schema(value_type = String, example = "pause")]
+    pub on_retained_wal_exceeded: RetainedWalAction,
+}
+
+/// What a changefeed does when its slot holds more WAL than `max_retained_wal_bytes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetainedWalAction {
+    /// Pause the changefeed; the slot stays (and keeps the WAL) until it is resumed or
+    /// deleted.
+    #[default]
+    Pause,
+    /// Drop the slot to free the source's disk and fail the changefeed (re-sync needed).
+    DropSlot,
 }
 
 impl Default for Options {
@@ -78,6 +104,9 @@ impl Default for Options {
             batch_max_wait_ms: DEFAULT_BATCH_MAX_WAIT_MS,
             existing_target: ExistingTarget::Fail,
             snapshot: SnapshotMode::Initial,
+            heartbeat_interval_ms: None,
+            max_retained_wal_bytes: None,
+            on_retained_wal_exceeded: RetainedWalAction::Pause,
         }
     }
 }
@@ -155,6 +184,20 @@ impl ChangefeedConfig {
                 problem: "must be at most 3600000 (one hour)",
             });
         }
+        if let Some(ms) = self.options.heartbeat_interval_ms {
+            if !(MIN_HEARTBEAT_INTERVAL_MS..=MAX_HEARTBEAT_INTERVAL_MS).contains(&ms) {
+                return Err(ConfigError::InvalidOption {
+                    field: "options.heartbeat_interval_ms",
+                    problem: "must be between 100 and 86400000 (one day)",
+                });
+            }
+        }
+        if self.options.max_retained_wal_bytes == Some(0) {
+            return Err(ConfigError::InvalidOption {
+                field: "options.max_retained_wal_bytes",
+                problem: "must be > 0 (omit it to turn the limit off)",
+            });
+        }
         if self.options.snapshot == SnapshotMode::Never {
             if self.snapshot_only {
                 return Err(ConfigError::InvalidOption {
@@ -183,6 +226,12 @@ impl ChangefeedConfig {
 /// Longest batch wait accepted: longer would hold a source transaction's changes back
 /// for no gain.
 const MAX_BATCH_WAIT_MS: u64 = 3_600_000;
+
+/// Shortest heartbeat interval: a WAL record every 100 ms is already far more than a slot
+/// needs.
+const MIN_HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// Longest heartbeat interval accepted.
+const MAX_HEARTBEAT_INTERVAL_MS: u64 = 86_400_000;
 
 /// Checks that `name` (the `field`) is at most `max` bytes.
 pub fn validate_name_length(

@@ -17,6 +17,7 @@
 //! - [`eligibility`]: whether a source can be replicated (wal_level, REPLICATION) and which
 //!   tables fully (a key or a replica identity), for checks before anything is stored.
 //!
+//! - [`heartbeat`]: a logical message on an interval, so an idle slot's position moves.
 //! - [`identity`]: which cluster and database a connection reaches (sink = source refusal).
 //!
 //! # Sink
@@ -39,6 +40,7 @@ pub mod catalog;
 pub mod connect;
 pub mod decode;
 pub mod eligibility;
+pub mod heartbeat;
 pub mod identity;
 pub mod sink;
 pub mod slot;

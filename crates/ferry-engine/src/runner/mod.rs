@@ -15,6 +15,8 @@
 //!   transactions is retried once with one transaction per batch, so `last_error` names the
 //!   one the target refuses.
 //!
+//! - [`heartbeat`]: the optional WAL heartbeat while streaming.
+//!
 //! Before each attempt that streams, the slot is checked: missing or invalidated
 //! (`wal_status` `lost`) is a definite failure whose hint is to re-sync, never a stream
 //! from a later position.
@@ -25,6 +27,7 @@
 //! state after a stop; the registry does.
 
 mod apply;
+mod heartbeat;
 mod snapshot;
 pub(crate) mod tables;
 mod trail;
@@ -477,6 +480,13 @@ impl Runner {
         let (confirm_tx, confirms) = watch::channel(Lsn::ZERO);
         let reader = tokio::spawn(stream.run(events_tx, confirms));
         let _abort_reader = AbortOnDrop(reader);
+        let _abort_heartbeat = self.config.options.heartbeat_interval_ms.map(|ms| {
+            AbortOnDrop(tokio::spawn(heartbeat::run(
+                self.config.source_uri.clone(),
+                Duration::from_millis(ms),
+                key.clone(),
+            )))
+        });
         let on_first_commit = resume_from.map(|_| {
             let meta = self.meta.clone();
             Box::new(move || clear_resume_from(&meta, &key)) as Box<dyn FnOnce() + Send>
