@@ -39,9 +39,11 @@
 //! # Modules
 //! - `registry.rs`: the changefeeds of the process; create, list, delete, restore.
 //! - `control.rs`: pause, resume, update. `validate.rs`: checks against the source first.
-//! - `sources.rs`: named sources. `monitor.rs`: WAL retained by each slot.
+//! - `sources.rs`: named sources, their orphaned objects. `monitor.rs`: WAL retained by each
+//!   slot. `cleanup.rs`: slots and publications of deleted changefeeds still to be dropped.
 //! - [`metrics`]: the counters the tasks increment.
 
+mod cleanup;
 pub mod config;
 mod control;
 pub mod lifecycle;

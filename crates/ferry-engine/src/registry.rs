@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ferry_core::Lsn;
 use ferry_meta::{Collection, MetaError, MetaStore};
-use ferry_postgres::slot::{self, SlotNames};
+use ferry_postgres::slot::SlotNames;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -219,6 +219,7 @@ impl Engine {
             );
         }
         crate::monitor::spawn(Arc::downgrade(&engine));
+        crate::cleanup::spawn(Arc::downgrade(&engine));
         Ok(engine)
     }
 
@@ -342,6 +343,8 @@ impl Engine {
         }
         self.meta.put(Collection::Changefeeds, &key, &config)?;
         self.meta.delete(Collection::ChangefeedState, &key)?;
+        // Its slot's name is this changefeed's again: never drop it as a leftover.
+        self.forget_cleanup(&key);
         LifecycleDoc::new(state).save(&self.meta, &key)?;
         let status = StatusCell::new(state, Phase::Snapshot);
         let task = start.then(|| self.spawn(&config, &status));
@@ -441,15 +444,17 @@ impl Engine {
             stop(task).await;
         }
         let names = SlotNames::for_changefeed(&key);
-        match ferry_postgres::connect::connect(&feed.config.source_uri, "ferry-cleanup").await {
-            Ok(client) => {
-                if let Err(e) = slot::drop_all(&client, &names).await {
-                    warn!(changefeed = %key, error = %e.chain(), "could not drop slot and publications");
-                }
-            }
-            Err(e) => {
-                warn!(changefeed = %key, error = %e.chain(), "source unreachable: slot left behind")
-            }
+        if let Err(e) = crate::cleanup::drop_source_objects(&feed.config.source_uri, &names).await {
+            warn!(changefeed = %key, error = %e, "could not drop slot and publications: recorded as a pending clean-up, retried until the source answers");
+            let mut pending = crate::cleanup::PendingCleanup::new(
+                namespace,
+                id,
+                feed.config.source.clone(),
+                feed.config.source_uri.clone(),
+                &names,
+            );
+            pending.last_error = Some(e);
+            self.record_cleanup(&key, &pending);
         }
         if let ferry_core::SinkUri::Postgres(uri) = &feed.config.sink_uri {
             match ferry_postgres::sink::release(uri, &key, &self.server_id).await {

@@ -9,14 +9,19 @@
 
 use ferry_core::ConnectionUri;
 use ferry_meta::Collection;
+use std::collections::BTreeSet;
+
 use ferry_postgres::eligibility::SourceFacts;
+use ferry_postgres::orphans::FerryObjects;
 use ferry_postgres::slot::{self, SlotNames};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::cleanup::PendingCleanup;
 use crate::config::{validate_id, validate_name_length};
 use crate::lifecycle;
 use crate::registry::{Engine, EngineError};
+use crate::status::rfc3339;
 use crate::validate;
 
 /// A named source connection.
@@ -50,6 +55,38 @@ pub struct SlotReport {
     pub confirmed_flush_lsn: String,
     /// WAL the source keeps for it, in bytes.
     pub retained_wal_bytes: u64,
+}
+
+/// A slot or publication named `ferry_*` on a source that no changefeed of this server owns
+/// (left by a changefeed deleted elsewhere, by another Ferry server, or by hand).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct OrphanReport {
+    /// `slot` or `publication`.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// For a slot: the database it decodes (slots belong to the whole cluster).
+    pub database: Option<String>,
+    /// For a slot: whether a session streams from it now (another server may own it).
+    pub active: Option<bool>,
+    /// For a slot: WAL the source keeps for it, in bytes.
+    pub retained_wal_bytes: Option<u64>,
+}
+
+/// The slot and publications of a changefeed deleted while its source was unreachable:
+/// dropped by a retry loop once the source answers.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PendingCleanupReport {
+    /// The deleted changefeed (`namespace/id`).
+    pub changefeed: String,
+    /// The slot to drop.
+    pub slot: String,
+    /// The publications to drop.
+    pub publications: Vec<String>,
+    /// When the changefeed was deleted (RFC 3339).
+    pub since: String,
+    /// Why the last try failed.
+    pub last_error: Option<String>,
 }
 
 /// Whether a connection is encrypted.
@@ -97,6 +134,12 @@ pub struct SourceReport {
     pub changefeeds: Vec<String>,
     /// Their slots on it.
     pub slots: Vec<SlotReport>,
+    /// `ferry_*` slots and publications on it that no changefeed of this server owns nor a
+    /// pending clean-up covers, when reachable. Drop them by hand once sure no other Ferry
+    /// server uses them (`SELECT pg_drop_replication_slot('…')`, `DROP PUBLICATION …`).
+    pub orphans: Vec<OrphanReport>,
+    /// Clean-ups of deleted changefeeds not done yet (the source was unreachable).
+    pub pending_cleanups: Vec<PendingCleanupReport>,
 }
 
 impl Engine {
@@ -242,7 +285,25 @@ impl Engine {
             facts: None,
             changefeeds: changefeeds.clone(),
             slots: Vec::new(),
+            orphans: Vec::new(),
+            pending_cleanups: Vec::new(),
         };
+        let pending: Vec<PendingCleanup> = self
+            .pending_cleanups()
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.concerns(namespace, name, &source.uri))
+            .collect();
+        report.pending_cleanups = pending
+            .iter()
+            .map(|p| PendingCleanupReport {
+                changefeed: format!("{}/{}", p.namespace, p.changefeed),
+                slot: p.slot.clone(),
+                publications: p.publications.clone(),
+                since: rfc3339(p.since_us),
+                last_error: p.last_error.clone(),
+            })
+            .collect();
         let client = match validate::connect(&source.uri).await {
             Ok(c) => c,
             Err(e) => {
@@ -286,7 +347,71 @@ impl Engine {
                 }
             }
         }
+        if let Ok(objects) = ferry_postgres::orphans::ferry_objects(&client).await {
+            report.orphans = self
+                .orphans(objects, &pending, &source.uri.database(), &client)
+                .await;
+        }
         Ok(report)
+    }
+}
+
+impl Engine {
+    /// The `ferry_*` objects no changefeed of this server owns and no pending clean-up covers.
+    async fn orphans(
+        &self,
+        objects: FerryObjects,
+        pending: &[PendingCleanup],
+        database: &str,
+        client: &tokio_postgres::Client,
+    ) -> Vec<OrphanReport> {
+        let mut owned: BTreeSet<String> = BTreeSet::new();
+        for key in self.feeds.lock().expect("feeds lock").keys() {
+            let names = SlotNames::for_changefeed(key);
+            owned.extend(names.publications().map(str::to_string));
+            owned.insert(format!("{}_tmp", names.slot));
+            owned.insert(names.slot);
+        }
+        for p in pending {
+            owned.insert(p.slot.clone());
+            owned.extend(p.publications.iter().cloned());
+        }
+        let slots: Vec<_> = objects
+            .slots
+            .into_iter()
+            .filter(|s| !owned.contains(&s.name))
+            .collect();
+        let names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
+        let positions = slot::slot_positions(client, &names)
+            .await
+            .unwrap_or_default();
+        let mut out: Vec<OrphanReport> = slots
+            .into_iter()
+            .map(|s| OrphanReport {
+                kind: "slot",
+                retained_wal_bytes: positions
+                    .iter()
+                    .find(|(n, _)| *n == s.name)
+                    .map(|(_, p)| p.retained_wal_bytes()),
+                name: s.name,
+                database: s.database,
+                active: Some(s.active),
+            })
+            .collect();
+        out.extend(
+            objects
+                .publications
+                .into_iter()
+                .filter(|p| !owned.contains(p))
+                .map(|name| OrphanReport {
+                    kind: "publication",
+                    name,
+                    database: Some(database.to_string()),
+                    active: None,
+                    retained_wal_bytes: None,
+                }),
+        );
+        out
     }
 }
 

@@ -58,16 +58,20 @@ pub enum Collection {
     Sources,
     /// Facts about this server itself (its instance id).
     Server,
+    /// Source objects (slot, publications) of deleted changefeeds still to be dropped,
+    /// because the source was unreachable at the delete.
+    PendingCleanups,
 }
 
 impl Collection {
     /// Every collection.
-    const ALL: [Collection; 5] = [
+    const ALL: [Collection; 6] = [
         Collection::Changefeeds,
         Collection::ChangefeedState,
         Collection::ChangefeedLifecycle,
         Collection::Sources,
         Collection::Server,
+        Collection::PendingCleanups,
     ];
 
     fn name(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Collection {
             Collection::ChangefeedLifecycle => "changefeed_lifecycle",
             Collection::Sources => "sources",
             Collection::Server => "server",
+            Collection::PendingCleanups => "pending_cleanups",
         }
     }
 

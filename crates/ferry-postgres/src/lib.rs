@@ -18,6 +18,7 @@
 //!   tables fully (a key or a replica identity), for checks before anything is stored.
 //!
 //! - [`heartbeat`]: a logical message on an interval, so an idle slot's position moves.
+//! - [`orphans`]: every `ferry_*` slot and publication of a source.
 //! - [`identity`]: which cluster and database a connection reaches (sink = source refusal).
 //!
 //! # Sink
@@ -42,6 +43,7 @@ pub mod decode;
 pub mod eligibility;
 pub mod heartbeat;
 pub mod identity;
+pub mod orphans;
 pub mod sink;
 pub mod slot;
 pub mod snapshot;

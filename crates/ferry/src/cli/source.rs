@@ -254,6 +254,38 @@ fn status_text(status: &Value) -> String {
         out.push('\n');
         out.push_str(&table.render());
     }
+    let pending = items(status.get("pending_cleanups").unwrap_or(&Value::Null));
+    if !pending.is_empty() {
+        let mut table = Table::new(&["PENDING CLEAN-UP OF", "SLOT", "SINCE", "LAST ERROR"]);
+        for p in pending {
+            table.row(vec![
+                cell(p.get("changefeed")),
+                cell(p.get("slot")),
+                cell(p.get("since")),
+                cell(p.get("last_error")),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&table.render());
+    }
+    let orphans = items(status.get("orphans").unwrap_or(&Value::Null));
+    if !orphans.is_empty() {
+        let mut table = Table::new(&["ORPHAN", "NAME", "DATABASE", "RETAINED WAL BYTES"]);
+        for o in orphans {
+            table.row(vec![
+                cell(o.get("kind")),
+                cell(o.get("name")),
+                cell(o.get("database")),
+                cell(o.get("retained_wal_bytes")),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&table.render());
+        out.push_str(
+            "\norphans: ferry_* objects no changefeed of this server owns; drop them once sure \
+             no other Ferry server uses them\n",
+        );
+    }
     out
 }
 

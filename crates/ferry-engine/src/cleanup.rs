@@ -1,0 +1,169 @@
+//! Pending clean-ups: the slot and publications of a changefeed deleted while its source was
+//! unreachable (or refused the drop). The delete records them in the metadata store
+//! (`PendingCleanups`, keyed by the changefeed's key) instead of leaving them behind with a
+//! log line; a background loop retries every [`RETRY_INTERVAL`] until the source answers
+//! and drops them, then forgets the record. Until then `GET /sources/{name}/status` lists
+//! them, so an operator sees why the source still holds WAL.
+//!
+//! A changefeed created again under the same key before the clean-up ran shares the slot's
+//! name: creating it removes the pending record, so the loop never drops a slot a
+//! changefeed owns.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use ferry_core::ConnectionUri;
+use ferry_meta::Collection;
+use ferry_postgres::slot::{self, SlotNames};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::registry::Engine;
+use crate::status::now_us;
+
+/// Time between retries of the pending clean-ups.
+const RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest one source may take to answer a retry.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Source objects of a deleted changefeed still to be dropped.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PendingCleanup {
+    /// The deleted changefeed's namespace.
+    pub namespace: String,
+    /// Its id.
+    pub changefeed: String,
+    /// The named source it used, if any.
+    pub source: Option<String>,
+    /// The source (password inside; stored sealed like a changefeed's configuration).
+    pub source_uri: ConnectionUri,
+    /// The slot to drop.
+    pub slot: String,
+    /// The publications to drop.
+    pub publications: Vec<String>,
+    /// When the delete happened, microseconds since the Unix epoch.
+    pub since_us: i64,
+    /// Why the last try failed.
+    pub last_error: Option<String>,
+}
+
+impl PendingCleanup {
+    pub(crate) fn new(
+        namespace: &str,
+        changefeed: &str,
+        source: Option<String>,
+        source_uri: ConnectionUri,
+        names: &SlotNames,
+    ) -> Self {
+        PendingCleanup {
+            namespace: namespace.to_string(),
+            changefeed: changefeed.to_string(),
+            source,
+            source_uri,
+            slot: names.slot.clone(),
+            publications: names.publications().map(str::to_string).to_vec(),
+            since_us: now_us(),
+            last_error: None,
+        }
+    }
+
+    fn names(&self) -> SlotNames {
+        SlotNames {
+            slot: self.slot.clone(),
+            publication: self.publications.first().cloned().unwrap_or_default(),
+            insert_only_publication: self.publications.get(1).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Whether it concerns the named source `namespace/name` whose URI is `uri`.
+    pub(crate) fn concerns(&self, namespace: &str, name: &str, uri: &ConnectionUri) -> bool {
+        (self.namespace == namespace && self.source.as_deref() == Some(name))
+            || self.source_uri.expose() == uri.expose()
+    }
+}
+
+/// Drops the changefeed's slot and publications now; returns the error's text when the
+/// source cannot be reached or refuses.
+pub(crate) async fn drop_source_objects(
+    uri: &ConnectionUri,
+    names: &SlotNames,
+) -> Result<(), String> {
+    let client = ferry_postgres::connect::connect(uri, "ferry-cleanup")
+        .await
+        .map_err(|e| e.chain())?;
+    slot::drop_all(&client, names).await.map_err(|e| e.chain())
+}
+
+impl Engine {
+    /// Records a clean-up the delete could not do.
+    pub(crate) fn record_cleanup(&self, key: &str, pending: &PendingCleanup) {
+        if let Err(e) = self.meta.put(Collection::PendingCleanups, key, pending) {
+            warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not record the pending clean-up; slot left behind");
+        }
+    }
+
+    /// Forgets a pending clean-up (its changefeed key is used again).
+    pub(crate) fn forget_cleanup(&self, key: &str) {
+        if let Err(e) = self.meta.delete(Collection::PendingCleanups, key) {
+            warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not forget a pending clean-up");
+        }
+    }
+
+    /// Every pending clean-up, by changefeed key.
+    pub(crate) fn pending_cleanups(&self) -> Vec<(String, PendingCleanup)> {
+        self.meta
+            .list(Collection::PendingCleanups)
+            .unwrap_or_default()
+    }
+
+    /// Tries every pending clean-up once.
+    async fn retry_cleanups(&self) {
+        for (key, mut pending) in self.pending_cleanups() {
+            if self.feeds.lock().expect("feeds lock").contains_key(&key) {
+                // Created again under the same key: the slot is the new changefeed's.
+                self.forget_cleanup(&key);
+                continue;
+            }
+            let names = pending.names();
+            let tried =
+                tokio::time::timeout(TIMEOUT, drop_source_objects(&pending.source_uri, &names))
+                    .await
+                    .unwrap_or_else(|_| Err("the source did not answer in time".into()));
+            match tried {
+                Ok(()) => {
+                    info!(changefeed = %key, slot = %pending.slot, "pending clean-up done: slot and publications dropped");
+                    self.forget_cleanup(&key);
+                }
+                Err(e) => {
+                    debug!(changefeed = %key, error = %e, "pending clean-up failed; retrying later");
+                    if pending.last_error.as_deref() != Some(e.as_str()) {
+                        pending.last_error = Some(e);
+                        // Only if still pending (not forgotten meanwhile by a re-create).
+                        if self
+                            .meta
+                            .get::<PendingCleanup>(Collection::PendingCleanups, &key)
+                            .ok()
+                            .flatten()
+                            .is_some()
+                        {
+                            self.record_cleanup(&key, &pending);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Starts the retry loop; it ends when the engine is dropped.
+pub(crate) fn spawn(engine: Weak<Engine>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RETRY_INTERVAL).await;
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            engine.retry_cleanups().await;
+        }
+    });
+}
