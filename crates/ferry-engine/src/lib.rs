@@ -40,12 +40,13 @@
 //! - `registry.rs`: the changefeeds of the process; create, list, delete, restore.
 //! - `control.rs`: pause, resume, update. `validate.rs`: checks against the source first.
 //! - `sources.rs`: named sources, their orphaned objects. `monitor.rs`: WAL retained by each
-//!   slot. `cleanup.rs`: slots and publications of deleted changefeeds still to be dropped.
+//!   slot; `guard.rs` pauses or drops it past `max_retained_wal_bytes`. `cleanup.rs`: slots and publications of deleted changefeeds still to be dropped.
 //! - [`metrics`]: the counters the tasks increment.
 
 mod cleanup;
 pub mod config;
 mod control;
+mod guard;
 pub mod lifecycle;
 pub mod metrics;
 mod monitor;

@@ -8,6 +8,9 @@
 //! at its next checkpoint unless the changefeed catches up), the slot invalidated or gone.
 //! A paused or stopped changefeed shows it here; a running one fails as soon as its next
 //! attempt checks the slot (`runner::Runner::ensure_slot`).
+//!
+//! Running changefeeds past their `options.max_retained_wal_bytes` are handed to the
+//! retained-WAL guard (`guard.rs`) after each round.
 
 use std::collections::BTreeMap;
 use std::sync::Weak;
@@ -17,6 +20,8 @@ use ferry_core::ConnectionUri;
 use ferry_postgres::slot::{self, SlotLoss, SlotNames, SlotPositions, WalStatus};
 use tracing::debug;
 
+use crate::config::RetainedWalAction;
+use crate::guard::Exceeded;
 use crate::registry::Engine;
 use crate::status::{FeedState, Phase, StatusCell};
 
@@ -27,6 +32,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the monitor; it ends when the engine is dropped.
 pub(crate) fn spawn(engine: Weak<Engine>) {
+    let engine_ref = engine.clone();
     tokio::spawn(async move {
         // The first round soon after start, so a restarted server shows the numbers early.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -37,12 +43,19 @@ pub(crate) fn spawn(engine: Weak<Engine>) {
             let by_source = slots_by_source(&engine);
             let threshold = engine.options.retained_wal_warning_bytes;
             drop(engine);
+            let mut exceeded = Vec::new();
             for (uri, slots) in by_source.into_values() {
-                if tokio::time::timeout(TIMEOUT, measure(&uri, &slots, threshold))
-                    .await
-                    .is_err()
-                {
-                    debug!(source = %uri, "slot measurement timed out");
+                match tokio::time::timeout(TIMEOUT, measure(&uri, &slots, threshold)).await {
+                    Ok(over) => exceeded.extend(over),
+                    Err(_) => debug!(source = %uri, "slot measurement timed out"),
+                }
+            }
+            if !exceeded.is_empty() {
+                let Some(engine) = engine_ref.upgrade() else {
+                    return;
+                };
+                for over in exceeded {
+                    engine.enforce_retained_wal(over).await;
                 }
             }
             tokio::time::sleep(INTERVAL).await;
@@ -50,7 +63,17 @@ pub(crate) fn spawn(engine: Weak<Engine>) {
     });
 }
 
-type Slots = Vec<(String, StatusCell)>;
+/// One changefeed's slot to measure.
+struct Watched {
+    namespace: String,
+    id: String,
+    slot: String,
+    status: StatusCell,
+    /// `options.max_retained_wal_bytes` and what to do past it.
+    guard: Option<(u64, RetainedWalAction)>,
+}
+
+type Slots = Vec<Watched>;
 
 /// Every changefeed that may hold a slot, grouped by source.
 fn slots_by_source(engine: &Engine) -> BTreeMap<String, (ConnectionUri, Slots)> {
@@ -61,42 +84,91 @@ fn slots_by_source(engine: &Engine) -> BTreeMap<String, (ConnectionUri, Slots)> 
             continue;
         }
         let slot = SlotNames::for_changefeed(&feed.config.key()).slot;
+        let options = &feed.config.options;
         out.entry(feed.config.source_uri.expose().to_string())
             .or_insert_with(|| (feed.config.source_uri.clone(), Vec::new()))
             .1
-            .push((slot, feed.status.clone()));
+            .push(Watched {
+                namespace: feed.config.namespace.clone(),
+                id: feed.config.id.clone(),
+                slot,
+                status: feed.status.clone(),
+                guard: options
+                    .max_retained_wal_bytes
+                    .map(|limit| (limit, options.on_retained_wal_exceeded)),
+            });
     }
     out
 }
 
-async fn measure(uri: &ConnectionUri, slots: &Slots, threshold: u64) {
+/// Measures the slots of one source, updates their statuses, and returns the running
+/// changefeeds past their `max_retained_wal_bytes`.
+async fn measure(uri: &ConnectionUri, slots: &Slots, threshold: u64) -> Vec<Exceeded> {
     let client = match ferry_postgres::connect::connect(uri, "ferry-monitor").await {
         Ok(c) => c,
         Err(e) => {
             debug!(source = %uri, error = %e.chain(), "slot measurement failed");
-            return;
+            return Vec::new();
         }
     };
-    let names: Vec<String> = slots.iter().map(|(s, _)| s.clone()).collect();
+    let names: Vec<String> = slots.iter().map(|w| w.slot.clone()).collect();
     let positions = match slot::slot_positions(&client, &names).await {
         Ok(p) => p,
         Err(e) => {
             debug!(source = %uri, error = %e.chain(), "slot measurement failed");
-            return;
+            return Vec::new();
         }
     };
-    for (slot, status) in slots {
+    let mut exceeded = Vec::new();
+    for w in slots {
         let found = positions
             .iter()
-            .find(|(name, _)| name == slot)
+            .find(|(name, _)| *name == w.slot)
             .map(|(_, p)| p);
-        status.update(|s| {
-            s.retained_wal_bytes = found.map(SlotPositions::retained_wal_bytes);
+        let retained = found.map(SlotPositions::retained_wal_bytes);
+        let state = w.status.update(|s| {
+            s.retained_wal_bytes = retained;
             // A slot not created yet is no news; one gone after streaming began is.
             let streamed = s.phase == Phase::Streaming && s.checkpoint.is_some();
-            s.slot_warning = slot_warning(slot, found, streamed, threshold);
+            s.slot_warning = guard_warning(&w.slot, retained, w.guard, s.state)
+                .or_else(|| slot_warning(&w.slot, found, streamed, threshold));
+            s.state
         });
+        if let (Some(retained), Some((limit, action))) = (retained, w.guard) {
+            if retained > limit && matches!(state, FeedState::Running | FeedState::Error) {
+                exceeded.push(Exceeded {
+                    namespace: w.namespace.clone(),
+                    id: w.id.clone(),
+                    slot: w.slot.clone(),
+                    retained,
+                    limit,
+                    action,
+                });
+            }
+        }
     }
+    exceeded
+}
+
+/// The warning of a changefeed the retained-WAL guard paused (its slot still past the limit).
+pub(crate) fn guard_warning(
+    slot: &str,
+    retained: Option<u64>,
+    guard: Option<(u64, RetainedWalAction)>,
+    state: FeedState,
+) -> Option<String> {
+    let (Some(retained), Some((limit, RetainedWalAction::Pause))) = (retained, guard) else {
+        return None;
+    };
+    (retained > limit && state == FeedState::Paused).then(|| {
+        format!(
+            "replication slot {slot} holds {retained} bytes of WAL on the source, more than \
+             options.max_retained_wal_bytes ({limit}): the changefeed is paused \
+             (on_retained_wal_exceeded is pause). The slot is kept and still holds the WAL, \
+             which keeps growing: resume the changefeed to let it catch up (raise the limit \
+             first, or it pauses again), or delete it to free the WAL"
+        )
+    })
 }
 
 /// The warning a slot's measurement deserves, if any.
@@ -166,5 +238,18 @@ mod tests {
         );
         assert!(slot_warning("s", None, true, 100).unwrap().contains("gone"));
         assert_eq!(slot_warning("s", None, false, 100), None);
+    }
+
+    #[test]
+    fn the_guard_warns_only_for_a_changefeed_it_paused_while_still_past_the_limit() {
+        let pause = Some((100, RetainedWalAction::Pause));
+        let warning = guard_warning("s", Some(150), pause, FeedState::Paused).unwrap();
+        assert!(warning.contains("max_retained_wal_bytes (100)"), "{warning}");
+        assert!(warning.contains("still holds the WAL"), "{warning}");
+        assert_eq!(guard_warning("s", Some(50), pause, FeedState::Paused), None);
+        assert_eq!(guard_warning("s", Some(150), pause, FeedState::Running), None);
+        let drop = Some((100, RetainedWalAction::DropSlot));
+        assert_eq!(guard_warning("s", Some(150), drop, FeedState::Paused), None);
+        assert_eq!(guard_warning("s", Some(150), None, FeedState::Paused), None);
     }
 }
