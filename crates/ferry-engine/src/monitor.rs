@@ -244,10 +244,16 @@ mod tests {
     fn the_guard_warns_only_for_a_changefeed_it_paused_while_still_past_the_limit() {
         let pause = Some((100, RetainedWalAction::Pause));
         let warning = guard_warning("s", Some(150), pause, FeedState::Paused).unwrap();
-        assert!(warning.contains("max_retained_wal_bytes (100)"), "{warning}");
+        assert!(
+            warning.contains("max_retained_wal_bytes (100)"),
+            "{warning}"
+        );
         assert!(warning.contains("still holds the WAL"), "{warning}");
         assert_eq!(guard_warning("s", Some(50), pause, FeedState::Paused), None);
-        assert_eq!(guard_warning("s", Some(150), pause, FeedState::Running), None);
+        assert_eq!(
+            guard_warning("s", Some(150), pause, FeedState::Running),
+            None
+        );
         let drop = Some((100, RetainedWalAction::DropSlot));
         assert_eq!(guard_warning("s", Some(150), drop, FeedState::Paused), None);
         assert_eq!(guard_warning("s", Some(150), None, FeedState::Paused), None);

@@ -133,6 +133,8 @@ pub(crate) struct Live {
     /// What the slot monitor last found wrong with the slot (too much WAL held, about to be
     /// or already invalidated, gone); shown after `warnings`.
     pub(crate) slot_warning: Option<String>,
+    /// Tables whose target copy misses changes (see `ChangefeedStatus::divergent_tables`).
+    pub(crate) divergent_tables: Vec<String>,
 }
 
 /// A handle to a changefeed's live status.
@@ -155,6 +157,7 @@ impl StatusCell {
             transactions_applied: 0,
             retained_wal_bytes: None,
             slot_warning: None,
+            divergent_tables: Vec::new(),
         })))
     }
 
@@ -225,6 +228,10 @@ pub struct ChangefeedStatus {
     pub slot_retained_wal_bytes: Option<u64>,
     /// Snapshot progress by table.
     pub tables: Vec<TableProgress>,
+    /// Tables whose target copy is known to miss changes: keyless tables streamed
+    /// insert-only (REPLICA IDENTITY DEFAULT) before a key or REPLICA IDENTITY FULL was set.
+    /// A warning says how to re-copy them.
+    pub divergent_tables: Vec<String>,
     /// When the changefeed was created (RFC 3339).
     pub created_at: String,
 }
@@ -266,6 +273,7 @@ impl StatusCell {
                 snapshot_rows_estimated: live.tables.iter().map(|t| t.rows_estimated).sum(),
                 slot_retained_wal_bytes: live.retained_wal_bytes,
                 tables: live.tables.clone(),
+                divergent_tables: live.divergent_tables.clone(),
                 created_at: rfc3339(created_at_us),
             }
         })

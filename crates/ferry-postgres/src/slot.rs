@@ -63,6 +63,21 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
+/// The tables publication `name` contains (none when it does not exist).
+pub async fn publication_tables(client: &Client, name: &str) -> Result<Vec<TableId>, PgError> {
+    Ok(client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables
+             WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| PgError::new(format!("read publication {name}"), e))?
+        .iter()
+        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
 /// Makes publication `name` (publishing `publish`) contain exactly `tables`.
 pub async fn sync_publication(
     client: &Client,
@@ -87,17 +102,7 @@ pub async fn sync_publication(
             .await
             .map_err(|e| PgError::new(format!("create publication {name}"), e))?;
     }
-    let current: Vec<TableId> = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables
-             WHERE pubname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(|e| PgError::new(format!("read publication {name}"), e))?
-        .iter()
-        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
-        .collect();
+    let current = publication_tables(client, name).await?;
     let add: Vec<String> = tables
         .iter()
         .filter(|t| !current.contains(t))

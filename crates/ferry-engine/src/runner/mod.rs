@@ -351,8 +351,19 @@ impl Runner {
                 }
                 self.meta.put(Collection::ChangefeedState, &key, &state)?;
             }
-            self.sync_publications(&catalog_client, &names, &selected)
+            let upgraded = self
+                .sync_publications(&catalog_client, &names, &selected)
                 .await?;
+            let newly: Vec<TableId> = upgraded
+                .into_iter()
+                .filter(|t| !state.divergent.contains(t))
+                .collect();
+            if !newly.is_empty() {
+                warn!(changefeed = %key, tables = ?newly.iter().map(ToString::to_string).collect::<Vec<_>>(), "tables streamed insert-only now replicate every operation: marked divergent");
+                state.divergent.extend(newly);
+                self.meta.put(Collection::ChangefeedState, &key, &state)?;
+            }
+            self.note_divergent(&state.divergent);
             self.progressing();
             self.copy_added(&mut sink, &names, &state, &selected)
                 .await?;
@@ -432,6 +443,27 @@ impl Runner {
             ));
         }
         self.status.update(|s| s.warnings = warnings);
+    }
+
+    /// Marks in the status the tables whose updates and deletes were lost while they were
+    /// streamed insert-only, with what fixes them.
+    fn note_divergent(&self, divergent: &[TableId]) {
+        let list: Vec<String> = divergent.iter().map(ToString::to_string).collect();
+        self.status.update(|s| {
+            s.divergent_tables = list.clone();
+            if !list.is_empty() {
+                s.warnings.push(format!(
+                    "tables marked divergent: {}. They replicated inserts only (no key, \
+                     REPLICA IDENTITY DEFAULT) until a key or REPLICA IDENTITY FULL was set, so \
+                     the updates and deletes made on the source before are missing on the \
+                     target, and later changes may not find their rows. Setting REPLICA \
+                     IDENTITY FULL does not repair that: re-copy the tables (delete the \
+                     changefeed and create it again with options.existing_target truncate, \
+                     which empties the target tables and copies them anew)",
+                    list.join(", ")
+                ));
+            }
+        });
     }
 
     /// Applies the change stream until stopped, finished or an error.

@@ -234,15 +234,23 @@ impl Runner {
 
     /// Makes the publications hold exactly the selected tables: all operations for tables
     /// with a replica identity, inserts and truncates for the others.
+    /// Returns the tables that were streamed insert-only and now move to the publication
+    /// of every operation (REPLICA IDENTITY FULL or a key was set meanwhile).
     pub(super) async fn sync_publications(
         &self,
         catalog_client: &tokio_postgres::Client,
         names: &SlotNames,
         selected: &[SelectedTable],
-    ) -> Result<(), RunError> {
+    ) -> Result<Vec<TableId>, RunError> {
         let (full, insert_only): (Vec<&SelectedTable>, Vec<&SelectedTable>) =
             selected.iter().partition(|t| t.schema.replicates_updates());
         let ids = |v: &[&SelectedTable]| v.iter().map(|t| t.schema.id.clone()).collect::<Vec<_>>();
+        let was_insert_only =
+            slot::publication_tables(catalog_client, &names.insert_only_publication).await?;
+        let upgraded: Vec<TableId> = ids(&full)
+            .into_iter()
+            .filter(|t| was_insert_only.contains(t))
+            .collect();
         slot::sync_publication(
             catalog_client,
             &names.publication,
@@ -257,7 +265,7 @@ impl Runner {
             &ids(&insert_only),
         )
         .await?;
-        Ok(())
+        Ok(upgraded)
     }
 
     /// A temporary slot's exported snapshot; it lives as long as the returned session.

@@ -29,6 +29,10 @@ pub(crate) struct RuntimeState {
     /// Tables added after the first snapshot.
     #[serde(default)]
     pub(crate) added: Vec<AddedTable>,
+    /// Tables streamed insert-only (no key, REPLICA IDENTITY DEFAULT) that replicate every
+    /// operation now: their updates and deletes of before are missing on the target.
+    #[serde(default)]
+    pub(crate) divergent: Vec<TableId>,
 }
 
 /// A table added after the first snapshot.
