@@ -206,6 +206,7 @@ mod tests {
             phase: Some(Phase::Streaming),
             plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
             added: vec![],
+            divergent: vec![],
         };
         let got = reconcile(&mut state, &[(t("a"), 1), (t("c"), 5)], Lsn(100));
         assert_eq!(
@@ -229,6 +230,7 @@ mod tests {
             phase: Some(Phase::Streaming),
             plan: vec![single_chunk_plan(t("a"), 1)],
             added: vec![],
+            divergent: vec![],
         };
         let old_copy = vec![marker("a", 0, 50)];
         reconcile(&mut state, &[], Lsn(80));
@@ -254,6 +256,7 @@ mod tests {
             phase: Some(Phase::Snapshot),
             plan: vec![big, single_chunk_plan(t("small"), 10)],
             added: vec![],
+            divergent: vec![],
         };
         reconcile(
             &mut state,
