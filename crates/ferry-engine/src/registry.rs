@@ -241,6 +241,7 @@ impl Engine {
             status: status.clone(),
             stop: stop_rx,
             retry: self.options.retry,
+            replication_timeout: self.options.replication_timeout,
             metrics: FeedMetrics::new(&config.namespace, &config.id),
             server_id: self.server_id.clone(),
             source_identity: None,
