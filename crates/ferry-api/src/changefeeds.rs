@@ -319,9 +319,13 @@ pub(crate) async fn create(
         state.engine.check(config).await?;
         return Ok(Json(CheckedResponse { checked: true }).into_response());
     }
-    let id = config.id.clone();
-    state.engine.create(config, r.start).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, namespace, &id)?)).into_response())
+    // The view as created: a concurrent DELETE may remove it before a second look.
+    let (config, status) = state.engine.create(config, r.start).await?;
+    let view = ChangefeedView {
+        config: ConfigView::of(&config),
+        status,
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 #[utoipa::path(get, operation_id = "list_changefeeds", path = "/api/v2/changefeeds", tag = "changefeeds", params(ListQuery),
