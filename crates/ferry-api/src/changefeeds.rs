@@ -85,6 +85,32 @@ pub(crate) struct ConfigView {
     snapshot_only: bool,
 }
 
+/// The body of `PUT /changefeeds/{id}`: a JSON merge patch (RFC 7386) of the configuration
+/// `GET` shows, so every field is optional (`null` removes one); the result must be a valid
+/// configuration. Documentation only: the handler merges the raw JSON into [`ConfigView`].
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ConfigPatch {
+    /// Must be the changefeed's id, if given.
+    id: Option<String>,
+    /// Must be the changefeed's namespace, if given.
+    namespace: Option<String>,
+    /// A named source (replaces `source_uri`).
+    source: Option<String>,
+    /// A source URI (replaces `source`); a `***` password keeps the stored one.
+    source_uri: Option<String>,
+    /// The sink URI; a `***` password keeps the stored one.
+    sink_uri: Option<String>,
+    /// Table rules.
+    tables: Option<Vec<String>>,
+    /// Tuning, merged key by key.
+    options: Option<Options>,
+    /// Where it finishes.
+    target_position: Option<String>,
+    /// Copy only, no streaming.
+    snapshot_only: Option<bool>,
+}
+
 impl ConfigView {
     fn of(config: &ChangefeedConfig) -> Self {
         ConfigView {
@@ -264,9 +290,9 @@ fn view(state: &AppState, namespace: &str, id: &str) -> Result<ChangefeedView, A
     })
 }
 
-#[utoipa::path(post, path = "/api/v2/changefeeds", tag = "changefeeds",
+#[utoipa::path(post, operation_id = "create_changefeed", path = "/api/v2/changefeeds", tag = "changefeeds",
     params(CreateQuery), request_body = CreateRequest,
-    responses((status = 201, body = ChangefeedView), (status = 200, description = "dry_run: every check passed", body = CheckedResponse), (status = "4XX", body = crate::error::ErrorBody)))]
+    responses((status = 201, description = "The changefeed, created (and started unless `start` is false)", body = ChangefeedView), (status = 200, description = "dry_run: every check passed", body = CheckedResponse), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     q: Result<Query<CreateQuery>, QueryRejection>,
@@ -293,13 +319,17 @@ pub(crate) async fn create(
         state.engine.check(config).await?;
         return Ok(Json(CheckedResponse { checked: true }).into_response());
     }
-    let id = config.id.clone();
-    state.engine.create(config, r.start).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, namespace, &id)?)).into_response())
+    // The view as created: a concurrent DELETE may remove it before a second look.
+    let (config, status) = state.engine.create(config, r.start).await?;
+    let view = ChangefeedView {
+        config: ConfigView::of(&config),
+        status,
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v2/changefeeds", tag = "changefeeds", params(ListQuery),
-    responses((status = 200, body = ListResponse), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, operation_id = "list_changefeeds", path = "/api/v2/changefeeds", tag = "changefeeds", params(ListQuery),
+    responses((status = 200, description = "The changefeeds of the namespace", body = ListResponse), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -340,8 +370,8 @@ pub(crate) async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v2/changefeeds/{id}", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    responses((status = 200, body = ChangefeedView), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, operation_id = "get_changefeed", path = "/api/v2/changefeeds/{id}", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    responses((status = 200, description = "The changefeed: its configuration and state", body = ChangefeedView), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -351,9 +381,9 @@ pub(crate) async fn get_one(
     Ok(Json(view(&state, ns.get()?, &id)?))
 }
 
-#[utoipa::path(put, path = "/api/v2/changefeeds/{id}", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    request_body = ConfigView,
-    responses((status = 200, body = ChangefeedView), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, operation_id = "update_changefeed", path = "/api/v2/changefeeds/{id}", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    request_body = ConfigPatch,
+    responses((status = 200, description = "The changefeed, updated", body = ChangefeedView), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -430,8 +460,8 @@ fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
     }
 }
 
-#[utoipa::path(delete, path = "/api/v2/changefeeds/{id}", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    responses((status = 200, body = DeleteResponse), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, operation_id = "delete_changefeed", path = "/api/v2/changefeeds/{id}", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    responses((status = 200, description = "Deleted, with what was cleaned up on the source", body = DeleteResponse), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -442,8 +472,8 @@ pub(crate) async fn delete(
     Ok(Json(DeleteResponse { id, deleted }))
 }
 
-#[utoipa::path(post, path = "/api/v2/changefeeds/{id}/pause", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    responses((status = 200, body = ChangefeedStatus), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, operation_id = "pause_changefeed", path = "/api/v2/changefeeds/{id}/pause", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    responses((status = 200, description = "Paused: the status", body = ChangefeedStatus), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn pause(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -461,9 +491,9 @@ pub(crate) async fn pause(
 #[serde(deny_unknown_fields)]
 struct EmptyBody {}
 
-#[utoipa::path(post, path = "/api/v2/changefeeds/{id}/resume", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+#[utoipa::path(post, operation_id = "resume_changefeed", path = "/api/v2/changefeeds/{id}/resume", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
     request_body(content = Option<ResumeRequest>),
-    responses((status = 200, body = ChangefeedStatus), (status = "4XX", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "Resumed: the status", body = ChangefeedStatus), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn resume(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -485,8 +515,8 @@ pub(crate) async fn resume(
     Ok(Json(state.engine.resume(ns.get()?, &id, position).await?))
 }
 
-#[utoipa::path(get, path = "/api/v2/changefeeds/{id}/status", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    responses((status = 200, body = ChangefeedStatus), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, operation_id = "changefeed_status", path = "/api/v2/changefeeds/{id}/status", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    responses((status = 200, description = "State, phase, checkpoint, lag and per-table progress", body = ChangefeedStatus), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn status(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -496,8 +526,8 @@ pub(crate) async fn status(
     Ok(Json(state.engine.status(ns.get()?, &id)?))
 }
 
-#[utoipa::path(get, path = "/api/v2/changefeeds/{id}/synced", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    responses((status = 200, body = SyncedReport), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, operation_id = "changefeed_synced", path = "/api/v2/changefeeds/{id}/synced", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    responses((status = 200, description = "Whether the target holds everything the source committed", body = SyncedReport), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn synced(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,

@@ -20,8 +20,8 @@ pub(crate) struct Health {
     status: &'static str,
 }
 
-#[utoipa::path(get, path = "/api/v2/health", tag = "server",
-    responses((status = 200, body = Health)))]
+#[utoipa::path(get, operation_id = "health", path = "/api/v2/health", tag = "server",
+    responses((status = 200, description = "The server is up", body = Health)))]
 pub(crate) async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
 }
@@ -43,8 +43,8 @@ pub(crate) struct ServerStatus {
     changefeeds_by_state: std::collections::BTreeMap<String, usize>,
 }
 
-#[utoipa::path(get, path = "/api/v2/status", tag = "server",
-    responses((status = 200, body = ServerStatus)))]
+#[utoipa::path(get, operation_id = "server_status", path = "/api/v2/status", tag = "server",
+    responses((status = 200, description = "The server: version, uptime, changefeeds by state", body = ServerStatus)))]
 pub(crate) async fn server_status(State(state): State<AppState>) -> Json<ServerStatus> {
     let feeds = state.engine.list(None, None);
     let mut by_state: std::collections::BTreeMap<String, usize> =
@@ -105,9 +105,9 @@ pub(crate) struct VerifyResponse {
     ineligible_tables: Vec<TableVerdictView>,
 }
 
-#[utoipa::path(post, path = "/api/v2/verify-table", tag = "server", params(NamespaceQuery),
+#[utoipa::path(post, operation_id = "verify_table", path = "/api/v2/verify-table", tag = "server", params(NamespaceQuery),
     request_body = VerifyRequest,
-    responses((status = 200, body = VerifyResponse), (status = "4XX", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The comparison of the table on both sides", body = VerifyResponse), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn verify_table(
     State(state): State<AppState>,
     ns: Result<Query<NamespaceQuery>, QueryRejection>,

@@ -100,9 +100,9 @@ fn parse_uri(uri: &str) -> Result<ferry_core::ConnectionUri, ApiError> {
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidConfig, format!("uri: {e}")))
 }
 
-#[utoipa::path(post, path = "/api/v2/sources", tag = "sources", params(NamespaceQuery),
+#[utoipa::path(post, operation_id = "create_source", path = "/api/v2/sources", tag = "sources", params(NamespaceQuery),
     request_body = CreateSourceRequest,
-    responses((status = 201, body = SourceView), (status = "4XX", body = crate::error::ErrorBody)))]
+    responses((status = 201, description = "The source, created", body = SourceView), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     ns: Result<Query<NamespaceQuery>, QueryRejection>,
@@ -121,8 +121,8 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, source))))
 }
 
-#[utoipa::path(get, path = "/api/v2/sources", tag = "sources", params(NamespaceQuery),
-    responses((status = 200, body = SourceList), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, operation_id = "list_sources", path = "/api/v2/sources", tag = "sources", params(NamespaceQuery),
+    responses((status = 200, description = "The sources of the namespace", body = SourceList), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     ns: Result<Query<NamespaceQuery>, QueryRejection>,
@@ -140,8 +140,8 @@ pub(crate) async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v2/sources/{name}", tag = "sources", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    responses((status = 200, body = SourceView), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, operation_id = "get_source", path = "/api/v2/sources/{name}", tag = "sources", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    responses((status = 200, description = "The source (password masked)", body = SourceView), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -152,9 +152,9 @@ pub(crate) async fn get_one(
     Ok(Json(view(&state, source)))
 }
 
-#[utoipa::path(put, path = "/api/v2/sources/{name}", tag = "sources", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+#[utoipa::path(put, operation_id = "update_source", path = "/api/v2/sources/{name}", tag = "sources", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
     request_body = UpdateSourceRequest,
-    responses((status = 200, body = SourceView), (status = "4XX", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The source, updated", body = SourceView), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -183,8 +183,8 @@ pub(crate) async fn update(
     Ok(Json(view(&state, source)))
 }
 
-#[utoipa::path(delete, path = "/api/v2/sources/{name}", tag = "sources", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), DeleteSourceQuery),
-    responses((status = 200, body = DeleteResponse), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, operation_id = "delete_source", path = "/api/v2/sources/{name}", tag = "sources", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), DeleteSourceQuery),
+    responses((status = 200, description = "Deleted", body = DeleteResponse), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -199,8 +199,8 @@ pub(crate) async fn delete(
     Ok(Json(DeleteResponse::new(name, deleted)))
 }
 
-#[utoipa::path(get, path = "/api/v2/sources/{name}/status", tag = "sources", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    responses((status = 200, body = SourceReport), (status = "4XX", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, operation_id = "source_status", path = "/api/v2/sources/{name}/status", tag = "sources", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    responses((status = 200, description = "Whether the source is reachable and usable, and its slots", body = SourceReport), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
 pub(crate) async fn status(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,

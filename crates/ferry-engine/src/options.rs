@@ -55,6 +55,9 @@ pub struct EngineOptions {
     /// A changefeed whose slot holds more WAL than this on its source shows a warning in its
     /// status (the WAL stays until the changefeed confirms it, and fills the source's disk).
     pub retained_wal_warning_bytes: u64,
+    /// A replication stream silent this long is probed, and a source that does not answer
+    /// within it is unreachable: the changefeed reconnects (a cut network).
+    pub replication_timeout: Duration,
 }
 
 impl Default for EngineOptions {
@@ -64,6 +67,7 @@ impl Default for EngineOptions {
             max_name_length: DEFAULT_MAX_NAME_LENGTH,
             retry: RetryPolicy::default(),
             retained_wal_warning_bytes: DEFAULT_RETAINED_WAL_WARNING_BYTES,
+            replication_timeout: ferry_postgres::source::DEFAULT_REPLICATION_TIMEOUT,
         }
     }
 }

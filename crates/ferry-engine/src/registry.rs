@@ -242,6 +242,7 @@ impl Engine {
             status: status.clone(),
             stop: stop_rx,
             retry: self.options.retry,
+            replication_timeout: self.options.replication_timeout,
             metrics: FeedMetrics::new(&config.namespace, &config.id),
             server_id: self.server_id.clone(),
             source_identity: None,
@@ -324,7 +325,13 @@ impl Engine {
 
     /// Validates and stores a changefeed, then starts it unless `start` is false (then it
     /// is `stopped`). Nothing is stored when a check fails (see [`Engine::check`]).
-    pub async fn create(&self, config: ChangefeedConfig, start: bool) -> Result<(), EngineError> {
+    /// Returns the stored configuration and its first status, taken with the creation (a
+    /// concurrent delete may remove it right after).
+    pub async fn create(
+        &self,
+        config: ChangefeedConfig,
+        start: bool,
+    ) -> Result<(ChangefeedConfig, ChangefeedStatus), EngineError> {
         let config = self.check(config).await?;
         let key = config.key();
         let state = if start {
@@ -349,6 +356,10 @@ impl Engine {
         let status = StatusCell::new(state, Phase::Snapshot);
         let task = start.then(|| self.spawn(&config, &status));
         info!(changefeed = %key, source = %config.source_uri, sink = %config.sink_uri, state = %state, "changefeed created");
+        let created = (
+            config.clone(),
+            status.snapshot(&config.id, &config.namespace, config.created_at_us),
+        );
         feeds.insert(
             key,
             Feed {
@@ -358,7 +369,7 @@ impl Engine {
                 task,
             },
         );
-        Ok(())
+        Ok(created)
     }
 
     /// The status of every changefeed of `namespace` (of every namespace when `None`) in

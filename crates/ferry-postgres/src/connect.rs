@@ -142,6 +142,9 @@ pub(crate) fn tls_options(uri: &ConnectionUri) -> Result<TlsOptions, PgError> {
     TlsOptions::from_uri(uri).map_err(|e| PgError::definite(e.to_string()))
 }
 
+/// How long a connect and login may take in all.
+const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Connects and drives the connection on a background task, with TLS as the URI says.
 pub async fn connect(uri: &ConnectionUri, application_name: &str) -> Result<Client, PgError> {
     let config = config(uri, application_name)?;
@@ -151,19 +154,32 @@ pub async fn connect(uri: &ConnectionUri, application_name: &str) -> Result<Clie
         Some(reason) => PgError::other(format!("{}: {reason}", what()), ErrorClass::Definite, e),
         None => PgError::new(what(), e),
     };
-    let client = match ClientTls::for_options(&options)? {
-        None => {
-            let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
-            spawn_connection(connection);
-            client
-        }
-        Some(tls) => {
-            let (client, connection) = config.connect(tls.connector()).await.map_err(failed)?;
-            spawn_connection(connection);
-            client
+    let tls = ClientTls::for_options(&options)?;
+    let login = async {
+        match tls {
+            None => {
+                let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+                spawn_connection(connection);
+                Ok(client)
+            }
+            Some(tls) => {
+                let (client, connection) = config.connect(tls.connector()).await.map_err(failed)?;
+                spawn_connection(connection);
+                Ok(client)
+            }
         }
     };
-    Ok(client)
+    // The driver's connect_timeout covers the TCP connect only; a source that accepts and
+    // then says nothing (a cut network behind a proxy) would hold the login forever.
+    tokio::time::timeout(LOGIN_TIMEOUT, login)
+        .await
+        .map_err(|_| {
+            PgError::other(
+                format!("{}: no answer within {LOGIN_TIMEOUT:?}", what()),
+                ErrorClass::Transient,
+                "timed out",
+            )
+        })?
 }
 
 fn spawn_connection<F>(connection: F)

@@ -14,6 +14,8 @@
 //! - [`snapshot`]: chunk planning by key range and the `COPY … TO STDOUT` reader.
 //! - [`decode`]: the pgoutput byte decoder (fuzzed and property-tested).
 //! - [`source`]: the replication stream, turned into [`ferry_core::SourceEvent`]s.
+//! - [`liveness`]: a silent stream probed, a dead session noticed, a slot taken back from
+//!   this changefeed's own dead walsender.
 //! - [`eligibility`]: whether a source can be replicated (wal_level, REPLICATION) and which
 //!   tables fully (a key or a replica identity), for checks before anything is stored.
 //!
@@ -43,6 +45,7 @@ pub mod decode;
 pub mod eligibility;
 pub mod heartbeat;
 pub mod identity;
+pub mod liveness;
 pub mod orphans;
 pub mod sink;
 pub mod slot;

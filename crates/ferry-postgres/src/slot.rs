@@ -320,6 +320,11 @@ pub async fn drop_all(client: &Client, names: &SlotNames) -> Result<(), PgError>
     Ok(())
 }
 
+/// How often a replication session reports its position, also when idle: the source's
+/// `pg_stat_replication.reply_time` then tells a live session from a dead one
+/// ([`crate::liveness`]).
+pub(crate) const FEEDBACK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where and how to open a replication session: the protocol settings and the source URI
 /// (whose TLS options the session follows).
 #[derive(Clone)]
@@ -372,8 +377,8 @@ pub fn replication_config(
     .with_start_lsn(pgwire_replication::Lsn(start.0))
     .with_options(SESSION_OPTIONS)
     .with_application_name(application_name)
-    .with_status_interval(std::time::Duration::from_secs(1))
-    .with_wakeup_interval(std::time::Duration::from_secs(5))
+    .with_status_interval(FEEDBACK_INTERVAL)
+    .with_wakeup_interval(FEEDBACK_INTERVAL)
     .with_buffer_size(4096);
     Ok(ReplicationTarget {
         config,

@@ -13,29 +13,53 @@
 //!
 //! The slot learns what it may discard only through the `confirms` channel of
 //! [`PgStream::run`], which the engine feeds after a batch and its checkpoint are durable.
+//!
+//! A stream silent for [`StreamOptions::timeout`] is probed over the catalog connection; a
+//! dead session ends the stream with a transient error, and a slot still held by this
+//! changefeed's own dead session is taken back at start ([`crate::liveness`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_core::{
     ErrorClass, Lsn, Position, ReplicaIdentity, Row, RowChange, SourceEvent, TableId, TableSchema,
 };
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use crate::catalog;
 use crate::decode::{self, OldTuple, PgOutputMessage, RelationMessage};
+use crate::liveness::{self, Probe};
 use crate::slot::replication_error;
 use crate::PgError;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// Default replication timeout: a silent stream is probed after this long, and a source
+/// that does not answer the probe within it is unreachable. Half the source's default
+/// `wal_sender_timeout` (60 s), so a cut is noticed about when the source notices it.
+pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a stream watches its session.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// The slot the session streams from.
+    pub slot: String,
+    /// The session's `application_name` (a stale walsender is recognised by it).
+    pub application_name: String,
+    /// See [`DEFAULT_REPLICATION_TIMEOUT`].
+    pub timeout: Duration,
+}
+
 /// A started replication stream.
 pub struct PgStream {
     session: ReplicationClient,
     catalog: Client,
+    options: StreamOptions,
     relations: HashMap<u32, Arc<TableSchema>>,
     in_transaction: bool,
     pending: std::collections::VecDeque<SourceEvent>,
@@ -43,20 +67,57 @@ pub struct PgStream {
 
 impl PgStream {
     /// Starts streaming on a gated `session` (its slot and publications set up), using
-    /// `catalog` (a normal connection to the source) to describe relations.
-    pub async fn start(mut session: ReplicationClient, catalog: Client) -> Result<Self, PgError> {
-        catalog::prepare_session(&catalog).await?;
-        session
-            .start()
+    /// `catalog` (a normal connection to the source) to describe relations and to probe a
+    /// silent stream.
+    ///
+    /// A slot still held by a walsender of this changefeed's own dead session (after a
+    /// network cut) is taken back, and the start fails as transient so the retry gets it.
+    pub async fn start(
+        mut session: ReplicationClient,
+        catalog: Client,
+        options: StreamOptions,
+    ) -> Result<Self, PgError> {
+        let timeout = options.timeout;
+        tokio::time::timeout(timeout, catalog::prepare_session(&catalog))
             .await
-            .map_err(|e| replication_error("start replication", e))?;
-        session
-            .wait_started()
-            .await
-            .map_err(|e| replication_error("start replication", e))?;
+            .map_err(|_| liveness::silent_source(timeout))??;
+        let started = async {
+            session.start().await?;
+            session.wait_started().await
+        };
+        match tokio::time::timeout(timeout, started).await {
+            Err(_) => return Err(liveness::silent_source(timeout)),
+            Ok(Err(e)) if liveness::is_slot_active_error(&e.to_string()) => {
+                let released = liveness::release_stale_slot(
+                    &catalog,
+                    &options.slot,
+                    &options.application_name,
+                    timeout,
+                )
+                .await?;
+                let what = match released {
+                    Some(pid) => {
+                        tracing::warn!(slot = %options.slot, pid, "ended the walsender of a dead replication session");
+                        format!(
+                            "start replication: slot {} was held by the walsender (PID {pid}) \
+                             of a dead session of this changefeed; it was ended, retrying",
+                            options.slot
+                        )
+                    }
+                    None => format!(
+                        "start replication: slot {} is held by another session; retrying",
+                        options.slot
+                    ),
+                };
+                return Err(PgError::other(what, ErrorClass::Transient, e));
+            }
+            Ok(Err(e)) => return Err(replication_error("start replication", e)),
+            Ok(Ok(())) => {}
+        }
         Ok(PgStream {
             session,
             catalog,
+            options,
             relations: HashMap::new(),
             in_transaction: false,
             pending: Default::default(),
@@ -72,6 +133,8 @@ impl PgStream {
         events: mpsc::Sender<Result<SourceEvent, PgError>>,
         mut confirms: watch::Receiver<Lsn>,
     ) {
+        let timeout = self.options.timeout;
+        let mut last_heard = Instant::now();
         loop {
             let raw = tokio::select! {
                 biased;
@@ -84,9 +147,24 @@ impl PgStream {
                     continue;
                 }
                 raw = self.session.recv() => raw,
+                _ = tokio::time::sleep_until(last_heard + timeout) => {
+                    match self.check_alive().await {
+                        Ok(()) => {
+                            last_heard = Instant::now();
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = events.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
             };
+            last_heard = Instant::now();
             let handled = match raw {
-                Ok(Some(event)) => self.translate(event).await,
+                Ok(Some(event)) => tokio::time::timeout(timeout, self.translate(event))
+                    .await
+                    .unwrap_or_else(|_| Err(liveness::silent_source(timeout))),
                 Ok(None) => Err(PgError::other(
                     "the replication stream ended",
                     ErrorClass::Transient,
@@ -103,6 +181,31 @@ impl PgStream {
                     return;
                 }
             }
+        }
+    }
+
+    /// After a silence of the replication timeout: whether the session is still alive, as the
+    /// source sees it (see [`crate::liveness`]).
+    async fn check_alive(&self) -> Result<(), PgError> {
+        let timeout = self.options.timeout;
+        let slot = &self.options.slot;
+        let dead = |why: String| PgError::other(why, ErrorClass::Transient, "session lost");
+        match liveness::probe(&self.catalog, slot, timeout).await? {
+            Probe::Alive { reply_age_seconds }
+                if reply_age_seconds < liveness::stale_after(timeout).as_secs_f64() =>
+            {
+                Ok(())
+            }
+            Probe::Alive { reply_age_seconds } => Err(dead(format!(
+                "the replication session is cut: the source's walsender has not heard from \
+                 Ferry for {reply_age_seconds:.0} s (replication_timeout {} s); reconnecting",
+                timeout.as_secs_f64()
+            ))),
+            Probe::NoWalsender => Err(dead(format!(
+                "the replication session ended on the source (no walsender holds slot {slot}); \
+                 reconnecting"
+            ))),
+            Probe::NoSlot => Err(dead(format!("replication slot {slot} is gone"))),
         }
     }
 

@@ -29,6 +29,9 @@ use crate::PgError;
 /// How long the TCP connect and the TLS handshake may take, as for other sessions.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the connect and login of a replication session may take in all.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the relay waits for the library to connect to it.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -43,15 +46,11 @@ pub(crate) async fn connect_gated(
     let options = crate::connect::tls_options(uri)?;
     config.tls = TlsConfig::disabled();
     let Some(tls) = ClientTls::for_options(&options)? else {
-        return ReplicationClient::connect_gated(config)
-            .await
-            .map_err(|e| crate::slot::replication_error("open replication session", e));
+        return connect_library(config).await;
     };
     let Some(stream) = open(uri, &options, &tls).await? else {
         // `prefer` and the server has no SSL: connect directly, nothing to relay.
-        return ReplicationClient::connect_gated(config)
-            .await
-            .map_err(|e| crate::slot::replication_error("open replication session", e));
+        return connect_library(config).await;
     };
     let dir = tempfile::Builder::new()
         .prefix("ferry-repl-")
@@ -64,8 +63,21 @@ pub(crate) async fn connect_gated(
     config.host = dir.path().to_string_lossy().into_owned();
     config.port = port;
     tokio::spawn(relay(listener, dir, stream));
-    ReplicationClient::connect_gated(config)
+    connect_library(config).await
+}
+
+/// The library's connect and login, which has no timeout of its own: a source that accepts
+/// the connection and then says nothing (a cut network behind a proxy) would hold it forever.
+async fn connect_library(config: ReplicationConfig) -> Result<ReplicationClient, PgError> {
+    tokio::time::timeout(LOGIN_TIMEOUT, ReplicationClient::connect_gated(config))
         .await
+        .map_err(|_| {
+            PgError::other(
+                format!("open replication session: no answer within {LOGIN_TIMEOUT:?}"),
+                Transient,
+                "timed out",
+            )
+        })?
         .map_err(|e| crate::slot::replication_error("open replication session", e))
 }
 
@@ -79,7 +91,14 @@ async fn open(
     tls: &ClientTls,
 ) -> Result<Option<ServerStream>, PgError> {
     let what = format!("open replication session to {}", uri.masked());
-    let timed_out = || PgError::definite(format!("{what}: timed out after {CONNECT_TIMEOUT:?}"));
+    // Transient: an unreachable source (a cut network) comes back.
+    let timed_out = || {
+        PgError::other(
+            format!("{what}: timed out after {CONNECT_TIMEOUT:?}"),
+            Transient,
+            "timed out",
+        )
+    };
     let host = uri.host().to_owned();
     let connect = TcpStream::connect((
         host.trim_start_matches('[').trim_end_matches(']'),

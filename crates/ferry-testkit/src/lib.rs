@@ -15,6 +15,8 @@
 //! - [`ferry`]: [`FerryServer`], the real `ferry server` binary on a free port, with
 //!   `kill -9` and restart, and a tiny blocking HTTP(S) client for its API, with flags,
 //!   environment, tokens and HTTPS from [`FerryOptions`].
+//! - [`proxy`]: [`TcpProxy`], a TCP proxy that [`TcpProxy::cut`]s the network silently
+//!   (stops forwarding, closes nothing), for network-cut tests.
 //! - [`certs`]: [`certs::TestCa`], a throwaway CA that issues server and client certificates
 //!   as PEM files, for TLS tests.
 //! - [`wait`]: [`wait_for`] and [`wait_for_async`], deadline-bounded polling for assertions on
@@ -47,10 +49,12 @@ pub mod certs;
 pub mod compare;
 pub mod ferry;
 pub mod postgres;
+pub mod proxy;
 mod server_user;
 pub mod wait;
 
 pub use compare::{compare_tables, Comparison, TableDiff};
 pub use ferry::{FerryOptions, FerryServer, HttpsClient};
 pub use postgres::{pg_bin_dir, PgCluster, PgOptions, ServerTls};
+pub use proxy::TcpProxy;
 pub use wait::{wait_for, wait_for_async};

@@ -40,7 +40,7 @@ use ferry_meta::{Collection, MetaStore};
 use ferry_postgres::catalog::{self, SelectedTable};
 use ferry_postgres::sink::TargetPolicy;
 use ferry_postgres::slot::{self, SlotNames};
-use ferry_postgres::source::PgStream;
+use ferry_postgres::source::{PgStream, StreamOptions};
 use ferry_postgres::PgError;
 use pgwire_replication::ReplicationClient;
 use tokio::sync::{mpsc, watch};
@@ -131,6 +131,8 @@ pub(crate) struct Runner {
     pub(crate) status: StatusCell,
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) retry: RetryPolicy,
+    /// See [`crate::options::EngineOptions::replication_timeout`].
+    pub(crate) replication_timeout: Duration,
     pub(crate) metrics: FeedMetrics,
     /// This server's id (with the changefeed's key, the owner of its target tables).
     pub(crate) server_id: String,
@@ -499,7 +501,12 @@ impl Runner {
                 .await?
             }
         };
-        let stream = PgStream::start(session, catalog_client).await?;
+        let stream_options = StreamOptions {
+            slot: names.slot.clone(),
+            application_name: "ferry".into(),
+            timeout: self.replication_timeout,
+        };
+        let stream = PgStream::start(session, catalog_client, stream_options).await?;
         info!(changefeed = %key, start = ?start.map(|p| p.to_string()), overwritten = resume_from.is_some(), "streaming");
         self.progressing();
         self.status.update(|s| match resume_from {

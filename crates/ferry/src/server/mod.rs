@@ -61,6 +61,11 @@ pub(crate) struct ServerArgs {
     /// changefeed's status [env: FERRY_RETAINED_WAL_WARNING_BYTES] [default: 10000000000]
     #[arg(long, value_name = "BYTES")]
     retained_wal_warning_bytes: Option<String>,
+    /// A silent replication stream is probed after this long; a source that does not answer
+    /// within it is unreachable and the changefeed reconnects
+    /// [env: FERRY_REPLICATION_TIMEOUT] [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    replication_timeout: Option<String>,
     /// First retry delay after a transient failure [env: FERRY_RETRY_INITIAL_BACKOFF]
     /// [default: 1s]
     #[arg(long, value_name = "DURATION")]
@@ -114,6 +119,7 @@ impl ServerArgs {
                 "retained_wal_warning_bytes",
                 &self.retained_wal_warning_bytes,
             ),
+            ("replication_timeout", &self.replication_timeout),
             ("retry.initial_backoff", &self.retry_initial_backoff),
             ("retry.max_backoff", &self.retry_max_backoff),
             ("retry.give_up_after", &self.retry_give_up_after),

@@ -198,6 +198,10 @@ pub(crate) struct Settings {
     /// A slot holding more WAL than this on its source puts a warning in the changefeed's
     /// status.
     pub(crate) retained_wal_warning_bytes: u64,
+    /// A replication stream silent this long is probed; a source that does not answer within
+    /// it is treated as unreachable (a cut network) and the changefeed reconnects.
+    #[serde(with = "duration_text")]
+    pub(crate) replication_timeout: Duration,
     /// Logging.
     pub(crate) log: LogSettings,
     /// Retries of transient failures.
@@ -220,6 +224,7 @@ impl Default for Settings {
             metrics_auth: false,
             insecure_no_auth: false,
             retained_wal_warning_bytes: engine.retained_wal_warning_bytes,
+            replication_timeout: engine.replication_timeout,
             log: LogSettings::default(),
             retry: RetrySettings::default(),
             tls: TlsSettings::default(),
@@ -261,6 +266,11 @@ pub(crate) const KEYS: &[Key] = &[
         "retained_wal_warning_bytes",
         "FERRY_RETAINED_WAL_WARNING_BYTES",
         "retained-wal-warning-bytes",
+    ),
+    key(
+        "replication_timeout",
+        "FERRY_REPLICATION_TIMEOUT",
+        "replication-timeout",
     ),
     key("log.level", "FERRY_LOG", "log"),
     key("log.format", "FERRY_LOG_FORMAT", "log-format"),
@@ -400,6 +410,7 @@ impl Settings {
             "retained_wal_warning_bytes" => {
                 self.retained_wal_warning_bytes = number(value)? as u64;
             }
+            "replication_timeout" => self.replication_timeout = duration(value)?,
             "log.level" => self.log.level = value.to_string(),
             "log.format" => self.log.format = value.trim().parse()?,
             "retry.initial_backoff" => self.retry.initial_backoff = duration(value)?,
@@ -463,6 +474,9 @@ impl Settings {
                     "is not a log filter such as info or warn,ferry_engine=debug: {e}"
                 ),
             });
+        }
+        if self.replication_timeout < Duration::from_secs(1) {
+            return invalid("replication_timeout", "must be at least 1s");
         }
         if self.retry.initial_backoff.is_zero() {
             return invalid("retry.initial_backoff", "must be > 0");
@@ -542,6 +556,7 @@ impl Settings {
             max_changefeeds: self.max_changefeeds,
             max_name_length: self.max_name_length,
             retained_wal_warning_bytes: self.retained_wal_warning_bytes,
+            replication_timeout: self.replication_timeout,
             retry: RetryPolicy {
                 initial_backoff: self.retry.initial_backoff,
                 max_backoff: self.retry.max_backoff,

@@ -45,6 +45,7 @@ fn file_then_env_then_flags() {
             ("FERRY_RETRY_GIVE_UP_AFTER", "2h"),
             ("FERRY_MAX_NAME_LENGTH", "50"),
             ("FERRY_UNRELATED", "x"),
+            ("FERRY_REPLICATION_TIMEOUT", "5s"),
         ]),
         &[("max_name_length", "60".into())],
     )
@@ -55,6 +56,10 @@ fn file_then_env_then_flags() {
     assert_eq!(settings.log.format, LogFormat::Json);
     assert_eq!(settings.retry.initial_backoff, Duration::from_secs(2));
     assert_eq!(settings.retry.give_up_after, Duration::from_secs(7200));
+    assert_eq!(
+        settings.engine_options().replication_timeout,
+        Duration::from_secs(5)
+    );
     assert_eq!(settings.log.level, DEFAULT_LOG_LEVEL, "default kept");
 }
 
@@ -116,6 +121,10 @@ fn validation_names_the_field() {
         (
             &[("FERRY_RETRY_GIVE_UP_AFTER", "0s")],
             "retry.give_up_after must be > 0",
+        ),
+        (
+            &[("FERRY_REPLICATION_TIMEOUT", "500ms")],
+            "replication_timeout must be at least 1s",
         ),
         (
             &[("FERRY_LOG", "info,[bad")],
