@@ -49,6 +49,18 @@ pub enum SnapshotMode {
     Never,
 }
 
+/// How much of a source table's definition the tables Ferry creates get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaMode {
+    /// Columns and key, then once copied: generated columns, defaults, identity and
+    /// sequences, secondary indexes, UNIQUE/CHECK/EXCLUDE constraints, comments.
+    #[default]
+    Full,
+    /// Columns (with NOT NULL) and the key only: for targets that want only the data.
+    Tables,
+}
+
 /// Tuning knobs and target handling; every one has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -68,6 +80,10 @@ pub struct Options {
     /// creation; rows that existed before are not copied).
     #[schema(value_type = String, example = "initial")]
     pub snapshot: SnapshotMode,
+    /// `full` (tables Ferry creates get the source's indexes, constraints, defaults,
+    /// identity, generated columns and comments) or `tables` (columns and key only).
+    #[schema(value_type = String, example = "full")]
+    pub schema: SchemaMode,
 }
 
 impl Default for Options {
@@ -78,6 +94,7 @@ impl Default for Options {
             batch_max_wait_ms: DEFAULT_BATCH_MAX_WAIT_MS,
             existing_target: ExistingTarget::Fail,
             snapshot: SnapshotMode::Initial,
+            schema: SchemaMode::Full,
         }
     }
 }

@@ -12,12 +12,15 @@
 //!   the replication slot and its exported snapshot.
 //! - [`catalog`]: which tables a filter selects, their columns, keys and user types.
 //! - [`snapshot`]: chunk planning by key range and the `COPY … TO STDOUT` reader.
+//! - [`definition`]: a table's indexes, constraints, defaults, identity, sequences,
+//!   generated columns and comments, which the sink recreates on tables it created.
 //! - [`decode`]: the pgoutput byte decoder (fuzzed and property-tested).
 //! - [`source`]: the replication stream, turned into [`ferry_core::SourceEvent`]s.
 //! - [`eligibility`]: whether a source can be replicated (wal_level, REPLICATION) and which
 //!   tables fully (a key or a replica identity), for checks before anything is stored.
 //!
 //! - [`identity`]: which cluster and database a connection reaches (sink = source refusal).
+//! - [`sequences`]: moves target sequences to the source's values (pgoutput has none).
 //!
 //! # Sink
 //! - [`sink`]: DDL for missing tables and column changes, `COPY FROM` for snapshot chunks,
@@ -38,8 +41,10 @@
 pub mod catalog;
 pub mod connect;
 pub mod decode;
+pub mod definition;
 pub mod eligibility;
 pub mod identity;
+pub mod sequences;
 pub mod sink;
 pub mod slot;
 pub mod snapshot;

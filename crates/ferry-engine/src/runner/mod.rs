@@ -117,6 +117,10 @@ impl Runner {
                 Ok(StreamEnd::Stopped) => return,
                 Ok(StreamEnd::Finished) => {
                     info!(changefeed = %key, "changefeed finished");
+                    // The target is complete: its sequences too, before anyone writes it.
+                    if let Err(e) = crate::sequences::sync(&self.config).await {
+                        warn!(changefeed = %key, error = %e, "could not sync the target's sequences; run sync-sequences");
+                    }
                     self.settle(Event::Done, None);
                     if !self.config.snapshot_only {
                         self.drop_slot().await;
@@ -282,7 +286,7 @@ impl Runner {
             self.sync_publications(&catalog_client, &names, &selected)
                 .await?;
             self.progressing();
-            self.copy_added(&mut sink, &names, &state, &selected)
+            self.copy_added(&catalog_client, &mut sink, &names, &state, &selected)
                 .await?;
             None
         } else {
