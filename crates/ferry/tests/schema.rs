@@ -198,3 +198,56 @@ fn schema_tables_creates_columns_and_key_only_and_user_tables_get_nothing() {
     assert!(!mine.contains("sequence"), "{mine}");
     pair.assert_same("public.orders");
 }
+
+#[test]
+fn a_partitioned_table_becomes_one_target_table_and_new_partitions_follow() {
+    let pair = Pair::start();
+    pair.source.psql(
+        "shop",
+        "CREATE TABLE events (id bigint, at date NOT NULL, v text, PRIMARY KEY (id, at))
+           PARTITION BY RANGE (at);
+         CREATE TABLE events_2025 PARTITION OF events
+           FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE events_2026 PARTITION OF events
+           FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+         CREATE INDEX events_v ON events (v);
+         INSERT INTO events
+         SELECT i, date '2025-06-01' + (i % 400), 'v' || i FROM generate_series(1, 1000) i;",
+    );
+    pair.create("parts", &["public.*"]);
+    pair.wait_synced("parts", MINUTE);
+    let tables =
+        "SELECT string_agg(relname || ':' || relkind::text, ',' ORDER BY relname) FROM pg_class
+                  WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')";
+    assert_eq!(pair.target.psql("analytics", tables), "events:r");
+    assert_eq!(
+        pair.target.psql(
+            "analytics",
+            "SELECT count(*) FROM pg_indexes WHERE indexname IN ('events_v', 'events_pkey')"
+        ),
+        "2"
+    );
+    pair.assert_same("public.events");
+
+    // A partition attached while running: no restart, its rows arrive in the one table.
+    pair.source.psql(
+        "shop",
+        "CREATE TABLE events_2027 PARTITION OF events
+           FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');",
+    );
+    pair.source.psql(
+        "shop",
+        "INSERT INTO events VALUES (5000, '2027-03-01', 'new');
+         UPDATE events SET v = 'changed' WHERE id = 1;
+         DELETE FROM events WHERE id = 2;",
+    );
+    pair.wait_synced("parts", MINUTE);
+    pair.assert_same("public.events");
+    assert_eq!(
+        pair.target.psql("analytics", tables),
+        "events:r",
+        "{}\n{}",
+        pair.source.psql("shop", "SELECT * FROM pg_publication"),
+        pair.ferry.log()
+    );
+}
