@@ -251,3 +251,44 @@ fn a_partitioned_table_becomes_one_target_table_and_new_partitions_follow() {
         pair.ferry.log()
     );
 }
+
+/// The snapshot-time cost of the source's indexes, built after the copy: a 500k-row table
+/// with two secondary indexes, copied with `schema: full` and with `schema: tables`.
+/// A measurement, not a check: `cargo nextest run -p ferry --test schema --run-ignored all`.
+#[test]
+#[ignore]
+fn measure_index_build_after_copy() {
+    let pair = Pair::start();
+    pair.source.psql(
+        "shop",
+        "CREATE TABLE big (id bigint PRIMARY KEY, email text NOT NULL, score int, note text);
+         INSERT INTO big SELECT i, 'user' || i || '@example.com', (i::bigint * 7919) % 100000, md5(i::text)
+         FROM generate_series(1, 500000) i;
+         CREATE UNIQUE INDEX big_email ON big (email);
+         CREATE INDEX big_score ON big (score);
+         ANALYZE big;",
+    );
+    pair.target.create_database("lean");
+    for (id, db, schema) in [("full", "analytics", "full"), ("lean", "lean", "tables")] {
+        let started = std::time::Instant::now();
+        let (code, body) = pair.ferry.post(
+            "/api/v2/changefeeds",
+            &json!({
+                "id": id,
+                "source_uri": pair.source.uri("shop"),
+                "sink_uri": pair.target.uri(db),
+                "tables": ["public.big"],
+                "options": {"schema": schema},
+            }),
+        );
+        assert_eq!(code, 201, "{body}");
+        pair.wait_synced(id, 5 * MINUTE);
+        eprintln!("schema {schema}: synced after {:?}", started.elapsed());
+    }
+    let log = pair.ferry.log();
+    for line in log.lines().filter(|l| {
+        l.contains("completed") || l.contains("snapshot done") || l.contains("primary key built")
+    }) {
+        eprintln!("{line}");
+    }
+}
