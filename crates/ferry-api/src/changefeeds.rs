@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use ferry_core::{parse_postgres_uri, ConnectionUri, Lsn, SinkUri, TableFilter};
 use ferry_engine::config::Options;
-use ferry_engine::{ChangefeedConfig, ChangefeedStatus, FeedState, Phase, SyncedReport};
+use ferry_engine::{
+    ChangefeedConfig, ChangefeedStatus, FeedState, Phase, SequencesReport, SyncedReport,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -535,6 +537,19 @@ pub(crate) async fn synced(
 ) -> Result<Json<SyncedReport>, ApiError> {
     let (id, ns) = (extract::path(id)?, extract::query(ns)?);
     Ok(Json(state.engine.synced(ns.get()?, &id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v2/changefeeds/{id}/sequences/sync", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    responses((status = 200, body = SequencesReport), (status = "4XX", body = crate::error::ErrorBody), (status = 502, body = crate::error::ErrorBody)))]
+/// Sets every target sequence of the replicated tables to at least the source's value
+/// (pgoutput does not carry sequences); returns what it found and set.
+pub(crate) async fn sync_sequences(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    ns: Result<Query<NamespaceQuery>, QueryRejection>,
+) -> Result<Json<SequencesReport>, ApiError> {
+    let (id, ns) = (extract::path(id)?, extract::query(ns)?);
+    Ok(Json(state.engine.sync_sequences(ns.get()?, &id).await?))
 }
 
 #[cfg(test)]

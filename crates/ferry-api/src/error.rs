@@ -25,6 +25,8 @@ pub enum ErrorCode {
     InvalidConfig,
     /// The source cannot be reached or is not set up for logical replication.
     SourceUnusable,
+    /// Syncing the target's sequences failed (source or target unreachable or refusing).
+    SequenceSyncFailed,
     /// A table rule names a table the source does not have.
     TableNotFound,
     /// A URI's `password_file` cannot be read, or its `password_env` variable is not set on
@@ -156,6 +158,7 @@ impl From<EngineError> for ApiError {
                 },
             ),
             EngineError::SourceUnusable(_) => (S::BAD_REQUEST, C::SourceUnusable),
+            EngineError::SequenceSync(_) => (S::BAD_GATEWAY, C::SequenceSyncFailed),
             EngineError::TableNotFound(_) => (S::BAD_REQUEST, C::TableNotFound),
             EngineError::SecretUnavailable(_) => (S::BAD_REQUEST, C::SecretUnavailable),
             EngineError::InvalidPosition(_) => (S::BAD_REQUEST, C::InvalidPosition),

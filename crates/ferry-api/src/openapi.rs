@@ -31,6 +31,7 @@ use crate::{changefeeds, server, sources};
         changefeeds::resume,
         changefeeds::status,
         changefeeds::synced,
+        changefeeds::sync_sequences,
         sources::create,
         sources::list,
         sources::get_one,

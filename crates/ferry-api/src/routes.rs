@@ -31,6 +31,10 @@ pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
         .route("/api/v2/changefeeds/{id}/resume", post(changefeeds::resume))
         .route("/api/v2/changefeeds/{id}/status", get(changefeeds::status))
         .route("/api/v2/changefeeds/{id}/synced", get(changefeeds::synced))
+        .route(
+            "/api/v2/changefeeds/{id}/sequences/sync",
+            post(changefeeds::sync_sequences),
+        )
         .route("/api/v2/sources", get(sources::list).post(sources::create))
         .route(
             "/api/v2/sources/{name}",

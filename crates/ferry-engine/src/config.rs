@@ -49,6 +49,18 @@ pub enum SnapshotMode {
     Never,
 }
 
+/// How much of a source table's definition the tables Ferry creates get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaMode {
+    /// Columns and key, then once copied: generated columns, defaults, identity and
+    /// sequences, secondary indexes, UNIQUE/CHECK/EXCLUDE constraints, comments.
+    #[default]
+    Full,
+    /// Columns (with NOT NULL) and the key only: for targets that want only the data.
+    Tables,
+}
+
 /// Tuning knobs and target handling; every one has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -82,6 +94,10 @@ pub struct Options {
     /// source frees its WAL, and the changefeed fails: its tables must be copied anew).
     #[schema(value_type = String, example = "pause")]
     pub on_retained_wal_exceeded: RetainedWalAction,
+    /// `full` (tables Ferry creates get the source's indexes, constraints, defaults,
+    /// identity, generated columns and comments) or `tables` (columns and key only).
+    #[schema(value_type = String, example = "full")]
+    pub schema: SchemaMode,
 }
 
 /// What a changefeed does when its slot holds more WAL than `max_retained_wal_bytes`.
@@ -107,6 +123,7 @@ impl Default for Options {
             heartbeat_interval_ms: None,
             max_retained_wal_bytes: None,
             on_retained_wal_exceeded: RetainedWalAction::Pause,
+            schema: SchemaMode::Full,
         }
     }
 }

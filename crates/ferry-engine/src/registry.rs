@@ -97,6 +97,9 @@ pub enum EngineError {
     /// The source's columns cannot be written into an existing target table as it is.
     #[error("{0}")]
     TargetConflict(String),
+    /// Syncing the target's sequences failed (source or target unreachable or refusing).
+    #[error("sequence sync failed: {0}")]
+    SequenceSync(String),
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),

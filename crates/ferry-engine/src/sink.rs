@@ -103,6 +103,16 @@ impl AnySink {
         }
     }
 
+    /// The source's definitions of the tables the sink may create.
+    pub(crate) fn use_definitions(
+        &mut self,
+        definitions: Vec<(TableId, ferry_postgres::definition::TableDefinition)>,
+    ) {
+        if let AnySink::Postgres(s) = self {
+            s.use_definitions(definitions);
+        }
+    }
+
     /// Releases target tables the changefeed no longer writes.
     pub(crate) async fn release_tables(&mut self, tables: &[TableId]) -> Result<(), SinkError> {
         match self {

@@ -32,7 +32,9 @@ pub async fn prepare_session(client: &Client) -> Result<(), PgError> {
         .map_err(|e| PgError::new("set search_path", e))
 }
 
-/// Every ordinary table `filter` selects, sorted by name.
+/// Every ordinary or partitioned table `filter` selects, sorted by name. Partitions are
+/// not selected: their rows travel as their root's (`publish_via_partition_root`), into
+/// one target table.
 pub async fn selected_tables(
     client: &Client,
     filter: &TableFilter,
@@ -42,7 +44,7 @@ pub async fn selected_tables(
             "SELECT n.nspname::text, c.relname::text, c.oid, c.reltuples::float8,
                     pg_catalog.pg_total_relation_size(c.oid)
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
                AND n.nspname NOT LIKE 'pg\\_%'
              ORDER BY 1, 2",

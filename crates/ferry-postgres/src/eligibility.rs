@@ -169,7 +169,8 @@ pub async fn table_facts(client: &Client) -> Result<Vec<TableFacts>, PgError> {
                                 ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                               WHERE i.indrelid = c.oid AND i.indisreplident), '{}')
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND c.relpersistence IN ('p', 'u')
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
                AND n.nspname NOT LIKE 'pg\\_%'
              ORDER BY 1, 2",

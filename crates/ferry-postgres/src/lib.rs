@@ -12,6 +12,8 @@
 //!   the replication slot and its exported snapshot.
 //! - [`catalog`]: which tables a filter selects, their columns, keys and user types.
 //! - [`snapshot`]: chunk planning by key range and the `COPY … TO STDOUT` reader.
+//! - [`definition`]: a table's indexes, constraints, defaults, identity, sequences,
+//!   generated columns and comments, which the sink recreates on tables it created.
 //! - [`decode`]: the pgoutput byte decoder (fuzzed and property-tested).
 //! - [`source`]: the replication stream, turned into [`ferry_core::SourceEvent`]s.
 //! - [`liveness`]: a silent stream probed, a dead session noticed, a slot taken back from
@@ -22,6 +24,7 @@
 //! - [`heartbeat`]: a logical message on an interval, so an idle slot's position moves.
 //! - [`orphans`]: every `ferry_*` slot and publication of a source.
 //! - [`identity`]: which cluster and database a connection reaches (sink = source refusal).
+//! - [`sequences`]: moves target sequences to the source's values (pgoutput has none).
 //!
 //! # Sink
 //! - [`sink`]: DDL for missing tables and column changes, `COPY FROM` for snapshot chunks,
@@ -42,11 +45,13 @@
 pub mod catalog;
 pub mod connect;
 pub mod decode;
+pub mod definition;
 pub mod eligibility;
 pub mod heartbeat;
 pub mod identity;
 pub mod liveness;
 pub mod orphans;
+pub mod sequences;
 pub mod sink;
 pub mod slot;
 pub mod snapshot;

@@ -94,13 +94,23 @@ pub async fn sync_publication(
         .await
         .map_err(|e| PgError::new(format!("look up publication {name}"), e))?
         .is_some();
+    // Partitions' changes are published as their root's: one target table per
+    // partitioned table, and a partition attached later is published without a restart.
     if !exists {
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {quoted} WITH (publish = '{publish}')"
+                "CREATE PUBLICATION {quoted} \
+                 WITH (publish = '{publish}', publish_via_partition_root = true)"
             ))
             .await
             .map_err(|e| PgError::new(format!("create publication {name}"), e))?;
+    } else {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {quoted} SET (publish_via_partition_root = true)"
+            ))
+            .await
+            .map_err(|e| PgError::new(format!("set up publication {name}"), e))?;
     }
     let current = publication_tables(client, name).await?;
     let add: Vec<String> = tables

@@ -129,7 +129,15 @@ pub async fn plan_table(client: &Client, table: &SelectedTable) -> Result<TableP
 }
 
 /// The `COPY … TO STDOUT` statement for one chunk of `schema`.
-pub fn copy_out_sql(schema: &TableSchema, key_column: Option<&str>, chunk: &ChunkSpec) -> String {
+/// A partitioned table is read whole (its partitions' rows, which the stream also sends
+/// under its name); any other table `ONLY`, without inheritance children (selected, and
+/// copied, on their own).
+pub fn copy_out_sql(
+    schema: &TableSchema,
+    key_column: Option<&str>,
+    chunk: &ChunkSpec,
+    partitioned: bool,
+) -> String {
     let columns: Vec<String> = schema
         .columns
         .iter()
@@ -145,8 +153,9 @@ pub fn copy_out_sql(schema: &TableSchema, key_column: Option<&str>, chunk: &Chun
         }
     }
     let select = format!(
-        "SELECT {} FROM ONLY {}",
+        "SELECT {} FROM {}{}",
         columns.join(", "),
+        if partitioned { "" } else { "ONLY " },
         schema.id.quoted()
     );
     if filter.is_empty() {
@@ -175,8 +184,22 @@ pub async fn copy_out(
     plan: &TablePlan,
     chunk: &ChunkSpec,
 ) -> Result<impl Stream<Item = Result<Bytes, tokio_postgres::Error>>, PgError> {
+    let partitioned = client
+        .query_one(
+            "SELECT COALESCE((SELECT relkind = 'p' FROM pg_catalog.pg_class
+                              WHERE oid = pg_catalog.to_regclass($1)), false)",
+            &[&schema.id.quoted()],
+        )
+        .await
+        .map_err(|e| PgError::new(format!("look up table {}", schema.id), e))?
+        .get(0);
     client
-        .copy_out(&copy_out_sql(schema, plan.key_column.as_deref(), chunk))
+        .copy_out(&copy_out_sql(
+            schema,
+            plan.key_column.as_deref(),
+            chunk,
+            partitioned,
+        ))
         .await
         .map_err(|e| PgError::new(format!("copy {} chunk {}", schema.id, chunk.index), e))
 }
@@ -207,7 +230,7 @@ mod tests {
             upper: Some(20),
         };
         assert_eq!(
-            copy_out_sql(&schema, Some("id"), &chunk),
+            copy_out_sql(&schema, Some("id"), &chunk, false),
             "COPY (SELECT \"id\" FROM ONLY \"public\".\"t\" WHERE \"id\" >= 10 AND \"id\" < 20) TO STDOUT"
         );
         let all = ChunkSpec {
@@ -216,8 +239,12 @@ mod tests {
             upper: None,
         };
         assert_eq!(
-            copy_out_sql(&schema, None, &all),
+            copy_out_sql(&schema, None, &all, false),
             "COPY (SELECT \"id\" FROM ONLY \"public\".\"t\") TO STDOUT"
+        );
+        assert_eq!(
+            copy_out_sql(&schema, None, &all, true),
+            "COPY (SELECT \"id\" FROM \"public\".\"t\") TO STDOUT"
         );
     }
 }

@@ -271,7 +271,11 @@ impl PgStream {
                     )));
                 }
                 self.relations.insert(relation.id, schema.clone());
-                self.pending.push_back(SourceEvent::Schema(schema));
+                // Published via its root, a partition's changes name the root, but pgoutput
+                // describes the partition too: nothing is written under its name.
+                if !self.is_partition(relation.id).await? {
+                    self.pending.push_back(SourceEvent::Schema(schema));
+                }
             }
             PgOutputMessage::Insert { relation_id, new } => {
                 let table = self.relation(relation_id)?;
@@ -320,6 +324,19 @@ impl PgStream {
             _ => {}
         }
         Ok(())
+    }
+
+    async fn is_partition(&self, oid: u32) -> Result<bool, PgError> {
+        let row = self
+            .catalog
+            .query_one(
+                "SELECT COALESCE((SELECT relispartition FROM pg_catalog.pg_class
+                                  WHERE oid = $1), false)",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| PgError::new(format!("read table {oid}"), e))?;
+        Ok(row.get(0))
     }
 
     fn relation(&self, id: u32) -> Result<Arc<TableSchema>, PgError> {

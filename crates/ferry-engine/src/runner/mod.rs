@@ -166,6 +166,10 @@ impl Runner {
                 Ok(StreamEnd::Stopped) => return,
                 Ok(StreamEnd::Finished) => {
                     info!(changefeed = %key, "changefeed finished");
+                    // The target is complete: its sequences too, before anyone writes it.
+                    if let Err(e) = crate::sequences::sync(&self.config).await {
+                        warn!(changefeed = %key, error = %e, "could not sync the target's sequences; run sync-sequences");
+                    }
                     self.settle(Event::Done, None);
                     if !self.config.snapshot_only {
                         self.drop_slot().await;
@@ -367,7 +371,7 @@ impl Runner {
             }
             self.note_divergent(&state.divergent);
             self.progressing();
-            self.copy_added(&mut sink, &names, &state, &selected)
+            self.copy_added(&catalog_client, &mut sink, &names, &state, &selected)
                 .await?;
             None
         } else {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use ferry_core::{Lsn, Sink, TableId, TableSchema};
 use ferry_meta::Collection;
 use ferry_postgres::catalog::SelectedTable;
+use ferry_postgres::definition;
 use ferry_postgres::sink::TargetPolicy;
 use ferry_postgres::slot::{self, SlotNames};
 use ferry_postgres::snapshot::{self, ChunkSpec, TablePlan};
@@ -22,7 +23,7 @@ use tracing::info;
 
 use super::tables::{self, RuntimeState};
 use super::{RunError, Runner};
-use crate::config::ChangefeedConfig;
+use crate::config::{ChangefeedConfig, SchemaMode};
 use crate::metrics::FeedMetrics;
 use crate::sink::AnySink;
 use crate::status::{table_entry, Phase, StatusCell, TableState};
@@ -67,7 +68,7 @@ impl Runner {
         let fresh = !begun;
         if !self.config.copies() {
             return self
-                .start_without_copy(sink, names, state, selected, fresh)
+                .start_without_copy(catalog_client, sink, names, state, selected, fresh)
                 .await;
         }
         if fresh || state.plan.is_empty() {
@@ -105,6 +106,8 @@ impl Runner {
             .iter()
             .map(|t| (t.schema.id.clone(), Arc::new(t.schema.clone())))
             .collect();
+        self.use_definitions(catalog_client, sink, selected.iter())
+            .await?;
         for schema in schemas.values() {
             sink.ensure_table_for_copy(schema).await?;
         }
@@ -146,6 +149,7 @@ impl Runner {
     /// target tables, copying nothing. Rows that existed before are the user's to copy.
     async fn start_without_copy(
         &mut self,
+        catalog_client: &tokio_postgres::Client,
         sink: &mut AnySink,
         names: &SlotNames,
         mut state: RuntimeState,
@@ -164,6 +168,8 @@ impl Runner {
             None
         };
         self.progressing();
+        self.use_definitions(catalog_client, sink, selected.iter())
+            .await?;
         for t in selected {
             sink.ensure_table(&Arc::new(t.schema.clone())).await?;
         }
@@ -189,6 +195,7 @@ impl Runner {
     /// they stream from when they were added).
     pub(super) async fn copy_added(
         &mut self,
+        catalog_client: &tokio_postgres::Client,
         sink: &mut AnySink,
         names: &SlotNames,
         state: &RuntimeState,
@@ -204,6 +211,10 @@ impl Runner {
         self.status.update(|s| s.phase = Phase::Snapshot);
         let (session, export) = self.temporary_export(names).await?;
         info!(changefeed = %self.config.key(), lsn = %export.lsn, tables = pending.len(), "copying added tables");
+        let tables = pending
+            .iter()
+            .filter_map(|a| selected.iter().find(|t| t.schema.id == a.plan.table));
+        self.use_definitions(catalog_client, sink, tables).await?;
         let mut work = VecDeque::new();
         for added in pending {
             let Some(table) = selected.iter().find(|t| t.schema.id == added.plan.table) else {
@@ -266,6 +277,26 @@ impl Runner {
         )
         .await?;
         Ok(upgraded)
+    }
+
+    /// Reads the source's definitions of `tables` (indexes, constraints, defaults …) for
+    /// the sink to complete the tables it creates; none with `schema: tables`.
+    async fn use_definitions(
+        &self,
+        catalog_client: &tokio_postgres::Client,
+        sink: &mut AnySink,
+        tables: impl Iterator<Item = &SelectedTable>,
+    ) -> Result<(), RunError> {
+        if self.config.options.schema == SchemaMode::Tables {
+            return Ok(());
+        }
+        let mut definitions = Vec::new();
+        for t in tables {
+            let definition = definition::read(catalog_client, t.oid, &t.schema.id).await?;
+            definitions.push((t.schema.id.clone(), definition));
+        }
+        sink.use_definitions(definitions);
+        Ok(())
     }
 
     /// A temporary slot's exported snapshot; it lives as long as the returned session.

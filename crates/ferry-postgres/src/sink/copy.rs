@@ -17,7 +17,7 @@ use super::{ddl, statement_error, PgSink};
 
 /// `maintenance_work_mem` for building a primary key after a bulk copy: enough to sort
 /// tens of millions of keys in memory, and used only for the length of the build.
-const INDEX_BUILD_MEMORY: &str = "256MB";
+pub(super) const INDEX_BUILD_MEMORY: &str = "256MB";
 
 /// Size of the `COPY FROM` messages the rows of a chunk are gathered into.
 const COPY_MESSAGE_BYTES: usize = 256 << 10;
@@ -55,7 +55,7 @@ fn upsert_staged_sql(schema: &TableSchema, columns: &str) -> String {
         format!("UPDATE SET {}", set.join(", "))
     };
     format!(
-        "INSERT INTO {} ({columns}) SELECT {columns} FROM pg_temp._ferry_stage \
+        "INSERT INTO {} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM pg_temp._ferry_stage \
          ON CONFLICT ({}) DO {action}; DROP TABLE pg_temp._ferry_stage",
         schema.id.quoted(),
         key.join(", ")
@@ -131,7 +131,7 @@ impl PgSink {
         }
         let staged = append && schema.has_key();
         if staged {
-            self.ensure_key(schema).await?;
+            self.build_key(schema).await?;
         }
         self.client.batch_execute("BEGIN").await.map_err(fail)?;
         if replace && !append {
@@ -247,7 +247,14 @@ impl PgSink {
     /// Gives the target table a unique index on the key (its primary key) after a bulk
     /// copy, unless it has one. Also run for every keyed table the stream writes to, so a
     /// build that failed after a copy is retried.
+    /// Then completes a table Ferry created with the source's definition (indexes,
+    /// constraints, defaults, identity, comments).
     pub async fn ensure_key(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
+        self.build_key(schema).await?;
+        self.complete_table(schema).await
+    }
+
+    async fn build_key(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
         if !schema.has_key() {
             return Ok(());
         }

@@ -12,10 +12,12 @@ use ferry_core::{quote_ident, SinkError, TableSchema, UserType, UserTypeKind};
 use tokio_postgres::Client;
 
 use super::statement_error;
+use crate::definition::GeneratedColumn;
 
 /// Ferry's bookkeeping in the target: the checkpoint of each changefeed, written in the
 /// same transaction as the data it covers, the snapshot chunks already copied, which
-/// changefeed owns (is the one writer of) each target table, and the columns Ferry created.
+/// changefeed owns (is the one writer of) each target table, and the columns and tables
+/// Ferry created (only those get the source's indexes, constraints, defaults …).
 pub(crate) const BOOKKEEPING: &str = "
 CREATE SCHEMA IF NOT EXISTS _ferry;
 CREATE TABLE IF NOT EXISTS _ferry.checkpoints (
@@ -46,6 +48,11 @@ CREATE TABLE IF NOT EXISTS _ferry.created_columns (
     table_name   text NOT NULL,
     column_name  text NOT NULL,
     PRIMARY KEY (table_schema, table_name, column_name)
+);
+CREATE TABLE IF NOT EXISTS _ferry.created_tables (
+    table_schema text NOT NULL,
+    table_name   text NOT NULL,
+    PRIMARY KEY (table_schema, table_name)
 );";
 
 /// One column as the target has it.
@@ -103,10 +110,14 @@ pub(crate) async fn target_columns(
     ))
 }
 
-/// SQL that creates `schema`'s types (when missing) and table.
-/// SQL that creates `schema`'s types (when missing) and table; the primary key only
-/// `with_key` (a bulk copy adds it afterwards with [`add_key_sql`]).
-pub(crate) fn create_table_sql(schema: &TableSchema, with_key: bool) -> String {
+/// SQL that creates `schema`'s types (when missing) and table, with the source's
+/// `generated` columns at their places; the primary key only `with_key` (a bulk copy adds
+/// it afterwards with [`add_key_sql`]).
+pub(crate) fn create_table_sql(
+    schema: &TableSchema,
+    generated: &[GeneratedColumn],
+    with_key: bool,
+) -> String {
     let mut sql = format!(
         "CREATE SCHEMA IF NOT EXISTS {};\n",
         quote_ident(&schema.id.schema)
@@ -126,6 +137,18 @@ pub(crate) fn create_table_sql(schema: &TableSchema, with_key: bool) -> String {
             )
         })
         .collect();
+    // Later positions first, so earlier insertions do not shift them.
+    for g in generated.iter().rev() {
+        defs.insert(
+            g.position.min(defs.len()),
+            format!(
+                "{} {} GENERATED ALWAYS AS ({}) STORED",
+                quote_ident(&g.name),
+                g.type_name,
+                g.expression
+            ),
+        );
+    }
     if with_key && schema.has_key() {
         defs.push(format!("PRIMARY KEY ({})", key_columns(schema)));
     }
@@ -417,7 +440,7 @@ mod tests {
 
     #[test]
     fn create_has_key_and_not_null() {
-        let sql = create_table_sql(&schema(&[("id", "integer"), ("v", "text")]), true);
+        let sql = create_table_sql(&schema(&[("id", "integer"), ("v", "text")]), &[], true);
         assert!(sql.contains("\"id\" integer NOT NULL"), "{sql}");
         assert!(sql.contains("PRIMARY KEY (\"id\")"), "{sql}");
     }
@@ -425,7 +448,7 @@ mod tests {
     #[test]
     fn bulk_copy_tables_get_their_key_afterwards() {
         let s = schema(&[("id", "integer"), ("v", "text")]);
-        let sql = create_table_sql(&s, false);
+        let sql = create_table_sql(&s, &[], false);
         assert!(sql.contains("\"id\" integer NOT NULL"), "{sql}");
         assert!(!sql.contains("PRIMARY KEY"), "{sql}");
         assert_eq!(

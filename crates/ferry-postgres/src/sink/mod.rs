@@ -3,7 +3,9 @@
 //! - Tables: created from the source's shape when missing (types, `NOT NULL`, primary
 //!   key), altered when the source's columns change ([`ddl`]); claimed by one changefeed
 //!   each, and checked before anything is written when they existed before it
-//!   ([`ownership`]). Columns Ferry did not create are never dropped or retyped.
+//!   ([`ownership`]). Columns Ferry did not create are never dropped or retyped. Tables
+//!   Ferry created get the source's generated columns, defaults, identity, sequences,
+//!   indexes, constraints and comments once copied ([`complete`]).
 //! - Snapshot ([`copy`]): each chunk's COPY text is streamed into `COPY … FROM STDIN` in
 //!   its own transaction together with its record in `_ferry.snapshot_chunks`; tables
 //!   created for the copy get their primary key after it.
@@ -16,6 +18,7 @@
 //!   into `_ferry.checkpoints` in the same transaction and commits.
 
 mod compact;
+mod complete;
 mod copy;
 mod ddl;
 mod ownership;
@@ -25,7 +28,7 @@ mod statements;
 pub use copy::FinishedChunk;
 pub use ownership::{preflight, release, TargetPolicy, TargetProblem};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -67,6 +70,10 @@ pub struct PgSink {
     checkpoint_statement: Option<Statement>,
     /// Ownership and the handling of existing tables.
     policy: TargetPolicy,
+    /// The source's definitions of tables this sink may create ([`complete`]).
+    definitions: HashMap<TableId, crate::definition::TableDefinition>,
+    /// Tables completed with their definition in this session.
+    completed: HashSet<TableId>,
 }
 
 /// A failed connection to the target, keeping the class it was given where it was born.
@@ -145,6 +152,8 @@ impl PgSink {
             segment_bytes: 0,
             checkpoint_statement: None,
             policy,
+            definitions: HashMap::new(),
+            completed: HashSet::new(),
         })
     }
 

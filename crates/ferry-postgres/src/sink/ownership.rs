@@ -384,6 +384,16 @@ pub async fn release(
         .batch_execute("BEGIN")
         .await
         .map_err(|e| statement_error("begin", e))?;
+    // Its tables are the user's from now on: never completed by another changefeed.
+    client
+        .execute(
+            "DELETE FROM _ferry.created_tables c USING _ferry.table_owners o
+             WHERE o.changefeed = $1 AND o.server_id = $2
+               AND c.table_schema = o.table_schema AND c.table_name = o.table_name",
+            &[&changefeed, &server_id],
+        )
+        .await
+        .map_err(|e| statement_error("forget the tables Ferry created", e))?;
     let released = client
         .execute(
             "DELETE FROM _ferry.table_owners WHERE changefeed = $1 AND server_id = $2",

@@ -76,10 +76,15 @@ impl PgSink {
         let change = |e| statement_error(format!("change target table {id}"), e);
         match ddl::target_columns(&self.client, schema).await? {
             None => {
+                let generated = self
+                    .definitions
+                    .get(id)
+                    .map_or(&[][..], |d| d.generated.as_slice());
                 self.client
-                    .batch_execute(&ddl::create_table_sql(schema, false))
+                    .batch_execute(&ddl::create_table_sql(schema, generated, false))
                     .await
                     .map_err(change)?;
+                super::complete::record_created(&self.client, id).await?;
                 let all: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
                 ownership::record_columns(&self.client, id, &all, &[]).await?;
                 tracing::info!(table = %id, changefeed = %self.changefeed, "target table created");

@@ -23,6 +23,9 @@
 //! | update, key changed, TOAST values unsent | `UPDATE SET <sent columns> WHERE key = old key` | `UPDATE … WHERE ctid = (first row equal to old)` |
 //! | delete | (compacted) | `DELETE WHERE ctid = (first row equal to old)` |
 //!
+//! Inserts say `OVERRIDING SYSTEM VALUE`: an identity column `GENERATED ALWAYS` takes the
+//! source's value (the clause is a no-op on other tables).
+//!
 //! Upserts make re-applying a change harmless, which the snapshot's resume after a restart
 //! relies on (chunks copied at a later snapshot converge once the stream passes it).
 
@@ -212,12 +215,12 @@ pub(crate) fn sql(schema: &TableSchema, casts: &[String], shape: &Shape) -> Stri
     };
     match shape {
         Shape::Insert => format!(
-            "INSERT INTO {table} ({}) VALUES ({})",
+            "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
             cols.join(", "),
             placeholders(cols.len())
         ),
         Shape::Upsert => format!(
-            "INSERT INTO {table} ({}) VALUES ({}){}",
+            "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE VALUES ({}){}",
             cols.join(", "),
             placeholders(cols.len()),
             on_conflict(schema, &cols)
@@ -246,7 +249,7 @@ pub(crate) fn sql(schema: &TableSchema, casts: &[String], shape: &Shape) -> Stri
                 on_conflict(schema, &cols)
             };
             format!(
-                "INSERT INTO {table} ({}) SELECT {} FROM {}{conflict}",
+                "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}{conflict}",
                 cols.join(", "),
                 all.iter()
                     .map(|&c| cast(casts, c))
@@ -434,7 +437,7 @@ mod tests {
         let s = schema(vec![0]);
         assert_eq!(
             sql(&s, &casts(), &Shape::UpsertSet),
-            "INSERT INTO \"s\".\"t\" (\"id\", \"a\", \"b\") SELECT CAST(u.c0 AS integer), \
+            "INSERT INTO \"s\".\"t\" (\"id\", \"a\", \"b\") OVERRIDING SYSTEM VALUE SELECT CAST(u.c0 AS integer), \
              CAST(u.c1 AS text), CAST(u.c2 AS jsonb) FROM unnest($1::text[], $2::text[], \
              $3::text[]) AS u(c0, c1, c2) ON CONFLICT (\"id\") DO UPDATE SET \"a\" = \
              EXCLUDED.\"a\", \"b\" = EXCLUDED.\"b\""
@@ -474,7 +477,7 @@ mod tests {
     fn upsert_sql() {
         assert_eq!(
             sql(&schema(vec![0]), &casts(), &Shape::Upsert),
-            "INSERT INTO \"s\".\"t\" (\"id\", \"a\", \"b\") VALUES ($1, $2, $3) \
+            "INSERT INTO \"s\".\"t\" (\"id\", \"a\", \"b\") OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3) \
              ON CONFLICT (\"id\") DO UPDATE SET \"a\" = EXCLUDED.\"a\", \"b\" = EXCLUDED.\"b\""
         );
     }

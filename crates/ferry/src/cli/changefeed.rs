@@ -86,6 +86,12 @@ pub(crate) enum ChangefeedCommand {
         /// Changefeed id.
         name: String,
     },
+    /// Set every target sequence of the replicated tables to at least the source's value
+    /// (logical replication does not carry sequences; run it before writing the target).
+    SyncSequences {
+        /// Changefeed id.
+        name: String,
+    },
     /// Validate a configuration without creating anything: errors, warnings and the tables
     /// it would replicate (exit 8 on errors).
     Check(SpecFlags),
@@ -312,6 +318,32 @@ pub(crate) async fn run(mut context: Context, command: ChangefeedCommand) -> Res
                 format => print_doc(format, &synced)?,
             }
             Ok(if is_synced { 0 } else { exit::NOT_SYNCED })
+        }
+        ChangefeedCommand::SyncSequences { name } => {
+            let synced = client
+                .post(&["changefeeds", &name, "sequences", "sync"], None)
+                .await?;
+            report(&context, &synced, |s| {
+                let list = s["sequences"].as_array().cloned().unwrap_or_default();
+                let mut lines = vec![format!(
+                    "{} sequence(s) of changefeed {ns}/{name}:",
+                    list.len()
+                )];
+                for q in &list {
+                    lines.push(format!(
+                        "  {}: source {}, target was {}{}",
+                        cell(q, "sequence"),
+                        cell(q, "source_value"),
+                        cell(q, "target_before"),
+                        match (q["set"].as_bool(), q.get("missing")) {
+                            (_, Some(m)) => format!(" ({})", output::cell(Some(m))),
+                            (Some(true), _) => " → set".to_string(),
+                            _ => " (kept)".to_string(),
+                        }
+                    ));
+                }
+                lines.join("\n")
+            })
         }
         ChangefeedCommand::Check(_) => super::check::check(&context, &spec).await,
     }
