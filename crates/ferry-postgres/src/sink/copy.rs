@@ -263,13 +263,30 @@ impl PgSink {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        self.client
+        let built = self
+            .client
             .batch_execute(&format!(
                 "SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'; {}; RESET maintenance_work_mem",
                 ddl::add_key_sql(schema, index.has_primary_key)
             ))
-            .await
-            .map_err(|e| statement_error(format!("add the primary key of {}", schema.id), e))?;
+            .await;
+        if let Err(e) = built {
+            // A build of a process killed a moment ago may still run on the target (its
+            // backend has not noticed the lost client yet), then commit while this one waits
+            // for its lock: "multiple primary keys". The key is there: done.
+            let _ = self
+                .client
+                .batch_execute("RESET maintenance_work_mem")
+                .await;
+            if ddl::key_index(&self.client, schema).await?.usable {
+                tracing::info!(table = %schema.id, "primary key built by an earlier session");
+                return Ok(());
+            }
+            return Err(statement_error(
+                format!("add the primary key of {}", schema.id),
+                e,
+            ));
+        }
         tracing::info!(table = %schema.id, seconds = started.elapsed().as_secs_f64(), "primary key built");
         Ok(())
     }
