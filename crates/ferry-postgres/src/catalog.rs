@@ -73,6 +73,32 @@ pub async fn selected_tables(
     Ok(tables)
 }
 
+/// The current names of the tables with OIDs `oids` (those that still exist), to tell a
+/// renamed table from a dropped one.
+pub async fn table_names(
+    client: &Client,
+    oids: &[u32],
+) -> Result<std::collections::HashMap<u32, TableId>, PgError> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = ANY($1::oid[])",
+            &[&oids],
+        )
+        .await
+        .map_err(|e| PgError::new("read table names", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            )
+        })
+        .collect())
+}
+
 /// The shape of the table with OID `oid`, as the catalog says now; `None` when no such table
 /// exists any more (dropped).
 pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchema>, PgError> {

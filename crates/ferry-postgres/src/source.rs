@@ -37,14 +37,23 @@ pub struct PgStream {
     session: ReplicationClient,
     catalog: Client,
     relations: HashMap<u32, Arc<TableSchema>>,
+    /// The name each replicated table (by the source's OID) had when last announced: seeded
+    /// with what the target holds, so a rename is seen across sessions too.
+    names: HashMap<u32, TableId>,
     in_transaction: bool,
     pending: std::collections::VecDeque<SourceEvent>,
 }
 
 impl PgStream {
     /// Starts streaming on a gated `session` (its slot and publications set up), using
-    /// `catalog` (a normal connection to the source) to describe relations.
-    pub async fn start(mut session: ReplicationClient, catalog: Client) -> Result<Self, PgError> {
+    /// `catalog` (a normal connection to the source) to describe relations. `names`: the
+    /// name each table (by OID) has on the target; a relation announced under another name
+    /// is a rename ([`SourceEvent::Renamed`]).
+    pub async fn start(
+        mut session: ReplicationClient,
+        catalog: Client,
+        names: HashMap<u32, TableId>,
+    ) -> Result<Self, PgError> {
         catalog::prepare_session(&catalog).await?;
         session
             .start()
@@ -58,6 +67,7 @@ impl PgStream {
             session,
             catalog,
             relations: HashMap::new(),
+            names,
             in_transaction: false,
             pending: Default::default(),
         })
@@ -168,7 +178,13 @@ impl PgStream {
                     )));
                 }
                 self.relations.insert(relation.id, schema.clone());
-                self.pending.push_back(SourceEvent::Schema(schema));
+                match self.names.insert(relation.id, schema.id.clone()) {
+                    Some(from) if from != schema.id => {
+                        self.pending
+                            .push_back(SourceEvent::Renamed { from, schema });
+                    }
+                    _ => self.pending.push_back(SourceEvent::Schema(schema)),
+                }
             }
             PgOutputMessage::Insert { relation_id, new } => {
                 let table = self.relation(relation_id)?;
@@ -225,8 +241,9 @@ impl PgStream {
         })
     }
 
-    /// The relation's shape: its columns as pgoutput lists them now, completed from the
-    /// catalog (types, nullability, key, user types). `true` when the table is gone from the
+    /// The relation's shape: its name and columns as pgoutput lists them (as of the
+    /// change's position: a table renamed since keeps its name until the rename), completed
+    /// from the catalog (types, nullability, key, user types). `true` when the table is gone from the
     /// catalog (dropped after these changes): its shape then comes from the message and what
     /// this session knew of it.
     async fn describe(&self, relation: &RelationMessage) -> Result<(TableSchema, bool), PgError> {
@@ -234,6 +251,7 @@ impl PgStream {
             Some(schema) => (schema, false),
             None => (self.dropped_table_schema(relation), true),
         };
+        schema.id = TableId::new(relation.namespace.clone(), relation.name.clone());
         let key_names: Vec<String> = schema
             .key
             .iter()

@@ -84,6 +84,15 @@ pub(crate) enum RunError {
         description: String,
         checkpoint: String,
     },
+    /// A replicated table was renamed on the source to a name the rules exclude: following
+    /// it would write a table the rules leave out, dropping it would leave the target stale.
+    #[error(
+        "table {from} was renamed to {to} on the source, and the rules in `tables` exclude \
+         the new name; Ferry stops rather than let the target diverge. Add {to} to `tables` \
+         (the target table is renamed and followed) or exclude {from} too (its target table \
+         is kept and gets no further changes), then resume"
+    )]
+    RenamedOut { from: TableId, to: TableId },
 }
 
 impl RunError {
@@ -91,7 +100,9 @@ impl RunError {
         match self {
             RunError::Source(e) => e.class,
             RunError::Sink(e) | RunError::Apply { source: e, .. } => e.class(),
-            RunError::Meta(_) | RunError::SlotLost { .. } => ErrorClass::Definite,
+            RunError::Meta(_) | RunError::SlotLost { .. } | RunError::RenamedOut { .. } => {
+                ErrorClass::Definite
+            }
         }
     }
 
@@ -315,10 +326,10 @@ impl Runner {
         let session = if state.phase == Some(Phase::Streaming) {
             self.status.update(|s| s.phase = Phase::Streaming);
             let since = current_wal_lsn(&catalog_client).await?;
-            let wanted: Vec<(TableId, u64)> = selected
-                .iter()
-                .map(|t| (t.schema.id.clone(), t.estimated_rows.unwrap_or(0)))
-                .collect();
+            let oids: Vec<u32> = selected.iter().map(|t| t.oid).collect();
+            let gone = tables::unselected_ids(&state, &oids);
+            self.check_renamed_out(&catalog_client, &gone).await?;
+            let wanted = tables::track_renames(&mut state, &source_ids(&selected));
             let changed = tables::reconcile(&mut state, &wanted, since);
             if !self.config.copies() {
                 // Nothing to copy: added tables stream from when they were added.
@@ -346,8 +357,8 @@ impl Runner {
                         ))
                     });
                 }
-                self.meta.put(Collection::ChangefeedState, &key, &state)?;
             }
+            self.meta.put(Collection::ChangefeedState, &key, &state)?;
             self.sync_publications(&catalog_client, &names, &selected)
                 .await?;
             self.progressing();
@@ -363,6 +374,8 @@ impl Runner {
                 .meta
                 .get(Collection::ChangefeedState, &key)?
                 .unwrap_or_default();
+            tables::track_renames(&mut state, &source_ids(&selected));
+            self.meta.put(Collection::ChangefeedState, &key, &state)?;
             session
         };
         self.status.update(|s| s.phase = Phase::Streaming);
@@ -404,6 +417,32 @@ impl Runner {
             description: loss.describe(&names.slot),
             checkpoint,
         })
+    }
+
+    /// Fails when a planned table (`gone`: source id and target name) is no longer selected
+    /// because it was renamed to a name the rules exclude (see [`RunError::RenamedOut`]).
+    async fn check_renamed_out(
+        &self,
+        client: &tokio_postgres::Client,
+        gone: &[(u32, TableId)],
+    ) -> Result<(), RunError> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let oids: Vec<u32> = gone.iter().map(|(oid, _)| *oid).collect();
+        let now = catalog::table_names(client, &oids).await?;
+        for (oid, from) in gone {
+            match now.get(oid) {
+                Some(to) if to != from && self.config.tables.matches(from) => {
+                    return Err(RunError::RenamedOut {
+                        from: from.clone(),
+                        to: to.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn note_tables(&self, tables: &[SelectedTable]) {
@@ -464,7 +503,12 @@ impl Runner {
                 .await?
             }
         };
-        let stream = PgStream::start(session, catalog_client).await?;
+        let names = state
+            .source_ids
+            .iter()
+            .map(|(oid, name)| (*oid, name.clone()))
+            .collect();
+        let stream = PgStream::start(session, catalog_client, names).await?;
         info!(changefeed = %key, start = ?start.map(|p| p.to_string()), overwritten = resume_from.is_some(), "streaming");
         self.progressing();
         self.status.update(|s| match resume_from {
@@ -493,9 +537,30 @@ impl Runner {
             metrics: self.metrics.clone(),
             on_first_commit,
             isolate_until: self.isolate_until,
+            filter: self.config.tables.clone(),
+            excluded: Default::default(),
+            on_renamed: {
+                let meta = self.meta.clone();
+                let key = self.config.key();
+                Box::new(move |from: &TableId, to: &TableId| {
+                    let mut state: RuntimeState = meta
+                        .get(Collection::ChangefeedState, &key)?
+                        .unwrap_or_default();
+                    tables::rename(&mut state, from, to);
+                    meta.put(Collection::ChangefeedState, &key, &state)
+                })
+            },
         };
         applier.run(&mut self.stop).await
     }
+}
+
+/// Each selected table's source id, name and row estimate.
+fn source_ids(selected: &[SelectedTable]) -> Vec<(u32, TableId, u64)> {
+    selected
+        .iter()
+        .map(|t| (t.oid, t.schema.id.clone(), t.estimated_rows.unwrap_or(0)))
+        .collect()
 }
 
 /// The resume position is behind us once a batch after it is durable.

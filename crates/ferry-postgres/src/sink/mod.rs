@@ -19,6 +19,7 @@ mod compact;
 mod copy;
 mod ddl;
 mod ownership;
+mod rename;
 mod shape;
 mod statements;
 
