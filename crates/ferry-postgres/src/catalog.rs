@@ -99,6 +99,22 @@ pub async fn table_names(
         .collect())
 }
 
+/// The labels of the enum types among `type_oids`, by type OID.
+pub async fn enum_labels(
+    client: &Client,
+    type_oids: &[u32],
+) -> Result<std::collections::HashMap<u32, Vec<String>>, PgError> {
+    let rows = client
+        .query(
+            "SELECT enumtypid, array_agg(enumlabel::text) FROM pg_catalog.pg_enum
+             WHERE enumtypid = ANY($1::oid[]) GROUP BY 1",
+            &[&type_oids],
+        )
+        .await
+        .map_err(|e| PgError::new("read enum labels", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// The shape of the table with OID `oid`, as the catalog says now; `None` when no such table
 /// exists any more (dropped).
 pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchema>, PgError> {

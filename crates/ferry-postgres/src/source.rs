@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use ferry_core::{
     ErrorClass, Lsn, Position, ReplicaIdentity, Row, RowChange, SourceEvent, TableId, TableSchema,
+    Value,
 };
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
@@ -32,6 +33,9 @@ use crate::PgError;
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// An enum column of a relation: its index in rows, and the labels known for its type.
+type EnumColumn = (usize, Vec<String>);
+
 /// A started replication stream.
 pub struct PgStream {
     session: ReplicationClient,
@@ -40,6 +44,10 @@ pub struct PgStream {
     /// The name each replicated table (by the source's OID) had when last announced: seeded
     /// with what the target holds, so a rename is seen across sessions too.
     names: HashMap<u32, TableId>,
+    /// Per relation: its last Relation message and, per enum column, the labels known when
+    /// it was described. A value outside them was added since (`ALTER TYPE … ADD VALUE`,
+    /// which the stream does not announce): the relation is described again first.
+    enums: HashMap<u32, (RelationMessage, Vec<EnumColumn>)>,
     in_transaction: bool,
     pending: std::collections::VecDeque<SourceEvent>,
 }
@@ -68,6 +76,7 @@ impl PgStream {
             catalog,
             relations: HashMap::new(),
             names,
+            enums: HashMap::new(),
             in_transaction: false,
             pending: Default::default(),
         })
@@ -168,6 +177,7 @@ impl PgStream {
         match message {
             PgOutputMessage::Relation(relation) => {
                 let (schema, dropped) = self.describe(&relation).await?;
+                self.note_enums(&relation).await?;
                 let schema = Arc::new(schema);
                 if dropped {
                     self.pending.push_back(SourceEvent::Warning(format!(
@@ -187,6 +197,7 @@ impl PgStream {
                 }
             }
             PgOutputMessage::Insert { relation_id, new } => {
+                self.check_enum_values(relation_id, &new).await?;
                 let table = self.relation(relation_id)?;
                 check_width(&table, &new)?;
                 self.pending
@@ -197,6 +208,7 @@ impl PgStream {
                 old,
                 new,
             } => {
+                self.check_enum_values(relation_id, &new).await?;
                 let table = self.relation(relation_id)?;
                 check_width(&table, &new)?;
                 let old = old.map(|o| match o {
@@ -232,6 +244,55 @@ impl PgStream {
             // need no action (types are read from the catalog with the relation).
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Remembers the labels of `relation`'s enum columns.
+    async fn note_enums(&mut self, relation: &RelationMessage) -> Result<(), PgError> {
+        let user: Vec<u32> = relation
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|&t| t >= 16384)
+            .collect();
+        let labels = if user.is_empty() {
+            HashMap::new()
+        } else {
+            catalog::enum_labels(&self.catalog, &user).await?
+        };
+        let columns: Vec<EnumColumn> = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| labels.get(&c.type_oid).map(|l| (i, l.clone())))
+            .collect();
+        if columns.is_empty() {
+            self.enums.remove(&relation.id);
+        } else {
+            self.enums.insert(relation.id, (relation.clone(), columns));
+        }
+        Ok(())
+    }
+
+    /// Describes the relation again (announcing its new shape) when `row` holds an enum
+    /// label added since it was described.
+    async fn check_enum_values(&mut self, id: u32, row: &Row) -> Result<(), PgError> {
+        let Some((relation, columns)) = self.enums.get(&id) else {
+            return Ok(());
+        };
+        let added = columns.iter().any(|(i, labels)| match row.get(*i) {
+            Some(Value::Text(v)) => !labels.iter().any(|l| l.as_bytes() == v.as_ref()),
+            _ => false,
+        });
+        if !added {
+            return Ok(());
+        }
+        let relation = relation.clone();
+        let (schema, _) = self.describe(&relation).await?;
+        self.note_enums(&relation).await?;
+        let schema = Arc::new(schema);
+        self.relations.insert(id, schema.clone());
+        self.pending.push_back(SourceEvent::Schema(schema));
         Ok(())
     }
 

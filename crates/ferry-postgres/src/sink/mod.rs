@@ -18,6 +18,8 @@
 mod compact;
 mod copy;
 mod ddl;
+mod enums;
+mod nullability;
 mod ownership;
 mod rename;
 mod shape;
@@ -68,6 +70,8 @@ pub struct PgSink {
     checkpoint_statement: Option<Statement>,
     /// Ownership and the handling of existing tables.
     policy: TargetPolicy,
+    /// Where the target is: enum labels are added on a connection of their own.
+    uri: ConnectionUri,
 }
 
 /// A failed connection to the target, keeping the class it was given where it was born.
@@ -146,6 +150,7 @@ impl PgSink {
             segment_bytes: 0,
             checkpoint_statement: None,
             policy,
+            uri: uri.clone(),
         })
     }
 

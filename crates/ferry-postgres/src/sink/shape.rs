@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ferry_core::{ExistingTarget, SinkError, TableSchema};
 
-use super::{ddl, ownership, statement_error, PgSink, TargetTable};
+use super::{ddl, nullability, ownership, statement_error, PgSink, TargetTable};
 
 impl PgSink {
     pub(super) async fn shape_table(
@@ -14,6 +14,7 @@ impl PgSink {
         schema: &Arc<TableSchema>,
         with_key: bool,
     ) -> Result<(), SinkError> {
+        self.follow_enum_labels(schema).await?;
         if let Some(t) = self.tables.get_mut(&schema.id) {
             if t.schema.columns == schema.columns && t.schema.key == schema.key {
                 t.schema = schema.clone();
@@ -105,6 +106,14 @@ impl PgSink {
                 }
                 ownership::record_columns(&self.client, id, &reshape.added, &reshape.dropped)
                     .await?;
+                let created = ownership::created_columns(&self.client, id).await?;
+                for statement in nullability::follow_sql(&self.client, schema, &created).await? {
+                    self.client
+                        .batch_execute(&statement)
+                        .await
+                        .map_err(change)?;
+                    tracing::info!(table = %id, statement = %statement, "target column follows the source");
+                }
                 if !reshape.added.is_empty() || !reshape.dropped.is_empty() {
                     tracing::info!(table = %id, added = ?reshape.added, dropped = ?reshape.dropped, "target columns follow the source");
                 }
