@@ -142,7 +142,8 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid,
                     NOT a.attnotnull, t.typtype::text, t.oid >= 16384 AS user_defined,
                     COALESCE(et.typtype::text, ''), COALESCE(et.oid, 0),
-                    CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END
+                    CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END,
+                    a.atthasdef
              FROM pg_catalog.pg_attribute a
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
              LEFT JOIN pg_catalog.pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
@@ -182,6 +183,7 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
             type_oid,
             nullable: row.get(3),
             missing_value: row.get(8),
+            has_default: row.get(9),
         });
     }
     let key_names = key_columns(client, oid).await?;

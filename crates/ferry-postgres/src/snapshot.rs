@@ -196,6 +196,7 @@ mod tests {
                 type_oid: 20,
                 nullable: false,
                 missing_value: None,
+                has_default: false,
             }],
             key: vec![0],
             identity: ReplicaIdentity::Default,

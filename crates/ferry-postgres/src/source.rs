@@ -351,6 +351,7 @@ impl PgStream {
                         type_oid: col.type_oid,
                         nullable: true,
                         missing_value: None,
+                        has_default: false,
                     });
                 }
             }
@@ -387,6 +388,7 @@ impl PgStream {
                 type_oid: u32::MAX,
                 nullable: true,
                 missing_value: None,
+                has_default: false,
             })
             .collect();
         TableSchema {

@@ -485,6 +485,7 @@ mod fixtures {
                     type_oid: 25,
                     nullable: true,
                     missing_value: None,
+                    has_default: false,
                 })
                 .collect(),
             key,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_core::{ExistingTarget, SinkError, TableSchema};
+use ferry_core::{ExistingTarget, SinkError, TableId, TableSchema};
 
 use super::{ddl, nullability, ownership, statement_error, PgSink, TargetTable};
 
@@ -101,6 +101,21 @@ impl PgSink {
                 if first_claim {
                     self.adopt(schema).await?;
                 }
+                let unknown: Vec<&str> = reshape
+                    .added
+                    .iter()
+                    .filter(|c| {
+                        schema
+                            .column(c)
+                            .is_some_and(|c| c.has_default && c.missing_value.is_none())
+                    })
+                    .map(String::as_str)
+                    .collect();
+                if !unknown.is_empty() && ownership::has_rows(&self.client, id).await? {
+                    return Err(SinkError::Unsupported {
+                        message: unknown_fill_message(id, &unknown),
+                    });
+                }
                 for statement in &reshape.sql {
                     self.client.batch_execute(statement).await.map_err(change)?;
                 }
@@ -149,4 +164,18 @@ impl PgSink {
             }
         }
     }
+}
+
+/// Why Ferry stops rather than add `columns` to `table` with NULL in its existing rows.
+fn unknown_fill_message(table: &TableId, columns: &[&str]) -> String {
+    format!(
+        "column(s) {} of {table} were added on the source with a default, and the source no \
+         longer records the value its existing rows got (the table was rewritten since, e.g. by \
+         ALTER COLUMN … TYPE, or the default is volatile); the stream carries no row events for \
+         them, so Ferry stops instead of writing NULLs into the target's existing rows. To \
+         re-copy the table: exclude {table} from `tables` (update the changefeed) and resume, \
+         drop the target table {table}, then include it again (pause, update, resume: it is \
+         copied anew)",
+        columns.join(", ")
+    )
 }
