@@ -73,6 +73,31 @@ pub async fn selected_tables(
     Ok(tables)
 }
 
+/// Every table a filter could select (ordinary, permanent, outside the system schemas),
+/// with its OID: a cheap listing to notice tables created while streaming.
+pub async fn table_ids(client: &Client) -> Result<Vec<(u32, TableId)>, PgError> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
+               AND n.nspname NOT LIKE 'pg\\_%'",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::new("list source tables", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            )
+        })
+        .collect())
+}
+
 /// The current names of the tables with OIDs `oids` (those that still exist), to tell a
 /// renamed table from a dropped one.
 pub async fn table_names(

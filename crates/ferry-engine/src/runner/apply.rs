@@ -33,6 +33,9 @@ pub(crate) enum StreamEnd {
     Stopped,
     /// The target position is reached and everything up to it is applied.
     Finished,
+    /// A table the rules select was created on the source: start again, which copies it
+    /// (the path of tables added by an update), then streams on.
+    NewTable,
 }
 
 /// Groups source transactions into target batches.

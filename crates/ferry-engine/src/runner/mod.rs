@@ -29,6 +29,7 @@ mod snapshot;
 pub(crate) mod tables;
 mod trail;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,6 +171,7 @@ impl Runner {
             }
             let err = match result {
                 Ok(StreamEnd::Stopped) => return,
+                Ok(StreamEnd::NewTable) => continue,
                 Ok(StreamEnd::Finished) => {
                     info!(changefeed = %key, "changefeed finished");
                     self.settle(Event::Done, None);
@@ -551,7 +553,54 @@ impl Runner {
                 })
             },
         };
-        applier.run(&mut self.stop).await
+        let known: HashSet<u32> = state.source_ids.keys().copied().collect();
+        let watch = watch_new_tables(
+            self.config.source_uri.clone(),
+            self.config.tables.clone(),
+            known,
+        );
+        tokio::select! {
+            end = applier.run(&mut self.stop) => end,
+            table = watch => {
+                info!(changefeed = %self.config.key(), table = %table, "table created on the source; copying it, then streaming on");
+                Ok(StreamEnd::NewTable)
+            }
+        }
+    }
+}
+
+/// How often a streaming changefeed looks for tables created on the source that its rules
+/// select: a cheap catalog listing, and a new table waits at most this long to be copied.
+const NEW_TABLES_CHECK: Duration = Duration::from_secs(5);
+
+/// Returns the first table the rules select whose source id is not `known` (created, or
+/// renamed into the rules, while streaming). Failures to look are retried quietly: the
+/// stream itself reports a source that is gone.
+async fn watch_new_tables(
+    source: ferry_core::ConnectionUri,
+    filter: ferry_core::TableFilter,
+    known: HashSet<u32>,
+) -> TableId {
+    let mut client = None;
+    loop {
+        tokio::time::sleep(NEW_TABLES_CHECK).await;
+        if client.is_none() {
+            client = ferry_postgres::connect::connect(&source, "ferry-tables")
+                .await
+                .ok();
+        }
+        let Some(c) = &client else { continue };
+        match catalog::table_ids(c).await {
+            Ok(tables) => {
+                if let Some((_, id)) = tables
+                    .into_iter()
+                    .find(|(oid, id)| !known.contains(oid) && filter.matches(id))
+                {
+                    return id;
+                }
+            }
+            Err(_) => client = None,
+        }
     }
 }
 
