@@ -5,11 +5,16 @@
 //! payloads, which [`crate::decode`] turns into messages and this module into events:
 //!
 //! ```text
-//! Relation ─► catalog lookup ─► SourceEvent::Schema (cached per relation id)
+//! Relation ─► catalog lookup ─► SourceEvent::Schema (cached per relation id), or
+//!            SourceEvent::Renamed when a known relation id arrives under another name
 //! Insert/Update/Delete/Truncate ─► SourceEvent::Change (values stay zero-copy Bytes)
 //! Begin/Commit ─► SourceEvent::Begin/Commit (Commit carries end_lsn, the resume point)
 //! KeepAlive outside a transaction ─► SourceEvent::Idle (lets `synced` work on a quiet source)
 //! ```
+//!
+//! A row holding an enum label the relation's description did not know (added by
+//! `ALTER TYPE … ADD VALUE`, which the stream does not announce) makes the relation be
+//! described again first, so the sink adds the label before the row.
 //!
 //! The slot learns what it may discard only through the `confirms` channel of
 //! [`PgStream::run`], which the engine feeds after a batch and its checkpoint are durable.

@@ -90,4 +90,10 @@ fn enum_labels_and_not_null_follow_the_source() {
     pair.compare(&["feelings"]).assert_identical();
     let status = pair.status("cf");
     assert_eq!(status["state"], "running", "{status}");
+    let report = pair.compare(&["feelings", "moods_later"]);
+    eprintln!(
+        "scenario 7: enum labels added after, before, between (running) and while paused; \
+         SET/DROP NOT NULL\n{report}"
+    );
+    report.assert_identical();
 }

@@ -60,7 +60,7 @@ fn new_tables_are_copied_then_streamed_while_running() {
     pair.wait_synced("cf", MINUTE);
     let report = pair.compare(&["fresh", "old"]);
     eprintln!(
-        "new table picked up {:.1} s after its creation, {} writes during\n{report}",
+        "scenario 7: new table picked up {:.1} s after its creation, {} writes during\n{report}",
         after.as_secs_f64(),
         id - 500
     );

@@ -102,7 +102,7 @@ fn renamed_tables_are_followed_or_stop_the_changefeed() {
     );
     let status = pair.wait_state("cf", "failed", MINUTE);
     let error = status["last_error"].to_string();
-    eprintln!("renamed out of the rules: {error}");
+    eprintln!("scenario 7 (renamed into an excluded name): stopped: {error}");
     assert!(
         error.contains("renamed to public.secret_orders on the source")
             && error.contains("exclude"),
@@ -134,7 +134,12 @@ fn renamed_tables_are_followed_or_stop_the_changefeed() {
         ),
         "0"
     );
-    pair.compare(&["other"]).assert_identical();
+    let report = pair.compare(&["other"]);
+    eprintln!(
+        "scenario 7 (rename while running, in one transaction with changes; rename and SET \
+         SCHEMA while paused; rename with no change after): followed, then\n{report}"
+    );
+    report.assert_identical();
     let log = pair.ferry.log();
     assert_eq!(
         log.matches("snapshot done").count(),

@@ -47,7 +47,7 @@ fn add_column_default_then_rewrite_stops_instead_of_writing_nulls() {
     }
     let status = pair.wait_state("cf", "failed", MINUTE);
     let error = status["last_error"].to_string();
-    eprintln!("ADD COLUMN DEFAULT then rewrite: {error}");
+    eprintln!("scenario 7 (ADD COLUMN … DEFAULT, UPDATE, ADD COLUMN … NOT NULL DEFAULT, ALTER COLUMN … TYPE, 2001 rows): stopped: {error}");
     assert!(
         error.contains("of public.t were added on the source with a default")
             && error.contains("instead of writing NULLs"),
@@ -92,7 +92,7 @@ fn add_column_default_then_rewrite_stops_instead_of_writing_nulls() {
         .psql("shop", "UPDATE t SET a = 'y' WHERE id = 2000");
     pair.wait_synced("cf", MINUTE);
     let report = pair.compare(&["t", "other"]);
-    eprintln!("after the re-copy:\n{report}");
+    eprintln!("scenario 7: after the re-copy the hint describes\n{report}");
     report.assert_identical();
     assert_eq!(
         pair.target.psql(
@@ -103,4 +103,27 @@ fn add_column_default_then_rewrite_stops_instead_of_writing_nulls() {
     );
     let status = pair.status("cf");
     assert_eq!(status["state"], "running", "{status}");
+}
+
+#[test]
+fn add_column_default_without_rewrite_fills_existing_rows() {
+    let pair = Pair::start();
+    pair.source.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 2001) g",
+    );
+    pair.create("cf", &["public.*"]);
+    pair.wait_synced("cf", MINUTE);
+    pair.source.psql(
+        "shop",
+        "ALTER TABLE t ADD COLUMN a text DEFAULT 'x';
+         ALTER TABLE t ADD COLUMN n int NOT NULL DEFAULT 7",
+    );
+    pair.source
+        .psql("shop", "UPDATE t SET v = v || '!' WHERE id <= 3");
+    pair.wait_synced("cf", MINUTE);
+    let report = pair.compare(&["t"]);
+    eprintln!("scenario 7 (ADD COLUMN … DEFAULT, no rewrite): 2001 rows\n{report}");
+    report.assert_identical();
 }

@@ -15,6 +15,13 @@
 //!   transactions is retried once with one transaction per batch, so `last_error` names the
 //!   one the target refuses.
 //!
+//! Schema changes the stream reveals: a table renamed on the source is renamed on the
+//! target in the batch (tables are tracked by the source's OID in [`tables::RuntimeState`]);
+//! renamed to a name the rules exclude, the attempt fails ([`RunError::RenamedOut`]). While
+//! streaming, tables created on the source that the rules select end the attempt
+//! ([`StreamEnd::NewTable`]) so the next one copies them, as it copies tables added by an
+//! update.
+//!
 //! Before each attempt that streams, the slot is checked: missing or invalidated
 //! (`wal_status` `lost`) is a definite failure whose hint is to re-sync, never a stream
 //! from a later position.

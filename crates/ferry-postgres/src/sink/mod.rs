@@ -3,7 +3,9 @@
 //! - Tables: created from the source's shape when missing (types, `NOT NULL`, primary
 //!   key), altered when the source's columns change ([`ddl`]); claimed by one changefeed
 //!   each, and checked before anything is written when they existed before it
-//!   ([`ownership`]). Columns Ferry did not create are never dropped or retyped.
+//!   ([`ownership`]). Columns Ferry did not create are never dropped or retyped. A table
+//!   renamed on the source is renamed here in the batch ([`rename`]); new enum labels
+//!   ([`enums`]) and NOT NULL changes ([`nullability`]) follow.
 //! - Snapshot ([`copy`]): each chunk's COPY text is streamed into `COPY … FROM STDIN` in
 //!   its own transaction together with its record in `_ferry.snapshot_chunks`; tables
 //!   created for the copy get their primary key after it.
