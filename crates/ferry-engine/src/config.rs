@@ -1,6 +1,6 @@
 //! A changefeed's configuration: what the operator asked for.
 
-use ferry_core::{ConnectionUri, ExistingTarget, Lsn, SinkUri, TableFilter};
+use ferry_core::{ConnectionUri, DdlPolicy, ExistingTarget, Lsn, SinkUri, TableFilter};
 use serde::{Deserialize, Serialize};
 
 /// Default snapshot copy workers: enough to keep a target busy while one worker waits on
@@ -68,6 +68,11 @@ pub struct Options {
     /// creation; rows that existed before are not copied).
     #[schema(value_type = String, example = "initial")]
     pub snapshot: SnapshotMode,
+    /// Schema changes on the source: `apply` (follow what can be followed exactly, stop on
+    /// the rest) or `stop` (change nothing on the target; stop until it matches again).
+    /// See docs/ddl.md.
+    #[schema(value_type = String, example = "apply")]
+    pub ddl: DdlPolicy,
 }
 
 impl Default for Options {
@@ -78,6 +83,7 @@ impl Default for Options {
             batch_max_wait_ms: DEFAULT_BATCH_MAX_WAIT_MS,
             existing_target: ExistingTarget::Fail,
             snapshot: SnapshotMode::Initial,
+            ddl: DdlPolicy::Apply,
         }
     }
 }

@@ -398,6 +398,7 @@ impl Runner {
             server_id: self.server_id.clone(),
             existing_target: self.config.existing_target(),
             source: self.source_identity.clone(),
+            ddl: self.config.options.ddl,
         }
     }
 
@@ -561,6 +562,8 @@ impl Runner {
             },
         };
         let known: HashSet<u32> = state.source_ids.keys().copied().collect();
+        // Under `ddl: stop` new tables wait for the next start, as any other change waits.
+        let follow = self.config.options.ddl == ferry_core::DdlPolicy::Apply;
         let watch = watch_new_tables(
             self.config.source_uri.clone(),
             self.config.tables.clone(),
@@ -568,7 +571,7 @@ impl Runner {
         );
         tokio::select! {
             end = applier.run(&mut self.stop) => end,
-            table = watch => {
+            table = watch, if follow => {
                 info!(changefeed = %self.config.key(), table = %table, "table created on the source; copying it, then streaming on");
                 Ok(StreamEnd::NewTable)
             }

@@ -38,6 +38,9 @@ impl PgSink {
         if statements.is_empty() {
             return Ok(());
         }
+        if self.policy.ddl == ferry_core::DdlPolicy::Stop {
+            return Err(super::shape::ddl_stop(&schema.id, &statements));
+        }
         let side;
         let client = if self.in_batch {
             side = crate::connect::connect(

@@ -37,6 +37,9 @@ impl PgSink {
         let to_owner = owner(&self.client, to).await?;
         let ours = |o: &Option<String>| o.as_deref() == Some(self.changefeed.as_str());
         match (from_exists, to_exists) {
+            (true, false) if self.policy.ddl == ferry_core::DdlPolicy::Stop => {
+                return Err(super::shape::ddl_stop(from, &[rename_sql(from, to)]));
+            }
             (true, false) => {
                 if from_owner.is_some() && !ours(&from_owner) {
                     return Err(conflict(format!(

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_core::{ExistingTarget, SinkError, TableId, TableSchema};
+use ferry_core::{DdlPolicy, ExistingTarget, SinkError, TableId, TableSchema};
 
 use super::{ddl, nullability, ownership, statement_error, PgSink, TargetTable};
 
@@ -101,6 +101,20 @@ impl PgSink {
                 if first_claim {
                     self.adopt(schema).await?;
                 }
+                if self.policy.ddl == DdlPolicy::Stop && !first_claim {
+                    // `reshape` lists the statements creating missing types first.
+                    let mut changes: Vec<String> = reshape
+                        .sql
+                        .iter()
+                        .skip(schema.user_types.len())
+                        .cloned()
+                        .collect();
+                    let created = ownership::created_columns(&self.client, id).await?;
+                    changes.extend(nullability::follow_sql(&self.client, schema, &created).await?);
+                    if !changes.is_empty() {
+                        return Err(ddl_stop(id, &changes));
+                    }
+                }
                 let unknown: Vec<&str> = reshape
                     .added
                     .iter()
@@ -178,4 +192,16 @@ fn unknown_fill_message(table: &TableId, columns: &[&str]) -> String {
          copied anew)",
         columns.join(", ")
     )
+}
+
+/// Why Ferry stops under `options.ddl: stop`: `statements` would make the target follow.
+pub(super) fn ddl_stop(table: &TableId, statements: &[String]) -> SinkError {
+    SinkError::Unsupported {
+        message: format!(
+            "table {table} changed on the source and options.ddl is stop, so Ferry changes \
+             nothing on the target; make the target match ({}), or set options.ddl to apply, \
+             then resume",
+            statements.join("; ")
+        ),
+    }
 }
