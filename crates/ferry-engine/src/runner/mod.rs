@@ -32,6 +32,7 @@
 //! state after a stop; the registry does.
 
 mod apply;
+mod new_tables;
 mod snapshot;
 pub(crate) mod tables;
 mod trail;
@@ -564,7 +565,7 @@ impl Runner {
         let known: HashSet<u32> = state.source_ids.keys().copied().collect();
         // Under `ddl: stop` new tables wait for the next start, as any other change waits.
         let follow = self.config.options.ddl == ferry_core::DdlPolicy::Apply;
-        let watch = watch_new_tables(
+        let watch = new_tables::watch(
             self.config.source_uri.clone(),
             self.config.tables.clone(),
             known,
@@ -575,41 +576,6 @@ impl Runner {
                 info!(changefeed = %self.config.key(), table = %table, "table created on the source; copying it, then streaming on");
                 Ok(StreamEnd::NewTable)
             }
-        }
-    }
-}
-
-/// How often a streaming changefeed looks for tables created on the source that its rules
-/// select: a cheap catalog listing, and a new table waits at most this long to be copied.
-const NEW_TABLES_CHECK: Duration = Duration::from_secs(5);
-
-/// Returns the first table the rules select whose source id is not `known` (created, or
-/// renamed into the rules, while streaming). Failures to look are retried quietly: the
-/// stream itself reports a source that is gone.
-async fn watch_new_tables(
-    source: ferry_core::ConnectionUri,
-    filter: ferry_core::TableFilter,
-    known: HashSet<u32>,
-) -> TableId {
-    let mut client = None;
-    loop {
-        tokio::time::sleep(NEW_TABLES_CHECK).await;
-        if client.is_none() {
-            client = ferry_postgres::connect::connect(&source, "ferry-tables")
-                .await
-                .ok();
-        }
-        let Some(c) = &client else { continue };
-        match catalog::table_ids(c).await {
-            Ok(tables) => {
-                if let Some((_, id)) = tables
-                    .into_iter()
-                    .find(|(oid, id)| !known.contains(oid) && filter.matches(id))
-                {
-                    return id;
-                }
-            }
-            Err(_) => client = None,
         }
     }
 }
