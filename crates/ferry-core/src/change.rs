@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::{Position, TableSchema};
+use crate::{Position, TableId, TableSchema};
 
 /// One column value of a row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -109,6 +109,16 @@ pub enum SourceEvent {
     /// A table's shape is (re)announced: before its first change in a session and after
     /// every change of its columns. The sink brings the target table in line.
     Schema(Arc<TableSchema>),
+    /// A table the changefeed replicates was renamed on the source (same table, the
+    /// source's id for it unchanged): `from` is the name it had, `schema` its shape under
+    /// the new name. Announced before the first change under the new name, at its position
+    /// in the stream.
+    Renamed {
+        /// The name the table had.
+        from: TableId,
+        /// Its shape under the new name.
+        schema: Arc<TableSchema>,
+    },
     /// A row change of the open transaction.
     Change(RowChange),
     /// The open transaction committed; resume after `end` once it is applied.

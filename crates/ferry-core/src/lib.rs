@@ -25,7 +25,7 @@ pub mod uri;
 pub use change::{Row, RowChange, SourceEvent, Value};
 pub use filter::{FilterError, TableFilter};
 pub use position::{Lsn, ParsePositionError, Position};
-pub use sink::{error_chain, ErrorClass, ExistingTarget, Sink, SinkError};
+pub use sink::{error_chain, DdlPolicy, ErrorClass, ExistingTarget, Sink, SinkError};
 pub use table::{
     quote_ident, ColumnSchema, ReplicaIdentity, TableId, TableSchema, UserType, UserTypeKind,
 };

@@ -49,6 +49,19 @@ pub enum ExistingTarget {
     Append,
 }
 
+/// What a changefeed does when a replicated table's shape changes on the source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DdlPolicy {
+    /// Follow what can be followed exactly (columns, NOT NULL, enum labels, renamed and new
+    /// tables); stop on the rest (the default).
+    #[default]
+    Apply,
+    /// Change nothing on the target: stop when a table's shape there no longer matches the
+    /// source's, until the operator makes it match (or switches to `apply`) and resumes.
+    Stop,
+}
+
 impl std::fmt::Display for ExistingTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

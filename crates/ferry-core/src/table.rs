@@ -69,6 +69,11 @@ pub struct ColumnSchema {
     /// without any row event, so a target adding the column must fill them the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_value: Option<String>,
+    /// The column has a default on the source. Added with a default, rows that existed
+    /// before it hold that default without any row event: without `missing_value` (gone
+    /// after a table rewrite) a target adding the column cannot know their values.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub has_default: bool,
 }
 
 /// A table's shape: its columns and the key a sink matches rows by.

@@ -1,6 +1,6 @@
 //! A changefeed's configuration: what the operator asked for.
 
-use ferry_core::{ConnectionUri, ExistingTarget, Lsn, SinkUri, TableFilter};
+use ferry_core::{ConnectionUri, DdlPolicy, ExistingTarget, Lsn, SinkUri, TableFilter};
 use serde::{Deserialize, Serialize};
 
 /// Default snapshot copy workers: enough to keep a target busy while one worker waits on
@@ -98,6 +98,11 @@ pub struct Options {
     /// identity, generated columns and comments) or `tables` (columns and key only).
     #[schema(value_type = String, example = "full")]
     pub schema: SchemaMode,
+    /// Schema changes on the source: `apply` (follow what can be followed exactly, stop on
+    /// the rest) or `stop` (change nothing on the target; stop until it matches again).
+    /// See docs/ddl.md.
+    #[schema(value_type = String, example = "apply")]
+    pub ddl: DdlPolicy,
 }
 
 /// What a changefeed does when its slot holds more WAL than `max_retained_wal_bytes`.
@@ -124,6 +129,7 @@ impl Default for Options {
             max_retained_wal_bytes: None,
             on_retained_wal_exceeded: RetainedWalAction::Pause,
             schema: SchemaMode::Full,
+            ddl: DdlPolicy::Apply,
         }
     }
 }

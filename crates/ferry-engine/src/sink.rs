@@ -121,6 +121,18 @@ impl AnySink {
         }
     }
 
+    /// Follows a table renamed on the source, inside the open batch.
+    pub(crate) async fn rename_table(
+        &mut self,
+        from: &TableId,
+        schema: &Arc<TableSchema>,
+    ) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.rename_table(from, schema).await,
+            AnySink::Blackhole(_) => Ok(()),
+        }
+    }
+
     pub(crate) async fn abort_batch(&mut self) {
         if let AnySink::Postgres(s) = self {
             s.abort_batch().await;

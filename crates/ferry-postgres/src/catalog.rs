@@ -75,6 +75,73 @@ pub async fn selected_tables(
     Ok(tables)
 }
 
+/// Every table a filter could select (ordinary, permanent, outside the system schemas),
+/// with its OID: a cheap listing to notice tables created while streaming.
+pub async fn table_ids(client: &Client) -> Result<Vec<(u32, TableId)>, PgError> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
+               AND n.nspname NOT LIKE 'pg\\_%'",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::new("list source tables", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            )
+        })
+        .collect())
+}
+
+/// The current names of the tables with OIDs `oids` (those that still exist), to tell a
+/// renamed table from a dropped one.
+pub async fn table_names(
+    client: &Client,
+    oids: &[u32],
+) -> Result<std::collections::HashMap<u32, TableId>, PgError> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = ANY($1::oid[])",
+            &[&oids],
+        )
+        .await
+        .map_err(|e| PgError::new("read table names", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            )
+        })
+        .collect())
+}
+
+/// The labels of the enum types among `type_oids`, by type OID.
+pub async fn enum_labels(
+    client: &Client,
+    type_oids: &[u32],
+) -> Result<std::collections::HashMap<u32, Vec<String>>, PgError> {
+    let rows = client
+        .query(
+            "SELECT enumtypid, array_agg(enumlabel::text) FROM pg_catalog.pg_enum
+             WHERE enumtypid = ANY($1::oid[]) GROUP BY 1",
+            &[&type_oids],
+        )
+        .await
+        .map_err(|e| PgError::new("read enum labels", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// The shape of the table with OID `oid`, as the catalog says now; `None` when no such table
 /// exists any more (dropped).
 pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchema>, PgError> {
@@ -102,7 +169,8 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid,
                     NOT a.attnotnull, t.typtype::text, t.oid >= 16384 AS user_defined,
                     COALESCE(et.typtype::text, ''), COALESCE(et.oid, 0),
-                    CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END
+                    CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END,
+                    a.atthasdef
              FROM pg_catalog.pg_attribute a
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
              LEFT JOIN pg_catalog.pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
@@ -142,6 +210,7 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
             type_oid,
             nullable: row.get(3),
             missing_value: row.get(8),
+            has_default: row.get(9),
         });
     }
     let key_names = key_columns(client, oid).await?;

@@ -219,6 +219,7 @@ mod tests {
                 type_oid: 20,
                 nullable: false,
                 missing_value: None,
+                has_default: false,
             }],
             key: vec![0],
             identity: ReplicaIdentity::Default,

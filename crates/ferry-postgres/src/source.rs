@@ -5,11 +5,16 @@
 //! payloads, which [`crate::decode`] turns into messages and this module into events:
 //!
 //! ```text
-//! Relation ─► catalog lookup ─► SourceEvent::Schema (cached per relation id)
+//! Relation ─► catalog lookup ─► SourceEvent::Schema (cached per relation id), or
+//!            SourceEvent::Renamed when a known relation id arrives under another name
 //! Insert/Update/Delete/Truncate ─► SourceEvent::Change (values stay zero-copy Bytes)
 //! Begin/Commit ─► SourceEvent::Begin/Commit (Commit carries end_lsn, the resume point)
 //! KeepAlive outside a transaction ─► SourceEvent::Idle (lets `synced` work on a quiet source)
 //! ```
+//!
+//! A row holding an enum label the relation's description did not know (added by
+//! `ALTER TYPE … ADD VALUE`, which the stream does not announce) makes the relation be
+//! described again first, so the sink adds the label before the row.
 //!
 //! The slot learns what it may discard only through the `confirms` channel of
 //! [`PgStream::run`], which the engine feeds after a batch and its checkpoint are durable.
@@ -24,6 +29,7 @@ use std::time::Duration;
 
 use ferry_core::{
     ErrorClass, Lsn, Position, ReplicaIdentity, Row, RowChange, SourceEvent, TableId, TableSchema,
+    Value,
 };
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
@@ -55,12 +61,22 @@ pub struct StreamOptions {
     pub timeout: Duration,
 }
 
+/// An enum column of a relation: its index in rows, and the labels known for its type.
+type EnumColumn = (usize, Vec<String>);
+
 /// A started replication stream.
 pub struct PgStream {
     session: ReplicationClient,
     catalog: Client,
     options: StreamOptions,
     relations: HashMap<u32, Arc<TableSchema>>,
+    /// The name each replicated table (by the source's OID) had when last announced: seeded
+    /// with what the target holds, so a rename is seen across sessions too.
+    names: HashMap<u32, TableId>,
+    /// Per relation: its last Relation message and, per enum column, the labels known when
+    /// it was described. A value outside them was added since (`ALTER TYPE … ADD VALUE`,
+    /// which the stream does not announce): the relation is described again first.
+    enums: HashMap<u32, (RelationMessage, Vec<EnumColumn>)>,
     in_transaction: bool,
     pending: std::collections::VecDeque<SourceEvent>,
 }
@@ -68,7 +84,8 @@ pub struct PgStream {
 impl PgStream {
     /// Starts streaming on a gated `session` (its slot and publications set up), using
     /// `catalog` (a normal connection to the source) to describe relations and to probe a
-    /// silent stream.
+    /// silent stream. `names`: the name each table (by OID) has on the target; a relation
+    /// announced under another name is a rename ([`SourceEvent::Renamed`]).
     ///
     /// A slot still held by a walsender of this changefeed's own dead session (after a
     /// network cut) is taken back, and the start fails as transient so the retry gets it.
@@ -76,6 +93,7 @@ impl PgStream {
         mut session: ReplicationClient,
         catalog: Client,
         options: StreamOptions,
+        names: HashMap<u32, TableId>,
     ) -> Result<Self, PgError> {
         let timeout = options.timeout;
         tokio::time::timeout(timeout, catalog::prepare_session(&catalog))
@@ -119,6 +137,8 @@ impl PgStream {
             catalog,
             options,
             relations: HashMap::new(),
+            names,
+            enums: HashMap::new(),
             in_transaction: false,
             pending: Default::default(),
         })
@@ -261,6 +281,7 @@ impl PgStream {
         match message {
             PgOutputMessage::Relation(relation) => {
                 let (schema, dropped) = self.describe(&relation).await?;
+                self.note_enums(&relation).await?;
                 let schema = Arc::new(schema);
                 if dropped {
                     self.pending.push_back(SourceEvent::Warning(format!(
@@ -274,10 +295,17 @@ impl PgStream {
                 // Published via its root, a partition's changes name the root, but pgoutput
                 // describes the partition too: nothing is written under its name.
                 if !self.is_partition(relation.id).await? {
-                    self.pending.push_back(SourceEvent::Schema(schema));
+                    match self.names.insert(relation.id, schema.id.clone()) {
+                        Some(from) if from != schema.id => {
+                            self.pending
+                                .push_back(SourceEvent::Renamed { from, schema });
+                        }
+                        _ => self.pending.push_back(SourceEvent::Schema(schema)),
+                    }
                 }
             }
             PgOutputMessage::Insert { relation_id, new } => {
+                self.check_enum_values(relation_id, &new).await?;
                 let table = self.relation(relation_id)?;
                 check_width(&table, &new)?;
                 self.pending
@@ -288,6 +316,7 @@ impl PgStream {
                 old,
                 new,
             } => {
+                self.check_enum_values(relation_id, &new).await?;
                 let table = self.relation(relation_id)?;
                 check_width(&table, &new)?;
                 let old = old.map(|o| match o {
@@ -339,14 +368,64 @@ impl PgStream {
         Ok(row.get(0))
     }
 
+    /// Remembers the labels of `relation`'s enum columns.
+    async fn note_enums(&mut self, relation: &RelationMessage) -> Result<(), PgError> {
+        let user: Vec<u32> = relation
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|&t| t >= 16384)
+            .collect();
+        let labels = if user.is_empty() {
+            HashMap::new()
+        } else {
+            catalog::enum_labels(&self.catalog, &user).await?
+        };
+        let columns: Vec<EnumColumn> = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| labels.get(&c.type_oid).map(|l| (i, l.clone())))
+            .collect();
+        if columns.is_empty() {
+            self.enums.remove(&relation.id);
+        } else {
+            self.enums.insert(relation.id, (relation.clone(), columns));
+        }
+        Ok(())
+    }
+
+    /// Describes the relation again (announcing its new shape) when `row` holds an enum
+    /// label added since it was described.
+    async fn check_enum_values(&mut self, id: u32, row: &Row) -> Result<(), PgError> {
+        let Some((relation, columns)) = self.enums.get(&id) else {
+            return Ok(());
+        };
+        let added = columns.iter().any(|(i, labels)| match row.get(*i) {
+            Some(Value::Text(v)) => !labels.iter().any(|l| l.as_bytes() == v.as_ref()),
+            _ => false,
+        });
+        if !added {
+            return Ok(());
+        }
+        let relation = relation.clone();
+        let (schema, _) = self.describe(&relation).await?;
+        self.note_enums(&relation).await?;
+        let schema = Arc::new(schema);
+        self.relations.insert(id, schema.clone());
+        self.pending.push_back(SourceEvent::Schema(schema));
+        Ok(())
+    }
+
     fn relation(&self, id: u32) -> Result<Arc<TableSchema>, PgError> {
         self.relations.get(&id).cloned().ok_or_else(|| {
             PgError::definite(format!("pgoutput sent a change for unknown relation {id}"))
         })
     }
 
-    /// The relation's shape: its columns as pgoutput lists them now, completed from the
-    /// catalog (types, nullability, key, user types). `true` when the table is gone from the
+    /// The relation's shape: its name and columns as pgoutput lists them (as of the
+    /// change's position: a table renamed since keeps its name until the rename), completed
+    /// from the catalog (types, nullability, key, user types). `true` when the table is gone from the
     /// catalog (dropped after these changes): its shape then comes from the message and what
     /// this session knew of it.
     async fn describe(&self, relation: &RelationMessage) -> Result<(TableSchema, bool), PgError> {
@@ -354,6 +433,7 @@ impl PgStream {
             Some(schema) => (schema, false),
             None => (self.dropped_table_schema(relation), true),
         };
+        schema.id = TableId::new(relation.namespace.clone(), relation.name.clone());
         let key_names: Vec<String> = schema
             .key
             .iter()
@@ -392,6 +472,7 @@ impl PgStream {
                         type_oid: col.type_oid,
                         nullable: true,
                         missing_value: None,
+                        has_default: false,
                     });
                 }
             }
@@ -428,6 +509,7 @@ impl PgStream {
                 type_oid: u32::MAX,
                 nullable: true,
                 missing_value: None,
+                has_default: false,
             })
             .collect();
         TableSchema {

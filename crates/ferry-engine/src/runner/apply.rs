@@ -5,10 +5,12 @@
 //! at or before the target is applied, the first one after it is not, and the run ends as
 //! finished once nothing at or before the target is left.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use ferry_core::{ErrorClass, Lsn, Position, RowChange, Sink, SourceEvent, TableId};
+use ferry_core::{
+    ErrorClass, Lsn, Position, RowChange, Sink, SourceEvent, TableFilter, TableId, TableSchema,
+};
 use ferry_postgres::PgError;
 use tokio::sync::{mpsc, watch};
 
@@ -31,6 +33,9 @@ pub(crate) enum StreamEnd {
     Stopped,
     /// The target position is reached and everything up to it is applied.
     Finished,
+    /// A table the rules select was created on the source: start again, which copies it
+    /// (the path of tables added by an update), then streams on.
+    NewTable,
 }
 
 /// Groups source transactions into target batches.
@@ -50,7 +55,18 @@ pub(crate) struct Applier {
     pub(crate) on_first_commit: Option<Box<dyn FnOnce() + Send>>,
     /// Commit each source transaction committed at or before this in a batch of its own.
     pub(crate) isolate_until: Option<Lsn>,
+    /// The changefeed's rules: a table the stream announces under a name they exclude
+    /// (renamed out of them) is never written.
+    pub(crate) filter: TableFilter,
+    /// Tables announced under a name the rules exclude: their changes are dropped.
+    pub(crate) excluded: HashSet<TableId>,
+    /// Records a rename the target followed, once its batch is durable.
+    pub(crate) on_renamed: OnRenamed,
 }
+
+/// Records that target table `from` is now `to` in the changefeed's persisted state.
+pub(crate) type OnRenamed =
+    Box<dyn FnMut(&TableId, &TableId) -> Result<(), ferry_meta::MetaError> + Send>;
 
 /// The open batch.
 #[derive(Default)]
@@ -65,6 +81,8 @@ struct Batch {
     counts: RowCounts,
     /// The batch's transactions and what they touch, to name them in an error.
     trail: Trail,
+    /// Tables it renamed on the target: `(from, to)`.
+    renamed: Vec<(TableId, TableId)>,
 }
 
 /// Where the applier is in the stream.
@@ -160,7 +178,15 @@ impl Applier {
                 batch.opened.get_or_insert_with(tokio::time::Instant::now);
                 self.status.update(|s| s.caught_up = false);
             }
-            SourceEvent::Schema(schema) => self.sink.ensure_table(&schema).await?,
+            SourceEvent::Schema(schema) => {
+                if self.filter.matches(&schema.id) {
+                    self.excluded.remove(&schema.id);
+                    self.sink.ensure_table(&schema).await?;
+                } else {
+                    self.excluded.insert(schema.id.clone());
+                }
+            }
+            SourceEvent::Renamed { from, schema } => self.renamed(from, schema, batch).await?,
             SourceEvent::Warning(message) => {
                 tracing::warn!(warning = %message, "source warning");
                 self.status.update(|s| {
@@ -246,12 +272,42 @@ impl Applier {
         });
     }
 
-    /// Drops changes a table's snapshot already holds.
+    /// Follows a table renamed on the source when the rules select its new name; stops
+    /// when they selected the old name only; ignores a table they never selected.
+    async fn renamed(
+        &mut self,
+        from: TableId,
+        schema: std::sync::Arc<TableSchema>,
+        batch: &mut Batch,
+    ) -> Result<(), RunError> {
+        let to = schema.id.clone();
+        match (self.filter.matches(&from), self.filter.matches(&to)) {
+            (_, true) => {
+                tracing::info!(from = %from, to = %to, "table renamed on the source");
+                self.excluded.remove(&to);
+                self.sink.rename_table(&from, &schema).await?;
+                if let Some(lsn) = self.skip_before.remove(&from) {
+                    self.skip_before.insert(to.clone(), lsn);
+                }
+                batch.renamed.push((from, to));
+            }
+            (true, false) => return Err(RunError::RenamedOut { from, to }),
+            (false, false) => {
+                self.excluded.insert(to);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops changes a table's snapshot already holds, and changes to tables the rules
+    /// exclude.
     fn filter_skipped(&self, change: RowChange, commit: Lsn) -> Option<RowChange> {
-        if self.skip_before.is_empty() {
+        if self.skip_before.is_empty() && self.excluded.is_empty() {
             return Some(change);
         }
-        let skipped = |id: &TableId| self.skip_before.get(id).is_some_and(|&lsn| commit < lsn);
+        let skipped = |id: &TableId| {
+            self.excluded.contains(id) || self.skip_before.get(id).is_some_and(|&lsn| commit < lsn)
+        };
         match change {
             RowChange::Insert { ref table, .. }
             | RowChange::Update { ref table, .. }
@@ -284,6 +340,11 @@ impl Applier {
         });
         if let Some(first) = self.on_first_commit.take() {
             first();
+        }
+        for (from, to) in std::mem::take(&mut batch.renamed) {
+            // Durable on the target: a crash before this line finds it renamed there, and
+            // the stream's next announcement of the table renames nothing again.
+            (self.on_renamed)(&from, &to)?;
         }
         let caught_up = self.events.is_empty();
         self.status.update(|s| {

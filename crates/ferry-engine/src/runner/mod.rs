@@ -17,6 +17,13 @@
 //!
 //! - [`heartbeat`]: the optional WAL heartbeat while streaming.
 //!
+//! Schema changes the stream reveals: a table renamed on the source is renamed on the
+//! target in the batch (tables are tracked by the source's OID in [`tables::RuntimeState`]);
+//! renamed to a name the rules exclude, the attempt fails ([`RunError::RenamedOut`]). While
+//! streaming, tables created on the source that the rules select end the attempt
+//! ([`StreamEnd::NewTable`]) so the next one copies them, as it copies tables added by an
+//! update.
+//!
 //! Before each attempt that streams, the slot is checked: missing or invalidated
 //! (`wal_status` `lost`) is a definite failure whose hint is to re-sync, never a stream
 //! from a later position.
@@ -28,10 +35,12 @@
 
 mod apply;
 mod heartbeat;
+mod new_tables;
 mod snapshot;
 pub(crate) mod tables;
 mod trail;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +96,15 @@ pub(crate) enum RunError {
         description: String,
         checkpoint: String,
     },
+    /// A replicated table was renamed on the source to a name the rules exclude: following
+    /// it would write a table the rules leave out, dropping it would leave the target stale.
+    #[error(
+        "table {from} was renamed to {to} on the source, and the rules in `tables` exclude \
+         the new name; Ferry stops rather than let the target diverge. Add {to} to `tables` \
+         (the target table is renamed and followed) or exclude {from} too (its target table \
+         is kept and gets no further changes), then resume"
+    )]
+    RenamedOut { from: TableId, to: TableId },
 }
 
 impl RunError {
@@ -94,7 +112,9 @@ impl RunError {
         match self {
             RunError::Source(e) => e.class,
             RunError::Sink(e) | RunError::Apply { source: e, .. } => e.class(),
-            RunError::Meta(_) | RunError::SlotLost { .. } => ErrorClass::Definite,
+            RunError::Meta(_) | RunError::SlotLost { .. } | RunError::RenamedOut { .. } => {
+                ErrorClass::Definite
+            }
         }
     }
 
@@ -164,6 +184,7 @@ impl Runner {
             }
             let err = match result {
                 Ok(StreamEnd::Stopped) => return,
+                Ok(StreamEnd::NewTable) => continue,
                 Ok(StreamEnd::Finished) => {
                     info!(changefeed = %key, "changefeed finished");
                     // The target is complete: its sequences too, before anyone writes it.
@@ -324,10 +345,10 @@ impl Runner {
         let session = if state.phase == Some(Phase::Streaming) {
             self.status.update(|s| s.phase = Phase::Streaming);
             let since = current_wal_lsn(&catalog_client).await?;
-            let wanted: Vec<(TableId, u64)> = selected
-                .iter()
-                .map(|t| (t.schema.id.clone(), t.estimated_rows.unwrap_or(0)))
-                .collect();
+            let oids: Vec<u32> = selected.iter().map(|t| t.oid).collect();
+            let gone = tables::unselected_ids(&state, &oids);
+            self.check_renamed_out(&catalog_client, &gone).await?;
+            let wanted = tables::track_renames(&mut state, &source_ids(&selected));
             let changed = tables::reconcile(&mut state, &wanted, since);
             if !self.config.copies() {
                 // Nothing to copy: added tables stream from when they were added.
@@ -355,8 +376,8 @@ impl Runner {
                         ))
                     });
                 }
-                self.meta.put(Collection::ChangefeedState, &key, &state)?;
             }
+            self.meta.put(Collection::ChangefeedState, &key, &state)?;
             let upgraded = self
                 .sync_publications(&catalog_client, &names, &selected)
                 .await?;
@@ -383,6 +404,8 @@ impl Runner {
                 .meta
                 .get(Collection::ChangefeedState, &key)?
                 .unwrap_or_default();
+            tables::track_renames(&mut state, &source_ids(&selected));
+            self.meta.put(Collection::ChangefeedState, &key, &state)?;
             session
         };
         self.status.update(|s| s.phase = Phase::Streaming);
@@ -396,6 +419,7 @@ impl Runner {
             server_id: self.server_id.clone(),
             existing_target: self.config.existing_target(),
             source: self.source_identity.clone(),
+            ddl: self.config.options.ddl,
         }
     }
 
@@ -424,6 +448,32 @@ impl Runner {
             description: loss.describe(&names.slot),
             checkpoint,
         })
+    }
+
+    /// Fails when a planned table (`gone`: source id and target name) is no longer selected
+    /// because it was renamed to a name the rules exclude (see [`RunError::RenamedOut`]).
+    async fn check_renamed_out(
+        &self,
+        client: &tokio_postgres::Client,
+        gone: &[(u32, TableId)],
+    ) -> Result<(), RunError> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let oids: Vec<u32> = gone.iter().map(|(oid, _)| *oid).collect();
+        let now = catalog::table_names(client, &oids).await?;
+        for (oid, from) in gone {
+            match now.get(oid) {
+                Some(to) if to != from && self.config.tables.matches(from) => {
+                    return Err(RunError::RenamedOut {
+                        from: from.clone(),
+                        to: to.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn note_tables(&self, tables: &[SelectedTable]) {
@@ -510,7 +560,12 @@ impl Runner {
             application_name: "ferry".into(),
             timeout: self.replication_timeout,
         };
-        let stream = PgStream::start(session, catalog_client, stream_options).await?;
+        let names = state
+            .source_ids
+            .iter()
+            .map(|(oid, name)| (*oid, name.clone()))
+            .collect();
+        let stream = PgStream::start(session, catalog_client, stream_options, names).await?;
         info!(changefeed = %key, start = ?start.map(|p| p.to_string()), overwritten = resume_from.is_some(), "streaming");
         self.progressing();
         self.status.update(|s| match resume_from {
@@ -546,9 +601,44 @@ impl Runner {
             metrics: self.metrics.clone(),
             on_first_commit,
             isolate_until: self.isolate_until,
+            filter: self.config.tables.clone(),
+            excluded: Default::default(),
+            on_renamed: {
+                let meta = self.meta.clone();
+                let key = self.config.key();
+                Box::new(move |from: &TableId, to: &TableId| {
+                    let mut state: RuntimeState = meta
+                        .get(Collection::ChangefeedState, &key)?
+                        .unwrap_or_default();
+                    tables::rename(&mut state, from, to);
+                    meta.put(Collection::ChangefeedState, &key, &state)
+                })
+            },
         };
-        applier.run(&mut self.stop).await
+        let known: HashSet<u32> = state.source_ids.keys().copied().collect();
+        // Under `ddl: stop` new tables wait for the next start, as any other change waits.
+        let follow = self.config.options.ddl == ferry_core::DdlPolicy::Apply;
+        let watch = new_tables::watch(
+            self.config.source_uri.clone(),
+            self.config.tables.clone(),
+            known,
+        );
+        tokio::select! {
+            end = applier.run(&mut self.stop) => end,
+            table = watch, if follow => {
+                info!(changefeed = %self.config.key(), table = %table, "table created on the source; copying it, then streaming on");
+                Ok(StreamEnd::NewTable)
+            }
+        }
     }
+}
+
+/// Each selected table's source id, name and row estimate.
+fn source_ids(selected: &[SelectedTable]) -> Vec<(u32, TableId, u64)> {
+    selected
+        .iter()
+        .map(|t| (t.oid, t.schema.id.clone(), t.estimated_rows.unwrap_or(0)))
+        .collect()
 }
 
 /// The resume position is behind us once a batch after it is durable.

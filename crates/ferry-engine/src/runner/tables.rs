@@ -11,7 +11,7 @@
 //! than the position recorded when it was added again ([`AddedTable::since`]), so they are
 //! not mistaken for the new copy.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_core::{Lsn, TableId};
 use ferry_postgres::sink::FinishedChunk;
@@ -33,6 +33,11 @@ pub(crate) struct RuntimeState {
     /// operation now: their updates and deletes of before are missing on the target.
     #[serde(default)]
     pub(crate) divergent: Vec<TableId>,
+    /// The source's id (OID) of each replicated table, with the name its target table has:
+    /// a table renamed on the source keeps its id, so a new name under a known id is a
+    /// rename to follow, not a new table.
+    #[serde(default)]
+    pub(crate) source_ids: BTreeMap<u32, TableId>,
 }
 
 /// A table added after the first snapshot.
@@ -106,6 +111,65 @@ pub(crate) fn reconcile(
         }
     }
     out
+}
+
+/// Whether `table` is planned (first snapshot or added).
+fn planned(state: &RuntimeState, table: &TableId) -> bool {
+    state.plan.iter().any(|p| &p.table == table)
+        || state.added.iter().any(|a| &a.plan.table == table)
+}
+
+/// The selection (`(source id, name, estimated rows)`) as [`reconcile`] should see it: a
+/// planned table renamed on the source keeps its planned (target) name until the stream
+/// reaches the rename and the target follows it. Records every selected table's id.
+pub(crate) fn track_renames(
+    state: &mut RuntimeState,
+    selected: &[(u32, TableId, u64)],
+) -> Vec<(TableId, u64)> {
+    let mut ids = BTreeMap::new();
+    let wanted = selected
+        .iter()
+        .map(|(oid, name, rows)| {
+            let name = match state.source_ids.get(oid) {
+                Some(known) if known != name && planned(state, known) => known.clone(),
+                _ => name.clone(),
+            };
+            ids.insert(*oid, name.clone());
+            (name, *rows)
+        })
+        .collect();
+    state.source_ids = ids;
+    wanted
+}
+
+/// Planned tables whose source id is not among `selected` ids: dropped, or renamed to a
+/// name the rules exclude.
+pub(crate) fn unselected_ids(state: &RuntimeState, selected: &[u32]) -> Vec<(u32, TableId)> {
+    state
+        .source_ids
+        .iter()
+        .filter(|(oid, name)| !selected.contains(oid) && planned(state, name))
+        .map(|(oid, name)| (*oid, name.clone()))
+        .collect()
+}
+
+/// Records that the target table `from` is now `to` (the source renamed it).
+pub(crate) fn rename(state: &mut RuntimeState, from: &TableId, to: &TableId) {
+    for plan in &mut state.plan {
+        if &plan.table == from {
+            plan.table = to.clone();
+        }
+    }
+    for added in &mut state.added {
+        if &added.plan.table == from {
+            added.plan.table = to.clone();
+        }
+    }
+    for name in state.source_ids.values_mut() {
+        if name == from {
+            *name = to.clone();
+        }
+    }
 }
 
 /// The marker of an added table's copy, if it is done.
@@ -207,6 +271,7 @@ mod tests {
             plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
             added: vec![],
             divergent: vec![],
+            source_ids: BTreeMap::new(),
         };
         let got = reconcile(&mut state, &[(t("a"), 1), (t("c"), 5)], Lsn(100));
         assert_eq!(
@@ -231,6 +296,7 @@ mod tests {
             plan: vec![single_chunk_plan(t("a"), 1)],
             added: vec![],
             divergent: vec![],
+            source_ids: BTreeMap::new(),
         };
         let old_copy = vec![marker("a", 0, 50)];
         reconcile(&mut state, &[], Lsn(80));
@@ -257,6 +323,7 @@ mod tests {
             plan: vec![big, single_chunk_plan(t("small"), 10)],
             added: vec![],
             divergent: vec![],
+            source_ids: BTreeMap::new(),
         };
         reconcile(
             &mut state,
@@ -278,5 +345,28 @@ mod tests {
         // Multi-chunk tables never skip stream changes; single-chunk ones do.
         let skip = skip_before(&state, &finished);
         assert_eq!(skip.keys().collect::<Vec<_>>(), vec![&t("small")]);
+    }
+
+    #[test]
+    fn a_renamed_table_keeps_its_planned_name_until_the_stream_renames_it() {
+        let mut state = RuntimeState {
+            phase: Some(Phase::Streaming),
+            plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
+            added: vec![],
+            divergent: vec![],
+            source_ids: BTreeMap::new(),
+        };
+        let wanted = track_renames(&mut state, &[(1, t("a"), 1), (2, t("b"), 1)]);
+        assert!(reconcile(&mut state, &wanted, Lsn(1)).is_empty());
+        // Renamed on the source: same id, new name; not a new table.
+        let wanted = track_renames(&mut state, &[(1, t("a2"), 1), (2, t("b"), 1)]);
+        assert_eq!(wanted[0].0, t("a"));
+        assert!(reconcile(&mut state, &wanted, Lsn(2)).is_empty());
+        assert_eq!(state.source_ids[&1], t("a"));
+        rename(&mut state, &t("a"), &t("a2"));
+        assert_eq!(state.plan[0].table, t("a2"));
+        assert_eq!(state.source_ids[&1], t("a2"));
+        // Gone from the selection (dropped, or renamed out of the rules).
+        assert_eq!(unselected_ids(&state, &[1]), vec![(2, t("b"))]);
     }
 }

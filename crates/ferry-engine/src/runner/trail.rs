@@ -123,6 +123,7 @@ mod tests {
             type_oid: 23,
             nullable: false,
             missing_value: None,
+            has_default: false,
         };
         Arc::new(TableSchema {
             id: TableId::new("public", "t"),

@@ -419,6 +419,7 @@ mod tests {
                     type_oid: 0,
                     nullable: *n != "id",
                     missing_value: None,
+                    has_default: false,
                 })
                 .collect(),
             key: vec![0],

@@ -5,7 +5,9 @@
 //!   each, and checked before anything is written when they existed before it
 //!   ([`ownership`]). Columns Ferry did not create are never dropped or retyped. Tables
 //!   Ferry created get the source's generated columns, defaults, identity, sequences,
-//!   indexes, constraints and comments once copied ([`complete`]).
+//!   indexes, constraints and comments once copied ([`complete`]). A table renamed on the
+//!   source is renamed here in the batch ([`rename`]); new enum labels ([`enums`]) and NOT
+//!   NULL changes ([`nullability`]) follow.
 //! - Snapshot ([`copy`]): each chunk's COPY text is streamed into `COPY … FROM STDIN` in
 //!   its own transaction together with its record in `_ferry.snapshot_chunks`; tables
 //!   created for the copy get their primary key after it.
@@ -21,7 +23,10 @@ mod compact;
 mod complete;
 mod copy;
 mod ddl;
+mod enums;
+mod nullability;
 mod ownership;
+mod rename;
 mod shape;
 mod statements;
 
@@ -74,6 +79,8 @@ pub struct PgSink {
     definitions: HashMap<TableId, crate::definition::TableDefinition>,
     /// Tables completed with their definition in this session.
     completed: HashSet<TableId>,
+    /// Where the target is: enum labels are added on a connection of their own.
+    uri: ConnectionUri,
 }
 
 /// A failed connection to the target, keeping the class it was given where it was born.
@@ -154,6 +161,7 @@ impl PgSink {
             policy,
             definitions: HashMap::new(),
             completed: HashSet::new(),
+            uri: uri.clone(),
         })
     }
 
@@ -488,6 +496,7 @@ mod fixtures {
                     type_oid: 25,
                     nullable: true,
                     missing_value: None,
+                    has_default: false,
                 })
                 .collect(),
             key,

@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 
-use ferry_core::{ConnectionUri, ExistingTarget, SinkError, TableId, TableSchema};
+use ferry_core::{ConnectionUri, DdlPolicy, ExistingTarget, SinkError, TableId, TableSchema};
 use tokio_postgres::Client;
 
 use super::{ddl, statement_error};
@@ -31,6 +31,8 @@ pub struct TargetPolicy {
     /// The source's identity: a sink reaching the same database refuses to connect, before
     /// it creates anything.
     pub source: Option<ServerIdentity>,
+    /// `stop`: never change a table's shape on the target; stop instead.
+    pub ddl: DdlPolicy,
 }
 
 /// Why a changefeed may not write its target tables, found by [`preflight`].

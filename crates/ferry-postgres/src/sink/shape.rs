@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_core::{ExistingTarget, SinkError, TableSchema};
+use ferry_core::{DdlPolicy, ExistingTarget, SinkError, TableId, TableSchema};
 
-use super::{ddl, ownership, statement_error, PgSink, TargetTable};
+use super::{ddl, nullability, ownership, statement_error, PgSink, TargetTable};
 
 impl PgSink {
     pub(super) async fn shape_table(
@@ -14,6 +14,7 @@ impl PgSink {
         schema: &Arc<TableSchema>,
         with_key: bool,
     ) -> Result<(), SinkError> {
+        self.follow_enum_labels(schema).await?;
         if let Some(t) = self.tables.get_mut(&schema.id) {
             if t.schema.columns == schema.columns && t.schema.key == schema.key {
                 t.schema = schema.clone();
@@ -105,11 +106,48 @@ impl PgSink {
                 if first_claim {
                     self.adopt(schema).await?;
                 }
+                if self.policy.ddl == DdlPolicy::Stop && !first_claim {
+                    // `reshape` lists the statements creating missing types first.
+                    let mut changes: Vec<String> = reshape
+                        .sql
+                        .iter()
+                        .skip(schema.user_types.len())
+                        .cloned()
+                        .collect();
+                    let created = ownership::created_columns(&self.client, id).await?;
+                    changes.extend(nullability::follow_sql(&self.client, schema, &created).await?);
+                    if !changes.is_empty() {
+                        return Err(ddl_stop(id, &changes));
+                    }
+                }
+                let unknown: Vec<&str> = reshape
+                    .added
+                    .iter()
+                    .filter(|c| {
+                        schema
+                            .column(c)
+                            .is_some_and(|c| c.has_default && c.missing_value.is_none())
+                    })
+                    .map(String::as_str)
+                    .collect();
+                if !unknown.is_empty() && ownership::has_rows(&self.client, id).await? {
+                    return Err(SinkError::Unsupported {
+                        message: unknown_fill_message(id, &unknown),
+                    });
+                }
                 for statement in &reshape.sql {
                     self.client.batch_execute(statement).await.map_err(change)?;
                 }
                 ownership::record_columns(&self.client, id, &reshape.added, &reshape.dropped)
                     .await?;
+                let created = ownership::created_columns(&self.client, id).await?;
+                for statement in nullability::follow_sql(&self.client, schema, &created).await? {
+                    self.client
+                        .batch_execute(&statement)
+                        .await
+                        .map_err(change)?;
+                    tracing::info!(table = %id, statement = %statement, "target column follows the source");
+                }
                 if !reshape.added.is_empty() || !reshape.dropped.is_empty() {
                     tracing::info!(table = %id, added = ?reshape.added, dropped = ?reshape.dropped, "target columns follow the source");
                 }
@@ -144,5 +182,31 @@ impl PgSink {
                 Ok(())
             }
         }
+    }
+}
+
+/// Why Ferry stops rather than add `columns` to `table` with NULL in its existing rows.
+fn unknown_fill_message(table: &TableId, columns: &[&str]) -> String {
+    format!(
+        "column(s) {} of {table} were added on the source with a default, and the source no \
+         longer records the value its existing rows got (the table was rewritten since, e.g. by \
+         ALTER COLUMN … TYPE, or the default is volatile); the stream carries no row events for \
+         them, so Ferry stops instead of writing NULLs into the target's existing rows. To \
+         re-copy the table: exclude {table} from `tables` (update the changefeed) and resume, \
+         drop the target table {table}, then include it again (pause, update, resume: it is \
+         copied anew)",
+        columns.join(", ")
+    )
+}
+
+/// Why Ferry stops under `options.ddl: stop`: `statements` would make the target follow.
+pub(super) fn ddl_stop(table: &TableId, statements: &[String]) -> SinkError {
+    SinkError::Unsupported {
+        message: format!(
+            "table {table} changed on the source and options.ddl is stop, so Ferry changes \
+             nothing on the target; make the target match ({}), or set options.ddl to apply, \
+             then resume",
+            statements.join("; ")
+        ),
     }
 }
