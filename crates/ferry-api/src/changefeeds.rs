@@ -539,8 +539,8 @@ pub(crate) async fn synced(
     Ok(Json(state.engine.synced(ns.get()?, &id).await?))
 }
 
-#[utoipa::path(post, path = "/api/v2/changefeeds/{id}/sequences/sync", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    responses((status = 200, body = SequencesReport), (status = "4XX", body = crate::error::ErrorBody), (status = 502, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, operation_id = "sync_sequences", path = "/api/v2/changefeeds/{id}/sequences/sync", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
+    responses((status = 200, description = "The target sequences found and what each was set to", body = SequencesReport), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody), (status = 502, description = "The source or the target could not be read or written: `error_code` SEQUENCE_SYNC_FAILED", body = crate::error::ErrorBody)))]
 /// Sets every target sequence of the replicated tables to at least the source's value
 /// (pgoutput does not carry sequences); returns what it found and set.
 pub(crate) async fn sync_sequences(

@@ -1,0 +1,151 @@
+//! The streaming phase of an attempt: where to start (checkpoint, resume position, target
+//! position), the replication session, the reader task, the optional heartbeat, and the
+//! [`Applier`] that applies batches until the attempt ends.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ferry_core::{Lsn, Position, Sink, TableId};
+use ferry_meta::{Collection, MetaStore};
+use ferry_postgres::slot::{self, SlotNames};
+use ferry_postgres::source::{PgStream, StreamOptions};
+use pgwire_replication::ReplicationClient;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::apply::{Applier, StreamEnd};
+use super::tables::{self, RuntimeState};
+use super::{heartbeat, new_tables, RunError, Runner};
+use crate::lifecycle::LifecycleDoc;
+use crate::sink::AnySink;
+
+impl Runner {
+    /// Applies the change stream until stopped, finished or an error.
+    pub(super) async fn stream(
+        &mut self,
+        session: Option<ReplicationClient>,
+        catalog_client: tokio_postgres::Client,
+        mut sink: AnySink,
+        names: &SlotNames,
+        state: &RuntimeState,
+    ) -> Result<StreamEnd, RunError> {
+        let key = self.config.key();
+        let checkpoint = sink.load_checkpoint().await?;
+        let finished = sink.finished_chunks().await?;
+        let skip_before = tables::skip_before(state, &finished);
+        let resume_from = LifecycleDoc::load(&self.meta, &key)?.resume_from;
+        let start = resume_from.or(checkpoint.map(Position::lsn));
+        if let (Some(target), Some(start)) = (self.config.target_position, start) {
+            if start >= target {
+                return Ok(StreamEnd::Finished);
+            }
+        }
+        let session = match session {
+            Some(s) => s,
+            None => {
+                slot::replication_config(
+                    &self.config.source_uri,
+                    names,
+                    start.unwrap_or(Lsn::ZERO),
+                    "ferry",
+                )?
+                .connect_gated()
+                .await?
+            }
+        };
+        let stream_options = StreamOptions {
+            slot: names.slot.clone(),
+            application_name: "ferry".into(),
+            timeout: self.replication_timeout,
+        };
+        let names = state
+            .source_ids
+            .iter()
+            .map(|(oid, name)| (*oid, name.clone()))
+            .collect();
+        let stream = PgStream::start(session, catalog_client, stream_options, names).await?;
+        info!(changefeed = %key, start = ?start.map(|p| p.to_string()), overwritten = resume_from.is_some(), "streaming");
+        self.progressing();
+        self.status.update(|s| match resume_from {
+            // The operator moved the position: show it, even when it is older.
+            Some(lsn) => s.checkpoint = Some(Position::PgLsn(lsn)),
+            None if s.checkpoint.is_none() => s.checkpoint = checkpoint,
+            None => {}
+        });
+        let (events_tx, events) = mpsc::channel(1024);
+        let (confirm_tx, confirms) = watch::channel(Lsn::ZERO);
+        let reader = tokio::spawn(stream.run(events_tx, confirms));
+        let _abort_reader = AbortOnDrop(reader);
+        let _abort_heartbeat = self.config.options.heartbeat_interval_ms.map(|ms| {
+            AbortOnDrop(tokio::spawn(heartbeat::run(
+                self.config.source_uri.clone(),
+                Duration::from_millis(ms),
+                key.clone(),
+            )))
+        });
+        let on_first_commit = resume_from.map(|_| {
+            let meta = self.meta.clone();
+            Box::new(move || clear_resume_from(&meta, &key)) as Box<dyn FnOnce() + Send>
+        });
+        let applier = Applier {
+            sink,
+            events,
+            confirm: confirm_tx,
+            status: self.status.clone(),
+            skip_before,
+            max_rows: self.config.options.batch_max_rows,
+            max_wait: Duration::from_millis(self.config.options.batch_max_wait_ms),
+            target: self.config.target_position,
+            metrics: self.metrics.clone(),
+            on_first_commit,
+            isolate_until: self.isolate_until,
+            filter: self.config.tables.clone(),
+            excluded: Default::default(),
+            on_renamed: {
+                let meta = self.meta.clone();
+                let key = self.config.key();
+                Box::new(move |from: &TableId, to: &TableId| {
+                    let mut state: RuntimeState = meta
+                        .get(Collection::ChangefeedState, &key)?
+                        .unwrap_or_default();
+                    tables::rename(&mut state, from, to);
+                    meta.put(Collection::ChangefeedState, &key, &state)
+                })
+            },
+        };
+        let known: HashSet<u32> = state.source_ids.keys().copied().collect();
+        // Under `ddl: stop` new tables wait for the next start, as any other change waits.
+        let follow = self.config.options.ddl == ferry_core::DdlPolicy::Apply;
+        let watch = new_tables::watch(
+            self.config.source_uri.clone(),
+            self.config.tables.clone(),
+            known,
+        );
+        tokio::select! {
+            end = applier.run(&mut self.stop) => end,
+            table = watch, if follow => {
+                info!(changefeed = %self.config.key(), table = %table, "table created on the source; copying it, then streaming on");
+                Ok(StreamEnd::NewTable)
+            }
+        }
+    }
+}
+
+/// The resume position is behind us once a batch after it is durable.
+fn clear_resume_from(meta: &MetaStore, key: &str) {
+    let cleared = LifecycleDoc::load(meta, key).and_then(|mut doc| {
+        doc.resume_from = None;
+        doc.save(meta, key)
+    });
+    if let Err(e) = cleared {
+        warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not clear the resume position");
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
