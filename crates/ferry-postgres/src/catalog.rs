@@ -89,15 +89,7 @@ pub async fn table_ids(client: &Client) -> Result<Vec<(u32, TableId)>, PgError> 
         )
         .await
         .map_err(|e| PgError::new("list source tables", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, u32>(0),
-                TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-            )
-        })
-        .collect())
+    Ok(oids_and_names(&rows))
 }
 
 /// The current names of the tables with OIDs `oids` (those that still exist), to tell a
@@ -115,15 +107,7 @@ pub async fn table_names(
         )
         .await
         .map_err(|e| PgError::new("read table names", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, u32>(0),
-                TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-            )
-        })
-        .collect())
+    Ok(oids_and_names(&rows))
 }
 
 /// The labels of the enum types among `type_oids`, by type OID.
@@ -318,4 +302,16 @@ async fn collect_user_type(
         }
     }
     Ok(())
+}
+
+/// `(oid, schema, name)` rows as table ids by OID.
+fn oids_and_names<C: FromIterator<(u32, TableId)>>(rows: &[tokio_postgres::Row]) -> C {
+    rows.iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            )
+        })
+        .collect()
 }
