@@ -202,35 +202,26 @@ pub(super) fn start(
 
 /// Fast shutdown: SIGINT, then SIGKILL if the server is still up after [`SHUTDOWN_TIMEOUT`].
 pub(super) fn stop(child: &mut Child) {
-    if !matches!(child.try_wait(), Ok(None)) {
-        return;
-    }
-    let pid = libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t");
-    // SAFETY: kill only sends a signal. `pid` is our own child and has not been waited for,
-    // so it cannot have been reused by another process.
-    unsafe { libc::kill(pid, libc::SIGINT) };
-    let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-    while Instant::now() < deadline {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return;
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    signal_and_wait(child, libc::SIGINT);
 }
 
 /// Immediate shutdown, what `pg_ctl -m immediate stop` does: SIGQUIT, so the server exits
 /// without a checkpoint and without flushing anything, like a crash; the next start runs
 /// crash recovery. SIGKILL after [`SHUTDOWN_TIMEOUT`].
 pub(super) fn stop_immediate(child: &mut Child) {
+    signal_and_wait(child, libc::SIGQUIT);
+}
+
+/// Sends `signal` to a running server and waits for it to exit; SIGKILL after
+/// [`SHUTDOWN_TIMEOUT`].
+fn signal_and_wait(child: &mut Child, signal: libc::c_int) {
     if !matches!(child.try_wait(), Ok(None)) {
         return;
     }
     let pid = libc::pid_t::try_from(child.id()).expect("Linux pids fit in pid_t");
     // SAFETY: kill only sends a signal. `pid` is our own child and has not been waited for,
     // so it cannot have been reused by another process.
-    unsafe { libc::kill(pid, libc::SIGQUIT) };
+    unsafe { libc::kill(pid, signal) };
     let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
     while Instant::now() < deadline {
         if !matches!(child.try_wait(), Ok(None)) {
