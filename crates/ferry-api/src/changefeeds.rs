@@ -10,7 +10,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ferry_core::{parse_postgres_uri, ConnectionUri, Lsn, SinkUri, TableFilter};
+use ferry_core::{parse_postgres_uri, ConnectionUri, Position, SinkUri, TableFilter};
 use ferry_engine::config::Options;
 use ferry_engine::{
     ChangefeedConfig, ChangefeedStatus, FeedState, Phase, SequencesReport, SyncedReport,
@@ -123,7 +123,7 @@ impl ConfigView {
             sink_uri: config.sink_uri.masked(),
             tables: config.tables.rules().to_vec(),
             options: config.options.clone(),
-            target_position: config.target_position.map(|p| p.to_string()),
+            target_position: config.target_position.as_ref().map(ToString::to_string),
             snapshot_only: config.snapshot_only,
         }
     }
@@ -222,8 +222,16 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(ErrorCode::InvalidConfig, message)
 }
 
-fn parse_position(field: &str, text: &str, code: ErrorCode) -> Result<Lsn, ApiError> {
-    text.parse()
+/// Parses a position of the source `uri` in its database's notation.
+fn parse_position(
+    engine: &ferry_engine::Engine,
+    uri: &ConnectionUri,
+    field: &str,
+    text: &str,
+    code: ErrorCode,
+) -> Result<Position, ApiError> {
+    engine
+        .parse_position(uri, text)
         .map_err(|e| ApiError::bad_request(code, format!("{field}: {e}")))
 }
 
@@ -267,7 +275,15 @@ fn build_config(
         .map_err(|e| invalid(format!("sink_uri: {e}")))?;
     let tables = TableFilter::new(tables).map_err(|e| invalid(format!("tables: {e}")))?;
     let target_position = target_position
-        .map(|p| parse_position("target_position", &p, ErrorCode::InvalidConfig))
+        .map(|p| {
+            parse_position(
+                engine,
+                &source_uri,
+                "target_position",
+                &p,
+                ErrorCode::InvalidConfig,
+            )
+        })
         .transpose()?;
     Ok(ChangefeedConfig {
         id,
@@ -504,17 +520,21 @@ pub(crate) async fn resume(
 ) -> Result<Json<ChangefeedStatus>, ApiError> {
     let (id, ns) = (extract::path(id)?, extract::query(ns)?);
     let request: Option<ResumeRequest> = extract::optional_json_body(body)?;
+    let namespace = ns.get()?;
     let position = request
         .and_then(|r| r.overwrite_checkpoint_position)
         .map(|p| {
+            let uri = state.engine.config(namespace, &id)?.source_uri;
             parse_position(
+                &state.engine,
+                &uri,
                 "overwrite_checkpoint_position",
                 &p,
                 ErrorCode::InvalidPosition,
             )
         })
         .transpose()?;
-    Ok(Json(state.engine.resume(ns.get()?, &id, position).await?))
+    Ok(Json(state.engine.resume(namespace, &id, position).await?))
 }
 
 #[utoipa::path(get, operation_id = "changefeed_status", path = "/api/v2/changefeeds/{id}/status", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),

@@ -54,6 +54,9 @@ pub enum ErrorCode {
     SourceNotFound,
     /// Changefeeds use the source.
     SourceInUse,
+    /// The sink refused in a way retrying cannot fix (a wrong password, a certificate not
+    /// trusted, missing privileges).
+    SinkUnusable,
     /// The sink is the source database itself (same cluster and database, whatever the
     /// URIs say).
     SinkIsSource,
@@ -167,6 +170,7 @@ impl From<EngineError> for ApiError {
             EngineError::SourceAlreadyExists(_) => (S::CONFLICT, C::SourceAlreadyExists),
             EngineError::SourceInUse { .. } => (S::CONFLICT, C::SourceInUse),
             EngineError::SinkIsSource(_) => (S::BAD_REQUEST, C::SinkIsSource),
+            EngineError::SinkUnusable(_) => (S::BAD_REQUEST, C::SinkUnusable),
             EngineError::TargetTableOwned(_) => (S::CONFLICT, C::TargetTableOwned),
             EngineError::TargetNotEmpty(_) => (S::CONFLICT, C::TargetTableNotEmpty),
             EngineError::TargetConflict(_) => (S::CONFLICT, C::TargetSchemaConflict),

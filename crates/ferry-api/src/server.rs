@@ -136,26 +136,15 @@ pub(crate) async fn verify_table(
         _ => return Err(invalid("give either source_uri or source".into())),
     };
     let filter = TableFilter::new(&r.tables).map_err(|e| invalid(format!("tables: {e}")))?;
-    let unusable = |e: ferry_postgres::PgError| {
-        ApiError::bad_request(
-            ErrorCode::SourceUnusable,
-            format!("source is not usable: {}", e.chain()),
-        )
-    };
     uri.password().map_err(|e| {
         ApiError::bad_request(
             ErrorCode::SecretUnavailable,
             format!("source_uri: {}", ferry_core::error_chain(&e)),
         )
     })?;
-    let client = ferry_postgres::connect::connect(&uri, "ferry-verify")
-        .await
-        .map_err(unusable)?;
-    let verdicts = ferry_postgres::eligibility::verify_tables(&client, &filter)
-        .await
-        .map_err(unusable)?;
+    let verdicts = state.engine.verify_tables(&uri, &filter).await?;
     let (eligible, ineligible): (Vec<_>, Vec<_>) = verdicts.into_iter().partition(|v| v.eligible);
-    let views = |v: Vec<ferry_postgres::eligibility::TableVerdict>| {
+    let views = |v: Vec<ferry_core::TableVerdict>| {
         v.into_iter()
             .map(|v| TableVerdictView {
                 table: v.table,

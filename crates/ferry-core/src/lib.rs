@@ -9,23 +9,41 @@
 //! - [`uri`]: source and sink connection strings, with secrets that never print.
 //! - [`tls`]: TLS options of a connection URI (libpq's `sslmode` and friends), typed.
 //! - [`sink`]: the contract every sink keeps ([`Sink`]), including the checkpoint invariant.
+//! - [`source`]: what a changefeed's attempt asks of a source ([`Source`]); [`snapshot`]: the
+//!   vocabulary of table copies.
+//! - [`connector`]: checks, status and clean-up per connector, and the registry by scheme
+//!   ([`Connectors`]); [`error`]: error classes shared by all.
 //!
 //! Data flows `source → SourceEvent → engine → Sink`. A source emits committed
 //! transactions in commit order as a *stream* of events (begin, changes, commit), never as
 //! one buffered value, so memory stays bounded whatever a transaction's size.
 
 pub mod change;
+pub mod connector;
+pub mod error;
 pub mod filter;
 pub mod position;
 pub mod sink;
+pub mod snapshot;
+pub mod source;
 pub mod table;
 pub mod tls;
 pub mod uri;
 
 pub use change::{Row, RowChange, SourceEvent, Value};
+pub use connector::{
+    BacklogRisk, Connectors, FeedBacklog, OrphanObject, SequenceSynced, SinkConnector, SourceCheck,
+    SourceConnector, SourceObject, SourceOptions, TableVerdict, TargetPolicy, TargetProblem,
+};
+pub use error::{error_chain, ErrorClass, SourceError};
 pub use filter::{FilterError, TableFilter};
 pub use position::{Lsn, ParsePositionError, Position};
-pub use sink::{error_chain, DdlPolicy, ErrorClass, ExistingTarget, Sink, SinkError};
+pub use sink::{DdlPolicy, ExistingTarget, Sink, SinkError};
+pub use snapshot::{BulkFormat, ChunkData, ChunkSpec, FinishedChunk, TablePlan};
+pub use source::{
+    ChangeStream, ChunkReader, ServerIdentity, SnapshotExport, Source, SourceTable, StreamState,
+    TableDefinition,
+};
 pub use table::{
     quote_ident, ColumnSchema, ReplicaIdentity, TableId, TableSchema, UserType, UserTypeKind,
 };

@@ -1,8 +1,8 @@
 //! Positions in a source's log.
 //!
-//! A [`Position`] is opaque to the engine except for its order: stored checkpoints never
-//! move backwards. Each source kind has its own variant so that a MySQL binlog source
-//! (GTID sets, `file:offset`) adds a variant without reshaping anything else.
+//! A [`Position`] is opaque to the engine except for one question, [`Position::covers`]:
+//! stored checkpoints never move backwards. Each source kind has its own variant, printed
+//! and parsed in its database's own notation by its connector.
 
 use std::fmt;
 use std::str::FromStr;
@@ -62,19 +62,55 @@ impl<'de> Deserialize<'de> for Lsn {
 ///
 /// For PostgreSQL it is the end LSN of the last transaction applied: streaming resumes there
 /// and the server skips every transaction whose commit record lies before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Positions have no total order (a MySQL GTID set is not a number); the engine asks one
+/// question, [`Position::covers`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+#[serde(remote = "Self")]
 pub enum Position {
     /// PostgreSQL logical replication.
     PgLsn(Lsn),
 }
 
 impl Position {
-    /// The PostgreSQL LSN of this position.
-    pub fn lsn(self) -> Lsn {
-        match self {
-            Position::PgLsn(lsn) => lsn,
+    /// Whether everything `other` denotes is included in `self`: for LSNs `self >= other`.
+    /// Positions of different kinds never cover each other.
+    pub fn covers(&self, other: &Position) -> bool {
+        match (self, other) {
+            (Position::PgLsn(a), Position::PgLsn(b)) => a >= b,
         }
+    }
+
+    /// The kind's name, as serialized (`pg_lsn`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Position::PgLsn(_) => "pg_lsn",
+        }
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Position::serialize(self, s)
+    }
+}
+
+/// Reads the tagged form (`{"kind":"pg_lsn","value":"0/16B3748"}`) and, for state stored
+/// before positions had kinds, a bare PostgreSQL LSN (`"0/16B3748"`).
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            #[serde(with = "Position")]
+            Tagged(Position),
+            Legacy(Lsn),
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Tagged(p) => p,
+            Stored::Legacy(lsn) => Position::PgLsn(lsn),
+        })
     }
 }
 
@@ -124,5 +160,18 @@ mod tests {
         assert_eq!(json, r#"{"kind":"pg_lsn","value":"0/16B3748"}"#);
         let back: Position = serde_json::from_str(&json).unwrap();
         assert_eq!(back, Position::PgLsn(Lsn(0x16B3748)));
+    }
+
+    #[test]
+    fn position_reads_a_bare_lsn_stored_by_earlier_versions() {
+        let back: Position = serde_json::from_str(r#""0/16B3748""#).unwrap();
+        assert_eq!(back, Position::PgLsn(Lsn(0x16B3748)));
+        assert!(serde_json::from_str::<Position>(r#""nope""#).is_err());
+    }
+
+    #[test]
+    fn covers_is_at_or_after_for_lsns() {
+        let (a, b) = (Position::PgLsn(Lsn(5)), Position::PgLsn(Lsn(7)));
+        assert!(b.covers(&a) && b.covers(&b) && !a.covers(&b));
     }
 }

@@ -14,26 +14,12 @@
 //! transaction of any size) but nothing of it may become visible or durable before
 //! [`Sink::commit_batch`] returns, and a batch that is never committed leaves no trace.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use crate::{Position, RowChange, TableSchema};
+use async_trait::async_trait;
 
-/// An error and its causes on one line (`what: cause: cause`), skipping a cause whose text
-/// the line already ends with. For status fields and logs.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
-}
+use crate::snapshot::{ChunkData, FinishedChunk};
+use crate::{ErrorClass, Position, RowChange, TableDefinition, TableId, TableSchema};
 
 /// What a changefeed does with a target table that already holds rows when it first
 /// writes it (a table the user created, or one a deleted changefeed left behind).
@@ -70,15 +56,6 @@ impl std::fmt::Display for ExistingTarget {
             ExistingTarget::Append => "append",
         })
     }
-}
-
-/// Whether retrying can help.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// A network cut, a restart, a lock timeout: retry with backoff.
-    Transient,
-    /// Wrong data, a refused DDL, missing permissions: stop and tell the operator.
-    Definite,
 }
 
 /// A sink failure.
@@ -126,25 +103,62 @@ impl SinkError {
     }
 }
 
-/// A destination for changes. See the module docs for the invariants.
+/// A destination for changes. See the module docs for the invariants. Object-safe: the
+/// engine holds `Box<dyn Sink>`.
+#[async_trait]
 pub trait Sink: Send {
     /// The position stored with the data by the last committed batch, if any.
-    fn load_checkpoint(
-        &mut self,
-    ) -> impl Future<Output = Result<Option<Position>, SinkError>> + Send;
+    async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError>;
 
     /// Brings the target table in line with `schema` (create, or follow column changes).
-    fn ensure_table(
-        &mut self,
-        schema: &Arc<TableSchema>,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+    async fn ensure_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError>;
 
     /// Adds one change to the open batch (opening one if needed).
-    fn apply(&mut self, change: RowChange) -> impl Future<Output = Result<(), SinkError>> + Send;
+    async fn apply(&mut self, change: RowChange) -> Result<(), SinkError>;
 
     /// Makes the open batch durable together with `checkpoint`.
-    fn commit_batch(
+    async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError>;
+
+    /// Discards the open batch, if any: nothing of it stays.
+    async fn abort_batch(&mut self);
+
+    /// Follows a table renamed on the source (`from`, now `schema.id`), inside the open
+    /// batch.
+    async fn rename_table(
         &mut self,
-        checkpoint: Position,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+        from: &TableId,
+        schema: &Arc<TableSchema>,
+    ) -> Result<(), SinkError>;
+
+    /// Releases target tables the changefeed no longer writes (another may claim them).
+    async fn release_tables(&mut self, tables: &[TableId]) -> Result<(), SinkError>;
+
+    /// Forgets every snapshot marker: a new first snapshot begins.
+    async fn reset_snapshot(&mut self) -> Result<(), SinkError>;
+
+    /// The snapshot chunks the target holds.
+    async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError>;
+
+    /// The source's definitions of tables this sink may create (see
+    /// [`crate::TableDefinition`]); a sink that cannot use them ignores them.
+    fn use_definitions(&mut self, _definitions: Vec<(TableId, TableDefinition)>) {}
+
+    /// Creates or follows a table for a bulk copy (its key comes after the copy, in
+    /// [`Sink::finish_table`]).
+    async fn ensure_table_for_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError>;
+
+    /// Loads one chunk of a snapshot taken at `snapshot` and commits it with its marker.
+    /// `replace`: the chunk is the whole table, copied again; rows already there are
+    /// replaced. Returns the rows loaded.
+    async fn copy_chunk(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot: &Position,
+        replace: bool,
+        data: ChunkData,
+    ) -> Result<u64, SinkError>;
+
+    /// Completes a copied table (its key, then what the source's definition adds).
+    async fn finish_table(&mut self, schema: &TableSchema) -> Result<(), SinkError>;
 }

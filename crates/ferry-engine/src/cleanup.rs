@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use ferry_core::ConnectionUri;
 use ferry_meta::Collection;
-use ferry_postgres::slot::{self, SlotNames};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -48,33 +47,6 @@ pub(crate) struct PendingCleanup {
 }
 
 impl PendingCleanup {
-    pub(crate) fn new(
-        namespace: &str,
-        changefeed: &str,
-        source: Option<String>,
-        source_uri: ConnectionUri,
-        names: &SlotNames,
-    ) -> Self {
-        PendingCleanup {
-            namespace: namespace.to_string(),
-            changefeed: changefeed.to_string(),
-            source,
-            source_uri,
-            slot: names.slot.clone(),
-            publications: names.publications().map(str::to_string).to_vec(),
-            since_us: now_us(),
-            last_error: None,
-        }
-    }
-
-    fn names(&self) -> SlotNames {
-        SlotNames {
-            slot: self.slot.clone(),
-            publication: self.publications.first().cloned().unwrap_or_default(),
-            insert_only_publication: self.publications.get(1).cloned().unwrap_or_default(),
-        }
-    }
-
     /// Whether it concerns the named source `namespace/name` whose URI is `uri`.
     pub(crate) fn concerns(&self, namespace: &str, name: &str, uri: &ConnectionUri) -> bool {
         (self.namespace == namespace && self.source.as_deref() == Some(name))
@@ -82,19 +54,51 @@ impl PendingCleanup {
     }
 }
 
-/// Drops the changefeed's slot and publications now; returns the error's text when the
-/// source cannot be reached or refuses.
-pub(crate) async fn drop_source_objects(
-    uri: &ConnectionUri,
-    names: &SlotNames,
-) -> Result<(), String> {
-    let client = ferry_postgres::connect::connect(uri, "ferry-cleanup")
-        .await
-        .map_err(|e| e.chain())?;
-    slot::drop_all(&client, names).await.map_err(|e| e.chain())
-}
-
 impl Engine {
+    /// The record of what deleted changefeed `namespace/changefeed` leaves on its source.
+    pub(crate) fn pending_cleanup(
+        &self,
+        namespace: &str,
+        changefeed: &str,
+        source: Option<String>,
+        source_uri: ConnectionUri,
+    ) -> PendingCleanup {
+        let key = crate::registry::feed_key(namespace, changefeed);
+        let objects = self
+            .connectors
+            .source(&source_uri)
+            .map(|c| c.objects(&key))
+            .unwrap_or_default();
+        let names = |kind: &str| {
+            objects
+                .iter()
+                .filter(|o| o.kind == kind)
+                .map(|o| o.name.clone())
+                .collect::<Vec<_>>()
+        };
+        PendingCleanup {
+            namespace: namespace.to_string(),
+            changefeed: changefeed.to_string(),
+            source,
+            source_uri,
+            slot: names("slot").into_iter().next().unwrap_or_default(),
+            publications: names("publication"),
+            since_us: now_us(),
+            last_error: None,
+        }
+    }
+
+    /// Drops what changefeed `key` keeps on its source now; returns the error's text when
+    /// the source cannot be reached or refuses.
+    pub(crate) async fn release_source(
+        &self,
+        uri: &ConnectionUri,
+        key: &str,
+    ) -> Result<(), String> {
+        let connector = self.connectors.source(uri).map_err(|e| e.chain())?;
+        connector.release(uri, key).await.map_err(|e| e.chain())
+    }
+
     /// Records a clean-up the delete could not do.
     pub(crate) fn record_cleanup(&self, key: &str, pending: &PendingCleanup) {
         if let Err(e) = self.meta.put(Collection::PendingCleanups, key, pending) {
@@ -124,9 +128,8 @@ impl Engine {
                 self.forget_cleanup(&key);
                 continue;
             }
-            let names = pending.names();
             let tried =
-                tokio::time::timeout(TIMEOUT, drop_source_objects(&pending.source_uri, &names))
+                tokio::time::timeout(TIMEOUT, self.release_source(&pending.source_uri, &key))
                     .await
                     .unwrap_or_else(|_| Err("the source did not answer in time".into()));
             match tried {

@@ -1,6 +1,6 @@
 //! A changefeed's configuration: what the operator asked for.
 
-use ferry_core::{ConnectionUri, DdlPolicy, ExistingTarget, Lsn, SinkUri, TableFilter};
+use ferry_core::{ConnectionUri, DdlPolicy, ExistingTarget, Position, SinkUri, TableFilter};
 use serde::{Deserialize, Serialize};
 
 /// Default snapshot copy workers: enough to keep a target busy while one worker waits on
@@ -156,7 +156,7 @@ pub struct ChangefeedConfig {
     pub options: Options,
     /// Finish once every transaction committed at or before this position is applied.
     #[serde(default)]
-    pub target_position: Option<Lsn>,
+    pub target_position: Option<Position>,
     /// Copy the tables once and finish, without streaming changes.
     #[serde(default)]
     pub snapshot_only: bool,

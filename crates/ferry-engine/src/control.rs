@@ -6,7 +6,7 @@
 //! the task and persists the new state. A refused or failed action leaves the changefeed
 //! exactly as it was.
 
-use ferry_core::Lsn;
+use ferry_core::{ConnectionUri, Position};
 use ferry_meta::Collection;
 use tracing::info;
 
@@ -15,9 +15,14 @@ use crate::lifecycle::{self, Action, Effect, LifecycleDoc, Transition};
 use crate::registry::{feed_key, Engine, EngineError};
 use crate::runner::tables::RuntimeState;
 use crate::status::{ChangefeedStatus, FeedState, Phase};
-use crate::validate;
 
 impl Engine {
+    /// Parses `text` as a position of the source `uri` (in its database's own notation).
+    pub fn parse_position(&self, uri: &ConnectionUri, text: &str) -> Result<Position, String> {
+        let connector = self.connectors.source(uri).map_err(|e| e.chain())?;
+        connector.parse_position(text).map_err(|e| e.to_string())
+    }
+
     /// Pauses a running (or retrying) changefeed; its slot keeps the source's WAL.
     pub async fn pause(&self, namespace: &str, id: &str) -> Result<ChangefeedStatus, EngineError> {
         let ops = self.ops_lock(namespace, id)?;
@@ -34,7 +39,7 @@ impl Engine {
         &self,
         namespace: &str,
         id: &str,
-        position: Option<Lsn>,
+        position: Option<Position>,
     ) -> Result<ChangefeedStatus, EngineError> {
         let ops = self.ops_lock(namespace, id)?;
         let _guard = ops.lock().await;
@@ -45,7 +50,7 @@ impl Engine {
                 with_position: position.is_some(),
             },
         )?;
-        if let Some(position) = position {
+        if let Some(position) = &position {
             let key = feed_key(namespace, id);
             let phase = self
                 .meta
@@ -58,7 +63,8 @@ impl Engine {
                 ));
             }
             let config = self.config(namespace, id)?;
-            validate::check_resume_position(&config.source_uri, &key, position).await?;
+            self.check_resume_position(&config.source_uri, &key, position)
+                .await?;
         }
         self.apply(namespace, id, transition, position).await?;
         self.status(namespace, id)
@@ -100,16 +106,17 @@ impl Engine {
                 .map_err(|_| EngineError::UnknownSource(name.clone()))?
                 .uri;
         }
-        validate::check_passwords(&config)?;
+        crate::validate::check_passwords(&config)?;
         let target_changes = config.sink_uri != current.sink_uri
             || config.options.existing_target != current.options.existing_target;
         if config.source_uri != current.source_uri
             || config.tables != current.tables
             || target_changes
         {
-            let (client, _) = validate::check_source(&config.source_uri).await?;
-            validate::check_tables(&client, &config.tables).await?;
-            validate::check_target(&config, &self.server_id, &client).await?;
+            let source = self.check_source(&config.source_uri).await?;
+            self.check_tables(source.as_ref(), &config.source_uri, &config.tables)
+                .await?;
+            self.check_target(&config, source.as_ref()).await?;
         }
         let key = config.key();
         self.meta.put(Collection::Changefeeds, &key, &config)?;
@@ -138,7 +145,7 @@ impl Engine {
         namespace: &str,
         id: &str,
         transition: Transition,
-        resume_from: Option<Lsn>,
+        resume_from: Option<Position>,
     ) -> Result<(), EngineError> {
         let key = feed_key(namespace, id);
         match transition.effect {
@@ -168,14 +175,12 @@ impl Engine {
                 let mut doc = LifecycleDoc::load(&self.meta, &key)?;
                 doc.state = FeedState::Running;
                 if resume_from.is_some() {
-                    doc.resume_from = resume_from;
+                    doc.resume_from = resume_from.clone();
                 }
                 doc.save(&self.meta, &key)?;
                 self.with_feed(namespace, id, |f| {
-                    if let Some(lsn) = resume_from {
-                        f.status.update(|s| {
-                            s.checkpoint = Some(ferry_core::Position::PgLsn(lsn));
-                        });
+                    if let Some(position) = &resume_from {
+                        f.status.update(|s| s.checkpoint = Some(position.clone()));
                     }
                     f.task = Some(self.spawn(&f.config, &f.status));
                 })?;

@@ -72,10 +72,9 @@ impl Engine {
             return; // paused, failed or deleted meanwhile
         }
         self.stop_task(&key).await;
-        let names = ferry_postgres::slot::SlotNames::for_changefeed(&key);
-        let dropped = crate::cleanup::drop_source_objects(&config.source_uri, &names).await;
+        let dropped = self.release_source(&config.source_uri, &key).await;
         let checkpoint = status
-            .update(|s| s.checkpoint)
+            .checkpoint()
             .map_or_else(|| "unknown".to_string(), |p| p.to_string());
         let message = match &dropped {
             Ok(()) => format!(

@@ -55,7 +55,6 @@ mod registry;
 mod retry;
 mod runner;
 mod sequences;
-mod sink;
 mod sources;
 pub mod status;
 mod validate;

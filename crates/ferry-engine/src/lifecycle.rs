@@ -28,7 +28,7 @@
 //! `stopped`, `paused`, `failed` and `finished` are settled: they are persisted and survive
 //! a server restart; `running` and `error` restart on the next server start.
 
-use ferry_core::{Lsn, Position};
+use ferry_core::Position;
 use ferry_meta::{Collection, MetaError, MetaStore};
 use serde::{Deserialize, Serialize};
 
@@ -163,7 +163,7 @@ pub(crate) struct LifecycleDoc {
     /// Where the next run starts streaming instead of the sink's checkpoint (an operator's
     /// `overwrite_checkpoint_position`); cleared once a batch after it is durable.
     #[serde(default)]
-    pub(crate) resume_from: Option<Lsn>,
+    pub(crate) resume_from: Option<Position>,
     #[serde(default)]
     pub(crate) phase: Option<Phase>,
     #[serde(default)]
@@ -205,7 +205,7 @@ impl LifecycleDoc {
             self.last_error = live.last_error.clone();
             self.last_warning = live.last_warning.clone();
             self.phase = Some(live.phase);
-            self.checkpoint = live.checkpoint;
+            self.checkpoint = live.checkpoint.clone();
             self.checkpoint_time_us = live.checkpoint_time_us;
             self.tables = live.tables.clone();
         });
@@ -217,7 +217,7 @@ impl LifecycleDoc {
         cell.update(|live| {
             live.last_error = self.last_error.clone();
             live.last_warning = self.last_warning.clone();
-            live.checkpoint = self.checkpoint;
+            live.checkpoint = self.checkpoint.clone();
             live.checkpoint_time_us = self.checkpoint_time_us;
             live.tables = self.tables.clone();
         });

@@ -16,8 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Weak;
 use std::time::Duration;
 
-use ferry_core::ConnectionUri;
-use ferry_postgres::slot::{self, SlotLoss, SlotNames, SlotPositions, WalStatus};
+use ferry_core::{BacklogRisk, ConnectionUri, FeedBacklog};
 use tracing::debug;
 
 use crate::config::RetainedWalAction;
@@ -42,10 +41,15 @@ pub(crate) fn spawn(engine: Weak<Engine>) {
             };
             let by_source = slots_by_source(&engine);
             let threshold = engine.options.retained_wal_warning_bytes;
+            let connectors = engine.connectors.clone();
             drop(engine);
             let mut exceeded = Vec::new();
             for (uri, slots) in by_source.into_values() {
-                match tokio::time::timeout(TIMEOUT, measure(&uri, &slots, threshold)).await {
+                let Ok(connector) = connectors.source(&uri) else {
+                    continue;
+                };
+                let measured = measure(connector.as_ref(), &uri, &slots, threshold);
+                match tokio::time::timeout(TIMEOUT, measured).await {
                     Ok(over) => exceeded.extend(over),
                     Err(_) => debug!(source = %uri, "slot measurement timed out"),
                 }
@@ -67,7 +71,6 @@ pub(crate) fn spawn(engine: Weak<Engine>) {
 struct Watched {
     namespace: String,
     id: String,
-    slot: String,
     status: StatusCell,
     /// `options.max_retained_wal_bytes` and what to do past it.
     guard: Option<(u64, RetainedWalAction)>,
@@ -83,7 +86,6 @@ fn slots_by_source(engine: &Engine) -> BTreeMap<String, (ConnectionUri, Slots)> 
         if feed.config.snapshot_only || feed.status.state() == FeedState::Finished {
             continue;
         }
-        let slot = SlotNames::for_changefeed(&feed.config.key()).slot;
         let options = &feed.config.options;
         out.entry(feed.config.source_uri.expose().to_string())
             .or_insert_with(|| (feed.config.source_uri.clone(), Vec::new()))
@@ -91,7 +93,6 @@ fn slots_by_source(engine: &Engine) -> BTreeMap<String, (ConnectionUri, Slots)> 
             .push(Watched {
                 namespace: feed.config.namespace.clone(),
                 id: feed.config.id.clone(),
-                slot,
                 status: feed.status.clone(),
                 guard: options
                     .max_retained_wal_bytes
@@ -103,35 +104,32 @@ fn slots_by_source(engine: &Engine) -> BTreeMap<String, (ConnectionUri, Slots)> 
 
 /// Measures the slots of one source, updates their statuses, and returns the running
 /// changefeeds past their `max_retained_wal_bytes`.
-async fn measure(uri: &ConnectionUri, slots: &Slots, threshold: u64) -> Vec<Exceeded> {
-    let client = match ferry_postgres::connect::connect(uri, "ferry-monitor").await {
-        Ok(c) => c,
-        Err(e) => {
-            debug!(source = %uri, error = %e.chain(), "slot measurement failed");
-            return Vec::new();
-        }
-    };
-    let names: Vec<String> = slots.iter().map(|w| w.slot.clone()).collect();
-    let positions = match slot::slot_positions(&client, &names).await {
-        Ok(p) => p,
+async fn measure(
+    connector: &dyn ferry_core::SourceConnector,
+    uri: &ConnectionUri,
+    slots: &Slots,
+    threshold: u64,
+) -> Vec<Exceeded> {
+    let feeds: Vec<String> = slots
+        .iter()
+        .map(|w| crate::registry::feed_key(&w.namespace, &w.id))
+        .collect();
+    let backlogs = match connector.backlog(uri, &feeds).await {
+        Ok(b) => b,
         Err(e) => {
             debug!(source = %uri, error = %e.chain(), "slot measurement failed");
             return Vec::new();
         }
     };
     let mut exceeded = Vec::new();
-    for w in slots {
-        let found = positions
-            .iter()
-            .find(|(name, _)| *name == w.slot)
-            .map(|(_, p)| p);
-        let retained = found.map(SlotPositions::retained_wal_bytes);
+    for (w, backlog) in slots.iter().zip(backlogs) {
+        let retained = backlog.retained_bytes;
         let state = w.status.update(|s| {
             s.retained_wal_bytes = retained;
             // A slot not created yet is no news; one gone after streaming began is.
             let streamed = s.phase == Phase::Streaming && s.checkpoint.is_some();
-            s.slot_warning = guard_warning(&w.slot, retained, w.guard, s.state)
-                .or_else(|| slot_warning(&w.slot, found, streamed, threshold));
+            s.slot_warning = guard_warning(&backlog.holder, retained, w.guard, s.state)
+                .or_else(|| slot_warning(&backlog, streamed, threshold));
             s.state
         });
         if let (Some(retained), Some((limit, action))) = (retained, w.guard) {
@@ -139,7 +137,7 @@ async fn measure(uri: &ConnectionUri, slots: &Slots, threshold: u64) -> Vec<Exce
                 exceeded.push(Exceeded {
                     namespace: w.namespace.clone(),
                     id: w.id.clone(),
-                    slot: w.slot.clone(),
+                    slot: backlog.holder.clone(),
                     retained,
                     limit,
                     action,
@@ -172,29 +170,15 @@ pub(crate) fn guard_warning(
 }
 
 /// The warning a slot's measurement deserves, if any.
-fn slot_warning(
-    slot: &str,
-    found: Option<&SlotPositions>,
-    streamed: bool,
-    threshold: u64,
-) -> Option<String> {
+fn slot_warning(backlog: &FeedBacklog, streamed: bool, threshold: u64) -> Option<String> {
     const RESYNC: &str = "the changefeed fails when it next starts; delete and create it again \
                           to copy the tables anew";
-    let Some(positions) = found else {
-        return streamed.then(|| format!("{}; {RESYNC}", SlotLoss::Missing.describe(slot)));
-    };
-    let retained = positions.retained_wal_bytes();
-    match positions.wal_status {
-        WalStatus::Lost => Some(format!(
-            "{}; {RESYNC}",
-            SlotLoss::Invalidated.describe(slot)
-        )),
-        WalStatus::Unreserved => Some(format!(
-            "replication slot {slot} holds {retained} bytes of WAL, past the source's \
-             max_slot_wal_keep_size: the source removes WAL the slot still needs at its next \
-             checkpoint unless the changefeed catches up first (resume it if paused)"
-        )),
-        _ if retained > threshold => Some(format!(
+    let slot = &backlog.holder;
+    match (&backlog.risk, backlog.retained_bytes) {
+        (Some(BacklogRisk::Lost(what)), None) => streamed.then(|| format!("{what}; {RESYNC}")),
+        (Some(BacklogRisk::Lost(what)), Some(_)) => Some(format!("{what}; {RESYNC}")),
+        (Some(BacklogRisk::AtRisk(what)), _) => Some(what.clone()),
+        (None, Some(retained)) if retained > threshold => Some(format!(
             "replication slot {slot} holds {retained} bytes of WAL on the source, more than \
              retained_wal_warning_bytes ({threshold}); the WAL stays until the changefeed \
              confirms it: resume the changefeed or fix its error, or delete it if it is no \
@@ -207,37 +191,39 @@ fn slot_warning(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::Lsn;
 
-    fn positions(retained: u64, wal_status: WalStatus) -> SlotPositions {
-        SlotPositions {
-            restart_lsn: Lsn(1_000),
-            confirmed_flush: Lsn(1_000),
-            current_wal: Lsn(1_000 + retained),
-            wal_status,
+    fn backlog(retained: Option<u64>, risk: Option<BacklogRisk>) -> FeedBacklog {
+        FeedBacklog {
+            feed: "ns/f".into(),
+            holder: "s".into(),
+            confirmed: None,
+            retained_bytes: retained,
+            risk,
         }
     }
 
     #[test]
-    fn warns_past_the_threshold_and_for_unreserved_lost_or_gone_slots() {
-        let ok = positions(10, WalStatus::Reserved);
-        assert_eq!(slot_warning("s", Some(&ok), true, 100), None);
-        let big = positions(500, WalStatus::Extended);
-        let warning = slot_warning("s", Some(&big), true, 100).unwrap();
+    fn warns_past_the_threshold_and_for_slots_at_risk_lost_or_gone() {
+        assert_eq!(slot_warning(&backlog(Some(10), None), true, 100), None);
+        let warning = slot_warning(&backlog(Some(500), None), true, 100).unwrap();
         assert!(warning.contains("holds 500 bytes"), "{warning}");
         assert!(
             warning.contains("retained_wal_warning_bytes (100)"),
             "{warning}"
         );
-        let unreserved = slot_warning("s", Some(&positions(5, WalStatus::Unreserved)), true, 100);
-        assert!(unreserved.unwrap().contains("max_slot_wal_keep_size"));
-        let lost = slot_warning("s", Some(&positions(0, WalStatus::Lost)), true, 100).unwrap();
-        assert!(
-            lost.contains("replication slot s was invalidated"),
-            "{lost}"
-        );
-        assert!(slot_warning("s", None, true, 100).unwrap().contains("gone"));
-        assert_eq!(slot_warning("s", None, false, 100), None);
+        let risk = Some(BacklogRisk::AtRisk("past max_slot_wal_keep_size".into()));
+        let at_risk = slot_warning(&backlog(Some(5), risk), true, 100);
+        assert!(at_risk.unwrap().contains("max_slot_wal_keep_size"));
+        let lost = Some(BacklogRisk::Lost(
+            "replication slot s was invalidated".into(),
+        ));
+        let warning = slot_warning(&backlog(Some(0), lost.clone()), false, 100).unwrap();
+        assert!(warning.contains("was invalidated"), "{warning}");
+        let gone = Some(BacklogRisk::Lost("replication slot s is gone".into()));
+        assert!(slot_warning(&backlog(None, gone.clone()), true, 100)
+            .unwrap()
+            .contains("gone"));
+        assert_eq!(slot_warning(&backlog(None, gone), false, 100), None);
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl Default for EngineOptions {
             max_name_length: DEFAULT_MAX_NAME_LENGTH,
             retry: RetryPolicy::default(),
             retained_wal_warning_bytes: DEFAULT_RETAINED_WAL_WARNING_BYTES,
-            replication_timeout: ferry_postgres::source::DEFAULT_REPLICATION_TIMEOUT,
+            replication_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -11,9 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_core::Lsn;
+use ferry_core::{Connectors, SourceError};
 use ferry_meta::{Collection, MetaError, MetaStore};
-use ferry_postgres::slot::SlotNames;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -25,7 +24,6 @@ use crate::options::EngineOptions;
 use crate::runner::tables::RuntimeState;
 use crate::runner::Runner;
 use crate::status::{ChangefeedStatus, FeedState, Phase, StatusCell};
-use crate::validate;
 
 /// How long a stopping task may take to finish its batch before it is cancelled.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -85,6 +83,10 @@ pub enum EngineError {
         /// What to do.
         hint: &'static str,
     },
+    /// The sink refused in a way retrying cannot fix (a wrong password, a certificate not
+    /// trusted, missing privileges).
+    #[error("sink is not usable: {0}")]
+    SinkUnusable(String),
     /// The sink is the source database itself (same cluster and database).
     #[error("{0}")]
     SinkIsSource(String),
@@ -103,6 +105,19 @@ pub enum EngineError {
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
+}
+
+impl EngineError {
+    /// A source failure during a check: the source is not usable, with the connector's
+    /// hint when it has one.
+    pub(crate) fn source(e: SourceError) -> Self {
+        let mut text = e.chain();
+        if let Some(hint) = &e.hint {
+            text.push_str(". Hint: ");
+            text.push_str(hint);
+        }
+        EngineError::SourceUnusable(text)
+    }
 }
 
 /// The answer of `GET /changefeeds/{id}/synced`.
@@ -144,6 +159,8 @@ pub struct Engine {
     /// This server's id, stored in its metadata: with a changefeed's `namespace/id` it
     /// names the owner of the target tables the changefeed writes.
     pub(crate) server_id: String,
+    /// Every connector of the process, by URI scheme.
+    pub(crate) connectors: Arc<dyn Connectors>,
 }
 
 /// The metadata key of this server's id.
@@ -181,7 +198,11 @@ pub(crate) fn feed_key(namespace: &str, id: &str) -> String {
 
 impl Engine {
     /// Opens the engine: restores every stored changefeed, starting those that ran.
-    pub fn start(meta: Arc<MetaStore>, options: EngineOptions) -> Result<Arc<Self>, EngineError> {
+    pub fn start(
+        meta: Arc<MetaStore>,
+        options: EngineOptions,
+        connectors: Arc<dyn Connectors>,
+    ) -> Result<Arc<Self>, EngineError> {
         let server_id = server_id(&meta)?;
         info!(server_id = %server_id, "server id");
         let engine = Arc::new(Engine {
@@ -190,6 +211,7 @@ impl Engine {
             feeds: Mutex::new(BTreeMap::new()),
             sources_lock: tokio::sync::Mutex::new(()),
             server_id,
+            connectors,
         });
         let stored: Vec<(String, ChangefeedConfig)> = engine.meta.list(Collection::Changefeeds)?;
         for (key, config) in stored {
@@ -248,6 +270,7 @@ impl Engine {
             replication_timeout: self.options.replication_timeout,
             metrics: FeedMetrics::new(&config.namespace, &config.id),
             server_id: self.server_id.clone(),
+            connectors: self.connectors.clone(),
             source_identity: None,
             isolate_until: None,
         };
@@ -319,10 +342,11 @@ impl Engine {
                 .map_err(|_| EngineError::UnknownSource(name.clone()))?
                 .uri;
         }
-        validate::check_passwords(&config)?;
-        let (client, _) = validate::check_source(&config.source_uri).await?;
-        validate::check_tables(&client, &config.tables).await?;
-        validate::check_target(&config, &self.server_id, &client).await?;
+        crate::validate::check_passwords(&config)?;
+        let source = self.check_source(&config.source_uri).await?;
+        self.check_tables(source.as_ref(), &config.source_uri, &config.tables)
+            .await?;
+        self.check_target(&config, source.as_ref()).await?;
         Ok(config)
     }
 
@@ -407,24 +431,21 @@ impl Engine {
         let config = self.config(namespace, id)?;
         // Read the source's position first: anything committed before the request lies
         // before it.
-        let client = validate::connect(&config.source_uri).await?;
-        let row = client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        // A position that cannot be read is an error, never a "synced" by default.
+        let connector = self.source_connector(&config.source_uri)?;
+        let source = connector
+            .current_position(&config.source_uri)
             .await
-            .map_err(|e| EngineError::SourceUnusable(ferry_core::error_chain(&e)))?;
-        let source: Lsn = row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO);
+            .map_err(EngineError::source)?;
         let status = self.status(namespace, id)?;
-        let checkpoint: Option<Lsn> = status
-            .checkpoint_position
-            .as_deref()
-            .and_then(|p| p.parse().ok());
+        let checkpoint = self.with_feed(namespace, id, |f| f.status.checkpoint())?;
         let (synced, info) = if status.state == FeedState::Finished {
             (false, "the changefeed is finished".to_string())
         } else if status.phase != Phase::Streaming {
             (false, "the snapshot is still running".to_string())
         } else if status.state != FeedState::Running {
             (false, format!("the changefeed is {}", status.state))
-        } else if checkpoint.is_some_and(|c| c >= source) {
+        } else if checkpoint.is_some_and(|c| c.covers(&source)) {
             (
                 true,
                 "all changes committed before the request are applied".to_string(),
@@ -457,31 +478,31 @@ impl Engine {
         if let Some(task) = feed.task.take() {
             stop(task).await;
         }
-        let names = SlotNames::for_changefeed(&key);
-        if let Err(e) = crate::cleanup::drop_source_objects(&feed.config.source_uri, &names).await {
+        if let Err(e) = self.release_source(&feed.config.source_uri, &key).await {
             warn!(changefeed = %key, error = %e, "could not drop slot and publications: recorded as a pending clean-up, retried until the source answers");
-            let mut pending = crate::cleanup::PendingCleanup::new(
+            let mut pending = self.pending_cleanup(
                 namespace,
                 id,
                 feed.config.source.clone(),
                 feed.config.source_uri.clone(),
-                &names,
             );
             pending.last_error = Some(e);
             self.record_cleanup(&key, &pending);
         }
-        if let ferry_core::SinkUri::Postgres(uri) = &feed.config.sink_uri {
-            match ferry_postgres::sink::release(uri, &key, &self.server_id).await {
-                Ok(tables) => info!(changefeed = %key, tables, "target tables released"),
-                Err(e) => {
-                    warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "target unreachable: its tables stay claimed (delete the changefeed's rows in _ferry.table_owners to release them)")
-                }
+        let sink = self.connectors.sink(&feed.config.sink_uri);
+        match sink
+            .release(&feed.config.sink_uri, &key, &self.server_id)
+            .await
+        {
+            Ok(()) => info!(changefeed = %key, "target tables released"),
+            Err(e) => {
+                warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "target unreachable: its tables stay claimed (delete the changefeed's rows in _ferry.table_owners to release them)")
             }
         }
         self.meta.delete(Collection::Changefeeds, &key)?;
         self.meta.delete(Collection::ChangefeedState, &key)?;
         self.meta.delete(Collection::ChangefeedLifecycle, &key)?;
-        info!(changefeed = %key, slot = %names.slot, "changefeed deleted");
+        info!(changefeed = %key, "changefeed deleted");
         Ok(true)
     }
 

@@ -1,8 +1,8 @@
 //! Sequence sync: pgoutput does not carry sequences, so on request (and when a changefeed
 //! finishes) every target sequence of the replicated tables is moved to at least the
-//! source's value. The PostgreSQL work is [`ferry_postgres::sequences::sync`].
+//! source's value. The connectors do the work (`Connectors::sync_sequences`).
 
-use ferry_core::{SinkUri, TableId};
+use ferry_core::Connectors;
 use serde::Serialize;
 use tracing::info;
 
@@ -34,25 +34,13 @@ pub struct SequencesReport {
 
 /// Syncs the target sequences of `config`'s tables; an empty report for a sink without
 /// sequences.
-pub(crate) async fn sync(config: &ChangefeedConfig) -> Result<SequencesReport, String> {
-    let SinkUri::Postgres(target) = &config.sink_uri else {
-        return Ok(SequencesReport { sequences: vec![] });
-    };
-    let catalog = ferry_postgres::connect::connect(&config.source_uri, "ferry-sequences")
-        .await
-        .map_err(|e| e.chain())?;
-    ferry_postgres::catalog::prepare_session(&catalog)
-        .await
-        .map_err(|e| e.chain())?;
-    let tables: Vec<TableId> = ferry_postgres::catalog::selected_tables(&catalog, &config.tables)
-        .await
-        .map_err(|e| e.chain())?
-        .into_iter()
-        .map(|t| t.schema.id)
-        .collect();
-    let synced = ferry_postgres::sequences::sync(&config.source_uri, target, &tables)
-        .await
-        .map_err(|e| e.chain())?;
+pub(crate) async fn sync(
+    connectors: &dyn Connectors,
+    config: &ChangefeedConfig,
+) -> Result<SequencesReport, String> {
+    let synced = connectors
+        .sync_sequences(&config.source_uri, &config.sink_uri, &config.tables)
+        .await?;
     let set = synced.iter().filter(|s| s.set).count();
     info!(changefeed = %config.key(), sequences = synced.len(), set, "target sequences synced");
     Ok(SequencesReport {
@@ -77,6 +65,8 @@ impl Engine {
         id: &str,
     ) -> Result<SequencesReport, EngineError> {
         let config = self.config(namespace, id)?;
-        sync(&config).await.map_err(EngineError::SequenceSync)
+        sync(self.connectors.as_ref(), &config)
+            .await
+            .map_err(EngineError::SequenceSync)
     }
 }

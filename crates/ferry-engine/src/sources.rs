@@ -11,9 +11,6 @@ use ferry_core::ConnectionUri;
 use ferry_meta::Collection;
 use std::collections::BTreeSet;
 
-use ferry_postgres::eligibility::SourceFacts;
-use ferry_postgres::orphans::FerryObjects;
-use ferry_postgres::slot::{self, SlotNames};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -129,7 +126,7 @@ pub struct SourceReport {
     /// What the server says about itself, when reachable: `server_version`, `wal_level`,
     /// `can_replicate`, `max_replication_slots`, `replication_slots_used`.
     #[schema(value_type = Option<Object>)]
-    pub facts: Option<SourceFacts>,
+    pub facts: Option<serde_json::Value>,
     /// The changefeeds using it.
     pub changefeeds: Vec<String>,
     /// Their slots on it.
@@ -150,7 +147,7 @@ impl Engine {
             return Err(EngineError::SourceAlreadyExists(source.name));
         }
         validate::check_password(&source.uri)?;
-        validate::check_source(&source.uri).await?;
+        self.check_source(&source.uri).await?;
         let _guard = self.sources_lock.lock().await;
         if self.source_config(&source.namespace, &source.name).is_ok() {
             return Err(EngineError::SourceAlreadyExists(source.name));
@@ -213,7 +210,7 @@ impl Engine {
             });
         }
         validate::check_password(&source.uri)?;
-        validate::check_source(&source.uri).await?;
+        self.check_source(&source.uri).await?;
         let source = SourceConfig {
             created_at_us: current.created_at_us,
             ..source
@@ -304,114 +301,79 @@ impl Engine {
                 last_error: p.last_error.clone(),
             })
             .collect();
-        let client = match validate::connect(&source.uri).await {
+        let connector = match self.source_connector(&source.uri) {
             Ok(c) => c,
             Err(e) => {
                 report.error = Some(e.to_string());
                 return Ok(report);
             }
         };
-        let facts = match ferry_postgres::eligibility::source_facts(&client).await {
-            Ok(f) => f,
+        let check = match connector.check(&source.uri).await {
+            Ok(c) => c,
             Err(e) => {
-                report.error = Some(e.chain());
+                report.error = Some(EngineError::source(e).to_string());
                 return Ok(report);
             }
         };
         report.reachable = true;
-        report.tls = ferry_postgres::connect::connection_security(&client)
+        report.tls = connector
+            .security(&source.uri)
             .await
             .ok()
             .map(TlsReport::from);
-        let problems = facts.problems();
-        report.usable = problems.is_empty();
-        report.error = (!problems.is_empty()).then(|| problems.join("; "));
-        report.facts = Some(facts);
-        let names: Vec<(String, String)> = changefeeds
+        report.usable = check.problems.is_empty();
+        report.error = (!check.problems.is_empty()).then(|| check.problems.join("; "));
+        report.facts = Some(check.facts);
+        let keys: Vec<String> = changefeeds
             .iter()
-            .map(|id| {
-                let slot = SlotNames::for_changefeed(&format!("{namespace}/{id}")).slot;
-                (id.clone(), slot)
-            })
+            .map(|id| crate::registry::feed_key(namespace, id))
             .collect();
-        let slot_names: Vec<String> = names.iter().map(|(_, s)| s.clone()).collect();
-        if let Ok(positions) = slot::slot_positions(&client, &slot_names).await {
-            for (changefeed, slot) in names {
-                if let Some((_, p)) = positions.iter().find(|(s, _)| *s == slot) {
+        if let Ok(backlogs) = connector.backlog(&source.uri, &keys).await {
+            for (changefeed, b) in changefeeds.iter().zip(backlogs) {
+                if let (Some(confirmed), Some(retained)) = (b.confirmed, b.retained_bytes) {
                     report.slots.push(SlotReport {
-                        changefeed,
-                        slot,
-                        confirmed_flush_lsn: p.confirmed_flush.to_string(),
-                        retained_wal_bytes: p.retained_wal_bytes(),
+                        changefeed: changefeed.clone(),
+                        slot: b.holder,
+                        confirmed_flush_lsn: confirmed.to_string(),
+                        retained_wal_bytes: retained,
                     });
                 }
             }
         }
-        if let Ok(objects) = ferry_postgres::orphans::ferry_objects(&client).await {
-            report.orphans = self
-                .orphans(objects, &pending, &source.uri.database(), &client)
-                .await;
+        let owned = self.owned_objects(connector.as_ref(), &pending);
+        if let Ok(orphans) = connector.orphans(&source.uri, &owned).await {
+            report.orphans = orphans
+                .into_iter()
+                .map(|o| OrphanReport {
+                    kind: o.kind,
+                    name: o.name,
+                    database: o.database,
+                    active: o.active,
+                    retained_wal_bytes: o.retained_bytes,
+                })
+                .collect();
         }
         Ok(report)
     }
 }
 
 impl Engine {
-    /// The `ferry_*` objects no changefeed of this server owns and no pending clean-up covers.
-    async fn orphans(
+    /// The names of the source objects a changefeed of this server owns or a pending
+    /// clean-up covers.
+    fn owned_objects(
         &self,
-        objects: FerryObjects,
+        connector: &dyn ferry_core::SourceConnector,
         pending: &[PendingCleanup],
-        database: &str,
-        client: &tokio_postgres::Client,
-    ) -> Vec<OrphanReport> {
+    ) -> BTreeSet<String> {
         let mut owned: BTreeSet<String> = BTreeSet::new();
         for key in self.feeds.lock().expect("feeds lock").keys() {
-            let names = SlotNames::for_changefeed(key);
-            owned.extend(names.publications().map(str::to_string));
-            owned.insert(format!("{}_tmp", names.slot));
-            owned.insert(names.slot);
+            owned.extend(connector.objects(key).into_iter().map(|o| o.name));
         }
         for p in pending {
             owned.insert(p.slot.clone());
             owned.extend(p.publications.iter().cloned());
         }
-        let slots: Vec<_> = objects
-            .slots
-            .into_iter()
-            .filter(|s| !owned.contains(&s.name))
-            .collect();
-        let names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
-        let positions = slot::slot_positions(client, &names)
-            .await
-            .unwrap_or_default();
-        let mut out: Vec<OrphanReport> = slots
-            .into_iter()
-            .map(|s| OrphanReport {
-                kind: "slot",
-                retained_wal_bytes: positions
-                    .iter()
-                    .find(|(n, _)| *n == s.name)
-                    .map(|(_, p)| p.retained_wal_bytes()),
-                name: s.name,
-                database: s.database,
-                active: Some(s.active),
-            })
-            .collect();
-        out.extend(
-            objects
-                .publications
-                .into_iter()
-                .filter(|p| !owned.contains(p))
-                .map(|name| OrphanReport {
-                    kind: "publication",
-                    name,
-                    database: Some(database.to_string()),
-                    active: None,
-                    retained_wal_bytes: None,
-                }),
-        );
-        out
+        owned
     }
 }
 

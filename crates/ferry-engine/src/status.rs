@@ -142,6 +142,11 @@ pub(crate) struct Live {
 pub(crate) struct StatusCell(Arc<Mutex<Live>>);
 
 impl StatusCell {
+    /// The changefeed's durable position.
+    pub(crate) fn checkpoint(&self) -> Option<Position> {
+        self.update(|s| s.checkpoint.clone())
+    }
+
     pub(crate) fn new(state: FeedState, phase: Phase) -> Self {
         StatusCell(Arc::new(Mutex::new(Live {
             state,
@@ -254,7 +259,7 @@ impl StatusCell {
                 namespace: namespace.to_string(),
                 state: live.state,
                 phase: live.phase,
-                checkpoint_position: live.checkpoint.map(|p| p.to_string()),
+                checkpoint_position: live.checkpoint.as_ref().map(ToString::to_string),
                 checkpoint_time: live.checkpoint_time_us.map(rfc3339),
                 lag_seconds,
                 last_error: live.last_error.as_ref().map(|e| e.message.clone()),

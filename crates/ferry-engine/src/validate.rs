@@ -1,18 +1,20 @@
-//! Checks before anything is stored. Against the source: passwords given by reference can
-//! be read, the source is reachable, `wal_level = logical`, a user with `REPLICATION`,
-//! tables that exist, and resume positions the slot can serve. Against the target: not the
-//! source itself, no table owned by another changefeed, existing tables writable as they
-//! are. Every check connects with a short timeout, only reads, and never touches a running
-//! changefeed.
+//! Checks before anything is stored, each asked of the connectors (so `check`, create and
+//! a first start run one code path). Against the source: passwords given by reference can
+//! be read, the source is reachable and configured for change capture, tables that exist,
+//! and resume positions it can serve. Against the target: not the source itself, no table
+//! owned by another changefeed, existing tables writable as they are, and a refusal
+//! retrying cannot fix (a wrong password, an untrusted certificate). Every check only
+//! reads and never touches a running changefeed.
 
-use ferry_core::{ConnectionUri, Lsn, SinkUri, TableFilter};
-use ferry_postgres::eligibility::{self, SourceFacts};
-use ferry_postgres::sink::TargetProblem;
-use ferry_postgres::slot::{self, SlotNames};
-use tokio_postgres::Client;
+use std::sync::Arc;
+
+use ferry_core::{
+    ConnectionUri, ErrorClass, Position, SinkError, SinkUri, SourceConnector, TableFilter,
+    TargetPolicy, TargetProblem,
+};
 
 use crate::config::ChangefeedConfig;
-use crate::registry::EngineError;
+use crate::registry::{Engine, EngineError};
 
 /// Reads `uri`'s password now when it is given by reference (`password_file`,
 /// `password_env`), so a missing file or variable is refused before anything is stored
@@ -41,136 +43,115 @@ fn prefixed(field: &str, err: EngineError) -> EngineError {
     }
 }
 
-/// Connects to `uri` for a check.
-pub(crate) async fn connect(uri: &ConnectionUri) -> Result<Client, EngineError> {
-    ferry_postgres::connect::connect(uri, "ferry-check")
-        .await
-        .map_err(|e| EngineError::SourceUnusable(e.chain()))
-}
-
-/// Connects to the source and checks it can do logical replication.
-pub(crate) async fn check_source(
-    uri: &ConnectionUri,
-) -> Result<(Client, SourceFacts), EngineError> {
-    let client = connect(uri).await?;
-    let facts = eligibility::source_facts(&client)
-        .await
-        .map_err(|e| EngineError::SourceUnusable(e.chain()))?;
-    if let Some(problem) = facts.problems().into_iter().next() {
-        return Err(EngineError::SourceUnusable(problem));
+impl Engine {
+    /// The connector of `uri`'s scheme.
+    pub(crate) fn source_connector(
+        &self,
+        uri: &ConnectionUri,
+    ) -> Result<Arc<dyn SourceConnector>, EngineError> {
+        self.connectors.source(uri).map_err(EngineError::source)
     }
-    Ok((client, facts))
-}
 
-/// Checks that every rule naming one exact table names an existing table.
-pub(crate) async fn check_tables(client: &Client, filter: &TableFilter) -> Result<(), EngineError> {
-    let tables = eligibility::table_facts(client)
-        .await
-        .map_err(|e| EngineError::SourceUnusable(e.chain()))?;
-    let missing = eligibility::missing_tables(filter, &tables);
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(EngineError::TableNotFound(missing.join(", ")))
-    }
-}
-
-/// Checks that the changefeed's slot can stream from `position`: at or after what the slot
-/// has confirmed (older WAL may be gone) and not beyond the source's current WAL.
-pub(crate) async fn check_resume_position(
-    uri: &ConnectionUri,
-    key: &str,
-    position: Lsn,
-) -> Result<(), EngineError> {
-    let client = connect(uri).await?;
-    let names = SlotNames::for_changefeed(key);
-    let slots = slot::slot_positions(&client, std::slice::from_ref(&names.slot))
-        .await
-        .map_err(|e| EngineError::SourceUnusable(e.chain()))?;
-    let Some((_, slot)) = slots.into_iter().next() else {
-        return Err(EngineError::InvalidPosition(format!(
-            "the changefeed has no replication slot {} on the source, so it cannot start from \
-             {position}",
-            names.slot
-        )));
-    };
-    let oldest = slot.confirmed_flush.max(slot.restart_lsn);
-    if position < oldest {
-        return Err(EngineError::InvalidPosition(format!(
-            "position {position} is older than what the slot can serve (confirmed {}, \
-             restart {}); use a position at or after {oldest}",
-            slot.confirmed_flush, slot.restart_lsn
-        )));
-    }
-    if position > slot.current_wal {
-        return Err(EngineError::InvalidPosition(format!(
-            "position {position} is beyond the source's current WAL position {}",
-            slot.current_wal
-        )));
-    }
-    Ok(())
-}
-
-/// Checks the target of `config` (run by the changefeed with id `server_id` as owner)
-/// against the source `source`: a sink that is the source database is refused, and so is
-/// a table another changefeed owns, an existing table the source cannot be written into,
-/// and (under `existing_target: fail`) a table holding rows. A target that cannot be reached
-/// now is not an error: the same checks run when the changefeed first writes.
-pub(crate) async fn check_target(
-    config: &ChangefeedConfig,
-    server_id: &str,
-    source: &Client,
-) -> Result<(), EngineError> {
-    let SinkUri::Postgres(uri) = &config.sink_uri else {
-        return Ok(());
-    };
-    let key = config.key();
-    let sink = match ferry_postgres::connect::connect(uri, "ferry-check").await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::info!(changefeed = %key, error = %e.chain(), "target unreachable: its checks run when the changefeed starts");
-            return Ok(());
+    /// Checks the source can serve changefeeds (reachable, configured, privileged).
+    pub(crate) async fn check_source(
+        &self,
+        uri: &ConnectionUri,
+    ) -> Result<Arc<dyn SourceConnector>, EngineError> {
+        let connector = self.source_connector(uri)?;
+        let check = connector.check(uri).await.map_err(EngineError::source)?;
+        if let Some(problem) = check.problems.into_iter().next() {
+            return Err(EngineError::SourceUnusable(problem));
         }
-    };
-    // A database that hides its identity (a restricted managed service) cannot be
-    // compared: the other checks still run.
-    let source_id = ferry_postgres::identity::server_identity(source).await;
-    let sink_id = ferry_postgres::identity::server_identity(&sink).await;
-    match (source_id, sink_id) {
-        (Ok(a), Ok(b)) if a == b => {
-            return Err(EngineError::SinkIsSource(
-                ferry_postgres::identity::sink_is_source_message(&b),
-            ))
-        }
-        (Ok(_), Ok(_)) => {}
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(changefeed = %key, error = %e.chain(), "cannot compare the target with the source");
-        }
+        Ok(connector)
     }
-    ferry_postgres::catalog::prepare_session(source)
-        .await
-        .map_err(|e| EngineError::SourceUnusable(e.chain()))?;
-    let selected = ferry_postgres::catalog::selected_tables(source, &config.tables)
-        .await
-        .map_err(|e| EngineError::SourceUnusable(e.chain()))?;
-    let schemas: Vec<_> = selected.into_iter().map(|t| t.schema).collect();
-    let found = ferry_postgres::sink::preflight(
-        &sink,
-        &key,
-        server_id,
-        &schemas,
-        config.existing_target(),
-        config.copies(),
-    )
-    .await;
-    match found {
-        Ok(None) => Ok(()),
-        Ok(Some(TargetProblem::Owned(m))) => Err(EngineError::TargetTableOwned(m)),
-        Ok(Some(TargetProblem::NotEmpty(m))) => Err(EngineError::TargetNotEmpty(m)),
-        Ok(Some(TargetProblem::Conflict(m))) => Err(EngineError::TargetConflict(m)),
-        Err(e) => {
-            tracing::warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "cannot check the target tables: checked when the changefeed starts");
+
+    /// Checks that every rule naming one exact table names an existing table.
+    pub(crate) async fn check_tables(
+        &self,
+        connector: &dyn SourceConnector,
+        uri: &ConnectionUri,
+        filter: &TableFilter,
+    ) -> Result<(), EngineError> {
+        let missing = connector
+            .missing_tables(uri, filter)
+            .await
+            .map_err(EngineError::source)?;
+        if missing.is_empty() {
             Ok(())
+        } else {
+            Err(EngineError::TableNotFound(missing.join(", ")))
+        }
+    }
+
+    /// Judges every table `filter` selects on the source `uri`, after the checks create
+    /// runs on the source itself.
+    pub async fn verify_tables(
+        &self,
+        uri: &ConnectionUri,
+        filter: &TableFilter,
+    ) -> Result<Vec<ferry_core::TableVerdict>, EngineError> {
+        let connector = self.check_source(uri).await?;
+        connector
+            .verify_tables(uri, filter)
+            .await
+            .map_err(EngineError::source)
+    }
+
+    /// Checks that the changefeed `key` can stream from `position`.
+    pub(crate) async fn check_resume_position(
+        &self,
+        uri: &ConnectionUri,
+        key: &str,
+        position: &Position,
+    ) -> Result<(), EngineError> {
+        let connector = self.source_connector(uri)?;
+        connector
+            .check_resume(uri, key, position)
+            .await
+            .map_err(EngineError::source)?
+            .map_err(EngineError::InvalidPosition)
+    }
+
+    /// Checks the target of `config` against its source: a sink that is the source
+    /// database is refused, and so is a table another changefeed owns, an existing table
+    /// the source cannot be written into, and (under `existing_target: fail`) a table
+    /// holding rows. A target that cannot be reached now is not an error: the same checks
+    /// run when the changefeed first writes.
+    pub(crate) async fn check_target(
+        &self,
+        config: &ChangefeedConfig,
+        source: &dyn SourceConnector,
+    ) -> Result<(), EngineError> {
+        let key = config.key();
+        let (schemas, identity) = source
+            .selected_schemas(&config.source_uri, &config.tables)
+            .await
+            .map_err(EngineError::source)?;
+        let policy = TargetPolicy {
+            server_id: self.server_id.clone(),
+            existing_target: config.existing_target(),
+            source: identity,
+            ddl: config.options.ddl,
+        };
+        let sink = self.connectors.sink(&config.sink_uri);
+        let found = sink
+            .preflight(&config.sink_uri, &key, &policy, &schemas, config.copies())
+            .await;
+        match found {
+            Ok(None) => Ok(()),
+            Ok(Some(TargetProblem::SinkIsSource(m))) => Err(EngineError::SinkIsSource(m)),
+            Ok(Some(TargetProblem::Owned(m))) => Err(EngineError::TargetTableOwned(m)),
+            Ok(Some(TargetProblem::NotEmpty(m))) => Err(EngineError::TargetNotEmpty(m)),
+            Ok(Some(TargetProblem::Conflict(m))) => Err(EngineError::TargetConflict(m)),
+            Err(e)
+                if e.class() == ErrorClass::Definite && matches!(e, SinkError::Connect { .. }) =>
+            {
+                Err(EngineError::SinkUnusable(ferry_core::error_chain(&e)))
+            }
+            Err(e) => {
+                tracing::info!(changefeed = %key, error = %ferry_core::error_chain(&e), "target unreachable: its checks run when the changefeed starts");
+                Ok(())
+            }
         }
     }
 }

@@ -31,7 +31,12 @@ async fn retries_back_off_then_give_up_and_failure_persists() {
     let dir = tempfile::tempdir().unwrap();
     let meta =
         Arc::new(MetaStore::open(&dir.path().join("data"), &dir.path().join("key")).unwrap());
-    let engine = Engine::start(meta.clone(), options()).unwrap();
+    let engine = Engine::start(
+        meta.clone(),
+        options(),
+        Arc::new(ferry_connectors::Registry),
+    )
+    .unwrap();
     let config = ChangefeedConfig {
         id: "cf".into(),
         namespace: "default".into(),
@@ -67,7 +72,7 @@ async fn retries_back_off_then_give_up_and_failure_persists() {
     // The failure is persisted: a new engine on the same store shows it and does not run.
     engine.shutdown().await;
     drop(engine);
-    let engine = Engine::start(meta, options()).unwrap();
+    let engine = Engine::start(meta, options(), Arc::new(ferry_connectors::Registry)).unwrap();
     let restored = engine.status("default", "cf").unwrap();
     assert_eq!(restored.state, FeedState::Failed);
     assert_eq!(restored.last_error.as_deref(), Some(error.as_str()));
@@ -94,7 +99,7 @@ async fn server_limits_refuse_more_changefeeds_and_long_names() {
         max_name_length: 8,
         ..EngineOptions::default()
     };
-    let engine = Engine::start(meta, limits).unwrap();
+    let engine = Engine::start(meta, limits, Arc::new(ferry_connectors::Registry)).unwrap();
     let config = |id: &str| ChangefeedConfig {
         id: id.into(),
         namespace: "default".into(),

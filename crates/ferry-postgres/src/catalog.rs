@@ -11,18 +11,9 @@ use tokio_postgres::Client;
 
 use crate::PgError;
 
-/// A table the filter selects, with the facts needed to plan its replication.
-#[derive(Clone, Debug)]
-pub struct SelectedTable {
-    /// The table's shape.
-    pub schema: TableSchema,
-    /// The source's OID for it.
-    pub oid: u32,
-    /// The planner's row estimate (`reltuples`), `None` when never analyzed.
-    pub estimated_rows: Option<u64>,
-    /// The table's size on disk with its TOAST data, in bytes.
-    pub total_bytes: u64,
-}
+/// A table the filter selects, with the facts needed to plan its replication (its
+/// `source_id` is its OID).
+pub use ferry_core::SourceTable as SelectedTable;
 
 /// Makes a catalog session qualify type names.
 pub async fn prepare_session(client: &Client) -> Result<(), PgError> {
@@ -67,7 +58,7 @@ pub async fn selected_tables(
         };
         tables.push(SelectedTable {
             schema,
-            oid,
+            source_id: oid,
             estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),
             total_bytes: total_bytes.max(0) as u64,
         });

@@ -82,6 +82,17 @@ impl PgError {
     }
 }
 
+impl From<PgError> for ferry_core::SourceError {
+    fn from(e: PgError) -> Self {
+        ferry_core::SourceError {
+            what: e.what,
+            class: e.class,
+            hint: None,
+            source: Some(e.source),
+        }
+    }
+}
+
 /// Transient: connection trouble, server shutdown, serialization failures, lock timeouts.
 /// Everything else (syntax, permissions, constraint violations) is definite.
 fn classify(err: &tokio_postgres::Error) -> ErrorClass {

@@ -10,24 +10,7 @@ use tokio_postgres::Client;
 
 use crate::PgError;
 
-/// A database's identity: its cluster and its name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerIdentity {
-    /// `pg_control_system().system_identifier`.
-    pub system_identifier: String,
-    /// `current_database()`.
-    pub database: String,
-}
-
-impl std::fmt::Display for ServerIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "database {} of cluster {}",
-            self.database, self.system_identifier
-        )
-    }
-}
+pub use ferry_core::ServerIdentity;
 
 /// The identity of the database `client` is connected to (any user may ask).
 pub async fn server_identity(client: &Client) -> Result<ServerIdentity, PgError> {

@@ -44,6 +44,7 @@
 
 pub mod catalog;
 pub mod connect;
+pub mod connector;
 pub mod decode;
 pub mod definition;
 pub mod eligibility;

@@ -11,10 +11,7 @@
 //! The plan is persisted before the first chunk is copied, so a restart reuses the same
 //! ranges and skips the chunks the sink already committed.
 
-use bytes::Bytes;
-use ferry_core::{quote_ident, TableId, TableSchema};
-use futures::Stream;
-use serde::{Deserialize, Serialize};
+use ferry_core::{quote_ident, TableSchema};
 use tokio_postgres::Client;
 
 use crate::catalog::SelectedTable;
@@ -32,29 +29,7 @@ pub const CHUNK_BYTES: u64 = 32 << 20;
 /// Most chunks one table is split into.
 pub const MAX_CHUNKS: u64 = 256;
 
-/// One key range of a table.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkSpec {
-    /// The chunk's number within its table.
-    pub index: u32,
-    /// Inclusive lower bound on the key (`None`: unbounded).
-    pub lower: Option<i64>,
-    /// Exclusive upper bound on the key (`None`: unbounded).
-    pub upper: Option<i64>,
-}
-
-/// How one table is copied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TablePlan {
-    /// The table.
-    pub table: TableId,
-    /// The integer key column chunks are ranges of, if chunked.
-    pub key_column: Option<String>,
-    /// The chunks (one, unbounded, when not chunked).
-    pub chunks: Vec<ChunkSpec>,
-    /// The planner's row estimate when planned.
-    pub estimated_rows: u64,
-}
+pub use ferry_core::{ChunkSpec, TablePlan};
 
 const INTEGER_TYPES: &[u32] = &[20, 21, 23]; // int8, int2, int4
 
@@ -183,7 +158,7 @@ pub async fn copy_out(
     schema: &TableSchema,
     plan: &TablePlan,
     chunk: &ChunkSpec,
-) -> Result<impl Stream<Item = Result<Bytes, tokio_postgres::Error>>, PgError> {
+) -> Result<tokio_postgres::CopyOutStream, PgError> {
     let partitioned = client
         .query_one(
             "SELECT COALESCE((SELECT relkind = 'p' FROM pg_catalog.pg_class
@@ -207,7 +182,7 @@ pub async fn copy_out(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::{ColumnSchema, ReplicaIdentity};
+    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
 
     #[test]
     fn chunk_sql_is_bounded() {

@@ -32,7 +32,6 @@ use ferry_core::{
     Value,
 };
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
-use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
@@ -150,8 +149,8 @@ impl PgStream {
     /// event is lost to cancellation.
     pub async fn run(
         mut self,
-        events: mpsc::Sender<Result<SourceEvent, PgError>>,
-        mut confirms: watch::Receiver<Lsn>,
+        events: ferry_core::source::EventSender,
+        mut confirms: ferry_core::source::Confirmed,
     ) {
         let timeout = self.options.timeout;
         let mut last_heard = Instant::now();
@@ -162,8 +161,9 @@ impl PgStream {
                     if changed.is_err() {
                         return;
                     }
-                    let lsn = *confirms.borrow_and_update();
-                    self.session.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+                    if let Some(Position::PgLsn(lsn)) = *confirms.borrow_and_update() {
+                        self.session.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+                    }
                     continue;
                 }
                 raw = self.session.recv() => raw,
@@ -174,7 +174,7 @@ impl PgStream {
                             continue;
                         }
                         Err(e) => {
-                            let _ = events.send(Err(e)).await;
+                            let _ = events.send(Err(e.into())).await;
                             return;
                         }
                     }
@@ -193,7 +193,7 @@ impl PgStream {
                 Err(e) => Err(replication_error("read the replication stream", e)),
             };
             if let Err(e) = handled {
-                let _ = events.send(Err(e)).await;
+                let _ = events.send(Err(e.into())).await;
                 return;
             }
             while let Some(event) = self.pending.pop_front() {

@@ -136,8 +136,8 @@ fn a_password_given_any_way_never_shows() {
                 "tables": ["public.t_named"]}),
     )));
 
-    // Failing ones: the sink's host does not answer, the sink refuses the password
-    // (sinks are reached only when the changefeed runs).
+    // Failing ones: the sink's host does not answer (accepted at create: it may be down
+    // for a while), the sink refuses the password.
     let down_sink = format!("postgres://ferry:{SENTINEL}@127.0.0.1:1/analytics?password_env=X");
     refused(
         &record(ferry.post(
@@ -152,11 +152,31 @@ fn a_password_given_any_way_never_shows() {
         "/api/v2/changefeeds",
         &changefeed("down", &source.uri("shop"), &down_sink, "public.t_down"),
     )));
+    // A sink refusing the password is refused at create (retrying cannot help) ...
     let wrong_sink = bare(&target, "analytics", &format!("?password={SENTINEL}-wrong"));
+    refused(
+        &record(ferry.post(
+            "/api/v2/changefeeds",
+            &changefeed("x", &source.uri("shop"), &wrong_sink, "public.t_down"),
+        )),
+        400,
+        "SINK_UNUSABLE",
+    );
+    // ... and when the password changes after create, the changefeed fails at its start.
+    let sink_password = secrets.path().join("sink-password");
+    std::fs::write(&sink_password, format!("{SENTINEL}\n")).unwrap();
+    let changing_sink = bare(
+        &target,
+        "analytics",
+        &format!("?password_file={}", sink_password.display()),
+    );
     created(record(ferry.post(
         "/api/v2/changefeeds",
-        &changefeed("wrongpw", &source.uri("shop"), &wrong_sink, "public.t_down"),
+        &json!({"id": "wrongpw", "start": false, "tables": ["public.t_down"],
+                "source_uri": source.uri("shop"), "sink_uri": changing_sink}),
     )));
+    std::fs::write(&sink_password, format!("{SENTINEL}-wrong\n")).unwrap();
+    record(ferry.post("/api/v2/changefeeds/wrongpw/resume", &json!({})));
     // Refused at create: unreachable source, a missing file, an unset variable.
     let unreachable = format!("postgres://ferry@127.0.0.1:1/shop?password={SENTINEL}");
     refused(

@@ -213,7 +213,7 @@ fn tls_failures_are_named() {
         "cannot read the sslcert file /nonexistent/client.crt",
     );
 
-    // A sink that does not trust the target stops the changefeed with the reason.
+    // A sink that does not trust the target is refused at create, with the reason.
     secure.psql("postgres", "CREATE TABLE t (id int PRIMARY KEY)");
     let (code, body) = ferry.post(
         "/api/v2/changefeeds",
@@ -224,16 +224,13 @@ fn tls_failures_are_named() {
             "tables": ["public.t"],
         }),
     );
-    assert_eq!(code, 201, "{body}");
-    let mut status = Value::Null;
-    wait_for("the changefeed to fail", MINUTE, || {
-        status = ferry.get("/api/v2/changefeeds/untrusted-sink/status").1;
-        status["state"] == json!("failed")
-    });
-    let error = status["last_error"].as_str().unwrap_or_default();
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error_code"], json!("SINK_UNUSABLE"), "{body}");
+    let error = body["error_msg"].as_str().unwrap_or_default();
     assert!(
         error.contains("the server's certificate is not trusted"),
-        "{status}"
+        "{body}"
     );
+    let status = body;
     assert!(!status.to_string().contains(PASSWORD));
 }

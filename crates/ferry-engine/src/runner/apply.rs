@@ -9,15 +9,14 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use ferry_core::{
-    ErrorClass, Lsn, Position, RowChange, Sink, SourceEvent, TableFilter, TableId, TableSchema,
+    ErrorClass, Position, RowChange, Sink, SourceError, SourceEvent, TableFilter, TableId,
+    TableSchema,
 };
-use ferry_postgres::PgError;
 use tokio::sync::{mpsc, watch};
 
 use super::trail::Trail;
 use super::RunError;
 use crate::metrics::{FeedMetrics, RowCounts};
-use crate::sink::AnySink;
 use crate::status::StatusCell;
 
 /// While nothing is queued, an open batch commits at most this long after it opened: low
@@ -40,21 +39,22 @@ pub(crate) enum StreamEnd {
 
 /// Groups source transactions into target batches.
 pub(crate) struct Applier {
-    pub(crate) sink: AnySink,
-    pub(crate) events: mpsc::Receiver<Result<SourceEvent, PgError>>,
-    pub(crate) confirm: watch::Sender<Lsn>,
+    pub(crate) sink: Box<dyn Sink>,
+    pub(crate) events: mpsc::Receiver<Result<SourceEvent, SourceError>>,
+    /// Positions durable in the target, which the source may discard its log up to.
+    pub(crate) confirm: watch::Sender<Option<Position>>,
     pub(crate) status: StatusCell,
     /// Per table: changes committed before this position are already in its snapshot.
-    pub(crate) skip_before: HashMap<TableId, Lsn>,
+    pub(crate) skip_before: HashMap<TableId, Position>,
     pub(crate) max_rows: usize,
     pub(crate) max_wait: Duration,
     /// Stop (finished) after the last transaction committed at or before this.
-    pub(crate) target: Option<Lsn>,
+    pub(crate) target: Option<Position>,
     pub(crate) metrics: FeedMetrics,
     /// Called once after the first batch is durable (clears a requested resume position).
     pub(crate) on_first_commit: Option<Box<dyn FnOnce() + Send>>,
     /// Commit each source transaction committed at or before this in a batch of its own.
-    pub(crate) isolate_until: Option<Lsn>,
+    pub(crate) isolate_until: Option<Position>,
     /// The changefeed's rules: a table the stream announces under a name they exclude
     /// (renamed out of them) is never written.
     pub(crate) filter: TableFilter,
@@ -89,7 +89,7 @@ struct Batch {
 #[derive(Default)]
 struct Cursor {
     in_transaction: bool,
-    current_commit: Lsn,
+    current_commit: Option<Position>,
 }
 
 impl Applier {
@@ -124,12 +124,9 @@ impl Applier {
             };
             let Some(event) = next else {
                 self.abort(&mut batch).await;
-                return Err(PgError::other(
-                    "the replication reader stopped",
-                    ErrorClass::Transient,
-                    "reader ended",
-                )
-                .into());
+                return Err(RunError::Worker(
+                    "the replication reader stopped without an error".into(),
+                ));
             };
             let event = match event {
                 Ok(e) => e,
@@ -155,8 +152,8 @@ impl Applier {
         batch.counts.discard();
     }
 
-    fn past_target(&self, position: Lsn) -> bool {
-        self.target.is_some_and(|t| position > t)
+    fn past_target(&self, position: &Position) -> bool {
+        self.target.as_ref().is_some_and(|t| !t.covers(position))
     }
 
     async fn on_event(
@@ -167,14 +164,14 @@ impl Applier {
     ) -> Result<Option<StreamEnd>, RunError> {
         match event {
             SourceEvent::Begin { commit, xid, .. } => {
-                if self.past_target(commit.lsn()) {
+                if self.past_target(&commit) {
                     // Everything at or before the target is in the batch.
                     self.commit(batch).await?;
                     return Ok(Some(StreamEnd::Finished));
                 }
                 cursor.in_transaction = true;
-                cursor.current_commit = commit.lsn();
-                batch.trail.begin(xid, commit.lsn());
+                batch.trail.begin(xid, &commit);
+                cursor.current_commit = Some(commit);
                 batch.opened.get_or_insert_with(tokio::time::Instant::now);
                 self.status.update(|s| s.caught_up = false);
             }
@@ -197,7 +194,7 @@ impl Applier {
             }
             SourceEvent::Change(change) => {
                 self.metrics.bytes_read(change.payload_bytes() as u64);
-                if let Some(change) = self.filter_skipped(change, cursor.current_commit) {
+                if let Some(change) = self.filter_skipped(change, cursor.current_commit.as_ref()) {
                     batch.rows += 1;
                     batch.counts.count(&change);
                     batch.trail.change(&change);
@@ -210,10 +207,10 @@ impl Applier {
             } => {
                 cursor.in_transaction = false;
                 batch.transactions += 1;
+                let at_target = self.at_target(&end);
+                let isolated = self.isolate_until.as_ref().is_some_and(|t| t.covers(&end));
                 batch.end = Some((end, commit_time_us));
                 let age = batch.opened.map_or(Duration::ZERO, |t| t.elapsed());
-                let at_target = self.target.is_some_and(|t| end.lsn() >= t);
-                let isolated = self.isolate_until.is_some_and(|t| end.lsn() <= t);
                 if batch.rows as usize >= self.max_rows
                     || isolated
                     || age >= self.max_wait
@@ -234,15 +231,16 @@ impl Applier {
                     return Ok(None);
                 }
                 let age = batch.opened.map_or(Duration::ZERO, |t| t.elapsed());
-                if batch.end.is_some() && age < LIVE_COMMIT_DELAY && !self.at_target(position) {
+                if batch.end.is_some() && age < LIVE_COMMIT_DELAY && !self.at_target(&position) {
                     // Confirmed with the batch, which the timer commits shortly.
                     batch.idle = Some((position, server_time_us));
                     return Ok(None);
                 }
                 self.commit(batch).await?;
                 // Everything up to `position` was sent and is applied: safe to confirm.
+                let at_target = self.at_target(&position);
                 self.confirm_idle(position, server_time_us);
-                if self.at_target(position) {
+                if at_target {
                     return Ok(Some(StreamEnd::Finished));
                 }
             }
@@ -250,21 +248,26 @@ impl Applier {
         Ok(None)
     }
 
-    fn at_target(&self, position: Position) -> bool {
-        self.target.is_some_and(|t| position.lsn() >= t)
+    fn at_target(&self, position: &Position) -> bool {
+        self.target.as_ref().is_some_and(|t| position.covers(t))
+    }
+
+    /// Tells the source it may discard its log up to `position` (never backwards).
+    fn confirm(&self, position: &Position) {
+        self.confirm.send_if_modified(|c| {
+            let raise = c.as_ref().is_none_or(|c| !c.covers(position));
+            if raise {
+                *c = Some(position.clone());
+            }
+            raise
+        });
     }
 
     /// Confirms a keepalive position received when everything before it was applied.
     fn confirm_idle(&self, position: Position, server_time_us: i64) {
-        self.confirm.send_if_modified(|c| {
-            let raise = position.lsn() > *c;
-            if raise {
-                *c = position.lsn();
-            }
-            raise
-        });
+        self.confirm(&position);
         self.status.update(|s| {
-            if s.checkpoint.is_none_or(|c| c < position) {
+            if s.checkpoint.as_ref().is_none_or(|c| !c.covers(&position)) {
                 s.checkpoint = Some(position);
             }
             s.checkpoint_time_us = Some(server_time_us);
@@ -286,8 +289,8 @@ impl Applier {
                 tracing::info!(from = %from, to = %to, "table renamed on the source");
                 self.excluded.remove(&to);
                 self.sink.rename_table(&from, &schema).await?;
-                if let Some(lsn) = self.skip_before.remove(&from) {
-                    self.skip_before.insert(to.clone(), lsn);
+                if let Some(position) = self.skip_before.remove(&from) {
+                    self.skip_before.insert(to.clone(), position);
                 }
                 batch.renamed.push((from, to));
             }
@@ -301,12 +304,17 @@ impl Applier {
 
     /// Drops changes a table's snapshot already holds, and changes to tables the rules
     /// exclude.
-    fn filter_skipped(&self, change: RowChange, commit: Lsn) -> Option<RowChange> {
+    fn filter_skipped(&self, change: RowChange, commit: Option<&Position>) -> Option<RowChange> {
         if self.skip_before.is_empty() && self.excluded.is_empty() {
             return Some(change);
         }
+        // Committed before the table's snapshot: the snapshot already holds it.
         let skipped = |id: &TableId| {
-            self.excluded.contains(id) || self.skip_before.get(id).is_some_and(|&lsn| commit < lsn)
+            self.excluded.contains(id)
+                || self
+                    .skip_before
+                    .get(id)
+                    .is_some_and(|snapshot| commit.is_some_and(|c| !c.covers(snapshot)))
         };
         match change {
             RowChange::Insert { ref table, .. }
@@ -327,17 +335,11 @@ impl Applier {
 
     /// Commits the batch with its checkpoint, then confirms it to the source.
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), RunError> {
-        let Some((end, commit_time_us)) = batch.end else {
+        let Some((end, commit_time_us)) = batch.end.clone() else {
             return Ok(());
         };
-        self.sink.commit_batch(end).await?;
-        self.confirm.send_if_modified(|c| {
-            let raise = end.lsn() > *c;
-            if raise {
-                *c = end.lsn();
-            }
-            raise
-        });
+        self.sink.commit_batch(end.clone()).await?;
+        self.confirm(&end);
         if let Some(first) = self.on_first_commit.take() {
             first();
         }
@@ -348,15 +350,16 @@ impl Applier {
         }
         let caught_up = self.events.is_empty();
         self.status.update(|s| {
-            if s.checkpoint.is_none_or(|c| c < end) {
-                s.checkpoint = Some(end);
+            if s.checkpoint.as_ref().is_none_or(|c| !c.covers(&end)) {
+                s.checkpoint = Some(end.clone());
             }
             s.checkpoint_time_us = Some(commit_time_us);
             s.rows_applied += batch.rows;
             s.transactions_applied += batch.transactions;
             s.caught_up = caught_up;
         });
-        if let Some((position, server_time_us)) = batch.idle.filter(|(p, _)| *p > end) {
+        if let Some((position, server_time_us)) = batch.idle.take().filter(|(p, _)| !end.covers(p))
+        {
             self.confirm_idle(position, server_time_us);
         }
         self.metrics.transactions(batch.transactions);

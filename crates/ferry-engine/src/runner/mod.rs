@@ -16,8 +16,6 @@
 //!   transactions is retried once with one transaction per batch, so `last_error` names the
 //!   one the target refuses.
 //!
-//! - [`heartbeat`]: the optional WAL heartbeat while streaming.
-//!
 //! Schema changes the stream reveals: a table renamed on the source is renamed on the
 //! target in the batch (tables are tracked by the source's OID in [`tables::RuntimeState`]);
 //! renamed to a name the rules exclude, the attempt fails ([`RunError::RenamedOut`]). While
@@ -35,8 +33,6 @@
 //! state after a stop; the registry does.
 
 mod apply;
-mod heartbeat;
-mod new_tables;
 mod snapshot;
 mod stream;
 pub(crate) mod tables;
@@ -45,12 +41,11 @@ mod trail;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::{ErrorClass, Lsn, Position, SinkError, TableId};
+use ferry_core::{
+    Connectors, ErrorClass, Position, ServerIdentity, Sink, SinkError, Source, SourceError,
+    SourceOptions, SourceTable, StreamState, TableId, TargetPolicy,
+};
 use ferry_meta::{Collection, MetaStore};
-use ferry_postgres::catalog::{self, SelectedTable};
-use ferry_postgres::sink::TargetPolicy;
-use ferry_postgres::slot::{self, SlotNames};
-use ferry_postgres::PgError;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -60,7 +55,6 @@ use crate::lifecycle::{on_event, Event, LifecycleDoc, Timed};
 use crate::metrics::FeedMetrics;
 use crate::options::RetryPolicy;
 use crate::retry::{Backoff, Decision};
-use crate::sink::AnySink;
 use crate::status::{now_us, Phase, StatusCell};
 use apply::StreamEnd;
 use tables::RuntimeState;
@@ -69,7 +63,7 @@ use tables::RuntimeState;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RunError {
     #[error(transparent)]
-    Source(#[from] PgError),
+    Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error(transparent)]
@@ -82,12 +76,12 @@ pub(crate) enum RunError {
         /// How many source transactions the batch held.
         transactions: u64,
         /// The batch's last commit position.
-        last_commit: Option<Lsn>,
+        last_commit: Option<Position>,
         #[source]
         source: SinkError,
     },
-    /// The slot can no longer stream what follows the checkpoint: definite, and resuming
-    /// cannot help (see [`slot_lost_hint`]).
+    /// The stream (PostgreSQL: the slot) can no longer serve what follows the checkpoint:
+    /// definite, and resuming cannot help (see [`slot_lost_hint`]).
     #[error(
         "{description}, so the source's changes since the last checkpoint ({checkpoint}) are gone"
     )]
@@ -104,12 +98,17 @@ pub(crate) enum RunError {
          is kept and gets no further changes), then resume"
     )]
     RenamedOut { from: TableId, to: TableId },
+    /// A task of the engine's own failed (a snapshot worker panicked, the stream reader
+    /// ended without saying why).
+    #[error("{0}")]
+    Worker(String),
 }
 
 impl RunError {
     fn class(&self) -> ErrorClass {
         match self {
             RunError::Source(e) => e.class,
+            RunError::Worker(_) => ErrorClass::Transient,
             RunError::Sink(e) | RunError::Apply { source: e, .. } => e.class(),
             RunError::Meta(_) | RunError::SlotLost { .. } | RunError::RenamedOut { .. } => {
                 ErrorClass::Definite
@@ -155,12 +154,14 @@ pub(crate) struct Runner {
     pub(crate) metrics: FeedMetrics,
     /// This server's id (with the changefeed's key, the owner of its target tables).
     pub(crate) server_id: String,
+    /// Every connector, by URI scheme.
+    pub(crate) connectors: Arc<dyn Connectors>,
     /// The source database's identity, read by each attempt: its sinks refuse to connect
     /// to the same database.
-    pub(crate) source_identity: Option<ferry_postgres::identity::ServerIdentity>,
+    pub(crate) source_identity: Option<ServerIdentity>,
     /// Commit every source transaction up to here in a batch of its own: set after the
     /// target refused a batch of several, so the next attempt names the one it refuses.
-    pub(crate) isolate_until: Option<Lsn>,
+    pub(crate) isolate_until: Option<Position>,
 }
 
 impl Runner {
@@ -187,7 +188,9 @@ impl Runner {
                 Ok(StreamEnd::Finished) => {
                     info!(changefeed = %key, "changefeed finished");
                     // The target is complete: its sequences too, before anyone writes it.
-                    if let Err(e) = crate::sequences::sync(&self.config).await {
+                    if let Err(e) =
+                        crate::sequences::sync(self.connectors.as_ref(), &self.config).await
+                    {
                         warn!(changefeed = %key, error = %e, "could not sync the target's sequences; run sync-sequences");
                     }
                     self.settle(Event::Done, None);
@@ -207,10 +210,13 @@ impl Runner {
                 // Once per refused batch: an isolated retry's batches hold one transaction.
                 if *transactions > 1
                     && err.class() == ErrorClass::Definite
-                    && self.isolate_until.is_none_or(|until| *last > until)
+                    && self
+                        .isolate_until
+                        .as_ref()
+                        .is_none_or(|until| !until.covers(last))
                 {
                     info!(changefeed = %key, until = %last, "target refused a batch; retrying one source transaction per batch to name the one it refuses");
-                    self.isolate_until = Some(*last);
+                    self.isolate_until = Some(last.clone());
                     continue;
                 }
             }
@@ -291,64 +297,65 @@ impl Runner {
             .update(|s| s.state = on_event(s.state, Event::Progressing));
     }
 
-    /// A finished changefeed streams no more: drop its slot, so the source keeps no WAL for it.
+    /// A finished changefeed streams no more: release its place in the source's log, so
+    /// the source keeps nothing for it.
     async fn drop_slot(&self) {
         let key = self.config.key();
-        let names = SlotNames::for_changefeed(&key);
-        let dropped = async {
-            let client =
-                ferry_postgres::connect::connect(&self.config.source_uri, "ferry-cleanup").await?;
-            slot::drop_all(&client, &names).await
+        let released = async {
+            let connector = self.connectors.source(&self.config.source_uri)?;
+            connector.release(&self.config.source_uri, &key).await
         };
-        if let Err(e) = dropped.await {
+        if let Err(e) = released.await {
             warn!(changefeed = %key, error = %e.chain(), "could not drop the finished changefeed's slot");
         }
     }
 
+    /// Connects a sink for this changefeed.
+    pub(super) async fn connect_sink(&self) -> Result<Box<dyn Sink>, SinkError> {
+        let uri = &self.config.sink_uri;
+        self.connectors
+            .sink(uri)
+            .connect(uri, &self.config.key(), self.target_policy())
+            .await
+    }
+
     async fn run_once(&mut self) -> Result<StreamEnd, RunError> {
         let key = self.config.key();
-        let names = SlotNames::for_changefeed(&key);
-        let catalog_client =
-            ferry_postgres::connect::connect(&self.config.source_uri, "ferry-catalog").await?;
-        catalog::prepare_session(&catalog_client).await?;
-        self.source_identity = match ferry_postgres::identity::server_identity(&catalog_client)
-            .await
-        {
-            Ok(identity) => Some(identity),
-            Err(e) if e.class == ErrorClass::Transient => return Err(e.into()),
-            Err(e) => {
-                // A source that hides its identity cannot be compared with the sink.
-                warn!(changefeed = %key, error = %e.chain(), "cannot read the source's identity");
-                None
-            }
+        let uri = &self.config.source_uri;
+        let connector = self.connectors.source(uri)?;
+        let options = SourceOptions {
+            replication_timeout: self.replication_timeout,
         };
+        let mut source = connector.open(uri, &key, &options).await?;
+        self.source_identity = source.identity().await?;
         let mut state: RuntimeState = self
             .meta
             .get(Collection::ChangefeedState, &key)?
             .unwrap_or_default();
         if state.phase == Some(Phase::Streaming) {
             // Before the target is even reached: a lost slot is definite whatever else fails.
-            self.ensure_slot(&catalog_client, &names).await?;
+            self.ensure_stream(source.as_mut()).await?;
         }
-        let mut sink = AnySink::connect(&self.config.sink_uri, &key, self.target_policy()).await?;
-        let selected = catalog::selected_tables(&catalog_client, &self.config.tables).await?;
-        self.note_tables(&selected);
+        let mut sink = self.connect_sink().await?;
+        let selected = source.select_tables(&self.config.tables).await?;
+        let warnings = source.table_warnings(&selected);
+        self.status.update(|s| s.warnings = warnings);
         if self.config.snapshot_only {
             self.status.update(|s| s.phase = Phase::Snapshot);
             if state.phase != Some(Phase::Streaming) {
-                self.snapshot(&catalog_client, &mut sink, &names, state, &selected)
+                self.snapshot(source.as_mut(), sink.as_mut(), state, &selected)
                     .await?;
             }
             return Ok(StreamEnd::Finished);
         }
-        let session = if state.phase == Some(Phase::Streaming) {
+        if state.phase == Some(Phase::Streaming) {
             self.status.update(|s| s.phase = Phase::Streaming);
-            let since = current_wal_lsn(&catalog_client).await?;
-            let oids: Vec<u32> = selected.iter().map(|t| t.oid).collect();
-            let gone = tables::unselected_ids(&state, &oids);
-            self.check_renamed_out(&catalog_client, &gone).await?;
+            let since = source.current_position().await?;
+            let ids: Vec<u32> = selected.iter().map(|t| t.source_id).collect();
+            let gone = tables::unselected_ids(&state, &ids);
+            self.check_renamed_out(source.as_mut(), &gone).await?;
             let wanted = tables::track_renames(&mut state, &source_ids(&selected));
-            let changed = tables::reconcile(&mut state, &wanted, since);
+            let changed = tables::reconcile(&mut state, &wanted, &since);
             if !self.config.copies() {
                 // Nothing to copy: added tables stream from when they were added.
                 for added in &mut state.added {
@@ -377,9 +384,7 @@ impl Runner {
                 }
             }
             self.meta.put(Collection::ChangefeedState, &key, &state)?;
-            let upgraded = self
-                .sync_publications(&catalog_client, &names, &selected)
-                .await?;
+            let upgraded = source.prepare(&selected).await?;
             let newly: Vec<TableId> = upgraded
                 .into_iter()
                 .filter(|t| !state.divergent.contains(t))
@@ -391,13 +396,11 @@ impl Runner {
             }
             self.note_divergent(&state.divergent);
             self.progressing();
-            self.copy_added(&catalog_client, &mut sink, &names, &state, &selected)
+            self.copy_added(source.as_mut(), sink.as_mut(), &state, &selected)
                 .await?;
-            None
         } else {
             self.status.update(|s| s.phase = Phase::Snapshot);
-            let session = self
-                .snapshot(&catalog_client, &mut sink, &names, state, &selected)
+            self.snapshot(source.as_mut(), sink.as_mut(), state, &selected)
                 .await?;
             state = self
                 .meta
@@ -405,11 +408,9 @@ impl Runner {
                 .unwrap_or_default();
             tables::track_renames(&mut state, &source_ids(&selected));
             self.meta.put(Collection::ChangefeedState, &key, &state)?;
-            session
-        };
+        }
         self.status.update(|s| s.phase = Phase::Streaming);
-        self.stream(session, catalog_client, sink, &names, &state)
-            .await
+        self.stream(connector.as_ref(), source, sink, &state).await
     }
 
     /// How this changefeed's sinks treat target tables.
@@ -422,29 +423,25 @@ impl Runner {
         }
     }
 
-    /// Fails (definite) when the slot is missing or invalidated on the source: streaming on
+    /// Fails (definite) when the stream is missing or lost on the source: streaming on
     /// from another position would skip changes silently.
-    async fn ensure_slot(
-        &self,
-        client: &tokio_postgres::Client,
-        names: &SlotNames,
-    ) -> Result<(), RunError> {
-        let state = slot::slot_state(client, &names.slot).await?;
-        let Some(loss) = slot::slot_loss(state.as_ref()) else {
-            return Ok(());
+    async fn ensure_stream(&self, source: &mut dyn Source) -> Result<(), RunError> {
+        let (description, confirmed) = match source.stream_state().await? {
+            StreamState::Usable => return Ok(()),
+            StreamState::Lost {
+                description,
+                confirmed,
+            } => (description, confirmed),
+            StreamState::Absent { description } => (description, None),
         };
         // The status's checkpoint, else what the slot had confirmed when it was lost.
-        let confirmed = state
-            .map(|s| s.confirmed_flush)
-            .filter(|&lsn| lsn != Lsn::ZERO)
-            .map(Position::PgLsn);
         let checkpoint = self
             .status
-            .update(|s| s.checkpoint)
+            .checkpoint()
             .or(confirmed)
             .map_or_else(|| "unknown".to_string(), |p| p.to_string());
         Err(RunError::SlotLost {
-            description: loss.describe(&names.slot),
+            description,
             checkpoint,
         })
     }
@@ -453,16 +450,16 @@ impl Runner {
     /// because it was renamed to a name the rules exclude (see [`RunError::RenamedOut`]).
     async fn check_renamed_out(
         &self,
-        client: &tokio_postgres::Client,
+        source: &mut dyn Source,
         gone: &[(u32, TableId)],
     ) -> Result<(), RunError> {
         if gone.is_empty() {
             return Ok(());
         }
-        let oids: Vec<u32> = gone.iter().map(|(oid, _)| *oid).collect();
-        let now = catalog::table_names(client, &oids).await?;
-        for (oid, from) in gone {
-            match now.get(oid) {
+        let ids: Vec<u32> = gone.iter().map(|(id, _)| *id).collect();
+        let now = source.table_names(&ids).await?;
+        for (id, from) in gone {
+            match now.get(id) {
                 Some(to) if to != from && self.config.tables.matches(from) => {
                     return Err(RunError::RenamedOut {
                         from: from.clone(),
@@ -473,31 +470,6 @@ impl Runner {
             }
         }
         Ok(())
-    }
-
-    fn note_tables(&self, tables: &[SelectedTable]) {
-        let mut warnings = Vec::new();
-        if tables.is_empty() {
-            warnings.push(
-                "the table rules select no table of the source; update `tables` or create the \
-                 tables, then resume the changefeed"
-                    .to_string(),
-            );
-        }
-        let keyless: Vec<String> = tables
-            .iter()
-            .filter(|t| !t.schema.replicates_updates())
-            .map(|t| t.schema.id.to_string())
-            .collect();
-        if !keyless.is_empty() {
-            warnings.push(format!(
-                "tables without a primary key and without REPLICA IDENTITY FULL replicate inserts \
-                 and truncates only: {}. Set REPLICA IDENTITY FULL (or add a key) and re-create \
-                 the changefeed to replicate their updates and deletes",
-                keyless.join(", ")
-            ));
-        }
-        self.status.update(|s| s.warnings = warnings);
     }
 
     /// Marks in the status the tables whose updates and deletes were lost while they were
@@ -523,18 +495,15 @@ impl Runner {
 }
 
 /// Each selected table's source id, name and row estimate.
-fn source_ids(selected: &[SelectedTable]) -> Vec<(u32, TableId, u64)> {
+fn source_ids(selected: &[SourceTable]) -> Vec<(u32, TableId, u64)> {
     selected
         .iter()
-        .map(|t| (t.oid, t.schema.id.clone(), t.estimated_rows.unwrap_or(0)))
+        .map(|t| {
+            (
+                t.source_id,
+                t.schema.id.clone(),
+                t.estimated_rows.unwrap_or(0),
+            )
+        })
         .collect()
-}
-
-/// The source's current WAL position.
-async fn current_wal_lsn(client: &tokio_postgres::Client) -> Result<Lsn, PgError> {
-    let row = client
-        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(|e| PgError::new("read the current WAL position", e))?;
-    Ok(row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO))
 }

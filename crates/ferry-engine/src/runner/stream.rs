@@ -2,31 +2,26 @@
 //! position), the replication session, the reader task, the optional heartbeat, and the
 //! [`Applier`] that applies batches until the attempt ends.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ferry_core::{Lsn, Position, Sink, TableId};
+use ferry_core::{Sink, Source, SourceConnector, TableId};
 use ferry_meta::{Collection, MetaStore};
-use ferry_postgres::slot::{self, SlotNames};
-use ferry_postgres::source::{PgStream, StreamOptions};
-use pgwire_replication::ReplicationClient;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::apply::{Applier, StreamEnd};
 use super::tables::{self, RuntimeState};
-use super::{heartbeat, new_tables, RunError, Runner};
+use super::{RunError, Runner};
 use crate::lifecycle::LifecycleDoc;
-use crate::sink::AnySink;
 
 impl Runner {
     /// Applies the change stream until stopped, finished or an error.
     pub(super) async fn stream(
         &mut self,
-        session: Option<ReplicationClient>,
-        catalog_client: tokio_postgres::Client,
-        mut sink: AnySink,
-        names: &SlotNames,
+        connector: &dyn SourceConnector,
+        mut source: Box<dyn Source>,
+        mut sink: Box<dyn Sink>,
         state: &RuntimeState,
     ) -> Result<StreamEnd, RunError> {
         let key = self.config.key();
@@ -34,53 +29,36 @@ impl Runner {
         let finished = sink.finished_chunks().await?;
         let skip_before = tables::skip_before(state, &finished);
         let resume_from = LifecycleDoc::load(&self.meta, &key)?.resume_from;
-        let start = resume_from.or(checkpoint.map(Position::lsn));
-        if let (Some(target), Some(start)) = (self.config.target_position, start) {
-            if start >= target {
+        let start = resume_from.clone().or(checkpoint.clone());
+        if let (Some(target), Some(start)) = (&self.config.target_position, &start) {
+            if start.covers(target) {
                 return Ok(StreamEnd::Finished);
             }
         }
-        let session = match session {
-            Some(s) => s,
-            None => {
-                slot::replication_config(
-                    &self.config.source_uri,
-                    names,
-                    start.unwrap_or(Lsn::ZERO),
-                    "ferry",
-                )?
-                .connect_gated()
-                .await?
-            }
-        };
-        let stream_options = StreamOptions {
-            slot: names.slot.clone(),
-            application_name: "ferry".into(),
-            timeout: self.replication_timeout,
-        };
         let names = state
             .source_ids
             .iter()
-            .map(|(oid, name)| (*oid, name.clone()))
+            .map(|(id, name)| (*id, name.clone()))
             .collect();
-        let stream = PgStream::start(session, catalog_client, stream_options, names).await?;
-        info!(changefeed = %key, start = ?start.map(|p| p.to_string()), overwritten = resume_from.is_some(), "streaming");
+        let stream = source.start_stream(start.clone(), names).await?;
+        drop(source);
+        info!(changefeed = %key, start = ?start.as_ref().map(ToString::to_string), overwritten = resume_from.is_some(), "streaming");
         self.progressing();
-        self.status.update(|s| match resume_from {
+        self.status.update(|s| match &resume_from {
             // The operator moved the position: show it, even when it is older.
-            Some(lsn) => s.checkpoint = Some(Position::PgLsn(lsn)),
+            Some(position) => s.checkpoint = Some(position.clone()),
             None if s.checkpoint.is_none() => s.checkpoint = checkpoint,
             None => {}
         });
         let (events_tx, events) = mpsc::channel(1024);
-        let (confirm_tx, confirms) = watch::channel(Lsn::ZERO);
+        let (confirm_tx, confirms) = watch::channel(None);
         let reader = tokio::spawn(stream.run(events_tx, confirms));
         let _abort_reader = AbortOnDrop(reader);
         let _abort_heartbeat = self.config.options.heartbeat_interval_ms.map(|ms| {
-            AbortOnDrop(tokio::spawn(heartbeat::run(
-                self.config.source_uri.clone(),
+            AbortOnDrop(tokio::spawn(connector.heartbeat(
+                &self.config.source_uri,
                 Duration::from_millis(ms),
-                key.clone(),
+                &key,
             )))
         });
         let on_first_commit = resume_from.map(|_| {
@@ -95,10 +73,10 @@ impl Runner {
             skip_before,
             max_rows: self.config.options.batch_max_rows,
             max_wait: Duration::from_millis(self.config.options.batch_max_wait_ms),
-            target: self.config.target_position,
+            target: self.config.target_position.clone(),
             metrics: self.metrics.clone(),
             on_first_commit,
-            isolate_until: self.isolate_until,
+            isolate_until: self.isolate_until.clone(),
             filter: self.config.tables.clone(),
             excluded: Default::default(),
             on_renamed: {
@@ -113,14 +91,11 @@ impl Runner {
                 })
             },
         };
-        let known: HashSet<u32> = state.source_ids.keys().copied().collect();
+        let known: BTreeSet<u32> = state.source_ids.keys().copied().collect();
         // Under `ddl: stop` new tables wait for the next start, as any other change waits.
         let follow = self.config.options.ddl == ferry_core::DdlPolicy::Apply;
-        let watch = new_tables::watch(
-            self.config.source_uri.clone(),
-            self.config.tables.clone(),
-            known,
-        );
+        let watch =
+            connector.watch_new_tables(&self.config.source_uri, self.config.tables.clone(), known);
         tokio::select! {
             end = applier.run(&mut self.stop) => end,
             table = watch, if follow => {

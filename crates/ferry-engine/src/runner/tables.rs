@@ -13,9 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use ferry_core::{Lsn, TableId};
-use ferry_postgres::sink::FinishedChunk;
-use ferry_postgres::snapshot::{ChunkSpec, TablePlan};
+use ferry_core::{ChunkSpec, FinishedChunk, Position, TableId, TablePlan};
 use serde::{Deserialize, Serialize};
 
 use crate::status::{Phase, TableProgress, TableState};
@@ -45,8 +43,9 @@ pub(crate) struct RuntimeState {
 pub(crate) struct AddedTable {
     /// Its copy plan: always one chunk.
     pub(crate) plan: TablePlan,
-    /// The source's WAL position when it was added; its copy is read after this.
-    pub(crate) since: Lsn,
+    /// The source's position when it was added; its copy is read after this (stored as a
+    /// bare PostgreSQL LSN by earlier versions, which still reads).
+    pub(crate) since: Position,
 }
 
 /// Tables that changed in a [`reconcile`].
@@ -67,11 +66,7 @@ pub(crate) fn single_chunk_plan(table: TableId, estimated_rows: u64) -> TablePla
     TablePlan {
         table,
         key_column: None,
-        chunks: vec![ChunkSpec {
-            index: 0,
-            lower: None,
-            upper: None,
-        }],
+        chunks: vec![ChunkSpec::whole()],
         estimated_rows,
     }
 }
@@ -81,7 +76,7 @@ pub(crate) fn single_chunk_plan(table: TableId, estimated_rows: u64) -> TablePla
 pub(crate) fn reconcile(
     state: &mut RuntimeState,
     selected: &[(TableId, u64)],
-    since: Lsn,
+    since: &Position,
 ) -> Reconciled {
     let wanted: HashSet<&TableId> = selected.iter().map(|(t, _)| t).collect();
     let mut out = Reconciled::default();
@@ -105,7 +100,7 @@ pub(crate) fn reconcile(
         if !known {
             state.added.push(AddedTable {
                 plan: single_chunk_plan(table.clone(), *estimated_rows),
-                since,
+                since: since.clone(),
             });
             out.added.push(table.clone());
         }
@@ -176,7 +171,7 @@ pub(crate) fn rename(state: &mut RuntimeState, from: &TableId, to: &TableId) {
 fn added_copy<'a>(added: &AddedTable, finished: &'a [FinishedChunk]) -> Option<&'a FinishedChunk> {
     finished
         .iter()
-        .find(|c| c.table == added.plan.table && c.chunk == 0 && c.snapshot_lsn >= added.since)
+        .find(|c| c.table == added.plan.table && c.chunk == 0 && c.snapshot.covers(&added.since))
 }
 
 /// Added tables whose copy is not done yet.
@@ -197,16 +192,16 @@ pub(crate) fn pending_added<'a>(
 pub(crate) fn skip_before(
     state: &RuntimeState,
     finished: &[FinishedChunk],
-) -> HashMap<TableId, Lsn> {
+) -> HashMap<TableId, Position> {
     let mut skip = HashMap::new();
     for plan in state.plan.iter().filter(|p| p.chunks.len() == 1) {
         if let Some(c) = finished.iter().find(|c| c.table == plan.table) {
-            skip.insert(plan.table.clone(), c.snapshot_lsn);
+            skip.insert(plan.table.clone(), c.snapshot.clone());
         }
     }
     for added in &state.added {
         if let Some(c) = added_copy(added, finished) {
-            skip.insert(added.plan.table.clone(), c.snapshot_lsn);
+            skip.insert(added.plan.table.clone(), c.snapshot.clone());
         }
     }
     skip
@@ -250,6 +245,7 @@ pub(crate) fn progress(state: &RuntimeState, finished: &[FinishedChunk]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_core::Lsn;
 
     fn t(name: &str) -> TableId {
         TableId::new("public", name)
@@ -260,7 +256,7 @@ mod tests {
             table: t(table),
             chunk,
             rows: 10,
-            snapshot_lsn: Lsn(lsn),
+            snapshot: Position::PgLsn(Lsn(lsn)),
         }
     }
 
@@ -273,7 +269,11 @@ mod tests {
             divergent: vec![],
             source_ids: BTreeMap::new(),
         };
-        let got = reconcile(&mut state, &[(t("a"), 1), (t("c"), 5)], Lsn(100));
+        let got = reconcile(
+            &mut state,
+            &[(t("a"), 1), (t("c"), 5)],
+            &Position::PgLsn(Lsn(100)),
+        );
         assert_eq!(
             got,
             Reconciled {
@@ -282,11 +282,16 @@ mod tests {
             }
         );
         assert_eq!(state.plan.len(), 1);
-        assert_eq!(state.added[0].since, Lsn(100));
+        assert_eq!(state.added[0].since, Position::PgLsn(Lsn(100)));
         assert_eq!(state.added[0].plan.estimated_rows, 5);
         // Idempotent.
-        assert!(reconcile(&mut state, &[(t("a"), 1), (t("c"), 5)], Lsn(200)).is_empty());
-        assert_eq!(state.added[0].since, Lsn(100));
+        assert!(reconcile(
+            &mut state,
+            &[(t("a"), 1), (t("c"), 5)],
+            &Position::PgLsn(Lsn(200))
+        )
+        .is_empty());
+        assert_eq!(state.added[0].since, Position::PgLsn(Lsn(100)));
     }
 
     #[test]
@@ -299,13 +304,16 @@ mod tests {
             source_ids: BTreeMap::new(),
         };
         let old_copy = vec![marker("a", 0, 50)];
-        reconcile(&mut state, &[], Lsn(80));
-        reconcile(&mut state, &[(t("a"), 1)], Lsn(90));
+        reconcile(&mut state, &[], &Position::PgLsn(Lsn(80)));
+        reconcile(&mut state, &[(t("a"), 1)], &Position::PgLsn(Lsn(90)));
         assert_eq!(pending_added(&state, &old_copy).len(), 1);
         assert!(skip_before(&state, &old_copy).is_empty());
         let new_copy = vec![marker("a", 0, 95)];
         assert!(pending_added(&state, &new_copy).is_empty());
-        assert_eq!(skip_before(&state, &new_copy)[&t("a")], Lsn(95));
+        assert_eq!(
+            skip_before(&state, &new_copy)[&t("a")],
+            Position::PgLsn(Lsn(95))
+        );
     }
 
     #[test]
@@ -328,7 +336,7 @@ mod tests {
         reconcile(
             &mut state,
             &[(t("big"), 300), (t("small"), 10), (t("new"), 7)],
-            Lsn(10),
+            &Position::PgLsn(Lsn(10)),
         );
         let finished = vec![
             marker("big", 0, 1),
@@ -357,11 +365,11 @@ mod tests {
             source_ids: BTreeMap::new(),
         };
         let wanted = track_renames(&mut state, &[(1, t("a"), 1), (2, t("b"), 1)]);
-        assert!(reconcile(&mut state, &wanted, Lsn(1)).is_empty());
+        assert!(reconcile(&mut state, &wanted, &Position::PgLsn(Lsn(1))).is_empty());
         // Renamed on the source: same id, new name; not a new table.
         let wanted = track_renames(&mut state, &[(1, t("a2"), 1), (2, t("b"), 1)]);
         assert_eq!(wanted[0].0, t("a"));
-        assert!(reconcile(&mut state, &wanted, Lsn(2)).is_empty());
+        assert!(reconcile(&mut state, &wanted, &Position::PgLsn(Lsn(2))).is_empty());
         assert_eq!(state.source_ids[&1], t("a"));
         rename(&mut state, &t("a"), &t("a2"));
         assert_eq!(state.plan[0].table, t("a2"));

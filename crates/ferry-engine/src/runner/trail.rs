@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use ferry_core::{Lsn, RowChange, TableSchema};
+use ferry_core::{Position, RowChange, TableSchema};
 
 /// Most distinct (table, operation) pairs listed; more are counted.
 const MAX_OPS: usize = 8;
@@ -17,8 +17,8 @@ const MAX_OPS: usize = 8;
 #[derive(Debug, Default)]
 pub(crate) struct Trail {
     /// (transaction id, commit position) of the batch's first and last transaction.
-    first: Option<(u32, Lsn)>,
-    last: Option<(u32, Lsn)>,
+    first: Option<(u32, Position)>,
+    last: Option<(u32, Position)>,
     transactions: u64,
     /// Distinct (table shape, operation) pairs, in first-seen order.
     ops: Vec<(Arc<TableSchema>, &'static str)>,
@@ -27,9 +27,11 @@ pub(crate) struct Trail {
 
 impl Trail {
     /// A transaction of the batch begins.
-    pub(crate) fn begin(&mut self, xid: u32, commit: Lsn) {
-        self.first.get_or_insert((xid, commit));
-        self.last = Some((xid, commit));
+    pub(crate) fn begin(&mut self, xid: u32, commit: &Position) {
+        if self.first.is_none() {
+            self.first = Some((xid, commit.clone()));
+        }
+        self.last = Some((xid, commit.clone()));
         self.transactions += 1;
     }
 
@@ -68,14 +70,14 @@ impl Trail {
     }
 
     /// The last transaction's commit position.
-    pub(crate) fn last_commit(&self) -> Option<Lsn> {
-        self.last.map(|(_, lsn)| lsn)
+    pub(crate) fn last_commit(&self) -> Option<Position> {
+        self.last.as_ref().map(|(_, p)| p.clone())
     }
 
     /// `source transaction 1234 (commit 0/16B3748): UPDATE public.t (key id)`, or the range
     /// of a batch of several.
     pub(crate) fn describe(&self) -> String {
-        let mut text = match (self.first, self.last) {
+        let mut text = match (&self.first, &self.last) {
             (Some((xid, commit)), _) if self.transactions == 1 => {
                 format!("source transaction {xid} (commit {commit})")
             }
@@ -114,7 +116,7 @@ fn describe_op(op: &str, table: &TableSchema) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
+    use ferry_core::{ColumnSchema, Lsn, ReplicaIdentity, TableId};
 
     fn table() -> Arc<TableSchema> {
         let column = |name: &str| ColumnSchema {
@@ -138,7 +140,7 @@ mod tests {
     fn names_one_transaction_its_operations_and_key_columns() {
         let mut trail = Trail::default();
         assert_eq!(trail.describe(), "no source transaction");
-        trail.begin(1234, Lsn(0x16B3748));
+        trail.begin(1234, &Position::PgLsn(Lsn(0x16B3748)));
         let truncate = RowChange::Truncate {
             tables: vec![table()],
             restart_identity: false,
@@ -149,11 +151,11 @@ mod tests {
             trail.describe(),
             "source transaction 1234 (commit 0/16B3748): TRUNCATE public.t (key id, sub)"
         );
-        trail.begin(1240, Lsn(0x16B4000));
+        trail.begin(1240, &Position::PgLsn(Lsn(0x16B4000)));
         assert_eq!(trail.transactions(), 2);
         assert!(trail.describe().starts_with(
             "one of 2 source transactions, from 1234 (commit 0/16B3748) to 1240 (commit 0/16B4000)"
         ));
-        assert_eq!(trail.last_commit(), Some(Lsn(0x16B4000)));
+        assert_eq!(trail.last_commit(), Some(Position::PgLsn(Lsn(0x16B4000))));
     }
 }

@@ -40,6 +40,19 @@ impl PgSink {
         self.definitions.extend(definitions);
     }
 
+    /// [`PgSink::use_definitions`] for definitions handed over by the engine: those a
+    /// PostgreSQL source read; any other kind is not for this sink.
+    pub(super) fn use_source_definitions(
+        &mut self,
+        definitions: Vec<(TableId, ferry_core::TableDefinition)>,
+    ) {
+        let ours = definitions.into_iter().filter_map(|(id, d)| {
+            d.0.downcast_ref::<TableDefinition>()
+                .map(|d| (id, d.clone()))
+        });
+        self.definitions.extend(ours);
+    }
+
     /// Completes the table of `schema` with its definition, when Ferry created it and has
     /// not completed it in this session.
     pub(super) async fn complete_table(&mut self, schema: &TableSchema) -> Result<(), SinkError> {

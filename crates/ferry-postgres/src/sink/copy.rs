@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ferry_core::{ErrorClass, Lsn, SinkError, TableId, TableSchema};
+use ferry_core::{
+    BulkFormat, ChunkData, ErrorClass, Lsn, Position, SinkError, TableId, TableSchema,
+};
 use futures::{Stream, StreamExt};
 
 use super::{ddl, statement_error, PgSink};
@@ -22,18 +24,7 @@ pub(super) const INDEX_BUILD_MEMORY: &str = "256MB";
 /// Size of the `COPY FROM` messages the rows of a chunk are gathered into.
 const COPY_MESSAGE_BYTES: usize = 256 << 10;
 
-/// A chunk the target already holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FinishedChunk {
-    /// Its table.
-    pub table: TableId,
-    /// Its number within the table.
-    pub chunk: u32,
-    /// Rows it copied.
-    pub rows: u64,
-    /// The snapshot it was read in.
-    pub snapshot_lsn: Lsn,
-}
+pub use ferry_core::FinishedChunk;
 
 /// Moves the staged rows into the table, replacing rows of the same key.
 fn upsert_staged_sql(schema: &TableSchema, columns: &str) -> String {
@@ -88,25 +79,48 @@ impl PgSink {
             )
             .await
             .map_err(|e| statement_error("read snapshot progress", e))?;
-        Ok(rows
-            .iter()
-            .map(|r| FinishedChunk {
-                table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                chunk: r.get::<_, i32>(2) as u32,
-                rows: r.get::<_, i64>(3) as u64,
-                snapshot_lsn: r.get::<_, String>(4).parse().unwrap_or(Lsn::ZERO),
+        rows.iter()
+            .map(|r| {
+                Ok(FinishedChunk {
+                    table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                    chunk: r.get::<_, i32>(2) as u32,
+                    rows: r.get::<_, i64>(3) as u64,
+                    snapshot: stored_position(&r.get::<_, String>(4))?,
+                })
             })
-            .collect())
+            .collect()
+    }
+
+    /// Loads one snapshot chunk; the PostgreSQL sink loads COPY text as it comes.
+    pub async fn copy_chunk(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot: &Position,
+        replace: bool,
+        data: ChunkData,
+    ) -> Result<u64, SinkError> {
+        match data {
+            ChunkData::Bulk { format, data } if format == BulkFormat::PG_COPY_TEXT => {
+                self.copy_text(schema, chunk, snapshot, replace, data).await
+            }
+            ChunkData::Bulk { format, .. } => Err(SinkError::Unsupported {
+                message: format!(
+                    "the PostgreSQL sink cannot load snapshot chunks in format {}",
+                    format.0
+                ),
+            }),
+        }
     }
 
     /// Copies one snapshot chunk (COPY text) in its own transaction, recording it as
     /// finished in the same transaction. With `replace`, the table is emptied first (a
     /// table re-copied whole after a restart). Returns the rows copied.
-    pub async fn copy_chunk<S, E>(
+    async fn copy_text<S, E>(
         &mut self,
         schema: &TableSchema,
         chunk: u32,
-        snapshot_lsn: Lsn,
+        snapshot: &Position,
         replace: bool,
         data: S,
     ) -> Result<u64, SinkError>
@@ -224,7 +238,7 @@ impl PgSink {
                     &schema.id.name,
                     &(chunk as i32),
                     &(rows as i64),
-                    &snapshot_lsn.to_string(),
+                    &serde_json::to_string(snapshot).expect("a position serializes"),
                 ],
             )
             .await
@@ -290,4 +304,20 @@ impl PgSink {
         tracing::info!(table = %schema.id, seconds = started.elapsed().as_secs_f64(), "primary key built");
         Ok(())
     }
+}
+
+/// A snapshot position stored in `_ferry.snapshot_chunks`: the tagged JSON of a position,
+/// or a bare LSN as versions before positions had kinds stored it.
+fn stored_position(text: &str) -> Result<Position, SinkError> {
+    let parsed = if text.starts_with('{') {
+        serde_json::from_str(text).ok()
+    } else {
+        text.parse::<Lsn>().ok().map(Position::PgLsn)
+    };
+    parsed.ok_or_else(|| SinkError::Unsupported {
+        message: format!(
+            "a snapshot position in _ferry.snapshot_chunks is unreadable ({:?})",
+            text.chars().take(64).collect::<String>()
+        ),
+    })
 }

@@ -355,6 +355,7 @@ impl PgSink {
     }
 }
 
+#[async_trait::async_trait]
 impl Sink for PgSink {
     async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
         let row = self
@@ -445,6 +446,53 @@ impl Sink for PgSink {
         // transaction is over.
         self.in_batch = false;
         result
+    }
+
+    async fn abort_batch(&mut self) {
+        PgSink::abort_batch(self).await
+    }
+
+    async fn rename_table(
+        &mut self,
+        from: &TableId,
+        schema: &Arc<TableSchema>,
+    ) -> Result<(), SinkError> {
+        PgSink::rename_table(self, from, schema).await
+    }
+
+    async fn release_tables(&mut self, tables: &[TableId]) -> Result<(), SinkError> {
+        PgSink::release_tables(self, tables).await
+    }
+
+    async fn reset_snapshot(&mut self) -> Result<(), SinkError> {
+        self.reset_state().await
+    }
+
+    async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
+        PgSink::finished_chunks(self).await
+    }
+
+    fn use_definitions(&mut self, definitions: Vec<(TableId, ferry_core::TableDefinition)>) {
+        self.use_source_definitions(definitions)
+    }
+
+    async fn ensure_table_for_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        PgSink::ensure_table_for_copy(self, schema).await
+    }
+
+    async fn copy_chunk(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot: &Position,
+        replace: bool,
+        data: ferry_core::ChunkData,
+    ) -> Result<u64, SinkError> {
+        PgSink::copy_chunk(self, schema, chunk, snapshot, replace, data).await
+    }
+
+    async fn finish_table(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
+        self.ensure_key(schema).await
     }
 }
 

@@ -15,36 +15,12 @@
 
 use std::collections::HashSet;
 
-use ferry_core::{ConnectionUri, DdlPolicy, ExistingTarget, SinkError, TableId, TableSchema};
+use ferry_core::{ConnectionUri, ExistingTarget, SinkError, TableId, TableSchema};
 use tokio_postgres::Client;
 
 use super::{ddl, statement_error};
-use crate::identity::ServerIdentity;
 
-/// How a changefeed's sink treats target tables.
-#[derive(Clone, Debug, Default)]
-pub struct TargetPolicy {
-    /// The id of the Ferry server running the changefeed (stored in its metadata).
-    pub server_id: String,
-    /// What to do with rows of a table that existed before the changefeed.
-    pub existing_target: ExistingTarget,
-    /// The source's identity: a sink reaching the same database refuses to connect, before
-    /// it creates anything.
-    pub source: Option<ServerIdentity>,
-    /// `stop`: never change a table's shape on the target; stop instead.
-    pub ddl: DdlPolicy,
-}
-
-/// Why a changefeed may not write its target tables, found by [`preflight`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetProblem {
-    /// Another changefeed owns a table.
-    Owned(String),
-    /// A table holds rows and the changefeed's `existing_target` is `fail`.
-    NotEmpty(String),
-    /// The source's columns cannot be written into an existing table as it is.
-    Conflict(String),
-}
+pub use ferry_core::{TargetPolicy, TargetProblem};
 
 /// The message when `table` is owned by another changefeed.
 fn owned_message(table: &TableId, changefeed: &str, server_id: &str) -> String {

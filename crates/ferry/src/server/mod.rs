@@ -290,7 +290,8 @@ async fn serve(
              data directory: without it the stored passwords cannot be read"
         );
     }
-    let engine = ferry_engine::Engine::start(Arc::new(meta), settings.engine_options())
+    let connectors = Arc::new(ferry_connectors::Registry);
+    let engine = ferry_engine::Engine::start(Arc::new(meta), settings.engine_options(), connectors)
         .context("start the engine")?;
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await

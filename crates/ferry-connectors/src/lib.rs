@@ -1,0 +1,58 @@
+//! The registry of connectors: the one crate that names every source and sink kind.
+//! The binary hands a [`Registry`] to the engine, which sees only
+//! [`ferry_core::Connectors`].
+//!
+//! | scheme | source | sink |
+//! |---|---|---|
+//! | `postgres://`, `postgresql://` | `ferry_postgres::connector::PgSourceConnector` | `ferry_postgres::connector::PgSinkConnector` |
+//! | `blackhole://` | — | [`blackhole::BlackholeConnector`] |
+
+pub mod blackhole;
+
+use std::sync::Arc;
+
+use ferry_core::{
+    ConnectionUri, Connectors, ErrorClass, SequenceSynced, SinkConnector, SinkUri, SourceConnector,
+    SourceError, TableFilter,
+};
+use ferry_postgres::connector::{PgSinkConnector, PgSourceConnector};
+use futures::future::BoxFuture;
+
+/// Every connector this build has.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Registry;
+
+impl Connectors for Registry {
+    fn source(&self, uri: &ConnectionUri) -> Result<Arc<dyn SourceConnector>, SourceError> {
+        match uri.scheme() {
+            "postgres" | "postgresql" => Ok(Arc::new(PgSourceConnector)),
+            other => Err(SourceError::message(
+                format!("no source connector for scheme {other}://"),
+                ErrorClass::Definite,
+            )),
+        }
+    }
+
+    fn sink(&self, uri: &SinkUri) -> Arc<dyn SinkConnector> {
+        match uri {
+            SinkUri::Postgres(_) => Arc::new(PgSinkConnector),
+            SinkUri::Blackhole => Arc::new(blackhole::BlackholeConnector),
+        }
+    }
+
+    fn sync_sequences<'a>(
+        &'a self,
+        source: &'a ConnectionUri,
+        sink: &'a SinkUri,
+        filter: &'a TableFilter,
+    ) -> BoxFuture<'a, Result<Vec<SequenceSynced>, String>> {
+        Box::pin(async move {
+            match sink {
+                SinkUri::Postgres(target) => {
+                    ferry_postgres::connector::sync_sequences(source, target, filter).await
+                }
+                SinkUri::Blackhole => Ok(Vec::new()),
+            }
+        })
+    }
+}

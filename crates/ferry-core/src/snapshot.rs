@@ -1,0 +1,85 @@
+//! The vocabulary of a table copy: how a table is cut into chunks ([`TablePlan`],
+//! [`ChunkSpec`]), what a chunk's data is on its way from source to sink ([`ChunkData`]),
+//! and what the sink reports as copied ([`FinishedChunk`]).
+//!
+//! A chunk commits in the target together with its marker, so a restart copies only the
+//! chunks not finished. The plan is persisted in the metadata store: its serialized form
+//! stays readable across versions.
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::{Position, SourceError, TableId};
+
+/// One chunk of a table: a key range, or the whole table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSpec {
+    /// The chunk's number within its table.
+    pub index: u32,
+    /// Inclusive lower bound on the key (`None`: unbounded).
+    pub lower: Option<i64>,
+    /// Exclusive upper bound on the key (`None`: unbounded).
+    pub upper: Option<i64>,
+}
+
+impl ChunkSpec {
+    /// The one chunk of a table copied whole.
+    pub fn whole() -> Self {
+        ChunkSpec {
+            index: 0,
+            lower: None,
+            upper: None,
+        }
+    }
+}
+
+/// How one table is copied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablePlan {
+    /// The table.
+    pub table: TableId,
+    /// The integer key column chunks are ranges of, if chunked.
+    pub key_column: Option<String>,
+    /// The chunks (one, unbounded, when not chunked).
+    pub chunks: Vec<ChunkSpec>,
+    /// The source's row estimate when planned.
+    pub estimated_rows: u64,
+}
+
+/// A chunk the sink holds, committed with its marker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedChunk {
+    /// Its table.
+    pub table: TableId,
+    /// Its number within the table.
+    pub chunk: u32,
+    /// Rows it copied.
+    pub rows: u64,
+    /// The position of the snapshot it was read in.
+    pub snapshot: Position,
+}
+
+/// The bytes of a bulk chunk, as the source streams them.
+pub type ByteStream = BoxStream<'static, Result<Bytes, SourceError>>;
+
+/// A bulk format a source reads and a sink loads without decoding rows. The engine never
+/// looks inside: it hands a chunk over when the source's format is one the sink loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BulkFormat(pub &'static str);
+
+impl BulkFormat {
+    /// PostgreSQL's `COPY … (FORMAT text)`: one row per line.
+    pub const PG_COPY_TEXT: BulkFormat = BulkFormat("pg.copy.text");
+}
+
+/// A chunk's data on its way from source to sink.
+pub enum ChunkData {
+    /// Rows encoded in a bulk format both sides share, passed through untouched.
+    Bulk {
+        /// The encoding.
+        format: BulkFormat,
+        /// The encoded rows.
+        data: ByteStream,
+    },
+}

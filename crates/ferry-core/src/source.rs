@@ -1,0 +1,185 @@
+//! The data plane of a source: what one attempt of a changefeed asks of it.
+//!
+//! ```text
+//! SourceConnector::open ─► Source ─┬─ select_tables, prepare, plan_table, definitions
+//!                                  ├─ create_stream / export_snapshot ─► SnapshotExport
+//!                                  │     └─ reader() ─► ChunkReader::read ─► ChunkData
+//!                                  └─ start_stream ─► ChangeStream::run ─► SourceEvent…
+//!                                                       ◄── confirmed positions
+//! ```
+//!
+//! A source keeps the changefeed's place in its log (PostgreSQL: a replication slot), so
+//! "stream" below means that place. [`Source::create_stream`] creates it together with a
+//! snapshot of the data at exactly its start: chunks read in that snapshot and the stream
+//! that follows meet without gap or overlap. [`Source::export_snapshot`] takes a snapshot at
+//! a later position, for tables copied after the stream began.
+//!
+//! Tables are tracked by the source's id for them ([`SourceTable::source_id`]), so a table
+//! renamed on the source is recognized as the same table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, watch};
+
+use crate::snapshot::{ChunkData, ChunkSpec, TablePlan};
+use crate::{Position, SourceError, SourceEvent, TableFilter, TableId, TableSchema};
+
+/// A table the rules select, with what planning its copy needs.
+#[derive(Clone, Debug)]
+pub struct SourceTable {
+    /// The table's shape.
+    pub schema: TableSchema,
+    /// The source's id for the table (PostgreSQL: its OID); stable across renames.
+    pub source_id: u32,
+    /// The source's row estimate, `None` when unknown.
+    pub estimated_rows: Option<u64>,
+    /// The table's size on disk, in bytes.
+    pub total_bytes: u64,
+}
+
+/// A database's identity: a sink refuses to write into the database it reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerIdentity {
+    /// The server's (cluster's) unique id.
+    pub system_identifier: String,
+    /// The database within it.
+    pub database: String,
+}
+
+impl std::fmt::Display for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "database {} of cluster {}",
+            self.database, self.system_identifier
+        )
+    }
+}
+
+/// Whether the changefeed's place in the source's log exists and still serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamState {
+    /// Not created yet, or dropped: `description` says so in the source's terms, for a
+    /// changefeed that had streamed from it.
+    Absent {
+        /// What is missing (`replication slot … is gone from the source`).
+        description: String,
+    },
+    /// Exists and can stream on from its confirmed position.
+    Usable,
+    /// Exists but the log after its confirmed position is gone, or vanished after it was
+    /// used: streaming on would skip changes.
+    Lost {
+        /// What happened, naming the object (`replication slot … was invalidated`).
+        description: String,
+        /// What it had confirmed, when known.
+        confirmed: Option<Position>,
+    },
+}
+
+/// Source-specific table definitions (indexes, constraints, defaults …) a sink of the
+/// same database kind uses to complete the tables it creates. Opaque to the engine.
+#[derive(Clone)]
+pub struct TableDefinition(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for TableDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableDefinition(..)")
+    }
+}
+
+/// One attempt's connection to the source. Dropping it releases everything it holds.
+#[async_trait]
+pub trait Source: Send {
+    /// The source database's identity, `None` when the source hides it (a restricted
+    /// managed service): then it cannot be compared with the sink's.
+    async fn identity(&mut self) -> Result<Option<ServerIdentity>, SourceError>;
+
+    /// The state of the changefeed's stream.
+    async fn stream_state(&mut self) -> Result<StreamState, SourceError>;
+
+    /// The tables `filter` selects.
+    async fn select_tables(
+        &mut self,
+        filter: &TableFilter,
+    ) -> Result<Vec<SourceTable>, SourceError>;
+
+    /// What the operator should know about the selected tables (a table whose updates
+    /// cannot replicate, or none selected at all), for the status's warnings.
+    fn table_warnings(&self, tables: &[SourceTable]) -> Vec<String>;
+
+    /// The current names of the tables with these source ids (absent: dropped).
+    async fn table_names(&mut self, ids: &[u32]) -> Result<HashMap<u32, TableId>, SourceError>;
+
+    /// The source's current position.
+    async fn current_position(&mut self) -> Result<Position, SourceError>;
+
+    /// Makes the source publish exactly `tables`. Returns the tables that were streamed
+    /// insert-only and now replicate every operation (a key or full row identity was set
+    /// meanwhile): their updates and deletes before were lost.
+    async fn prepare(&mut self, tables: &[SourceTable]) -> Result<Vec<TableId>, SourceError>;
+
+    /// Plans the copy of `table` (chunks of its key's range when worth it).
+    async fn plan_table(&mut self, table: &SourceTable) -> Result<TablePlan, SourceError>;
+
+    /// The definitions of `tables` for the sink to complete the tables it creates.
+    async fn definitions(
+        &mut self,
+        tables: &[&SourceTable],
+    ) -> Result<Vec<(TableId, TableDefinition)>, SourceError>;
+
+    /// Creates the changefeed's stream, and a snapshot exactly at its start. The stream
+    /// must be started by this same `Source` (the snapshot lives until then).
+    async fn create_stream(&mut self) -> Result<Box<dyn SnapshotExport>, SourceError>;
+
+    /// A snapshot at the current position, independent of the stream; it lives as long
+    /// as the returned value.
+    async fn export_snapshot(&mut self) -> Result<Box<dyn SnapshotExport>, SourceError>;
+
+    /// Starts streaming after `from` (`None`: from the stream's confirmed position).
+    /// `tables` maps the source ids of the replicated tables to their target names.
+    async fn start_stream(
+        &mut self,
+        from: Option<Position>,
+        tables: HashMap<u32, TableId>,
+    ) -> Result<Box<dyn ChangeStream>, SourceError>;
+}
+
+/// A consistent snapshot of the source that parallel readers share.
+#[async_trait]
+pub trait SnapshotExport: Send + Sync {
+    /// The position the snapshot shows the data at.
+    fn position(&self) -> Position;
+
+    /// A new reader inside the snapshot (one connection; one per parallel worker).
+    async fn reader(&self) -> Result<Box<dyn ChunkReader>, SourceError>;
+}
+
+/// Reads chunks inside a snapshot.
+#[async_trait]
+pub trait ChunkReader: Send {
+    /// Starts reading one chunk of `schema`'s table.
+    async fn read(
+        &mut self,
+        schema: &TableSchema,
+        plan: &TablePlan,
+        chunk: &ChunkSpec,
+    ) -> Result<ChunkData, SourceError>;
+}
+
+/// Where a stream sends its events.
+pub type EventSender = mpsc::Sender<Result<SourceEvent, SourceError>>;
+
+/// The positions the engine confirms: everything up to one is durable in the target, so
+/// the source may discard its log up to there.
+pub type Confirmed = watch::Receiver<Option<Position>>;
+
+/// A started stream of committed transactions.
+pub trait ChangeStream: Send {
+    /// Reads until the receiver of `events` is dropped or an error (sent, then the end);
+    /// acknowledges every position `confirmed` reports.
+    fn run(self: Box<Self>, events: EventSender, confirmed: Confirmed) -> BoxFuture<'static, ()>;
+}
