@@ -16,6 +16,7 @@
 
 pub mod change;
 pub mod filter;
+pub mod gtid;
 pub mod position;
 pub mod sink;
 pub mod table;
