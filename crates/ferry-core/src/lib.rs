@@ -22,6 +22,7 @@ pub mod change;
 pub mod connector;
 pub mod error;
 pub mod filter;
+pub mod gtid;
 pub mod position;
 pub mod sink;
 pub mod snapshot;
