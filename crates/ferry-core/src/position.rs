@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::gtid::{BinlogFile, MariaDbGtidList, MySqlGtidSet};
+
 /// A PostgreSQL WAL position (log sequence number), printed as PostgreSQL does: `0/16B3748`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lsn(pub u64);
@@ -69,8 +71,14 @@ impl<'de> Deserialize<'de> for Lsn {
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 #[serde(remote = "Self")]
 pub enum Position {
-    /// PostgreSQL logical replication.
+    /// PostgreSQL logical replication: the end of the last transaction applied.
     PgLsn(Lsn),
+    /// MySQL with GTIDs: the set of transactions applied (`gtid_executed` notation).
+    MySqlGtid(MySqlGtidSet),
+    /// MariaDB with GTIDs: the last transaction applied per replication domain.
+    MariaDbGtid(MariaDbGtidList),
+    /// A MySQL or MariaDB binlog without GTIDs: a file and an offset in it.
+    BinlogFile(BinlogFile),
 }
 
 impl Position {
@@ -79,13 +87,20 @@ impl Position {
     pub fn covers(&self, other: &Position) -> bool {
         match (self, other) {
             (Position::PgLsn(a), Position::PgLsn(b)) => a >= b,
+            (Position::MySqlGtid(a), Position::MySqlGtid(b)) => a.covers(b),
+            (Position::MariaDbGtid(a), Position::MariaDbGtid(b)) => a.covers(b),
+            (Position::BinlogFile(a), Position::BinlogFile(b)) => a.covers(b),
+            _ => false,
         }
     }
 
-    /// The kind's name, as serialized (`pg_lsn`).
+    /// The kind's name, as serialized (`pg_lsn`, `my_sql_gtid`, …).
     pub fn kind(&self) -> &'static str {
         match self {
             Position::PgLsn(_) => "pg_lsn",
+            Position::MySqlGtid(_) => "my_sql_gtid",
+            Position::MariaDbGtid(_) => "maria_db_gtid",
+            Position::BinlogFile(_) => "binlog_file",
         }
     }
 }
@@ -118,6 +133,9 @@ impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::PgLsn(lsn) => lsn.fmt(f),
+            Position::MySqlGtid(set) => set.fmt(f),
+            Position::MariaDbGtid(list) => list.fmt(f),
+            Position::BinlogFile(file) => file.fmt(f),
         }
     }
 }
@@ -167,6 +185,32 @@ mod tests {
         let back: Position = serde_json::from_str(r#""0/16B3748""#).unwrap();
         assert_eq!(back, Position::PgLsn(Lsn(0x16B3748)));
         assert!(serde_json::from_str::<Position>(r#""nope""#).is_err());
+    }
+
+    #[test]
+    fn positions_of_every_kind_round_trip_and_never_cover_another_kind() {
+        let all = [
+            Position::PgLsn(Lsn(5)),
+            Position::MySqlGtid("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5".parse().unwrap()),
+            Position::MariaDbGtid("0-1-100".parse().unwrap()),
+            Position::BinlogFile("mysql-bin.000003:1234".parse().unwrap()),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            let json = serde_json::to_string(a).unwrap();
+            assert_eq!(
+                &serde_json::from_str::<Position>(&json).unwrap(),
+                a,
+                "{json}"
+            );
+            for (j, b) in all.iter().enumerate() {
+                assert_eq!(a.covers(b), i == j, "{a} covers {b}");
+            }
+        }
+        let json = serde_json::to_string(&all[1]).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"my_sql_gtid","value":"3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5"}"#
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use ferry_meta::Collection;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::registry::Engine;
+use crate::engine::Engine;
 use crate::status::now_us;
 
 /// Time between retries of the pending clean-ups.
@@ -63,7 +63,7 @@ impl Engine {
         source: Option<String>,
         source_uri: ConnectionUri,
     ) -> PendingCleanup {
-        let key = crate::registry::feed_key(namespace, changefeed);
+        let key = crate::engine::feed_key(namespace, changefeed);
         let objects = self
             .connectors
             .source(&source_uri)

@@ -11,8 +11,9 @@ use ferry_meta::Collection;
 use tracing::info;
 
 use crate::config::ChangefeedConfig;
+use crate::engine::{feed_key, Engine};
+use crate::error::EngineError;
 use crate::lifecycle::{self, Action, Effect, LifecycleDoc, Transition};
-use crate::registry::{feed_key, Engine, EngineError};
 use crate::runner::tables::RuntimeState;
 use crate::status::{ChangefeedStatus, FeedState, Phase};
 
@@ -188,5 +189,19 @@ impl Engine {
                 Ok(())
             }
         }
+    }
+}
+
+impl Engine {
+    /// Sets every target sequence of the changefeed's tables to at least the source's value.
+    pub async fn sync_sequences(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<crate::sequences::SequencesReport, EngineError> {
+        let config = self.config(namespace, id)?;
+        crate::sequences::sync(self.connectors.as_ref(), &config)
+            .await
+            .map_err(EngineError::SequenceSync)
     }
 }

@@ -12,9 +12,9 @@
 use tracing::warn;
 
 use crate::config::RetainedWalAction;
-use crate::lifecycle::{LifecycleDoc, Timed};
-use crate::registry::{feed_key, Engine};
-use crate::status::{now_us, FeedState};
+use crate::engine::{feed_key, Engine};
+use crate::lifecycle::LifecycleDoc;
+use crate::status::{now_us, FeedState, Timed};
 
 /// One changefeed past its limit, as the monitor measured it.
 #[derive(Clone, Debug)]
@@ -39,7 +39,7 @@ impl Engine {
                     Ok(_) => {
                         let _ = self.with_feed(&over.namespace, &over.id, |f| {
                             f.status.update(|s| {
-                                s.slot_warning = crate::monitor::guard_warning(
+                                s.slot_warning = guard_warning(
                                     &over.slot,
                                     Some(over.retained),
                                     Some((over.limit, over.action)),
@@ -115,5 +115,50 @@ impl Engine {
         if let Err(e) = saved {
             warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not store the changefeed state");
         }
+    }
+}
+
+/// The warning of a changefeed the retained-WAL guard paused (its slot still past the limit).
+pub(crate) fn guard_warning(
+    slot: &str,
+    retained: Option<u64>,
+    guard: Option<(u64, RetainedWalAction)>,
+    state: FeedState,
+) -> Option<String> {
+    let (Some(retained), Some((limit, RetainedWalAction::Pause))) = (retained, guard) else {
+        return None;
+    };
+    (retained > limit && state == FeedState::Paused).then(|| {
+        format!(
+            "replication slot {slot} holds {retained} bytes of WAL on the source, more than \
+             options.max_retained_wal_bytes ({limit}): the changefeed is paused \
+             (on_retained_wal_exceeded is pause). The slot is kept and still holds the WAL, \
+             which keeps growing: resume the changefeed to let it catch up (raise the limit \
+             first, or it pauses again), or delete it to free the WAL"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_warns_only_for_a_changefeed_it_paused_while_still_past_the_limit() {
+        let pause = Some((100, RetainedWalAction::Pause));
+        let warning = guard_warning("s", Some(150), pause, FeedState::Paused).unwrap();
+        assert!(
+            warning.contains("max_retained_wal_bytes (100)"),
+            "{warning}"
+        );
+        assert!(warning.contains("still holds the WAL"), "{warning}");
+        assert_eq!(guard_warning("s", Some(50), pause, FeedState::Paused), None);
+        assert_eq!(
+            guard_warning("s", Some(150), pause, FeedState::Running),
+            None
+        );
+        let drop = Some((100, RetainedWalAction::DropSlot));
+        assert_eq!(guard_warning("s", Some(150), drop, FeedState::Paused), None);
+        assert_eq!(guard_warning("s", Some(150), None, FeedState::Paused), None);
     }
 }

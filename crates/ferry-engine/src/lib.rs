@@ -46,6 +46,8 @@
 mod cleanup;
 pub mod config;
 mod control;
+mod engine;
+mod error;
 mod guard;
 pub mod lifecycle;
 pub mod metrics;
@@ -60,9 +62,11 @@ pub mod status;
 mod validate;
 
 pub use config::{ChangefeedConfig, ConfigError};
+pub use engine::Engine;
+pub use error::EngineError;
 pub use lifecycle::Refusal;
 pub use options::{EngineOptions, RetryPolicy};
-pub use registry::{Engine, EngineError, SyncedReport};
+pub use registry::SyncedReport;
 pub use sequences::{SequenceSync, SequencesReport};
 pub use sources::{SlotReport, SourceConfig, SourceReport};
 pub use status::{ChangefeedStatus, FeedState, Phase, TableProgress, TableState};

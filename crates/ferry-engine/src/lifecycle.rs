@@ -32,7 +32,7 @@ use ferry_core::Position;
 use ferry_meta::{Collection, MetaError, MetaStore};
 use serde::{Deserialize, Serialize};
 
-use crate::status::{FeedState, Phase, StatusCell, TableProgress};
+use crate::status::{FeedState, Phase, StatusCell, TableProgress, Timed};
 
 /// What an operator asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,15 +139,6 @@ pub fn on_event(from: FeedState, event: Event) -> FeedState {
 /// Whether a changefeed in `state` has a task (restarted on server start).
 pub fn runs(state: FeedState) -> bool {
     matches!(state, FeedState::Running | FeedState::Error)
-}
-
-/// A message with the time it was recorded (microseconds since the Unix epoch).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Timed {
-    /// The text (no secrets).
-    pub message: String,
-    /// When.
-    pub at_us: i64,
 }
 
 /// The persisted lifecycle of one changefeed (collection `changefeed_lifecycle`): the

@@ -20,8 +20,8 @@ use ferry_core::{BacklogRisk, ConnectionUri, FeedBacklog};
 use tracing::debug;
 
 use crate::config::RetainedWalAction;
-use crate::guard::Exceeded;
-use crate::registry::Engine;
+use crate::engine::Engine;
+use crate::guard::{guard_warning, Exceeded};
 use crate::status::{FeedState, Phase, StatusCell};
 
 /// Time between measurements.
@@ -112,7 +112,7 @@ async fn measure(
 ) -> Vec<Exceeded> {
     let feeds: Vec<String> = slots
         .iter()
-        .map(|w| crate::registry::feed_key(&w.namespace, &w.id))
+        .map(|w| crate::engine::feed_key(&w.namespace, &w.id))
         .collect();
     let backlogs = match connector.backlog(uri, &feeds).await {
         Ok(b) => b,
@@ -146,27 +146,6 @@ async fn measure(
         }
     }
     exceeded
-}
-
-/// The warning of a changefeed the retained-WAL guard paused (its slot still past the limit).
-pub(crate) fn guard_warning(
-    slot: &str,
-    retained: Option<u64>,
-    guard: Option<(u64, RetainedWalAction)>,
-    state: FeedState,
-) -> Option<String> {
-    let (Some(retained), Some((limit, RetainedWalAction::Pause))) = (retained, guard) else {
-        return None;
-    };
-    (retained > limit && state == FeedState::Paused).then(|| {
-        format!(
-            "replication slot {slot} holds {retained} bytes of WAL on the source, more than \
-             options.max_retained_wal_bytes ({limit}): the changefeed is paused \
-             (on_retained_wal_exceeded is pause). The slot is kept and still holds the WAL, \
-             which keeps growing: resume the changefeed to let it catch up (raise the limit \
-             first, or it pauses again), or delete it to free the WAL"
-        )
-    })
 }
 
 /// The warning a slot's measurement deserves, if any.
@@ -224,24 +203,5 @@ mod tests {
             .unwrap()
             .contains("gone"));
         assert_eq!(slot_warning(&backlog(None, gone), false, 100), None);
-    }
-
-    #[test]
-    fn the_guard_warns_only_for_a_changefeed_it_paused_while_still_past_the_limit() {
-        let pause = Some((100, RetainedWalAction::Pause));
-        let warning = guard_warning("s", Some(150), pause, FeedState::Paused).unwrap();
-        assert!(
-            warning.contains("max_retained_wal_bytes (100)"),
-            "{warning}"
-        );
-        assert!(warning.contains("still holds the WAL"), "{warning}");
-        assert_eq!(guard_warning("s", Some(50), pause, FeedState::Paused), None);
-        assert_eq!(
-            guard_warning("s", Some(150), pause, FeedState::Running),
-            None
-        );
-        let drop = Some((100, RetainedWalAction::DropSlot));
-        assert_eq!(guard_warning("s", Some(150), drop, FeedState::Paused), None);
-        assert_eq!(guard_warning("s", Some(150), None, FeedState::Paused), None);
     }
 }

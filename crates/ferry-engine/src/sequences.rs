@@ -7,7 +7,6 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::config::ChangefeedConfig;
-use crate::registry::{Engine, EngineError};
 
 /// One sequence a sync looked at.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -55,18 +54,4 @@ pub(crate) async fn sync(
             })
             .collect(),
     })
-}
-
-impl Engine {
-    /// Sets every target sequence of the changefeed's tables to at least the source's value.
-    pub async fn sync_sequences(
-        &self,
-        namespace: &str,
-        id: &str,
-    ) -> Result<SequencesReport, EngineError> {
-        let config = self.config(namespace, id)?;
-        sync(self.connectors.as_ref(), &config)
-            .await
-            .map_err(EngineError::SequenceSync)
-    }
 }

@@ -16,8 +16,9 @@ use tracing::info;
 
 use crate::cleanup::PendingCleanup;
 use crate::config::{validate_id, validate_name_length};
+use crate::engine::Engine;
+use crate::error::EngineError;
 use crate::lifecycle;
-use crate::registry::{Engine, EngineError};
 use crate::status::rfc3339;
 use crate::validate;
 
@@ -326,7 +327,7 @@ impl Engine {
         report.facts = Some(check.facts);
         let keys: Vec<String> = changefeeds
             .iter()
-            .map(|id| crate::registry::feed_key(namespace, id))
+            .map(|id| crate::engine::feed_key(namespace, id))
             .collect();
         if let Ok(backlogs) = connector.backlog(&source.uri, &keys).await {
             for (changefeed, b) in changefeeds.iter().zip(backlogs) {

@@ -10,8 +10,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_core::{Position, TableId};
 
-use crate::lifecycle::Timed;
 use serde::{Deserialize, Serialize};
+
+/// A message with the time it was recorded (microseconds since the Unix epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timed {
+    /// The text (no secrets).
+    pub message: String,
+    /// When.
+    pub at_us: i64,
+}
 
 /// A changefeed's lifecycle state (see [`crate::lifecycle`] for the transitions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

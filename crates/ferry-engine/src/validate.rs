@@ -14,7 +14,8 @@ use ferry_core::{
 };
 
 use crate::config::ChangefeedConfig;
-use crate::registry::{Engine, EngineError};
+use crate::engine::Engine;
+use crate::error::EngineError;
 
 /// Reads `uri`'s password now when it is given by reference (`password_file`,
 /// `password_env`), so a missing file or variable is refused before anything is stored

@@ -51,10 +51,11 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::ChangefeedConfig;
-use crate::lifecycle::{on_event, Event, LifecycleDoc, Timed};
+use crate::lifecycle::{on_event, Event, LifecycleDoc};
 use crate::metrics::FeedMetrics;
 use crate::options::RetryPolicy;
 use crate::retry::{Backoff, Decision};
+use crate::status::Timed;
 use crate::status::{now_us, Phase, StatusCell};
 use apply::StreamEnd;
 use tables::RuntimeState;

@@ -124,7 +124,12 @@ impl SourceConnector for PgSourceConnector {
         feed: &str,
         position: &Position,
     ) -> Result<Result<(), String>, SourceError> {
-        let Position::PgLsn(position) = *position;
+        let Position::PgLsn(position) = *position else {
+            return Ok(Err(format!(
+                "{position} is a {} position, not a PostgreSQL LSN (such as 0/16B3748)",
+                position.kind()
+            )));
+        };
         let client = connect(uri, "ferry-check").await?;
         let names = SlotNames::for_changefeed(feed);
         let slots = slot::slot_positions(&client, std::slice::from_ref(&names.slot)).await?;
@@ -340,6 +345,20 @@ async fn heartbeat(uri: ConnectionUri, every: Duration, changefeed: String) {
             tracing::debug!(changefeed = %changefeed, error = %e.chain(), "heartbeat failed");
             client = None;
         }
+    }
+}
+
+/// The LSN of a position read from this source.
+pub(crate) fn pg_lsn(position: &Position) -> Result<ferry_core::Lsn, SourceError> {
+    match position {
+        Position::PgLsn(lsn) => Ok(*lsn),
+        other => Err(SourceError::message(
+            format!(
+                "position {other} is a {} position; a PostgreSQL source needs an LSN",
+                other.kind()
+            ),
+            ferry_core::ErrorClass::Definite,
+        )),
     }
 }
 

@@ -210,8 +210,8 @@ impl Source for PgSource {
         let session = match self.created.take() {
             Some(s) => s,
             None => {
-                let start = match from {
-                    Some(Position::PgLsn(lsn)) => lsn,
+                let start = match &from {
+                    Some(position) => super::pg_lsn(position)?,
                     None => Lsn::ZERO,
                 };
                 slot::replication_config(&self.uri, &self.names, start, "ferry")?
