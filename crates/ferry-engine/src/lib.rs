@@ -1,10 +1,12 @@
 //! A changefeed's runtime: snapshot → stream hand-off, batching, checkpoints, retries.
+//! It knows no database: sources and sinks are reached through the traits of `ferry-core`
+//! (`Connectors`, `Source`, `Sink`), which the binary fills with real connectors.
 //!
 //! ```text
-//!              ┌──────────── runner (one task per changefeed) ─────────────┐
-//!  source ──►  │ snapshot: N workers, COPY chunk ─► sink.copy_chunk        │
-//!              │ stream:   reader task ─► bounded channel ─► batcher ─► sink│ ──► target
-//!              └──────── confirm(end_lsn) ◄── after commit_batch ──────────┘
+//!              ┌──────────── runner (one task per changefeed) ───────────────┐
+//!  Source ──►  │ snapshot: N workers, ChunkReader::read ─► sink.copy_chunk   │
+//!              │ stream:   ChangeStream task ─► bounded channel ─► applier   │ ──► Sink
+//!              └──────── confirmed(position) ◄── after commit_batch ─────────┘
 //! ```
 //!
 //! # The checkpoint invariant
@@ -37,11 +39,14 @@
 //! hint.
 //!
 //! # Modules
-//! - `registry.rs`: the changefeeds of the process; create, list, delete, restore.
-//! - `control.rs`: pause, resume, update. `validate.rs`: checks against the source first.
-//! - `sources.rs`: named sources, their orphaned objects. `monitor.rs`: WAL retained by each
-//!   slot; `guard.rs` pauses or drops it past `max_retained_wal_bytes`. `cleanup.rs`: slots and publications of deleted changefeeds still to be dropped.
-//! - [`metrics`]: the counters the tasks increment.
+//! - `engine.rs`: the [`Engine`] and its changefeeds (a table there maps every operation
+//!   to its file); `error.rs`: [`EngineError`].
+//! - `registry.rs`: create, list, delete, restore. `control.rs`: pause, resume, update.
+//!   `validate.rs`: the checks asked of the connectors before anything is stored.
+//! - `sources.rs`: named sources and their status. `monitor.rs`: the log each changefeed
+//!   holds on its source; `guard.rs` pauses or releases it past `max_retained_wal_bytes`.
+//!   `cleanup.rs`: what deleted changefeeds left on unreachable sources, still to drop.
+//! - `runner/`: one changefeed's task. [`metrics`]: the counters the tasks increment.
 
 mod cleanup;
 pub mod config;

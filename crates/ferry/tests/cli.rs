@@ -275,7 +275,7 @@ fn changefeed_lifecycle_through_the_cli() {
         "--overwrite-checkpoint-position",
         "yesterday",
     ])
-    .fails(USAGE, "expected an LSN");
+    .fails(REJECTED, "INVALID_POSITION");
     let resumed = cli.run(&["changefeed", "resume", "orders"]);
     assert!(resumed.ok().contains("resumed"), "{resumed:?}");
     source.psql(

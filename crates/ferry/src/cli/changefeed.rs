@@ -250,14 +250,8 @@ pub(crate) async fn run(mut context: Context, command: ChangefeedCommand) -> Res
             overwrite_checkpoint_position,
         } => {
             let body = match &overwrite_checkpoint_position {
-                Some(position) => {
-                    position.parse::<ferry_core::Lsn>().map_err(|_| {
-                        CliError::usage(format!(
-                            "--overwrite-checkpoint-position {position:?}: expected an LSN such as 0/16B3748"
-                        ))
-                    })?;
-                    Some(json!({ "overwrite_checkpoint_position": position }))
-                }
+                // The server parses it in the notation of the changefeed's source.
+                Some(position) => Some(json!({ "overwrite_checkpoint_position": position })),
                 None => None,
             };
             let resumed = client

@@ -21,7 +21,7 @@
 //! as printed means "unchanged" to `update`, which then does not send it; a masked URI
 //! anywhere else is refused, since `***` is not the password.
 
-use ferry_core::{parse_postgres_uri, Lsn, SinkUri, TableFilter};
+use ferry_core::{parse_postgres_uri, SinkUri, TableFilter};
 use ferry_engine::config::{validate_id, ChangefeedConfig, Options};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -172,10 +172,8 @@ impl ChangefeedSpec {
                 problems.push(format!("tables: {e}"));
             }
         }
-        if let Some(position) = &self.target_position {
-            if position.parse::<Lsn>().is_err() {
-                problems.push("target_position: expected an LSN such as 0/16B3748".into());
-            }
+        if let Some(Err(e)) = self.parsed_target_position() {
+            problems.push(format!("target_position: {e}"));
         }
         if let Err(e) = engine_checks(self) {
             problems.push(e);
@@ -247,10 +245,7 @@ impl ChangefeedSpec {
 /// placeholders. Built through serde so that keys the engine adds with defaults need no
 /// change here.
 fn engine_checks(spec: &ChangefeedSpec) -> Result<(), String> {
-    let target_position = spec
-        .target_position
-        .as_deref()
-        .filter(|p| p.parse::<Lsn>().is_ok());
+    let target_position = spec.parsed_target_position().and_then(Result::ok);
     let probe = json!({
         "id": "probe",
         "namespace": "default",
@@ -268,6 +263,18 @@ fn engine_checks(spec: &ChangefeedSpec) -> Result<(), String> {
         return Ok(());
     };
     probe.validate(usize::MAX).map_err(|e| e.to_string())
+}
+
+impl ChangefeedSpec {
+    /// The target position parsed by the connector of the source URI's scheme; `None`
+    /// without a position, or with a named source (the server parses it then).
+    fn parsed_target_position(&self) -> Option<Result<ferry_core::Position, String>> {
+        use ferry_core::Connectors;
+        let text = self.target_position.as_deref()?;
+        let uri = parse_postgres_uri(self.source_uri.as_deref()?).ok()?;
+        let connector = ferry_connectors::Registry.source(&uri).ok()?;
+        Some(connector.parse_position(text).map_err(|e| e.to_string()))
+    }
 }
 
 fn masked_problem(field: &str) -> String {
