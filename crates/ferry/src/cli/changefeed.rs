@@ -249,11 +249,10 @@ pub(crate) async fn run(mut context: Context, command: ChangefeedCommand) -> Res
             name,
             overwrite_checkpoint_position,
         } => {
-            let body = match &overwrite_checkpoint_position {
-                // The server parses it in the notation of the changefeed's source.
-                Some(position) => Some(json!({ "overwrite_checkpoint_position": position })),
-                None => None,
-            };
+            // The server parses the position in the notation of the changefeed's source.
+            let body = overwrite_checkpoint_position
+                .as_ref()
+                .map(|position| json!({ "overwrite_checkpoint_position": position }));
             let resumed = client
                 .post(&["changefeeds", &name, "resume"], body.as_ref())
                 .await?;
