@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry_core::{
-    BulkFormat, ChunkData, FinishedChunk, Position, RowChange, Sink, SinkConnector, SinkError,
-    SinkUri, TableId, TableSchema, TargetPolicy, TargetProblem,
+    BulkFormat, CheckpointStore, ChunkData, FinishedChunk, Position, RowChange, Sink,
+    SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, TargetProblem,
 };
 use futures::StreamExt;
 
@@ -46,20 +46,24 @@ impl SinkConnector for BlackholeConnector {
     }
 }
 
-/// Counts rows and bytes; remembers the last checkpoint of this process only.
+/// Counts rows and bytes. Its checkpoint is the engine's to keep
+/// ([`CheckpointStore::External`]), so a restarted changefeed resumes where it was.
 #[derive(Debug, Default)]
 pub struct BlackholeSink {
     /// Rows received.
     pub rows: u64,
     /// Bytes received.
     pub bytes: u64,
-    checkpoint: Option<Position>,
 }
 
 #[async_trait]
 impl Sink for BlackholeSink {
+    fn checkpoint_store(&self) -> CheckpointStore {
+        CheckpointStore::External
+    }
+
     async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
-        Ok(self.checkpoint.clone())
+        Ok(None)
     }
 
     async fn ensure_table(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
@@ -72,8 +76,7 @@ impl Sink for BlackholeSink {
         Ok(())
     }
 
-    async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
-        self.checkpoint = Some(checkpoint);
+    async fn commit_batch(&mut self, _checkpoint: Position) -> Result<(), SinkError> {
         Ok(())
     }
 

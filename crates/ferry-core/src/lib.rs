@@ -39,7 +39,7 @@ pub use connector::{
 pub use error::{error_chain, ErrorClass, SourceError};
 pub use filter::{FilterError, TableFilter};
 pub use position::{Lsn, ParsePositionError, Position};
-pub use sink::{DdlPolicy, ExistingTarget, Sink, SinkError};
+pub use sink::{CheckpointStore, DdlPolicy, ExistingTarget, Sink, SinkError, TxMeta};
 pub use snapshot::{BulkFormat, ChunkData, ChunkSpec, FinishedChunk, TablePlan};
 pub use source::{
     ChangeStream, ChunkReader, ServerIdentity, SnapshotExport, Source, SourceTable, StreamState,

@@ -103,12 +103,47 @@ impl SinkError {
     }
 }
 
+/// Where a sink's checkpoint lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointStore {
+    /// In the target, committed with the data: a crash can neither lose nor double a
+    /// transaction (databases).
+    InTarget,
+    /// The target cannot hold it (streams): the engine saves it in its metadata store once
+    /// [`Sink::commit_batch`] returned, before the source is told; delivery is then
+    /// at-least-once, and [`TxMeta`] gives every change a stable identity to deduplicate by.
+    External,
+}
+
+/// What a sink learns about each source transaction before its changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxMeta {
+    /// Where the transaction commits in the source's log.
+    pub commit: Position,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+    /// The source's id for the transaction.
+    pub source_tx_id: u64,
+}
+
 /// A destination for changes. See the module docs for the invariants. Object-safe: the
 /// engine holds `Box<dyn Sink>`.
 #[async_trait]
 pub trait Sink: Send {
-    /// The position stored with the data by the last committed batch, if any.
+    /// Where this sink's checkpoint lives; [`CheckpointStore::InTarget`] unless it says so.
+    fn checkpoint_store(&self) -> CheckpointStore {
+        CheckpointStore::InTarget
+    }
+
+    /// The position stored with the data by the last committed batch, if any (asked only
+    /// of sinks that store it in the target).
     async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError>;
+
+    /// A source transaction begins in the open batch; its changes follow, in order (the
+    /// n-th [`Sink::apply`] after it is its change number n, counting from 0).
+    async fn begin_transaction(&mut self, _tx: &TxMeta) -> Result<(), SinkError> {
+        Ok(())
+    }
 
     /// Brings the target table in line with `schema` (create, or follow column changes).
     async fn ensure_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError>;

@@ -61,17 +61,21 @@ pub enum Collection {
     /// Source objects (slot, publications) of deleted changefeeds still to be dropped,
     /// because the source was unreachable at the delete.
     PendingCleanups,
+    /// The checkpoints of changefeeds whose sink cannot store one with the data (streams):
+    /// saved after the sink made the batch durable, before the source is told.
+    Checkpoints,
 }
 
 impl Collection {
     /// Every collection.
-    const ALL: [Collection; 6] = [
+    const ALL: [Collection; 7] = [
         Collection::Changefeeds,
         Collection::ChangefeedState,
         Collection::ChangefeedLifecycle,
         Collection::Sources,
         Collection::Server,
         Collection::PendingCleanups,
+        Collection::Checkpoints,
     ];
 
     fn name(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Collection {
             Collection::Sources => "sources",
             Collection::Server => "server",
             Collection::PendingCleanups => "pending_cleanups",
+            Collection::Checkpoints => "checkpoints",
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ferry_core::{
     ErrorClass, Position, RowChange, Sink, SourceError, SourceEvent, TableFilter, TableId,
-    TableSchema,
+    TableSchema, TxMeta,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -51,6 +51,9 @@ pub(crate) struct Applier {
     /// Stop (finished) after the last transaction committed at or before this.
     pub(crate) target: Option<Position>,
     pub(crate) metrics: FeedMetrics,
+    /// For a sink that cannot store its checkpoint: saves it in the metadata store, after
+    /// the batch is durable and before the source is told.
+    pub(crate) save_checkpoint: Option<SaveCheckpoint>,
     /// Called once after the first batch is durable (clears a requested resume position).
     pub(crate) on_first_commit: Option<Box<dyn FnOnce() + Send>>,
     /// Commit each source transaction committed at or before this in a batch of its own.
@@ -63,6 +66,9 @@ pub(crate) struct Applier {
     /// Records a rename the target followed, once its batch is durable.
     pub(crate) on_renamed: OnRenamed,
 }
+
+/// Saves a checkpoint outside the target.
+pub(crate) type SaveCheckpoint = Box<dyn Fn(&Position) -> Result<(), ferry_meta::MetaError> + Send>;
 
 /// Records that target table `from` is now `to` in the changefeed's persisted state.
 pub(crate) type OnRenamed =
@@ -163,7 +169,11 @@ impl Applier {
         cursor: &mut Cursor,
     ) -> Result<Option<StreamEnd>, RunError> {
         match event {
-            SourceEvent::Begin { commit, xid, .. } => {
+            SourceEvent::Begin {
+                commit,
+                xid,
+                commit_time_us,
+            } => {
                 if self.past_target(&commit) {
                     // Everything at or before the target is in the batch.
                     self.commit(batch).await?;
@@ -171,7 +181,13 @@ impl Applier {
                 }
                 cursor.in_transaction = true;
                 batch.trail.begin(xid, &commit);
-                cursor.current_commit = Some(commit);
+                let tx = TxMeta {
+                    commit,
+                    commit_time_us,
+                    source_tx_id: u64::from(xid),
+                };
+                self.sink.begin_transaction(&tx).await?;
+                cursor.current_commit = Some(tx.commit);
                 batch.opened.get_or_insert_with(tokio::time::Instant::now);
                 self.status.update(|s| s.caught_up = false);
             }
@@ -338,7 +354,11 @@ impl Applier {
         let Some((end, commit_time_us)) = batch.end.clone() else {
             return Ok(());
         };
+        // Durable, then saved, then acknowledged: never reorder.
         self.sink.commit_batch(end.clone()).await?;
+        if let Some(save) = &self.save_checkpoint {
+            save(&end)?;
+        }
         self.confirm(&end);
         if let Some(first) = self.on_first_commit.take() {
             first();

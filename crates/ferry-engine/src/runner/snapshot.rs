@@ -61,6 +61,7 @@ impl Runner {
         }
         if fresh || state.plan.is_empty() {
             sink.reset_snapshot().await?;
+            self.meta.delete(Collection::Checkpoints, &key)?;
             state.plan.clear();
             state.added.clear();
             for t in selected {
@@ -134,6 +135,7 @@ impl Runner {
         let key = self.config.key();
         if fresh {
             sink.reset_snapshot().await?;
+            self.meta.delete(Collection::Checkpoints, &key)?;
             let export = source.create_stream().await?;
             info!(changefeed = %key, position = %export.position(), "stream created; nothing copied (snapshot: never)");
         }

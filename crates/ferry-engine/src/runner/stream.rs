@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ferry_core::{Sink, Source, SourceConnector, TableId};
+use ferry_core::{CheckpointStore, Sink, Source, SourceConnector, TableId};
 use ferry_meta::{Collection, MetaStore};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -25,7 +25,12 @@ impl Runner {
         state: &RuntimeState,
     ) -> Result<StreamEnd, RunError> {
         let key = self.config.key();
-        let checkpoint = sink.load_checkpoint().await?;
+        let external = sink.checkpoint_store() == CheckpointStore::External;
+        let checkpoint = if external {
+            self.meta.get(Collection::Checkpoints, &key)?
+        } else {
+            sink.load_checkpoint().await?
+        };
         let finished = sink.finished_chunks().await?;
         let skip_before = tables::skip_before(state, &finished);
         let resume_from = LifecycleDoc::load(&self.meta, &key)?.resume_from;
@@ -76,6 +81,12 @@ impl Runner {
             target: self.config.target_position.clone(),
             metrics: self.metrics.clone(),
             on_first_commit,
+            save_checkpoint: external.then(|| {
+                let (meta, key) = (self.meta.clone(), self.config.key());
+                Box::new(move |position: &ferry_core::Position| {
+                    meta.put(Collection::Checkpoints, &key, position)
+                }) as super::apply::SaveCheckpoint
+            }),
             isolate_until: self.isolate_until.clone(),
             filter: self.config.tables.clone(),
             excluded: Default::default(),

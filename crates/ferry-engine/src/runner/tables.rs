@@ -260,6 +260,35 @@ mod tests {
         }
     }
 
+    /// Documents stored before positions had kinds (bare LSN text) still read, and are
+    /// written back in the tagged form.
+    #[test]
+    fn state_stored_by_earlier_versions_still_reads() {
+        let lsn = |v| Position::PgLsn(Lsn(v));
+        let state: RuntimeState = serde_json::from_str(
+            r#"{"phase":"streaming","plan":[],"added":[{"plan":{"table":{"schema":"public",
+               "name":"t"},"key_column":null,"chunks":[{"index":0,"lower":null,"upper":null}],
+               "estimated_rows":3},"since":"0/16B3748"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(state.added[0].since, lsn(0x16B3748));
+        let doc: crate::lifecycle::LifecycleDoc =
+            serde_json::from_str(r#"{"state":"paused","resume_from":"1/0"}"#).unwrap();
+        assert_eq!(doc.resume_from, Some(lsn(1 << 32)));
+        let config: crate::ChangefeedConfig = serde_json::from_value(serde_json::json!({
+            "id": "a", "namespace": "default", "source_uri": "postgres://u@h/db",
+            "sink_uri": "blackhole://", "tables": ["public.*"], "created_at_us": 0,
+            "target_position": "0/20"
+        }))
+        .unwrap();
+        assert_eq!(config.target_position, Some(lsn(0x20)));
+        let again = serde_json::to_value(&state).unwrap();
+        assert_eq!(
+            again["added"][0]["since"],
+            serde_json::json!({"kind": "pg_lsn", "value": "0/16B3748"})
+        );
+    }
+
     #[test]
     fn reconcile_adds_new_and_forgets_unselected_tables() {
         let mut state = RuntimeState {
