@@ -361,11 +361,17 @@ mod tests {
             "sink_uri:",
             "tables:",
             "options.snapshot_workers",
-            "target_position:",
         ] {
             assert!(problems.contains(key), "{key} in {problems}");
         }
         assert!(!problems.contains(SECRET), "{problems}");
+        // A position is parsed in the notation of the source's scheme.
+        let s = spec("id: a\nsource_uri: postgres://u@h/db\nsink_uri: blackhole://\ntables: ['public.*']\ntarget_position: soon\n");
+        let problems = s.problems(Purpose::Create).join("\n");
+        assert!(
+            problems.contains("target_position: invalid position"),
+            "{problems}"
+        );
         let missing = spec("").problems(Purpose::Create).join("\n");
         assert!(missing.contains("id is required") && missing.contains("sink_uri is required"));
         assert!(spec("").problems(Purpose::Update).is_empty());
