@@ -123,6 +123,16 @@ pub trait SourceConnector: Send + Sync {
         filter: &TableFilter,
     ) -> Result<Vec<String>, SourceError>;
 
+    /// What stops the tables `filter` selects from being replicated (PostgreSQL: tables
+    /// the user does not own cannot join a publication), each with what to do.
+    async fn table_problems(
+        &self,
+        _uri: &ConnectionUri,
+        _filter: &TableFilter,
+    ) -> Result<Vec<String>, SourceError> {
+        Ok(Vec::new())
+    }
+
     /// Each table `filter` selects, judged.
     async fn verify_tables(
         &self,

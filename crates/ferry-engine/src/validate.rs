@@ -77,10 +77,16 @@ impl Engine {
             .missing_tables(uri, filter)
             .await
             .map_err(EngineError::source)?;
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(EngineError::TableNotFound(missing.join(", ")))
+        if !missing.is_empty() {
+            return Err(EngineError::TableNotFound(missing.join(", ")));
+        }
+        let problems = connector
+            .table_problems(uri, filter)
+            .await
+            .map_err(EngineError::source)?;
+        match problems.into_iter().next() {
+            Some(problem) => Err(EngineError::SourceUnusable(problem)),
+            None => Ok(()),
         }
     }
 

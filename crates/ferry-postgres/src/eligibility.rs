@@ -28,6 +28,12 @@ pub struct SourceFacts {
     pub max_replication_slots: i64,
     /// Replication slots in use.
     pub replication_slots_used: i64,
+    /// The user may create publications in the database (`CREATE` on it, or superuser).
+    pub can_create_publications: bool,
+    /// The database's name.
+    pub database: String,
+    /// The user's name.
+    pub user: String,
 }
 
 impl SourceFacts {
@@ -46,6 +52,14 @@ impl SourceFacts {
                     .to_string(),
             );
         }
+        if !self.can_create_publications {
+            out.push(format!(
+                "the source user {user} cannot create publications in database {db}; GRANT \
+                 CREATE ON DATABASE {db} TO {user}",
+                user = self.user,
+                db = self.database
+            ));
+        }
         out
     }
 }
@@ -58,7 +72,10 @@ pub async fn source_facts(client: &Client) -> Result<SourceFacts, PgError> {
                     (SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles
                      WHERE rolname = current_user),
                     current_setting('max_replication_slots')::int8,
-                    (SELECT count(*) FROM pg_catalog.pg_replication_slots)",
+                    (SELECT count(*) FROM pg_catalog.pg_replication_slots),
+                    pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE')
+                      OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
+                    pg_catalog.current_database()::text, current_user::text",
             &[],
         )
         .await
@@ -69,7 +86,41 @@ pub async fn source_facts(client: &Client) -> Result<SourceFacts, PgError> {
         can_replicate: row.get::<_, Option<bool>>(2).unwrap_or(false),
         max_replication_slots: row.get(3),
         replication_slots_used: row.get(4),
+        can_create_publications: row.get::<_, Option<bool>>(5).unwrap_or(false),
+        database: row.get(6),
+        user: row.get(7),
     })
+}
+
+/// The tables `filter` selects that the user may not add to a publication: PostgreSQL
+/// wants their owner (or a member of the owning role, or a superuser).
+pub async fn unowned_tables(client: &Client, filter: &TableFilter) -> Result<Vec<String>, PgError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
+               AND n.nspname NOT LIKE 'pg\\_%'
+               AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+               AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::new("list table owners", e))?;
+    Ok(rows
+        .iter()
+        .filter(|r| filter.matches(&TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))))
+        .map(|r| {
+            format!(
+                "{}.{} (owned by {})",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            )
+        })
+        .collect())
 }
 
 /// Catalog facts about one table that decide whether it replicates fully.

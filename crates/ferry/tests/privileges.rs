@@ -42,6 +42,37 @@ fn least_privilege_roles_replicate() {
     let sink_uri = as_role(pair.target.uri("analytics"), "ferry_sink");
     assert!(source_uri.contains("ferry_source@"), "{source_uri}");
 
+    // What create would refuse, `?dry_run=true` (`ferry changefeed check`) refuses too: a
+    // role without CREATE on the database, a role that does not own a table, a role without
+    // REPLICATION; each named with what to do.
+    pair.source.psql(
+        "shop",
+        "CREATE ROLE no_create LOGIN REPLICATION; GRANT app TO no_create;
+         CREATE ROLE no_owner LOGIN REPLICATION; GRANT CREATE ON DATABASE shop TO no_owner;
+         CREATE ROLE no_repl LOGIN; GRANT CREATE ON DATABASE shop TO no_repl; GRANT app TO no_repl;",
+    );
+    for (role, says) in [
+        ("no_create", "GRANT CREATE ON DATABASE shop TO no_create"),
+        ("no_owner", "does not own public.orders (owned by app)"),
+        ("no_repl", "lacks the REPLICATION attribute"),
+    ] {
+        for path in ["/api/v2/changefeeds?dry_run=true", "/api/v2/changefeeds"] {
+            let (code, body) = pair.ferry.post(
+                path,
+                &json!({
+                    "id": "refused",
+                    "source_uri": as_role(pair.source.uri("shop"), role),
+                    "sink_uri": pair.target.uri("analytics"),
+                    "tables": ["public.orders"],
+                }),
+            );
+            assert_eq!(code, 400, "{role} {path}: {body}");
+            assert_eq!(body["error_code"], json!("SOURCE_UNUSABLE"), "{body}");
+            let message = body["error_msg"].as_str().unwrap_or_default();
+            assert!(message.contains(says), "{role}: {message}");
+        }
+    }
+
     let (code, body) = pair.ferry.post(
         "/api/v2/changefeeds",
         &json!({

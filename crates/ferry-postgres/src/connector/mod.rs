@@ -76,6 +76,24 @@ impl SourceConnector for PgSourceConnector {
         Ok(eligibility::missing_tables(filter, &tables))
     }
 
+    async fn table_problems(
+        &self,
+        uri: &ConnectionUri,
+        filter: &TableFilter,
+    ) -> Result<Vec<String>, SourceError> {
+        let client = connect(uri, "ferry-check").await?;
+        let unowned = eligibility::unowned_tables(&client, filter).await?;
+        if unowned.is_empty() {
+            return Ok(Vec::new());
+        }
+        let user = uri.user();
+        Ok(vec![format!(
+            "the source user {user} does not own {}, which a publication needs; make {user} a \
+             member of the owning role (GRANT <owner> TO {user}) or exclude the tables",
+            unowned.join(", ")
+        )])
+    }
+
     async fn verify_tables(
         &self,
         uri: &ConnectionUri,
