@@ -151,6 +151,12 @@ pub trait Sink: Send {
     /// Adds one change to the open batch (opening one if needed).
     async fn apply(&mut self, change: RowChange) -> Result<(), SinkError>;
 
+    /// With `true`, writes each following change as the source made it, in source order,
+    /// instead of merging a batch's changes per key: slower, but a constraint the source
+    /// satisfied change by change (rows trading a UNIQUE value) is satisfied on the target
+    /// too. The engine asks for it when it replays a refused batch.
+    fn set_in_order(&mut self, _in_order: bool) {}
+
     /// Makes the open batch durable together with `checkpoint`.
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError>;
 

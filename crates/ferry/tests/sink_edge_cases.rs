@@ -375,3 +375,48 @@ fn primary_key_with_replica_identity_using_another_index() {
     pair.wait_synced("shop", MINUTE);
     pair.assert_same("ri");
 }
+
+/// Rows trading a UNIQUE value within one source transaction: the source met the
+/// constraint change by change, a batch merged per key would not (its first upsert takes a
+/// value another row still holds). The refused batch is replayed in source order and the
+/// changefeed runs on, with the target identical.
+#[test]
+fn rows_trading_a_unique_value_replay_in_source_order() {
+    let pair = Pair::start();
+    pair.source.psql(
+        "shop",
+        "CREATE TABLE sw (id int PRIMARY KEY, u int NOT NULL UNIQUE, note text);
+         INSERT INTO sw SELECT g, g * 10, 'n' FROM generate_series(1, 5) g;",
+    );
+    pair.create("shop", &["public.sw"]);
+    pair.wait_synced("shop", MINUTE);
+    // Ferry created the table, so it has the source's UNIQUE constraint.
+    assert_eq!(
+        pair.target.psql(
+            "analytics",
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'public.sw'::regclass
+               AND contype = 'u'",
+        ),
+        "1"
+    );
+    pair.source.psql(
+        "shop",
+        "BEGIN;
+         UPDATE sw SET u = 999 WHERE id = 1;
+         UPDATE sw SET u = 10 WHERE id = 2;
+         UPDATE sw SET u = 20 WHERE id = 1;
+         COMMIT;
+         INSERT INTO sw VALUES (6, 60, 'after');",
+    );
+    pair.wait_synced("shop", MINUTE);
+    pair.assert_same("public.sw");
+    let status = status(&pair, "shop");
+    assert_eq!(status["state"], json!("running"), "{status}");
+    assert!(status["last_error"].is_null(), "{status}");
+    // The merged batch was refused and replayed (the path this test is about).
+    assert!(
+        pair.ferry.log().contains("in source order"),
+        "{}",
+        pair.ferry.log()
+    );
+}

@@ -186,6 +186,13 @@ impl Applier {
                     commit_time_us,
                     source_tx_id: u64::from(xid),
                 };
+                // A replay after a refused batch: one source transaction per batch, each
+                // change in source order (see `Runner::run`).
+                let isolated = self
+                    .isolate_until
+                    .as_ref()
+                    .is_some_and(|t| t.covers(&tx.commit));
+                self.sink.set_in_order(isolated);
                 self.sink.begin_transaction(&tx).await?;
                 cursor.current_commit = Some(tx.commit);
                 batch.opened.get_or_insert_with(tokio::time::Instant::now);

@@ -12,9 +12,10 @@
 //! - [`stream`]: where streaming starts, the replication session and its reader task.
 //! - [`apply`]: batches, the checkpoint invariant, the target position.
 //! - [`trail`]: what the open batch holds (source transactions, tables, operations, key
-//!   columns), to name it when the target refuses it. A refused batch of several
-//!   transactions is retried once with one transaction per batch, so `last_error` names the
-//!   one the target refuses.
+//!   columns), to name it when the target refuses it. A refused batch is replayed once
+//!   with one source transaction per batch, each change in source order: what a merged
+//!   batch tripped (rows trading a UNIQUE value) then applies, and otherwise `last_error`
+//!   names the transaction the target refuses.
 //!
 //! Schema changes the stream reveals: a table renamed on the source is renamed on the
 //! target in the batch (tables are tracked by the source's OID in [`tables::RuntimeState`]);
@@ -160,8 +161,9 @@ pub(crate) struct Runner {
     /// The source database's identity, read by each attempt: its sinks refuse to connect
     /// to the same database.
     pub(crate) source_identity: Option<ServerIdentity>,
-    /// Commit every source transaction up to here in a batch of its own: set after the
-    /// target refused a batch of several, so the next attempt names the one it refuses.
+    /// Commit every source transaction up to here in a batch of its own, its changes in
+    /// source order: set after the target refused a batch, so the next attempt applies
+    /// what order-sensitive constraints refused merged, or names the transaction refused.
     pub(crate) isolate_until: Option<Position>,
 }
 
@@ -203,20 +205,21 @@ impl Runner {
                 Err(err) => err,
             };
             if let RunError::Apply {
-                transactions,
                 last_commit: Some(last),
                 ..
             } = &err
             {
-                // Once per refused batch: an isolated retry's batches hold one transaction.
-                if *transactions > 1
-                    && err.class() == ErrorClass::Definite
+                // Once per refused batch: replayed one source transaction per batch, each
+                // change in source order. A batch merged per key can trip a constraint the
+                // source met change by change (rows trading a UNIQUE value); the replay
+                // cannot, and when the target still refuses, it names the transaction.
+                if err.class() == ErrorClass::Definite
                     && self
                         .isolate_until
                         .as_ref()
                         .is_none_or(|until| !until.covers(last))
                 {
-                    info!(changefeed = %key, until = %last, "target refused a batch; retrying one source transaction per batch to name the one it refuses");
+                    info!(changefeed = %key, until = %last, "target refused a batch; replaying it one source transaction per batch, in source order");
                     self.isolate_until = Some(last.clone());
                     continue;
                 }

@@ -79,6 +79,9 @@ pub struct PgSink {
     definitions: HashMap<TableId, crate::definition::TableDefinition>,
     /// Tables completed with their definition in this session.
     completed: HashSet<TableId>,
+    /// Write each change as its own statements, in source order (see
+    /// [`Sink::set_in_order`]).
+    in_order: bool,
     /// Where the target is: enum labels are added on a connection of their own.
     uri: ConnectionUri,
 }
@@ -161,6 +164,7 @@ impl PgSink {
             policy,
             definitions: HashMap::new(),
             completed: HashSet::new(),
+            in_order: false,
             uri: uri.clone(),
         })
     }
@@ -384,6 +388,12 @@ impl Sink for PgSink {
             RowChange::Insert { ref table, .. }
             | RowChange::Update { ref table, .. }
             | RowChange::Delete { ref table, .. } => {
+                if self.in_order {
+                    if !self.segment.is_empty() {
+                        self.flush_segment().await?;
+                    }
+                    return self.apply_alone(change).await;
+                }
                 let table = table.clone();
                 self.compact(&table, change).await
             }
@@ -450,6 +460,10 @@ impl Sink for PgSink {
 
     async fn abort_batch(&mut self) {
         PgSink::abort_batch(self).await
+    }
+
+    fn set_in_order(&mut self, in_order: bool) {
+        self.in_order = in_order;
     }
 
     async fn rename_table(
