@@ -327,10 +327,14 @@ mod tests {
             can_replicate: false,
             max_replication_slots: 10,
             replication_slots_used: 0,
+            can_create_publications: false,
+            database: "shop".into(),
+            user: "ferry".into(),
         };
         let problems = facts.problems();
-        assert_eq!(problems.len(), 2);
+        assert_eq!(problems.len(), 3);
         assert!(problems[0].contains("wal_level = logical"));
         assert!(problems[1].contains("REPLICATION"));
+        assert!(problems[2].contains("GRANT CREATE ON DATABASE shop TO ferry"));
     }
 }
