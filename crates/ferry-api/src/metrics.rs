@@ -138,7 +138,7 @@ fn changefeed_gauges(state: &AppState, out: &mut String) {
         out,
         "ferry_source_retained_bytes",
         "WAL (or log) the changefeed keeps on its source until it confirms it, in bytes.",
-        &|f| f.slot_retained_wal_bytes.map(|b| b as f64),
+        &|f| f.source_retained_bytes.map(|b| b as f64),
     );
     // The earlier name of the same gauge, kept for existing dashboards and alerts.
     gauge(

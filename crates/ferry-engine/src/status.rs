@@ -237,7 +237,11 @@ pub struct ChangefeedStatus {
     pub snapshot_rows_copied: u64,
     /// Snapshot rows the source estimated.
     pub snapshot_rows_estimated: u64,
-    /// WAL the replication slot holds back on the source, in bytes, as last measured.
+    /// Log the source keeps for this changefeed (PostgreSQL: WAL its slot holds back), in
+    /// bytes, as last measured.
+    pub source_retained_bytes: Option<u64>,
+    /// The same value under its earlier name, kept for existing clients.
+    #[schema(deprecated)]
     pub slot_retained_wal_bytes: Option<u64>,
     /// Snapshot progress by table.
     pub tables: Vec<TableProgress>,
@@ -284,6 +288,7 @@ impl StatusCell {
                 transactions_applied: live.transactions_applied,
                 snapshot_rows_copied: live.tables.iter().map(|t| t.rows_copied).sum(),
                 snapshot_rows_estimated: live.tables.iter().map(|t| t.rows_estimated).sum(),
+                source_retained_bytes: live.retained_wal_bytes,
                 slot_retained_wal_bytes: live.retained_wal_bytes,
                 tables: live.tables.clone(),
                 divergent_tables: live.divergent_tables.clone(),
