@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::Pair;
 use ferry_testkit::{wait_for, PgOptions};
+use serde_json::json;
 
 const TABLES: [&str; 4] = [
     "pgbench_accounts",
@@ -126,6 +127,9 @@ fn target_crash_with_async_commit_loses_nothing_the_slot_confirmed() {
         let backlog_end = pair.source.psql("shop", "SELECT pg_current_wal_lsn()");
         let resumed = Instant::now();
         pair.act("cf", "resume");
+        // Drained: the target's checkpoint passed the backlog's end, or (when the load
+        // ended before the backlog's end was read, so that no later commit moves the
+        // target's checkpoint past it) the changefeed is synced.
         wait_for("the backlog to drain", Duration::from_secs(120), || {
             pair.target.psql(
                 "analytics",
@@ -134,6 +138,7 @@ fn target_crash_with_async_commit_loses_nothing_the_slot_confirmed() {
                      FROM _ferry.checkpoints"
                 ),
             ) == "t"
+                || pair.ferry.get("/api/v2/changefeeds/cf/synced").1["synced"] == json!(true)
         });
         let drain = resumed.elapsed();
         let out = load.join().unwrap();
