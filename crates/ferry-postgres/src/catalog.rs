@@ -105,16 +105,88 @@ pub async fn table_names(
 pub async fn enum_labels(
     client: &Client,
     type_oids: &[u32],
-) -> Result<std::collections::HashMap<u32, Vec<String>>, PgError> {
+) -> Result<std::collections::HashMap<u32, EnumLabels>, PgError> {
     let rows = client
         .query(
-            "SELECT enumtypid, array_agg(enumlabel::text) FROM pg_catalog.pg_enum
-             WHERE enumtypid = ANY($1::oid[]) GROUP BY 1",
+            // An array of an enum gets its element's labels.
+            "SELECT t.oid, t.typcategory = 'A', array_agg(e.enumlabel::text)
+             FROM pg_catalog.pg_type t JOIN pg_catalog.pg_enum e ON e.enumtypid =
+               CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
+             WHERE t.oid = ANY($1::oid[]) GROUP BY 1, 2",
             &[&type_oids],
         )
         .await
         .map_err(|e| PgError::new("read enum labels", e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let labels = EnumLabels {
+                array: r.get(1),
+                labels: r.get(2),
+            };
+            (r.get(0), labels)
+        })
+        .collect())
+}
+
+/// The labels of an enum type, or of an array of one's element.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnumLabels {
+    /// The type is an array of the enum.
+    pub array: bool,
+    /// The enum's labels.
+    pub labels: Vec<String>,
+}
+
+impl EnumLabels {
+    /// Whether the text of a value of this type (an array's too) holds a label this list
+    /// does not know.
+    pub fn misses_label_of(&self, text: &[u8]) -> bool {
+        let known = |v: &[u8]| self.labels.iter().any(|l| l.as_bytes() == v);
+        if self.array {
+            array_elements(text).iter().any(|e| !known(e))
+        } else {
+            !known(text)
+        }
+    }
+}
+
+/// The elements of a one-dimensional array's text form (`{a,"b c",NULL}`), unquoted;
+/// NULLs left out. Multi-dimensional arrays' elements are found at any depth.
+fn array_elements(text: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'{' | b'}' | b',' => i += 1,
+            b'"' => {
+                let mut element = Vec::new();
+                i += 1;
+                while i < text.len() && text[i] != b'"' {
+                    if text[i] == b'\\' {
+                        i += 1;
+                    }
+                    if let Some(&c) = text.get(i) {
+                        element.push(c);
+                    }
+                    i += 1;
+                }
+                i += 1;
+                out.push(element);
+            }
+            _ => {
+                let start = i;
+                while i < text.len() && !matches!(text[i], b',' | b'}') {
+                    i += 1;
+                }
+                let element = &text[start..i];
+                if element != b"NULL" {
+                    out.push(element.to_vec());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The shape of the table with OID `oid`, as the catalog says now; `None` when no such table
@@ -305,4 +377,33 @@ fn oids_and_names<C: FromIterator<(u32, TableId)>>(rows: &[tokio_postgres::Row])
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod enum_tests {
+    use super::*;
+
+    #[test]
+    fn array_elements_are_unquoted_and_nulls_left_out() {
+        let got = array_elements(br#"{ok,"two words",NULL,"a\"q\\b",{x,y}}"#);
+        let want: Vec<&[u8]> = vec![b"ok", b"two words", br#"a"q\b"#, b"x", b"y"];
+        assert_eq!(got, want);
+        assert!(array_elements(b"{}").is_empty());
+    }
+
+    #[test]
+    fn a_label_not_known_is_found_in_scalars_and_arrays() {
+        let scalar = EnumLabels {
+            array: false,
+            labels: vec!["ok".into(), "{odd".into()],
+        };
+        assert!(!scalar.misses_label_of(b"{odd"));
+        assert!(scalar.misses_label_of(b"new"));
+        let array = EnumLabels {
+            array: true,
+            labels: vec!["ok".into(), "so so".into()],
+        };
+        assert!(!array.misses_label_of(br#"{ok,"so so",NULL}"#));
+        assert!(array.misses_label_of(b"{ok,new}"));
+    }
 }

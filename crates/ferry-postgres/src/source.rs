@@ -61,7 +61,7 @@ pub struct StreamOptions {
 }
 
 /// An enum column of a relation: its index in rows, and the labels known for its type.
-type EnumColumn = (usize, Vec<String>);
+type EnumColumn = (usize, catalog::EnumLabels);
 
 /// A started replication stream.
 pub struct PgStream {
@@ -402,7 +402,7 @@ impl PgStream {
             return Ok(());
         };
         let added = columns.iter().any(|(i, labels)| match row.get(*i) {
-            Some(Value::Text(v)) => !labels.iter().any(|l| l.as_bytes() == v.as_ref()),
+            Some(Value::Text(v)) => labels.misses_label_of(v),
             _ => false,
         });
         if !added {

@@ -1,6 +1,7 @@
 //! Enum labels added on the source while replicating (`ALTER TYPE … ADD VALUE`, which the
 //! replication stream does not announce) follow on the target in the source's order, while
-//! running and while paused, for a table already streaming and for one added later; and
+//! running and while paused, for a table already streaming and for one added later, also
+//! when a new label first appears inside an enum array; and
 //! `SET NOT NULL` / `DROP NOT NULL` on a column Ferry created follow too.
 
 mod common;
@@ -26,7 +27,9 @@ fn enum_labels_and_not_null_follow_the_source() {
         "shop",
         "CREATE TYPE mood AS ENUM ('ok', 'happy');
          CREATE TABLE feelings (id int PRIMARY KEY, m mood, n text);
-         INSERT INTO feelings VALUES (1, 'ok', 'a'), (2, 'happy', 'b')",
+         INSERT INTO feelings VALUES (1, 'ok', 'a'), (2, 'happy', 'b');
+         CREATE TABLE moodlists (id int PRIMARY KEY, ms mood[]);
+         INSERT INTO moodlists VALUES (1, '{ok,happy}')",
     );
     pair.create("cf", &["public.*"]);
     pair.wait_synced("cf", MINUTE);
@@ -49,6 +52,21 @@ fn enum_labels_and_not_null_follow_the_source() {
         "sad,ok,meh,happy,ecstatic"
     );
     pair.compare(&["feelings"]).assert_identical();
+    // A label added and used only inside an enum array.
+    pair.source
+        .psql("shop", "ALTER TYPE mood ADD VALUE 'wistful'");
+    pair.source.psql(
+        "shop",
+        "INSERT INTO moodlists VALUES (2, '{wistful,NULL,ok}')",
+    );
+    pair.wait_synced("cf", MINUTE);
+    pair.compare(&["moodlists"]).assert_identical();
+    // Seen in the stream and followed, not learnt from the target's refusal.
+    assert!(
+        !pair.ferry.log().contains("target refused a batch"),
+        "{}",
+        pair.ferry.log()
+    );
 
     // Paused: a new label and a new table using it; NOT NULL set on a column.
     pair.act("cf", "pause");
@@ -68,7 +86,7 @@ fn enum_labels_and_not_null_follow_the_source() {
         labels(&pair.target, "analytics"),
         labels(&pair.source, "shop")
     );
-    pair.compare(&["feelings", "moods_later"])
+    pair.compare(&["feelings", "moods_later", "moodlists"])
         .assert_identical();
     let not_null = |db: &ferry_testkit::PgCluster, name: &str| {
         db.psql(
