@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ferry_engine::config::Options;
-use ferry_testkit::mem::MemDb;
+use ferry_testkit::mem::{MemDb, SinkFault, SinkStep};
 
 use crate::harness::{Harness, FEED};
 
@@ -93,5 +93,31 @@ async fn a_transaction_is_never_split() {
         .map(|b| (b.rows, b.checkpoint.clone()))
         .collect();
     assert_eq!(got, [(60, ends[1].clone()), (30, ends[2].clone())]);
+    h.assert_identical(&[&t]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_batch_is_retried_one_transaction_per_batch() {
+    let db = MemDb::new();
+    let t = db.create_table("public", "t");
+    let h = Harness::start(&db);
+    h.create(h.config(&[], Options::default())).await;
+    h.wait_caught_up().await;
+
+    // The target refuses the third change of a five-transaction batch, once.
+    db.fail_sink_after(
+        SinkStep::Apply,
+        2,
+        SinkFault::Fail(ferry_core::ErrorClass::Definite),
+    );
+    for id in 0..5 {
+        db.commit(|tx| tx.insert(&t, id, "x"));
+    }
+    h.wait_caught_up().await;
+
+    // Up to the refused one, one transaction per batch; then batches again.
+    let rows: Vec<usize> = db.batches(FEED).iter().map(|b| b.rows).collect();
+    assert_eq!(rows, [1, 1, 1, 2]);
+    assert_eq!(h.status().last_error, None);
     h.assert_identical(&[&t]);
 }

@@ -87,42 +87,6 @@ async fn a_restart_during_a_hanging_commit_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_restart_mid_snapshot_copies_the_rest_and_converges() {
-    let db = MemDb::new();
-    let t = db.create_table("public", "t");
-    insert_each(&db, &t, 0, 100);
-    db.set_chunk_rows(10);
-    let mut h = Harness::start(&db);
-    let options = Options {
-        snapshot_workers: 1,
-        ..Options::default()
-    };
-    h.create(h.config(&[], options)).await;
-    // The fifth chunk's load hangs: four are committed with their markers.
-    db.fail_sink_after(SinkStep::CopyChunk, 4, SinkFault::Hang);
-    h.wait("the copy to hang", |h| h.db.faults_fired() == 1)
-        .await;
-    assert_eq!(db.target_markers(FEED).len(), 4);
-    assert_eq!(db.target_rows(&t).len(), 40);
-
-    // Changes before the restart, in copied and not yet copied chunks.
-    db.commit(|tx| {
-        tx.update(&t, 5, "copied, then changed");
-        tx.update(&t, 95, "changed before its copy");
-        tx.delete(&t, 6);
-        tx.delete(&t, 55);
-        tx.insert(&t, 1000, "new");
-    });
-    h.restart().await;
-    h.wait_caught_up().await;
-    assert_eq!(db.target_markers(FEED).len(), 10);
-    // Chunks copied in the later snapshot overlap the stream's replay, which upserts: the
-    // rows converge (the in-memory target notes the overlap as anomalies).
-    assert_eq!(db.target_rows(&t), db.source_rows(&t));
-    h.assert_checkpoint_rule();
-}
-
-#[tokio::test(start_paused = true)]
 async fn a_transient_source_failure_is_retried_then_recovers() {
     let db = MemDb::new();
     let t = db.create_table("public", "t");
@@ -172,4 +136,41 @@ async fn a_definite_source_failure_fails_until_resumed() {
     h.engine.resume("default", "cf", None).await.unwrap();
     h.wait_caught_up().await;
     h.assert_identical(&[&t]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_at_a_later_position_skips_to_it() {
+    let db = MemDb::new();
+    let t = db.create_table("public", "t");
+    let h = Harness::start(&db);
+    h.create(h.config(&[], Options::default())).await;
+    h.wait_caught_up().await;
+
+    h.engine.pause("default", "cf").await.unwrap();
+    let skipped = db.commit(|tx| tx.insert(&t, 1, "skipped"));
+    db.commit(|tx| tx.insert(&t, 2, "applied"));
+    h.engine
+        .resume("default", "cf", Some(skipped.end.clone()))
+        .await
+        .unwrap();
+    h.wait_caught_up().await;
+    assert_eq!(db.target_rows(&t).keys().collect::<Vec<_>>(), [&2]);
+    h.assert_checkpoint_rule();
+
+    // A position the slot cannot serve (before what it confirmed) is refused.
+    h.engine.pause("default", "cf").await.unwrap();
+    let refused = h.engine.resume("default", "cf", Some(skipped.commit)).await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_a_changefeed_releases_its_slot() {
+    let db = MemDb::new();
+    db.create_table("public", "t");
+    let h = Harness::start(&db);
+    h.create(h.config(&[], Options::default())).await;
+    h.wait_caught_up().await;
+    assert!(db.has_slot(FEED));
+    assert!(h.engine.delete("default", "cf").await.unwrap());
+    assert!(!db.has_slot(FEED));
 }

@@ -5,6 +5,7 @@
 //! - `checkpoint`: the source is confirmed only what the target made durable.
 //! - `target`: `target_position` applies exactly up to it, then finishes.
 //! - `tables`: tables copied in a later snapshot skip the changes their copy holds.
+//! - `snapshot`: the copy resumed after a crash or failure; snapshot-only; no copy.
 //! - `lifecycle`: pause and resume, crashes and restarts, retried source failures.
 //!
 //! [`Engine`]: ferry_engine::Engine
@@ -13,5 +14,6 @@ mod batching;
 mod checkpoint;
 mod harness;
 mod lifecycle;
+mod snapshot;
 mod tables;
 mod target;
