@@ -121,3 +121,22 @@ async fn a_refused_batch_is_retried_one_transaction_per_batch() {
     assert_eq!(h.status().last_error, None);
     h.assert_identical(&[&t]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_transaction_larger_than_the_event_queue_is_one_batch() {
+    let db = MemDb::new();
+    let t = db.create_table("public", "t");
+    let h = Harness::start(&db);
+    h.create(h.config(&[], options(100))).await;
+    h.wait_caught_up().await;
+
+    db.commit(|tx| {
+        for id in 0..5000 {
+            tx.insert(&t, id, "x");
+        }
+    });
+    h.wait_caught_up().await;
+    let rows: Vec<usize> = db.batches(FEED).iter().map(|b| b.rows).collect();
+    assert_eq!(rows, [5000]);
+    h.assert_identical(&[&t]);
+}

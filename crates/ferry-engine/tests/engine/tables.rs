@@ -77,3 +77,43 @@ async fn a_table_created_while_streaming_is_copied_then_streamed() {
     h.wait_caught_up().await;
     h.assert_identical(&[&a, &c]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_added_table_whose_copy_crashed_is_copied_again_exactly() {
+    let db = MemDb::new();
+    let a = db.create_table("public", "a");
+    let b = db.create_table("public", "b");
+    insert_each(&db, &b, 0, 5);
+    let mut h = Harness::start(&db);
+    let config = h.config(&["public.a"], Options::default());
+    h.create(config.clone()).await;
+    h.wait_caught_up().await;
+
+    h.engine.pause("default", "cf").await.unwrap();
+    h.engine
+        .update(ferry_engine::ChangefeedConfig {
+            tables: ferry_core::TableFilter::new(&["public.a", "public.b"]).unwrap(),
+            ..config
+        })
+        .await
+        .unwrap();
+    // b's copy hangs; b changes meanwhile, then the engine restarts.
+    db.fail_sink(
+        ferry_testkit::mem::SinkStep::CopyChunk,
+        ferry_testkit::mem::SinkFault::Hang,
+    );
+    h.engine.resume("default", "cf", None).await.unwrap();
+    h.wait("b's copy to hang", |h| h.db.faults_fired() == 1)
+        .await;
+    db.commit(|tx| {
+        tx.insert(&b, 10, "new");
+        tx.update(&b, 1, "changed");
+        tx.delete(&b, 2);
+        tx.insert(&a, 1, "a");
+    });
+    h.restart().await;
+    h.wait_caught_up().await;
+    db.commit(|tx| tx.delete(&b, 10));
+    h.wait_caught_up().await;
+    h.assert_identical(&[&a, &b]);
+}
