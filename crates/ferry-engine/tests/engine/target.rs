@@ -82,3 +82,41 @@ async fn a_target_position_beyond_the_source_waits_for_it() {
     assert_eq!(db.target_rows(&t), db.source_rows(&t));
     h.assert_checkpoint_rule();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_before_the_target_is_durable_still_stops_exactly_there() {
+    let db = MemDb::new();
+    let t = db.create_table("public", "t");
+    let mut h = Harness::start(&db);
+    let config = h.config(&[], Options::default());
+    h.create(config.clone()).await;
+    h.wait_caught_up().await;
+
+    h.engine.pause("default", "cf").await.unwrap();
+    let committed: Vec<_> = (0..5)
+        .map(|id| db.commit(|tx| tx.insert(&t, id, "x")))
+        .collect();
+    let target = committed[2].commit.clone();
+    h.engine
+        .update(ferry_engine::ChangefeedConfig {
+            target_position: Some(target.clone()),
+            ..config
+        })
+        .await
+        .unwrap();
+    // The batch that reaches the target hangs; the engine restarts.
+    db.fail_sink(
+        ferry_testkit::mem::SinkStep::CommitBatch,
+        ferry_testkit::mem::SinkFault::Hang,
+    );
+    h.engine.resume("default", "cf", None).await.unwrap();
+    h.wait("the commit to hang", |h| h.db.faults_fired() == 1)
+        .await;
+    assert!(db.target_rows(&t).is_empty());
+    h.restart().await;
+    h.wait_state(FeedState::Finished).await;
+    assert_eq!(db.target_rows(&t), db.source_rows_through(&t, &target));
+    assert_eq!(db.target_checkpoint(FEED), Some(committed[2].end.clone()));
+    assert_eq!(db.anomalies(), Vec::<String>::new());
+    h.assert_checkpoint_rule();
+}

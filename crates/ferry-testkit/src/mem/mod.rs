@@ -38,6 +38,18 @@
 //! [`MemDb::fail_source`] makes a step of the source fail once with an error of a class;
 //! [`MemDb::fail_sink`] makes a step of the sink fail, hang or panic once (a hang lasts
 //! until the engine drops the call, as a dead connection would).
+//!
+//! ```no_run
+//! use ferry_testkit::mem::MemDb;
+//!
+//! let db = MemDb::new();
+//! let t = db.create_table("public", "t");
+//! db.commit(|tx| tx.insert(&t, 1, "one"));
+//! // `Engine::start(meta, options, db.connectors())`, a changefeed from `db.source_uri()`
+//! // to `blackhole://`, wait until its checkpoint is `db.current_position()`, then:
+//! assert_eq!(db.target_rows(&t), db.source_rows(&t));
+//! assert!(db.anomalies().is_empty() && db.checkpoint_violations().is_empty());
+//! ```
 
 mod connectors;
 mod sink;
@@ -45,7 +57,7 @@ mod source;
 mod table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ferry_core::{
     BulkFormat, ConnectionUri, ErrorClass, FinishedChunk, Lsn, Position, Row, RowChange,
@@ -108,7 +120,8 @@ pub enum SinkFault {
     Panic,
     /// Fails with an error of this class, changing nothing.
     Fail(ErrorClass),
-    /// For [`SinkStep::CommitBatch`]: commits, then fails as if the answer was lost.
+    /// Commits (a batch, a chunk), then fails as if the answer was lost; at
+    /// [`SinkStep::Apply`], fails as [`SinkFault::Fail`].
     FailAfterCommit(ErrorClass),
 }
 
@@ -229,10 +242,12 @@ impl MemDb {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while building a transaction has failed already: later
+        // users (a stream ending as the runtime drops it) go on, rather than panic again.
         self.shared
             .state
             .lock()
-            .expect("no test panics while holding the in-memory database")
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Wakes the streams and watchers.

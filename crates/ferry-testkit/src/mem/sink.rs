@@ -66,7 +66,9 @@ impl Sink for MemSink {
     }
 
     async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
-        self.disturb(SinkStep::Apply).await?;
+        if let Some(class) = self.disturb(SinkStep::Apply).await? {
+            return Err(injected(SinkStep::Apply, class));
+        }
         self.pending.push(Pending::Change(change));
         Ok(())
     }
