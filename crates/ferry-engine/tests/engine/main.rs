@@ -7,6 +7,7 @@
 //! - `tables`: tables copied in a later snapshot skip the changes their copy holds.
 //! - `snapshot`: the copy resumed after a crash or failure; snapshot-only; no copy.
 //! - `lifecycle`: pause and resume, crashes and restarts, retried source failures.
+//! - `soak`: a seeded random workload under all of those disturbances at once.
 //!
 //! [`Engine`]: ferry_engine::Engine
 
@@ -15,5 +16,6 @@ mod checkpoint;
 mod harness;
 mod lifecycle;
 mod snapshot;
+mod soak;
 mod tables;
 mod target;

@@ -431,6 +431,12 @@ impl MemDb {
         self.lock().faults_fired
     }
 
+    /// How many armed faults (source and sink) have not fired yet.
+    pub fn faults_armed(&self) -> usize {
+        let state = self.lock();
+        state.source_faults.len() + state.sink_faults.len()
+    }
+
     /// The armed failure of `step`, if any: taken, so it fires once.
     fn take_source_fault(&self, step: SourceStep) -> Result<(), SourceError> {
         let mut state = self.lock();
