@@ -19,6 +19,8 @@
 //!   (stops forwarding, closes nothing), for network-cut tests.
 //! - [`certs`]: [`certs::TestCa`], a throwaway CA that issues server and client certificates
 //!   as PEM files, for TLS tests.
+//! - [`mem`] (cargo feature `mem`): in-memory source and sink connectors ([`mem::MemDb`],
+//!   [`mem::MemConnectors`]) that drive the engine without a database.
 //! - [`wait`]: [`wait_for`] and [`wait_for_async`], deadline-bounded polling for assertions on
 //!   eventually-true conditions (a checkpoint saved, rows arrived).
 //!
@@ -48,6 +50,8 @@
 pub mod certs;
 pub mod compare;
 pub mod ferry;
+#[cfg(feature = "mem")]
+pub mod mem;
 pub mod postgres;
 pub mod proxy;
 mod server_user;

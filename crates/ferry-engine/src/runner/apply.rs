@@ -231,7 +231,13 @@ impl Applier {
                 cursor.in_transaction = false;
                 batch.transactions += 1;
                 let at_target = self.at_target(&end);
-                let isolated = self.isolate_until.as_ref().is_some_and(|t| t.covers(&end));
+                // By its commit position, as `isolate_until` is one (its end lies after it).
+                let isolated = self.isolate_until.as_ref().is_some_and(|until| {
+                    cursor
+                        .current_commit
+                        .as_ref()
+                        .is_some_and(|commit| until.covers(commit))
+                });
                 batch.end = Some((end, commit_time_us));
                 let age = batch.opened.map_or(Duration::ZERO, |t| t.elapsed());
                 if batch.rows as usize >= self.max_rows

@@ -39,6 +39,7 @@ mod stream;
 pub(crate) mod tables;
 mod trail;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ use ferry_core::{
     SourceOptions, SourceTable, StreamState, TableId, TargetPolicy,
 };
 use ferry_meta::{Collection, MetaStore};
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -179,7 +181,15 @@ impl Runner {
             }
             let attempt_started = Instant::now();
             let result = tokio::select! {
-                result = self.run_once() => result,
+                // A panic (a bug in the engine or a connector) fails the attempt like a
+                // crashed snapshot worker, instead of ending the task with the changefeed
+                // still shown `running`. The panic's text goes to the log only.
+                result = AssertUnwindSafe(self.run_once()).catch_unwind() => {
+                    result.unwrap_or_else(|_| Err(RunError::Worker(
+                        "the changefeed's task crashed (a bug; the server log has the details)"
+                            .into(),
+                    )))
+                }
                 _ = stop.changed() => return,
             };
             if *stop.borrow() {

@@ -1,0 +1,21 @@
+//! The engine without a database: the real [`Engine`] drives the in-memory source and sink
+//! of `ferry_testkit::mem` on a paused clock, so every test is fast and deterministic.
+//!
+//! - `batching`: transactions grouped into batches, `batch_max_rows`, whole transactions.
+//! - `checkpoint`: the source is confirmed only what the target made durable.
+//! - `target`: `target_position` applies exactly up to it, then finishes.
+//! - `tables`: tables copied in a later snapshot skip the changes their copy holds.
+//! - `snapshot`: the copy resumed after a crash or failure; snapshot-only; no copy.
+//! - `lifecycle`: pause and resume, crashes and restarts, retried source failures.
+//! - `soak`: a seeded random workload under all of those disturbances at once.
+//!
+//! [`Engine`]: ferry_engine::Engine
+
+mod batching;
+mod checkpoint;
+mod harness;
+mod lifecycle;
+mod snapshot;
+mod soak;
+mod tables;
+mod target;

@@ -1,0 +1,220 @@
+//! The in-memory sink: a batch is held by its [`MemSink`] and reaches the target only at
+//! `commit_batch`, together with the checkpoint; a snapshot chunk commits with its marker.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ferry_core::{
+    ChunkData, ErrorClass, FinishedChunk, Position, RowChange, Sink, SinkError, TableId,
+    TableSchema,
+};
+use futures::StreamExt;
+
+use super::source::decode_row;
+use super::{apply_change, key_of, CommittedBatch, MemDb, SinkFault, SinkStep, MEM_ROWS};
+
+/// One connection to the in-memory target, for changefeed `feed`. Dropping it discards
+/// its open batch, as a closed connection rolls back.
+pub struct MemSink {
+    pub(super) db: MemDb,
+    pub(super) feed: String,
+    /// The open batch.
+    pub(super) pending: Vec<Pending>,
+}
+
+/// What the open batch holds.
+pub(super) enum Pending {
+    Change(RowChange),
+    Rename { from: TableId, to: TableId },
+}
+
+fn injected(step: SinkStep, class: ErrorClass) -> SinkError {
+    SinkError::Statement {
+        what: format!("{step:?}"),
+        class,
+        source: format!("injected {class:?} failure").into(),
+    }
+}
+
+impl MemSink {
+    /// Does the armed fault of `step`, if any. `Ok(Some(class))`: commit, then fail.
+    async fn disturb(&self, step: SinkStep) -> Result<Option<ErrorClass>, SinkError> {
+        match self.db.take_sink_fault(step) {
+            None => Ok(None),
+            Some(SinkFault::Hang) => std::future::pending().await,
+            Some(SinkFault::Panic) => panic!("injected panic at {step:?}"),
+            Some(SinkFault::Fail(class)) => Err(injected(step, class)),
+            Some(SinkFault::FailAfterCommit(class)) => Ok(Some(class)),
+        }
+    }
+
+    fn create_table(&self, table: &TableId) {
+        let mut state = self.db.lock();
+        state.target.tables.entry(table.clone()).or_default();
+    }
+}
+
+#[async_trait]
+impl Sink for MemSink {
+    async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
+        Ok(self.db.target_checkpoint(&self.feed))
+    }
+
+    async fn ensure_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        self.create_table(&schema.id);
+        Ok(())
+    }
+
+    async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
+        if let Some(class) = self.disturb(SinkStep::Apply).await? {
+            return Err(injected(SinkStep::Apply, class));
+        }
+        self.pending.push(Pending::Change(change));
+        Ok(())
+    }
+
+    async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
+        let fail_after = self.disturb(SinkStep::CommitBatch).await?;
+        let pending = std::mem::take(&mut self.pending);
+        let mut rows = 0;
+        {
+            let mut state = self.db.lock();
+            let target = &mut state.target;
+            for item in &pending {
+                match item {
+                    Pending::Change(change) => {
+                        rows += 1;
+                        let tables: Vec<TableId> = match change {
+                            RowChange::Insert { table, .. }
+                            | RowChange::Update { table, .. }
+                            | RowChange::Delete { table, .. } => vec![table.id.clone()],
+                            RowChange::Truncate { tables, .. } => {
+                                tables.iter().map(|t| t.id.clone()).collect()
+                            }
+                        };
+                        for table in tables {
+                            let rows = target.tables.entry(table.clone()).or_default();
+                            apply_change(rows, &table, change, &mut target.anomalies);
+                        }
+                    }
+                    Pending::Rename { from, to } => {
+                        let rows = target.tables.remove(from).unwrap_or_default();
+                        target.tables.insert(to.clone(), rows);
+                    }
+                }
+            }
+            let before = target.checkpoints.get(&self.feed);
+            if let Some(before) = before.filter(|b| !checkpoint.covers(b)) {
+                let anomaly = format!("{}: checkpoint {checkpoint} after {before}", self.feed);
+                target.anomalies.push(anomaly);
+            }
+            target
+                .checkpoints
+                .insert(self.feed.clone(), checkpoint.clone());
+            target.batches.push(CommittedBatch {
+                feed: self.feed.clone(),
+                checkpoint,
+                rows,
+            });
+        }
+        match fail_after {
+            Some(class) => Err(injected(SinkStep::CommitBatch, class)),
+            None => Ok(()),
+        }
+    }
+
+    async fn abort_batch(&mut self) {
+        self.pending.clear();
+    }
+
+    async fn rename_table(
+        &mut self,
+        from: &TableId,
+        schema: &Arc<TableSchema>,
+    ) -> Result<(), SinkError> {
+        self.pending.push(Pending::Rename {
+            from: from.clone(),
+            to: schema.id.clone(),
+        });
+        Ok(())
+    }
+
+    async fn release_tables(&mut self, _tables: &[TableId]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn reset_snapshot(&mut self) -> Result<(), SinkError> {
+        self.db.lock().target.markers.remove(&self.feed);
+        Ok(())
+    }
+
+    async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
+        Ok(self.db.target_markers(&self.feed))
+    }
+
+    async fn ensure_table_for_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        self.create_table(&schema.id);
+        Ok(())
+    }
+
+    async fn copy_chunk(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot: &Position,
+        replace: bool,
+        data: ChunkData,
+    ) -> Result<u64, SinkError> {
+        let fail_after = self.disturb(SinkStep::CopyChunk).await?;
+        let ChunkData::Bulk { format, mut data } = data;
+        if format != MEM_ROWS {
+            return Err(SinkError::Unsupported {
+                message: format!("the in-memory sink cannot load {format:?}"),
+            });
+        }
+        let mut text = Vec::new();
+        while let Some(bytes) = data.next().await {
+            let bytes = bytes.map_err(|e| SinkError::Statement {
+                what: format!("reading chunk {chunk} of {}", schema.id),
+                class: e.class,
+                source: Box::new(e),
+            })?;
+            text.extend_from_slice(&bytes);
+        }
+        let text = String::from_utf8(text).expect("the in-memory source writes UTF-8");
+        let rows: Vec<_> = text
+            .lines()
+            .map(|line| decode_row(line).expect("the in-memory source writes rows"))
+            .collect();
+        let mut state = self.db.lock();
+        let target = &mut state.target;
+        let table = target.tables.entry(schema.id.clone()).or_default();
+        if replace {
+            table.clear();
+        }
+        for row in &rows {
+            let id = key_of(row);
+            if table.insert(id, row.clone()).is_some() {
+                let anomaly = format!("copy of key {id} that {} holds", schema.id);
+                target.anomalies.push(anomaly);
+            }
+        }
+        let markers = target.markers.entry(self.feed.clone()).or_default();
+        markers.retain(|m| !(m.table == schema.id && m.chunk == chunk));
+        markers.push(FinishedChunk {
+            table: schema.id.clone(),
+            chunk,
+            rows: rows.len() as u64,
+            snapshot: snapshot.clone(),
+        });
+        drop(state);
+        match fail_after {
+            Some(class) => Err(injected(SinkStep::CopyChunk, class)),
+            None => Ok(rows.len() as u64),
+        }
+    }
+
+    async fn finish_table(&mut self, _schema: &TableSchema) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
