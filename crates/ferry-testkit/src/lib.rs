@@ -19,6 +19,10 @@
 //!   (stops forwarding, closes nothing), for network-cut tests.
 //! - [`certs`]: [`certs::TestCa`], a throwaway CA that issues server and client certificates
 //!   as PEM files, for TLS tests.
+//! - [`workload`]: write loads besides pgbench, riding out source restarts: a bank whose
+//!   total the target must show in every consistent read ([`workload::bank`], checked every
+//!   second by a [`workload::bank::BankChecker`]), and TOASTed rows updated in their other
+//!   columns ([`workload::toast`]).
 //! - [`wait`]: [`wait_for`] and [`wait_for_async`], deadline-bounded polling for assertions on
 //!   eventually-true conditions (a checkpoint saved, rows arrived).
 //!
@@ -52,6 +56,7 @@ pub mod postgres;
 pub mod proxy;
 mod server_user;
 pub mod wait;
+pub mod workload;
 
 pub use compare::{compare_tables, Comparison, TableDiff};
 pub use ferry::{FerryOptions, FerryServer, HttpsClient};
