@@ -132,6 +132,9 @@ pub enum SlotCreation {
     Finished,
     /// No walsender of Ferry's has run it: the command never arrived.
     NotSeen,
+    /// The source answered the probe with an error (too many connections, a refused
+    /// login): it is alive, and says nothing of the walsender.
+    Unknown,
 }
 
 impl std::fmt::Display for SlotCreation {
@@ -140,6 +143,7 @@ impl std::fmt::Display for SlotCreation {
             SlotCreation::Running => "still creates it",
             SlotCreation::Finished => "had finished creating it",
             SlotCreation::NotSeen => "never saw the command",
+            SlotCreation::Unknown => "did not say",
         })
     }
 }
@@ -147,7 +151,7 @@ impl std::fmt::Display for SlotCreation {
 /// Asks the source, over a new session to `uri` that must answer within `timeout`, whether
 /// a walsender with `application_name` runs `CREATE_REPLICATION_SLOT` for `slot`
 /// (`pg_stat_activity` shows a walsender's replication command and whether it is still
-/// active). Errors when the source does not answer in time.
+/// active). Errors when the source does not answer in time, or cannot be reached.
 pub async fn probe_slot_creation(
     uri: &ferry_core::ConnectionUri,
     slot: &str,
@@ -175,12 +179,30 @@ pub async fn probe_slot_creation(
             .await
             .map_err(|e| PgError::new(format!("probe the creation of slot {slot}"), e))
     };
-    let row = tokio::time::timeout(timeout, probe)
-        .await
-        .map_err(|_| silent_source(timeout))??;
+    let row = match tokio::time::timeout(timeout, probe).await {
+        Err(_) => return Err(silent_source(timeout)),
+        Ok(Err(e)) if answered(&e) => return Ok(SlotCreation::Unknown),
+        Ok(result) => result?,
+    };
     Ok(match row.and_then(|r| r.get::<_, Option<bool>>(0)) {
         Some(true) => SlotCreation::Running,
         Some(false) => SlotCreation::Finished,
         None => SlotCreation::NotSeen,
     })
+}
+
+/// Whether the source itself answered with this error (a server error, not a lost or
+/// refused connection).
+fn answered(error: &PgError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.to_string().contains("SQLSTATE")
+            || e.downcast_ref::<tokio_postgres::Error>()
+                .is_some_and(|e| e.as_db_error().is_some())
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }

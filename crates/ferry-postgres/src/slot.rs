@@ -458,6 +458,8 @@ pub async fn create_slot_with_snapshot_within(
                 rows = &mut command => break rows,
                 probe = probe => match probe? {
                     crate::liveness::SlotCreation::Running => not_running = 0,
+                    // Alive, and silent about the walsender: no evidence either way.
+                    crate::liveness::SlotCreation::Unknown => {}
                     other => {
                         not_running += 1;
                         if not_running >= 2 {

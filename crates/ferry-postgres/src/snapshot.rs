@@ -229,7 +229,7 @@ pub async fn copy_out_within(
     .await?
     .map_err(|e| PgError::new(format!("look up table {}", schema.id), e))?
     .get(0);
-    lock_for_read(client, schema, partitioned, timeout).await?;
+    lock_for_read(client, schema, timeout).await?;
     let sql = copy_out_sql(schema, plan.key_column.as_deref(), chunk, partitioned);
     let what = format!("copy {} chunk {}", schema.id, chunk.index);
     let stream = answer(timeout, client.copy_out(&sql))
@@ -248,21 +248,20 @@ async fn answer<F: std::future::Future>(
         .map_err(|_| silent_source(timeout))
 }
 
-/// Takes `ACCESS SHARE` on the chunk's table in bounded attempts: each waits at most half
+/// Takes `ACCESS SHARE` on the chunk's table (`ONLY` the table: a partitioned table's
+/// partitions are locked by the COPY, and need no privilege of their own) in bounded attempts: each waits at most half
 /// of `timeout` for the lock (`lock_timeout`, in a savepoint so that a timed-out attempt
 /// leaves the snapshot's transaction usable) and must be answered within `timeout`.
 async fn lock_for_read(
     client: &Client,
     schema: &TableSchema,
-    partitioned: bool,
     timeout: Duration,
 ) -> Result<(), PgError> {
     let lock = format!(
         "SAVEPOINT ferry_lock; SET LOCAL lock_timeout = {}; \
-         LOCK TABLE {}{} IN ACCESS SHARE MODE; RELEASE SAVEPOINT ferry_lock; \
+         LOCK TABLE ONLY {} IN ACCESS SHARE MODE; RELEASE SAVEPOINT ferry_lock; \
          SET LOCAL lock_timeout = 0",
         (timeout.as_millis() / 2).max(1),
-        if partitioned { "" } else { "ONLY " },
         schema.id.quoted()
     );
     loop {
