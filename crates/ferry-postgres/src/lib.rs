@@ -17,7 +17,8 @@
 //! - [`decode`]: the pgoutput byte decoder (fuzzed and property-tested).
 //! - [`source`]: the replication stream, turned into [`ferry_core::SourceEvent`]s.
 //! - [`liveness`]: a silent stream probed, a dead session noticed, a slot taken back from
-//!   this changefeed's own dead walsender.
+//!   this changefeed's own dead walsender; a slot creation probed (waiting for transactions,
+//!   or dead). A snapshot COPY has its own read timeout ([`snapshot`]).
 //! - [`eligibility`]: whether a source can be replicated (wal_level, REPLICATION) and which
 //!   tables fully (a key or a replica identity), for checks before anything is stored.
 //!

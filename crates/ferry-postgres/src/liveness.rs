@@ -122,3 +122,87 @@ pub async fn release_stale_slot(
         .map_err(|e| PgError::new(format!("end the stale walsender of slot {slot}"), e))?;
     Ok(row.and_then(|r| r.get::<_, Option<i32>>(0)))
 }
+
+/// What the source says of a `CREATE_REPLICATION_SLOT` Ferry is waiting on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SlotCreation {
+    /// A walsender of Ferry's still runs the command (waiting for running transactions).
+    Running,
+    /// The walsender finished it: its answer was lost on the way.
+    Finished,
+    /// No walsender of Ferry's has run it: the command never arrived.
+    NotSeen,
+    /// The source answered the probe with an error (too many connections, a refused
+    /// login): it is alive, and says nothing of the walsender.
+    Unknown,
+}
+
+impl std::fmt::Display for SlotCreation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlotCreation::Running => "still creates it",
+            SlotCreation::Finished => "had finished creating it",
+            SlotCreation::NotSeen => "never saw the command",
+            SlotCreation::Unknown => "did not say",
+        })
+    }
+}
+
+/// Asks the source, over a new session to `uri` that must answer within `timeout`, whether
+/// a walsender with `application_name` runs `CREATE_REPLICATION_SLOT` for `slot`
+/// (`pg_stat_activity` shows a walsender's replication command and whether it is still
+/// active). Errors when the source does not answer in time, or cannot be reached.
+pub async fn probe_slot_creation(
+    uri: &ferry_core::ConnectionUri,
+    slot: &str,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<SlotCreation, PgError> {
+    let probe = async {
+        let client = crate::connect::connect(uri, "ferry-probe").await?;
+        let command = format!(
+            "CREATE_REPLICATION_SLOT {}%",
+            ferry_core::quote_ident(slot)
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&application_name, &command];
+        client
+            .query_opt(
+                "SELECT bool_or(state = 'active')
+                 FROM pg_catalog.pg_stat_activity
+                 WHERE backend_type = 'walsender' AND application_name = $1
+                   AND query LIKE $2",
+                &params,
+            )
+            .await
+            .map_err(|e| PgError::new(format!("probe the creation of slot {slot}"), e))
+    };
+    let row = match tokio::time::timeout(timeout, probe).await {
+        Err(_) => return Err(silent_source(timeout)),
+        Ok(Err(e)) if answered(&e) => return Ok(SlotCreation::Unknown),
+        Ok(result) => result?,
+    };
+    Ok(match row.and_then(|r| r.get::<_, Option<bool>>(0)) {
+        Some(true) => SlotCreation::Running,
+        Some(false) => SlotCreation::Finished,
+        None => SlotCreation::NotSeen,
+    })
+}
+
+/// Whether the source itself answered with this error (a server error, not a lost or
+/// refused connection).
+fn answered(error: &PgError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.to_string().contains("SQLSTATE")
+            || e.downcast_ref::<tokio_postgres::Error>()
+                .is_some_and(|e| e.as_db_error().is_some())
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}

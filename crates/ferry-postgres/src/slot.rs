@@ -409,22 +409,77 @@ pub struct CreatedSlot {
 }
 
 /// Opens a gated replication session and creates the slot named in `config` with an
-/// exported snapshot. A `temporary` slot disappears with the session.
+/// exported snapshot. A `temporary` slot disappears with the session. The source's silence
+/// is bounded by [`DEFAULT_REPLICATION_TIMEOUT`](crate::source::DEFAULT_REPLICATION_TIMEOUT)
+/// (see [`create_slot_with_snapshot_within`]).
 pub async fn create_slot_with_snapshot(
     target: ReplicationTarget,
     temporary: bool,
 ) -> Result<CreatedSlot, PgError> {
+    create_slot_with_snapshot_within(
+        target,
+        temporary,
+        crate::source::DEFAULT_REPLICATION_TIMEOUT,
+    )
+    .await
+}
+
+/// [`create_slot_with_snapshot`], watched every `timeout`: creating a slot legitimately
+/// waits for the source's running transactions to end, for as long as they run, so silence
+/// alone says nothing. Each time the command has been silent for `timeout`, a separate
+/// session asks the source whether the walsender still runs it
+/// ([`crate::liveness::probe_slot_creation`]); two answers in a row saying it does not (it
+/// finished, and its answer never came; or it never arrived), or no answer within
+/// `timeout`, make the session dead: a transient error, and the changefeed retries.
+pub async fn create_slot_with_snapshot_within(
+    target: ReplicationTarget,
+    temporary: bool,
+    timeout: std::time::Duration,
+) -> Result<CreatedSlot, PgError> {
     let slot = target.slot().to_owned();
+    let uri = target.uri.clone();
+    let application_name = target.config.application_name.clone().unwrap_or_default();
     let mut session = target.connect_gated().await?;
     let sql = format!(
         "CREATE_REPLICATION_SLOT {} {} LOGICAL pgoutput (SNAPSHOT 'export')",
         ferry_core::quote_ident(&slot),
         if temporary { "TEMPORARY" } else { "" }
     );
-    let rows = session
-        .simple_query(&sql)
-        .await
-        .map_err(|e| replication_error(&format!("create replication slot {slot}"), e))?;
+    let rows = {
+        let command = session.simple_query(&sql);
+        tokio::pin!(command);
+        let mut not_running = 0;
+        loop {
+            let probe = async {
+                tokio::time::sleep(timeout).await;
+                crate::liveness::probe_slot_creation(&uri, &slot, &application_name, timeout).await
+            };
+            tokio::select! {
+                rows = &mut command => break rows,
+                probe = probe => match probe? {
+                    crate::liveness::SlotCreation::Running => not_running = 0,
+                    // Alive, and silent about the walsender: no evidence either way.
+                    crate::liveness::SlotCreation::Unknown => {}
+                    other => {
+                        not_running += 1;
+                        if not_running >= 2 {
+                            return Err(PgError::other(
+                                format!(
+                                    "create replication slot {slot}: no answer for {} s \
+                                     although the source {other}: the network to it may \
+                                     be cut; reconnecting",
+                                    timeout.as_secs_f64() * 2.0
+                                ),
+                                ErrorClass::Transient,
+                                "timed out",
+                            ));
+                        }
+                    }
+                },
+            }
+        }
+    }
+    .map_err(|e| replication_error(&format!("create replication slot {slot}"), e))?;
     let text = |row: &[Option<bytes::Bytes>], i: usize| {
         row.get(i)
             .and_then(|v| v.as_ref())

@@ -10,11 +10,33 @@
 //!
 //! The plan is persisted before the first chunk is copied, so a restart reuses the same
 //! ranges and skips the chunks the sink already committed.
+//!
+//! # A source that stops answering
+//! A cut network can leave a session waiting forever on a socket that never delivers again
+//! (see [`crate::liveness`]: keepalives do not help behind a proxy or a NAT). A copy
+//! therefore never waits unbounded on silence, and tells a dead session from a waiting one:
+//!
+//! - Before the COPY, the chunk's session takes the table's `ACCESS SHARE` lock itself,
+//!   under a `lock_timeout` of half the read timeout, in a savepoint: a table another
+//!   session holds (an `ALTER TABLE` rewriting it) is waited for as long as it takes, one
+//!   bounded attempt after another, each answer proving the source alive; a source that
+//!   answers nothing within the timeout is unreachable.
+//! - The COPY itself then waits for nothing: a stream silent for the read timeout (counted
+//!   only while the sink asks for more, never while the target is slow) is a dead session.
+//!   The chunk fails as a transient error; the changefeed retries, and copies that chunk again
+//!   (finished chunks never are).
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use ferry_core::{quote_ident, TableSchema};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use tokio_postgres::Client;
 
 use crate::catalog::SelectedTable;
+use crate::liveness::silent_source;
+use crate::source::DEFAULT_REPLICATION_TIMEOUT;
 use crate::PgError;
 
 /// Rows per chunk the planner aims for: large enough that per-chunk overhead (a
@@ -152,37 +174,122 @@ pub async fn enter_snapshot(client: &Client, snapshot_name: &str) -> Result<(), 
         .map_err(|e| PgError::new("import the exported snapshot", e))
 }
 
-/// Streams one chunk as COPY text.
+/// Streams one chunk as COPY text, with [`DEFAULT_REPLICATION_TIMEOUT`] as the read timeout
+/// (see [`copy_out_within`]).
 pub async fn copy_out(
     client: &Client,
     schema: &TableSchema,
     plan: &TablePlan,
     chunk: &ChunkSpec,
-) -> Result<tokio_postgres::CopyOutStream, PgError> {
-    let partitioned = client
-        .query_one(
+) -> Result<BoxStream<'static, Result<Bytes, PgError>>, PgError> {
+    copy_out_within(client, schema, plan, chunk, DEFAULT_REPLICATION_TIMEOUT).await
+}
+
+/// Streams one chunk as COPY text. Never waits on a silent source for more than `timeout`,
+/// but waits as long as it takes for a table
+/// another session has locked (see the module doc). A silent source ends the stream with a
+/// transient error.
+pub async fn copy_out_within(
+    client: &Client,
+    schema: &TableSchema,
+    plan: &TablePlan,
+    chunk: &ChunkSpec,
+    timeout: Duration,
+) -> Result<BoxStream<'static, Result<Bytes, PgError>>, PgError> {
+    let partitioned: bool = answer(
+        timeout,
+        client.query_one(
             "SELECT COALESCE((SELECT relkind = 'p' FROM pg_catalog.pg_class
                               WHERE oid = pg_catalog.to_regclass($1)), false)",
             &[&schema.id.quoted()],
-        )
+        ),
+    )
+    .await?
+    .map_err(|e| PgError::new(format!("look up table {}", schema.id), e))?
+    .get(0);
+    lock_for_read(client, schema, timeout).await?;
+    let sql = copy_out_sql(schema, plan.key_column.as_deref(), chunk, partitioned);
+    let what = format!("copy {} chunk {}", schema.id, chunk.index);
+    let stream = answer(timeout, client.copy_out(&sql))
+        .await?
+        .map_err(|e| PgError::new(what.clone(), e))?;
+    Ok(progress_bounded(stream, timeout, what).boxed())
+}
+
+/// `future`'s output, or the silent-source error after `timeout`.
+async fn answer<F: std::future::Future>(
+    timeout: Duration,
+    future: F,
+) -> Result<F::Output, PgError> {
+    tokio::time::timeout(timeout, future)
         .await
-        .map_err(|e| PgError::new(format!("look up table {}", schema.id), e))?
-        .get(0);
-    client
-        .copy_out(&copy_out_sql(
-            schema,
-            plan.key_column.as_deref(),
-            chunk,
-            partitioned,
-        ))
-        .await
-        .map_err(|e| PgError::new(format!("copy {} chunk {}", schema.id, chunk.index), e))
+        .map_err(|_| silent_source(timeout))
+}
+
+/// Takes `ACCESS SHARE` on the chunk's table (`ONLY` the table: a partitioned table's
+/// partitions are locked by the COPY, and need no privilege of their own) in bounded attempts: each waits at most half
+/// of `timeout` for the lock (`lock_timeout`, in a savepoint so that a timed-out attempt
+/// leaves the snapshot's transaction usable) and must be answered within `timeout`.
+async fn lock_for_read(
+    client: &Client,
+    schema: &TableSchema,
+    timeout: Duration,
+) -> Result<(), PgError> {
+    let lock = format!(
+        "SAVEPOINT ferry_lock; SET LOCAL lock_timeout = {}; \
+         LOCK TABLE ONLY {} IN ACCESS SHARE MODE; RELEASE SAVEPOINT ferry_lock; \
+         SET LOCAL lock_timeout = 0",
+        (timeout.as_millis() / 2).max(1),
+        schema.id.quoted()
+    );
+    loop {
+        match answer(timeout, client.batch_execute(&lock)).await? {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::debug!(table = %schema.id, "table locked by another session; waiting on");
+                answer(
+                    timeout,
+                    client.batch_execute(
+                        "ROLLBACK TO SAVEPOINT ferry_lock; RELEASE SAVEPOINT ferry_lock",
+                    ),
+                )
+                .await?
+                .map_err(|e| PgError::new(format!("lock table {}", schema.id), e))?;
+            }
+            Err(e) => return Err(PgError::new(format!("lock table {}", schema.id), e)),
+        }
+    }
+}
+
+/// `stream`, ended by a transient error once it has been silent for `timeout` while asked
+/// for its next item (time the consumer spends elsewhere does not count).
+fn progress_bounded<S>(
+    stream: S,
+    timeout: Duration,
+    what: String,
+) -> impl Stream<Item = Result<Bytes, PgError>>
+where
+    S: Stream<Item = Result<Bytes, tokio_postgres::Error>>,
+{
+    let stream = Box::pin(stream);
+    futures::stream::unfold(Some(stream), move |stream| {
+        let what = what.clone();
+        async move {
+            let mut stream = stream?;
+            match tokio::time::timeout(timeout, stream.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
+                Ok(Some(Err(e))) => Some((Err(PgError::new(what, e)), None)),
+                Ok(None) => None,
+                Err(_) => Some((Err(silent_source(timeout)), None)),
+            }
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
+    use ferry_core::{ColumnSchema, ReplicaIdentity};
 
     #[test]
     fn chunk_sql_is_bounded() {

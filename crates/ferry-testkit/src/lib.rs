@@ -21,6 +21,10 @@
 //!   as PEM files, for TLS tests.
 //! - [`mem`] (cargo feature `mem`): in-memory source and sink connectors ([`mem::MemDb`],
 //!   [`mem::MemConnectors`]) that drive the engine without a database.
+//! - [`workload`]: write loads besides pgbench, riding out source restarts: a bank whose
+//!   total the target must show in every consistent read ([`workload::bank`], checked every
+//!   second by a [`workload::bank::BankChecker`]), and TOASTed rows updated in their other
+//!   columns ([`workload::toast`]).
 //! - [`wait`]: [`wait_for`] and [`wait_for_async`], deadline-bounded polling for assertions on
 //!   eventually-true conditions (a checkpoint saved, rows arrived).
 //!
@@ -56,6 +60,7 @@ pub mod postgres;
 pub mod proxy;
 mod server_user;
 pub mod wait;
+pub mod workload;
 
 pub use compare::{compare_tables, Comparison, TableDiff};
 pub use ferry::{FerryOptions, FerryServer, HttpsClient};

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::workloads::{self, Workloads};
 use common::Pair;
 
 /// pgbench scale: 2 (200k accounts) by default; `FERRY_TEST_PGBENCH_SCALE=10` for the
@@ -94,13 +95,19 @@ fn checkpoint_reached(pair: &Pair, lsn: &str) -> bool {
 /// Fault scenario 1's loop: `kill -9` at random intervals (2–15 s in the full run) while
 /// pgbench writes, each restart timed: until the first change is applied (the target's
 /// checkpoint moves) and until it caught up with what the source had written at the restart.
+/// The bank and TOAST workloads write alongside pgbench; the bank's total is read on the
+/// target every second throughout.
 #[test]
 fn kill_9_loop_at_random_intervals_under_load() {
     let (kills, min_ms, max_ms) = kill_loop_plan();
     let mut pair = Pair::start();
     let init = pair.source.pgbench("shop", &["-i", "-q", "-s", &scale()]);
     assert!(init.status.success(), "{init:?}");
-    pair.create("bench", &["public.pgbench_*"]);
+    let workloads = Workloads::create(&pair);
+    pair.create(
+        "bench",
+        &["public.pgbench_*", "public.bank_*", "public.toast_docs"],
+    );
     pair.wait_synced("bench", Duration::from_secs(300));
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -119,6 +126,8 @@ fn kill_9_loop_at_random_intervals_under_load() {
     let load_seconds = (intervals.iter().sum::<Duration>().as_secs() + 5).to_string();
     let mut first_change = Vec::new();
     let mut catch_up = Vec::new();
+    // Synced before the first kill: every read of the bank's total counts.
+    let mut running = workloads.start(&pair, "0/0", Duration::from_millis(5));
     std::thread::scope(|s| {
         let source = &pair.source;
         let load = s.spawn(move || {
@@ -156,13 +165,17 @@ fn kill_9_loop_at_random_intervals_under_load() {
         let out = load.join().unwrap();
         assert!(out.status.success(), "{out:?}");
     });
+    running.stop_writers();
     pair.wait_synced("bench", Duration::from_secs(300));
-    let report = pair.compare(&[
+    let workloads = running.finish(&pair);
+    let mut tables = vec![
         "pgbench_accounts",
         "pgbench_branches",
         "pgbench_tellers",
         "pgbench_history",
-    ]);
+    ];
+    tables.extend(workloads::TABLES);
+    let report = pair.compare(&tables);
     let seconds = |d: &[Option<Duration>]| {
         d.iter()
             .map(|d| d.map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64())))
@@ -176,7 +189,7 @@ fn kill_9_loop_at_random_intervals_under_load() {
     eprintln!(
         "scenario 1 (loop): {kills} kill -9 under pgbench (scale {}) at intervals of [{}] s; \
          restart to first applied change: [{}] s; restart to caught up with the source's \
-         position at the restart: [{}] s ('-': not within the interval)\n{report}",
+         position at the restart: [{}] s ('-': not within the interval); {workloads}\n{report}",
         scale(),
         intervals_s.join(", "),
         seconds(&first_change),

@@ -17,6 +17,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::workloads::{self, Workloads};
 use common::Pair;
 use ferry_testkit::{wait_for, PgOptions};
 use serde_json::json;
@@ -81,7 +82,11 @@ fn target_crash_with_async_commit_loses_nothing_the_slot_confirmed() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    pair.create("cf", &["public.pgbench_*"]);
+    let workloads = Workloads::create(&pair);
+    pair.create(
+        "cf",
+        &["public.pgbench_*", "public.bank_*", "public.toast_docs"],
+    );
     pair.wait_synced("cf", Duration::from_secs(120));
     // A witness of every transaction from here on, with its commit position.
     pair.source.psql(
@@ -91,6 +96,9 @@ fn target_crash_with_async_commit_loses_nothing_the_slot_confirmed() {
 
     let load_seconds = plan.load_seconds.to_string();
     let rate = plan.rate;
+    // The bank and TOAST writers run alongside pgbench (throttled too: a transaction every
+    // 50 ms each); the bank's total is read on the target every second, across the crash.
+    let mut running = workloads.start(&pair, "0/0", Duration::from_millis(50));
     let (confirmed_at_crash, durable, outage, drain) = std::thread::scope(|s| {
         let source = &pair.source;
         let load = s.spawn(move || {
@@ -147,6 +155,7 @@ fn target_crash_with_async_commit_loses_nothing_the_slot_confirmed() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        running.stop_writers();
         (confirmed_at_crash, durable, outage, drain)
     });
 
@@ -163,12 +172,15 @@ fn target_crash_with_async_commit_loses_nothing_the_slot_confirmed() {
     pair.source
         .psql("shop", "SELECT pg_drop_replication_slot('witness')");
     pair.wait_synced("cf", Duration::from_secs(120));
-    let report = pair.compare(&TABLES);
+    let workloads = running.finish(&pair);
+    let mut tables = TABLES.to_vec();
+    tables.extend(workloads::TABLES);
+    let report = pair.compare(&tables);
     let peak_mib = pair.ferry.peak_rss_kib().unwrap_or(0) / 1024;
     eprintln!(
         "scenario 4: target down {:.1} s; slot confirmed {confirmed_at_crash} at the crash, \
          target durable at {durable}; {lost} confirmed transactions lost; backlog drained {:.1} \
-         s after the target came back; server peak RSS {peak_mib} MiB\n{report}",
+         s after the target came back; server peak RSS {peak_mib} MiB; {workloads}\n{report}",
         outage.as_secs_f64(),
         drain.as_secs_f64()
     );

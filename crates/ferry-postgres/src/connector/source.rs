@@ -65,7 +65,8 @@ impl PgSource {
             "ferry"
         };
         let config = slot::replication_config(&self.uri, &names, Lsn::ZERO, application)?;
-        let created = slot::create_slot_with_snapshot(config, temporary).await?;
+        let timeout = self.options.replication_timeout;
+        let created = slot::create_slot_with_snapshot_within(config, temporary, timeout).await?;
         Ok((created, names.slot))
     }
 }
@@ -186,6 +187,7 @@ impl Source for PgSource {
         self.created = Some(created.session);
         Ok(Box::new(PgExport {
             uri: self.uri.clone(),
+            timeout: self.options.replication_timeout,
             name: created.snapshot_name,
             lsn: created.consistent_point,
             _session: None,
@@ -196,6 +198,7 @@ impl Source for PgSource {
         let (created, _) = self.create_slot(true).await?;
         Ok(Box::new(PgExport {
             uri: self.uri.clone(),
+            timeout: self.options.replication_timeout,
             name: created.snapshot_name,
             lsn: created.consistent_point,
             _session: Some(created.session),
@@ -271,6 +274,8 @@ pub(super) async fn current_wal_lsn(client: &Client) -> Result<Lsn, PgError> {
 /// An exported snapshot; a temporary slot's session keeps it alive.
 struct PgExport {
     uri: ConnectionUri,
+    /// See [`SourceOptions::replication_timeout`].
+    timeout: std::time::Duration,
     name: String,
     lsn: Lsn,
     _session: Option<ReplicationClient>,
@@ -285,13 +290,18 @@ impl SnapshotExport for PgExport {
     async fn reader(&self) -> Result<Box<dyn ChunkReader>, SourceError> {
         let client = crate::connect::connect(&self.uri, "ferry-snapshot").await?;
         snapshot::enter_snapshot(&client, &self.name).await?;
-        Ok(Box::new(PgChunkReader { client }))
+        Ok(Box::new(PgChunkReader {
+            client,
+            timeout: self.timeout,
+        }))
     }
 }
 
 /// A connection inside an exported snapshot.
 struct PgChunkReader {
     client: Client,
+    /// Longest silence of the source while a chunk is read.
+    timeout: std::time::Duration,
 }
 
 #[async_trait]
@@ -302,10 +312,9 @@ impl ChunkReader for PgChunkReader {
         plan: &TablePlan,
         chunk: &ChunkSpec,
     ) -> Result<ChunkData, SourceError> {
-        let what = format!("read {} chunk {}", schema.id, chunk.index);
-        let data = snapshot::copy_out(&self.client, schema, plan, chunk).await?;
-        let data = data
-            .map_err(move |e| SourceError::from(PgError::new(what.clone(), e)))
+        let data = snapshot::copy_out_within(&self.client, schema, plan, chunk, self.timeout)
+            .await?
+            .map_err(SourceError::from)
             .boxed();
         Ok(ChunkData::Bulk {
             format: BulkFormat::PG_COPY_TEXT,

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod workloads;
+
 use ferry_testkit::{FerryServer, PgCluster, PgOptions};
 use serde_json::{json, Value};
 
