@@ -289,7 +289,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::{ColumnSchema, ReplicaIdentity};
+    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
 
     #[test]
     fn chunk_sql_is_bounded() {
