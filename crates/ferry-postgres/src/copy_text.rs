@@ -9,8 +9,9 @@
 //! PostgreSQL does. A field without a backslash is passed on without a copy.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ferry_core::{ErrorClass, Row, SourceError, Value};
-use futures::stream::{BoxStream, StreamExt};
+use ferry_core::snapshot::ByteStream;
+use ferry_core::{ErrorClass, Row, RowStream, SourceError, Value};
+use futures::stream::StreamExt;
 
 /// Appends `row` to `out` as one line of COPY text.
 ///
@@ -135,54 +136,59 @@ fn decode_field(line: &Bytes, field: &[u8]) -> Value {
 
 /// Turns a stream of COPY text (split anywhere; PostgreSQL sends a message per row) into
 /// rows of `columns` values. `what` names the chunk in errors.
-pub fn decode_rows<E>(
-    data: BoxStream<'static, Result<Bytes, E>>,
-    columns: usize,
-    what: String,
-) -> BoxStream<'static, Result<Row, SourceError>>
-where
-    E: Into<SourceError> + 'static,
-{
+pub fn decode_rows(data: ByteStream, columns: usize, what: String) -> RowStream {
     let mut partial = BytesMut::new();
     let mut failed = false;
-    data.flat_map(move |item| {
-        let mut rows = Vec::new();
-        if failed {
-            return futures::stream::iter(rows);
-        }
-        match item {
-            Ok(bytes) => {
-                let bytes = if partial.is_empty() {
-                    bytes
-                } else {
-                    partial.extend_from_slice(&bytes);
-                    partial.split().freeze()
-                };
-                let mut start = 0;
-                while let Some(end) = bytes[start..].iter().position(|&c| c == b'\n') {
-                    let line = bytes.slice(start..start + end);
-                    start += end + 1;
-                    match decode_line(line, columns) {
-                        Ok(row) => rows.push(Ok(row)),
-                        Err(e) => {
-                            failed = true;
-                            rows.push(Err(SourceError::new(what.clone(), ErrorClass::Definite, e)));
-                            break;
+    // `None` marks the end, where a row left unfinished is an error, never dropped.
+    data.map(Some)
+        .chain(futures::stream::once(futures::future::ready(None)))
+        .flat_map(move |item| {
+            let mut rows = Vec::new();
+            if failed {
+                return futures::stream::iter(rows);
+            }
+            match item {
+                Some(Ok(bytes)) => {
+                    let bytes = if partial.is_empty() {
+                        bytes
+                    } else {
+                        partial.extend_from_slice(&bytes);
+                        partial.split().freeze()
+                    };
+                    let mut start = 0;
+                    while let Some(end) = bytes[start..].iter().position(|&c| c == b'\n') {
+                        let line = bytes.slice(start..start + end);
+                        start += end + 1;
+                        match decode_line(line, columns) {
+                            Ok(row) => rows.push(Ok(row)),
+                            Err(e) => {
+                                failed = true;
+                                rows.push(Err(SourceError::new(
+                                    what.clone(),
+                                    ErrorClass::Definite,
+                                    e,
+                                )));
+                                break;
+                            }
                         }
                     }
+                    if !failed {
+                        partial.extend_from_slice(&bytes[start..]);
+                    }
                 }
-                if !failed {
-                    partial.extend_from_slice(&bytes[start..]);
+                Some(Err(e)) => {
+                    failed = true;
+                    rows.push(Err(e));
                 }
+                None if !partial.is_empty() => rows.push(Err(SourceError::message(
+                    format!("{what}: the COPY text ended in the middle of a row"),
+                    ErrorClass::Transient,
+                ))),
+                None => {}
             }
-            Err(e) => {
-                failed = true;
-                rows.push(Err(e.into()));
-            }
-        }
-        futures::stream::iter(rows)
-    })
-    .boxed()
+            futures::stream::iter(rows)
+        })
+        .boxed()
 }
 
 #[cfg(test)]
@@ -213,6 +219,18 @@ mod tests {
             decode_line(line, 2).unwrap(),
             vec![text("AAJq\u{8}\u{c}\u{b}"), text("x\\")]
         );
+    }
+
+    #[test]
+    fn an_unfinished_last_row_is_an_error() {
+        let pieces: Vec<Result<Bytes, SourceError>> = vec![Ok(Bytes::from_static(b"a\nb"))];
+        let decoded: Vec<Result<Row, SourceError>> = futures::FutureExt::now_or_never(
+            decode_rows(futures::stream::iter(pieces).boxed(), 1, "test".into()).collect(),
+        )
+        .expect("a ready stream");
+        assert_eq!(decoded.len(), 2);
+        assert_eq!(decoded[0].as_ref().unwrap(), &vec![text("a")]);
+        assert!(decoded[1].is_err());
     }
 
     #[test]
