@@ -131,12 +131,14 @@ pub(crate) enum Contender {
     Recvlogical,
     /// Ferry into a PostgreSQL target.
     Ferry,
+    /// The same with `snapshot_bulk: false`: chunks decoded into rows and encoded again.
+    FerryRows,
     /// Ferry into its `blackhole://` sink: the source side alone.
     FerryBlackhole,
 }
 
 impl Contender {
-    pub(crate) const ALL: [Contender; 8] = [
+    pub(crate) const ALL: [Contender; 9] = [
         Contender::Native,
         Contender::PgDump,
         Contender::Pgcopydb,
@@ -144,6 +146,7 @@ impl Contender {
         Contender::CopyIn,
         Contender::Recvlogical,
         Contender::Ferry,
+        Contender::FerryRows,
         Contender::FerryBlackhole,
     ];
 
@@ -153,7 +156,7 @@ impl Contender {
         match workload {
             Workload::Snapshot => matches!(
                 self,
-                Native | PgDump | Pgcopydb | CopyOut | CopyIn | Ferry | FerryBlackhole
+                Native | PgDump | Pgcopydb | CopyOut | CopyIn | Ferry | FerryRows | FerryBlackhole
             ),
             Workload::Backlog | Workload::Bigtx => {
                 matches!(self, Native | Recvlogical | Ferry | FerryBlackhole)
@@ -172,6 +175,7 @@ impl Contender {
             Contender::CopyIn => "limit: COPY FROM, no indexes (write)",
             Contender::Recvlogical => "limit: pg_recvlogical pgoutput (decode)",
             Contender::Ferry => "**Ferry → postgres**",
+            Contender::FerryRows => "Ferry → postgres (rows path)",
             Contender::FerryBlackhole => "Ferry → blackhole",
         }
     }
@@ -295,8 +299,9 @@ mod tests {
         ]);
         assert_eq!(p.workloads, vec![Workload::Bigtx, Workload::Snapshot]);
         assert_eq!(p.contenders_for(Workload::Latency).len(), 2);
-        assert_eq!(plan(&[]).contenders_for(Workload::Snapshot).len(), 7);
+        assert_eq!(plan(&[]).contenders_for(Workload::Snapshot).len(), 8);
         assert_eq!(Contender::FerryBlackhole.to_string(), "ferry-blackhole");
+        assert_eq!(Contender::FerryRows.to_string(), "ferry-rows");
         assert_eq!(Contender::PgDump.to_string(), "pg-dump");
     }
 }

@@ -128,7 +128,13 @@ pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
 fn peak_rss(results: &Results) -> Option<(f64, Workload, Contender)> {
     Workload::ALL
         .into_iter()
-        .flat_map(|w| [(w, Contender::Ferry), (w, Contender::FerryBlackhole)])
+        .flat_map(|w| {
+            [
+                (w, Contender::Ferry),
+                (w, Contender::FerryRows),
+                (w, Contender::FerryBlackhole),
+            ]
+        })
         .flat_map(|(w, c)| {
             results
                 .measurements(w, c)

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::db::Db;
 use crate::peer_process::ProcessUsage;
+use crate::plan::Contender;
 use crate::replicator::{poll_until, wait_slots_idle};
 use crate::testbed::{Testbed, SOURCE_DB, TARGET_DB};
 
@@ -45,18 +46,20 @@ impl FerryChangefeed {
         })
     }
 
-    /// Creates the changefeed for `tables` into the target database, or the blackhole.
+    /// Creates the changefeed for `tables` into the target database, or the blackhole for
+    /// `ferry-blackhole`; `ferry-rows` turns the snapshot's bulk path off.
     pub(crate) fn create(
         &self,
         testbed: &Testbed,
-        blackhole: bool,
+        contender: Contender,
         tables: &[&str],
     ) -> anyhow::Result<()> {
-        let sink_uri = if blackhole {
+        let sink_uri = if contender == Contender::FerryBlackhole {
             "blackhole://".to_owned()
         } else {
             testbed.target.uri(TARGET_DB)
         };
+        let snapshot_bulk = contender != Contender::FerryRows;
         let (code, body) = self.server.post(
             "/api/v2/changefeeds",
             &json!({
@@ -64,6 +67,7 @@ impl FerryChangefeed {
                 "source_uri": testbed.source.uri(SOURCE_DB),
                 "sink_uri": sink_uri,
                 "tables": tables,
+                "options": {"snapshot_bulk": snapshot_bulk},
             }),
         );
         anyhow::ensure!(

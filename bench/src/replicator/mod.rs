@@ -57,9 +57,9 @@ impl Replicator {
                 native.subscribe()?;
                 Ok(Replicator::Native(native))
             }
-            Contender::Ferry | Contender::FerryBlackhole => {
+            Contender::Ferry | Contender::FerryRows | Contender::FerryBlackhole => {
                 let ferry = FerryChangefeed::start_server(testbed, &plan.ferry_bin)?;
-                ferry.create(testbed, contender == Contender::FerryBlackhole, tables)?;
+                ferry.create(testbed, contender, tables)?;
                 Ok(Replicator::Ferry(ferry))
             }
             other => anyhow::bail!("{other} is not a replicator"),

@@ -10,8 +10,10 @@
 //!   /dev/null.
 //! - **copy-in** (write limit): the same COPY text, dumped to files beforehand (untimed),
 //!   loaded with `COPY t FROM STDIN` into tables without keys or indexes, one after another.
-//! - **ferry**, **ferry-blackhole**: server started (untimed); timed from `POST` until
-//!   `/synced` is true.
+//! - **ferry**, **ferry-rows**, **ferry-blackhole**: server started (untimed); timed from
+//!   `POST` until `/synced` is true. `ferry-rows` sets `snapshot_bulk: false`: the chunks go
+//!   the row path (decoded from COPY text, encoded again by the sink), what a source of
+//!   another kind costs.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -40,7 +42,9 @@ pub(super) fn run(
         Contender::Pgcopydb => pgcopydb(testbed, &tables)?,
         Contender::CopyOut => copy_out(testbed, &tables)?,
         Contender::CopyIn => copy_in(testbed, &tables)?,
-        Contender::Ferry | Contender::FerryBlackhole => ferry(testbed, plan, contender, &tables)?,
+        Contender::Ferry | Contender::FerryRows | Contender::FerryBlackhole => {
+            ferry(testbed, plan, contender, &tables)?
+        }
         Contender::Recvlogical => anyhow::bail!("{contender} has no snapshot"),
     };
     if !matches!(contender, Contender::CopyOut | Contender::FerryBlackhole) {
@@ -159,7 +163,7 @@ fn ferry(
 ) -> anyhow::Result<Timed> {
     let ferry = FerryChangefeed::start_server(testbed, &plan.ferry_bin)?;
     let started = Instant::now();
-    ferry.create(testbed, contender == Contender::FerryBlackhole, tables)?;
+    ferry.create(testbed, contender, tables)?;
     ferry.wait_synced(CATCH_UP_TIMEOUT)?;
     let wall = started.elapsed();
     let usage = ferry.usage();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ferry_core::{
     BulkFormat, CheckpointStore, ChunkData, FinishedChunk, Position, RowChange, Sink,
-    SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, TargetProblem,
+    SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, TargetProblem, Value,
 };
 use futures::StreamExt;
 
@@ -106,6 +106,12 @@ impl Sink for BlackholeSink {
         Ok(())
     }
 
+    /// Takes PostgreSQL COPY text as it comes (it only counts lines), so it measures a
+    /// PostgreSQL source's bulk path; with `snapshot_bulk` off it counts decoded rows.
+    fn bulk_formats(&self) -> &'static [BulkFormat] {
+        &[BulkFormat::PG_COPY_TEXT]
+    }
+
     async fn copy_chunk(
         &mut self,
         _schema: &TableSchema,
@@ -114,19 +120,36 @@ impl Sink for BlackholeSink {
         _replace: bool,
         data: ChunkData,
     ) -> Result<u64, SinkError> {
-        let ChunkData::Bulk { format, mut data } = data;
+        let read_error = |e: ferry_core::SourceError| SinkError::Connect {
+            what: "read a snapshot chunk".into(),
+            class: e.class,
+            source: Box::new(e),
+        };
         let mut rows = 0u64;
-        while let Some(item) = data.next().await {
-            let bytes = item.map_err(|e| SinkError::Connect {
-                what: "read a snapshot chunk".into(),
-                class: e.class,
-                source: Box::new(e),
-            })?;
-            // Row counts of the formats this build knows; bytes for any.
-            if format == BulkFormat::PG_COPY_TEXT {
-                rows += bytes.iter().filter(|&&c| c == b'\n').count() as u64;
+        match data {
+            ChunkData::Bulk { format, mut data } => {
+                while let Some(item) = data.next().await {
+                    let bytes = item.map_err(read_error)?;
+                    // Row counts of the formats this build knows; bytes for any.
+                    if format == BulkFormat::PG_COPY_TEXT {
+                        rows += bytes.iter().filter(|&&c| c == b'\n').count() as u64;
+                    }
+                    self.bytes += bytes.len() as u64;
+                }
             }
-            self.bytes += bytes.len() as u64;
+            ChunkData::Rows(mut data) => {
+                while let Some(row) = data.next().await {
+                    let row = row.map_err(read_error)?;
+                    rows += 1;
+                    self.bytes += row
+                        .iter()
+                        .map(|v| match v {
+                            Value::Text(text) => text.len() as u64,
+                            _ => 0,
+                        })
+                        .sum::<u64>();
+                }
+            }
         }
         self.rows += rows;
         Ok(rows)

@@ -16,7 +16,8 @@ use crate::{Position, TableId, TableSchema};
 pub enum Value {
     /// SQL NULL.
     Null,
-    /// The value in the source's text output format.
+    /// The value in the canonical text of its column's logical type (see
+    /// [`crate::logical`]; a PostgreSQL source's text output is exactly that).
     Text(Bytes),
     /// A large (TOASTed) value the update did not change and the source did not send:
     /// the target must keep the value it has, never write NULL.

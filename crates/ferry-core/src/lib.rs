@@ -4,6 +4,8 @@
 //!
 //! - [`position`]: where a source is in its log ([`Position`], [`Lsn`]); ordered and persisted.
 //! - [`table`]: table identity and shape ([`TableId`], [`TableSchema`]).
+//! - [`logical`]: a column's database-independent type ([`LogicalType`]) and the canonical
+//!   text of its values.
 //! - [`change`]: what flows from a source to a sink ([`SourceEvent`], [`RowChange`], [`Value`]).
 //! - [`filter`]: which tables a changefeed selects ([`TableFilter`], TiCDC's rule syntax).
 //! - [`uri`]: source and sink connection strings, with secrets that never print.
@@ -23,6 +25,7 @@ pub mod connector;
 pub mod error;
 pub mod filter;
 pub mod gtid;
+pub mod logical;
 pub mod position;
 pub mod sink;
 pub mod snapshot;
@@ -38,9 +41,10 @@ pub use connector::{
 };
 pub use error::{error_chain, ErrorClass, SourceError};
 pub use filter::{FilterError, TableFilter};
+pub use logical::LogicalType;
 pub use position::{Lsn, ParsePositionError, Position};
 pub use sink::{CheckpointStore, DdlPolicy, ExistingTarget, Sink, SinkError, TxMeta};
-pub use snapshot::{BulkFormat, ChunkData, ChunkSpec, FinishedChunk, TablePlan};
+pub use snapshot::{BulkFormat, ChunkData, ChunkSpec, FinishedChunk, RowStream, TablePlan};
 pub use source::{
     ChangeStream, ChunkReader, ServerIdentity, SnapshotExport, Source, SourceTable, StreamState,
     TableDefinition,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::snapshot::{ChunkData, FinishedChunk};
+use crate::snapshot::{BulkFormat, ChunkData, FinishedChunk};
 use crate::{ErrorClass, Position, RowChange, TableDefinition, TableId, TableSchema};
 
 /// What a changefeed does with a target table that already holds rows when it first
@@ -187,6 +187,11 @@ pub trait Sink: Send {
     /// Creates or follows a table for a bulk copy (its key comes after the copy, in
     /// [`Sink::finish_table`]).
     async fn ensure_table_for_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError>;
+
+    /// The bulk formats [`Sink::copy_chunk`] loads besides rows (none: rows only).
+    fn bulk_formats(&self) -> &'static [BulkFormat] {
+        &[]
+    }
 
     /// Loads one chunk of a snapshot taken at `snapshot` and commits it with its marker.
     /// `replace`: the chunk is the whole table, copied again; rows already there are

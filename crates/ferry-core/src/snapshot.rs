@@ -2,6 +2,13 @@
 //! [`ChunkSpec`]), what a chunk's data is on its way from source to sink ([`ChunkData`]),
 //! and what the sink reports as copied ([`FinishedChunk`]).
 //!
+//! # Two paths
+//! Any source and sink meet on the row path: [`ChunkData::Rows`], values in canonical text.
+//! A source and a sink that share an encoding ([`BulkFormat`]) may skip decoding: the
+//! source offers its formats ([`crate::SnapshotExport::bulk_formats`]), the sink names
+//! those it loads ([`crate::Sink::bulk_formats`]), and the engine picks the first of the
+//! source's that the sink loads, unless the changefeed's `snapshot_bulk` option is off.
+//!
 //! A chunk commits in the target together with its marker, so a restart copies only the
 //! chunks not finished. The plan is persisted in the metadata store: its serialized form
 //! stays readable across versions.
@@ -10,7 +17,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::{Position, SourceError, TableId};
+use crate::{Position, Row, SourceError, TableId};
 
 /// One chunk of a table: a key range, or the whole table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +80,12 @@ impl BulkFormat {
     pub const PG_COPY_TEXT: BulkFormat = BulkFormat("pg.copy.text");
 }
 
-/// A chunk's data on its way from source to sink.
+/// The rows of a chunk, decoded, as the source reads them.
+pub type RowStream = BoxStream<'static, Result<Row, SourceError>>;
+
+/// A chunk's data on its way from source to sink. The engine asks the source for
+/// [`ChunkData::Bulk`] only in a format the sink loads (and the changefeed allows it), and
+/// for [`ChunkData::Rows`] otherwise: every sink loads rows.
 pub enum ChunkData {
     /// Rows encoded in a bulk format both sides share, passed through untouched.
     Bulk {
@@ -82,4 +94,7 @@ pub enum ChunkData {
         /// The encoded rows.
         data: ByteStream,
     },
+    /// Rows of typed values (each in its column's canonical text, see [`crate::logical`]),
+    /// in the table's column order.
+    Rows(RowStream),
 }

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 
-use crate::snapshot::{ChunkData, ChunkSpec, TablePlan};
+use crate::snapshot::{BulkFormat, ChunkData, ChunkSpec, TablePlan};
 use crate::{Position, SourceError, SourceEvent, TableFilter, TableId, TableSchema};
 
 /// A table the rules select, with what planning its copy needs.
@@ -154,6 +154,11 @@ pub trait SnapshotExport: Send + Sync {
     /// The position the snapshot shows the data at.
     fn position(&self) -> Position;
 
+    /// The bulk formats the readers can produce, preferred first (none: rows only).
+    fn bulk_formats(&self) -> &'static [BulkFormat] {
+        &[]
+    }
+
     /// A new reader inside the snapshot (one connection; one per parallel worker).
     async fn reader(&self) -> Result<Box<dyn ChunkReader>, SourceError>;
 }
@@ -161,12 +166,14 @@ pub trait SnapshotExport: Send + Sync {
 /// Reads chunks inside a snapshot.
 #[async_trait]
 pub trait ChunkReader: Send {
-    /// Starts reading one chunk of `schema`'s table.
+    /// Starts reading one chunk of `schema`'s table: encoded in `format` (one of
+    /// [`SnapshotExport::bulk_formats`]), or as rows when `None`.
     async fn read(
         &mut self,
         schema: &TableSchema,
         plan: &TablePlan,
         chunk: &ChunkSpec,
+        format: Option<BulkFormat>,
     ) -> Result<ChunkData, SourceError>;
 }
 

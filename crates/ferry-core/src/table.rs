@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::LogicalType;
+
 /// A table's schema-qualified name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TableId {
@@ -62,6 +64,11 @@ pub struct ColumnSchema {
     pub type_name: String,
     /// The source's type id (PostgreSQL OID).
     pub type_oid: u32,
+    /// What the column holds, for a sink of another database kind; its values travel in
+    /// the type's canonical text (see [`crate::logical`]). Schemas stored before it
+    /// existed read as [`LogicalType::Other`] with no name.
+    #[serde(default)]
+    pub logical: LogicalType,
     /// Whether NULL is allowed.
     pub nullable: bool,
     /// What rows that existed before the column was added read as (PostgreSQL's

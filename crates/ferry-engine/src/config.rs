@@ -103,6 +103,10 @@ pub struct Options {
     /// See docs/ddl.md.
     #[schema(value_type = String, example = "apply")]
     pub ddl: DdlPolicy,
+    /// Whether a snapshot chunk may travel in a bulk format the source and the sink share
+    /// (PostgreSQL to PostgreSQL: COPY text passed through undecoded). `false` sends every
+    /// chunk as rows of typed values, the path any source and sink pair takes.
+    pub snapshot_bulk: bool,
 }
 
 /// What a changefeed does when its slot holds more WAL than `max_retained_wal_bytes`.
@@ -130,6 +134,7 @@ impl Default for Options {
             on_retained_wal_exceeded: RetainedWalAction::Pause,
             schema: SchemaMode::Full,
             ddl: DdlPolicy::Apply,
+            snapshot_bulk: true,
         }
     }
 }

@@ -9,7 +9,7 @@ use ferry_core::{
 };
 use tokio_postgres::Client;
 
-use crate::PgError;
+use crate::{types, PgError};
 
 /// A table the filter selects, with the facts needed to plan its replication (its
 /// `source_id` is its OID).
@@ -213,17 +213,22 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
     };
     let cols = client
         .query(
-            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid,
+            &format!(
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid,
                     NOT a.attnotnull, t.typtype::text, t.oid >= 16384 AS user_defined,
                     COALESCE(et.typtype::text, ''), COALESCE(et.oid, 0),
                     CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END,
-                    a.atthasdef
+                    a.atthasdef, {facts}
              FROM pg_catalog.pg_attribute a
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
              LEFT JOIN pg_catalog.pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+             {joins}
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
                AND a.attgenerated = ''
              ORDER BY a.attnum",
+                facts = types::FACTS_COLUMNS.replace("TYPMOD", "a.atttypmod"),
+                joins = types::FACTS_JOINS,
+            ),
             &[&oid],
         )
         .await
@@ -237,6 +242,14 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
         let user_defined: bool = row.get(5);
         let elem_typtype: String = row.get(6);
         let elem_oid: u32 = row.get(7);
+        let logical = types::logical_type(&types::TypeFacts {
+            oid: row.get(10),
+            typmod: row.get(11),
+            kind: row.get(12),
+            element_oid: row.get(13),
+            element_kind: row.get(14),
+            name: type_name.clone(),
+        });
         // Enums and domains (and arrays of them) are recreated on the target; any other
         // type the target may not have (extension or composite types) travels as text.
         let (def_oid, def_kind) = if !elem_typtype.is_empty() && elem_oid >= 16384 {
@@ -255,6 +268,7 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
             name: row.get(0),
             type_name,
             type_oid,
+            logical,
             nullable: row.get(3),
             missing_value: row.get(8),
             has_default: row.get(9),

@@ -10,8 +10,11 @@
 //! - [`slot`]: names derived from the changefeed id, publications (a second, insert-only
 //!   one for tables without a replica identity, so the source's own UPDATEs never fail),
 //!   the replication slot and its exported snapshot.
-//! - [`catalog`]: which tables a filter selects, their columns, keys and user types.
+//! - [`catalog`]: which tables a filter selects, their columns, keys and user types;
+//!   [`types`]: each column's logical type.
 //! - [`snapshot`]: chunk planning by key range and the `COPY … TO STDOUT` reader.
+//! - [`copy_text`]: COPY text to rows and back, for the snapshot's row path (a source or
+//!   sink of another kind on the other end).
 //! - [`definition`]: a table's indexes, constraints, defaults, identity, sequences,
 //!   generated columns and comments, which the sink recreates on tables it created.
 //! - [`decode`]: the pgoutput byte decoder (fuzzed and property-tested).
@@ -46,6 +49,7 @@
 pub mod catalog;
 pub mod connect;
 pub mod connector;
+pub mod copy_text;
 pub mod decode;
 pub mod definition;
 pub mod eligibility;
@@ -60,5 +64,6 @@ pub mod snapshot;
 pub mod source;
 pub mod tls;
 mod tunnel;
+pub mod types;
 
 pub use connect::PgError;

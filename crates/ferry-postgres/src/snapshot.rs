@@ -299,6 +299,7 @@ mod tests {
                 name: "id".into(),
                 type_name: "bigint".into(),
                 type_oid: 20,
+                logical: ferry_core::LogicalType::Int { bits: 64 },
                 nullable: false,
                 missing_value: None,
                 has_default: false,

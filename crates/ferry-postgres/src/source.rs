@@ -462,6 +462,9 @@ impl PgStream {
                     // A dropped table's user-typed columns exist on the target with that
                     // type already (created with the table): keep its name if it resolves.
                     let keep_user_type = dropped && type_name != "???";
+                    let logical =
+                        crate::types::describe(&self.catalog, col.type_oid, col.type_modifier)
+                            .await?;
                     columns.push(ferry_core::ColumnSchema {
                         name: col.name.clone(),
                         type_name: if user && !keep_user_type {
@@ -470,6 +473,7 @@ impl PgStream {
                             type_name
                         },
                         type_oid: col.type_oid,
+                        logical,
                         nullable: true,
                         missing_value: None,
                         has_default: false,
@@ -507,6 +511,7 @@ impl PgStream {
                 name: c.name.clone(),
                 type_name: String::new(),
                 type_oid: u32::MAX,
+                logical: ferry_core::LogicalType::default(),
                 nullable: true,
                 missing_value: None,
                 has_default: false,

@@ -6,13 +6,16 @@
 //! mid-snapshot, for tables added later, and for snapshot-only changefeeds, which never
 //! stream). Chunks go to a few parallel workers; each chunk commits in the target together
 //! with its marker.
+//!
+//! A chunk travels as rows, or in a bulk format when the source offers one the sink loads
+//! and the changefeed's `snapshot_bulk` option allows it ([`bulk_format`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use ferry_core::{
-    ChunkData, ChunkSpec, Sink, SnapshotExport, Source, SourceTable, StreamState, TableId,
-    TablePlan, TableSchema, TargetPolicy,
+    BulkFormat, ChunkData, ChunkSpec, Sink, SnapshotExport, Source, SourceTable, StreamState,
+    TableId, TablePlan, TableSchema, TargetPolicy,
 };
 use ferry_meta::Collection;
 use futures::StreamExt;
@@ -113,7 +116,8 @@ impl Runner {
                 }
             }
         }
-        self.copy(export, work).await?;
+        let format = self.chunk_format(export.as_ref(), sink);
+        self.copy(export, work, format).await?;
         for schema in schemas.values() {
             sink.finish_table(schema).await?;
         }
@@ -200,7 +204,8 @@ impl Runner {
             });
         }
         let copied: Vec<Arc<TableSchema>> = work.iter().map(|j| j.schema.clone()).collect();
-        self.copy(export, work).await?;
+        let format = self.chunk_format(export.as_ref(), sink);
+        self.copy(export, work, format).await?;
         for schema in &copied {
             sink.finish_table(schema).await?;
         }
@@ -224,11 +229,21 @@ impl Runner {
         Ok(())
     }
 
-    /// Copies `work` with parallel workers inside `export`.
+    /// The format chunks travel in from `export` to `sink` (see [`bulk_format`]).
+    fn chunk_format(&self, export: &dyn SnapshotExport, sink: &dyn Sink) -> Option<BulkFormat> {
+        bulk_format(
+            self.config.options.snapshot_bulk,
+            export.bulk_formats(),
+            sink.bulk_formats(),
+        )
+    }
+
+    /// Copies `work` with parallel workers inside `export`, chunks as rows or in `format`.
     async fn copy(
         &mut self,
         export: Arc<dyn SnapshotExport>,
         work: VecDeque<ChunkJob>,
+        format: Option<BulkFormat>,
     ) -> Result<(), RunError> {
         let started = std::time::Instant::now();
         let total_chunks = work.len();
@@ -241,6 +256,7 @@ impl Runner {
                 connectors: self.connectors.clone(),
                 policy: self.target_policy(),
                 export: export.clone(),
+                format,
                 work: work.clone(),
                 status: self.status.clone(),
                 metrics: self.metrics.clone(),
@@ -256,7 +272,8 @@ impl Runner {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        info!(changefeed = %self.config.key(), rows, chunks = total_chunks, seconds = secs, rows_per_sec = rows as f64 / secs.max(1e-9), "snapshot done");
+        let path = format.map_or("rows", |f| f.0);
+        info!(changefeed = %self.config.key(), rows, chunks = total_chunks, path, seconds = secs, rows_per_sec = rows as f64 / secs.max(1e-9), "snapshot done");
         Ok(())
     }
 }
@@ -273,6 +290,8 @@ struct SnapshotWorker {
     connectors: Arc<dyn ferry_core::Connectors>,
     policy: TargetPolicy,
     export: Arc<dyn SnapshotExport>,
+    /// `None`: rows.
+    format: Option<BulkFormat>,
     work: Arc<Mutex<VecDeque<ChunkJob>>>,
     status: StatusCell,
     metrics: FeedMetrics,
@@ -288,6 +307,7 @@ impl SnapshotWorker {
             .connect(uri, &self.config.key(), self.policy.clone())
             .await?;
         let snapshot = self.export.position();
+        let format = self.format;
         let mut rows = 0;
         loop {
             let job = self.work.lock().expect("work queue lock").pop_front();
@@ -297,7 +317,9 @@ impl SnapshotWorker {
                     t.state = TableState::Copying;
                 }
             });
-            let data = reader.read(&job.schema, &job.plan, &job.chunk).await?;
+            let data = reader
+                .read(&job.schema, &job.plan, &job.chunk, format)
+                .await?;
             let metrics = self.metrics.clone();
             let data = match data {
                 ChunkData::Bulk { format, data } => ChunkData::Bulk {
@@ -310,6 +332,14 @@ impl SnapshotWorker {
                         })
                         .boxed(),
                 },
+                ChunkData::Rows(rows) => ChunkData::Rows(
+                    rows.inspect(move |item| {
+                        if let Ok(row) = item {
+                            metrics.bytes_read(row_bytes(row));
+                        }
+                    })
+                    .boxed(),
+                ),
             };
             let n = sink
                 .copy_chunk(&job.schema, job.chunk.index, &snapshot, job.replace, data)
@@ -326,5 +356,40 @@ impl SnapshotWorker {
             });
         }
         Ok(rows)
+    }
+}
+
+/// The bulk format chunks travel in: the source's first that the sink loads, when the
+/// changefeed allows the bulk path; `None` (rows) otherwise.
+fn bulk_format(allowed: bool, source: &[BulkFormat], sink: &[BulkFormat]) -> Option<BulkFormat> {
+    if !allowed {
+        return None;
+    }
+    source.iter().find(|f| sink.contains(f)).copied()
+}
+
+/// The value bytes of a row, as the source's bytes-read metric counts them.
+fn row_bytes(row: &ferry_core::Row) -> u64 {
+    row.iter()
+        .map(|v| match v {
+            ferry_core::Value::Text(text) => text.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: BulkFormat = BulkFormat("a");
+    const B: BulkFormat = BulkFormat("b");
+
+    #[test]
+    fn bulk_only_in_a_shared_format_and_when_allowed() {
+        assert_eq!(bulk_format(true, &[A, B], &[B, A]), Some(A));
+        assert_eq!(bulk_format(true, &[A], &[B]), None);
+        assert_eq!(bulk_format(true, &[], &[A]), None);
+        assert_eq!(bulk_format(false, &[A], &[A]), None);
     }
 }

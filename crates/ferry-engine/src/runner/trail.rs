@@ -123,6 +123,7 @@ mod tests {
             name: name.into(),
             type_name: "integer".into(),
             type_oid: 23,
+            logical: ferry_core::LogicalType::Int { bits: 32 },
             nullable: false,
             missing_value: None,
             has_default: false,

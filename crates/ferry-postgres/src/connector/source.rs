@@ -287,6 +287,10 @@ impl SnapshotExport for PgExport {
         Position::PgLsn(self.lsn)
     }
 
+    fn bulk_formats(&self) -> &'static [BulkFormat] {
+        &[BulkFormat::PG_COPY_TEXT]
+    }
+
     async fn reader(&self) -> Result<Box<dyn ChunkReader>, SourceError> {
         let client = crate::connect::connect(&self.uri, "ferry-snapshot").await?;
         snapshot::enter_snapshot(&client, &self.name).await?;
@@ -311,14 +315,32 @@ impl ChunkReader for PgChunkReader {
         schema: &TableSchema,
         plan: &TablePlan,
         chunk: &ChunkSpec,
+        format: Option<BulkFormat>,
     ) -> Result<ChunkData, SourceError> {
+        let what = format!("read {} chunk {}", schema.id, chunk.index);
         let data = snapshot::copy_out_within(&self.client, schema, plan, chunk, self.timeout)
             .await?
             .map_err(SourceError::from)
             .boxed();
-        Ok(ChunkData::Bulk {
-            format: BulkFormat::PG_COPY_TEXT,
-            data,
-        })
+        match format {
+            Some(BulkFormat::PG_COPY_TEXT) => Ok(ChunkData::Bulk {
+                format: BulkFormat::PG_COPY_TEXT,
+                data,
+            }),
+            // The session's settings print every value in its canonical text: decoding
+            // COPY text is all the row path needs.
+            None => Ok(ChunkData::Rows(crate::copy_text::decode_rows(
+                data,
+                schema.columns.len(),
+                what,
+            ))),
+            Some(other) => Err(SourceError::message(
+                format!(
+                    "a PostgreSQL source cannot read chunks in format {}",
+                    other.0
+                ),
+                ErrorClass::Definite,
+            )),
+        }
     }
 }

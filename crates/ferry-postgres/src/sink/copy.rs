@@ -1,7 +1,8 @@
 //! Bulk copy into the target: snapshot chunks, their bookkeeping, and primary keys built
 //! after the load.
 //!
-//! Each chunk's COPY text is streamed into `COPY … FROM STDIN` in its own transaction,
+//! Each chunk's COPY text (from a PostgreSQL source as it comes, or encoded here from the
+//! rows of any source) is streamed into `COPY … FROM STDIN` in its own transaction,
 //! which also records the chunk in `_ferry.snapshot_chunks`, so a restart knows exactly
 //! which chunks are in. Tables this sink creates for a copy get their primary key only
 //! when the copy is done: one index build is several times cheaper than maintaining the
@@ -11,11 +12,13 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use ferry_core::{
-    BulkFormat, ChunkData, ErrorClass, Lsn, Position, SinkError, TableId, TableSchema,
+    BulkFormat, ChunkData, ErrorClass, Lsn, Position, SinkError, SourceError, TableId, TableSchema,
+    Value,
 };
 use futures::{Stream, StreamExt};
 
 use super::{ddl, statement_error, PgSink};
+use crate::copy_text;
 
 /// `maintenance_work_mem` for building a primary key after a bulk copy: enough to sort
 /// tens of millions of keys in memory, and used only for the length of the build.
@@ -23,6 +26,9 @@ pub(super) const INDEX_BUILD_MEMORY: &str = "256MB";
 
 /// Size of the `COPY FROM` messages the rows of a chunk are gathered into.
 const COPY_MESSAGE_BYTES: usize = 256 << 10;
+
+/// Rows of the row path encoded together (at most: as many as the source has ready).
+const ROWS_PER_MESSAGE: usize = 256;
 
 pub use ferry_core::FinishedChunk;
 
@@ -91,7 +97,7 @@ impl PgSink {
             .collect()
     }
 
-    /// Loads one snapshot chunk; the PostgreSQL sink loads COPY text as it comes.
+    /// Loads one snapshot chunk: COPY text as it comes, rows encoded as COPY text.
     pub async fn copy_chunk(
         &mut self,
         schema: &TableSchema,
@@ -102,6 +108,26 @@ impl PgSink {
     ) -> Result<u64, SinkError> {
         match data {
             ChunkData::Bulk { format, data } if format == BulkFormat::PG_COPY_TEXT => {
+                self.copy_text(schema, chunk, snapshot, replace, data).await
+            }
+            ChunkData::Rows(rows) => {
+                // Encoded as COPY text, a batch of rows per message, so rows from any source
+                // load as fast as COPY allows.
+                let what = format!("copy {} chunk {chunk}", schema.id);
+                let data = rows.ready_chunks(ROWS_PER_MESSAGE).map(move |batch| {
+                    let mut out = BytesMut::new();
+                    for row in batch {
+                        let row = row?;
+                        if row.contains(&Value::Unchanged) {
+                            return Err(SourceError::message(
+                                format!("{what}: the source sent a row with an unchanged value"),
+                                ErrorClass::Definite,
+                            ));
+                        }
+                        copy_text::encode_row(&row, &mut out);
+                    }
+                    Ok(out.freeze())
+                });
                 self.copy_text(schema, chunk, snapshot, replace, data).await
             }
             ChunkData::Bulk { format, .. } => Err(SinkError::Unsupported {

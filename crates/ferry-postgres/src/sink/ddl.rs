@@ -417,6 +417,7 @@ mod tests {
                     name: n.to_string(),
                     type_name: t.to_string(),
                     type_oid: 0,
+                    logical: ferry_core::LogicalType::default(),
                     nullable: *n != "id",
                     missing_value: None,
                     has_default: false,

@@ -494,6 +494,10 @@ impl Sink for PgSink {
         PgSink::ensure_table_for_copy(self, schema).await
     }
 
+    fn bulk_formats(&self) -> &'static [ferry_core::BulkFormat] {
+        &[ferry_core::BulkFormat::PG_COPY_TEXT]
+    }
+
     async fn copy_chunk(
         &mut self,
         schema: &TableSchema,
@@ -556,6 +560,7 @@ mod fixtures {
                     name: n.to_string(),
                     type_name: "text".into(),
                     type_oid: 25,
+                    logical: ferry_core::LogicalType::Text,
                     nullable: true,
                     missing_value: None,
                     has_default: false,

@@ -60,8 +60,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ferry_core::{
-    BulkFormat, ConnectionUri, ErrorClass, FinishedChunk, Lsn, Position, Row, RowChange,
-    SourceError, TableId, TableSchema,
+    ConnectionUri, ErrorClass, FinishedChunk, Lsn, Position, Row, RowChange, SourceError, TableId,
+    TableSchema,
 };
 use tokio::sync::watch;
 
@@ -70,10 +70,6 @@ pub use sink::MemSink;
 pub use source::MemSource;
 use table::{apply_change, key_of, lsn_of, table_schema};
 pub use table::{row, MemTransaction};
-
-/// How the in-memory source encodes snapshot chunks: one JSON array of the row's values
-/// (strings, or `null`) per line.
-pub const MEM_ROWS: BulkFormat = BulkFormat("mem.rows");
 
 /// The position of an empty log; transactions follow at steps of [`LSN_STEP`].
 const FIRST_LSN: u64 = 0x100;

@@ -10,8 +10,7 @@ use ferry_core::{
 };
 use futures::StreamExt;
 
-use super::source::decode_row;
-use super::{apply_change, key_of, CommittedBatch, MemDb, SinkFault, SinkStep, MEM_ROWS};
+use super::{apply_change, key_of, CommittedBatch, MemDb, SinkFault, SinkStep};
 
 /// One connection to the in-memory target, for changefeed `feed`. Dropping it discards
 /// its open batch, as a closed connection rolls back.
@@ -166,26 +165,19 @@ impl Sink for MemSink {
         data: ChunkData,
     ) -> Result<u64, SinkError> {
         let fail_after = self.disturb(SinkStep::CopyChunk).await?;
-        let ChunkData::Bulk { format, mut data } = data;
-        if format != MEM_ROWS {
+        let ChunkData::Rows(mut data) = data else {
             return Err(SinkError::Unsupported {
-                message: format!("the in-memory sink cannot load {format:?}"),
+                message: "the in-memory sink loads rows only".into(),
             });
-        }
-        let mut text = Vec::new();
-        while let Some(bytes) = data.next().await {
-            let bytes = bytes.map_err(|e| SinkError::Statement {
+        };
+        let mut rows = Vec::new();
+        while let Some(row) = data.next().await {
+            rows.push(row.map_err(|e| SinkError::Statement {
                 what: format!("reading chunk {chunk} of {}", schema.id),
                 class: e.class,
                 source: Box::new(e),
-            })?;
-            text.extend_from_slice(&bytes);
+            })?);
         }
-        let text = String::from_utf8(text).expect("the in-memory source writes UTF-8");
-        let rows: Vec<_> = text
-            .lines()
-            .map(|line| decode_row(line).expect("the in-memory source writes rows"))
-            .collect();
         let mut state = self.db.lock();
         let target = &mut state.target;
         let table = target.tables.entry(schema.id.clone()).or_default();

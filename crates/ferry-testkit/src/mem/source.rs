@@ -5,17 +5,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use ferry_core::source::{Confirmed, EventSender};
 use ferry_core::{
     ChangeStream, ChunkData, ChunkReader, ChunkSpec, ErrorClass, Lsn, Position, Row, RowChange,
     ServerIdentity, SnapshotExport, Source, SourceError, SourceEvent, SourceTable, StreamState,
-    TableDefinition, TableFilter, TableId, TablePlan, TableSchema, Value,
+    TableDefinition, TableFilter, TableId, TablePlan, TableSchema,
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
-use super::{lsn_of, MemDb, Slot, SourceStep, MEM_ROWS};
+use super::{lsn_of, MemDb, Slot, SourceStep};
 
 /// One attempt's connection to the in-memory source, for changefeed `feed`.
 pub struct MemSource {
@@ -240,6 +239,7 @@ impl ChunkReader for MemChunkReader {
         schema: &TableSchema,
         _plan: &TablePlan,
         chunk: &ChunkSpec,
+        _format: Option<ferry_core::BulkFormat>,
     ) -> Result<ChunkData, SourceError> {
         self.db.take_source_fault(SourceStep::ReadChunk)?;
         let rows = self.tables.get(&schema.id).ok_or_else(|| {
@@ -250,44 +250,14 @@ impl ChunkReader for MemChunkReader {
         })?;
         let in_chunk =
             |id: &i64| chunk.lower.is_none_or(|l| *id >= l) && chunk.upper.is_none_or(|u| *id < u);
-        let mut text = String::new();
-        for row in rows.iter().filter(|(id, _)| in_chunk(id)).map(|(_, r)| r) {
-            text.push_str(&encode_row(row));
-            text.push('\n');
-        }
-        let data = futures::stream::iter([Ok(Bytes::from(text))]).boxed();
-        Ok(ChunkData::Bulk {
-            format: MEM_ROWS,
-            data,
-        })
+        let chunk_rows: Vec<Result<Row, SourceError>> = rows
+            .iter()
+            .filter(|(id, _)| in_chunk(id))
+            .map(|(_, r)| Ok(r.clone()))
+            .collect();
+        // The row path: the in-memory source offers no bulk format.
+        Ok(ChunkData::Rows(futures::stream::iter(chunk_rows).boxed()))
     }
-}
-
-/// A row as one line of [`MEM_ROWS`].
-fn encode_row(row: &Row) -> String {
-    let values = row
-        .iter()
-        .map(|v| match v {
-            Value::Text(text) => serde_json::Value::String(String::from_utf8_lossy(text).into()),
-            Value::Null | Value::Unchanged => serde_json::Value::Null,
-        })
-        .collect();
-    serde_json::Value::Array(values).to_string()
-}
-
-/// A row read back from one line of [`MEM_ROWS`].
-pub(super) fn decode_row(line: &str) -> Option<Row> {
-    let serde_json::Value::Array(values) = serde_json::from_str(line).ok()? else {
-        return None;
-    };
-    values
-        .into_iter()
-        .map(|v| match v {
-            serde_json::Value::String(s) => Some(Value::Text(Bytes::from(s))),
-            serde_json::Value::Null => Some(Value::Null),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The log after `from`, for one changefeed.

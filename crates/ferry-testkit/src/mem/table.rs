@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use ferry_core::{
-    ColumnSchema, Lsn, Position, ReplicaIdentity, Row, RowChange, TableId, TableSchema, Value,
+    ColumnSchema, LogicalType, Lsn, Position, ReplicaIdentity, Row, RowChange, TableId,
+    TableSchema, Value,
 };
 
 use super::SourceTable;
@@ -71,10 +72,11 @@ impl MemTransaction<'_> {
 
 /// The shape of every in-memory table.
 pub(super) fn table_schema(id: TableId) -> TableSchema {
-    let column = |name: &str, type_name: &str, type_oid, nullable| ColumnSchema {
+    let column = |name: &str, type_name: &str, type_oid, logical, nullable| ColumnSchema {
         name: name.into(),
         type_name: type_name.into(),
         type_oid,
+        logical,
         nullable,
         missing_value: None,
         has_default: false,
@@ -82,8 +84,8 @@ pub(super) fn table_schema(id: TableId) -> TableSchema {
     TableSchema {
         id,
         columns: vec![
-            column("id", "bigint", 20, false),
-            column("value", "text", 25, true),
+            column("id", "bigint", 20, LogicalType::Int { bits: 64 }, false),
+            column("value", "text", 25, LogicalType::Text, true),
         ],
         key: vec![0],
         identity: ReplicaIdentity::Default,
