@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ferry_core::{
     BulkFormat, CheckpointStore, ChunkData, FinishedChunk, Position, RowChange, Sink,
-    SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, TargetProblem, Value,
+    SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, Value,
 };
 use futures::StreamExt;
 
@@ -23,26 +23,6 @@ impl SinkConnector for BlackholeConnector {
         _policy: TargetPolicy,
     ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(BlackholeSink::default()))
-    }
-
-    async fn preflight(
-        &self,
-        _uri: &SinkUri,
-        _feed: &str,
-        _policy: &TargetPolicy,
-        _tables: &[TableSchema],
-        _copies: bool,
-    ) -> Result<Option<TargetProblem>, SinkError> {
-        Ok(None)
-    }
-
-    async fn release(
-        &self,
-        _uri: &SinkUri,
-        _feed: &str,
-        _server_id: &str,
-    ) -> Result<(), SinkError> {
-        Ok(())
     }
 }
 

@@ -247,18 +247,29 @@ pub trait SinkConnector: Send + Sync {
     ) -> Result<Box<dyn Sink>, SinkError>;
 
     /// Checks the target before a changefeed is stored: `Ok(None)` when it may write
-    /// `tables`. An unreachable target is an error the caller may tolerate.
+    /// `tables`. An unreachable target is an error the caller may tolerate. A sink without
+    /// tables of its own (a stream) has nothing to check: the default.
     async fn preflight(
         &self,
-        uri: &SinkUri,
-        feed: &str,
-        policy: &TargetPolicy,
-        tables: &[TableSchema],
-        copies: bool,
-    ) -> Result<Option<TargetProblem>, SinkError>;
+        _uri: &SinkUri,
+        _feed: &str,
+        _policy: &TargetPolicy,
+        _tables: &[TableSchema],
+        _copies: bool,
+    ) -> Result<Option<TargetProblem>, SinkError> {
+        Ok(None)
+    }
 
-    /// Gives up changefeed `feed`'s claim on its target tables (after a delete).
-    async fn release(&self, uri: &SinkUri, feed: &str, server_id: &str) -> Result<(), SinkError>;
+    /// Gives up changefeed `feed`'s claim on its target tables (after a delete); nothing
+    /// to give up by default.
+    async fn release(
+        &self,
+        _uri: &SinkUri,
+        _feed: &str,
+        _server_id: &str,
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Every connector of the process, by URI scheme. The binary builds it; the engine and the

@@ -9,7 +9,7 @@ use ferry_core::{
     ConnectionSecurity, ConnectionUri, Connectors, ErrorClass, FeedBacklog, Lsn, OrphanObject,
     ParsePositionError, Position, SequenceSynced, ServerIdentity, Sink, SinkConnector, SinkError,
     SinkUri, Source, SourceCheck, SourceConnector, SourceError, SourceObject, SourceOptions,
-    TableFilter, TableId, TableSchema, TableVerdict, TargetPolicy, TargetProblem,
+    TableFilter, TableId, TableSchema, TableVerdict, TargetPolicy,
 };
 use futures::future::BoxFuture;
 
@@ -246,25 +246,5 @@ impl SinkConnector for MemSinkConnector {
             feed: feed.to_string(),
             pending: Vec::new(),
         }))
-    }
-
-    async fn preflight(
-        &self,
-        _uri: &SinkUri,
-        _feed: &str,
-        _policy: &TargetPolicy,
-        _tables: &[TableSchema],
-        _copies: bool,
-    ) -> Result<Option<TargetProblem>, SinkError> {
-        Ok(None)
-    }
-
-    async fn release(
-        &self,
-        _uri: &SinkUri,
-        _feed: &str,
-        _server_id: &str,
-    ) -> Result<(), SinkError> {
-        Ok(())
     }
 }
