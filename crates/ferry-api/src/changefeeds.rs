@@ -12,9 +12,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use ferry_core::{parse_postgres_uri, ConnectionUri, Position, SinkUri, TableFilter};
 use ferry_engine::config::Options;
-use ferry_engine::{
-    ChangefeedConfig, ChangefeedStatus, FeedState, Phase, SequencesReport, SyncedReport,
-};
+use ferry_engine::{ChangefeedConfig, ChangefeedStatus, FeedState, Phase, SyncedReport};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -557,19 +555,6 @@ pub(crate) async fn synced(
 ) -> Result<Json<SyncedReport>, ApiError> {
     let (id, ns) = (extract::path(id)?, extract::query(ns)?);
     Ok(Json(state.engine.synced(ns.get()?, &id).await?))
-}
-
-#[utoipa::path(post, operation_id = "sync_sequences", path = "/api/v2/changefeeds/{id}/sequences/sync", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), NamespaceQuery),
-    responses((status = 200, description = "The target sequences found and what each was set to", body = SequencesReport), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody), (status = 502, description = "The source or the target could not be read or written: `error_code` SEQUENCE_SYNC_FAILED", body = crate::error::ErrorBody)))]
-/// Sets every target sequence of the replicated tables to at least the source's value
-/// (pgoutput does not carry sequences); returns what it found and set.
-pub(crate) async fn sync_sequences(
-    State(state): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
-    ns: Result<Query<NamespaceQuery>, QueryRejection>,
-) -> Result<Json<SequencesReport>, ApiError> {
-    let (id, ns) = (extract::path(id)?, extract::query(ns)?);
-    Ok(Json(state.engine.sync_sequences(ns.get()?, &id).await?))
 }
 
 #[cfg(test)]

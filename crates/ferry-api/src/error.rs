@@ -27,6 +27,8 @@ pub enum ErrorCode {
     SourceUnusable,
     /// Syncing the target's sequences failed (source or target unreachable or refusing).
     SequenceSyncFailed,
+    /// Reading the source's foreign keys or creating them on the target failed.
+    ForeignKeysFailed,
     /// A table rule names a table the source does not have.
     TableNotFound,
     /// A URI's `password_file` cannot be read, or its `password_env` variable is not set on
@@ -162,6 +164,7 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::SourceUnusable(_) => (S::BAD_REQUEST, C::SourceUnusable),
             EngineError::SequenceSync(_) => (S::BAD_GATEWAY, C::SequenceSyncFailed),
+            EngineError::ForeignKeys(_) => (S::BAD_GATEWAY, C::ForeignKeysFailed),
             EngineError::TableNotFound(_) => (S::BAD_REQUEST, C::TableNotFound),
             EngineError::SecretUnavailable(_) => (S::BAD_REQUEST, C::SecretUnavailable),
             EngineError::InvalidPosition(_) => (S::BAD_REQUEST, C::InvalidPosition),

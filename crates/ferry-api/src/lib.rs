@@ -23,6 +23,7 @@ mod routes;
 mod secrets;
 mod server;
 mod sources;
+mod target;
 
 use std::sync::Arc;
 use std::time::SystemTime;

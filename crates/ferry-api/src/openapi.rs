@@ -9,7 +9,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{changefeeds, server, sources};
+use crate::{changefeeds, server, sources, target};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,7 +31,8 @@ use crate::{changefeeds, server, sources};
         changefeeds::resume,
         changefeeds::status,
         changefeeds::synced,
-        changefeeds::sync_sequences,
+        target::sync_sequences,
+        target::create_foreign_keys,
         sources::create,
         sources::list,
         sources::get_one,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::auth::{self, AccessPolicy};
 use crate::error::{ApiError, ErrorCode};
-use crate::{changefeeds, metrics, server, sources, AppState};
+use crate::{changefeeds, metrics, server, sources, target, AppState};
 
 pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
     Router::new()
@@ -33,7 +33,11 @@ pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
         .route("/api/v2/changefeeds/{id}/synced", get(changefeeds::synced))
         .route(
             "/api/v2/changefeeds/{id}/sequences/sync",
-            post(changefeeds::sync_sequences),
+            post(target::sync_sequences),
+        )
+        .route(
+            "/api/v2/changefeeds/{id}/foreign-keys/create",
+            post(target::create_foreign_keys),
         )
         .route("/api/v2/sources", get(sources::list).post(sources::create))
         .route(

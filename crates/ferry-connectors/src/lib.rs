@@ -12,8 +12,8 @@ pub mod blackhole;
 use std::sync::Arc;
 
 use ferry_core::{
-    ConnectionUri, Connectors, ErrorClass, SequenceSynced, SinkConnector, SinkUri, SourceConnector,
-    SourceError, TableFilter,
+    ConnectionUri, Connectors, ErrorClass, ForeignKeyCreated, SequenceSynced, SinkConnector,
+    SinkUri, SourceConnector, SourceError, TableFilter,
 };
 use ferry_postgres::connector::{PgSinkConnector, PgSourceConnector};
 use futures::future::BoxFuture;
@@ -50,6 +50,22 @@ impl Connectors for Registry {
             match sink {
                 SinkUri::Postgres(target) => {
                     ferry_postgres::connector::sync_sequences(source, target, filter).await
+                }
+                SinkUri::Blackhole => Ok(Vec::new()),
+            }
+        })
+    }
+
+    fn create_foreign_keys<'a>(
+        &'a self,
+        source: &'a ConnectionUri,
+        sink: &'a SinkUri,
+        filter: &'a TableFilter,
+    ) -> BoxFuture<'a, Result<Vec<ForeignKeyCreated>, String>> {
+        Box::pin(async move {
+            match sink {
+                SinkUri::Postgres(target) => {
+                    ferry_postgres::connector::create_foreign_keys(source, target, filter).await
                 }
                 SinkUri::Blackhole => Ok(Vec::new()),
             }

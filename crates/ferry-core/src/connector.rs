@@ -235,6 +235,31 @@ pub struct SequenceSynced {
     pub missing: Option<String>,
 }
 
+/// One source foreign key a request to create them looked at.
+#[derive(Clone, Debug)]
+pub struct ForeignKeyCreated {
+    /// The table holding it, schema-qualified.
+    pub table: String,
+    /// The constraint's name.
+    pub name: String,
+    /// The table it references, schema-qualified.
+    pub references: String,
+    /// What became of it.
+    pub outcome: ForeignKeyOutcome,
+}
+
+/// What a request to create a foreign key on the target did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ForeignKeyOutcome {
+    /// Created (and validated against the target's rows).
+    Created,
+    /// The target table already has a constraint of that name.
+    Exists,
+    /// Not created, and why (a table not replicated or not Ferry's, rows the target
+    /// refuses).
+    Skipped(String),
+}
+
 /// Controls a sink kind. Object-safe: the engine holds `dyn SinkConnector`.
 #[async_trait]
 pub trait SinkConnector: Send + Sync {
@@ -289,4 +314,15 @@ pub trait Connectors: Send + Sync {
         sink: &'a SinkUri,
         filter: &'a TableFilter,
     ) -> BoxFuture<'a, Result<Vec<SequenceSynced>, String>>;
+
+    /// Creates on the target the source's foreign keys between the tables `filter`
+    /// selects, on the tables the sink created. Empty for a pair without foreign keys.
+    fn create_foreign_keys<'a>(
+        &'a self,
+        _source: &'a ConnectionUri,
+        _sink: &'a SinkUri,
+        _filter: &'a TableFilter,
+    ) -> BoxFuture<'a, Result<Vec<ForeignKeyCreated>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }

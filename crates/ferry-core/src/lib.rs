@@ -36,8 +36,9 @@ pub mod uri;
 
 pub use change::{Row, RowChange, SourceEvent, Value};
 pub use connector::{
-    BacklogRisk, Connectors, FeedBacklog, OrphanObject, SequenceSynced, SinkConnector, SourceCheck,
-    SourceConnector, SourceObject, SourceOptions, TableVerdict, TargetPolicy, TargetProblem,
+    BacklogRisk, Connectors, FeedBacklog, ForeignKeyCreated, ForeignKeyOutcome, OrphanObject,
+    SequenceSynced, SinkConnector, SourceCheck, SourceConnector, SourceObject, SourceOptions,
+    TableVerdict, TargetPolicy, TargetProblem,
 };
 pub use error::{error_chain, ErrorClass, SourceError};
 pub use filter::{FilterError, TableFilter};

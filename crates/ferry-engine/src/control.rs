@@ -13,7 +13,7 @@ use tracing::info;
 use crate::config::ChangefeedConfig;
 use crate::engine::{feed_key, Engine};
 use crate::error::EngineError;
-use crate::lifecycle::{self, Action, Effect, LifecycleDoc, Transition};
+use crate::lifecycle::{self, Action, Effect, LifecycleDoc, Refusal, Transition};
 use crate::runner::tables::RuntimeState;
 use crate::status::{ChangefeedStatus, FeedState, Phase};
 
@@ -203,5 +203,27 @@ impl Engine {
         crate::sequences::sync(self.connectors.as_ref(), &config)
             .await
             .map_err(EngineError::SequenceSync)
+    }
+}
+
+impl Engine {
+    /// Creates the source's foreign keys between the changefeed's tables on the target.
+    /// Refused while the changefeed runs: its batches would have to meet them.
+    pub async fn create_foreign_keys(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<crate::foreign_keys::ForeignKeysReport, EngineError> {
+        let (config, state) =
+            self.with_feed(namespace, id, |f| (f.config.clone(), f.status.state()))?;
+        if matches!(state, FeedState::Running | FeedState::Error) {
+            return Err(EngineError::Refused {
+                id: id.to_string(),
+                refusal: Refusal::Running(state),
+            });
+        }
+        crate::foreign_keys::create(self.connectors.as_ref(), &config)
+            .await
+            .map_err(EngineError::ForeignKeys)
     }
 }

@@ -81,6 +81,9 @@ pub enum EngineError {
     /// Syncing the target's sequences failed (source or target unreachable or refusing).
     #[error("sequence sync failed: {0}")]
     SequenceSync(String),
+    /// Reading the source's foreign keys or writing the target failed.
+    #[error("creating foreign keys failed: {0}")]
+    ForeignKeys(String),
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),

@@ -6,7 +6,7 @@
 //!
 //! Everything is the source's own SQL text (`pg_get_indexdef`, `pg_get_constraintdef`,
 //! `pg_get_expr`), read with an empty `search_path` so every name is qualified. Foreign
-//! keys are not read: applied in batches, a child row may arrive before its parent.
+//! keys are not part of it: they come once the target is complete ([`crate::foreign_keys`]).
 //!
 //! The sink applies a definition only to tables it created ([`crate::sink`]): generated
 //! columns with the table, everything else after the table's bulk copy (one index build

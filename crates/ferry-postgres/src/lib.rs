@@ -53,6 +53,7 @@ pub mod copy_text;
 pub mod decode;
 pub mod definition;
 pub mod eligibility;
+pub mod foreign_keys;
 pub mod heartbeat;
 pub mod identity;
 pub mod liveness;

@@ -200,11 +200,17 @@ impl Runner {
                 Ok(StreamEnd::NewTable) => continue,
                 Ok(StreamEnd::Finished) => {
                     info!(changefeed = %key, "changefeed finished");
-                    // The target is complete: its sequences too, before anyone writes it.
+                    // The target is complete: its sequences and foreign keys too, before
+                    // anyone writes it.
                     if let Err(e) =
                         crate::sequences::sync(self.connectors.as_ref(), &self.config).await
                     {
                         warn!(changefeed = %key, error = %e, "could not sync the target's sequences; run sync-sequences");
+                    }
+                    if let Err(e) =
+                        crate::foreign_keys::create(self.connectors.as_ref(), &self.config).await
+                    {
+                        warn!(changefeed = %key, error = %e, "could not create the target's foreign keys; run create-foreign-keys");
                     }
                     self.settle(Event::Done, None);
                     if !self.config.snapshot_only {

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::{
-    BacklogRisk, ConnectionSecurity, ConnectionUri, FeedBacklog, OrphanObject, ParsePositionError,
-    Position, SequenceSynced, Sink, SinkConnector, SinkError, SinkUri, Source, SourceCheck,
-    SourceConnector, SourceError, SourceObject, SourceOptions, TableFilter, TableId, TableSchema,
-    TableVerdict, TargetPolicy, TargetProblem,
+    BacklogRisk, ConnectionSecurity, ConnectionUri, FeedBacklog, ForeignKeyCreated, OrphanObject,
+    ParsePositionError, Position, SequenceSynced, Sink, SinkConnector, SinkError, SinkUri, Source,
+    SourceCheck, SourceConnector, SourceError, SourceObject, SourceOptions, TableFilter, TableId,
+    TableSchema, TableVerdict, TargetPolicy, TargetProblem,
 };
 use futures::future::BoxFuture;
 
@@ -476,4 +476,29 @@ pub async fn sync_sequences(
             missing: s.missing,
         })
         .collect())
+}
+
+/// Creates on the target the source's foreign keys between the tables `filter` selects
+/// (see [`crate::foreign_keys`]).
+pub async fn create_foreign_keys(
+    source: &ConnectionUri,
+    target: &ConnectionUri,
+    filter: &TableFilter,
+) -> Result<Vec<ForeignKeyCreated>, String> {
+    let client = connect(source, "ferry-foreign-keys")
+        .await
+        .map_err(|e| e.chain())?;
+    catalog::prepare_session(&client)
+        .await
+        .map_err(|e| e.chain())?;
+    let tables = catalog::selected_tables(&client, filter)
+        .await
+        .map_err(|e| e.chain())?
+        .into_iter()
+        .map(|t| (t.source_id, t.schema.id))
+        .collect();
+    drop(client);
+    crate::foreign_keys::create(source, target, &tables)
+        .await
+        .map_err(|e| e.chain())
 }

@@ -82,6 +82,9 @@ pub struct PgSink {
     /// Write each change as its own statements, in source order (see
     /// [`Sink::set_in_order`]).
     in_order: bool,
+    /// A table this sink writes has a foreign key on the target (or is referenced by one):
+    /// every change is written in source order, always (see [`shape`]).
+    foreign_keys: bool,
     /// Where the target is: enum labels are added on a connection of their own.
     uri: ConnectionUri,
 }
@@ -165,6 +168,7 @@ impl PgSink {
             definitions: HashMap::new(),
             completed: HashSet::new(),
             in_order: false,
+            foreign_keys: false,
             uri: uri.clone(),
         })
     }
@@ -463,7 +467,7 @@ impl Sink for PgSink {
     }
 
     fn set_in_order(&mut self, in_order: bool) {
-        self.in_order = in_order;
+        self.in_order = in_order || self.foreign_keys;
     }
 
     async fn rename_table(

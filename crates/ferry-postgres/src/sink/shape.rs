@@ -41,6 +41,7 @@ impl PgSink {
             }
         }
         let current = shaped?;
+        self.note_foreign_keys(&schema.id).await?;
         if with_key {
             self.ensure_key(schema).await?;
         }
@@ -208,5 +209,35 @@ pub(super) fn ddl_stop(table: &TableId, statements: &[String]) -> SinkError {
              then resume",
             statements.join("; ")
         ),
+    }
+}
+
+impl PgSink {
+    /// Switches to writing every change in source order when `table` has a foreign key on
+    /// the target or is referenced by one. A batch merged per key may write a child before
+    /// its parent (refused) or delete and re-insert a parent whose `ON DELETE CASCADE`
+    /// then removes a child the source kept (silently wrong); in source order each
+    /// statement meets the keys as the source's did.
+    async fn note_foreign_keys(&mut self, table: &TableId) -> Result<(), SinkError> {
+        if self.foreign_keys {
+            return Ok(());
+        }
+        let keyed = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                                WHERE contype = 'f' AND pg_catalog.to_regclass($1)
+                                      IN (conrelid, confrelid))",
+                &[&table.quoted()],
+            )
+            .await
+            .map_err(|e| statement_error(format!("look for foreign keys on {table}"), e))?
+            .get::<_, bool>(0);
+        if keyed {
+            tracing::info!(table = %table, "the target has foreign keys on a replicated table: changes are written one by one, in source order");
+            self.foreign_keys = true;
+            self.in_order = true;
+        }
+        Ok(())
     }
 }

@@ -92,6 +92,12 @@ pub(crate) enum ChangefeedCommand {
         /// Changefeed id.
         name: String,
     },
+    /// Create the source's foreign keys between the replicated tables on the target (done
+    /// by itself when the changefeed finishes; refused while it runs: pause it first).
+    CreateForeignKeys {
+        /// Changefeed id.
+        name: String,
+    },
     /// Validate a configuration without creating anything: errors, warnings and the tables
     /// it would replicate (exit 8 on errors).
     Check(SpecFlags),
@@ -333,6 +339,31 @@ pub(crate) async fn run(mut context: Context, command: ChangefeedCommand) -> Res
                             (Some(true), _) => " → set".to_string(),
                             _ => " (kept)".to_string(),
                         }
+                    ));
+                }
+                lines.join("\n")
+            })
+        }
+        ChangefeedCommand::CreateForeignKeys { name } => {
+            let created = client
+                .post(&["changefeeds", &name, "foreign-keys", "create"], None)
+                .await?;
+            report(&context, &created, |s| {
+                let list = s["foreign_keys"].as_array().cloned().unwrap_or_default();
+                let mut lines = vec![format!(
+                    "{} foreign key(s) of changefeed {ns}/{name}:",
+                    list.len()
+                )];
+                for k in &list {
+                    lines.push(format!(
+                        "  {}.{} → {}: {}{}",
+                        cell(k, "table"),
+                        cell(k, "name"),
+                        cell(k, "references"),
+                        cell(k, "outcome"),
+                        k.get("reason")
+                            .map(|r| format!(" ({})", output::cell(Some(r))))
+                            .unwrap_or_default()
                     ));
                 }
                 lines.join("\n")
