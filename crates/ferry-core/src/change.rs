@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::{Position, TableId, TableSchema};
+use crate::{Position, TableDefinition, TableId, TableSchema};
 
 /// One column value of a row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -119,6 +119,15 @@ pub enum SourceEvent {
         from: TableId,
         /// Its shape under the new name.
         schema: Arc<TableSchema>,
+    },
+    /// The source's definition of a table beyond its columns (indexes, constraints,
+    /// defaults …), read when the table is described: first in a session, and again
+    /// whenever it changed. The sink completes the tables it created with it.
+    Definition {
+        /// The table.
+        table: TableId,
+        /// Its definition, for a sink of the source's kind.
+        definition: TableDefinition,
     },
     /// A row change of the open transaction.
     Change(RowChange),

@@ -184,6 +184,18 @@ pub trait Sink: Send {
     /// [`crate::TableDefinition`]); a sink that cannot use them ignores them.
     fn use_definitions(&mut self, _definitions: Vec<(TableId, TableDefinition)>) {}
 
+    /// Follows a table's definition announced by the stream
+    /// ([`crate::SourceEvent::Definition`]) at its position: what the source dropped goes
+    /// at once, inside the open batch; what it added comes once the batch is committed. A
+    /// sink that cannot use definitions ignores them.
+    async fn follow_definition(
+        &mut self,
+        _table: &TableId,
+        _definition: TableDefinition,
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Creates or follows a table for a bulk copy (its key comes after the copy, in
     /// [`Sink::finish_table`]).
     async fn ensure_table_for_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError>;

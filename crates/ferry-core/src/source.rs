@@ -85,6 +85,14 @@ pub enum StreamState {
 #[derive(Clone)]
 pub struct TableDefinition(pub Arc<dyn std::any::Any + Send + Sync>);
 
+/// The same definition: one read, handed on (definitions are compared by the source that
+/// reads them, which knows what they hold).
+impl PartialEq for TableDefinition {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl std::fmt::Debug for TableDefinition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TableDefinition(..)")

@@ -295,12 +295,24 @@ impl PgStream {
                 // Published via its root, a partition's changes name the root, but pgoutput
                 // describes the partition too: nothing is written under its name.
                 if !self.is_partition(relation.id).await? {
-                    match self.names.insert(relation.id, schema.id.clone()) {
+                    let id = schema.id.clone();
+                    match self.names.insert(relation.id, id.clone()) {
                         Some(from) if from != schema.id => {
                             self.pending
                                 .push_back(SourceEvent::Renamed { from, schema });
                         }
                         _ => self.pending.push_back(SourceEvent::Schema(schema)),
+                    }
+                    // pgoutput describes a table again after an index, constraint or
+                    // default changed too (they invalidate it): its definition goes with
+                    // it. A dropped table's target table is kept as it is.
+                    if !dropped {
+                        let definition =
+                            crate::definition::read(&self.catalog, relation.id, &id).await?;
+                        self.pending.push_back(SourceEvent::Definition {
+                            table: id,
+                            definition: ferry_core::TableDefinition(Arc::new(definition)),
+                        });
                     }
                 }
             }

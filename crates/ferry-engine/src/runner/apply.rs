@@ -65,6 +65,8 @@ pub(crate) struct Applier {
     pub(crate) excluded: HashSet<TableId>,
     /// Records a rename the target followed, once its batch is durable.
     pub(crate) on_renamed: OnRenamed,
+    /// Whether the sink follows tables' definitions (`schema: full`).
+    pub(crate) follow_definitions: bool,
 }
 
 /// Saves a checkpoint outside the target.
@@ -204,6 +206,11 @@ impl Applier {
                     self.sink.ensure_table(&schema).await?;
                 } else {
                     self.excluded.insert(schema.id.clone());
+                }
+            }
+            SourceEvent::Definition { table, definition } => {
+                if self.follow_definitions && self.filter.matches(&table) {
+                    self.sink.follow_definition(&table, definition).await?;
                 }
             }
             SourceEvent::Renamed { from, schema } => self.renamed(from, schema, batch).await?,

@@ -90,6 +90,7 @@ impl Runner {
             isolate_until: self.isolate_until.clone(),
             filter: self.config.tables.clone(),
             excluded: Default::default(),
+            follow_definitions: self.config.options.schema != crate::config::SchemaMode::Tables,
             on_renamed: {
                 let meta = self.meta.clone();
                 let key = self.config.key();

@@ -63,19 +63,10 @@ impl PgSink {
         let Some(def) = self.definitions.get(id).cloned() else {
             return Ok(());
         };
-        let created = self
-            .client
-            .query_opt(
-                "SELECT 1 FROM _ferry.created_tables WHERE table_schema = $1 AND table_name = $2",
-                &[&id.schema, &id.name],
-            )
-            .await
-            .map_err(|e| statement_error(format!("look up how {id} was created"), e))?
-            .is_some();
-        if created {
+        let mut skipped = 0;
+        if self.created_by_ferry(id).await? {
             let started = std::time::Instant::now();
             let statements = self.completion_sql(schema, &def).await?;
-            let mut skipped = 0;
             for (what, sql) in &statements {
                 if let Err(e) = self
                     .client
@@ -96,8 +87,25 @@ impl PgSink {
                 tracing::info!(table = %id, objects = statements.len() - skipped, skipped, seconds = started.elapsed().as_secs_f64(), "target table completed with the source's definition");
             }
         }
-        self.completed.insert(id.clone());
+        // A table the target refused an object of is completed again with the next
+        // definition the stream announces.
+        if skipped == 0 {
+            self.completed.insert(id.clone());
+        }
         Ok(())
+    }
+
+    /// Whether Ferry created the target table `id` (it is recorded in
+    /// `_ferry.created_tables`).
+    pub(super) async fn created_by_ferry(&self, id: &TableId) -> Result<bool, SinkError> {
+        self.client
+            .query_opt(
+                "SELECT 1 FROM _ferry.created_tables WHERE table_schema = $1 AND table_name = $2",
+                &[&id.schema, &id.name],
+            )
+            .await
+            .map(|row| row.is_some())
+            .map_err(|e| statement_error(format!("look up how {id} was created"), e))
     }
 
     /// The statements still missing on the target for `def`, each with what it creates.
@@ -118,7 +126,10 @@ impl PgSink {
                          WHERE attrelid = pg_catalog.to_regclass($1) AND attidentity <> ''),
                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
                          WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.atthasdef
-                           AND a.attgenerated = '')",
+                           AND a.attgenerated = ''),
+                   ARRAY(SELECT attname::text FROM pg_catalog.pg_attribute
+                         WHERE attrelid = pg_catalog.to_regclass($1) AND attnum > 0
+                           AND NOT attisdropped)",
                 &[&table],
             )
             .await
@@ -126,7 +137,23 @@ impl PgSink {
         let constraints: Vec<String> = present.get(0);
         let identities: Vec<String> = present.get(1);
         let defaults: Vec<String> = present.get(2);
+        let columns: Vec<String> = present.get(3);
         let mut out = Vec::new();
+        // Generated columns come with the table; one added on the source since comes last,
+        // as it did there.
+        for g in &def.generated {
+            if !columns.contains(&g.name) {
+                out.push((
+                    format!("generated column {}", g.name),
+                    format!(
+                        "ALTER TABLE {table} ADD COLUMN {} {} GENERATED ALWAYS AS ({}) STORED",
+                        quote_ident(&g.name),
+                        g.type_name,
+                        g.expression
+                    ),
+                ));
+            }
+        }
         for s in &def.sequences {
             let column = quote_ident(&s.column);
             match s.identity {

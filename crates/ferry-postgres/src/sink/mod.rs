@@ -24,6 +24,7 @@ mod complete;
 mod copy;
 mod ddl;
 mod enums;
+mod follow;
 mod nullability;
 mod ownership;
 mod rename;
@@ -79,6 +80,9 @@ pub struct PgSink {
     definitions: HashMap<TableId, crate::definition::TableDefinition>,
     /// Tables completed with their definition in this session.
     completed: HashSet<TableId>,
+    /// Tables whose definition the stream announced changed: completed after the batch
+    /// commits ([`follow`]).
+    complete_after_commit: HashSet<TableId>,
     /// Write each change as its own statements, in source order (see
     /// [`Sink::set_in_order`]).
     in_order: bool,
@@ -167,6 +171,7 @@ impl PgSink {
             policy,
             definitions: HashMap::new(),
             completed: HashSet::new(),
+            complete_after_commit: HashSet::new(),
             in_order: false,
             foreign_keys: false,
             uri: uri.clone(),
@@ -459,11 +464,22 @@ impl Sink for PgSink {
         // Committed, or (after an error) rolled back by the failed COMMIT: either way the
         // transaction is over.
         self.in_batch = false;
+        if result.is_ok() && !self.complete_after_commit.is_empty() {
+            self.complete_changed_tables().await;
+        }
         result
     }
 
     async fn abort_batch(&mut self) {
         PgSink::abort_batch(self).await
+    }
+
+    async fn follow_definition(
+        &mut self,
+        table: &TableId,
+        definition: ferry_core::TableDefinition,
+    ) -> Result<(), SinkError> {
+        PgSink::follow_definition(self, table, definition).await
     }
 
     fn set_in_order(&mut self, in_order: bool) {

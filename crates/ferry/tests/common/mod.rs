@@ -165,3 +165,35 @@ pub fn dump(cluster: &PgCluster, db: &str, table: &str) -> String {
         &format!("COPY (SELECT * FROM {table} t ORDER BY t::text COLLATE \"C\") TO STDOUT"),
     )
 }
+
+/// Everything the catalog says about `table` beyond its rows, one object a line.
+pub fn definition(cluster: &PgCluster, db: &str, table: &str) -> String {
+    cluster.psql(
+        db,
+        &format!(
+            "SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
+               SELECT 'index ' || pg_get_indexdef(indexrelid) FROM pg_index
+               WHERE indrelid = '{table}'::regclass
+               UNION ALL
+               SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid)
+               FROM pg_constraint WHERE conrelid = '{table}'::regclass
+               UNION ALL
+               SELECT 'column ' || a.attnum || ' ' || attname || ' '
+                      || format_type(atttypid, atttypmod) || ' notnull=' || attnotnull
+                      || ' identity=' || attidentity::text || ' generated=' || attgenerated::text
+                      || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+               FROM pg_attribute a LEFT JOIN pg_attrdef d
+                 ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+               WHERE attrelid = '{table}'::regclass AND a.attnum > 0 AND NOT attisdropped
+               UNION ALL
+               SELECT 'comment ' || objsubid || ' ' || description FROM pg_description
+               WHERE objoid = '{table}'::regclass AND classoid = 'pg_class'::regclass
+               UNION ALL
+               SELECT 'sequence ' || s.seqrelid::regclass || ' ' || seqstart || ' '
+                      || seqincrement || ' ' || seqmax || ' ' || d.deptype::text
+               FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid
+               WHERE d.refobjid = '{table}'::regclass AND d.deptype IN ('a', 'i')
+             ) s(x)"
+        ),
+    )
+}
