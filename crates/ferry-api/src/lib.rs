@@ -22,6 +22,7 @@ mod openapi;
 mod routes;
 mod secrets;
 mod server;
+mod skip;
 mod sources;
 mod target;
 

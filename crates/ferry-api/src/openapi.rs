@@ -9,7 +9,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{changefeeds, server, sources, target};
+use crate::{changefeeds, server, skip, sources, target};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,7 @@ use crate::{changefeeds, server, sources, target};
         changefeeds::resume,
         changefeeds::status,
         changefeeds::synced,
+        skip::skip,
         target::sync_sequences,
         target::create_foreign_keys,
         sources::create,

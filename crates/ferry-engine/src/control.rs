@@ -127,7 +127,7 @@ impl Engine {
     }
 
     /// The transition `action` makes from the changefeed's current state.
-    fn transition(
+    pub(crate) fn transition(
         &self,
         namespace: &str,
         id: &str,
@@ -141,7 +141,7 @@ impl Engine {
     }
 
     /// Carries out an accepted transition (the operation lock is held).
-    async fn apply(
+    pub(crate) async fn apply(
         &self,
         namespace: &str,
         id: &str,

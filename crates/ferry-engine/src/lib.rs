@@ -63,6 +63,7 @@ mod registry;
 mod retry;
 mod runner;
 mod sequences;
+mod skip;
 mod sources;
 pub mod status;
 mod validate;

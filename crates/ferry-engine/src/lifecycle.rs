@@ -155,6 +155,12 @@ pub(crate) struct LifecycleDoc {
     /// `overwrite_checkpoint_position`); cleared once a batch after it is durable.
     #[serde(default)]
     pub(crate) resume_from: Option<Position>,
+    /// A source transaction the next runs leave out (an operator's `skip`); cleared once a
+    /// batch after it is durable.
+    #[serde(default)]
+    pub(crate) skip: Option<crate::skip::SkipTransaction>,
+    #[serde(default)]
+    pub(crate) last_error_position: Option<Position>,
     #[serde(default)]
     pub(crate) phase: Option<Phase>,
     #[serde(default)]
@@ -172,6 +178,8 @@ impl LifecycleDoc {
             last_error: None,
             last_warning: None,
             resume_from: None,
+            skip: None,
+            last_error_position: None,
             phase: None,
             checkpoint: None,
             checkpoint_time_us: None,
@@ -194,6 +202,7 @@ impl LifecycleDoc {
     pub(crate) fn capture(&mut self, status: &StatusCell) {
         status.update(|live| {
             self.last_error = live.last_error.clone();
+            self.last_error_position = live.last_error_position.clone();
             self.last_warning = live.last_warning.clone();
             self.phase = Some(live.phase);
             self.checkpoint = live.checkpoint.clone();
@@ -207,6 +216,7 @@ impl LifecycleDoc {
         let cell = StatusCell::new(self.state, self.phase.unwrap_or(Phase::Snapshot));
         cell.update(|live| {
             live.last_error = self.last_error.clone();
+            live.last_error_position = self.last_error_position.clone();
             live.last_warning = self.last_warning.clone();
             live.checkpoint = self.checkpoint.clone();
             live.checkpoint_time_us = self.checkpoint_time_us;

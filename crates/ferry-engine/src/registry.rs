@@ -61,6 +61,7 @@ impl Engine {
                 let status = StatusCell::new(FeedState::Running, phase);
                 status.update(|s| {
                     s.last_error = doc.last_error.clone();
+                    s.last_error_position = doc.last_error_position.clone();
                     s.last_warning = doc.last_warning.clone();
                 });
                 status

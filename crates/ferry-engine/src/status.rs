@@ -131,6 +131,8 @@ pub(crate) struct Live {
     /// Whether everything received has been applied and nothing is in flight.
     pub(crate) caught_up: bool,
     pub(crate) last_error: Option<Timed>,
+    /// The commit position of the source transaction the target refused (`last_error`).
+    pub(crate) last_error_position: Option<Position>,
     pub(crate) last_warning: Option<Timed>,
     pub(crate) warnings: Vec<String>,
     pub(crate) tables: Vec<TableProgress>,
@@ -163,6 +165,7 @@ impl StatusCell {
             checkpoint_time_us: None,
             caught_up: false,
             last_error: None,
+            last_error_position: None,
             last_warning: None,
             warnings: Vec::new(),
             tables: Vec::new(),
@@ -223,6 +226,10 @@ pub struct ChangefeedStatus {
     pub last_error: Option<String>,
     /// When `last_error` happened.
     pub last_error_time: Option<String>,
+    /// When the target refused one source transaction: its commit position, in the form
+    /// `POST …/skip` takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error_position: Option<String>,
     /// The last transient error (retried).
     pub last_warning: Option<String>,
     /// When `last_warning` happened.
@@ -276,6 +283,7 @@ impl StatusCell {
                 lag_seconds,
                 last_error: live.last_error.as_ref().map(|e| e.message.clone()),
                 last_error_time: live.last_error.as_ref().map(|e| rfc3339(e.at_us)),
+                last_error_position: live.last_error_position.as_ref().map(ToString::to_string),
                 last_warning: live.last_warning.as_ref().map(|e| e.message.clone()),
                 last_warning_time: live.last_warning.as_ref().map(|e| rfc3339(e.at_us)),
                 warnings: live

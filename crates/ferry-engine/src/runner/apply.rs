@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use super::trail::Trail;
 use super::RunError;
 use crate::metrics::{FeedMetrics, RowCounts};
+use crate::skip::SkipTransaction;
 use crate::status::StatusCell;
 
 /// While nothing is queued, an open batch commits at most this long after it opened: low
@@ -67,6 +68,11 @@ pub(crate) struct Applier {
     pub(crate) on_renamed: OnRenamed,
     /// Whether the sink follows tables' definitions (`schema: full`).
     pub(crate) follow_definitions: bool,
+    /// A source transaction to leave out (an operator's `skip`), and what forgets it once
+    /// a batch after it is durable.
+    pub(crate) skip: Option<(SkipTransaction, Box<dyn FnOnce() + Send>)>,
+    /// Changes left out by `skip` so far.
+    pub(crate) skipped_changes: u64,
 }
 
 /// Saves a checkpoint outside the target.
@@ -224,6 +230,17 @@ impl Applier {
             }
             SourceEvent::Change(change) => {
                 self.metrics.bytes_read(change.payload_bytes() as u64);
+                if let RowChange::Insert { table, .. }
+                | RowChange::Update { table, .. }
+                | RowChange::Delete { table, .. } = &change
+                {
+                    let commit = cursor.current_commit.as_ref();
+                    if let (Some((skip, _)), Some(commit)) = (&self.skip, commit) {
+                        if skip.leaves_out(commit, &table.id) {
+                            self.skipped_changes += 1;
+                        }
+                    }
+                }
                 if let Some(change) = self.filter_skipped(change, cursor.current_commit.as_ref()) {
                     batch.rows += 1;
                     batch.counts.count(&change);
@@ -341,12 +358,16 @@ impl Applier {
     /// Drops changes a table's snapshot already holds, and changes to tables the rules
     /// exclude.
     fn filter_skipped(&self, change: RowChange, commit: Option<&Position>) -> Option<RowChange> {
-        if self.skip_before.is_empty() && self.excluded.is_empty() {
+        if self.skip_before.is_empty() && self.excluded.is_empty() && self.skip.is_none() {
             return Some(change);
         }
-        // Committed before the table's snapshot: the snapshot already holds it.
+        // Committed before the table's snapshot: the snapshot already holds it; or left out
+        // by an operator's skip.
         let skipped = |id: &TableId| {
-            self.excluded.contains(id)
+            self.skip
+                .as_ref()
+                .is_some_and(|(s, _)| commit.is_some_and(|c| s.leaves_out(c, id)))
+                || self.excluded.contains(id)
                 || self
                     .skip_before
                     .get(id)
@@ -379,6 +400,15 @@ impl Applier {
         if let Some(save) = &self.save_checkpoint {
             save(&end)?;
         }
+        if self
+            .skip
+            .as_ref()
+            .is_some_and(|(s, _)| end.covers(&s.position))
+        {
+            let (skip, forget) = self.skip.take().expect("checked above");
+            tracing::info!(position = %skip.position, changes = self.skipped_changes, "source transaction skipped");
+            forget();
+        }
         self.confirm(&end);
         if let Some(first) = self.on_first_commit.take() {
             first();
@@ -394,6 +424,12 @@ impl Applier {
                 s.checkpoint = Some(end.clone());
             }
             s.checkpoint_time_us = Some(commit_time_us);
+            if s.last_error_position
+                .as_ref()
+                .is_some_and(|p| end.covers(p))
+            {
+                s.last_error_position = None;
+            }
             s.rows_applied += batch.rows;
             s.transactions_applied += batch.transactions;
             s.caught_up = caught_up;

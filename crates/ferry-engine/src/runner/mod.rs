@@ -247,10 +247,27 @@ impl Runner {
             if err.class() == ErrorClass::Definite {
                 warn!(changefeed = %key, error = %message, "changefeed failed");
                 self.metrics.error("definite");
-                let hint = match err {
-                    RunError::SlotLost { .. } => slot_lost_hint(&self.config),
+                // One refused source transaction: named, so `skip` can leave it out.
+                let position = match &err {
+                    RunError::Apply {
+                        transactions: 1,
+                        last_commit,
+                        ..
+                    } => last_commit.clone(),
+                    _ => None,
+                };
+                let hint = match (&err, &position) {
+                    (RunError::SlotLost { .. }, _) => slot_lost_hint(&self.config),
+                    (_, Some(position)) => format!(
+                        "{}; or leave that one transaction out with `ferry changefeed skip {} \
+                         {position}` (POST /api/v2/changefeeds/{}/skip)",
+                        resume_hint(&self.config),
+                        self.config.id,
+                        self.config.id
+                    ),
                     _ => resume_hint(&self.config),
                 };
+                self.status.update(|s| s.last_error_position = position);
                 self.settle(Event::Definite, Some(format!("{message}. Hint: {hint}")));
                 return;
             }

@@ -33,7 +33,8 @@ impl Runner {
         };
         let finished = sink.finished_chunks().await?;
         let skip_before = tables::skip_before(state, &finished);
-        let resume_from = LifecycleDoc::load(&self.meta, &key)?.resume_from;
+        let lifecycle = LifecycleDoc::load(&self.meta, &key)?;
+        let resume_from = lifecycle.resume_from.clone();
         let start = resume_from.clone().or(checkpoint.clone());
         if let (Some(target), Some(start)) = (&self.config.target_position, &start) {
             if start.covers(target) {
@@ -91,6 +92,12 @@ impl Runner {
             filter: self.config.tables.clone(),
             excluded: Default::default(),
             follow_definitions: self.config.options.schema != crate::config::SchemaMode::Tables,
+            skip: lifecycle.skip.map(|skip| {
+                let (meta, key) = (self.meta.clone(), self.config.key());
+                let forget = Box::new(move || clear_skip(&meta, &key)) as Box<dyn FnOnce() + Send>;
+                (skip, forget)
+            }),
+            skipped_changes: 0,
             on_renamed: {
                 let meta = self.meta.clone();
                 let key = self.config.key();
@@ -134,5 +141,16 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The skipped transaction is behind us once a batch after it is durable.
+fn clear_skip(meta: &MetaStore, key: &str) {
+    let cleared = LifecycleDoc::load(meta, key).and_then(|mut doc| {
+        doc.skip = None;
+        doc.save(meta, key)
+    });
+    if let Err(e) = cleared {
+        warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not clear the skipped transaction");
     }
 }

@@ -61,6 +61,17 @@ pub(crate) enum ChangefeedCommand {
         #[arg(long, value_name = "LSN")]
         overwrite_checkpoint_position: Option<String>,
     },
+    /// Leave out the source transaction the target refused (the status's
+    /// last_error_position) and resume; with --table only its changes to that table.
+    Skip {
+        /// Changefeed id.
+        name: String,
+        /// The refused transaction's commit position, as the status shows it.
+        position: String,
+        /// Leave out only the transaction's changes to this table (`schema.table`).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+    },
     /// Delete a changefeed: stops it and drops its slot and publication (target data
     /// stays). Asks for confirmation unless --yes.
     Delete {
@@ -249,6 +260,22 @@ pub(crate) async fn run(mut context: Context, command: ChangefeedCommand) -> Res
             let paused = client.post(&["changefeeds", &name, "pause"], None).await?;
             report(&context, &paused, |s| {
                 format!("changefeed {ns}/{name} paused ({})", state_of(s))
+            })
+        }
+        ChangefeedCommand::Skip {
+            name,
+            position,
+            table,
+        } => {
+            let body = json!({ "position": position, "table": table });
+            let resumed = client
+                .post(&["changefeeds", &name, "skip"], Some(&body))
+                .await?;
+            report(&context, &resumed, |s| {
+                format!(
+                    "changefeed {ns}/{name}: transaction {position} skipped, resumed ({})",
+                    state_of(s)
+                )
             })
         }
         ChangefeedCommand::Resume {
