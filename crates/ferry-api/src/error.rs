@@ -50,6 +50,8 @@ pub enum ErrorCode {
     ChangefeedNotRunning,
     /// The changefeed is finished: it can only be read or deleted.
     ChangefeedFinished,
+    /// The changefeed is still copying its tables (re-sync once it streams).
+    ChangefeedCopying,
     /// The source name is taken in that namespace.
     SourceAlreadyExists,
     /// No such source.
@@ -160,6 +162,7 @@ impl From<EngineError> for ApiError {
                     Refusal::Running(_) => C::ChangefeedRunning,
                     Refusal::NotRunning(_) => C::ChangefeedNotRunning,
                     Refusal::Finished => C::ChangefeedFinished,
+                    Refusal::Copying => C::ChangefeedCopying,
                 },
             ),
             EngineError::SourceUnusable(_) => (S::BAD_REQUEST, C::SourceUnusable),

@@ -19,10 +19,10 @@ mod error;
 mod extract;
 mod metrics;
 mod openapi;
+mod repair;
 mod routes;
 mod secrets;
 mod server;
-mod skip;
 mod sources;
 mod target;
 

@@ -9,7 +9,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{changefeeds, server, skip, sources, target};
+use crate::{changefeeds, repair, server, sources, target};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,7 +31,9 @@ use crate::{changefeeds, server, skip, sources, target};
         changefeeds::resume,
         changefeeds::status,
         changefeeds::synced,
-        skip::skip,
+        repair::skip,
+        repair::resync,
+        repair::resync_table,
         target::sync_sequences,
         target::create_foreign_keys,
         sources::create,

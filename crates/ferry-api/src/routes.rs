@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::auth::{self, AccessPolicy};
 use crate::error::{ApiError, ErrorCode};
-use crate::{changefeeds, metrics, server, skip, sources, target, AppState};
+use crate::{changefeeds, metrics, repair, server, sources, target, AppState};
 
 pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
     Router::new()
@@ -31,7 +31,12 @@ pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
         .route("/api/v2/changefeeds/{id}/resume", post(changefeeds::resume))
         .route("/api/v2/changefeeds/{id}/status", get(changefeeds::status))
         .route("/api/v2/changefeeds/{id}/synced", get(changefeeds::synced))
-        .route("/api/v2/changefeeds/{id}/skip", post(skip::skip))
+        .route("/api/v2/changefeeds/{id}/skip", post(repair::skip))
+        .route("/api/v2/changefeeds/{id}/resync", post(repair::resync))
+        .route(
+            "/api/v2/changefeeds/{id}/tables/{table}/resync",
+            post(repair::resync_table),
+        )
         .route(
             "/api/v2/changefeeds/{id}/sequences/sync",
             post(target::sync_sequences),

@@ -60,6 +60,7 @@ pub mod metrics;
 mod monitor;
 pub mod options;
 mod registry;
+mod resync;
 mod retry;
 mod runner;
 mod sequences;

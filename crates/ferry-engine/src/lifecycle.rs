@@ -80,6 +80,9 @@ pub enum Refusal {
     /// A finished changefeed is done; it can only be deleted.
     #[error("the changefeed is finished; it can only be read or deleted")]
     Finished,
+    /// Re-syncing needs a changefeed whose first copy is done.
+    #[error("the changefeed is still copying its tables; re-sync once it streams")]
+    Copying,
 }
 
 /// Where `action` takes a changefeed in state `from`, or why it is refused.
@@ -239,6 +242,7 @@ mod tests {
             Err(Refusal::NotRunning(_)) => "NOT_RUNNING".into(),
             Err(Refusal::Running(_)) => "RUNNING".into(),
             Err(Refusal::Finished) => "FINISHED".into(),
+            Err(Refusal::Copying) => "COPYING".into(),
         }
     }
 

@@ -392,6 +392,10 @@ impl Runner {
             let gone = tables::unselected_ids(&state, &ids);
             self.check_renamed_out(source.as_mut(), &gone).await?;
             let wanted = tables::track_renames(&mut state, &source_ids(&selected));
+            let resync = tables::take_resync(&mut state);
+            if !resync.is_empty() {
+                info!(changefeed = %key, tables = ?resync.iter().map(ToString::to_string).collect::<Vec<_>>(), "re-syncing tables: copying them again");
+            }
             let changed = tables::reconcile(&mut state, &wanted, &since);
             if !self.config.copies() {
                 // Nothing to copy: added tables stream from when they were added.

@@ -36,6 +36,10 @@ pub(crate) struct RuntimeState {
     /// rename to follow, not a new table.
     #[serde(default)]
     pub(crate) source_ids: BTreeMap<u32, TableId>,
+    /// Tables an operator asked to copy again (`resync`): at the next start each becomes
+    /// an added table, copied whole from a fresh snapshot.
+    #[serde(default)]
+    pub(crate) resync: Vec<TableId>,
 }
 
 /// A table added after the first snapshot.
@@ -108,8 +112,27 @@ pub(crate) fn reconcile(
     out
 }
 
+/// Every planned table (first snapshot, then added).
+pub(crate) fn planned_tables(state: &RuntimeState) -> Vec<TableId> {
+    state
+        .plan
+        .iter()
+        .map(|p| p.table.clone())
+        .chain(state.added.iter().map(|a| a.plan.table.clone()))
+        .collect()
+}
+
+/// Turns the tables to re-sync into tables to add: forgotten here, [`reconcile`] adds
+/// them again at its position (their earlier copy's markers are older than it).
+pub(crate) fn take_resync(state: &mut RuntimeState) -> Vec<TableId> {
+    let tables = std::mem::take(&mut state.resync);
+    state.plan.retain(|p| !tables.contains(&p.table));
+    state.added.retain(|a| !tables.contains(&a.plan.table));
+    tables
+}
+
 /// Whether `table` is planned (first snapshot or added).
-fn planned(state: &RuntimeState, table: &TableId) -> bool {
+pub(crate) fn planned(state: &RuntimeState, table: &TableId) -> bool {
     state.plan.iter().any(|p| &p.table == table)
         || state.added.iter().any(|a| &a.plan.table == table)
 }
@@ -290,6 +313,26 @@ mod tests {
     }
 
     #[test]
+    fn a_table_to_resync_is_added_again_at_the_new_position() {
+        let mut state = RuntimeState {
+            phase: Some(Phase::Streaming),
+            plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
+            resync: vec![t("a")],
+            ..Default::default()
+        };
+        assert_eq!(take_resync(&mut state), [t("a")]);
+        let got = reconcile(
+            &mut state,
+            &[(t("a"), 1), (t("b"), 1)],
+            &Position::PgLsn(Lsn(7)),
+        );
+        assert_eq!(got.added, [t("a")]);
+        assert!(got.removed.is_empty());
+        assert!(state.resync.is_empty());
+        assert_eq!(state.added[0].since, Position::PgLsn(Lsn(7)));
+    }
+
+    #[test]
     fn reconcile_adds_new_and_forgets_unselected_tables() {
         let mut state = RuntimeState {
             phase: Some(Phase::Streaming),
@@ -297,6 +340,7 @@ mod tests {
             added: vec![],
             divergent: vec![],
             source_ids: BTreeMap::new(),
+            resync: vec![],
         };
         let got = reconcile(
             &mut state,
@@ -331,6 +375,7 @@ mod tests {
             added: vec![],
             divergent: vec![],
             source_ids: BTreeMap::new(),
+            resync: vec![],
         };
         let old_copy = vec![marker("a", 0, 50)];
         reconcile(&mut state, &[], &Position::PgLsn(Lsn(80)));
@@ -361,6 +406,7 @@ mod tests {
             added: vec![],
             divergent: vec![],
             source_ids: BTreeMap::new(),
+            resync: vec![],
         };
         reconcile(
             &mut state,
@@ -392,6 +438,7 @@ mod tests {
             added: vec![],
             divergent: vec![],
             source_ids: BTreeMap::new(),
+            resync: vec![],
         };
         let wanted = track_renames(&mut state, &[(1, t("a"), 1), (2, t("b"), 1)]);
         assert!(reconcile(&mut state, &wanted, &Position::PgLsn(Lsn(1))).is_empty());

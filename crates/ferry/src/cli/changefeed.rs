@@ -72,6 +72,15 @@ pub(crate) enum ChangefeedCommand {
         #[arg(long, value_name = "TABLE")]
         table: Option<String>,
     },
+    /// Copy every table again from a fresh snapshot (the target tables are emptied first),
+    /// keeping the slot, then stream on.
+    Resync {
+        /// Changefeed id.
+        name: String,
+    },
+    /// One table of a changefeed.
+    #[command(subcommand)]
+    Table(TableCommand),
     /// Delete a changefeed: stops it and drops its slot and publication (target data
     /// stays). Asks for confirmation unless --yes.
     Delete {
@@ -112,6 +121,19 @@ pub(crate) enum ChangefeedCommand {
     /// Validate a configuration without creating anything: errors, warnings and the tables
     /// it would replicate (exit 8 on errors).
     Check(SpecFlags),
+}
+
+/// `ferry changefeed table …`.
+#[derive(clap::Subcommand)]
+pub(crate) enum TableCommand {
+    /// Copy one table again from a fresh snapshot (emptied on the target first) and hand
+    /// over to the stream without a gap.
+    Resync {
+        /// Changefeed id.
+        name: String,
+        /// `schema.table`.
+        table: String,
+    },
 }
 
 /// A configuration from `-f FILE` and/or flags (flags win).
@@ -274,6 +296,26 @@ pub(crate) async fn run(mut context: Context, command: ChangefeedCommand) -> Res
             report(&context, &resumed, |s| {
                 format!(
                     "changefeed {ns}/{name}: transaction {position} skipped, resumed ({})",
+                    state_of(s)
+                )
+            })
+        }
+        ChangefeedCommand::Resync { name } => {
+            let status = client.post(&["changefeeds", &name, "resync"], None).await?;
+            report(&context, &status, |s| {
+                format!(
+                    "changefeed {ns}/{name}: every table is copied again ({})",
+                    state_of(s)
+                )
+            })
+        }
+        ChangefeedCommand::Table(TableCommand::Resync { name, table }) => {
+            let status = client
+                .post(&["changefeeds", &name, "tables", &table, "resync"], None)
+                .await?;
+            report(&context, &status, |s| {
+                format!(
+                    "changefeed {ns}/{name}: table {table} is copied again ({})",
                     state_of(s)
                 )
             })
