@@ -17,6 +17,7 @@ pub mod auth;
 mod changefeeds;
 mod error;
 mod extract;
+mod history;
 mod metrics;
 mod openapi;
 mod repair;

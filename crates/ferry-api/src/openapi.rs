@@ -9,7 +9,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{changefeeds, repair, server, sources, target};
+use crate::{changefeeds, history, repair, server, sources, target};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,7 @@ use crate::{changefeeds, repair, server, sources, target};
         changefeeds::resume,
         changefeeds::status,
         changefeeds::synced,
+        history::history,
         repair::skip,
         repair::resync,
         repair::resync_table,

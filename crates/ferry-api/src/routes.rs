@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::auth::{self, AccessPolicy};
 use crate::error::{ApiError, ErrorCode};
-use crate::{changefeeds, metrics, repair, server, sources, target, AppState};
+use crate::{changefeeds, history, metrics, repair, server, sources, target, AppState};
 
 pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
     Router::new()
@@ -31,6 +31,7 @@ pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
         .route("/api/v2/changefeeds/{id}/resume", post(changefeeds::resume))
         .route("/api/v2/changefeeds/{id}/status", get(changefeeds::status))
         .route("/api/v2/changefeeds/{id}/synced", get(changefeeds::synced))
+        .route("/api/v2/changefeeds/{id}/history", get(history::history))
         .route("/api/v2/changefeeds/{id}/skip", post(repair::skip))
         .route("/api/v2/changefeeds/{id}/resync", post(repair::resync))
         .route(
@@ -65,6 +66,10 @@ pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(crate::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            history::record,
+        ))
         .with_state(state)
         // Outermost: runs before routing, so unknown routes and ids look alike to a caller
         // without a token.

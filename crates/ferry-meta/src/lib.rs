@@ -64,11 +64,13 @@ pub enum Collection {
     /// The checkpoints of changefeeds whose sink cannot store one with the data (streams):
     /// saved after the sink made the batch durable, before the source is told.
     Checkpoints,
+    /// Per changefeed, the operator actions taken on it, newest last (capped).
+    History,
 }
 
 impl Collection {
     /// Every collection.
-    const ALL: [Collection; 7] = [
+    const ALL: [Collection; 8] = [
         Collection::Changefeeds,
         Collection::ChangefeedState,
         Collection::ChangefeedLifecycle,
@@ -76,6 +78,7 @@ impl Collection {
         Collection::Server,
         Collection::PendingCleanups,
         Collection::Checkpoints,
+        Collection::History,
     ];
 
     fn name(self) -> &'static str {
@@ -87,6 +90,7 @@ impl Collection {
             Collection::Server => "server",
             Collection::PendingCleanups => "pending_cleanups",
             Collection::Checkpoints => "checkpoints",
+            Collection::History => "changefeed_history",
         }
     }
 

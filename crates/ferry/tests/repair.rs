@@ -105,6 +105,42 @@ fn a_poison_transaction_is_skipped_by_its_position() {
     pair.wait_synced("cf", MINUTE);
     assert_eq!(ids(&pair, "t"), "1,3,5");
     assert_eq!(ids(&pair, "u"), "2,3");
+
+    // Every action is in the history, refused ones too, and stays after a delete.
+    let (code, _) = pair.ferry.delete("/api/v2/changefeeds/cf");
+    assert_eq!(code, 200);
+    let (code, history) = pair.ferry.get("/api/v2/changefeeds/cf/history");
+    assert_eq!(code, 200, "{history}");
+    let actions: Vec<String> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let result = i["result"].as_str().unwrap();
+            format!(
+                "{} {}",
+                i["action"].as_str().unwrap(),
+                result.split(':').next().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "create ok",
+            "skip CHANGEFEED_RUNNING",
+            "skip INVALID_POSITION",
+            "skip INVALID_POSITION",
+            "skip ok",
+            "skip ok",
+            "delete ok",
+        ],
+        "{history}"
+    );
+    assert_eq!(
+        history["items"][5]["parameters"]["body"]["table"],
+        "public.t"
+    );
 }
 
 #[test]

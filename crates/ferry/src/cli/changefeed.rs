@@ -72,6 +72,12 @@ pub(crate) enum ChangefeedCommand {
         #[arg(long, value_name = "TABLE")]
         table: Option<String>,
     },
+    /// The operator actions taken on a changefeed (also after it was deleted): time,
+    /// action, result; `-o json` adds each one's parameters (secrets masked).
+    History {
+        /// Changefeed id.
+        name: String,
+    },
     /// Copy every table again from a fresh snapshot (the target tables are emptied first),
     /// keeping the slot, then stream on.
     Resync {
@@ -365,6 +371,14 @@ pub(crate) async fn run(mut context: Context, command: ChangefeedCommand) -> Res
                     super::secrets::mask_text(&output::status_text(&status))
                 ),
                 format => print_doc(format, &status)?,
+            }
+            Ok(0)
+        }
+        ChangefeedCommand::History { name } => {
+            let history = client.get(&["changefeeds", &name, "history"], &[]).await?;
+            match context.output {
+                OutputFormat::Table => output::history_table(&history).print(),
+                format => print_doc(format, &history)?,
             }
             Ok(0)
         }

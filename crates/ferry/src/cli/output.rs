@@ -148,6 +148,19 @@ pub(crate) fn changefeed_table(list: &Value) -> Table {
     table
 }
 
+/// A changefeed's history: one action a row, oldest first.
+pub(crate) fn history_table(history: &Value) -> Table {
+    let mut table = Table::new(&["AT", "ACTION", "RESULT"]);
+    for item in items(history) {
+        table.row(vec![
+            cell(item.get("at")),
+            cell(item.get("action")),
+            one_line(&cell(item.get("result")), 100),
+        ]);
+    }
+    table
+}
+
 /// The `items` of a list answer (or the answer itself when it is an array).
 pub(crate) fn items(list: &Value) -> &[Value] {
     list.get("items")
