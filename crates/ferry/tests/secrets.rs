@@ -296,7 +296,7 @@ fn a_password_given_any_way_never_shows() {
         "vanishing",
     ];
     for id in ids {
-        for suffix in ["", "/status", "/synced"] {
+        for suffix in ["", "/status", "/synced", "/history"] {
             paths.push(format!("/api/v2/changefeeds/{id}{suffix}"));
         }
     }
@@ -332,6 +332,7 @@ fn a_password_given_any_way_never_shows() {
             vec!["changefeed", "get", id, "-o", "json"],
             vec!["changefeed", "status", id],
             vec!["changefeed", "status", id, "-o", "json"],
+            vec!["changefeed", "history", id, "-o", "json"],
         ]
     })) {
         let output = Command::new(binary())
