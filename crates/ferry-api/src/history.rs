@@ -110,6 +110,7 @@ fn action(method: &Method, path: &str, body: &Value) -> Option<(String, String)>
         (&Method::POST, "", _) => return Some((body["id"].as_str()?.to_string(), "create".into())),
         (&Method::PUT, _, "") => "update".to_string(),
         (&Method::DELETE, _, "") => "delete".to_string(),
+        (&Method::DELETE, _, tail) => format!("{tail}/remove"),
         (&Method::POST, _, tail) if !tail.is_empty() => tail.to_string(),
         _ => return None,
     };
@@ -210,6 +211,11 @@ mod tests {
                 Method::POST,
                 "/api/v2/changefeeds/cf/tables/public.t/resync",
                 Some(("cf", "tables/public.t/resync")),
+            ),
+            (
+                Method::DELETE,
+                "/api/v2/changefeeds/cf/tables/public.t",
+                Some(("cf", "tables/public.t/remove")),
             ),
             (Method::POST, "/api/v2/changefeeds/cf", None),
         ];

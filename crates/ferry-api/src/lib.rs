@@ -25,6 +25,7 @@ mod routes;
 mod secrets;
 mod server;
 mod sources;
+mod tables;
 mod target;
 
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{changefeeds, history, repair, server, sources, target};
+use crate::{changefeeds, history, repair, server, sources, tables, target};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,7 +34,11 @@ use crate::{changefeeds, history, repair, server, sources, target};
         history::history,
         repair::skip,
         repair::resync,
-        repair::resync_table,
+        tables::list,
+        tables::pause,
+        tables::resume,
+        tables::remove,
+        tables::resync_table,
         target::sync_sequences,
         target::create_foreign_keys,
         sources::create,

@@ -1,6 +1,6 @@
 //! Repairs: `POST …/skip` leaves out the source transaction the target refused (the
 //! status's `last_error_position`), or only its changes to one table, and resumes;
-//! `POST …/resync` and `POST …/tables/{table}/resync` copy tables again.
+//! `POST …/resync` copies every table again (one table: [`crate::tables`]).
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -62,30 +62,8 @@ pub(crate) async fn resync(
     Ok(Json(state.engine.resync(ns.get()?, &id, None).await?))
 }
 
-#[utoipa::path(post, operation_id = "resync_table", path = "/api/v2/changefeeds/{id}/tables/{table}/resync", tag = "changefeeds", params(("id" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"), ("table" = String, Path, description = "`schema.table`"), NamespaceQuery),
-    responses((status = 200, description = "The table will be copied again: the status", body = ChangefeedStatus), (status = 400, description = "The changefeed does not replicate that table (`TABLE_NOT_FOUND`)", body = crate::error::ErrorBody), (status = 409, description = "Finished, or still copying (`CHANGEFEED_COPYING`)", body = crate::error::ErrorBody), (status = "4XX", description = "Refused: `error_code` says why", body = crate::error::ErrorBody)))]
-/// Copies one table again from a fresh snapshot (emptied on the target first) and hands
-/// over to the stream without a gap.
-pub(crate) async fn resync_table(
-    State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    ns: Result<Query<NamespaceQuery>, QueryRejection>,
-) -> Result<Json<ChangefeedStatus>, ApiError> {
-    let Path((id, table)) =
-        path.map_err(|e| ApiError::bad_request(ErrorCode::InvalidParameter, format!("path: {e}")))?;
-    let id = extract::path(Ok(Path(id)))?;
-    let ns = extract::query(ns)?;
-    let table = parse_table(&table)?;
-    Ok(Json(
-        state
-            .engine
-            .resync(ns.get()?, &id, Some(vec![table]))
-            .await?,
-    ))
-}
-
 /// `schema.table` as a table id.
-fn parse_table(text: &str) -> Result<TableId, ApiError> {
+pub(crate) fn parse_table(text: &str) -> Result<TableId, ApiError> {
     match text.split_once('.') {
         Some((schema, name)) if !schema.is_empty() && !name.is_empty() => {
             Ok(TableId::new(schema, name))

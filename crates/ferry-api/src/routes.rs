@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::auth::{self, AccessPolicy};
 use crate::error::{ApiError, ErrorCode};
-use crate::{changefeeds, history, metrics, repair, server, sources, target, AppState};
+use crate::{changefeeds, history, metrics, repair, server, sources, tables, target, AppState};
 
 pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
     Router::new()
@@ -32,11 +32,24 @@ pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
         .route("/api/v2/changefeeds/{id}/status", get(changefeeds::status))
         .route("/api/v2/changefeeds/{id}/synced", get(changefeeds::synced))
         .route("/api/v2/changefeeds/{id}/history", get(history::history))
+        .route("/api/v2/changefeeds/{id}/tables", get(tables::list))
+        .route(
+            "/api/v2/changefeeds/{id}/tables/{table}",
+            axum::routing::delete(tables::remove),
+        )
+        .route(
+            "/api/v2/changefeeds/{id}/tables/{table}/pause",
+            post(tables::pause),
+        )
+        .route(
+            "/api/v2/changefeeds/{id}/tables/{table}/resume",
+            post(tables::resume),
+        )
         .route("/api/v2/changefeeds/{id}/skip", post(repair::skip))
         .route("/api/v2/changefeeds/{id}/resync", post(repair::resync))
         .route(
             "/api/v2/changefeeds/{id}/tables/{table}/resync",
-            post(repair::resync_table),
+            post(tables::resync_table),
         )
         .route(
             "/api/v2/changefeeds/{id}/sequences/sync",

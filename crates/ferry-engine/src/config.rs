@@ -107,6 +107,23 @@ pub struct Options {
     /// (PostgreSQL to PostgreSQL: COPY text passed through undecoded). `false` sends every
     /// chunk as rows of typed values, the path any source and sink pair takes.
     pub snapshot_bulk: bool,
+    /// When the target refuses one source transaction that changes a single table:
+    /// `stop` the changefeed (`failed`, the default) or `park` that table (its state
+    /// `failed` with the error, its changes no longer applied) while the others go on.
+    /// See docs/operations.md.
+    #[schema(value_type = String, example = "stop")]
+    pub on_table_error: TableErrorPolicy,
+}
+
+/// What a changefeed does when the target refuses one table's changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableErrorPolicy {
+    /// The changefeed fails.
+    #[default]
+    Stop,
+    /// The table is parked; the others go on.
+    Park,
 }
 
 /// What a changefeed does when its slot holds more WAL than `max_retained_wal_bytes`.
@@ -135,6 +152,7 @@ impl Default for Options {
             schema: SchemaMode::Full,
             ddl: DdlPolicy::Apply,
             snapshot_bulk: true,
+            on_table_error: TableErrorPolicy::Stop,
         }
     }
 }

@@ -68,6 +68,7 @@ mod sequences;
 mod skip;
 mod sources;
 pub mod status;
+mod table_control;
 mod validate;
 
 pub use config::{ChangefeedConfig, ConfigError};
@@ -81,3 +82,4 @@ pub use registry::SyncedReport;
 pub use sequences::{SequenceSync, SequencesReport};
 pub use sources::{SlotReport, SourceConfig, SourceReport};
 pub use status::{ChangefeedStatus, FeedState, Phase, TableProgress, TableState};
+pub use table_control::TableAction;

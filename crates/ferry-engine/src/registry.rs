@@ -14,7 +14,7 @@ use crate::error::EngineError;
 use crate::lifecycle::{self, LifecycleDoc};
 use crate::options::EngineOptions;
 use crate::runner::tables::RuntimeState;
-use crate::status::{ChangefeedStatus, FeedState, Phase, StatusCell};
+use crate::status::{ChangefeedStatus, FeedState, Phase, StatusCell, TableState};
 
 /// The answer of `GET /changefeeds/{id}/synced`.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -208,6 +208,13 @@ impl Engine {
             (false, "the snapshot is still running".to_string())
         } else if status.state != FeedState::Running {
             (false, format!("the changefeed is {}", status.state))
+        } else if let Some(t) = status.tables.iter().find(|t| t.state != TableState::Copied) {
+            // A table waiting for its copy, paused or parked is not in step with the
+            // source, whatever the checkpoint says.
+            (
+                false,
+                format!("table {} is {:?}", t.table, t.state).to_lowercase(),
+            )
         } else if checkpoint.is_some_and(|c| c.covers(&source)) {
             (
                 true,

@@ -69,6 +69,10 @@ impl Engine {
             }
         }
         self.meta.put(Collection::ChangefeedState, &key, &runtime)?;
+        // Not synced from now until the copies are done.
+        self.with_feed(namespace, id, |f| {
+            f.status.update(|s| tables::mark(&runtime, &mut s.tables))
+        })?;
         info!(changefeed = %key, tables = ?tables.iter().map(ToString::to_string).collect::<Vec<_>>(), restarted = running, "tables to re-sync");
         if running {
             self.with_feed(namespace, id, |f| {

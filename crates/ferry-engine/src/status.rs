@@ -100,6 +100,11 @@ pub enum TableState {
     Copying,
     /// Copied; its changes stream.
     Copied,
+    /// Paused by an operator: its changes are not applied; resuming copies it again.
+    Paused,
+    /// The target refused its changes and the changefeed parked it (`on_table_error:
+    /// park`): see `error`; resuming copies it again.
+    Failed,
 }
 
 /// Snapshot progress of one table.
@@ -117,6 +122,9 @@ pub struct TableProgress {
     pub chunks_done: u32,
     /// Chunks planned.
     pub chunks_total: u32,
+    /// Why the table is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The live, mutable part, shared between a runner and the API.

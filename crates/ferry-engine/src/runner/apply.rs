@@ -73,6 +73,8 @@ pub(crate) struct Applier {
     pub(crate) skip: Option<(SkipTransaction, Box<dyn FnOnce() + Send>)>,
     /// Changes left out by `skip` so far.
     pub(crate) skipped_changes: u64,
+    /// Tables paused or parked: nothing of theirs is written.
+    pub(crate) held: HashSet<TableId>,
 }
 
 /// Saves a checkpoint outside the target.
@@ -206,6 +208,7 @@ impl Applier {
                 batch.opened.get_or_insert_with(tokio::time::Instant::now);
                 self.status.update(|s| s.caught_up = false);
             }
+            SourceEvent::Schema(schema) if self.held.contains(&schema.id) => {}
             SourceEvent::Schema(schema) => {
                 if self.filter.matches(&schema.id) {
                     self.excluded.remove(&schema.id);
@@ -215,7 +218,10 @@ impl Applier {
                 }
             }
             SourceEvent::Definition { table, definition } => {
-                if self.follow_definitions && self.filter.matches(&table) {
+                if self.follow_definitions
+                    && self.filter.matches(&table)
+                    && !self.held.contains(&table)
+                {
                     self.sink.follow_definition(&table, definition).await?;
                 }
             }
@@ -358,7 +364,11 @@ impl Applier {
     /// Drops changes a table's snapshot already holds, and changes to tables the rules
     /// exclude.
     fn filter_skipped(&self, change: RowChange, commit: Option<&Position>) -> Option<RowChange> {
-        if self.skip_before.is_empty() && self.excluded.is_empty() && self.skip.is_none() {
+        if self.skip_before.is_empty()
+            && self.excluded.is_empty()
+            && self.skip.is_none()
+            && self.held.is_empty()
+        {
             return Some(change);
         }
         // Committed before the table's snapshot: the snapshot already holds it; or left out
@@ -368,6 +378,7 @@ impl Applier {
                 .as_ref()
                 .is_some_and(|(s, _)| commit.is_some_and(|c| s.leaves_out(c, id)))
                 || self.excluded.contains(id)
+                || self.held.contains(id)
                 || self
                     .skip_before
                     .get(id)
@@ -455,7 +466,8 @@ fn named(err: RunError, trail: &Trail) -> RunError {
         RunError::Sink(source) if source.class() == ErrorClass::Definite => RunError::Apply {
             context: trail.describe(),
             transactions: trail.transactions(),
-            last_commit: trail.last_commit(),
+            last_commit: trail.last_commit().map(Box::new),
+            tables: trail.tables(),
             source,
         },
         other => other,

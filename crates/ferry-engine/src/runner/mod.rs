@@ -80,7 +80,9 @@ pub(crate) enum RunError {
         /// How many source transactions the batch held.
         transactions: u64,
         /// The batch's last commit position.
-        last_commit: Option<Position>,
+        last_commit: Option<Box<Position>>,
+        /// The tables the batch changed (those noted; see `Trail`).
+        tables: Vec<TableId>,
         #[source]
         source: SinkError,
     },
@@ -236,7 +238,19 @@ impl Runner {
                         .is_none_or(|until| !until.covers(last))
                 {
                     info!(changefeed = %key, until = %last, "target refused a batch; replaying it one source transaction per batch, in source order");
-                    self.isolate_until = Some(last.clone());
+                    self.isolate_until = Some(Position::clone(last));
+                    continue;
+                }
+            }
+            if let Some(table) = self.parkable(&err) {
+                // The target refuses this table alone: it waits, parked, for an operator;
+                // the others go on (the transaction held nothing else).
+                let message = err.chain();
+                warn!(changefeed = %key, table = %table, error = %message, "target refused a table's changes; parked it, the other tables go on");
+                if let Err(e) = self.park(&table, &message) {
+                    warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not park the table");
+                } else {
+                    self.isolate_until = None;
                     continue;
                 }
             }
@@ -253,7 +267,7 @@ impl Runner {
                         transactions: 1,
                         last_commit,
                         ..
-                    } => last_commit.clone(),
+                    } => last_commit.as_deref().cloned(),
                     _ => None,
                 };
                 let hint = match (&err, &position) {
@@ -326,6 +340,40 @@ impl Runner {
         if let Err(e) = saved {
             warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not store the changefeed state");
         }
+    }
+
+    /// The table to park for `err` under `on_table_error: park`: the target refused one
+    /// source transaction alone, and it changed that one table.
+    fn parkable(&self, err: &RunError) -> Option<TableId> {
+        if self.config.options.on_table_error != crate::config::TableErrorPolicy::Park
+            || err.class() != ErrorClass::Definite
+        {
+            return None;
+        }
+        match err {
+            RunError::Apply {
+                transactions: 1,
+                tables,
+                ..
+            } if tables.len() == 1 => Some(tables[0].clone()),
+            _ => None,
+        }
+    }
+
+    /// Holds `table` back with `error`, for the next attempt and the status.
+    fn park(&self, table: &TableId, error: &str) -> Result<(), ferry_meta::MetaError> {
+        let key = self.config.key();
+        let mut state: RuntimeState = self
+            .meta
+            .get(Collection::ChangefeedState, &key)?
+            .unwrap_or_default();
+        if !state.is_held(table) {
+            state.held.push(tables::HeldTable {
+                table: table.clone(),
+                error: Some(error.to_string()),
+            });
+        }
+        self.meta.put(Collection::ChangefeedState, &key, &state)
     }
 
     /// An attempt is copying or streaming again: `error` becomes `running`.

@@ -98,6 +98,7 @@ impl Runner {
                 (skip, forget)
             }),
             skipped_changes: 0,
+            held: state.held.iter().map(|h| h.table.clone()).collect(),
             on_renamed: {
                 let meta = self.meta.clone();
                 let key = self.config.key();

@@ -40,6 +40,26 @@ pub(crate) struct RuntimeState {
     /// an added table, copied whole from a fresh snapshot.
     #[serde(default)]
     pub(crate) resync: Vec<TableId>,
+    /// Tables whose changes are not applied: paused by an operator, or parked after the
+    /// target refused them (`on_table_error: park`). Resuming one copies it again.
+    #[serde(default)]
+    pub(crate) held: Vec<HeldTable>,
+}
+
+/// A table whose changes are held back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HeldTable {
+    pub(crate) table: TableId,
+    /// Why the target refused it (parked); `None` when an operator paused it.
+    #[serde(default)]
+    pub(crate) error: Option<String>,
+}
+
+impl RuntimeState {
+    /// Whether `table`'s changes are held back.
+    pub(crate) fn is_held(&self, table: &TableId) -> bool {
+        self.held.iter().any(|h| &h.table == table)
+    }
 }
 
 /// A table added after the first snapshot.
@@ -243,6 +263,7 @@ pub(crate) fn progress(state: &RuntimeState, finished: &[FinishedChunk]) -> Vec<
         rows_estimated: plan.estimated_rows,
         chunks_done: done.len() as u32,
         chunks_total: plan.chunks.len() as u32,
+        error: None,
     };
     let mut out: Vec<TableProgress> = state
         .plan
@@ -261,8 +282,32 @@ pub(crate) fn progress(state: &RuntimeState, finished: &[FinishedChunk]) -> Vec<
             added_copy(added, finished).into_iter().collect(),
         ));
     }
+    mark(state, &mut out);
     out.sort_by(|a, b| a.table.cmp(&b.table));
     out
+}
+
+/// Shows in `progress` what `state` says beyond the copy markers: tables held (paused or
+/// parked), tables to copy again (pending), tables no longer planned (gone).
+pub(crate) fn mark(state: &RuntimeState, progress: &mut Vec<TableProgress>) {
+    let planned = planned_tables(state);
+    progress.retain(|p| planned.iter().any(|t| t.to_string() == p.table));
+    for entry in progress {
+        if let Some(held) = state
+            .held
+            .iter()
+            .find(|h| h.table.to_string() == entry.table)
+        {
+            entry.state = match held.error {
+                Some(_) => TableState::Failed,
+                None => TableState::Paused,
+            };
+            entry.error = held.error.clone();
+        } else if state.resync.iter().any(|t| t.to_string() == entry.table) {
+            entry.state = TableState::Pending;
+            entry.error = None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +386,7 @@ mod tests {
             divergent: vec![],
             source_ids: BTreeMap::new(),
             resync: vec![],
+            held: vec![],
         };
         let got = reconcile(
             &mut state,
@@ -376,6 +422,7 @@ mod tests {
             divergent: vec![],
             source_ids: BTreeMap::new(),
             resync: vec![],
+            held: vec![],
         };
         let old_copy = vec![marker("a", 0, 50)];
         reconcile(&mut state, &[], &Position::PgLsn(Lsn(80)));
@@ -407,6 +454,7 @@ mod tests {
             divergent: vec![],
             source_ids: BTreeMap::new(),
             resync: vec![],
+            held: vec![],
         };
         reconcile(
             &mut state,
@@ -439,6 +487,7 @@ mod tests {
             divergent: vec![],
             source_ids: BTreeMap::new(),
             resync: vec![],
+            held: vec![],
         };
         let wanted = track_renames(&mut state, &[(1, t("a"), 1), (2, t("b"), 1)]);
         assert!(reconcile(&mut state, &wanted, &Position::PgLsn(Lsn(1))).is_empty());

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use ferry_core::{Position, RowChange, TableSchema};
+use ferry_core::{Position, RowChange, TableId, TableSchema};
 
 /// Most distinct (table, operation) pairs listed; more are counted.
 const MAX_OPS: usize = 8;
@@ -62,6 +62,17 @@ impl Trail {
         } else {
             self.ops.push((table.clone(), op));
         }
+    }
+
+    /// The tables the batch changed (as far as it noted them).
+    pub(crate) fn tables(&self) -> Vec<TableId> {
+        let mut tables: Vec<TableId> = Vec::new();
+        for (t, _) in &self.ops {
+            if !tables.contains(&t.id) {
+                tables.push(t.id.clone());
+            }
+        }
+        tables
     }
 
     /// How many transactions the batch holds.

@@ -87,6 +87,11 @@ pub(crate) enum ChangefeedCommand {
     /// One table of a changefeed.
     #[command(subcommand)]
     Table(TableCommand),
+    /// The changefeed's tables with their state and copy progress.
+    Tables {
+        /// Changefeed id.
+        name: String,
+    },
     /// Delete a changefeed: stops it and drops its slot and publication (target data
     /// stays). Asks for confirmation unless --yes.
     Delete {
@@ -132,6 +137,27 @@ pub(crate) enum ChangefeedCommand {
 /// `ferry changefeed table …`.
 #[derive(clap::Subcommand)]
 pub(crate) enum TableCommand {
+    /// Stop applying one table's changes; the others go on.
+    Pause {
+        /// Changefeed id.
+        name: String,
+        /// `schema.table`.
+        table: String,
+    },
+    /// Bring back a paused or failed table: copied again, then streamed without a gap.
+    Resume {
+        /// Changefeed id.
+        name: String,
+        /// `schema.table`.
+        table: String,
+    },
+    /// Stop replicating one table; its target table stays.
+    Remove {
+        /// Changefeed id.
+        name: String,
+        /// `schema.table`.
+        table: String,
+    },
     /// Copy one table again from a fresh snapshot (emptied on the target first) and hand
     /// over to the stream without a gap.
     Resync {
@@ -315,13 +341,34 @@ pub(crate) async fn run(mut context: Context, command: ChangefeedCommand) -> Res
                 )
             })
         }
-        ChangefeedCommand::Table(TableCommand::Resync { name, table }) => {
-            let status = client
-                .post(&["changefeeds", &name, "tables", &table, "resync"], None)
-                .await?;
+        ChangefeedCommand::Tables { name } => {
+            let tables = client.get(&["changefeeds", &name, "tables"], &[]).await?;
+            match context.output {
+                OutputFormat::Table => output::tables_table(&tables).print(),
+                format => print_doc(format, &tables)?,
+            }
+            Ok(0)
+        }
+        ChangefeedCommand::Table(table_command) => {
+            let (name, table, verb, done) = match table_command {
+                TableCommand::Pause { name, table } => (name, table, "pause", "paused"),
+                TableCommand::Resume { name, table } => {
+                    (name, table, "resume", "copied again, then streamed")
+                }
+                TableCommand::Resync { name, table } => (name, table, "resync", "copied again"),
+                TableCommand::Remove { name, table } => {
+                    (name, table, "remove", "no longer replicated")
+                }
+            };
+            let path = ["changefeeds", name.as_str(), "tables", table.as_str(), verb];
+            let status = if verb == "remove" {
+                client.delete(&path[..4], &[]).await?
+            } else {
+                client.post(&path, None).await?
+            };
             report(&context, &status, |s| {
                 format!(
-                    "changefeed {ns}/{name}: table {table} is copied again ({})",
+                    "changefeed {ns}/{name}: table {table} {done} ({})",
                     state_of(s)
                 )
             })

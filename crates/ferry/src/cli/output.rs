@@ -148,6 +148,25 @@ pub(crate) fn changefeed_table(list: &Value) -> Table {
     table
 }
 
+/// A changefeed's tables: state, copy progress and error.
+pub(crate) fn tables_table(tables: &Value) -> Table {
+    let mut table = Table::new(&["TABLE", "STATE", "ROWS COPIED", "CHUNKS", "ERROR"]);
+    for item in items(tables) {
+        table.row(vec![
+            cell(item.get("table")),
+            cell(item.get("state")),
+            cell(item.get("rows_copied")),
+            format!(
+                "{}/{}",
+                cell(item.get("chunks_done")),
+                cell(item.get("chunks_total"))
+            ),
+            one_line(&cell(item.get("error")), 80),
+        ]);
+    }
+    table
+}
+
 /// A changefeed's history: one action a row, oldest first.
 pub(crate) fn history_table(history: &Value) -> Table {
     let mut table = Table::new(&["AT", "ACTION", "RESULT"]);
