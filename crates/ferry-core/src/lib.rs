@@ -40,7 +40,7 @@ pub use connector::{
     SourceConnector, SourceObject, SourceOptions, TableVerdict, TargetPolicy, TargetProblem,
 };
 pub use error::{error_chain, ErrorClass, SourceError};
-pub use filter::{FilterError, TableFilter};
+pub use filter::{FilterError, PartitionMode, TableFilter};
 pub use logical::LogicalType;
 pub use position::{Lsn, ParsePositionError, Position};
 pub use sink::{CheckpointStore, DdlPolicy, ExistingTarget, Sink, SinkError, TxMeta};

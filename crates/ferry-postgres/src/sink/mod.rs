@@ -569,6 +569,7 @@ mod fixtures {
             key,
             identity: ReplicaIdentity::Default,
             user_types: vec![],
+            partition_of: Vec::new(),
         }
     }
 
