@@ -3,8 +3,9 @@
 //! the partitioned tables), copied then streamed; an update moving a row between leaves
 //! arrives as a delete from one and an insert into the other; partitions created or
 //! attached while running are copied, then streamed, without a restart, with writes going
-//! on throughout; every leaf ends identical. A bad value is refused, and so is changing
-//! the mode of an existing changefeed.
+//! on throughout; every leaf ends identical, and the parent's serial sequence serves every
+//! leaf on the target too. A bad value is refused, and so is changing the mode of an
+//! existing changefeed.
 
 mod common;
 
@@ -17,7 +18,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// `events` by region, `events_eu` by date below it; a table the rules leave out.
 const SOURCE: &str = "
-CREATE TABLE events (id bigint, region text NOT NULL, at date NOT NULL, v text,
+CREATE TABLE events (id bigserial, region text NOT NULL, at date NOT NULL, v text,
                      PRIMARY KEY (id, region, at)) PARTITION BY LIST (region);
 CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu') PARTITION BY RANGE (at);
 CREATE TABLE events_eu_2025 PARTITION OF events_eu
@@ -75,6 +76,7 @@ fn every_leaf_becomes_a_target_table_and_new_partitions_follow() {
     pair.source.psql(
         "shop",
         "INSERT INTO events VALUES (5000, 'eu', '2026-02-01', 'new'), (5001, 'us', '2025-01-01', 'new');
+         INSERT INTO events (region, at, v) VALUES ('us', '2025-02-01', 'from the sequence');
          UPDATE events SET v = 'changed' WHERE id BETWEEN 1 AND 20;
          DELETE FROM events WHERE id BETWEEN 21 AND 30;
          UPDATE events SET region = 'us' WHERE id = 31;
@@ -151,6 +153,24 @@ fn every_leaf_becomes_a_target_table_and_new_partitions_follow() {
     );
     let status = pair.status("leaves");
     assert_eq!(status["state"], "running", "{status}");
+    let log = pair.ferry.log();
+    assert!(!log.contains("target refused an object"), "{log}");
+    // The leaves share the parent's serial sequence, on the target too: after a sync, an
+    // insert there takes the next value.
+    let (code, body) = pair
+        .ferry
+        .post("/api/v2/changefeeds/leaves/sequences/sync", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        pair.target.psql(
+            "analytics",
+            "WITH i AS (INSERT INTO events_apac (region, at) VALUES ('apac', '2025-01-01')
+                        RETURNING id)
+             SELECT id FROM i"
+        ),
+        "2",
+        "{body}"
+    );
     // Published leaf by leaf, not through the root.
     assert_eq!(
         pair.source.psql(
