@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::Json;
-use ferry_core::{parse_postgres_uri, ConnectionUri, TableFilter};
+use ferry_core::{parse_postgres_uri, ConnectionUri, PartitionMode, TableFilter};
 use ferry_engine::FeedState;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -84,6 +84,11 @@ pub(crate) struct VerifyRequest {
     /// Table rules, as a changefeed's `tables`; empty: every table.
     #[serde(default)]
     tables: Vec<String>,
+    /// As a changefeed's `options.partitions`: `root` (default) or `leaves` (the leaves
+    /// are judged, each a table of its own).
+    #[serde(default)]
+    #[schema(value_type = String, example = "root")]
+    partitions: PartitionMode,
 }
 
 /// One table's verdict.
@@ -135,7 +140,9 @@ pub(crate) async fn verify_table(
         }
         _ => return Err(invalid("give either source_uri or source".into())),
     };
-    let filter = TableFilter::new(&r.tables).map_err(|e| invalid(format!("tables: {e}")))?;
+    let filter = TableFilter::new(&r.tables)
+        .map_err(|e| invalid(format!("tables: {e}")))?
+        .with_partitions(r.partitions);
     uri.password().map_err(|e| {
         ApiError::bad_request(
             ErrorCode::SecretUnavailable,

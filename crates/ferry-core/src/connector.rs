@@ -94,6 +94,9 @@ pub struct OrphanObject {
 pub struct SourceOptions {
     /// Longest silence from the source before the stream counts as dead.
     pub replication_timeout: Duration,
+    /// How partitioned tables replicate: it decides how the source publishes them (the
+    /// filter given to [`Source::select_tables`] carries the same mode).
+    pub partitions: crate::PartitionMode,
 }
 
 /// Controls a source kind. Object-safe: the engine holds `dyn SourceConnector`.

@@ -4,6 +4,12 @@
 //! `[abc]`/`[a-z]`/`[!a]` a class). A leading `!` makes it an exclusion. Rules are read in
 //! order and the **last** rule that matches a table decides; a table no rule matches is not
 //! selected. With no rules at all, every table of every non-system schema is selected.
+//!
+//! A filter also says how partitioned tables replicate ([`PartitionMode`]): through their
+//! root into one table (the default), or leaf by leaf. In leaf mode a rule that names a
+//! partitioned table (or a pattern matching it) selects its leaves at any depth: for a
+//! leaf, the last rule matching its own name *or the name of a table it is a partition of*
+//! decides ([`TableFilter::selects`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +37,21 @@ pub enum FilterError {
     },
 }
 
+/// How a partitioned table replicates. Carried by the [`TableFilter`] because it decides
+/// which tables the filter chooses from: every call that lists a changefeed's tables takes
+/// the filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionMode {
+    /// Through its root, into one table named as the root (PostgreSQL:
+    /// `publish_via_partition_root`). Partitions are not tables of their own.
+    #[default]
+    Root,
+    /// Every leaf partition into a table of its own, named as the leaf. Partitioned tables
+    /// (the root and any intermediate level) are not tables of their own.
+    Leaves,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Rule {
     exclude: bool,
@@ -38,12 +59,15 @@ struct Rule {
     table: String,
 }
 
-/// An ordered list of table rules.
+/// An ordered list of table rules, and how partitioned tables replicate. Serialized as the
+/// list of rules alone: the partition mode is a changefeed option, set with
+/// [`TableFilter::with_partitions`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct TableFilter {
     source: Vec<String>,
     rules: Vec<Rule>,
+    partitions: PartitionMode,
 }
 
 impl TableFilter {
@@ -78,7 +102,19 @@ impl TableFilter {
                 .map(|r| r.as_ref().trim().to_string())
                 .collect(),
             rules: parsed,
+            partitions: PartitionMode::Root,
         })
+    }
+
+    /// The same rules, with partitioned tables replicated as `mode` says.
+    pub fn with_partitions(mut self, mode: PartitionMode) -> Self {
+        self.partitions = mode;
+        self
+    }
+
+    /// How partitioned tables replicate.
+    pub fn partitions(&self) -> PartitionMode {
+        self.partitions
     }
 
     /// The rules as given.
@@ -98,6 +134,36 @@ impl TableFilter {
             .iter()
             .rev()
             .find(|r| glob(&r.schema, &table.schema) && glob(&r.table, &table.name))
+            .is_some_and(|r| !r.exclude)
+    }
+
+    /// Whether `table`, a partition of the tables `partition_of` (its parent first; empty
+    /// when it is no partition), is a table of its own that the rules select. A partition
+    /// never is in [`PartitionMode::Root`] (its rows travel as its root's); in
+    /// [`PartitionMode::Leaves`] the last rule matching its name or any of theirs decides,
+    /// so a rule naming the parent selects every leaf and `!schema.leaf` leaves one out.
+    pub fn selects(&self, table: &TableId, partition_of: &[TableId]) -> bool {
+        if partition_of.is_empty() {
+            return self.matches(table);
+        }
+        if self.partitions == PartitionMode::Root
+            || SYSTEM_SCHEMAS.contains(&table.schema.as_str())
+            || table.schema.starts_with("pg_temp")
+        {
+            return false;
+        }
+        if self.rules.is_empty() {
+            return true;
+        }
+        let named = |r: &Rule, t: &TableId| glob(&r.schema, &t.schema) && glob(&r.table, &t.name);
+        self.rules
+            .iter()
+            .rev()
+            .find(|r| {
+                std::iter::once(table)
+                    .chain(partition_of)
+                    .any(|t| named(r, t))
+            })
             .is_some_and(|r| !r.exclude)
     }
 }
@@ -275,6 +341,32 @@ mod tests {
             TableFilter::new(&["a.[b"]),
             Err(FilterError::UnclosedClass { .. })
         ));
+    }
+
+    #[test]
+    fn leaves_are_selected_through_their_partitioned_tables() {
+        let leaf = TableId::new("public", "events_2025");
+        let up = [
+            TableId::new("public", "events_by_year"),
+            TableId::new("public", "events"),
+        ];
+        let leaves = |rules: &[&str]| {
+            TableFilter::new(rules)
+                .unwrap()
+                .with_partitions(PartitionMode::Leaves)
+        };
+        // Root mode: a partition is never a table of its own.
+        assert!(!TableFilter::new(&["public.*"]).unwrap().selects(&leaf, &up));
+        assert!(leaves(&[]).selects(&leaf, &up));
+        assert!(leaves(&["public.events"]).selects(&leaf, &up));
+        assert!(leaves(&["public.events_2025"]).selects(&leaf, &up));
+        assert!(!leaves(&["public.other"]).selects(&leaf, &up));
+        assert!(!leaves(&["public.events", "!public.events_2025"]).selects(&leaf, &up));
+        assert!(!leaves(&["public.*", "!public.events"]).selects(&leaf, &up));
+        assert!(leaves(&["public.*", "!public.events", "public.events_20*"]).selects(&leaf, &up));
+        // Not a partition: its name alone decides, in either mode.
+        assert!(leaves(&["public.events_2025"]).selects(&leaf, &[]));
+        assert!(!leaves(&["public.events"]).selects(&leaf, &[]));
     }
 
     proptest! {

@@ -41,7 +41,7 @@ pub use connector::{
     TableVerdict, TargetPolicy, TargetProblem,
 };
 pub use error::{error_chain, ErrorClass, SourceError};
-pub use filter::{FilterError, TableFilter};
+pub use filter::{FilterError, PartitionMode, TableFilter};
 pub use logical::LogicalType;
 pub use position::{Lsn, ParsePositionError, Position};
 pub use sink::{CheckpointStore, DdlPolicy, ExistingTarget, Sink, SinkError, TxMeta};

@@ -98,6 +98,12 @@ pub struct TableSchema {
     /// User-defined types the columns use, in creation order (a domain after its base).
     #[serde(default)]
     pub user_types: Vec<UserType>,
+    /// The partitioned tables this table is a partition of, its parent first; empty when it
+    /// is no partition. Only tables of their own arrive here, so a partition does only when
+    /// leaves replicate on their own ([`crate::PartitionMode::Leaves`]): its ancestors
+    /// decide whether the rules select it ([`crate::TableFilter::selects`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_of: Vec<TableId>,
 }
 
 /// A user-defined type a target must create before the table that uses it.
@@ -164,6 +170,7 @@ mod tests {
             key,
             identity,
             user_types: vec![],
+            partition_of: vec![],
         };
         assert!(table(vec![0], ReplicaIdentity::Default).replicates_updates());
         assert!(table(vec![0], ReplicaIdentity::Index).replicates_updates());

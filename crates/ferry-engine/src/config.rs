@@ -1,6 +1,8 @@
 //! A changefeed's configuration: what the operator asked for.
 
-use ferry_core::{ConnectionUri, DdlPolicy, ExistingTarget, Position, SinkUri, TableFilter};
+use ferry_core::{
+    ConnectionUri, DdlPolicy, ExistingTarget, PartitionMode, Position, SinkUri, TableFilter,
+};
 use serde::{Deserialize, Serialize};
 
 /// Default snapshot copy workers: enough to keep a target busy while one worker waits on
@@ -113,6 +115,11 @@ pub struct Options {
     /// See docs/operations.md.
     #[schema(value_type = String, example = "stop")]
     pub on_table_error: TableErrorPolicy,
+    /// `root` (a partitioned table replicates through its root into one target table) or
+    /// `leaves` (every leaf partition into a target table of its own, named as the leaf).
+    /// Cannot change after creation.
+    #[schema(value_type = String, example = "root")]
+    pub partitions: PartitionMode,
 }
 
 /// What a changefeed does when the target refuses one table's changes.
@@ -153,6 +160,7 @@ impl Default for Options {
             ddl: DdlPolicy::Apply,
             snapshot_bulk: true,
             on_table_error: TableErrorPolicy::Stop,
+            partitions: PartitionMode::Root,
         }
     }
 }
@@ -172,7 +180,8 @@ pub struct ChangefeedConfig {
     pub source_uri: ConnectionUri,
     /// The sink.
     pub sink_uri: SinkUri,
-    /// Table rules; empty selects every table of every non-system schema.
+    /// Table rules; empty selects every table of every non-system schema. The selection
+    /// is [`ChangefeedConfig::filter`], which adds `options.partitions`.
     pub tables: TableFilter,
     /// Tuning.
     #[serde(default)]
@@ -188,6 +197,13 @@ pub struct ChangefeedConfig {
 }
 
 impl ChangefeedConfig {
+    /// The tables this changefeed replicates: the rules of `tables`, partitioned tables
+    /// handled as `options.partitions` says. Every question about the selection (to a
+    /// connector, or of a table's name) goes through it.
+    pub fn filter(&self) -> TableFilter {
+        self.tables.clone().with_partitions(self.options.partitions)
+    }
+
     /// Whether the changefeed copies tables (then `existing_target` applies to their rows).
     pub fn copies(&self) -> bool {
         self.options.snapshot == SnapshotMode::Initial

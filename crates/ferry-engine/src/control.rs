@@ -93,6 +93,15 @@ impl Engine {
                 },
             ));
         }
+        if current.options.partitions != config.options.partitions {
+            return Err(EngineError::InvalidConfig(
+                crate::ConfigError::InvalidOption {
+                    field: "options.partitions",
+                    problem: "cannot change after creation (the target tables would change: \
+                              delete the changefeed and create it again)",
+                },
+            ));
+        }
         if current.snapshot_only != config.snapshot_only {
             return Err(EngineError::InvalidConfig(
                 crate::ConfigError::InvalidOption {
@@ -115,7 +124,7 @@ impl Engine {
             || target_changes
         {
             let source = self.check_source(&config.source_uri).await?;
-            self.check_tables(source.as_ref(), &config.source_uri, &config.tables)
+            self.check_tables(source.as_ref(), &config.source_uri, &config.filter())
                 .await?;
             self.check_target(&config, source.as_ref()).await?;
         }

@@ -50,7 +50,7 @@ pub(crate) async fn create(
     config: &ChangefeedConfig,
 ) -> Result<ForeignKeysReport, String> {
     let keys = connectors
-        .create_foreign_keys(&config.source_uri, &config.sink_uri, &config.tables)
+        .create_foreign_keys(&config.source_uri, &config.sink_uri, &config.filter())
         .await?;
     let mut report = Vec::with_capacity(keys.len());
     for key in keys {

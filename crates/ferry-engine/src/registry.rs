@@ -106,7 +106,7 @@ impl Engine {
         }
         crate::validate::check_passwords(&config)?;
         let source = self.check_source(&config.source_uri).await?;
-        self.check_tables(source.as_ref(), &config.source_uri, &config.tables)
+        self.check_tables(source.as_ref(), &config.source_uri, &config.filter())
             .await?;
         self.check_target(&config, source.as_ref()).await?;
         Ok(config)

@@ -38,7 +38,7 @@ pub(crate) async fn sync(
     config: &ChangefeedConfig,
 ) -> Result<SequencesReport, String> {
     let synced = connectors
-        .sync_sequences(&config.source_uri, &config.sink_uri, &config.tables)
+        .sync_sequences(&config.source_uri, &config.sink_uri, &config.filter())
         .await?;
     let set = synced.iter().filter(|s| s.set).count();
     info!(changefeed = %config.key(), sequences = synced.len(), set, "target sequences synced");

@@ -5,12 +5,14 @@
 //! operator never skips what they did not see fail.
 
 use ferry_core::{Position, TableId};
+use ferry_meta::Collection;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::engine::{feed_key, Engine};
 use crate::error::EngineError;
 use crate::lifecycle::{Action, LifecycleDoc};
+use crate::runner::tables::{self, RuntimeState};
 use crate::status::ChangefeedStatus;
 
 /// A source transaction the next runs leave out, kept in the changefeed's lifecycle
@@ -74,7 +76,11 @@ impl Engine {
             }
         }
         if let Some(table) = &table {
-            if !config.tables.matches(table) {
+            let state: RuntimeState = self
+                .meta
+                .get(Collection::ChangefeedState, &feed_key(namespace, id))?
+                .unwrap_or_default();
+            if !tables::planned(&state, table) {
                 return Err(EngineError::InvalidPosition(format!(
                     "the changefeed does not replicate {table}"
                 )));

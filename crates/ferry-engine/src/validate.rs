@@ -131,7 +131,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let key = config.key();
         let (schemas, identity) = source
-            .selected_schemas(&config.source_uri, &config.tables)
+            .selected_schemas(&config.source_uri, &config.filter())
             .await
             .map_err(EngineError::source)?;
         let policy = TargetPolicy {

@@ -4,8 +4,8 @@
 //! outside `pg_catalog` (`public.mood`), and the SQL we generate for a target is unambiguous.
 
 use ferry_core::{
-    quote_ident, ColumnSchema, ReplicaIdentity, TableFilter, TableId, TableSchema, UserType,
-    UserTypeKind,
+    quote_ident, ColumnSchema, PartitionMode, ReplicaIdentity, TableFilter, TableId, TableSchema,
+    UserType, UserTypeKind,
 };
 use tokio_postgres::Client;
 
@@ -23,35 +23,70 @@ pub async fn prepare_session(client: &Client) -> Result<(), PgError> {
         .map_err(|e| PgError::new("set search_path", e))
 }
 
-/// Every ordinary or partitioned table `filter` selects, sorted by name. Partitions are
-/// not selected: their rows travel as their root's (`publish_via_partition_root`), into
-/// one target table.
+/// The tables a filter chooses from in `mode`, by OID, with the partitioned tables each is
+/// a partition of (parent first): in [`PartitionMode::Root`] ordinary and partitioned
+/// tables that are no partitions (a partition's rows travel as its root's:
+/// `publish_via_partition_root`); in [`PartitionMode::Leaves`] ordinary tables, leaf
+/// partitions included, and no partitioned table (it holds no rows of its own).
+///
+/// The columns are `oid, schema, name, ancestor schemas, ancestor names`, then `columns`;
+/// `condition` (on `c`, the table's `pg_class` row) narrows the list.
+pub(crate) fn listing_sql(mode: PartitionMode, columns: &str, condition: &str) -> String {
+    let kinds = match mode {
+        PartitionMode::Root => "c.relkind IN ('r', 'p') AND NOT c.relispartition",
+        PartitionMode::Leaves => "c.relkind = 'r'",
+    };
+    format!(
+        "SELECT c.oid, n.nspname::text, c.relname::text,
+                ARRAY(SELECT an.nspname::text {ANCESTORS}),
+                ARRAY(SELECT ac.relname::text {ANCESTORS}){columns}
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE {kinds} AND {condition}
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
+           AND n.nspname NOT LIKE 'pg\\_%'
+         ORDER BY 2, 3"
+    )
+}
+
+/// A row of [`listing_sql`]: the table's OID, name, and the tables it is a partition of.
+pub(crate) fn listed(row: &tokio_postgres::Row) -> (u32, TableId, Vec<TableId>) {
+    let schemas: Vec<String> = row.get(3);
+    let names: Vec<String> = row.get(4);
+    let partition_of = schemas
+        .into_iter()
+        .zip(names)
+        .map(|(schema, name)| TableId::new(schema, name))
+        .collect();
+    (
+        row.get(0),
+        TableId::new(row.get::<_, String>(1), row.get::<_, String>(2)),
+        partition_of,
+    )
+}
+
+/// Every table `filter` selects (in its partition mode, see [`listing_sql`]), sorted by
+/// name.
 pub async fn selected_tables(
     client: &Client,
     filter: &TableFilter,
 ) -> Result<Vec<SelectedTable>, PgError> {
+    let sql = listing_sql(
+        filter.partitions(),
+        ", c.reltuples::float8, pg_catalog.pg_total_relation_size(c.oid)",
+        "c.relpersistence = 'p'",
+    );
     let rows = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text, c.oid, c.reltuples::float8,
-                    pg_catalog.pg_total_relation_size(c.oid)
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
-               AND n.nspname NOT LIKE 'pg\\_%'
-             ORDER BY 1, 2",
-            &[],
-        )
+        .query(&sql, &[])
         .await
         .map_err(|e| PgError::new("list source tables", e))?;
     let mut tables = Vec::new();
     for row in rows {
-        let id = TableId::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        if !filter.matches(&id) {
+        let (oid, id, partition_of) = listed(&row);
+        if !filter.selects(&id, &partition_of) {
             continue;
         }
-        let oid: u32 = row.get(2);
-        let reltuples: f64 = row.get(3);
-        let total_bytes: i64 = row.get(4);
+        let reltuples: f64 = row.get(5);
+        let total_bytes: i64 = row.get(6);
         // Dropped since it was listed: not selected any more.
         let Some(schema) = table_schema(client, oid).await? else {
             continue;
@@ -66,21 +101,23 @@ pub async fn selected_tables(
     Ok(tables)
 }
 
-/// Every table a filter could select (ordinary, permanent, outside the system schemas),
-/// with its OID: a cheap listing to notice tables created while streaming.
-pub async fn table_ids(client: &Client) -> Result<Vec<(u32, TableId)>, PgError> {
+/// Every table `filter` selects, with its OID: a cheap listing to notice tables created
+/// while streaming (in leaf mode, partitions created or attached too).
+pub async fn selected_ids(
+    client: &Client,
+    filter: &TableFilter,
+) -> Result<Vec<(u32, TableId)>, PgError> {
+    let sql = listing_sql(filter.partitions(), "", "c.relpersistence = 'p'");
     let rows = client
-        .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r' AND c.relpersistence = 'p'
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
-               AND n.nspname NOT LIKE 'pg\\_%'",
-            &[],
-        )
+        .query(&sql, &[])
         .await
         .map_err(|e| PgError::new("list source tables", e))?;
-    Ok(oids_and_names(&rows))
+    Ok(rows
+        .iter()
+        .map(listed)
+        .filter(|(_, id, partition_of)| filter.selects(id, partition_of))
+        .map(|(oid, id, _)| (oid, id))
+        .collect())
 }
 
 /// The current names of the tables with OIDs `oids` (those that still exist), to tell a
@@ -189,14 +226,25 @@ fn array_elements(text: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// The tail of a subquery over the tables `c` is a partition of, parent first, as `an`
+/// (namespace) and `ac` (class).
+const ANCESTORS: &str =
+    "FROM pg_catalog.pg_partition_ancestors(c.oid) WITH ORDINALITY AS a(relid, level)
+     JOIN pg_catalog.pg_class ac ON ac.oid = a.relid
+     JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
+     WHERE a.relid <> c.oid ORDER BY a.level";
+
 /// The shape of the table with OID `oid`, as the catalog says now; `None` when no such table
 /// exists any more (dropped).
 pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchema>, PgError> {
     let head = client
         .query_opt(
-            "SELECT n.nspname::text, c.relname::text, c.relreplident::text
+            &"SELECT n.nspname::text, c.relname::text, c.relreplident::text,
+                    ARRAY(SELECT an.nspname::text {ANCESTORS}),
+                    ARRAY(SELECT ac.relname::text {ANCESTORS})
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.oid = $1",
+             WHERE c.oid = $1"
+                .replace("{ANCESTORS}", ANCESTORS),
             &[&oid],
         )
         .await
@@ -211,6 +259,12 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
         "n" => ReplicaIdentity::Nothing,
         _ => ReplicaIdentity::Default,
     };
+    let partition_of = head
+        .get::<_, Vec<String>>(3)
+        .into_iter()
+        .zip(head.get::<_, Vec<String>>(4))
+        .map(|(schema, name)| TableId::new(schema, name))
+        .collect();
     let cols = client
         .query(
             &format!(
@@ -285,6 +339,7 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
         key,
         identity,
         user_types,
+        partition_of,
     }))
 }
 

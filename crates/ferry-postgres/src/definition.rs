@@ -44,6 +44,10 @@ pub struct OwnedSequence {
     pub type_name: String,
     /// `START WITH … INCREMENT BY … MINVALUE … MAXVALUE … CACHE … [NO] CYCLE`.
     pub options: String,
+    /// Owned by the same column of a partitioned table this table is a partition of (a
+    /// serial column declared on the parent): every leaf's default draws from it, so on
+    /// a target holding the leaves as tables of their own it belongs to none of them.
+    pub shared: bool,
 }
 
 /// A named object and the SQL that creates it on the target.
@@ -124,14 +128,21 @@ pub async fn read(client: &Client, oid: u32, table: &TableId) -> Result<TableDef
         .query(
             "SELECT a.attname::text, s.seqrelid::regclass::text, a.attidentity::text,
                     pg_catalog.format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement,
-                    s.seqmin, s.seqmax, s.seqcache, s.seqcycle
+                    s.seqmin, s.seqmax, s.seqcache, s.seqcycle, d.refobjid <> $1
              FROM pg_catalog.pg_depend d
              JOIN pg_catalog.pg_sequence s ON s.seqrelid = d.objid
              JOIN pg_catalog.pg_attribute a
                ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
              WHERE d.classid = 'pg_catalog.pg_class'::regclass
                AND d.refclassid = 'pg_catalog.pg_class'::regclass
-               AND d.refobjid = $1 AND d.deptype IN ('a', 'i') AND NOT a.attisdropped
+               AND NOT a.attisdropped
+               AND ((d.refobjid = $1 AND d.deptype IN ('a', 'i'))
+                    OR (d.deptype = 'a'
+                        AND d.refobjid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1)
+                                           WHERE relid <> $1)
+                        AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t
+                                    WHERE t.attrelid = $1 AND t.attname = a.attname
+                                      AND NOT t.attisdropped)))
              ORDER BY a.attnum",
             &[&oid],
         )
@@ -158,6 +169,7 @@ pub async fn read(client: &Client, oid: u32, table: &TableId) -> Result<TableDef
                 row.get::<_, i64>(8),
                 if cycle { " CYCLE" } else { " NO CYCLE" }
             ),
+            shared: row.get(10),
         });
     }
 

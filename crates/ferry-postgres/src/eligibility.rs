@@ -9,11 +9,11 @@
 //!
 //! The verdict itself ([`judge`]) is a pure function of catalog facts, unit-tested here.
 
-use ferry_core::{TableFilter, TableId};
+use ferry_core::{PartitionMode, TableFilter, TableId};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::PgError;
+use crate::{catalog, PgError};
 
 /// What a source server says about itself and the connecting user.
 #[derive(Clone, Debug, Serialize)]
@@ -95,30 +95,23 @@ pub async fn source_facts(client: &Client) -> Result<SourceFacts, PgError> {
 /// The tables `filter` selects that the user may not add to a publication: PostgreSQL
 /// wants their owner (or a member of the owning role, or a superuser).
 pub async fn unowned_tables(client: &Client, filter: &TableFilter) -> Result<Vec<String>, PgError> {
+    let sql = catalog::listing_sql(
+        filter.partitions(),
+        ", pg_catalog.pg_get_userbyid(c.relowner)::text",
+        "c.relpersistence = 'p' AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+         AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
+    );
     let rows = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
-               AND n.nspname NOT LIKE 'pg\\_%'
-               AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
-               AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
-             ORDER BY 1, 2",
-            &[],
-        )
+        .query(&sql, &[])
         .await
         .map_err(|e| PgError::new("list table owners", e))?;
     Ok(rows
         .iter()
-        .filter(|r| filter.matches(&TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))))
-        .map(|r| {
-            format!(
-                "{}.{} (owned by {})",
-                r.get::<_, String>(0),
-                r.get::<_, String>(1),
-                r.get::<_, String>(2)
-            )
+        .filter_map(|r| {
+            let (_, table, partition_of) = catalog::listed(r);
+            filter
+                .selects(&table, &partition_of)
+                .then(|| format!("{table} (owned by {})", r.get::<_, String>(5)))
         })
         .collect())
 }
@@ -128,6 +121,8 @@ pub async fn unowned_tables(client: &Client, filter: &TableFilter) -> Result<Vec
 pub struct TableFacts {
     /// The table.
     pub table: TableId,
+    /// The partitioned tables it is a partition of, parent first (empty for none).
+    pub partition_of: Vec<TableId>,
     /// `pg_class.relpersistence = 'u'`.
     pub unlogged: bool,
     /// `pg_class.relreplident`: `d`, `n`, `f` or `i`.
@@ -201,42 +196,42 @@ pub fn judge(facts: &TableFacts) -> TableVerdict {
     }
 }
 
-/// Every ordinary table of the source outside the system schemas, with its facts.
-pub async fn table_facts(client: &Client) -> Result<Vec<TableFacts>, PgError> {
+/// Every table of the source outside the system schemas a filter in `mode` chooses from
+/// (see [`catalog::listing_sql`]), unlogged ones too, with its facts.
+pub async fn table_facts(client: &Client, mode: PartitionMode) -> Result<Vec<TableFacts>, PgError> {
+    let sql = catalog::listing_sql(
+        mode,
+        ", c.relpersistence = 'u', c.relreplident::text,
+           COALESCE((SELECT array_agg(a.attname::text ORDER BY k.ord)
+                     FROM pg_catalog.pg_index i
+                     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                     JOIN pg_catalog.pg_attribute a
+                       ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                     WHERE i.indrelid = c.oid AND i.indisprimary), '{}'),
+           COALESCE((SELECT array_agg(a.attname::text ORDER BY k.ord)
+                     FROM pg_catalog.pg_index i
+                     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                     JOIN pg_catalog.pg_attribute a
+                       ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                     WHERE i.indrelid = c.oid AND i.indisreplident), '{}')",
+        "c.relpersistence IN ('p', 'u')",
+    );
     let rows = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text, c.relpersistence = 'u',
-                    c.relreplident::text,
-                    COALESCE((SELECT array_agg(a.attname::text ORDER BY k.ord)
-                              FROM pg_catalog.pg_index i
-                              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-                              JOIN pg_catalog.pg_attribute a
-                                ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                              WHERE i.indrelid = c.oid AND i.indisprimary), '{}'),
-                    COALESCE((SELECT array_agg(a.attname::text ORDER BY k.ord)
-                              FROM pg_catalog.pg_index i
-                              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-                              JOIN pg_catalog.pg_attribute a
-                                ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                              WHERE i.indrelid = c.oid AND i.indisreplident), '{}')
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-               AND c.relpersistence IN ('p', 'u')
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_ferry')
-               AND n.nspname NOT LIKE 'pg\\_%'
-             ORDER BY 1, 2",
-            &[],
-        )
+        .query(&sql, &[])
         .await
         .map_err(|e| PgError::new("list source tables", e))?;
     Ok(rows
         .iter()
-        .map(|r| TableFacts {
-            table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-            unlogged: r.get(2),
-            replica_identity: r.get::<_, String>(3).chars().next().unwrap_or('d'),
-            primary_key: r.get(4),
-            identity_index: r.get(5),
+        .map(|r| {
+            let (_, table, partition_of) = catalog::listed(r);
+            TableFacts {
+                table,
+                partition_of,
+                unlogged: r.get(5),
+                replica_identity: r.get::<_, String>(6).chars().next().unwrap_or('d'),
+                primary_key: r.get(7),
+                identity_index: r.get(8),
+            }
         })
         .collect())
 }
@@ -246,16 +241,17 @@ pub async fn verify_tables(
     client: &Client,
     filter: &TableFilter,
 ) -> Result<Vec<TableVerdict>, PgError> {
-    Ok(table_facts(client)
+    Ok(table_facts(client, filter.partitions())
         .await?
         .iter()
-        .filter(|f| filter.matches(&f.table))
+        .filter(|f| filter.selects(&f.table, &f.partition_of))
         .map(judge)
         .collect())
 }
 
 /// The include rules of `filter` that name one exact table (no wildcard) which `tables`
-/// lacks.
+/// (listed in the filter's partition mode) lacks. In leaf mode a rule naming a partitioned
+/// table is met by its leaves.
 pub fn missing_tables(filter: &TableFilter, tables: &[TableFacts]) -> Vec<String> {
     filter
         .rules()
@@ -265,7 +261,10 @@ pub fn missing_tables(filter: &TableFilter, tables: &[TableFacts]) -> Vec<String
             let Ok(single) = TableFilter::new(&[rule.as_str()]) else {
                 return false;
             };
-            !tables.iter().any(|t| single.matches(&t.table))
+            let single = single.with_partitions(filter.partitions());
+            !tables
+                .iter()
+                .any(|t| single.selects(&t.table, &t.partition_of))
         })
         .cloned()
         .collect()
@@ -278,6 +277,7 @@ mod tests {
     fn facts(identity: char, pk: &[&str], index: &[&str]) -> TableFacts {
         TableFacts {
             table: TableId::new("public", "t"),
+            partition_of: vec![],
             unlogged: false,
             replica_identity: identity,
             primary_key: pk.iter().map(|s| s.to_string()).collect(),
@@ -317,6 +317,14 @@ mod tests {
         let filter =
             TableFilter::new(&["public.t", "public.nope", "!public.gone", "s.*", "x.y?"]).unwrap();
         assert_eq!(missing_tables(&filter, &tables), vec!["public.nope"]);
+        // In leaf mode a partitioned table is met by its leaves.
+        let mut leaf = facts('d', &["id"], &[]);
+        leaf.table = TableId::new("public", "events_2025");
+        leaf.partition_of = vec![TableId::new("public", "events")];
+        let filter = TableFilter::new(&["public.events", "public.events_2025", "public.x"])
+            .unwrap()
+            .with_partitions(PartitionMode::Leaves);
+        assert_eq!(missing_tables(&filter, &[leaf]), vec!["public.x"]);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! publication that publishes them contains it, so putting such a table in the main one
 //! would break the source's own writes.
 
-use ferry_core::{ConnectionUri, ErrorClass, Lsn, TableId};
+use ferry_core::{ConnectionUri, ErrorClass, Lsn, PartitionMode, TableId};
 use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
 
 use tokio_postgres::Client;
@@ -78,14 +78,25 @@ pub async fn publication_tables(client: &Client, name: &str) -> Result<Vec<Table
         .collect())
 }
 
-/// Makes publication `name` (publishing `publish`) contain exactly `tables`.
+/// Makes publication `name` (publishing `publish`) contain exactly `tables`, publishing
+/// partitions as `partitions` says.
+///
+/// - [`PartitionMode::Root`]: `publish_via_partition_root = true`. A partitioned table's
+///   changes are published as its root's: one target table per partitioned table, and a
+///   partition attached later is published without a restart.
+/// - [`PartitionMode::Leaves`]: `publish_via_partition_root = false`, and `tables` are
+///   the leaves themselves: each publishes under its own name. A leaf created or attached
+///   later is published once Ferry adds it, like any new table (never before Ferry knows
+///   it, so no change reaches the stream for a table it has not planned).
 pub async fn sync_publication(
     client: &Client,
     name: &str,
     publish: &str,
+    partitions: PartitionMode,
     tables: &[TableId],
 ) -> Result<(), PgError> {
     let quoted = ferry_core::quote_ident(name);
+    let via_root = partitions == PartitionMode::Root;
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
@@ -94,20 +105,18 @@ pub async fn sync_publication(
         .await
         .map_err(|e| PgError::new(format!("look up publication {name}"), e))?
         .is_some();
-    // Partitions' changes are published as their root's: one target table per
-    // partitioned table, and a partition attached later is published without a restart.
     if !exists {
         client
             .batch_execute(&format!(
                 "CREATE PUBLICATION {quoted} \
-                 WITH (publish = '{publish}', publish_via_partition_root = true)"
+                 WITH (publish = '{publish}', publish_via_partition_root = {via_root})"
             ))
             .await
             .map_err(|e| PgError::new(format!("create publication {name}"), e))?;
     } else {
         client
             .batch_execute(&format!(
-                "ALTER PUBLICATION {quoted} SET (publish_via_partition_root = true)"
+                "ALTER PUBLICATION {quoted} SET (publish_via_partition_root = {via_root})"
             ))
             .await
             .map_err(|e| PgError::new(format!("set up publication {name}"), e))?;

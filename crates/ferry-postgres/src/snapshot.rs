@@ -307,6 +307,7 @@ mod tests {
             key: vec![0],
             identity: ReplicaIdentity::Default,
             user_types: vec![],
+            partition_of: Vec::new(),
         };
         let chunk = ChunkSpec {
             index: 1,

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::{
-    ErrorClass, Lsn, Position, ReplicaIdentity, Row, RowChange, SourceEvent, TableId, TableSchema,
-    Value,
+    ErrorClass, Lsn, PartitionMode, Position, ReplicaIdentity, Row, RowChange, SourceEvent,
+    TableId, TableSchema, Value,
 };
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::time::Instant;
@@ -58,6 +58,8 @@ pub struct StreamOptions {
     pub application_name: String,
     /// See [`DEFAULT_REPLICATION_TIMEOUT`].
     pub timeout: Duration,
+    /// How the publications publish partitions (see [`crate::slot::sync_publication`]).
+    pub partitions: PartitionMode,
 }
 
 /// An enum column of a relation: its index in rows, and the labels known for its type.
@@ -293,8 +295,11 @@ impl PgStream {
                 }
                 self.relations.insert(relation.id, schema.clone());
                 // Published via its root, a partition's changes name the root, but pgoutput
-                // describes the partition too: nothing is written under its name.
-                if !self.is_partition(relation.id).await? {
+                // describes the partition too: nothing is written under its name. Leaves
+                // published on their own are tables like any other.
+                if self.options.partitions == PartitionMode::Leaves
+                    || !self.is_partition(relation.id).await?
+                {
                     let id = schema.id.clone();
                     match self.names.insert(relation.id, id.clone()) {
                         Some(from) if from != schema.id => {
@@ -537,6 +542,7 @@ impl PgStream {
             columns: key_columns,
             identity,
             user_types: Vec::new(),
+            partition_of: Vec::new(),
         }
     }
 }

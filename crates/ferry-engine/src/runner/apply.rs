@@ -62,6 +62,10 @@ pub(crate) struct Applier {
     /// The changefeed's rules: a table the stream announces under a name they exclude
     /// (renamed out of them) is never written.
     pub(crate) filter: TableFilter,
+    /// The tables this attempt replicates (selected when it started): written whatever
+    /// the catalog says when the stream announces them (a partition detached since still
+    /// gets the changes made while it was one).
+    pub(crate) replicated: HashSet<TableId>,
     /// Tables announced under a name the rules exclude: their changes are dropped.
     pub(crate) excluded: HashSet<TableId>,
     /// Records a rename the target followed, once its batch is durable.
@@ -210,7 +214,7 @@ impl Applier {
             }
             SourceEvent::Schema(schema) if self.held.contains(&schema.id) => {}
             SourceEvent::Schema(schema) => {
-                if self.filter.matches(&schema.id) {
+                if self.selected(&schema.id, &schema.partition_of) {
                     self.excluded.remove(&schema.id);
                     self.sink.ensure_table(&schema).await?;
                 } else {
@@ -218,8 +222,9 @@ impl Applier {
                 }
             }
             SourceEvent::Definition { table, definition } => {
+                // After the table's description, which decided whether it is written.
                 if self.follow_definitions
-                    && self.filter.matches(&table)
+                    && !self.excluded.contains(&table)
                     && !self.held.contains(&table)
                 {
                     self.sink.follow_definition(&table, definition).await?;
@@ -343,10 +348,16 @@ impl Applier {
         batch: &mut Batch,
     ) -> Result<(), RunError> {
         let to = schema.id.clone();
-        match (self.filter.matches(&from), self.filter.matches(&to)) {
+        let partition_of = &schema.partition_of;
+        match (
+            self.selected(&from, partition_of),
+            self.filter.selects(&to, partition_of),
+        ) {
             (_, true) => {
                 tracing::info!(from = %from, to = %to, "table renamed on the source");
                 self.excluded.remove(&to);
+                self.replicated.remove(&from);
+                self.replicated.insert(to.clone());
                 self.sink.rename_table(&from, &schema).await?;
                 if let Some(position) = self.skip_before.remove(&from) {
                     self.skip_before.insert(to.clone(), position);
@@ -359,6 +370,12 @@ impl Applier {
             }
         }
         Ok(())
+    }
+
+    /// Whether the table `table` (a partition of `partition_of`) is written: one this
+    /// attempt replicates, or one the rules select.
+    fn selected(&self, table: &TableId, partition_of: &[TableId]) -> bool {
+        self.replicated.contains(table) || self.filter.selects(table, partition_of)
     }
 
     /// Drops changes a table's snapshot already holds, and changes to tables the rules

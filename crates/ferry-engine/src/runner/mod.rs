@@ -410,6 +410,7 @@ impl Runner {
         let connector = self.connectors.source(uri)?;
         let options = SourceOptions {
             replication_timeout: self.replication_timeout,
+            partitions: self.config.options.partitions,
         };
         let mut source = connector.open(uri, &key, &options).await?;
         self.source_identity = source.identity().await?;
@@ -422,7 +423,7 @@ impl Runner {
             self.ensure_stream(source.as_mut()).await?;
         }
         let mut sink = self.connect_sink().await?;
-        let selected = source.select_tables(&self.config.tables).await?;
+        let selected = source.select_tables(&self.config.filter()).await?;
         let warnings = source.table_warnings(&selected);
         self.status.update(|s| s.warnings = warnings);
         if self.config.snapshot_only {
@@ -549,7 +550,7 @@ impl Runner {
         let now = source.table_names(&ids).await?;
         for (id, from) in gone {
             match now.get(id) {
-                Some(to) if to != from && self.config.tables.matches(from) => {
+                Some(to) if to != from && self.config.filter().matches(from) => {
                     return Err(RunError::RenamedOut {
                         from: from.clone(),
                         to: to.clone(),

@@ -89,7 +89,8 @@ impl Runner {
                 }) as super::apply::SaveCheckpoint
             }),
             isolate_until: self.isolate_until.clone(),
-            filter: self.config.tables.clone(),
+            filter: self.config.filter(),
+            replicated: state.source_ids.values().cloned().collect(),
             excluded: Default::default(),
             follow_definitions: self.config.options.schema != crate::config::SchemaMode::Tables,
             skip: lifecycle.skip.map(|skip| {
@@ -115,7 +116,7 @@ impl Runner {
         // Under `ddl: stop` new tables wait for the next start, as any other change waits.
         let follow = self.config.options.ddl == ferry_core::DdlPolicy::Apply;
         let watch =
-            connector.watch_new_tables(&self.config.source_uri, self.config.tables.clone(), known);
+            connector.watch_new_tables(&self.config.source_uri, self.config.filter(), known);
         tokio::select! {
             end = applier.run(&mut self.stop) => end,
             table = watch, if follow => {

@@ -145,6 +145,7 @@ mod tests {
             key: vec![0, 1],
             identity: ReplicaIdentity::Default,
             user_types: Vec::new(),
+            partition_of: Vec::new(),
         })
     }
 

@@ -72,7 +72,7 @@ impl SourceConnector for PgSourceConnector {
         filter: &TableFilter,
     ) -> Result<Vec<String>, SourceError> {
         let client = connect(uri, "ferry-check").await?;
-        let tables = eligibility::table_facts(&client).await?;
+        let tables = eligibility::table_facts(&client, filter.partitions()).await?;
         Ok(eligibility::missing_tables(filter, &tables))
     }
 
@@ -324,12 +324,9 @@ async fn watch_new_tables(
             client = connect(&source, "ferry-tables").await.ok();
         }
         let Some(c) = &client else { continue };
-        match catalog::table_ids(c).await {
+        match catalog::selected_ids(c, &filter).await {
             Ok(tables) => {
-                if let Some((_, id)) = tables
-                    .into_iter()
-                    .find(|(oid, id)| !known.contains(oid) && filter.matches(id))
-                {
+                if let Some((_, id)) = tables.into_iter().find(|(oid, _)| !known.contains(oid)) {
                     return id;
                 }
             }

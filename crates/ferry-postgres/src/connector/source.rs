@@ -152,6 +152,7 @@ impl Source for PgSource {
             client,
             &self.names.publication,
             "insert, update, delete, truncate",
+            self.options.partitions,
             &ids(&full),
         )
         .await?;
@@ -159,6 +160,7 @@ impl Source for PgSource {
             client,
             &self.names.insert_only_publication,
             "insert, truncate",
+            self.options.partitions,
             &ids(&insert_only),
         )
         .await?;
@@ -226,6 +228,7 @@ impl Source for PgSource {
             slot: self.names.slot.clone(),
             application_name: "ferry".into(),
             timeout: self.options.replication_timeout,
+            partitions: self.options.partitions,
         };
         let catalog = self
             .catalog

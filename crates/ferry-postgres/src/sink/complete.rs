@@ -179,6 +179,16 @@ impl PgSink {
                     ));
                 }
                 Some(_) => {}
+                // Leaves completed side by side may race to create it: the loser finds
+                // it there.
+                None if s.shared => out.push((
+                    format!("sequence {}", s.sequence),
+                    format!(
+                        "DO $$ BEGIN CREATE SEQUENCE IF NOT EXISTS {} AS {} {}; \
+                         EXCEPTION WHEN unique_violation OR duplicate_table THEN NULL; END $$",
+                        s.sequence, s.type_name, s.options
+                    ),
+                )),
                 None => out.push((
                     format!("sequence {}", s.sequence),
                     format!(

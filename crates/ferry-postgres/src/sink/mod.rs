@@ -589,6 +589,7 @@ mod fixtures {
             key,
             identity: ReplicaIdentity::Default,
             user_types: vec![],
+            partition_of: Vec::new(),
         }
     }
 

@@ -90,6 +90,7 @@ pub(super) fn table_schema(id: TableId) -> TableSchema {
         key: vec![0],
         identity: ReplicaIdentity::Default,
         user_types: Vec::new(),
+        partition_of: Vec::new(),
     }
 }
 
