@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use ferry_engine::metrics as names;
-use ferry_engine::FeedState;
+use ferry_engine::{FeedState, TableState};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::AppState;
@@ -114,6 +114,23 @@ fn changefeed_gauges(state: &AppState, out: &mut String) {
                 out,
                 "ferry_changefeed_state{{{},state=\"{s}\"}} {v}",
                 labels(&f.namespace, &f.id)
+            );
+        }
+    }
+    header(
+        out,
+        "ferry_changefeed_tables",
+        "gauge",
+        "The changefeed's tables, by state (pending, copying, copied, paused, failed).",
+    );
+    for f in &feeds {
+        for s in TableState::ALL {
+            let n = f.tables.iter().filter(|t| t.state == s).count();
+            let _ = writeln!(
+                out,
+                "ferry_changefeed_tables{{{},state=\"{}\"}} {n}",
+                labels(&f.namespace, &f.id),
+                s.as_str()
             );
         }
     }

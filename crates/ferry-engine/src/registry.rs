@@ -211,10 +211,7 @@ impl Engine {
         } else if let Some(t) = status.tables.iter().find(|t| t.state != TableState::Copied) {
             // A table waiting for its copy, paused or parked is not in step with the
             // source, whatever the checkpoint says.
-            (
-                false,
-                format!("table {} is {:?}", t.table, t.state).to_lowercase(),
-            )
+            (false, format!("table {} is {}", t.table, t.state.as_str()))
         } else if checkpoint.is_some_and(|c| c.covers(&source)) {
             (
                 true,

@@ -107,6 +107,28 @@ pub enum TableState {
     Failed,
 }
 
+impl TableState {
+    /// Every state, in the order a table goes through them.
+    pub const ALL: [TableState; 5] = [
+        TableState::Pending,
+        TableState::Copying,
+        TableState::Copied,
+        TableState::Paused,
+        TableState::Failed,
+    ];
+
+    /// Its name in the API (`pending`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableState::Pending => "pending",
+            TableState::Copying => "copying",
+            TableState::Copied => "copied",
+            TableState::Paused => "paused",
+            TableState::Failed => "failed",
+        }
+    }
+}
+
 /// Snapshot progress of one table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TableProgress {

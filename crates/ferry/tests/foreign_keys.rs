@@ -173,17 +173,7 @@ fn a_finished_changefeed_creates_its_foreign_keys() {
         pair.ferry.log()
     );
     // The CLI asks too, and finds it there.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["changefeed", "create-foreign-keys", "copy"])
-        .env("FERRY_SERVER", pair.ferry.url())
-        .output()
-        .expect("run ferry");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = pair.cli(&["changefeed", "create-foreign-keys", "copy"]);
     assert!(
         stdout.contains("public.child.child_pid_fkey → public.parent: exists"),
         "{stdout}"

@@ -90,17 +90,7 @@ fn a_poison_transaction_is_skipped_by_its_position() {
     pair.source.psql("shop", "INSERT INTO t VALUES (5, 1)");
     let status = pair.wait_state("cf", "failed", MINUTE);
     let position = status["last_error_position"].as_str().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["changefeed", "skip", "cf", position, "--table", "public.t"])
-        .env("FERRY_SERVER", pair.ferry.url())
-        .output()
-        .expect("run ferry");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = pair.cli(&["changefeed", "skip", "cf", position, "--table", "public.t"]);
     assert!(stdout.contains("skipped, resumed"), "{stdout}");
     pair.wait_synced("cf", MINUTE);
     assert_eq!(ids(&pair, "t"), "1,3,5");
@@ -199,16 +189,7 @@ fn a_corrupted_table_is_copied_again_while_writes_go_on() {
     assert!(pair.ferry.log().contains("re-syncing tables"));
 
     // Every table, through the CLI: the keyless one comes back whole.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["changefeed", "resync", "cf"])
-        .env("FERRY_SERVER", pair.ferry.url())
-        .output()
-        .expect("run ferry");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pair.cli(&["changefeed", "resync", "cf"]);
     pair.source.psql("shop", "INSERT INTO c VALUES (42)");
     pair.wait_synced("cf", MINUTE);
     pair.compare(&["public.a", "public.b", "public.c"])

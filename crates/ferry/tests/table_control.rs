@@ -60,21 +60,6 @@ fn synced(pair: &Pair, id: &str) -> Value {
         .1
 }
 
-fn cli(pair: &Pair, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_SERVER", pair.ferry.url())
-        .output()
-        .expect("run ferry");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn one_table_paused_resumed_and_removed_while_the_others_stream() {
     let pair = Pair::start();
@@ -127,7 +112,7 @@ fn one_table_paused_resumed_and_removed_while_the_others_stream() {
         "{answer}"
     );
 
-    let out = cli(&pair, &["changefeed", "table", "resume", "cf", "public.a"]);
+    let out = pair.cli(&["changefeed", "table", "resume", "cf", "public.a"]);
     assert!(out.contains("copied again"), "{out}");
     pair.source
         .psql("shop", "INSERT INTO a VALUES (502, 'after resume')");
@@ -148,7 +133,7 @@ fn one_table_paused_resumed_and_removed_while_the_others_stream() {
     assert_eq!(states(&pair, "cf"), pairs(&[("public.a", "copied")]));
     let config = pair.ferry.get("/api/v2/changefeeds/cf").1;
     assert_eq!(config["config"]["tables"], json!(["public.*", "!public.b"]));
-    let listed = cli(&pair, &["changefeed", "tables", "cf"]);
+    let listed = pair.cli(&["changefeed", "tables", "cf"]);
     assert!(
         listed.contains("public.a") && !listed.contains("public.b"),
         "{listed}"
@@ -200,6 +185,14 @@ fn a_table_the_target_refuses_is_parked_while_the_others_go_on() {
     );
     assert_eq!(pair.status("park")["state"], "running");
     pair.assert_same("public.u");
+    let metrics = pair.ferry.get("/metrics").1;
+    let metrics = metrics.as_str().unwrap();
+    for needle in [
+        "ferry_changefeed_tables{namespace=\"default\",changefeed=\"park\",state=\"failed\"} 1",
+        "ferry_changefeed_tables{namespace=\"default\",changefeed=\"park\",state=\"copied\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
+    }
 
     // Fixed on the target, the table comes back whole.
     pair.target

@@ -40,6 +40,23 @@ impl Pair {
         }
     }
 
+    /// Runs the CLI against this server; asserts it succeeds and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .env("FERRY_SERVER", self.ferry.url())
+            .env_remove("FERRY_NAMESPACE")
+            .output()
+            .expect("run ferry");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     /// Creates changefeed `id` from `shop` to `analytics` with `tables` rules.
     pub fn create(&self, id: &str, tables: &[&str]) -> Value {
         let (code, body) = self.ferry.post(
