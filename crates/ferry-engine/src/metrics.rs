@@ -132,6 +132,14 @@ impl RowCounts {
         entry.1[op] += 1;
     }
 
+    /// The batch's row changes per table.
+    pub(crate) fn per_table(&self) -> Vec<(TableId, u64)> {
+        self.pending
+            .values()
+            .map(|(schema, counts)| (schema.id.clone(), counts.iter().sum()))
+            .collect()
+    }
+
     /// Adds the batch's counts to the registry (after the batch committed).
     pub(crate) fn publish(&mut self, metrics: &FeedMetrics) {
         for (_, (schema, counts)) in self.pending.drain() {

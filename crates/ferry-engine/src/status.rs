@@ -144,6 +144,9 @@ pub struct TableProgress {
     pub chunks_done: u32,
     /// Chunks planned.
     pub chunks_total: u32,
+    /// Row changes the stream applied to it (since the server started).
+    #[serde(default)]
+    pub rows_applied: u64,
     /// Why the table is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -101,6 +101,9 @@ fn one_table_paused_resumed_and_removed_while_the_others_stream() {
     );
     wait_target(&pair, "SELECT count(*) FROM b", "501");
     assert_eq!(count(&pair, "a"), "500", "the paused table gets nothing");
+    let (_, tables) = pair.ferry.get("/api/v2/changefeeds/cf/tables");
+    assert_eq!(tables["items"][1]["rows_applied"], 1, "{tables}");
+    assert_eq!(tables["items"][0]["rows_applied"], 0, "{tables}");
     // A paused table is not in step with the source.
     let answer = synced(&pair, "cf");
     assert_eq!(answer["synced"], false, "{answer}");

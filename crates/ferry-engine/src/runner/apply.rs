@@ -447,7 +447,14 @@ impl Applier {
             (self.on_renamed)(&from, &to)?;
         }
         let caught_up = self.events.is_empty();
+        let per_table = batch.counts.per_table();
         self.status.update(|s| {
+            for (table, rows) in &per_table {
+                let name = table.to_string();
+                if let Some(t) = s.tables.iter_mut().find(|t| t.table == name) {
+                    t.rows_applied += rows;
+                }
+            }
             if s.checkpoint.as_ref().is_none_or(|c| !c.covers(&end)) {
                 s.checkpoint = Some(end.clone());
             }

@@ -94,7 +94,7 @@ impl Runner {
         }
         let finished_list = sink.finished_chunks().await?;
         self.status
-            .update(|s| s.tables = tables::progress(&state, &finished_list));
+            .update(|s| tables::refresh(&mut s.tables, tables::progress(&state, &finished_list)));
         let finished: HashSet<(TableId, u32)> = finished_list
             .into_iter()
             .map(|c| (c.table, c.chunk))
@@ -161,7 +161,7 @@ impl Runner {
         state.phase = Some(Phase::Streaming);
         self.meta.put(Collection::ChangefeedState, &key, &state)?;
         self.status
-            .update(|s| s.tables = tables::progress(&state, &[]));
+            .update(|s| tables::refresh(&mut s.tables, tables::progress(&state, &[])));
         Ok(())
     }
 
@@ -177,7 +177,7 @@ impl Runner {
     ) -> Result<(), RunError> {
         let finished = sink.finished_chunks().await?;
         self.status
-            .update(|s| s.tables = tables::progress(state, &finished));
+            .update(|s| tables::refresh(&mut s.tables, tables::progress(state, &finished)));
         let pending = tables::pending_added(state, &finished);
         if pending.is_empty() || !self.config.copies() {
             return Ok(());

@@ -263,6 +263,7 @@ pub(crate) fn progress(state: &RuntimeState, finished: &[FinishedChunk]) -> Vec<
         rows_estimated: plan.estimated_rows,
         chunks_done: done.len() as u32,
         chunks_total: plan.chunks.len() as u32,
+        rows_applied: 0,
         error: None,
     };
     let mut out: Vec<TableProgress> = state
@@ -285,6 +286,16 @@ pub(crate) fn progress(state: &RuntimeState, finished: &[FinishedChunk]) -> Vec<
     mark(state, &mut out);
     out.sort_by(|a, b| a.table.cmp(&b.table));
     out
+}
+
+/// Replaces the shown `tables` with `progress`, keeping each table's rows applied.
+pub(crate) fn refresh(tables: &mut Vec<TableProgress>, mut progress: Vec<TableProgress>) {
+    for entry in &mut progress {
+        if let Some(old) = tables.iter().find(|t| t.table == entry.table) {
+            entry.rows_applied = old.rows_applied;
+        }
+    }
+    *tables = progress;
 }
 
 /// Shows in `progress` what `state` says beyond the copy markers: tables held (paused or

@@ -150,7 +150,14 @@ pub(crate) fn changefeed_table(list: &Value) -> Table {
 
 /// A changefeed's tables: state, copy progress and error.
 pub(crate) fn tables_table(tables: &Value) -> Table {
-    let mut table = Table::new(&["TABLE", "STATE", "ROWS COPIED", "CHUNKS", "ERROR"]);
+    let mut table = Table::new(&[
+        "TABLE",
+        "STATE",
+        "ROWS COPIED",
+        "CHUNKS",
+        "ROWS APPLIED",
+        "ERROR",
+    ]);
     for item in items(tables) {
         table.row(vec![
             cell(item.get("table")),
@@ -161,6 +168,7 @@ pub(crate) fn tables_table(tables: &Value) -> Table {
                 cell(item.get("chunks_done")),
                 cell(item.get("chunks_total"))
             ),
+            cell(item.get("rows_applied")),
             one_line(&cell(item.get("error")), 80),
         ]);
     }
