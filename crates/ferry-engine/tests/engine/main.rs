@@ -6,6 +6,7 @@
 //! - `target`: `target_position` applies exactly up to it, then finishes.
 //! - `tables`: tables copied in a later snapshot skip the changes their copy holds.
 //! - `snapshot`: the copy resumed after a crash or failure; snapshot-only; no copy.
+//! - `held`: one table paused and resumed, or re-synced, while the others stream.
 //! - `lifecycle`: pause and resume, crashes and restarts, retried source failures.
 //! - `soak`: a seeded random workload under all of those disturbances at once.
 //!
@@ -14,6 +15,7 @@
 mod batching;
 mod checkpoint;
 mod harness;
+mod held;
 mod lifecycle;
 mod snapshot;
 mod soak;
