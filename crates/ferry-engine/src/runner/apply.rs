@@ -362,6 +362,10 @@ impl Applier {
                 if let Some(position) = self.skip_before.remove(&from) {
                     self.skip_before.insert(to.clone(), position);
                 }
+                // A held table stays held under its new name (its target table follows).
+                if self.held.remove(&from) {
+                    self.held.insert(to.clone());
+                }
                 batch.renamed.push((from, to));
             }
             (true, false) => return Err(RunError::RenamedOut { from, to }),

@@ -208,6 +208,16 @@ pub(crate) fn rename(state: &mut RuntimeState, from: &TableId, to: &TableId) {
             *name = to.clone();
         }
     }
+    for held in &mut state.held {
+        if &held.table == from {
+            held.table = to.clone();
+        }
+    }
+    for table in &mut state.resync {
+        if table == from {
+            *table = to.clone();
+        }
+    }
 }
 
 /// The marker of an added table's copy, if it is done.
