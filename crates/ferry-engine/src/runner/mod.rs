@@ -34,6 +34,7 @@
 //! state after a stop; the registry does.
 
 mod apply;
+mod park;
 mod snapshot;
 mod stream;
 pub(crate) mod tables;
@@ -340,40 +341,6 @@ impl Runner {
         if let Err(e) = saved {
             warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not store the changefeed state");
         }
-    }
-
-    /// The table to park for `err` under `on_table_error: park`: the target refused one
-    /// source transaction alone, and it changed that one table.
-    fn parkable(&self, err: &RunError) -> Option<TableId> {
-        if self.config.options.on_table_error != crate::config::TableErrorPolicy::Park
-            || err.class() != ErrorClass::Definite
-        {
-            return None;
-        }
-        match err {
-            RunError::Apply {
-                transactions: 1,
-                tables,
-                ..
-            } if tables.len() == 1 => Some(tables[0].clone()),
-            _ => None,
-        }
-    }
-
-    /// Holds `table` back with `error`, for the next attempt and the status.
-    fn park(&self, table: &TableId, error: &str) -> Result<(), ferry_meta::MetaError> {
-        let key = self.config.key();
-        let mut state: RuntimeState = self
-            .meta
-            .get(Collection::ChangefeedState, &key)?
-            .unwrap_or_default();
-        if !state.is_held(table) {
-            state.held.push(tables::HeldTable {
-                table: table.clone(),
-                error: Some(error.to_string()),
-            });
-        }
-        self.meta.put(Collection::ChangefeedState, &key, &state)
     }
 
     /// An attempt is copying or streaming again: `error` becomes `running`.
