@@ -147,6 +147,10 @@ pub struct TableProgress {
     /// Row changes the stream applied to it (since the server started).
     #[serde(default)]
     pub rows_applied: u64,
+    /// Seconds its target table is behind the source: the stream's lag for a `copied`
+    /// table (one stream serves them all); none while it is copied, paused or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
     /// Why the table is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -331,7 +335,16 @@ impl StatusCell {
                 snapshot_rows_estimated: live.tables.iter().map(|t| t.rows_estimated).sum(),
                 source_retained_bytes: live.retained_wal_bytes,
                 slot_retained_wal_bytes: live.retained_wal_bytes,
-                tables: live.tables.clone(),
+                tables: live
+                    .tables
+                    .iter()
+                    .map(|t| TableProgress {
+                        lag_seconds: (t.state == TableState::Copied)
+                            .then_some(lag_seconds)
+                            .flatten(),
+                        ..t.clone()
+                    })
+                    .collect(),
                 divergent_tables: live.divergent_tables.clone(),
                 created_at: rfc3339(created_at_us),
             }

@@ -104,6 +104,8 @@ fn one_table_paused_resumed_and_removed_while_the_others_stream() {
     let (_, tables) = pair.ferry.get("/api/v2/changefeeds/cf/tables");
     assert_eq!(tables["items"][1]["rows_applied"], 1, "{tables}");
     assert_eq!(tables["items"][0]["rows_applied"], 0, "{tables}");
+    assert!(tables["items"][0].get("lag_seconds").is_none(), "{tables}");
+    assert!(tables["items"][1]["lag_seconds"].is_number(), "{tables}");
     // A paused table is not in step with the source.
     let answer = synced(&pair, "cf");
     assert_eq!(answer["synced"], false, "{answer}");

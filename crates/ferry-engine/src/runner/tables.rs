@@ -274,6 +274,7 @@ pub(crate) fn progress(state: &RuntimeState, finished: &[FinishedChunk]) -> Vec<
         chunks_done: done.len() as u32,
         chunks_total: plan.chunks.len() as u32,
         rows_applied: 0,
+        lag_seconds: None,
         error: None,
     };
     let mut out: Vec<TableProgress> = state
