@@ -312,7 +312,10 @@ fn snapshot_and_changes_rebuild_the_source() {
         .find(|e| e["op"] == "d" && e["source"]["table"] == "notes")
         .unwrap();
     assert_eq!(full_delete["before"], json!({"body": "a", "n": 1}));
-    let first = reads.iter().find(|e| e["after"]["id"] == 2).unwrap();
+    let first = reads
+        .iter()
+        .find(|e| e["source"]["table"] == "items" && e["after"]["id"] == 2)
+        .unwrap();
     assert_eq!(first["after"]["price"], "2.50");
     assert_eq!(first["after"]["tags"], json!([2, null, 3]));
     assert_eq!(first["after"]["data"], "AP8=");
