@@ -8,6 +8,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_testkit::{FerryServer, PgCluster};
@@ -394,7 +395,8 @@ fn a_bad_file_uri_is_refused_by_the_api_and_the_cli_accepts_a_good_one() {
 }
 
 /// pgbench's tables as the events encode them.
-const PGBENCH: [(&str, &[&str], &str); 4] = [
+const PGBENCH: [(&str, &[&str], &str); 5] = [
+    ("pgbench_churn", &["id"], "'id', id, 'v', v"),
     (
         "pgbench_accounts",
         &["aid"],
@@ -423,10 +425,38 @@ fn kill_9_during_a_load_loses_nothing() {
     let mut setup = Setup::start();
     let init = setup.source.pgbench("shop", &["-i", "-q", "-s", "1"]);
     assert!(init.status.success(), "{init:?}");
+    // pgbench never deletes: a second load inserts, updates and deletes by key.
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE pgbench_churn (id int PRIMARY KEY, v int);
+         INSERT INTO pgbench_churn SELECT g, 0 FROM generate_series(1, 1000) g;",
+    );
+    let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let source = &setup.source;
         let load =
             s.spawn(move || source.pgbench("shop", &["-n", "-c", "2", "-j", "2", "-T", "20"]));
+        let stop = &stop;
+        let churn = s.spawn(move || {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                let (m, n) = (round % 7, round % 5);
+                source.psql(
+                    "shop",
+                    &format!(
+                        "BEGIN;
+                         DELETE FROM pgbench_churn WHERE id % 7 = {m};
+                         UPDATE pgbench_churn SET v = v + 1 WHERE id % 5 = {n};
+                         INSERT INTO pgbench_churn SELECT g, {round} FROM generate_series(1, 1000) g
+                           WHERE g % 7 = {m} ON CONFLICT (id) DO NOTHING;
+                         COMMIT;"
+                    ),
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            round
+        });
         std::thread::sleep(Duration::from_millis(300));
         setup.create("bench", &["public.pgbench_*"], "&max_file_bytes=1000000");
         // The first kill usually lands in the snapshot, the others in the stream.
@@ -438,6 +468,8 @@ fn kill_9_during_a_load_loses_nothing() {
         }
         let out = load.join().unwrap();
         assert!(out.status.success(), "pgbench: {out:?}");
+        stop.store(true, Ordering::Relaxed);
+        assert!(churn.join().unwrap() > 50, "the churn ran");
     });
     setup.wait_synced("bench");
     let names: Vec<String> = PGBENCH
@@ -451,7 +483,7 @@ fn kill_9_during_a_load_loses_nothing() {
         .collect();
     let rebuilt = rebuild(setup.dir.path(), &keys);
     eprintln!(
-        "4 kill -9 under pgbench: {} events read, {} duplicates dropped, {} gaps, ops {:?}",
+        "4 kill -9 under pgbench and a delete churn: {} events read, {} duplicates dropped, {} gaps, ops {:?}",
         rebuilt.events,
         rebuilt.duplicates,
         rebuilt.gaps(),
@@ -461,6 +493,7 @@ fn kill_9_during_a_load_loses_nothing() {
         rebuilt.assert_table(&setup, table, key, select);
     }
     assert_eq!(rebuilt.gaps(), 0, "an event was lost");
+    assert!(rebuilt.ops.contains_key("d"), "{:?}", rebuilt.ops);
     let history = setup
         .source
         .psql("shop", "SELECT count(*) FROM pgbench_history");
