@@ -13,7 +13,9 @@
 //! Rows arrive on the row path and become `r` events; a chunk is recorded in the
 //! directory's manifest once its lines are durable, so a restart copies only the rest. A
 //! table copied again whole (`replace`: a copy restarted in a new snapshot, an added or
-//! re-synced table) is preceded by a `t` event, so a consumer drops what it held of it.
+//! re-synced table) is preceded by a `t` event, so a consumer drops what it held of it;
+//! so is every table already copied when a new first snapshot begins
+//! ([`Sink::reset_snapshot`]).
 //!
 //! # Sharing
 //! A changefeed's stream and its snapshot workers each connect a sink; they share one open
@@ -217,8 +219,37 @@ impl Sink for FileSink {
         Ok(())
     }
 
+    /// A new first snapshot: every table an earlier one copied gets a `t` event first, so
+    /// a consumer drops rows the new copy may no longer have.
     async fn reset_snapshot(&mut self) -> Result<(), SinkError> {
         let mut dir = self.dir.lock().await;
+        let copied = dir
+            .finished_chunks()
+            .map_err(|e| io_error("read the chunk manifest", e))?;
+        let mut cleared = std::collections::HashSet::new();
+        for chunk in copied {
+            if !cleared.insert(chunk.table.clone()) {
+                continue;
+            }
+            let table = TableSchema {
+                id: chunk.table,
+                columns: Vec::new(),
+                key: Vec::new(),
+                identity: ferry_core::ReplicaIdentity::Default,
+                user_types: Vec::new(),
+            };
+            let event = ferry_events::recopy_truncate_event(
+                &self.origin,
+                &table,
+                &chunk.snapshot,
+                chunk.chunk,
+                now_ms(),
+            )
+            .map_err(encode_error)?;
+            let line = serde_json::to_vec(&event.json).expect("JSON values always serialize");
+            dir.append(&line).map_err(|e| io_error("write events", e))?;
+        }
+        dir.sync().map_err(|e| io_error("fsync events", e))?;
         dir.clear_chunks()
             .map_err(|e| io_error("clear the chunk manifest", e))
     }
@@ -299,5 +330,96 @@ impl Sink for FileSink {
 
     async fn finish_table(&mut self, _schema: &TableSchema) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_core::{ColumnSchema, LogicalType, Lsn, ReplicaIdentity, Value};
+    use futures::stream;
+    use serde_json::Value as Json;
+
+    use super::*;
+
+    fn schema() -> TableSchema {
+        TableSchema {
+            id: TableId::new("public", "t"),
+            columns: vec![ColumnSchema {
+                name: "id".into(),
+                type_name: "integer".into(),
+                type_oid: 23,
+                logical: LogicalType::Int { bits: 32 },
+                nullable: false,
+                missing_value: None,
+                has_default: false,
+            }],
+            key: vec![0],
+            identity: ReplicaIdentity::Default,
+            user_types: vec![],
+        }
+    }
+
+    fn rows(n: u32) -> ChunkData {
+        let rows: Vec<Result<ferry_core::Row, ferry_core::SourceError>> = (0..n)
+            .map(|i| Ok(vec![Value::Text(i.to_string().into_bytes().into())]))
+            .collect();
+        ChunkData::Rows(stream::iter(rows).boxed())
+    }
+
+    fn events(dir: &std::path::Path) -> Vec<Json> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .flat_map(|n| {
+                std::fs::read_to_string(dir.join(n))
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn chunks_are_recorded_and_recopies_start_with_a_truncate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let uri: SinkUri = format!("file://{}", tmp.path().display()).parse().unwrap();
+        let mut sink = FileConnector
+            .connect(&uri, "ns/feed", TargetPolicy::default())
+            .await
+            .unwrap();
+        let schema = schema();
+        let s1 = Position::PgLsn(Lsn(0x10));
+        assert_eq!(
+            sink.copy_chunk(&schema, 0, &s1, false, rows(3))
+                .await
+                .unwrap(),
+            3
+        );
+        let finished = sink.finished_chunks().await.unwrap();
+        assert_eq!(finished.len(), 1);
+        assert_eq!((finished[0].chunk, finished[0].rows), (0, 3));
+        let s2 = Position::PgLsn(Lsn(0x20));
+        sink.copy_chunk(&schema, 0, &s2, true, rows(1))
+            .await
+            .unwrap();
+        sink.reset_snapshot().await.unwrap();
+        assert!(sink.finished_chunks().await.unwrap().is_empty());
+
+        let all = events(tmp.path());
+        let ops: Vec<&str> = all.iter().map(|e| e["op"].as_str().unwrap()).collect();
+        assert_eq!(ops, ["r", "r", "r", "t", "r", "t"]);
+        let snapshot: Vec<&str> = all
+            .iter()
+            .map(|e| e["source"]["snapshot"].as_str().unwrap())
+            .collect();
+        assert_eq!(snapshot, ["true", "true", "last", "true", "last", "true"]);
+        assert_eq!(all[1]["source"]["event_id"], "snapshot:0/10:public.t:0:1");
+        assert_eq!(all[4]["after"]["id"], 0);
     }
 }
