@@ -34,7 +34,7 @@ pub(crate) struct CreateRequest {
     /// `postgres://user:password@host:port/database`; or give `source`.
     #[serde(default)]
     source_uri: Option<String>,
-    /// `postgres://…`, `postgresql://…` or `blackhole://`.
+    /// `postgres://…`, `postgresql://…`, `blackhole://` or `file:///DIR?format=debezium-json`.
     sink_uri: String,
     /// Table rules (`schema.table` globs, `!` excludes, last match wins); empty: all tables.
     #[serde(default)]
