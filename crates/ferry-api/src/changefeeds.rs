@@ -34,7 +34,7 @@ pub(crate) struct CreateRequest {
     /// `postgres://user:password@host:port/database`; or give `source`.
     #[serde(default)]
     source_uri: Option<String>,
-    /// `postgres://…`, `postgresql://…` or `blackhole://`.
+    /// `postgres://…`, `postgresql://…`, `blackhole://` or `file:///DIR?format=debezium-json`.
     sink_uri: String,
     /// Table rules (`schema.table` globs, `!` excludes, last match wins); empty: all tables.
     #[serde(default)]
@@ -440,7 +440,7 @@ pub(crate) async fn update(
         .map(|uri| unmask(&uri, Some(&current.source_uri)));
     let current_sink: Option<&ConnectionUri> = match &current.sink_uri {
         SinkUri::Postgres(uri) => Some(uri),
-        SinkUri::Blackhole => None,
+        SinkUri::Blackhole | SinkUri::File(_) => None,
     };
     let sink_uri = unmask(&new.sink_uri, current_sink);
     let config = build_config(

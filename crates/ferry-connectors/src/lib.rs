@@ -6,8 +6,10 @@
 //! |---|---|---|
 //! | `postgres://`, `postgresql://` | `ferry_postgres::connector::PgSourceConnector` | `ferry_postgres::connector::PgSinkConnector` |
 //! | `blackhole://` | — | [`blackhole::BlackholeConnector`] |
+//! | `file://` | — | [`file::FileConnector`] |
 
 pub mod blackhole;
+pub mod file;
 
 use std::sync::Arc;
 
@@ -37,6 +39,7 @@ impl Connectors for Registry {
         match uri {
             SinkUri::Postgres(_) => Arc::new(PgSinkConnector),
             SinkUri::Blackhole => Arc::new(blackhole::BlackholeConnector),
+            SinkUri::File(_) => Arc::new(file::FileConnector),
         }
     }
 
@@ -51,7 +54,7 @@ impl Connectors for Registry {
                 SinkUri::Postgres(target) => {
                     ferry_postgres::connector::sync_sequences(source, target, filter).await
                 }
-                SinkUri::Blackhole => Ok(Vec::new()),
+                SinkUri::Blackhole | SinkUri::File(_) => Ok(Vec::new()),
             }
         })
     }
@@ -67,7 +70,7 @@ impl Connectors for Registry {
                 SinkUri::Postgres(target) => {
                     ferry_postgres::connector::create_foreign_keys(source, target, filter).await
                 }
-                SinkUri::Blackhole => Ok(Vec::new()),
+                SinkUri::Blackhole | SinkUri::File(_) => Ok(Vec::new()),
             }
         })
     }

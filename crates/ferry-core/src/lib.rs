@@ -55,5 +55,6 @@ pub use table::{
 };
 pub use tls::{ClientCert, ConnectionSecurity, RootCerts, SslMode, TlsOptions};
 pub use uri::{
+    file::{FileFormat, FileSinkUri},
     parse_postgres_uri, ConnectionUri, PasswordError, PasswordSource, SinkUri, UriError,
 };

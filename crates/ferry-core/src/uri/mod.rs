@@ -11,6 +11,7 @@
 //! A password may also be given by reference, `password_file=` or `password_env=` (see
 //! [`password`]): then it is read at every connect and never stored.
 
+pub mod file;
 pub mod mask;
 pub mod password;
 
@@ -303,6 +304,8 @@ pub enum SinkUri {
     Postgres(ConnectionUri),
     /// `blackhole://`: discards everything, keeps counts.
     Blackhole,
+    /// `file:///DIR?format=debezium-json`: JSON-lines event files in a directory.
+    File(file::FileSinkUri),
 }
 
 impl SinkUri {
@@ -311,6 +314,7 @@ impl SinkUri {
         match self {
             SinkUri::Postgres(uri) => uri.masked(),
             SinkUri::Blackhole => "blackhole://".into(),
+            SinkUri::File(uri) => uri.to_string(),
         }
     }
 }
@@ -332,9 +336,10 @@ impl FromStr for SinkUri {
         match uri.scheme() {
             "postgres" | "postgresql" => Ok(SinkUri::Postgres(parse_postgres_uri(s)?)),
             "blackhole" => Ok(SinkUri::Blackhole),
+            "file" => Ok(SinkUri::File(file::FileSinkUri::parse(&uri.url)?)),
             other => Err(UriError::UnsupportedScheme {
                 scheme: other.to_string(),
-                expected: "postgres://, postgresql:// or blackhole://",
+                expected: "postgres://, postgresql://, blackhole:// or file://",
             }),
         }
     }
@@ -360,6 +365,7 @@ impl From<SinkUri> for String {
         match uri {
             SinkUri::Postgres(uri) => uri.expose().to_string(),
             SinkUri::Blackhole => "blackhole://".into(),
+            SinkUri::File(uri) => uri.to_string(),
         }
     }
 }

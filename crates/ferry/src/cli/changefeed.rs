@@ -183,7 +183,7 @@ pub(crate) struct SpecFlags {
     /// Source database: postgres://user:password@host:port/db
     #[arg(long, value_name = "URI")]
     source_uri: Option<String>,
-    /// Sink: postgres://… or blackhole://
+    /// Sink: postgres://…, blackhole:// or file:///DIR?format=debezium-json
     #[arg(long, value_name = "URI")]
     sink_uri: Option<String>,
     /// Table rules, comma-separated or repeated: 'public.*,!public.audit_*'

@@ -1,0 +1,23 @@
+//! Ferry's change events in Debezium's JSON format, shared by every stream sink (files
+//! today; Kafka, NATS and webhooks to come). No I/O: a sink hands rows in and gets JSON out.
+//!
+//! ```text
+//!  RowChange + TxMeta ──► envelope::TransactionEvents ──► Event { id, table, json }
+//!  snapshot Row       ──► envelope::snapshot_event     ─┘        (value::encode per column)
+//! ```
+//!
+//! The format is documented for users in `docs/events.md`. Invariants:
+//! - every event carries `before`, `after`, `source`, `op`, `ts_ms` and `transaction`
+//!   (null where empty);
+//! - the same change re-sent has the same id and the same JSON except `ts_ms` (processing
+//!   time; snapshot reads also in `source.ts_ms`);
+//! - a value that does not read as its column's logical type is an error, never a guess.
+
+pub mod envelope;
+pub mod value;
+
+pub use envelope::{
+    recopy_truncate_event, snapshot_event, EncodeError, Event, Op, Origin, SnapshotRead,
+    TransactionEvents,
+};
+pub use value::{encode, ValueError, UNAVAILABLE_VALUE};
