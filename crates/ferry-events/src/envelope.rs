@@ -319,6 +319,7 @@ mod tests {
             key: vec![0],
             identity: ReplicaIdentity::Default,
             user_types: vec![],
+            partition_of: vec![],
         })
     }
 

@@ -237,6 +237,7 @@ impl Sink for FileSink {
                 key: Vec::new(),
                 identity: ferry_core::ReplicaIdentity::Default,
                 user_types: Vec::new(),
+                partition_of: Vec::new(),
             };
             let event = ferry_events::recopy_truncate_event(
                 &self.origin,
@@ -356,6 +357,7 @@ mod tests {
             key: vec![0],
             identity: ReplicaIdentity::Default,
             user_types: vec![],
+            partition_of: vec![],
         }
     }
 
