@@ -28,7 +28,7 @@
 //! `stopped`, `paused`, `failed` and `finished` are settled: they are persisted and survive
 //! a server restart; `running` and `error` restart on the next server start.
 
-use ferry_core::Position;
+use ferry_core::{Position, TableId};
 use ferry_meta::{Collection, MetaError, MetaStore};
 use serde::{Deserialize, Serialize};
 
@@ -161,7 +161,7 @@ pub(crate) struct LifecycleDoc {
     /// A source transaction the next runs leave out (an operator's `skip`); cleared once a
     /// batch after it is durable.
     #[serde(default)]
-    pub(crate) skip: Option<crate::skip::SkipTransaction>,
+    pub(crate) skip: Option<SkipTransaction>,
     #[serde(default)]
     pub(crate) last_error_position: Option<Position>,
     #[serde(default)]
@@ -226,6 +226,24 @@ impl LifecycleDoc {
             live.tables = self.tables.clone();
         });
         cell
+    }
+}
+
+/// A source transaction the next runs leave out, kept in the changefeed's lifecycle
+/// document until a batch after it is durable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SkipTransaction {
+    /// Its commit position.
+    pub(crate) position: Position,
+    /// Only its changes to this table; all of it when `None`.
+    #[serde(default)]
+    pub(crate) table: Option<TableId>,
+}
+
+impl SkipTransaction {
+    /// Whether a change to `table` of the transaction committed at `commit` is left out.
+    pub(crate) fn leaves_out(&self, commit: &Position, table: &TableId) -> bool {
+        &self.position == commit && self.table.as_ref().is_none_or(|t| t == table)
     }
 }
 

@@ -4,34 +4,15 @@
 //! only its changes to one table) and resumes; any other position is refused, so an
 //! operator never skips what they did not see fail.
 
-use ferry_core::{Position, TableId};
+use ferry_core::TableId;
 use ferry_meta::Collection;
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::engine::{feed_key, Engine};
 use crate::error::EngineError;
-use crate::lifecycle::{Action, LifecycleDoc};
+use crate::lifecycle::{Action, LifecycleDoc, SkipTransaction};
 use crate::runner::tables::{self, RuntimeState};
 use crate::status::ChangefeedStatus;
-
-/// A source transaction the next runs leave out, kept in the changefeed's lifecycle
-/// document until a batch after it is durable.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct SkipTransaction {
-    /// Its commit position.
-    pub(crate) position: Position,
-    /// Only its changes to this table; all of it when `None`.
-    #[serde(default)]
-    pub(crate) table: Option<TableId>,
-}
-
-impl SkipTransaction {
-    /// Whether a change to `table` of the transaction committed at `commit` is left out.
-    pub(crate) fn leaves_out(&self, commit: &Position, table: &TableId) -> bool {
-        &self.position == commit && self.table.as_ref().is_none_or(|t| t == table)
-    }
-}
 
 impl Engine {
     /// Leaves out the source transaction committed at `position` (the changefeed's

@@ -58,6 +58,7 @@ pub mod heartbeat;
 pub mod identity;
 pub mod liveness;
 pub mod orphans;
+pub mod replication;
 pub mod sequences;
 pub mod sink;
 pub mod slot;

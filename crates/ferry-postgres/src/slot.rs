@@ -419,7 +419,7 @@ pub struct CreatedSlot {
 
 /// Opens a gated replication session and creates the slot named in `config` with an
 /// exported snapshot. A `temporary` slot disappears with the session. The source's silence
-/// is bounded by [`DEFAULT_REPLICATION_TIMEOUT`](crate::source::DEFAULT_REPLICATION_TIMEOUT)
+/// is bounded by [`DEFAULT_REPLICATION_TIMEOUT`](crate::replication::DEFAULT_REPLICATION_TIMEOUT)
 /// (see [`create_slot_with_snapshot_within`]).
 pub async fn create_slot_with_snapshot(
     target: ReplicationTarget,
@@ -428,7 +428,7 @@ pub async fn create_slot_with_snapshot(
     create_slot_with_snapshot_within(
         target,
         temporary,
-        crate::source::DEFAULT_REPLICATION_TIMEOUT,
+        crate::replication::DEFAULT_REPLICATION_TIMEOUT,
     )
     .await
 }
@@ -488,7 +488,9 @@ pub async fn create_slot_with_snapshot_within(
             }
         }
     }
-    .map_err(|e| replication_error(&format!("create replication slot {slot}"), e))?;
+    .map_err(|e| {
+        crate::replication::replication_error(&format!("create replication slot {slot}"), e)
+    })?;
     let text = |row: &[Option<bytes::Bytes>], i: usize| {
         row.get(i)
             .and_then(|v| v.as_ref())
@@ -506,22 +508,6 @@ pub async fn create_slot_with_snapshot_within(
         consistent_point,
         session,
     })
-}
-
-/// Wraps a replication-client error with its class.
-pub fn replication_error(what: &str, err: pgwire_replication::PgWireError) -> PgError {
-    let text = err.to_string();
-    if text.contains("no pg_hba.conf entry") && text.contains("no encryption") {
-        use crate::tls::{SERVER_REQUIRES_SSL, SERVER_REQUIRES_SSL_HINT};
-        let what = format!("{what}: {SERVER_REQUIRES_SSL} ({SERVER_REQUIRES_SSL_HINT})");
-        return PgError::other(what, ErrorClass::Definite, err);
-    }
-    let class = if err.is_transient() || err.is_io() {
-        ErrorClass::Transient
-    } else {
-        ErrorClass::Definite
-    };
-    PgError::other(what, class, err)
 }
 
 #[cfg(test)]

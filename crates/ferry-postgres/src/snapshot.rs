@@ -36,7 +36,7 @@ use tokio_postgres::Client;
 
 use crate::catalog::SelectedTable;
 use crate::liveness::silent_source;
-use crate::source::DEFAULT_REPLICATION_TIMEOUT;
+use crate::replication::DEFAULT_REPLICATION_TIMEOUT;
 use crate::PgError;
 
 /// Rows per chunk the planner aims for: large enough that per-chunk overhead (a

@@ -38,16 +38,13 @@ use tokio_postgres::Client;
 use crate::catalog;
 use crate::decode::{self, OldTuple, PgOutputMessage, RelationMessage};
 use crate::liveness::{self, Probe};
-use crate::slot::replication_error;
+use crate::replication::replication_error;
 use crate::PgError;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
-/// Default replication timeout: a silent stream is probed after this long, and a source
-/// that does not answer the probe within it is unreachable. Half the source's default
-/// `wal_sender_timeout` (60 s), so a cut is noticed about when the source notices it.
-pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::replication::DEFAULT_REPLICATION_TIMEOUT;
 
 /// How a stream watches its session.
 #[derive(Clone, Debug)]

@@ -78,7 +78,7 @@ async fn connect_library(config: ReplicationConfig) -> Result<ReplicationClient,
                 "timed out",
             )
         })?
-        .map_err(|e| crate::slot::replication_error("open replication session", e))
+        .map_err(|e| crate::replication::replication_error("open replication session", e))
 }
 
 type ServerStream = tokio_rustls::client::TlsStream<TcpStream>;

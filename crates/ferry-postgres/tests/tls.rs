@@ -39,7 +39,7 @@ async fn replicate(uri: &ConnectionUri) -> Result<ReplicationClient, ferry_postg
     session
         .identify_system()
         .await
-        .map_err(|e| ferry_postgres::slot::replication_error("identify system", e))?;
+        .map_err(|e| ferry_postgres::replication::replication_error("identify system", e))?;
     Ok(session)
 }
 

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::trail::Trail;
 use super::RunError;
+use crate::lifecycle::SkipTransaction;
 use crate::metrics::{FeedMetrics, RowCounts};
-use crate::skip::SkipTransaction;
 use crate::status::StatusCell;
 
 /// While nothing is queued, an open batch commits at most this long after it opened: low
