@@ -53,7 +53,7 @@ pub use source::{
 pub use table::{
     quote_ident, ColumnSchema, ReplicaIdentity, TableId, TableSchema, UserType, UserTypeKind,
 };
-pub use tls::{ClientCert, ConnectionSecurity, RootCerts, SslMode, TlsOptions};
+pub use tls::{ClientCert, ConnectionSecurity, RootCerts, SslMode, TlsError, TlsOptions};
 pub use uri::{
     file::{FileFormat, FileSinkUri},
     parse_postgres_uri, ConnectionUri, PasswordError, PasswordSource, SinkUri, UriError,

@@ -150,7 +150,8 @@ pub fn config(uri: &ConnectionUri, application_name: &str) -> Result<Config, PgE
 
 /// The URI's TLS options (already validated when the URI was accepted).
 pub(crate) fn tls_options(uri: &ConnectionUri) -> Result<TlsOptions, PgError> {
-    TlsOptions::from_uri(uri).map_err(|e| PgError::definite(e.to_string()))
+    uri.tls_options()
+        .map_err(|e| PgError::definite(e.to_string()))
 }
 
 /// How long a connect and login may take in all.

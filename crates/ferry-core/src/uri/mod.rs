@@ -162,6 +162,12 @@ impl ConnectionUri {
         percent_decode(self.url.path().trim_start_matches('/'))
     }
 
+    /// The TLS options its query holds, checked ([`crate::TlsOptions::from_params`]).
+    pub fn tls_options(&self) -> Result<crate::TlsOptions, UriError> {
+        crate::TlsOptions::from_params(|key| self.param(key))
+            .map_err(|e| UriError::InvalidParameter { reason: e.0 })
+    }
+
     /// The value of query parameter `key`.
     pub fn param(&self, key: &str) -> Option<String> {
         self.url
@@ -292,7 +298,7 @@ fn check_postgres(uri: ConnectionUri) -> Result<ConnectionUri, UriError> {
             part: "a database name (postgres://user@host:5432/dbname)",
         });
     }
-    crate::tls::TlsOptions::from_uri(&uri)?;
+    uri.tls_options()?;
     Ok(uri)
 }
 
@@ -515,5 +521,13 @@ mod tests {
         let plain = parse_postgres_uri("postgres://app@db/shop").unwrap();
         assert_eq!(plain.password().unwrap(), None);
         assert_eq!(plain.connection_string().unwrap(), "postgres://app@db/shop");
+    }
+
+    #[test]
+    fn postgres_uris_are_checked_when_parsed() {
+        let err = parse_postgres_uri("postgres://u:topsecret@h/db?sslmode=bogus").unwrap_err();
+        assert!(err.to_string().contains("sslmode"));
+        assert!(!err.to_string().contains("topsecret"));
+        assert!(parse_postgres_uri("postgres://u@h/db?sslmode=require").is_ok());
     }
 }
