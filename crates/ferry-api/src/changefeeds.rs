@@ -440,7 +440,7 @@ pub(crate) async fn update(
         .map(|uri| unmask(&uri, Some(&current.source_uri)));
     let current_sink: Option<&ConnectionUri> = match &current.sink_uri {
         SinkUri::Postgres(uri) => Some(uri),
-        SinkUri::Blackhole | SinkUri::File(_) => None,
+        SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) => None,
     };
     let sink_uri = unmask(&new.sink_uri, current_sink);
     let config = build_config(
