@@ -263,6 +263,24 @@ fn snapshot_changes_and_a_broker_outage_rebuild_the_source() {
     assert!(out.status.success(), "{out:?}");
     let status = setup.wait_state("wrong", "failed");
     assert!(status.to_string().contains("other.>"), "{status}");
+
+    // Deleting the changefeed forgets its chunk markers; its events stay (the stream is
+    // the user's).
+    let markers = |runtime: &tokio::runtime::Runtime| {
+        runtime.block_on(async {
+            let js = jetstream::new(async_nats::connect(setup.nats.url()).await.unwrap());
+            let mut chunks = js.get_stream("FERRY_CHUNKS").await.unwrap();
+            let mut events = js.get_stream("CDC").await.unwrap();
+            (
+                chunks.info().await.unwrap().state.messages,
+                events.info().await.unwrap().state.messages,
+            )
+        })
+    };
+    let (chunks, events) = markers(&runtime);
+    assert!(chunks > 0 && events == rebuilt.events, "{chunks} {events}");
+    assert_eq!(setup.ferry.delete("/api/v2/changefeeds/events").0, 200);
+    assert_eq!(markers(&runtime), (0, events));
 }
 
 #[test]
@@ -281,7 +299,7 @@ fn kill_9_during_a_load_loses_nothing() {
     std::thread::scope(|s| {
         let source = &setup.source;
         let load =
-            s.spawn(move || source.pgbench("shop", &["-n", "-c", "2", "-j", "2", "-T", "12"]));
+            s.spawn(move || source.pgbench("shop", &["-n", "-c", "2", "-j", "2", "-T", "10"]));
         let stop = &stop;
         let churn = s.spawn(move || {
             let mut round = 0u64;
@@ -306,7 +324,7 @@ fn kill_9_during_a_load_loses_nothing() {
         std::thread::sleep(Duration::from_millis(300));
         setup.create("bench", &["public.pgbench_*"], &sink_uri);
         // The first kill usually lands in the snapshot, the others in the stream.
-        for delay_ms in [400, 3000, 3000] {
+        for delay_ms in [400, 2500, 2500] {
             std::thread::sleep(Duration::from_millis(delay_ms));
             setup.ferry.kill9();
             std::thread::sleep(Duration::from_millis(200));
