@@ -34,7 +34,8 @@ pub(crate) struct CreateRequest {
     /// `postgres://user:password@host:port/database`; or give `source`.
     #[serde(default)]
     source_uri: Option<String>,
-    /// `postgres://…`, `postgresql://…`, `blackhole://` or `file:///DIR?format=debezium-json`.
+    /// `postgres://…`, `postgresql://…`, `blackhole://`, `file:///DIR?format=debezium-json`
+    /// or `nats://host:port?stream=NAME&subject_prefix=PFX`.
     sink_uri: String,
     /// Table rules (`schema.table` globs, `!` excludes, last match wins); empty: all tables.
     #[serde(default)]
