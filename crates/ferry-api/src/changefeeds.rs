@@ -34,7 +34,8 @@ pub(crate) struct CreateRequest {
     /// `postgres://user:password@host:port/database`; or give `source`.
     #[serde(default)]
     source_uri: Option<String>,
-    /// `postgres://…`, `postgresql://…`, `blackhole://` or `file:///DIR?format=debezium-json`.
+    /// `postgres://…`, `postgresql://…`, `blackhole://`, `file:///DIR?format=debezium-json`
+    /// or `nats://host:port?stream=NAME&subject_prefix=PFX`.
     sink_uri: String,
     /// Table rules (`schema.table` globs, `!` excludes, last match wins); empty: all tables.
     #[serde(default)]
@@ -440,7 +441,7 @@ pub(crate) async fn update(
         .map(|uri| unmask(&uri, Some(&current.source_uri)));
     let current_sink: Option<&ConnectionUri> = match &current.sink_uri {
         SinkUri::Postgres(uri) => Some(uri),
-        SinkUri::Blackhole | SinkUri::File(_) => None,
+        SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) => None,
     };
     let sink_uri = unmask(&new.sink_uri, current_sink);
     let config = build_config(

@@ -7,9 +7,11 @@
 //! | `postgres://`, `postgresql://` | `ferry_postgres::connector::PgSourceConnector` | `ferry_postgres::connector::PgSinkConnector` |
 //! | `blackhole://` | — | [`blackhole::BlackholeConnector`] |
 //! | `file://` | — | [`file::FileConnector`] |
+//! | `nats://` | — | [`nats::NatsConnector`] |
 
 pub mod blackhole;
 pub mod file;
+pub mod nats;
 
 use std::sync::Arc;
 
@@ -40,6 +42,7 @@ impl Connectors for Registry {
             SinkUri::Postgres(_) => Arc::new(PgSinkConnector),
             SinkUri::Blackhole => Arc::new(blackhole::BlackholeConnector),
             SinkUri::File(_) => Arc::new(file::FileConnector),
+            SinkUri::Nats(_) => Arc::new(nats::NatsConnector),
         }
     }
 
@@ -54,7 +57,7 @@ impl Connectors for Registry {
                 SinkUri::Postgres(target) => {
                     ferry_postgres::connector::sync_sequences(source, target, filter).await
                 }
-                SinkUri::Blackhole | SinkUri::File(_) => Ok(Vec::new()),
+                SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) => Ok(Vec::new()),
             }
         })
     }
@@ -70,7 +73,7 @@ impl Connectors for Registry {
                 SinkUri::Postgres(target) => {
                     ferry_postgres::connector::create_foreign_keys(source, target, filter).await
                 }
-                SinkUri::Blackhole | SinkUri::File(_) => Ok(Vec::new()),
+                SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) => Ok(Vec::new()),
             }
         })
     }

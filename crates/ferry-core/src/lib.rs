@@ -56,5 +56,6 @@ pub use table::{
 pub use tls::{ClientCert, ConnectionSecurity, RootCerts, SslMode, TlsError, TlsOptions};
 pub use uri::{
     file::{FileFormat, FileSinkUri},
+    nats::NatsSinkUri,
     parse_postgres_uri, ConnectionUri, PasswordError, PasswordSource, SinkUri, UriError,
 };

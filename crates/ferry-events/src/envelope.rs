@@ -7,7 +7,8 @@
 //!   a crash yields the same ids.
 //! - A snapshot read: `snapshot:<snapshot position>:<schema>.<table>:<chunk>:<row>`, the row
 //!   counting the chunk's rows from 0; a chunk read again in the same snapshot yields the
-//!   same ids.
+//!   same ids. Its `t` events: `…:<chunk>:truncate` before a table copied again whole,
+//!   `snapshot:<earlier snapshot>:<schema>.<table>:reset` before a new first snapshot.
 
 use ferry_core::{ColumnSchema, Position, Row, RowChange, TableSchema, TxMeta};
 use serde_json::{json, Map, Value as Json};
@@ -199,6 +200,35 @@ pub fn recopy_truncate_event(
     Ok(Event {
         json: envelope(table, Op::Truncate, None, None, source, Json::Null, now_ms)?,
         table: table.id.clone(),
+        id,
+    })
+}
+
+/// The `t` event that goes before a new first snapshot for a table an earlier snapshot
+/// (at `snapshot`) copied, so a consumer drops rows the new copy may no longer have. Its id
+/// ends in `reset`: a recopy's `t` event of the same snapshot and chunk is another event.
+pub fn reset_truncate_event(
+    origin: &Origin,
+    table: &ferry_core::TableId,
+    snapshot: &Position,
+    now_ms: i64,
+) -> Result<Event, EncodeError> {
+    let table = TableSchema {
+        id: table.clone(),
+        columns: Vec::new(),
+        key: Vec::new(),
+        identity: ferry_core::ReplicaIdentity::Default,
+        user_types: Vec::new(),
+        partition_of: Vec::new(),
+    };
+    let id = format!("snapshot:{snapshot}:{}:reset", table.id);
+    let mut source = source_block(origin, &table, snapshot, &id);
+    source.insert("ts_ms".into(), json!(now_ms));
+    source.insert("snapshot".into(), json!("true"));
+    source.insert("txId".into(), Json::Null);
+    Ok(Event {
+        json: envelope(&table, Op::Truncate, None, None, source, Json::Null, now_ms)?,
+        table: table.id,
         id,
     })
 }

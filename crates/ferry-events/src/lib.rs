@@ -1,9 +1,9 @@
-//! Ferry's change events in Debezium's JSON format, shared by every stream sink (files
-//! today; Kafka, NATS and webhooks to come). No I/O: a sink hands rows in and gets JSON out.
+//! Ferry's change events in Debezium's JSON format, shared by every stream sink (files and
+//! NATS today; Kafka and webhooks to come). No I/O: a sink hands rows in and gets JSON out.
 //!
 //! ```text
 //!  RowChange + TxMeta ──► envelope::TransactionEvents ──► Event { id, table, json }
-//!  snapshot Row       ──► envelope::snapshot_event     ─┘        (value::encode per column)
+//!  snapshot Row       ──► chunk::ChunkEvents           ─┘        (value::encode per column)
 //! ```
 //!
 //! The format is documented for users in `docs/events.md`. Invariants:
@@ -13,11 +13,13 @@
 //!   time; snapshot reads also in `source.ts_ms`);
 //! - a value that does not read as its column's logical type is an error, never a guess.
 
+pub mod chunk;
 pub mod envelope;
 pub mod value;
 
+pub use chunk::ChunkEvents;
 pub use envelope::{
-    recopy_truncate_event, snapshot_event, EncodeError, Event, Op, Origin, SnapshotRead,
-    TransactionEvents,
+    recopy_truncate_event, reset_truncate_event, snapshot_event, EncodeError, Event, Op, Origin,
+    SnapshotRead, TransactionEvents,
 };
 pub use value::{encode, ValueError, UNAVAILABLE_VALUE};

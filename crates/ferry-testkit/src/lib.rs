@@ -15,6 +15,8 @@
 //! - [`ferry`]: [`FerryServer`], the real `ferry server` binary on a free port, with
 //!   `kill -9` and restart, and a tiny blocking HTTP(S) client for its API, with flags,
 //!   environment, tokens and HTTPS from [`FerryOptions`].
+//! - [`nats`]: [`NatsServer`], a `nats-server -js` (JetStream) with `kill -9` and restart
+//!   in place, for the NATS sink's tests.
 //! - [`proxy`]: [`TcpProxy`], a TCP proxy that [`TcpProxy::cut`]s the network silently
 //!   (stops forwarding, closes nothing), for network-cut tests.
 //! - [`certs`]: [`certs::TestCa`], a throwaway CA that issues server and client certificates
@@ -56,6 +58,7 @@ pub mod compare;
 pub mod ferry;
 #[cfg(feature = "mem")]
 pub mod mem;
+pub mod nats;
 pub mod postgres;
 pub mod proxy;
 mod server_user;
@@ -64,6 +67,7 @@ pub mod workload;
 
 pub use compare::{compare_tables, Comparison, TableDiff};
 pub use ferry::{FerryOptions, FerryServer, HttpsClient};
+pub use nats::NatsServer;
 pub use postgres::{pg_bin_dir, PgCluster, PgOptions, ServerTls};
 pub use proxy::TcpProxy;
 pub use wait::{wait_for, wait_for_async};

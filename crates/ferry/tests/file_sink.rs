@@ -5,12 +5,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::events::{Rebuilt, ITEMS_SELECT, PGBENCH};
 use ferry_testkit::{FerryServer, PgCluster};
 use serde_json::{json, Value};
 
@@ -64,52 +65,6 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-
-    /// The source's rows of `table` as the events encode them, by [`row_key`] with their
-    /// number of copies: `select` lists one JSON expression per column
-    /// (`json_build_object` arguments).
-    fn source_rows(
-        &self,
-        table: &str,
-        key: &[&str],
-        select: &str,
-    ) -> BTreeMap<String, (Value, u64)> {
-        let text = self.source.psql(
-            "shop",
-            &format!("SELECT json_build_object({select})::text FROM {table}"),
-        );
-        let mut rows: BTreeMap<String, (Value, u64)> = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let row: Value = serde_json::from_str(line).unwrap();
-            rows.entry(row_key(&row, key)).or_insert((row, 0)).1 += 1;
-        }
-        rows
-    }
-}
-
-/// A row's identity: its key columns, or the whole row for a keyless table.
-fn row_key(row: &Value, key: &[&str]) -> String {
-    if key.is_empty() {
-        row.to_string()
-    } else {
-        key.iter()
-            .map(|k| row[*k].to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-/// What the consumer saw.
-#[derive(Default, Debug)]
-struct Rebuilt {
-    /// Per table (`schema.table`): key → (row, copies; > 1 only for keyless tables).
-    tables: HashMap<String, BTreeMap<String, (Value, u64)>>,
-    events: u64,
-    duplicates: u64,
-    ops: BTreeMap<String, u64>,
-    /// Per commit position, the ordinals seen (gaps are checked on them).
-    ordinals: HashMap<String, HashSet<u64>>,
-    lines: Vec<Value>,
 }
 
 /// Reads every event file in name order and applies the events.
@@ -120,7 +75,6 @@ fn rebuild(dir: &Path, keys: &HashMap<&str, &[&str]>) -> Rebuilt {
         .filter(|n| n.ends_with(".jsonl") && !n.starts_with('.'))
         .collect();
     names.sort();
-    let mut seen = HashSet::new();
     let mut out = Rebuilt::default();
     for name in names {
         let text = std::fs::read_to_string(dir.join(&name)).unwrap();
@@ -131,109 +85,11 @@ fn rebuild(dir: &Path, keys: &HashMap<&str, &[&str]>) -> Rebuilt {
         for line in text.lines() {
             let event: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"));
-            out.events += 1;
-            let id = event["source"]["event_id"].as_str().unwrap().to_string();
-            if !seen.insert(id.clone()) {
-                out.duplicates += 1;
-                continue;
-            }
-            let op = event["op"].as_str().unwrap().to_string();
-            *out.ops.entry(op.clone()).or_default() += 1;
-            if !id.starts_with("snapshot:") {
-                let (commit, ordinal) = id.rsplit_once(':').unwrap();
-                out.ordinals
-                    .entry(commit.to_string())
-                    .or_default()
-                    .insert(ordinal.parse().unwrap());
-            }
-            let table = format!(
-                "{}.{}",
-                event["source"]["schema"].as_str().unwrap(),
-                event["source"]["table"].as_str().unwrap()
-            );
-            let key = keys.get(table.as_str()).copied().unwrap_or(&[]);
-            let rows = out.tables.entry(table).or_default();
-            match op.as_str() {
-                "r" | "c" | "u" => {
-                    if op == "u" && !event["before"].is_null() {
-                        // The old row (a key change, or REPLICA IDENTITY FULL) goes.
-                        remove_one(rows, &row_key(&event["before"], key));
-                    }
-                    let after = event["after"].clone();
-                    let entry = rows
-                        .entry(row_key(&after, key))
-                        .or_insert((after.clone(), 0));
-                    entry.0 = after;
-                    entry.1 = if key.is_empty() { entry.1 + 1 } else { 1 };
-                }
-                "d" => remove_one(rows, &row_key(&event["before"], key)),
-                "t" => rows.clear(),
-                other => panic!("unknown op {other}"),
-            }
-            out.lines.push(event);
+            out.apply(event, keys);
         }
     }
     out
 }
-
-/// Removes one copy of the row under `key`.
-fn remove_one(rows: &mut BTreeMap<String, (Value, u64)>, key: &str) {
-    if let Some(entry) = rows.get_mut(key) {
-        entry.1 -= 1;
-        if entry.1 == 0 {
-            rows.remove(key);
-        }
-    }
-}
-
-impl Rebuilt {
-    /// Asserts the rebuilt `table` equals the source's rows.
-    fn assert_table(&self, setup: &Setup, table: &str, key: &[&str], select: &str) {
-        let expected = setup.source_rows(table, key, select);
-        let empty = BTreeMap::new();
-        let got = self
-            .tables
-            .get(&format!("public.{table}"))
-            .unwrap_or(&empty);
-        let missing: Vec<_> = expected
-            .keys()
-            .filter(|k| !got.contains_key(*k))
-            .take(3)
-            .collect();
-        let extra: Vec<_> = got
-            .keys()
-            .filter(|k| !expected.contains_key(*k))
-            .take(3)
-            .collect();
-        let differ: Vec<_> = expected
-            .iter()
-            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
-            .take(3)
-            .map(|(k, v)| (k, v, &got[k]))
-            .collect();
-        assert!(
-            missing.is_empty() && extra.is_empty() && differ.is_empty(),
-            "{table}: {} rows expected, {} rebuilt; missing {missing:?}; extra {extra:?}; differ {differ:?}",
-            expected.len(),
-            got.len()
-        );
-    }
-
-    /// Every transaction's events are numbered 0..n without a hole: nothing was lost
-    /// between two events that arrived.
-    fn gaps(&self) -> u64 {
-        self.ordinals
-            .values()
-            .map(|seen| seen.iter().max().map_or(0, |m| m + 1) - seen.len() as u64)
-            .sum()
-    }
-}
-
-const ITEMS_SELECT: &str = "'id', id, 'name', name, 'price', price::text, 'tags', tags, \
-     'doc', doc::text, 'data', encode(data, 'base64'), \
-     'at', to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-     'day', day - DATE '1970-01-01', \
-     'ts', (extract(epoch FROM ts) * 1000000)::bigint, 'ok', ok";
 
 #[test]
 fn snapshot_and_changes_rebuild_the_source() {
@@ -271,9 +127,9 @@ fn snapshot_and_changes_rebuild_the_source() {
         ("public.scratch", &["id"][..]),
     ]);
     let rebuilt = rebuild(setup.dir.path(), &keys);
-    rebuilt.assert_table(&setup, "items", &["id"], ITEMS_SELECT);
-    rebuilt.assert_table(&setup, "notes", &[], "'body', body, 'n', n");
-    rebuilt.assert_table(&setup, "scratch", &["id"], "'id', id");
+    rebuilt.assert_table(&setup.source, "items", &["id"], ITEMS_SELECT);
+    rebuilt.assert_table(&setup.source, "notes", &[], "'body', body, 'n', n");
+    rebuilt.assert_table(&setup.source, "scratch", &["id"], "'id', id");
     for op in ["r", "c", "u", "d", "t"] {
         assert!(
             rebuilt.ops.contains_key(op),
@@ -394,32 +250,6 @@ fn a_bad_file_uri_is_refused_by_the_api_and_the_cli_accepts_a_good_one() {
     );
 }
 
-/// pgbench's tables as the events encode them.
-const PGBENCH: [(&str, &[&str], &str); 5] = [
-    ("pgbench_churn", &["id"], "'id', id, 'v', v"),
-    (
-        "pgbench_accounts",
-        &["aid"],
-        "'aid', aid, 'bid', bid, 'abalance', abalance, 'filler', filler",
-    ),
-    (
-        "pgbench_branches",
-        &["bid"],
-        "'bid', bid, 'bbalance', bbalance, 'filler', filler",
-    ),
-    (
-        "pgbench_tellers",
-        &["tid"],
-        "'tid', tid, 'bid', bid, 'tbalance', tbalance, 'filler', filler",
-    ),
-    (
-        "pgbench_history",
-        &[],
-        "'tid', tid, 'bid', bid, 'aid', aid, 'delta', delta, \
-         'mtime', (extract(epoch FROM mtime) * 1000000)::bigint, 'filler', filler",
-    ),
-];
-
 #[test]
 fn kill_9_during_a_load_loses_nothing() {
     let mut setup = Setup::start();
@@ -490,7 +320,7 @@ fn kill_9_during_a_load_loses_nothing() {
         rebuilt.ops
     );
     for (table, key, select) in PGBENCH {
-        rebuilt.assert_table(&setup, table, key, select);
+        rebuilt.assert_table(&setup.source, table, key, select);
     }
     assert_eq!(rebuilt.gaps(), 0, "an event was lost");
     assert!(rebuilt.ops.contains_key("d"), "{:?}", rebuilt.ops);

@@ -34,7 +34,7 @@ use ferry_core::{
     CheckpointStore, ChunkData, ErrorClass, FileSinkUri, FinishedChunk, Position, RowChange, Sink,
     SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, TxMeta,
 };
-use ferry_events::{Event, Origin, SnapshotRead, TransactionEvents};
+use ferry_events::{ChunkEvents, Event, Origin, TransactionEvents};
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
@@ -231,19 +231,10 @@ impl Sink for FileSink {
             if !cleared.insert(chunk.table.clone()) {
                 continue;
             }
-            let table = TableSchema {
-                id: chunk.table,
-                columns: Vec::new(),
-                key: Vec::new(),
-                identity: ferry_core::ReplicaIdentity::Default,
-                user_types: Vec::new(),
-                partition_of: Vec::new(),
-            };
-            let event = ferry_events::recopy_truncate_event(
+            let event = ferry_events::reset_truncate_event(
                 &self.origin,
-                &table,
+                &chunk.table,
                 &chunk.snapshot,
-                chunk.chunk,
                 now_ms(),
             )
             .map_err(encode_error)?;
@@ -265,8 +256,7 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    /// Holds the directory for the whole chunk, so a chunk's lines are contiguous; the
-    /// chunk's last row is `snapshot: last`, which needs one row of look-ahead.
+    /// Holds the directory for the whole chunk, so a chunk's lines are contiguous.
     async fn copy_chunk(
         &mut self,
         schema: &TableSchema,
@@ -290,33 +280,18 @@ impl Sink for FileSink {
             let line = serde_json::to_vec(&event.json).expect("JSON values always serialize");
             dir.append(&line).map_err(|e| io_error("write events", e))
         };
+        let mut events = ChunkEvents::new(&self.origin, schema, snapshot, chunk);
         if replace {
-            append(
-                ferry_events::recopy_truncate_event(
-                    &self.origin,
-                    schema,
-                    snapshot,
-                    chunk,
-                    now_ms(),
-                )
-                .map_err(encode_error)?,
-            )?;
+            append(events.replace_event(now_ms()).map_err(encode_error)?)?;
         }
-        let mut count = 0u64;
-        let mut pending = rows.next().await.transpose().map_err(read_error)?;
-        while let Some(row) = pending {
-            pending = rows.next().await.transpose().map_err(read_error)?;
-            let read = SnapshotRead {
-                snapshot,
-                chunk,
-                row: count,
-                last: pending.is_none(),
-            };
-            append(
-                ferry_events::snapshot_event(&self.origin, schema, read, &row, now_ms())
-                    .map_err(encode_error)?,
-            )?;
-            count += 1;
+        while let Some(row) = rows.next().await.transpose().map_err(read_error)? {
+            if let Some(event) = events.push(row, now_ms()).map_err(encode_error)? {
+                append(event)?;
+            }
+        }
+        let (last, count) = events.finish(now_ms()).map_err(encode_error)?;
+        if let Some(event) = last {
+            append(event)?;
         }
         dir.sync().map_err(|e| io_error("fsync events", e))?;
         dir.record_chunk(&FinishedChunk {

@@ -13,6 +13,7 @@
 
 pub mod file;
 pub mod mask;
+pub mod nats;
 pub mod password;
 
 use std::fmt;
@@ -312,6 +313,8 @@ pub enum SinkUri {
     Blackhole,
     /// `file:///DIR?format=debezium-json`: JSON-lines event files in a directory.
     File(file::FileSinkUri),
+    /// `nats://host:port?stream=NAME&subject_prefix=PFX`: a NATS JetStream stream.
+    Nats(nats::NatsSinkUri),
 }
 
 impl SinkUri {
@@ -321,6 +324,7 @@ impl SinkUri {
             SinkUri::Postgres(uri) => uri.masked(),
             SinkUri::Blackhole => "blackhole://".into(),
             SinkUri::File(uri) => uri.to_string(),
+            SinkUri::Nats(uri) => uri.to_string(),
         }
     }
 }
@@ -343,9 +347,10 @@ impl FromStr for SinkUri {
             "postgres" | "postgresql" => Ok(SinkUri::Postgres(parse_postgres_uri(s)?)),
             "blackhole" => Ok(SinkUri::Blackhole),
             "file" => Ok(SinkUri::File(file::FileSinkUri::parse(&uri.url)?)),
+            "nats" => Ok(SinkUri::Nats(nats::NatsSinkUri::parse(&uri.url)?)),
             other => Err(UriError::UnsupportedScheme {
                 scheme: other.to_string(),
-                expected: "postgres://, postgresql://, blackhole:// or file://",
+                expected: "postgres://, postgresql://, blackhole://, file:// or nats://",
             }),
         }
     }
@@ -372,6 +377,7 @@ impl From<SinkUri> for String {
             SinkUri::Postgres(uri) => uri.expose().to_string(),
             SinkUri::Blackhole => "blackhole://".into(),
             SinkUri::File(uri) => uri.to_string(),
+            SinkUri::Nats(uri) => uri.to_string(),
         }
     }
 }

@@ -183,7 +183,8 @@ pub(crate) struct SpecFlags {
     /// Source database: postgres://user:password@host:port/db
     #[arg(long, value_name = "URI")]
     source_uri: Option<String>,
-    /// Sink: postgres://…, blackhole:// or file:///DIR?format=debezium-json
+    /// Sink: postgres://…, blackhole://, file:///DIR?format=debezium-json or
+    /// nats://HOST:PORT?stream=NAME&subject_prefix=PFX
     #[arg(long, value_name = "URI")]
     sink_uri: Option<String>,
     /// Table rules, comma-separated or repeated: 'public.*,!public.audit_*'

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+pub mod events;
 pub mod workloads;
 
 use ferry_testkit::{FerryServer, PgCluster, PgOptions};

@@ -1,0 +1,372 @@
+//! The NATS JetStream sink, `nats://host:port?stream=NAME&subject_prefix=PFX`: every
+//! change and snapshot row as one Debezium JSON message (see `ferry_events` and
+//! `docs/events.md`) on subject `PFX.<schema>.<table>` ([`subject`]), in stream `NAME`.
+//!
+//! ```text
+//! apply / copy_chunk ──► ferry_events ──► send_publish (Nats-Msg-Id = event id) ──► acks
+//!                                                      commit_batch awaits them ─┘
+//! ```
+//!
+//! # Durability
+//! The checkpoint is the engine's ([`CheckpointStore::External`]): events are published
+//! asynchronously as they come, and [`Sink::commit_batch`] returns only once JetStream
+//! acknowledged every one of them (stored in the stream), so a saved checkpoint never
+//! covers an event the stream lacks. At least once: after a crash the stream resends from
+//! the checkpoint with the same event ids; every message carries its id as `Nats-Msg-Id`,
+//! so JetStream drops re-sends inside the stream's duplicate window, and as the
+//! `ferry-event-id` header, for consumers that deduplicate themselves. An aborted batch
+//! cannot be taken back: its events stay and come again with the same ids.
+//!
+//! # The stream
+//! An existing stream must take `PFX.>` among its subjects (Ferry never changes a stream
+//! it did not create); a missing one is created with subjects `PFX.>` and the server's
+//! defaults. Snapshot chunks are recorded in a stream of Ferry's own ([`chunks`]).
+//!
+//! # Errors
+//! A server that cannot be reached, a publish not acknowledged in time: transient (the
+//! engine retries; the batch is resent). A stream that does not take the subjects, a
+//! message over the server's `max_payload`: definite, with what to change.
+
+mod chunks;
+mod subject;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::context::{CreateStreamErrorKind, PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::{self, stream};
+use async_trait::async_trait;
+use ferry_core::{
+    CheckpointStore, ChunkData, ErrorClass, FinishedChunk, NatsSinkUri, Position, RowChange, Sink,
+    SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, TxMeta,
+};
+use ferry_events::{ChunkEvents, Event, Origin, TransactionEvents};
+use futures::StreamExt;
+
+use chunks::ChunkMarkers;
+
+/// Why 4096: enough publishes in flight to keep a link busy, few enough that a batch's
+/// pending acks stay small; past it the oldest ack is awaited before the next publish.
+const MAX_ACKS_IN_FLIGHT: usize = 4096;
+
+/// Why 10 s: a JetStream ack normally takes milliseconds; one that takes longer means
+/// the server is down or overloaded, and the batch is retried.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why 5 s: a server on the network answers a connect in well under it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects NATS JetStream sinks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NatsConnector;
+
+#[async_trait]
+impl SinkConnector for NatsConnector {
+    async fn connect(
+        &self,
+        uri: &SinkUri,
+        feed: &str,
+        policy: TargetPolicy,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        let uri = nats_uri(uri)?;
+        let js = connect(uri).await?;
+        ensure_stream(&js, uri).await?;
+        let chunks = ChunkMarkers::open(&js, uri.stream(), feed).await?;
+        Ok(Box::new(NatsSink {
+            js,
+            chunks,
+            prefix: uri.subject_prefix().to_string(),
+            origin: Origin {
+                name: feed.to_string(),
+                db: policy.source.map(|s| s.database).unwrap_or_default(),
+            },
+            tx: None,
+            acks: VecDeque::new(),
+        }))
+    }
+
+    /// Forgets the changefeed's chunk markers; its events stay in the stream (the user's).
+    async fn release(&self, uri: &SinkUri, feed: &str, _server_id: &str) -> Result<(), SinkError> {
+        let uri = nats_uri(uri)?;
+        let js = connect(uri).await?;
+        ChunkMarkers::open(&js, uri.stream(), feed)
+            .await?
+            .clear()
+            .await
+    }
+}
+
+fn nats_uri(uri: &SinkUri) -> Result<&NatsSinkUri, SinkError> {
+    match uri {
+        SinkUri::Nats(uri) => Ok(uri),
+        other => Err(SinkError::Unsupported {
+            message: format!("the NATS connector got a {} sink", other.masked()),
+        }),
+    }
+}
+
+async fn connect(uri: &NatsSinkUri) -> Result<jetstream::Context, SinkError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("ferry")
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(uri.server())
+        .await
+        .map_err(|e| SinkError::Connect {
+            what: format!("connect to NATS at {}", uri.server()),
+            class: ErrorClass::Transient,
+            source: Box::new(e),
+        })?;
+    Ok(jetstream::context::ContextBuilder::new()
+        .ack_timeout(ACK_TIMEOUT)
+        .max_ack_inflight(MAX_ACKS_IN_FLIGHT + 1)
+        .backpressure_on_inflight(true)
+        .build(client))
+}
+
+/// Finds the stream, or creates it, and checks that it takes `PFX.>`.
+async fn ensure_stream(js: &jetstream::Context, uri: &NatsSinkUri) -> Result<(), SinkError> {
+    let wildcard = format!("{}.>", uri.subject_prefix());
+    let config = stream::Config {
+        name: uri.stream().to_string(),
+        subjects: vec![wildcard.clone()],
+        ..Default::default()
+    };
+    let stream = js.get_or_create_stream(config).await.map_err(|e| {
+        let class = match e.kind() {
+            // The server refused (subjects overlapping another stream, limits).
+            CreateStreamErrorKind::JetStream(_) => ErrorClass::Definite,
+            _ => ErrorClass::Transient,
+        };
+        SinkError::Connect {
+            what: format!("find or create the JetStream stream {}", uri.stream()),
+            class,
+            source: Box::new(e),
+        }
+    })?;
+    let subjects = &stream.cached_info().config.subjects;
+    if !subjects.iter().any(|s| subject::covers(s, &wildcard)) {
+        return Err(SinkError::Unsupported {
+            message: format!(
+                "the JetStream stream {} takes subjects {subjects:?}, not {wildcard}; add \
+                 {wildcard} to its subjects or name another stream",
+                uri.stream()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A failure retrying may fix (the server down, a timeout).
+fn transient(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+    SinkError::Statement {
+        what: what.into(),
+        class: ErrorClass::Transient,
+        source: Box::new(e),
+    }
+}
+
+fn publish_error(e: async_nats::jetstream::context::PublishError) -> SinkError {
+    let class = match e.kind() {
+        // No stream takes the subject any more (deleted or changed by hand), or a message
+        // the server will never take: retrying cannot help.
+        PublishErrorKind::StreamNotFound | PublishErrorKind::MaxPayloadExceeded => {
+            ErrorClass::Definite
+        }
+        _ => ErrorClass::Transient,
+    };
+    SinkError::Statement {
+        what: "publish events to JetStream".into(),
+        class,
+        source: Box::new(e),
+    }
+}
+
+/// A value that does not read as its type: definite, never published as a guess.
+fn encode_error(e: ferry_events::EncodeError) -> SinkError {
+    SinkError::Unsupported {
+        message: format!("cannot encode an event: {e}"),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Publishes one changefeed's events into a stream.
+pub struct NatsSink {
+    js: jetstream::Context,
+    chunks: ChunkMarkers,
+    prefix: String,
+    origin: Origin,
+    /// The open source transaction, numbering its events.
+    tx: Option<TransactionEvents>,
+    /// Acks of the open batch not awaited yet, oldest first.
+    acks: VecDeque<PublishAckFuture>,
+}
+
+impl NatsSink {
+    async fn publish(&mut self, event: Event) -> Result<(), SinkError> {
+        if self.acks.len() >= MAX_ACKS_IN_FLIGHT {
+            let oldest = self.acks.pop_front().expect("the queue is full");
+            oldest.await.map_err(publish_error)?;
+        }
+        let payload = serde_json::to_vec(&event.json).expect("JSON values always serialize");
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(&event.id)
+            .header("ferry-event-id", event.id.as_str());
+        let ack = self
+            .js
+            .send_publish(subject::table_subject(&self.prefix, &event.table), message)
+            .await
+            .map_err(publish_error)?;
+        self.acks.push_back(ack);
+        Ok(())
+    }
+
+    /// Returns once every event published so far is stored in the stream.
+    async fn await_acks(&mut self) -> Result<(), SinkError> {
+        while let Some(ack) = self.acks.pop_front() {
+            ack.await.map_err(publish_error)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    fn checkpoint_store(&self) -> CheckpointStore {
+        CheckpointStore::External
+    }
+
+    async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
+        Ok(None)
+    }
+
+    async fn begin_transaction(&mut self, tx: &TxMeta) -> Result<(), SinkError> {
+        self.tx = Some(TransactionEvents::new(tx.clone()));
+        Ok(())
+    }
+
+    async fn ensure_table(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
+        let tx = self.tx.as_mut().ok_or_else(|| SinkError::Unsupported {
+            message: "a change arrived outside a source transaction".into(),
+        })?;
+        let events = tx
+            .events(&self.origin, &change, now_ms())
+            .map_err(encode_error)?;
+        for event in events {
+            self.publish(event).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit_batch(&mut self, _checkpoint: Position) -> Result<(), SinkError> {
+        self.await_acks().await
+    }
+
+    async fn abort_batch(&mut self) {
+        self.tx = None;
+        // Published events stay in the stream; a resent batch repeats them with the same
+        // ids, which the duplicate window drops.
+        self.acks.clear();
+    }
+
+    async fn rename_table(
+        &mut self,
+        _from: &TableId,
+        _schema: &Arc<TableSchema>,
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn release_tables(&mut self, _tables: &[TableId]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// A new first snapshot: every table an earlier one copied gets a `t` event first, so
+    /// a consumer drops rows the new copy may no longer have.
+    async fn reset_snapshot(&mut self) -> Result<(), SinkError> {
+        let mut cleared = HashSet::new();
+        for chunk in self.chunks.finished().await? {
+            if !cleared.insert(chunk.table.clone()) {
+                continue;
+            }
+            let event = ferry_events::reset_truncate_event(
+                &self.origin,
+                &chunk.table,
+                &chunk.snapshot,
+                now_ms(),
+            )
+            .map_err(encode_error)?;
+            self.publish(event).await?;
+        }
+        self.await_acks().await?;
+        self.chunks.clear().await
+    }
+
+    async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
+        self.chunks.finished().await
+    }
+
+    async fn ensure_table_for_copy(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Publishes the chunk's events, awaits their acks, then records the chunk.
+    async fn copy_chunk(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot: &Position,
+        replace: bool,
+        data: ChunkData,
+    ) -> Result<u64, SinkError> {
+        let ChunkData::Rows(mut rows) = data else {
+            return Err(SinkError::Unsupported {
+                message: "the NATS sink loads snapshot rows only".into(),
+            });
+        };
+        let read_error = |e: ferry_core::SourceError| SinkError::Connect {
+            what: "read a snapshot chunk".into(),
+            class: e.class,
+            source: Box::new(e),
+        };
+        let origin = self.origin.clone();
+        let mut events = ChunkEvents::new(&origin, schema, snapshot, chunk);
+        if replace {
+            self.publish(events.replace_event(now_ms()).map_err(encode_error)?)
+                .await?;
+        }
+        while let Some(row) = rows.next().await.transpose().map_err(read_error)? {
+            if let Some(event) = events.push(row, now_ms()).map_err(encode_error)? {
+                self.publish(event).await?;
+            }
+        }
+        let (last, count) = events.finish(now_ms()).map_err(encode_error)?;
+        if let Some(event) = last {
+            self.publish(event).await?;
+        }
+        self.await_acks().await?;
+        self.chunks
+            .record(&FinishedChunk {
+                table: schema.id.clone(),
+                chunk,
+                rows: count,
+                snapshot: snapshot.clone(),
+            })
+            .await?;
+        Ok(count)
+    }
+
+    async fn finish_table(&mut self, _schema: &TableSchema) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
