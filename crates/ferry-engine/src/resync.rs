@@ -15,6 +15,21 @@ use crate::lifecycle::Refusal;
 use crate::runner::tables::{self, RuntimeState};
 use crate::status::{ChangefeedStatus, FeedState, Phase};
 
+/// Refused for a changefeed that never copies: its tables cannot be copied again, so a
+/// re-sync, or a pause (whose resume re-copies), would leave a gap no one sees.
+pub(crate) fn copies_or_refuse(config: &crate::ChangefeedConfig) -> Result<(), EngineError> {
+    if config.copies() {
+        return Ok(());
+    }
+    Err(EngineError::InvalidConfig(
+        crate::ConfigError::InvalidOption {
+            field: "options.snapshot",
+            problem: "is never: this changefeed copies no table, so none can be re-synced, \
+                      or paused and resumed (a resume copies the table again)",
+        },
+    ))
+}
+
 impl Engine {
     /// Copies `tables` of the changefeed again (every table it replicates when `None`),
     /// then streams on from each copy's position.
@@ -44,6 +59,7 @@ impl Engine {
                 refusal: Refusal::Copying,
             });
         }
+        copies_or_refuse(&self.config(namespace, id)?)?;
         let tables = match tables {
             Some(tables) => tables,
             None => tables::planned_tables(&runtime),

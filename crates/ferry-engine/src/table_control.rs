@@ -64,6 +64,9 @@ impl Engine {
             )));
         }
         let mut config = self.config(namespace, id)?;
+        if action != TableAction::Remove {
+            crate::resync::copies_or_refuse(&config)?;
+        }
         match action {
             TableAction::Pause if state.is_held(table) => return self.status(namespace, id),
             TableAction::Resume if !state.is_held(table) => {

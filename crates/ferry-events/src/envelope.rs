@@ -204,6 +204,21 @@ pub fn recopy_truncate_event(
     })
 }
 
+/// The `t` events that go before a new first snapshot: one for each table the earlier
+/// snapshot's `finished` chunks copied.
+pub fn reset_events(
+    origin: &Origin,
+    finished: &[ferry_core::FinishedChunk],
+    now_ms: i64,
+) -> Result<Vec<Event>, EncodeError> {
+    let mut seen = std::collections::HashSet::new();
+    finished
+        .iter()
+        .filter(|chunk| seen.insert(&chunk.table))
+        .map(|chunk| reset_truncate_event(origin, &chunk.table, &chunk.snapshot, now_ms))
+        .collect()
+}
+
 /// The `t` event that goes before a new first snapshot for a table an earlier snapshot
 /// (at `snapshot`) copied, so a consumer drops rows the new copy may no longer have. Its id
 /// ends in `reset`: a recopy's `t` event of the same snapshot and chunk is another event.

@@ -19,7 +19,7 @@ pub mod value;
 
 pub use chunk::ChunkEvents;
 pub use envelope::{
-    recopy_truncate_event, reset_truncate_event, snapshot_event, EncodeError, Event, Op, Origin,
-    SnapshotRead, TransactionEvents,
+    recopy_truncate_event, reset_events, reset_truncate_event, snapshot_event, EncodeError, Event,
+    Op, Origin, SnapshotRead, TransactionEvents,
 };
 pub use value::{encode, ValueError, UNAVAILABLE_VALUE};

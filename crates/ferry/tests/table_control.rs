@@ -210,4 +210,27 @@ fn a_table_the_target_refuses_is_parked_while_the_others_go_on() {
     pair.wait_synced("park", MINUTE);
     pair.assert_same("public.t");
     pair.assert_same("public.u");
+
+    // A changefeed that never copies cannot copy a table again: no re-sync, no pause.
+    pair.source
+        .psql("shop", "CREATE TABLE c (id int PRIMARY KEY)");
+    let (code, body) = pair.ferry.post(
+        "/api/v2/changefeeds",
+        &json!({
+            "id": "never",
+            "source_uri": pair.source.uri("shop"),
+            "sink_uri": pair.target.uri("analytics"),
+            "tables": ["public.c"],
+            "options": {"snapshot": "never"},
+        }),
+    );
+    assert_eq!(code, 201, "{body}");
+    pair.wait_synced("never", MINUTE);
+    for path in ["tables/public.c/pause", "tables/public.c/resync", "resync"] {
+        let (code, body) = pair
+            .ferry
+            .post(&format!("/api/v2/changefeeds/never/{path}"), &json!({}));
+        assert_eq!(code, 400, "{path}: {body}");
+        assert_eq!(body["error_code"], "INVALID_CONFIG", "{path}: {body}");
+    }
 }

@@ -226,18 +226,9 @@ impl Sink for FileSink {
         let copied = dir
             .finished_chunks()
             .map_err(|e| io_error("read the chunk manifest", e))?;
-        let mut cleared = std::collections::HashSet::new();
-        for chunk in copied {
-            if !cleared.insert(chunk.table.clone()) {
-                continue;
-            }
-            let event = ferry_events::reset_truncate_event(
-                &self.origin,
-                &chunk.table,
-                &chunk.snapshot,
-                now_ms(),
-            )
-            .map_err(encode_error)?;
+        for event in
+            ferry_events::reset_events(&self.origin, &copied, now_ms()).map_err(encode_error)?
+        {
             let line = serde_json::to_vec(&event.json).expect("JSON values always serialize");
             dir.append(&line).map_err(|e| io_error("write events", e))?;
         }

@@ -30,7 +30,7 @@
 mod chunks;
 mod subject;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -294,18 +294,10 @@ impl Sink for NatsSink {
     /// A new first snapshot: every table an earlier one copied gets a `t` event first, so
     /// a consumer drops rows the new copy may no longer have.
     async fn reset_snapshot(&mut self) -> Result<(), SinkError> {
-        let mut cleared = HashSet::new();
-        for chunk in self.chunks.finished().await? {
-            if !cleared.insert(chunk.table.clone()) {
-                continue;
-            }
-            let event = ferry_events::reset_truncate_event(
-                &self.origin,
-                &chunk.table,
-                &chunk.snapshot,
-                now_ms(),
-            )
-            .map_err(encode_error)?;
+        let finished = self.chunks.finished().await?;
+        for event in
+            ferry_events::reset_events(&self.origin, &finished, now_ms()).map_err(encode_error)?
+        {
             self.publish(event).await?;
         }
         self.await_acks().await?;
