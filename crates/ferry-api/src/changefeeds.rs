@@ -10,7 +10,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ferry_core::{parse_postgres_uri, ConnectionUri, Position, SinkUri, TableFilter};
+use ferry_core::{parse_source_uri, ConnectionUri, Position, SinkUri, TableFilter};
 use ferry_engine::config::Options;
 use ferry_engine::{ChangefeedConfig, ChangefeedStatus, FeedState, Phase, SyncedReport};
 use serde::{Deserialize, Serialize};
@@ -253,7 +253,7 @@ fn build_config(
         (Some(_), Some(_)) => return Err(invalid("give either source or source_uri, not both")),
         (None, None) => return Err(invalid("source_uri (or source) is required")),
         (None, Some(uri)) => {
-            parse_postgres_uri(&uri).map_err(|e| invalid(format!("source_uri: {e}")))?
+            parse_source_uri(&uri).map_err(|e| invalid(format!("source_uri: {e}")))?
         }
         (Some(name), None) => {
             engine
@@ -439,10 +439,7 @@ pub(crate) async fn update(
     let source_uri = new
         .source_uri
         .map(|uri| unmask(&uri, Some(&current.source_uri)));
-    let current_sink: Option<&ConnectionUri> = match &current.sink_uri {
-        SinkUri::Postgres(uri) => Some(uri),
-        SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) => None,
-    };
+    let current_sink = current.sink_uri.connection();
     let sink_uri = unmask(&new.sink_uri, current_sink);
     let config = build_config(
         &state.engine,

@@ -56,7 +56,7 @@ mod tests {
 
     #[test]
     fn a_masked_password_keeps_the_stored_one() {
-        let stored = ferry_core::parse_postgres_uri("postgres://app:p%40ss@db:5432/shop").unwrap();
+        let stored = ferry_core::parse_source_uri("postgres://app:p%40ss@db:5432/shop").unwrap();
         assert_eq!(
             unmask("postgres://app:***@db2:5433/shop", Some(&stored)),
             "postgres://app:p%40ss@db2:5433/shop"
@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn a_masked_query_secret_keeps_the_stored_one() {
-        let stored = ferry_core::parse_postgres_uri(
+        let stored = ferry_core::parse_source_uri(
             "postgres://app@db/shop?password=p%26ss&sslmode=disable&sslpassword=k",
         )
         .unwrap();

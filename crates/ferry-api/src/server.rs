@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::Json;
-use ferry_core::{parse_postgres_uri, ConnectionUri, PartitionMode, TableFilter};
+use ferry_core::{parse_source_uri, ConnectionUri, PartitionMode, TableFilter};
 use ferry_engine::FeedState;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -124,7 +124,7 @@ pub(crate) async fn verify_table(
     let invalid = |m: String| ApiError::bad_request(ErrorCode::InvalidConfig, m);
     let uri: ConnectionUri = match (r.source_uri, r.source) {
         (Some(uri), None) => {
-            parse_postgres_uri(&uri).map_err(|e| invalid(format!("source_uri: {e}")))?
+            parse_source_uri(&uri).map_err(|e| invalid(format!("source_uri: {e}")))?
         }
         (None, Some(name)) => {
             state

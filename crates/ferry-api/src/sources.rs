@@ -5,7 +5,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ferry_core::parse_postgres_uri;
+use ferry_core::parse_source_uri;
 use ferry_engine::status::rfc3339;
 use ferry_engine::{SourceConfig, SourceReport};
 use serde::{Deserialize, Serialize};
@@ -96,7 +96,7 @@ fn view(state: &AppState, source: SourceConfig) -> SourceView {
 }
 
 fn parse_uri(uri: &str) -> Result<ferry_core::ConnectionUri, ApiError> {
-    parse_postgres_uri(uri)
+    parse_source_uri(uri)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidConfig, format!("uri: {e}")))
 }
 

@@ -8,6 +8,7 @@
 //! | `blackhole://` | — | [`blackhole::BlackholeConnector`] |
 //! | `file://` | — | [`file::FileConnector`] |
 //! | `nats://` | — | [`nats::NatsConnector`] |
+//! | `mysql://`, `mariadb://` | — | `ferry_mysql::sink::MySqlSinkConnector` |
 
 pub mod blackhole;
 pub mod file;
@@ -19,6 +20,7 @@ use ferry_core::{
     ConnectionUri, Connectors, ErrorClass, ForeignKeyCreated, SequenceSynced, SinkConnector,
     SinkUri, SourceConnector, SourceError, TableFilter,
 };
+use ferry_mysql::sink::MySqlSinkConnector;
 use ferry_postgres::connector::{PgSinkConnector, PgSourceConnector};
 use futures::future::BoxFuture;
 
@@ -43,6 +45,7 @@ impl Connectors for Registry {
             SinkUri::Blackhole => Arc::new(blackhole::BlackholeConnector),
             SinkUri::File(_) => Arc::new(file::FileConnector),
             SinkUri::Nats(_) => Arc::new(nats::NatsConnector),
+            SinkUri::Mysql(_) => Arc::new(MySqlSinkConnector),
         }
     }
 
@@ -57,7 +60,9 @@ impl Connectors for Registry {
                 SinkUri::Postgres(target) => {
                     ferry_postgres::connector::sync_sequences(source, target, filter).await
                 }
-                SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) => Ok(Vec::new()),
+                SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) | SinkUri::Mysql(_) => {
+                    Ok(Vec::new())
+                }
             }
         })
     }
@@ -73,7 +78,9 @@ impl Connectors for Registry {
                 SinkUri::Postgres(target) => {
                     ferry_postgres::connector::create_foreign_keys(source, target, filter).await
                 }
-                SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) => Ok(Vec::new()),
+                SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) | SinkUri::Mysql(_) => {
+                    Ok(Vec::new())
+                }
             }
         })
     }

@@ -57,5 +57,6 @@ pub use tls::{ClientCert, ConnectionSecurity, RootCerts, SslMode, TlsError, TlsO
 pub use uri::{
     file::{FileFormat, FileSinkUri},
     nats::NatsSinkUri,
-    parse_postgres_uri, ConnectionUri, PasswordError, PasswordSource, SinkUri, UriError,
+    parse_postgres_uri, parse_source_uri, ConnectionUri, PasswordError, PasswordSource, SinkUri,
+    UriError,
 };

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use ferry_core::{
-    ConnectionUri, ErrorClass, Position, SinkError, SinkUri, SourceConnector, TableFilter,
+    ConnectionUri, ErrorClass, Position, SinkError, SourceConnector, TableFilter,
     TargetPolicy, TargetProblem,
 };
 
@@ -29,7 +29,7 @@ pub(crate) fn check_password(uri: &ConnectionUri) -> Result<(), EngineError> {
 /// [`check_password`] for the source and the sink of `config`.
 pub(crate) fn check_passwords(config: &ChangefeedConfig) -> Result<(), EngineError> {
     check_password(&config.source_uri).map_err(|e| prefixed("source_uri", e))?;
-    if let SinkUri::Postgres(uri) = &config.sink_uri {
+    if let Some(uri) = config.sink_uri.connection() {
         check_password(uri).map_err(|e| prefixed("sink_uri", e))?;
     }
     Ok(())

@@ -15,6 +15,8 @@
 //! - [`ferry`]: [`FerryServer`], the real `ferry server` binary on a free port, with
 //!   `kill -9` and restart, and a tiny blocking HTTP(S) client for its API, with flags,
 //!   environment, tokens and HTTPS from [`FerryOptions`].
+//! - [`mariadb`]: [`MariaDb`], a fresh MariaDB server (ROW binlog with full metadata, GTIDs,
+//!   time zone `+02:00`) with a user `ferry`, `kill -9` and restart in place.
 //! - [`nats`]: [`NatsServer`], a `nats-server -js` (JetStream) with `kill -9` and restart
 //!   in place, for the NATS sink's tests.
 //! - [`proxy`]: [`TcpProxy`], a TCP proxy that [`TcpProxy::cut`]s the network silently
@@ -56,6 +58,7 @@
 pub mod certs;
 pub mod compare;
 pub mod ferry;
+pub mod mariadb;
 #[cfg(feature = "mem")]
 pub mod mem;
 pub mod nats;
@@ -67,6 +70,7 @@ pub mod workload;
 
 pub use compare::{compare_tables, Comparison, TableDiff};
 pub use ferry::{FerryOptions, FerryServer, HttpsClient};
+pub use mariadb::MariaDb;
 pub use nats::NatsServer;
 pub use postgres::{pg_bin_dir, PgCluster, PgOptions, ServerTls};
 pub use proxy::TcpProxy;

@@ -280,6 +280,30 @@ pub fn parse_postgres_uri(s: &str) -> Result<ConnectionUri, UriError> {
     check_postgres(s.parse()?)
 }
 
+/// A source URI of any database kind Ferry reads: PostgreSQL (a database name is
+/// required) or MySQL/MariaDB (`mysql://`, `mariadb://`; a database name limits the source
+/// to that database).
+pub fn parse_source_uri(s: &str) -> Result<ConnectionUri, UriError> {
+    let uri: ConnectionUri = s.parse()?;
+    match uri.scheme() {
+        "mysql" | "mariadb" => check_mysql(uri),
+        "postgres" | "postgresql" => check_postgres(uri),
+        other => Err(UriError::UnsupportedScheme {
+            scheme: other.to_string(),
+            expected: "postgres://, postgresql://, mysql:// or mariadb://",
+        }),
+    }
+}
+
+/// `uri` if it is a MySQL/MariaDB URI with a host.
+fn check_mysql(uri: ConnectionUri) -> Result<ConnectionUri, UriError> {
+    if uri.url.host_str().is_none_or(str::is_empty) {
+        return Err(UriError::Missing { part: "a host" });
+    }
+    uri.tls_options()?;
+    Ok(uri)
+}
+
 /// `uri` if it is a PostgreSQL URI with a host and a database.
 fn check_postgres(uri: ConnectionUri) -> Result<ConnectionUri, UriError> {
     match uri.scheme() {
@@ -315,13 +339,24 @@ pub enum SinkUri {
     File(file::FileSinkUri),
     /// `nats://host:port?stream=NAME&subject_prefix=PFX`: a NATS JetStream stream.
     Nats(nats::NatsSinkUri),
+    /// `mysql://` or `mariadb://`: a MySQL or MariaDB server.
+    Mysql(ConnectionUri),
 }
 
 impl SinkUri {
+    /// The database connection of a database sink (`None` for streams), whose password
+    /// the engine checks and an update keeps when given masked.
+    pub fn connection(&self) -> Option<&ConnectionUri> {
+        match self {
+            SinkUri::Postgres(uri) | SinkUri::Mysql(uri) => Some(uri),
+            SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) => None,
+        }
+    }
+
     /// The URI with secrets masked.
     pub fn masked(&self) -> String {
         match self {
-            SinkUri::Postgres(uri) => uri.masked(),
+            SinkUri::Postgres(uri) | SinkUri::Mysql(uri) => uri.masked(),
             SinkUri::Blackhole => "blackhole://".into(),
             SinkUri::File(uri) => uri.to_string(),
             SinkUri::Nats(uri) => uri.to_string(),
@@ -348,9 +383,11 @@ impl FromStr for SinkUri {
             "blackhole" => Ok(SinkUri::Blackhole),
             "file" => Ok(SinkUri::File(file::FileSinkUri::parse(&uri.url)?)),
             "nats" => Ok(SinkUri::Nats(nats::NatsSinkUri::parse(&uri.url)?)),
+            "mysql" | "mariadb" => Ok(SinkUri::Mysql(check_mysql(uri)?)),
             other => Err(UriError::UnsupportedScheme {
                 scheme: other.to_string(),
-                expected: "postgres://, postgresql://, blackhole://, file:// or nats://",
+                expected: "postgres://, postgresql://, mysql://, mariadb://, blackhole://, \
+                           file:// or nats://",
             }),
         }
     }
@@ -365,6 +402,9 @@ impl TryFrom<String> for SinkUri {
             Ok(uri) if matches!(uri.scheme(), "postgres" | "postgresql") => {
                 check_postgres(uri).map(SinkUri::Postgres)
             }
+            Ok(uri) if matches!(uri.scheme(), "mysql" | "mariadb") => {
+                check_mysql(uri).map(SinkUri::Mysql)
+            }
             _ => s.parse(),
         }
     }
@@ -374,7 +414,7 @@ impl TryFrom<String> for SinkUri {
 impl From<SinkUri> for String {
     fn from(uri: SinkUri) -> Self {
         match uri {
-            SinkUri::Postgres(uri) => uri.expose().to_string(),
+            SinkUri::Postgres(uri) | SinkUri::Mysql(uri) => uri.expose().to_string(),
             SinkUri::Blackhole => "blackhole://".into(),
             SinkUri::File(uri) => uri.to_string(),
             SinkUri::Nats(uri) => uri.to_string(),

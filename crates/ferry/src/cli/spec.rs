@@ -21,7 +21,7 @@
 //! as printed means "unchanged" to `update`, which then does not send it; a masked URI
 //! anywhere else is refused, since `***` is not the password.
 
-use ferry_core::{parse_postgres_uri, SinkUri, TableFilter};
+use ferry_core::{parse_source_uri, SinkUri, TableFilter};
 use ferry_engine::config::{validate_id, ChangefeedConfig, Options};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -150,7 +150,7 @@ impl ChangefeedSpec {
             }
         }
         if let Some(uri) = &self.source_uri {
-            if let Err(e) = parse_postgres_uri(uri) {
+            if let Err(e) = parse_source_uri(uri) {
                 problems.push(format!("source_uri: {e}"));
             } else if has_masked_password(uri) && purpose == Purpose::Create {
                 problems.push(masked_problem("source_uri"));
@@ -271,7 +271,7 @@ impl ChangefeedSpec {
     fn parsed_target_position(&self) -> Option<Result<ferry_core::Position, String>> {
         use ferry_core::Connectors;
         let text = self.target_position.as_deref()?;
-        let uri = parse_postgres_uri(self.source_uri.as_deref()?).ok()?;
+        let uri = parse_source_uri(self.source_uri.as_deref()?).ok()?;
         let connector = ferry_connectors::Registry.source(&uri).ok()?;
         Some(connector.parse_position(text).map_err(|e| e.to_string()))
     }
@@ -304,7 +304,7 @@ impl SourceSpec {
         }
         match &self.uri {
             Some(uri) => {
-                if let Err(e) = parse_postgres_uri(uri) {
+                if let Err(e) = parse_source_uri(uri) {
                     problems.push(format!("uri: {e}"));
                 } else if has_masked_password(uri) && purpose == Purpose::Create {
                     problems.push(masked_problem("uri"));
