@@ -51,7 +51,8 @@ pub use source::{
     TableDefinition,
 };
 pub use table::{
-    quote_ident, ColumnSchema, ReplicaIdentity, TableId, TableSchema, UserType, UserTypeKind,
+    quote_ident, ColumnSchema, Dialect, ReplicaIdentity, TableId, TableSchema, UserType,
+    UserTypeKind,
 };
 pub use tls::{ClientCert, ConnectionSecurity, RootCerts, SslMode, TlsError, TlsOptions};
 pub use uri::{

@@ -104,6 +104,29 @@ pub struct TableSchema {
     /// decide whether the rules select it ([`crate::TableFilter::selects`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partition_of: Vec<TableId>,
+    /// The SQL dialect of `type_name`s and of [`LogicalType::Other`] values: a sink of the
+    /// same dialect creates columns from `type_name` exactly; any other sink from
+    /// [`ColumnSchema::logical`]. Stored schemas without it are PostgreSQL's.
+    #[serde(default, skip_serializing_if = "Dialect::is_postgres")]
+    pub dialect: Dialect,
+}
+
+/// The SQL dialect a table's shape is written in (see [`TableSchema::dialect`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// PostgreSQL.
+    #[default]
+    Postgres,
+    /// MySQL and MariaDB.
+    Mysql,
+}
+
+impl Dialect {
+    /// Whether this is PostgreSQL's dialect (what schemas stored without one are).
+    pub fn is_postgres(&self) -> bool {
+        *self == Dialect::Postgres
+    }
 }
 
 /// A user-defined type a target must create before the table that uses it.
@@ -171,6 +194,7 @@ mod tests {
             identity,
             user_types: vec![],
             partition_of: vec![],
+            dialect: crate::Dialect::Postgres,
         };
         assert!(table(vec![0], ReplicaIdentity::Default).replicates_updates());
         assert!(table(vec![0], ReplicaIdentity::Index).replicates_updates());

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use ferry_core::{
-    ConnectionUri, ErrorClass, Position, SinkError, SourceConnector, TableFilter,
-    TargetPolicy, TargetProblem,
+    ConnectionUri, ErrorClass, Position, SinkError, SourceConnector, TableFilter, TargetPolicy,
+    TargetProblem,
 };
 
 use crate::config::ChangefeedConfig;

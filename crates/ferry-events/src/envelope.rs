@@ -235,6 +235,7 @@ pub fn reset_truncate_event(
         identity: ferry_core::ReplicaIdentity::Default,
         user_types: Vec::new(),
         partition_of: Vec::new(),
+        dialect: ferry_core::Dialect::Postgres,
     };
     let id = format!("snapshot:{snapshot}:{}:reset", table.id);
     let mut source = source_block(origin, &table, snapshot, &id);
@@ -365,6 +366,7 @@ mod tests {
             identity: ReplicaIdentity::Default,
             user_types: vec![],
             partition_of: vec![],
+            dialect: ferry_core::Dialect::Postgres,
         })
     }
 

@@ -6,7 +6,9 @@
 //! certificate, `verify-ca` checks the chain against `sslrootcert`, `verify-full` the
 //! host name too; `sslcert`/`sslkey` give a client certificate.
 
-use ferry_core::{ConnectionUri, ErrorClass, RootCerts, SinkError, SourceError, SslMode};
+use ferry_core::{
+    ConnectionUri, ErrorClass, RootCerts, ServerIdentity, SinkError, SourceError, SslMode,
+};
 use mysql_async::{ClientIdentity, Opts, OptsBuilder, SslOpts};
 
 /// The default MySQL port.
@@ -76,6 +78,25 @@ pub async fn connect(uri: &ConnectionUri) -> Result<mysql_async::Conn, mysql_asy
     let opts =
         opts(uri).map_err(|e| mysql_async::Error::Other(Box::new(std::io::Error::other(e.0))))?;
     mysql_async::Conn::new(opts).await
+}
+
+/// The server's identity, the same whether a source or a sink asks, so a sink refuses to
+/// write into the server it reads: the server's own host name and data directory (MariaDB
+/// has no server UUID; two servers never share both), and `database` (empty for a source
+/// that reads every database).
+pub async fn server_identity(
+    conn: &mut mysql_async::Conn,
+    database: &str,
+) -> Result<ServerIdentity, mysql_async::Error> {
+    use mysql_async::prelude::Queryable;
+    let (host, datadir): (String, String) = conn
+        .query_first("SELECT @@hostname, @@datadir")
+        .await?
+        .unwrap_or_default();
+    Ok(ServerIdentity {
+        system_identifier: format!("{host}:{datadir}"),
+        database: database.to_string(),
+    })
 }
 
 /// Whether retrying can help after `e`: network and server-gone errors are transient; a

@@ -340,6 +340,7 @@ pub async fn table_schema(client: &Client, oid: u32) -> Result<Option<TableSchem
         identity,
         user_types,
         partition_of,
+        dialect: ferry_core::Dialect::Postgres,
     }))
 }
 

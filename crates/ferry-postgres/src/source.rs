@@ -540,6 +540,7 @@ impl PgStream {
             identity,
             user_types: Vec::new(),
             partition_of: Vec::new(),
+            dialect: ferry_core::Dialect::Postgres,
         }
     }
 }

@@ -324,6 +324,7 @@ mod tests {
             identity: ReplicaIdentity::Default,
             user_types: vec![],
             partition_of: vec![],
+            dialect: ferry_core::Dialect::Postgres,
         }
     }
 

@@ -146,6 +146,7 @@ mod tests {
             identity: ReplicaIdentity::Default,
             user_types: Vec::new(),
             partition_of: Vec::new(),
+            dialect: ferry_core::Dialect::Postgres,
         })
     }
 

@@ -427,6 +427,7 @@ mod tests {
             identity: ReplicaIdentity::Default,
             user_types: vec![],
             partition_of: Vec::new(),
+            dialect: ferry_core::Dialect::Postgres,
         }
     }
 

@@ -590,6 +590,7 @@ mod fixtures {
             identity: ReplicaIdentity::Default,
             user_types: vec![],
             partition_of: Vec::new(),
+            dialect: ferry_core::Dialect::Postgres,
         }
     }
 

@@ -91,6 +91,7 @@ pub(super) fn table_schema(id: TableId) -> TableSchema {
         identity: ReplicaIdentity::Default,
         user_types: Vec::new(),
         partition_of: Vec::new(),
+        dialect: ferry_core::Dialect::Postgres,
     }
 }
 
