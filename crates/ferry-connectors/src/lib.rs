@@ -11,6 +11,7 @@
 //! | `mysql://`, `mariadb://` | — | `ferry_mysql::sink::MySqlSinkConnector` |
 
 pub mod blackhole;
+mod event_sink;
 pub mod file;
 pub mod nats;
 

@@ -23,8 +23,9 @@ const OWNER_FILE: &str = ".ferry-owner";
 const EXTENSION: &str = ".jsonl";
 const DIGITS: usize = 20;
 
-/// Where a batch began, to take it back.
-#[derive(Clone, Copy, Debug)]
+/// A place in the files: where a batch began, to take it back. Ordered by file, then
+/// offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Mark {
     seq: u64,
     len: u64,
@@ -41,6 +42,8 @@ pub(crate) struct EventDir {
     len: u64,
     /// A file was created since the directory was last fsynced.
     dir_dirty: bool,
+    /// Everything before it is fsynced and may be a recorded chunk's: never taken back.
+    durable: Mark,
 }
 
 /// The file name of sequence number `seq`.
@@ -101,6 +104,7 @@ impl EventDir {
             file: BufWriter::with_capacity(256 * 1024, file),
             len,
             dir_dirty: false,
+            durable: Mark { seq, len },
         })
     }
 
@@ -132,12 +136,16 @@ impl EventDir {
             sync_dir(&self.dir)?;
             self.dir_dirty = false;
         }
+        self.durable = self.mark();
         Ok(())
     }
 
-    /// Takes back everything appended since `mark`: files begun after it go, its file is
-    /// cut to where it was.
+    /// Takes back everything appended since `mark` and not fsynced since: files begun
+    /// after it go, its file is cut to where it was. What a sync made durable after `mark`
+    /// stays (a snapshot chunk of another worker may have recorded it meanwhile); the
+    /// batch's own events before it come again with the same ids.
     pub(crate) fn rollback(&mut self, mark: Mark) -> io::Result<()> {
+        let mark = mark.max(self.durable);
         // Whatever is buffered is discarded with the file's tail below.
         let _ = self.file.flush();
         for seq in mark.seq + 1..=self.seq {
@@ -158,6 +166,7 @@ impl EventDir {
         self.seq = mark.seq;
         self.len = mark.len;
         self.dir_dirty = false;
+        self.durable = mark;
         Ok(())
     }
 
@@ -360,6 +369,21 @@ mod tests {
         dir.sync().unwrap();
         let got: Vec<String> = lines(tmp.path()).into_iter().map(|(_, l)| l).collect();
         assert_eq!(got, ["one", "two"]);
+    }
+
+    #[test]
+    fn rollback_keeps_what_another_writer_synced_after_the_mark() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = EventDir::open(tmp.path(), 1 << 20, "f").unwrap();
+        let batch = dir.mark();
+        dir.append(b"batch").unwrap();
+        // A snapshot worker's chunk, made durable (and recorded) while the batch is open.
+        dir.append(b"chunk").unwrap();
+        dir.sync().unwrap();
+        dir.append(b"doomed").unwrap();
+        dir.rollback(batch).unwrap();
+        let got: Vec<String> = lines(tmp.path()).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(got, ["batch", "chunk"]);
     }
 
     #[test]

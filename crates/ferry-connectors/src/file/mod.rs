@@ -27,16 +27,15 @@ mod dir;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckpointStore, ChunkData, ErrorClass, FileSinkUri, FinishedChunk, Position, RowChange, Sink,
-    SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, TxMeta,
+    ErrorClass, FileSinkUri, FinishedChunk, Sink, SinkConnector, SinkError, SinkUri, TargetPolicy,
 };
-use ferry_events::{ChunkEvents, Event, Origin, TransactionEvents};
-use futures::StreamExt;
+use ferry_events::{Event, Origin};
 use tokio::sync::Mutex;
+
+use crate::event_sink::{EventSink, Transport};
 
 use dir::{EventDir, Mark, OpenError};
 
@@ -57,12 +56,11 @@ impl SinkConnector for FileConnector {
             name: feed.to_string(),
             db: policy.source.map(|s| s.database).unwrap_or_default(),
         };
-        Ok(Box::new(FileSink {
+        let transport = FileTransport {
             dir: shared_dir(uri, feed)?,
-            origin,
-            tx: None,
             batch_start: None,
-        }))
+        };
+        Ok(Box::new(EventSink::new(transport, origin)))
     }
 
     async fn release(&self, uri: &SinkUri, feed: &str, _server_id: &str) -> Result<(), SinkError> {
@@ -126,79 +124,31 @@ fn io_error(what: &str, e: std::io::Error) -> SinkError {
     }
 }
 
-/// A value that does not read as its type: definite, never written as a guess.
-fn encode_error(e: ferry_events::EncodeError) -> SinkError {
-    SinkError::Unsupported {
-        message: format!("cannot encode an event: {e}"),
-    }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Writes one changefeed's events into a directory.
-pub struct FileSink {
+/// Appends one changefeed's events to a directory.
+pub(crate) struct FileTransport {
     dir: Arc<Mutex<EventDir>>,
-    origin: Origin,
-    /// The open source transaction, numbering its events.
-    tx: Option<TransactionEvents>,
-    /// Where the open batch began in the files.
+    /// Where the events sent since the last flush began in the files.
     batch_start: Option<Mark>,
 }
 
-impl FileSink {
-    async fn write(&mut self, events: Vec<Event>) -> Result<(), SinkError> {
+#[async_trait]
+impl Transport for FileTransport {
+    async fn send(&mut self, event: Event) -> Result<(), SinkError> {
         let mut dir = self.dir.lock().await;
         self.batch_start.get_or_insert_with(|| dir.mark());
-        for event in events {
-            let line = serde_json::to_vec(&event.json).expect("JSON values always serialize");
-            dir.append(&line).map_err(|e| io_error("write events", e))?;
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Sink for FileSink {
-    fn checkpoint_store(&self) -> CheckpointStore {
-        CheckpointStore::External
+        let line = serde_json::to_vec(&event.json).expect("JSON values always serialize");
+        dir.append(&line).map_err(|e| io_error("write events", e))
     }
 
-    async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
-        Ok(None)
-    }
-
-    async fn begin_transaction(&mut self, tx: &TxMeta) -> Result<(), SinkError> {
-        self.tx = Some(TransactionEvents::new(tx.clone()));
-        Ok(())
-    }
-
-    async fn ensure_table(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
-        let tx = self.tx.as_mut().ok_or_else(|| SinkError::Unsupported {
-            message: "a change arrived outside a source transaction".into(),
-        })?;
-        let events = tx
-            .events(&self.origin, &change, now_ms())
-            .map_err(encode_error)?;
-        self.write(events).await
-    }
-
-    async fn commit_batch(&mut self, _checkpoint: Position) -> Result<(), SinkError> {
+    async fn flush(&mut self) -> Result<(), SinkError> {
         let mut dir = self.dir.lock().await;
         dir.sync().map_err(|e| io_error("fsync events", e))?;
         self.batch_start = None;
         Ok(())
     }
 
-    async fn abort_batch(&mut self) {
-        self.tx = None;
+    /// Cuts what was sent since the last flush off the files.
+    async fn discard(&mut self) {
         if let Some(mark) = self.batch_start.take() {
             if let Err(e) = self.dir.lock().await.rollback(mark) {
                 // The events stay: a resent batch repeats them with the same ids.
@@ -207,103 +157,32 @@ impl Sink for FileSink {
         }
     }
 
-    async fn rename_table(
-        &mut self,
-        _from: &TableId,
-        _schema: &Arc<TableSchema>,
-    ) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    async fn release_tables(&mut self, _tables: &[TableId]) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    /// A new first snapshot: every table an earlier one copied gets a `t` event first, so
-    /// a consumer drops rows the new copy may no longer have.
-    async fn reset_snapshot(&mut self) -> Result<(), SinkError> {
-        let mut dir = self.dir.lock().await;
-        let copied = dir
-            .finished_chunks()
-            .map_err(|e| io_error("read the chunk manifest", e))?;
-        for event in
-            ferry_events::reset_events(&self.origin, &copied, now_ms()).map_err(encode_error)?
-        {
-            let line = serde_json::to_vec(&event.json).expect("JSON values always serialize");
-            dir.append(&line).map_err(|e| io_error("write events", e))?;
-        }
-        dir.sync().map_err(|e| io_error("fsync events", e))?;
-        dir.clear_chunks()
-            .map_err(|e| io_error("clear the chunk manifest", e))
-    }
-
     async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
         let dir = self.dir.lock().await;
         dir.finished_chunks()
             .map_err(|e| io_error("read the chunk manifest", e))
     }
 
-    async fn ensure_table_for_copy(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    /// Holds the directory for the whole chunk, so a chunk's lines are contiguous.
-    async fn copy_chunk(
-        &mut self,
-        schema: &TableSchema,
-        chunk: u32,
-        snapshot: &Position,
-        replace: bool,
-        data: ChunkData,
-    ) -> Result<u64, SinkError> {
-        let ChunkData::Rows(mut rows) = data else {
-            return Err(SinkError::Unsupported {
-                message: "the file sink loads snapshot rows only".into(),
-            });
-        };
-        let read_error = |e: ferry_core::SourceError| SinkError::Connect {
-            what: "read a snapshot chunk".into(),
-            class: e.class,
-            source: Box::new(e),
-        };
+    async fn record_chunk(&mut self, chunk: &FinishedChunk) -> Result<(), SinkError> {
         let mut dir = self.dir.lock().await;
-        let mut append = |event: Event| {
-            let line = serde_json::to_vec(&event.json).expect("JSON values always serialize");
-            dir.append(&line).map_err(|e| io_error("write events", e))
-        };
-        let mut events = ChunkEvents::new(&self.origin, schema, snapshot, chunk);
-        if replace {
-            append(events.replace_event(now_ms()).map_err(encode_error)?)?;
-        }
-        while let Some(row) = rows.next().await.transpose().map_err(read_error)? {
-            if let Some(event) = events.push(row, now_ms()).map_err(encode_error)? {
-                append(event)?;
-            }
-        }
-        let (last, count) = events.finish(now_ms()).map_err(encode_error)?;
-        if let Some(event) = last {
-            append(event)?;
-        }
-        dir.sync().map_err(|e| io_error("fsync events", e))?;
-        dir.record_chunk(&FinishedChunk {
-            table: schema.id.clone(),
-            chunk,
-            rows: count,
-            snapshot: snapshot.clone(),
-        })
-        .map_err(|e| io_error("record a finished chunk", e))?;
-        Ok(count)
+        dir.record_chunk(chunk)
+            .map_err(|e| io_error("record a finished chunk", e))
     }
 
-    async fn finish_table(&mut self, _schema: &TableSchema) -> Result<(), SinkError> {
-        Ok(())
+    async fn clear_chunks(&mut self) -> Result<(), SinkError> {
+        let mut dir = self.dir.lock().await;
+        dir.clear_chunks()
+            .map_err(|e| io_error("clear the chunk manifest", e))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use ferry_core::{ColumnSchema, LogicalType, Lsn, ReplicaIdentity, Value};
-    use futures::stream;
+    use ferry_core::{
+        ChunkData, ColumnSchema, LogicalType, Lsn, Position, ReplicaIdentity, TableId, TableSchema,
+        Value,
+    };
+    use futures::{stream, StreamExt};
     use serde_json::Value as Json;
 
     use super::*;

@@ -31,19 +31,17 @@ mod chunks;
 mod subject;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::context::{CreateStreamErrorKind, PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use ferry_core::{
-    CheckpointStore, ChunkData, ErrorClass, FinishedChunk, NatsSinkUri, Position, RowChange, Sink,
-    SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, TxMeta,
+    ErrorClass, FinishedChunk, NatsSinkUri, Sink, SinkConnector, SinkError, SinkUri, TargetPolicy,
 };
-use ferry_events::{ChunkEvents, Event, Origin, TransactionEvents};
-use futures::StreamExt;
+use ferry_events::{Event, Origin};
 
+use crate::event_sink::{EventSink, Transport};
 use chunks::ChunkMarkers;
 
 /// Why 4096: enough publishes in flight to keep a link busy, few enough that a batch's
@@ -73,17 +71,17 @@ impl SinkConnector for NatsConnector {
         let js = connect(uri).await?;
         ensure_stream(&js, uri).await?;
         let chunks = ChunkMarkers::open(&js, uri.stream(), feed).await?;
-        Ok(Box::new(NatsSink {
+        let transport = NatsTransport {
             js,
             chunks,
             prefix: uri.subject_prefix().to_string(),
-            origin: Origin {
-                name: feed.to_string(),
-                db: policy.source.map(|s| s.database).unwrap_or_default(),
-            },
-            tx: None,
             acks: VecDeque::new(),
-        }))
+        };
+        let origin = Origin {
+            name: feed.to_string(),
+            db: policy.source.map(|s| s.database).unwrap_or_default(),
+        };
+        Ok(Box::new(EventSink::new(transport, origin)))
     }
 
     /// Forgets the changefeed's chunk markers; its events stay in the stream (the user's).
@@ -182,33 +180,18 @@ fn publish_error(e: async_nats::jetstream::context::PublishError) -> SinkError {
     }
 }
 
-/// A value that does not read as its type: definite, never published as a guess.
-fn encode_error(e: ferry_events::EncodeError) -> SinkError {
-    SinkError::Unsupported {
-        message: format!("cannot encode an event: {e}"),
-    }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Publishes one changefeed's events into a stream.
-pub struct NatsSink {
+pub(crate) struct NatsTransport {
     js: jetstream::Context,
     chunks: ChunkMarkers,
     prefix: String,
-    origin: Origin,
-    /// The open source transaction, numbering its events.
-    tx: Option<TransactionEvents>,
-    /// Acks of the open batch not awaited yet, oldest first.
+    /// Acks not awaited yet, oldest first.
     acks: VecDeque<PublishAckFuture>,
 }
 
-impl NatsSink {
-    async fn publish(&mut self, event: Event) -> Result<(), SinkError> {
+#[async_trait]
+impl Transport for NatsTransport {
+    async fn send(&mut self, event: Event) -> Result<(), SinkError> {
         if self.acks.len() >= MAX_ACKS_IN_FLIGHT {
             let oldest = self.acks.pop_front().expect("the queue is full");
             oldest.await.map_err(publish_error)?;
@@ -228,137 +211,28 @@ impl NatsSink {
     }
 
     /// Returns once every event published so far is stored in the stream.
-    async fn await_acks(&mut self) -> Result<(), SinkError> {
+    async fn flush(&mut self) -> Result<(), SinkError> {
         while let Some(ack) = self.acks.pop_front() {
             ack.await.map_err(publish_error)?;
         }
         Ok(())
     }
-}
 
-#[async_trait]
-impl Sink for NatsSink {
-    fn checkpoint_store(&self) -> CheckpointStore {
-        CheckpointStore::External
-    }
-
-    async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
-        Ok(None)
-    }
-
-    async fn begin_transaction(&mut self, tx: &TxMeta) -> Result<(), SinkError> {
-        self.tx = Some(TransactionEvents::new(tx.clone()));
-        Ok(())
-    }
-
-    async fn ensure_table(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
-        let tx = self.tx.as_mut().ok_or_else(|| SinkError::Unsupported {
-            message: "a change arrived outside a source transaction".into(),
-        })?;
-        let events = tx
-            .events(&self.origin, &change, now_ms())
-            .map_err(encode_error)?;
-        for event in events {
-            self.publish(event).await?;
-        }
-        Ok(())
-    }
-
-    async fn commit_batch(&mut self, _checkpoint: Position) -> Result<(), SinkError> {
-        self.await_acks().await
-    }
-
-    async fn abort_batch(&mut self) {
-        self.tx = None;
-        // Published events stay in the stream; a resent batch repeats them with the same
-        // ids, which the duplicate window drops.
+    /// Published events stay in the stream; a resent batch repeats them with the same ids,
+    /// which the duplicate window drops.
+    async fn discard(&mut self) {
         self.acks.clear();
-    }
-
-    async fn rename_table(
-        &mut self,
-        _from: &TableId,
-        _schema: &Arc<TableSchema>,
-    ) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    async fn release_tables(&mut self, _tables: &[TableId]) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    /// A new first snapshot: every table an earlier one copied gets a `t` event first, so
-    /// a consumer drops rows the new copy may no longer have.
-    async fn reset_snapshot(&mut self) -> Result<(), SinkError> {
-        let finished = self.chunks.finished().await?;
-        for event in
-            ferry_events::reset_events(&self.origin, &finished, now_ms()).map_err(encode_error)?
-        {
-            self.publish(event).await?;
-        }
-        self.await_acks().await?;
-        self.chunks.clear().await
     }
 
     async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
         self.chunks.finished().await
     }
 
-    async fn ensure_table_for_copy(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        Ok(())
+    async fn record_chunk(&mut self, chunk: &FinishedChunk) -> Result<(), SinkError> {
+        self.chunks.record(chunk).await
     }
 
-    /// Publishes the chunk's events, awaits their acks, then records the chunk.
-    async fn copy_chunk(
-        &mut self,
-        schema: &TableSchema,
-        chunk: u32,
-        snapshot: &Position,
-        replace: bool,
-        data: ChunkData,
-    ) -> Result<u64, SinkError> {
-        let ChunkData::Rows(mut rows) = data else {
-            return Err(SinkError::Unsupported {
-                message: "the NATS sink loads snapshot rows only".into(),
-            });
-        };
-        let read_error = |e: ferry_core::SourceError| SinkError::Connect {
-            what: "read a snapshot chunk".into(),
-            class: e.class,
-            source: Box::new(e),
-        };
-        let origin = self.origin.clone();
-        let mut events = ChunkEvents::new(&origin, schema, snapshot, chunk);
-        if replace {
-            self.publish(events.replace_event(now_ms()).map_err(encode_error)?)
-                .await?;
-        }
-        while let Some(row) = rows.next().await.transpose().map_err(read_error)? {
-            if let Some(event) = events.push(row, now_ms()).map_err(encode_error)? {
-                self.publish(event).await?;
-            }
-        }
-        let (last, count) = events.finish(now_ms()).map_err(encode_error)?;
-        if let Some(event) = last {
-            self.publish(event).await?;
-        }
-        self.await_acks().await?;
-        self.chunks
-            .record(&FinishedChunk {
-                table: schema.id.clone(),
-                chunk,
-                rows: count,
-                snapshot: snapshot.clone(),
-            })
-            .await?;
-        Ok(count)
-    }
-
-    async fn finish_table(&mut self, _schema: &TableSchema) -> Result<(), SinkError> {
-        Ok(())
+    async fn clear_chunks(&mut self) -> Result<(), SinkError> {
+        self.chunks.clear().await
     }
 }

@@ -1,0 +1,208 @@
+//! What every stream sink shares: turning changes and snapshot chunks into Debezium events
+//! ([`ferry_events`]), numbering them within their transaction, preceding re-copies with
+//! `t` events, and the order of durability. A [`Transport`] only moves events and keeps
+//! the chunk markers; [`EventSink`] is the [`Sink`] over any of them.
+//!
+//! ```text
+//! apply(change) ─► TransactionEvents ─► Transport::send ┐
+//! copy_chunk    ─► ChunkEvents ───────► Transport::send ┼─► flush ─► (commit_batch returns)
+//!                                         record_chunk ◄┘   (chunk: after its flush)
+//! ```
+//!
+//! # Durability
+//! The checkpoint is the engine's ([`CheckpointStore::External`]): [`Sink::commit_batch`]
+//! returns once [`Transport::flush`] made every event sent durable at the destination, so
+//! a saved checkpoint never covers an event the destination lacks; a chunk is recorded only
+//! after its events are flushed. Delivery is at-least-once, with stable event ids.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use ferry_core::{
+    CheckpointStore, ChunkData, FinishedChunk, Position, RowChange, Sink, SinkError, TableId,
+    TableSchema, TxMeta,
+};
+use ferry_events::{ChunkEvents, Event, Origin, TransactionEvents};
+use futures::StreamExt;
+
+/// Moves events to one kind of destination.
+#[async_trait]
+pub(crate) trait Transport: Send {
+    /// Sends one event of the open batch or chunk; it may stay buffered until
+    /// [`Transport::flush`].
+    async fn send(&mut self, event: Event) -> Result<(), SinkError>;
+
+    /// Returns once every event sent so far is durable at the destination.
+    async fn flush(&mut self) -> Result<(), SinkError>;
+
+    /// Forgets the events sent since the last flush, taking back what the destination
+    /// allows (what stays comes again with the same ids).
+    async fn discard(&mut self);
+
+    /// The snapshot chunks recorded.
+    async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError>;
+
+    /// Records a chunk whose events are flushed.
+    async fn record_chunk(&mut self, chunk: &FinishedChunk) -> Result<(), SinkError>;
+
+    /// Forgets every recorded chunk.
+    async fn clear_chunks(&mut self) -> Result<(), SinkError>;
+}
+
+/// A [`Sink`] that writes Debezium events through a [`Transport`].
+pub(crate) struct EventSink<T> {
+    transport: T,
+    origin: Origin,
+    /// The open source transaction, numbering its events.
+    tx: Option<TransactionEvents>,
+}
+
+impl<T: Transport> EventSink<T> {
+    /// Events of changefeed `origin` through `transport`.
+    pub(crate) fn new(transport: T, origin: Origin) -> Self {
+        EventSink {
+            transport,
+            origin,
+            tx: None,
+        }
+    }
+}
+
+/// A value that does not read as its type: definite, never sent as a guess.
+fn encode_error(e: ferry_events::EncodeError) -> SinkError {
+    SinkError::Unsupported {
+        message: format!("cannot encode an event: {e}"),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[async_trait]
+impl<T: Transport> Sink for EventSink<T> {
+    fn checkpoint_store(&self) -> CheckpointStore {
+        CheckpointStore::External
+    }
+
+    async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
+        Ok(None)
+    }
+
+    async fn begin_transaction(&mut self, tx: &TxMeta) -> Result<(), SinkError> {
+        self.tx = Some(TransactionEvents::new(tx.clone()));
+        Ok(())
+    }
+
+    async fn ensure_table(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
+        let tx = self.tx.as_mut().ok_or_else(|| SinkError::Unsupported {
+            message: "a change arrived outside a source transaction".into(),
+        })?;
+        let events = tx
+            .events(&self.origin, &change, now_ms())
+            .map_err(encode_error)?;
+        for event in events {
+            self.transport.send(event).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit_batch(&mut self, _checkpoint: Position) -> Result<(), SinkError> {
+        self.transport.flush().await
+    }
+
+    async fn abort_batch(&mut self) {
+        self.tx = None;
+        self.transport.discard().await;
+    }
+
+    async fn rename_table(
+        &mut self,
+        _from: &TableId,
+        _schema: &Arc<TableSchema>,
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn release_tables(&mut self, _tables: &[TableId]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// A new first snapshot: every table an earlier one copied gets a `t` event first, so
+    /// a consumer drops rows the new copy may no longer have.
+    async fn reset_snapshot(&mut self) -> Result<(), SinkError> {
+        let finished = self.transport.finished_chunks().await?;
+        for event in
+            ferry_events::reset_events(&self.origin, &finished, now_ms()).map_err(encode_error)?
+        {
+            self.transport.send(event).await?;
+        }
+        self.transport.flush().await?;
+        self.transport.clear_chunks().await
+    }
+
+    async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
+        self.transport.finished_chunks().await
+    }
+
+    async fn ensure_table_for_copy(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Sends the chunk's `r` events (after a `t` when the table is copied again whole),
+    /// flushes them, then records the chunk.
+    async fn copy_chunk(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot: &Position,
+        replace: bool,
+        data: ChunkData,
+    ) -> Result<u64, SinkError> {
+        let ChunkData::Rows(mut rows) = data else {
+            return Err(SinkError::Unsupported {
+                message: "stream sinks load snapshot rows only".into(),
+            });
+        };
+        let read_error = |e: ferry_core::SourceError| SinkError::Connect {
+            what: "read a snapshot chunk".into(),
+            class: e.class,
+            source: Box::new(e),
+        };
+        let mut events = ChunkEvents::new(&self.origin, schema, snapshot, chunk);
+        if replace {
+            let truncate = events.replace_event(now_ms()).map_err(encode_error)?;
+            self.transport.send(truncate).await?;
+        }
+        while let Some(row) = rows.next().await.transpose().map_err(read_error)? {
+            if let Some(event) = events.push(row, now_ms()).map_err(encode_error)? {
+                self.transport.send(event).await?;
+            }
+        }
+        let (last, count) = events.finish(now_ms()).map_err(encode_error)?;
+        if let Some(event) = last {
+            self.transport.send(event).await?;
+        }
+        self.transport.flush().await?;
+        self.transport
+            .record_chunk(&FinishedChunk {
+                table: schema.id.clone(),
+                chunk,
+                rows: count,
+                snapshot: snapshot.clone(),
+            })
+            .await?;
+        Ok(count)
+    }
+
+    async fn finish_table(&mut self, _schema: &TableSchema) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
