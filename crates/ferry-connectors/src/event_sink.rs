@@ -69,6 +69,28 @@ impl<T: Transport> EventSink<T> {
     }
 }
 
+/// A chunk marker as stream sinks store it (JSON, the position in its own notation).
+pub(crate) fn marker_json(chunk: &FinishedChunk) -> serde_json::Value {
+    serde_json::json!({
+        "schema": chunk.table.schema,
+        "table": chunk.table.name,
+        "chunk": chunk.chunk,
+        "rows": chunk.rows,
+        "snapshot": chunk.snapshot,
+    })
+}
+
+/// A chunk marker read back; `None` when it is not one Ferry wrote.
+pub(crate) fn parse_marker(payload: &[u8]) -> Option<FinishedChunk> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    Some(FinishedChunk {
+        table: TableId::new(v["schema"].as_str()?, v["table"].as_str()?),
+        chunk: u32::try_from(v["chunk"].as_u64()?).ok()?,
+        rows: v["rows"].as_u64()?,
+        snapshot: serde_json::from_value::<Position>(v["snapshot"].clone()).ok()?,
+    })
+}
+
 /// A value that does not read as its type: definite, never sent as a guess.
 fn encode_error(e: ferry_events::EncodeError) -> SinkError {
     SinkError::Unsupported {

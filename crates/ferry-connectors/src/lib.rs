@@ -9,10 +9,13 @@
 //! | `file://` | — | [`file::FileConnector`] |
 //! | `nats://` | — | [`nats::NatsConnector`] |
 //! | `mysql://`, `mariadb://` | — | `ferry_mysql::sink::MySqlSinkConnector` |
+//! | `kafka://` | — | `kafka::KafkaConnector` (cargo feature `kafka`) |
 
 pub mod blackhole;
 mod event_sink;
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod nats;
 
 use std::sync::Arc;
@@ -47,6 +50,10 @@ impl Connectors for Registry {
             SinkUri::File(_) => Arc::new(file::FileConnector),
             SinkUri::Nats(_) => Arc::new(nats::NatsConnector),
             SinkUri::Mysql(_) => Arc::new(MySqlSinkConnector),
+            #[cfg(feature = "kafka")]
+            SinkUri::Kafka(_) => Arc::new(kafka::KafkaConnector),
+            #[cfg(not(feature = "kafka"))]
+            SinkUri::Kafka(_) => Arc::new(NotBuilt("Kafka", "kafka")),
         }
     }
 
@@ -61,9 +68,11 @@ impl Connectors for Registry {
                 SinkUri::Postgres(target) => {
                     ferry_postgres::connector::sync_sequences(source, target, filter).await
                 }
-                SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) | SinkUri::Mysql(_) => {
-                    Ok(Vec::new())
-                }
+                SinkUri::Blackhole
+                | SinkUri::File(_)
+                | SinkUri::Nats(_)
+                | SinkUri::Kafka(_)
+                | SinkUri::Mysql(_) => Ok(Vec::new()),
             }
         })
     }
@@ -79,10 +88,34 @@ impl Connectors for Registry {
                 SinkUri::Postgres(target) => {
                     ferry_postgres::connector::create_foreign_keys(source, target, filter).await
                 }
-                SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) | SinkUri::Mysql(_) => {
-                    Ok(Vec::new())
-                }
+                SinkUri::Blackhole
+                | SinkUri::File(_)
+                | SinkUri::Nats(_)
+                | SinkUri::Kafka(_)
+                | SinkUri::Mysql(_) => Ok(Vec::new()),
             }
+        })
+    }
+}
+
+/// A sink kind this build leaves out: every connect says which cargo feature brings it.
+#[cfg(not(feature = "kafka"))]
+struct NotBuilt(&'static str, &'static str);
+
+#[cfg(not(feature = "kafka"))]
+#[async_trait::async_trait]
+impl SinkConnector for NotBuilt {
+    async fn connect(
+        &self,
+        _uri: &SinkUri,
+        _feed: &str,
+        _policy: ferry_core::TargetPolicy,
+    ) -> Result<Box<dyn ferry_core::Sink>, ferry_core::SinkError> {
+        Err(ferry_core::SinkError::Unsupported {
+            message: format!(
+                "this ferry was built without the {} sink: build it with cargo feature `{}`",
+                self.0, self.1
+            ),
         })
     }
 }

@@ -57,6 +57,7 @@ pub use table::{
 pub use tls::{ClientCert, ConnectionSecurity, RootCerts, SslMode, TlsError, TlsOptions};
 pub use uri::{
     file::{FileFormat, FileSinkUri},
+    kafka::{KafkaSinkUri, KafkaTopics},
     nats::NatsSinkUri,
     parse_postgres_uri, parse_source_uri, ConnectionUri, PasswordError, PasswordSource, SinkUri,
     UriError,

@@ -72,6 +72,9 @@ pub struct Event {
     pub id: String,
     /// The table it belongs to.
     pub table: ferry_core::TableId,
+    /// The message key, as Debezium's: the row's key columns as a JSON object (the new
+    /// row's, the old one's for a delete); null for a table without a key and for `t`.
+    pub key: Json,
     /// The envelope.
     pub json: Json,
 }
@@ -135,6 +138,7 @@ impl TransactionEvents {
                 "data_collection_order": *in_table,
             });
             events.push(Event {
+                key: key_json(table, after.or(before))?,
                 json: envelope(table, op, before, after, source, transaction, now_ms)?,
                 table: table.id.clone(),
                 id,
@@ -177,6 +181,7 @@ pub fn snapshot_event(
     );
     source.insert("txId".into(), Json::Null);
     Ok(Event {
+        key: key_json(table, Some(row))?,
         json: envelope(table, Op::Read, None, Some(row), source, Json::Null, now_ms)?,
         table: table.id.clone(),
         id,
@@ -198,6 +203,7 @@ pub fn recopy_truncate_event(
     source.insert("snapshot".into(), json!("true"));
     source.insert("txId".into(), Json::Null);
     Ok(Event {
+        key: Json::Null,
         json: envelope(table, Op::Truncate, None, None, source, Json::Null, now_ms)?,
         table: table.id.clone(),
         id,
@@ -243,6 +249,7 @@ pub fn reset_truncate_event(
     source.insert("snapshot".into(), json!("true"));
     source.insert("txId".into(), Json::Null);
     Ok(Event {
+        key: Json::Null,
         json: envelope(&table, Op::Truncate, None, None, source, Json::Null, now_ms)?,
         table: table.id,
         id,
@@ -314,6 +321,21 @@ fn row_json(table: &TableSchema, row: Option<&Row>) -> Result<Json, EncodeError>
     };
     let mut object = Map::new();
     for (column, value) in table.columns.iter().zip(row) {
+        object.insert(column.name.clone(), column_json(table, column, value)?);
+    }
+    Ok(Json::Object(object))
+}
+
+/// The key columns of `row` as an object; null without a key or a row.
+fn key_json(table: &TableSchema, row: Option<&Row>) -> Result<Json, EncodeError> {
+    let Some(row) = row.filter(|_| table.has_key()) else {
+        return Ok(Json::Null);
+    };
+    let mut object = Map::new();
+    for &i in &table.key {
+        let (Some(column), Some(value)) = (table.columns.get(i), row.get(i)) else {
+            continue;
+        };
         object.insert(column.name.clone(), column_json(table, column, value)?);
     }
     Ok(Json::Object(object))

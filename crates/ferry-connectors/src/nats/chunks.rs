@@ -6,11 +6,11 @@
 //! nats-server 2.9 of Debian 12.)
 
 use async_nats::jetstream::{self, stream};
-use ferry_core::{ErrorClass, FinishedChunk, Position, SinkError, TableId};
+use ferry_core::{ErrorClass, FinishedChunk, SinkError};
 use futures::TryStreamExt;
-use serde_json::json;
 
 use super::transient;
+use crate::event_sink::{marker_json, parse_marker};
 
 /// One stream for every changefeed writing this server; subjects name the stream and feed.
 pub(crate) const CHUNK_STREAM: &str = "FERRY_CHUNKS";
@@ -61,13 +61,7 @@ impl ChunkMarkers {
             hex(&chunk.table.name),
             chunk.chunk
         );
-        let value = json!({
-            "schema": chunk.table.schema,
-            "table": chunk.table.name,
-            "chunk": chunk.chunk,
-            "rows": chunk.rows,
-            "snapshot": chunk.snapshot,
-        });
+        let value = marker_json(chunk);
         self.js
             .publish(subject, value.to_string().into())
             .await
@@ -94,17 +88,7 @@ impl ChunkMarkers {
                 .get_last_raw_message_by_subject(&subject)
                 .await
                 .map_err(|e| transient("read a chunk marker", e))?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&message.payload).map_err(|_| corrupt(&subject))?;
-            let read = || -> Option<FinishedChunk> {
-                Some(FinishedChunk {
-                    table: TableId::new(v["schema"].as_str()?, v["table"].as_str()?),
-                    chunk: u32::try_from(v["chunk"].as_u64()?).ok()?,
-                    rows: v["rows"].as_u64()?,
-                    snapshot: serde_json::from_value::<Position>(v["snapshot"].clone()).ok()?,
-                })
-            };
-            chunks.push(read().ok_or_else(|| corrupt(&subject))?);
+            chunks.push(parse_marker(&message.payload).ok_or_else(|| corrupt(&subject))?);
         }
         Ok(chunks)
     }

@@ -12,6 +12,7 @@
 //! [`password`]): then it is read at every connect and never stored.
 
 pub mod file;
+pub mod kafka;
 pub mod mask;
 pub mod nats;
 pub mod password;
@@ -341,6 +342,8 @@ pub enum SinkUri {
     Nats(nats::NatsSinkUri),
     /// `mysql://` or `mariadb://`: a MySQL or MariaDB server.
     Mysql(ConnectionUri),
+    /// `kafka://host:port[,…]?topic_prefix=PFX`: Kafka topics.
+    Kafka(kafka::KafkaSinkUri),
 }
 
 impl SinkUri {
@@ -349,7 +352,7 @@ impl SinkUri {
     pub fn connection(&self) -> Option<&ConnectionUri> {
         match self {
             SinkUri::Postgres(uri) | SinkUri::Mysql(uri) => Some(uri),
-            SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) => None,
+            SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) | SinkUri::Kafka(_) => None,
         }
     }
 
@@ -360,6 +363,7 @@ impl SinkUri {
             SinkUri::Blackhole => "blackhole://".into(),
             SinkUri::File(uri) => uri.to_string(),
             SinkUri::Nats(uri) => uri.to_string(),
+            SinkUri::Kafka(uri) => uri.to_string(),
         }
     }
 }
@@ -377,6 +381,9 @@ impl FromStr for SinkUri {
         if s == "blackhole://" || s == "blackhole:" {
             return Ok(SinkUri::Blackhole);
         }
+        if s.starts_with("kafka://") {
+            return Ok(SinkUri::Kafka(kafka::KafkaSinkUri::parse(s)?));
+        }
         let uri: ConnectionUri = s.parse()?;
         match uri.scheme() {
             "postgres" | "postgresql" => Ok(SinkUri::Postgres(parse_postgres_uri(s)?)),
@@ -387,7 +394,7 @@ impl FromStr for SinkUri {
             other => Err(UriError::UnsupportedScheme {
                 scheme: other.to_string(),
                 expected: "postgres://, postgresql://, mysql://, mariadb://, blackhole://, \
-                           file:// or nats://",
+                           file://, nats:// or kafka://",
             }),
         }
     }
@@ -418,6 +425,7 @@ impl From<SinkUri> for String {
             SinkUri::Blackhole => "blackhole://".into(),
             SinkUri::File(uri) => uri.to_string(),
             SinkUri::Nats(uri) => uri.to_string(),
+            SinkUri::Kafka(uri) => uri.to_string(),
         }
     }
 }
@@ -448,7 +456,7 @@ mod tests {
             SinkUri::Blackhole
         );
         assert!(matches!(
-            "kafka://x:9092/t".parse::<SinkUri>(),
+            "amqp://x:5672/t".parse::<SinkUri>(),
             Err(UriError::UnsupportedScheme { .. })
         ));
         assert!(matches!(
