@@ -10,6 +10,7 @@
 //! | `nats://` | — | [`nats::NatsConnector`] |
 //! | `mysql://`, `mariadb://` | — | `ferry_mysql::sink::MySqlSinkConnector` |
 //! | `kafka://` | — | `kafka::KafkaConnector` (cargo feature `kafka`) |
+//! | `http://`, `https://` | — | [`webhook::WebhookConnector`] |
 
 pub mod blackhole;
 mod event_sink;
@@ -17,6 +18,7 @@ pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod nats;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -54,6 +56,7 @@ impl Connectors for Registry {
             SinkUri::Kafka(_) => Arc::new(kafka::KafkaConnector),
             #[cfg(not(feature = "kafka"))]
             SinkUri::Kafka(_) => Arc::new(NotBuilt("Kafka", "kafka")),
+            SinkUri::Webhook(_) => Arc::new(webhook::WebhookConnector),
         }
     }
 
@@ -72,7 +75,8 @@ impl Connectors for Registry {
                 | SinkUri::File(_)
                 | SinkUri::Nats(_)
                 | SinkUri::Kafka(_)
-                | SinkUri::Mysql(_) => Ok(Vec::new()),
+                | SinkUri::Mysql(_)
+                | SinkUri::Webhook(_) => Ok(Vec::new()),
             }
         })
     }
@@ -92,7 +96,8 @@ impl Connectors for Registry {
                 | SinkUri::File(_)
                 | SinkUri::Nats(_)
                 | SinkUri::Kafka(_)
-                | SinkUri::Mysql(_) => Ok(Vec::new()),
+                | SinkUri::Mysql(_)
+                | SinkUri::Webhook(_) => Ok(Vec::new()),
             }
         })
     }

@@ -208,6 +208,9 @@ pub struct TargetPolicy {
     pub source: Option<ServerIdentity>,
     /// `stop`: never change a table's shape on the target; stop instead.
     pub ddl: DdlPolicy,
+    /// The changefeed's chunk ledger in the engine's store, for sinks whose destination
+    /// cannot keep chunk markers; `None` where the engine offers none (checks).
+    pub chunk_ledger: Option<crate::ChunkLedgerHandle>,
 }
 
 /// Why a changefeed may not write its target tables, found by [`SinkConnector::preflight`].

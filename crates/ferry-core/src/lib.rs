@@ -45,7 +45,10 @@ pub use filter::{FilterError, PartitionMode, TableFilter};
 pub use logical::LogicalType;
 pub use position::{Lsn, ParsePositionError, Position};
 pub use sink::{CheckpointStore, DdlPolicy, ExistingTarget, Sink, SinkError, TxMeta};
-pub use snapshot::{BulkFormat, ChunkData, ChunkSpec, FinishedChunk, RowStream, TablePlan};
+pub use snapshot::{
+    BulkFormat, ChunkData, ChunkLedger, ChunkLedgerHandle, ChunkSpec, FinishedChunk, RowStream,
+    TablePlan,
+};
 pub use source::{
     ChangeStream, ChunkReader, ServerIdentity, SnapshotExport, Source, SourceTable, StreamState,
     TableDefinition,
@@ -60,5 +63,5 @@ pub use uri::{
     kafka::{KafkaSinkUri, KafkaTopics},
     nats::NatsSinkUri,
     parse_postgres_uri, parse_source_uri, ConnectionUri, PasswordError, PasswordSource, SinkUri,
-    UriError,
+    UriError, WEBHOOK_SECRET_PARAM,
 };

@@ -55,7 +55,7 @@ pub struct TablePlan {
 }
 
 /// A chunk the sink holds, committed with its marker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinishedChunk {
     /// Its table.
     pub table: TableId,
@@ -97,4 +97,27 @@ pub enum ChunkData {
     /// Rows of typed values (each in its column's canonical text, see [`crate::logical`]),
     /// in the table's column order.
     Rows(RowStream),
+}
+
+/// Where a sink whose destination cannot keep snapshot chunk markers (a webhook) keeps
+/// them: the engine's metadata store, one ledger per changefeed, handed over in
+/// [`crate::TargetPolicy::chunk_ledger`]. A sink records a chunk only once its data is
+/// durable at the destination.
+pub trait ChunkLedger: Send + Sync {
+    /// The chunks recorded.
+    fn finished(&self) -> Result<Vec<FinishedChunk>, String>;
+    /// Records a chunk (replacing an earlier marker of the same table and chunk).
+    fn record(&self, chunk: &FinishedChunk) -> Result<(), String>;
+    /// Forgets every chunk.
+    fn clear(&self) -> Result<(), String>;
+}
+
+/// A shared [`ChunkLedger`].
+#[derive(Clone)]
+pub struct ChunkLedgerHandle(pub std::sync::Arc<dyn ChunkLedger>);
+
+impl std::fmt::Debug for ChunkLedgerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChunkLedger(..)")
+    }
 }

@@ -56,6 +56,7 @@ mod error;
 mod foreign_keys;
 mod guard;
 mod history;
+mod ledger;
 pub mod lifecycle;
 pub mod metrics;
 mod monitor;

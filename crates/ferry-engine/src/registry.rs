@@ -140,6 +140,7 @@ impl Engine {
         self.meta.put(Collection::Changefeeds, &key, &config)?;
         self.meta.delete(Collection::ChangefeedState, &key)?;
         self.meta.delete(Collection::Checkpoints, &key)?;
+        self.meta.delete(Collection::ChunkMarkers, &key)?;
         // Its slot's name is this changefeed's again: never drop it as a leftover.
         self.forget_cleanup(&key);
         LifecycleDoc::new(state).save(&self.meta, &key)?;
@@ -269,6 +270,7 @@ impl Engine {
         self.meta.delete(Collection::Changefeeds, &key)?;
         self.meta.delete(Collection::ChangefeedState, &key)?;
         self.meta.delete(Collection::Checkpoints, &key)?;
+        self.meta.delete(Collection::ChunkMarkers, &key)?;
         self.meta.delete(Collection::ChangefeedLifecycle, &key)?;
         info!(changefeed = %key, "changefeed deleted");
         Ok(true)

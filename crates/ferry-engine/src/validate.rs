@@ -139,6 +139,7 @@ impl Engine {
             existing_target: config.existing_target(),
             source: identity,
             ddl: config.options.ddl,
+            chunk_ledger: None,
         };
         let sink = self.connectors.sink(&config.sink_uri);
         let found = sink

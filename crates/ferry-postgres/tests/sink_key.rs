@@ -42,6 +42,7 @@ async fn a_key_built_meanwhile_by_an_earlier_session_is_kept() {
         existing_target: Default::default(),
         source: None,
         ddl: Default::default(),
+        chunk_ledger: None,
     };
     let mut sink = PgSink::connect(&uri, "default/cf", policy).await.unwrap();
     let build = tokio::spawn(async move { sink.ensure_key(&schema).await });

@@ -296,6 +296,43 @@ pub fn parse_source_uri(s: &str) -> Result<ConnectionUri, UriError> {
     }
 }
 
+/// The query parameter a webhook URI names its signing secret with (masked like a
+/// password; never sent to the endpoint).
+pub const WEBHOOK_SECRET_PARAM: &str = "signing_secret";
+
+/// `uri` if it is a webhook URI with a host.
+fn check_webhook(uri: ConnectionUri) -> Result<ConnectionUri, UriError> {
+    if uri.url.host_str().is_none_or(str::is_empty) {
+        return Err(UriError::Missing { part: "a host" });
+    }
+    if !uri.url.username().is_empty() || uri.url.password().is_some() {
+        return Err(UriError::InvalidParameter {
+            reason: "webhook URIs take no user:password; sign requests with ?signing_secret="
+                .into(),
+        });
+    }
+    Ok(uri)
+}
+
+impl ConnectionUri {
+    /// A webhook's endpoint: the URI without Ferry's own parameters.
+    pub fn webhook_endpoint(&self) -> String {
+        let mut url = self.url.clone();
+        let kept: Vec<(String, String)> = self
+            .url
+            .query_pairs()
+            .filter(|(k, _)| k != WEBHOOK_SECRET_PARAM)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        url.into()
+    }
+}
+
 /// `uri` if it is a MySQL/MariaDB URI with a host.
 fn check_mysql(uri: ConnectionUri) -> Result<ConnectionUri, UriError> {
     if uri.url.host_str().is_none_or(str::is_empty) {
@@ -344,14 +381,17 @@ pub enum SinkUri {
     Mysql(ConnectionUri),
     /// `kafka://host:port[,…]?topic_prefix=PFX`: Kafka topics.
     Kafka(kafka::KafkaSinkUri),
+    /// `http(s)://host/path[?signing_secret=S]`: a webhook that receives batches of events.
+    Webhook(ConnectionUri),
 }
 
 impl SinkUri {
-    /// The database connection of a database sink (`None` for streams), whose password
-    /// the engine checks and an update keeps when given masked.
+    /// The connection URI of a sink with secrets in it (databases, webhooks; `None` for
+    /// the others), whose password the engine checks and whose masked secrets an update
+    /// keeps.
     pub fn connection(&self) -> Option<&ConnectionUri> {
         match self {
-            SinkUri::Postgres(uri) | SinkUri::Mysql(uri) => Some(uri),
+            SinkUri::Postgres(uri) | SinkUri::Mysql(uri) | SinkUri::Webhook(uri) => Some(uri),
             SinkUri::Blackhole | SinkUri::File(_) | SinkUri::Nats(_) | SinkUri::Kafka(_) => None,
         }
     }
@@ -359,7 +399,7 @@ impl SinkUri {
     /// The URI with secrets masked.
     pub fn masked(&self) -> String {
         match self {
-            SinkUri::Postgres(uri) | SinkUri::Mysql(uri) => uri.masked(),
+            SinkUri::Postgres(uri) | SinkUri::Mysql(uri) | SinkUri::Webhook(uri) => uri.masked(),
             SinkUri::Blackhole => "blackhole://".into(),
             SinkUri::File(uri) => uri.to_string(),
             SinkUri::Nats(uri) => uri.to_string(),
@@ -391,10 +431,11 @@ impl FromStr for SinkUri {
             "file" => Ok(SinkUri::File(file::FileSinkUri::parse(&uri.url)?)),
             "nats" => Ok(SinkUri::Nats(nats::NatsSinkUri::parse(&uri.url)?)),
             "mysql" | "mariadb" => Ok(SinkUri::Mysql(check_mysql(uri)?)),
+            "http" | "https" => Ok(SinkUri::Webhook(check_webhook(uri)?)),
             other => Err(UriError::UnsupportedScheme {
                 scheme: other.to_string(),
                 expected: "postgres://, postgresql://, mysql://, mariadb://, blackhole://, \
-                           file://, nats:// or kafka://",
+                           file://, nats://, kafka://, http:// or https://",
             }),
         }
     }
@@ -421,7 +462,9 @@ impl TryFrom<String> for SinkUri {
 impl From<SinkUri> for String {
     fn from(uri: SinkUri) -> Self {
         match uri {
-            SinkUri::Postgres(uri) | SinkUri::Mysql(uri) => uri.expose().to_string(),
+            SinkUri::Postgres(uri) | SinkUri::Mysql(uri) | SinkUri::Webhook(uri) => {
+                uri.expose().to_string()
+            }
             SinkUri::Blackhole => "blackhole://".into(),
             SinkUri::File(uri) => uri.to_string(),
             SinkUri::Nats(uri) => uri.to_string(),

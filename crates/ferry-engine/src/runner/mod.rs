@@ -477,6 +477,7 @@ impl Runner {
             existing_target: self.config.existing_target(),
             source: self.source_identity.clone(),
             ddl: self.config.options.ddl,
+            chunk_ledger: Some(crate::ledger::ledger(&self.meta, &self.config.key())),
         }
     }
 
