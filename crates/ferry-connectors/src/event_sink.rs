@@ -14,14 +14,19 @@
 //! returns once [`Transport::flush`] made every event sent durable at the destination, so
 //! a saved checkpoint never covers an event the destination lacks; a chunk is recorded only
 //! after its events are flushed. Delivery is at-least-once, with stable event ids.
+//!
+//! # Options
+//! With `transactions=true` each source transaction is framed by a `BEGIN` and an `END`
+//! event ([`ferry_events::EventKind::Transaction`], routed by the transport); with
+//! `tombstones=true` each delete is followed by a tombstone.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckpointStore, ChunkData, FinishedChunk, Position, RowChange, Sink, SinkError, TableId,
-    TableSchema, TxMeta,
+    CheckpointStore, ChunkData, EventOptions, FinishedChunk, Position, RowChange, Sink, SinkError,
+    TableId, TableSchema, TxMeta,
 };
 use ferry_events::{ChunkEvents, Event, Origin, TransactionEvents};
 use futures::StreamExt;
@@ -54,18 +59,31 @@ pub(crate) trait Transport: Send {
 pub(crate) struct EventSink<T> {
     transport: T,
     origin: Origin,
+    options: EventOptions,
     /// The open source transaction, numbering its events.
     tx: Option<TransactionEvents>,
 }
 
 impl<T: Transport> EventSink<T> {
     /// Events of changefeed `origin` through `transport`.
-    pub(crate) fn new(transport: T, origin: Origin) -> Self {
+    pub(crate) fn new(transport: T, origin: Origin, options: EventOptions) -> Self {
         EventSink {
             transport,
             origin,
+            options,
             tx: None,
         }
+    }
+
+    /// Sends the open transaction's `END` (with `transactions=true`); a batch holds whole
+    /// transactions, so one ends where the next begins or the batch commits.
+    async fn end_transaction(&mut self) -> Result<(), SinkError> {
+        if let Some(tx) = self.tx.take() {
+            if self.options.transactions {
+                self.transport.send(tx.end_event()).await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -115,7 +133,12 @@ impl<T: Transport> Sink for EventSink<T> {
     }
 
     async fn begin_transaction(&mut self, tx: &TxMeta) -> Result<(), SinkError> {
-        self.tx = Some(TransactionEvents::new(tx.clone()));
+        self.end_transaction().await?;
+        let events = TransactionEvents::new(tx.clone());
+        if self.options.transactions {
+            self.transport.send(events.begin_event()).await?;
+        }
+        self.tx = Some(events);
         Ok(())
     }
 
@@ -131,12 +154,21 @@ impl<T: Transport> Sink for EventSink<T> {
             .events(&self.origin, &change, now_ms())
             .map_err(encode_error)?;
         for event in events {
+            let tombstone = self
+                .options
+                .tombstones
+                .then(|| ferry_events::tombstone(&event))
+                .flatten();
             self.transport.send(event).await?;
+            if let Some(tombstone) = tombstone {
+                self.transport.send(tombstone).await?;
+            }
         }
         Ok(())
     }
 
     async fn commit_batch(&mut self, _checkpoint: Position) -> Result<(), SinkError> {
+        self.end_transaction().await?;
         self.transport.flush().await
     }
 
@@ -226,5 +258,121 @@ impl<T: Transport> Sink for EventSink<T> {
 
     async fn finish_table(&mut self, _schema: &TableSchema) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_core::{ColumnSchema, Dialect, LogicalType, Lsn, ReplicaIdentity, Value};
+    use ferry_events::EventKind;
+
+    use super::*;
+
+    /// Keeps what it is sent; "durable" is what was flushed.
+    #[derive(Default)]
+    struct Memory {
+        sent: Vec<Event>,
+        durable: usize,
+    }
+
+    #[async_trait]
+    impl Transport for Memory {
+        async fn send(&mut self, event: Event) -> Result<(), SinkError> {
+            self.sent.push(event);
+            Ok(())
+        }
+        async fn flush(&mut self) -> Result<(), SinkError> {
+            self.durable = self.sent.len();
+            Ok(())
+        }
+        async fn discard(&mut self) {
+            self.sent.truncate(self.durable);
+        }
+        async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
+            Ok(Vec::new())
+        }
+        async fn record_chunk(&mut self, _chunk: &FinishedChunk) -> Result<(), SinkError> {
+            Ok(())
+        }
+        async fn clear_chunks(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn table() -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            id: TableId::new("public", "t"),
+            columns: vec![ColumnSchema {
+                name: "id".into(),
+                type_name: "integer".into(),
+                type_oid: 23,
+                logical: LogicalType::Int { bits: 32 },
+                nullable: false,
+                missing_value: None,
+                has_default: false,
+            }],
+            key: vec![0],
+            identity: ReplicaIdentity::Default,
+            user_types: vec![],
+            partition_of: vec![],
+            dialect: Dialect::Postgres,
+        })
+    }
+
+    fn tx(lsn: u64) -> TxMeta {
+        TxMeta {
+            commit: Position::PgLsn(Lsn(lsn)),
+            commit_time_us: 0,
+            source_tx_id: lsn,
+        }
+    }
+
+    #[tokio::test]
+    async fn transactions_are_framed_and_deletes_followed_by_tombstones() {
+        let options = EventOptions {
+            transactions: true,
+            tombstones: true,
+        };
+        let origin = Origin {
+            name: "ns/f".into(),
+            db: "shop".into(),
+        };
+        let mut sink = EventSink::new(Memory::default(), origin, options);
+        let row = vec![Value::Text("7".into())];
+        sink.begin_transaction(&tx(0x10)).await.unwrap();
+        sink.apply(RowChange::Insert {
+            table: table(),
+            new: row.clone(),
+        })
+        .await
+        .unwrap();
+        sink.begin_transaction(&tx(0x20)).await.unwrap();
+        sink.apply(RowChange::Delete {
+            table: table(),
+            old: row,
+        })
+        .await
+        .unwrap();
+        sink.commit_batch(Position::PgLsn(Lsn(0x20))).await.unwrap();
+        let shape: Vec<(EventKind, String)> = sink
+            .transport
+            .sent
+            .iter()
+            .map(|e| (e.kind, e.id.clone()))
+            .collect();
+        use EventKind::*;
+        assert_eq!(
+            shape,
+            [
+                (Transaction, "0/10:begin".to_string()),
+                (Change, "0/10:0".to_string()),
+                (Transaction, "0/10:end".to_string()),
+                (Transaction, "0/20:begin".to_string()),
+                (Change, "0/20:0".to_string()),
+                (Tombstone, "0/20:0:tombstone".to_string()),
+                (Transaction, "0/20:end".to_string()),
+            ]
+        );
+        assert_eq!(sink.transport.durable, 7);
     }
 }

@@ -59,6 +59,7 @@ pub use table::{
 };
 pub use tls::{ClientCert, ConnectionSecurity, RootCerts, SslMode, TlsError, TlsOptions};
 pub use uri::{
+    events::EventOptions,
     file::{FileFormat, FileSinkUri},
     kafka::{KafkaSinkUri, KafkaTopics},
     nats::NatsSinkUri,

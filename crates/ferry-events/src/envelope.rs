@@ -65,11 +65,27 @@ pub struct EncodeError {
     pub source: ValueError,
 }
 
+/// What an event is, for a transport that routes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EventKind {
+    /// A row change or snapshot read of [`Event::table`]: on the table's topic or subject.
+    #[default]
+    Change,
+    /// A transaction's `BEGIN` or `END` (Debezium's transaction metadata): on the
+    /// transaction topic or subject.
+    Transaction,
+    /// A Kafka tombstone after a delete: the key with no value, so compaction drops the
+    /// key.
+    Tombstone,
+}
+
 /// One event, ready to write: its id and its JSON.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// The stable id (also in `source.event_id`).
     pub id: String,
+    /// What it is.
+    pub kind: EventKind,
     /// The table it belongs to.
     pub table: ferry_core::TableId,
     /// The message key, as Debezium's: the row's key columns as a JSON object (the new
@@ -82,14 +98,23 @@ pub struct Event {
 /// Numbers the events of one source transaction and builds them.
 #[derive(Clone, Debug)]
 pub struct TransactionEvents {
-    tx: TxMeta,
+    pub(crate) tx: TxMeta,
     /// Events so far, to number the next.
-    total: u64,
+    pub(crate) total: u64,
     /// Events so far per table, for `data_collection_order`.
-    per_table: std::collections::HashMap<ferry_core::TableId, u64>,
+    pub(crate) per_table: std::collections::HashMap<ferry_core::TableId, u64>,
 }
 
 impl TransactionEvents {
+    /// The transaction's id as Debezium writes it: `txId:lsn`.
+    pub fn transaction_id(&self) -> String {
+        format!(
+            "{}:{}",
+            self.tx.source_tx_id,
+            position_number(&self.tx.commit)
+        )
+    }
+
     /// A transaction begins.
     pub fn new(tx: TxMeta) -> Self {
         TransactionEvents {
@@ -124,6 +149,7 @@ impl TransactionEvents {
             self.total += 1;
             let in_table = self.per_table.entry(table.id.clone()).or_default();
             *in_table += 1;
+            let in_table = *in_table;
             let id = format!("{}:{ordinal}", self.tx.commit);
             let mut source = source_block(origin, table, &self.tx.commit, &id);
             source.insert(
@@ -133,11 +159,12 @@ impl TransactionEvents {
             source.insert("snapshot".into(), json!("false"));
             source.insert("txId".into(), json!(self.tx.source_tx_id));
             let transaction = json!({
-                "id": format!("{}:{}", self.tx.source_tx_id, position_number(&self.tx.commit)),
+                "id": self.transaction_id(),
                 "total_order": ordinal + 1,
-                "data_collection_order": *in_table,
+                "data_collection_order": in_table,
             });
             events.push(Event {
+                kind: EventKind::Change,
                 key: key_json(table, after.or(before))?,
                 json: envelope(table, op, before, after, source, transaction, now_ms)?,
                 table: table.id.clone(),
@@ -181,6 +208,7 @@ pub fn snapshot_event(
     );
     source.insert("txId".into(), Json::Null);
     Ok(Event {
+        kind: EventKind::Change,
         key: key_json(table, Some(row))?,
         json: envelope(table, Op::Read, None, Some(row), source, Json::Null, now_ms)?,
         table: table.id.clone(),
@@ -203,6 +231,7 @@ pub fn recopy_truncate_event(
     source.insert("snapshot".into(), json!("true"));
     source.insert("txId".into(), Json::Null);
     Ok(Event {
+        kind: EventKind::Change,
         key: Json::Null,
         json: envelope(table, Op::Truncate, None, None, source, Json::Null, now_ms)?,
         table: table.id.clone(),
@@ -249,6 +278,7 @@ pub fn reset_truncate_event(
     source.insert("snapshot".into(), json!("true"));
     source.insert("txId".into(), Json::Null);
     Ok(Event {
+        kind: EventKind::Change,
         key: Json::Null,
         json: envelope(&table, Op::Truncate, None, None, source, Json::Null, now_ms)?,
         table: table.id,
@@ -308,7 +338,7 @@ fn connector_name(position: &Position) -> &'static str {
 }
 
 /// The position as Debezium's `transaction.id` writes it (`txId:lsn`).
-fn position_number(position: &Position) -> String {
+pub(crate) fn position_number(position: &Position) -> String {
     match position {
         Position::PgLsn(lsn) => lsn.0.to_string(),
         other => other.to_string(),

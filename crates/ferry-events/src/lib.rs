@@ -13,13 +13,15 @@
 //!   time; snapshot reads also in `source.ts_ms`);
 //! - a value that does not read as its column's logical type is an error, never a guess.
 
+pub mod boundary;
 pub mod chunk;
 pub mod envelope;
 pub mod value;
 
+pub use boundary::tombstone;
 pub use chunk::ChunkEvents;
 pub use envelope::{
     recopy_truncate_event, reset_events, reset_truncate_event, snapshot_event, EncodeError, Event,
-    Op, Origin, SnapshotRead, TransactionEvents,
+    EventKind, Op, Origin, SnapshotRead, TransactionEvents,
 };
 pub use value::{encode, ValueError, UNAVAILABLE_VALUE};

@@ -89,11 +89,25 @@ impl Setup {
         }
     }
 
-    /// Reads every topic of `prefix` from its start and applies every message, checking
-    /// each message's key and id header on the way.
-    fn rebuild(&self, prefix: &str, keys: &HashMap<&str, &[&str]>) -> Rebuilt {
+    /// Reads every table topic of `prefix` from its start and applies every message,
+    /// checking each message's key and id header on the way; tombstones (after deletes,
+    /// with `tombstones=true`) are checked against the delete before them and counted.
+    fn rebuild(&self, prefix: &str, keys: &HashMap<&str, &[&str]>) -> (Rebuilt, u64) {
         let mut out = Rebuilt::default();
+        let mut tombstones = 0;
+        let mut previous: Option<(Option<Value>, String)> = None;
         for (topic, key, header_id, event) in read_topics(&self.kafka.bootstrap_servers(), prefix) {
+            if topic.ends_with(".transaction") {
+                continue;
+            }
+            let Some(event) = event else {
+                let (delete_key, delete_id) =
+                    previous.take().expect("a tombstone follows a delete");
+                assert_eq!(key, delete_key, "tombstone key");
+                assert_eq!(header_id, Some(format!("{delete_id}:tombstone")));
+                tombstones += 1;
+                continue;
+            };
             let id = event["source"]["event_id"].as_str().unwrap();
             assert_eq!(header_id.as_deref(), Some(id), "ferry-event-id of {event}");
             let table = format!(
@@ -117,18 +131,18 @@ impl Setup {
                 }
                 _ => assert_eq!(key, None, "key of {event}"),
             }
+            previous = (event["op"] == "d" && key.is_some()).then(|| (key.clone(), id.to_string()));
             out.apply(event, keys);
         }
-        out
+        (out, tombstones)
     }
 }
 
-/// Every message of every topic named `prefix.*`, partition by partition, in order:
-/// (topic, key, ferry-event-id, event).
-fn read_topics(
-    bootstrap: &str,
-    prefix: &str,
-) -> Vec<(String, Option<Value>, Option<String>, Value)> {
+/// One message: (topic, key, ferry-event-id, event; `None` for a tombstone).
+type Read = (String, Option<Value>, Option<String>, Option<Value>);
+
+/// Every message of every topic named `prefix.*`, partition by partition, in order.
+fn read_topics(bootstrap: &str, prefix: &str) -> Vec<Read> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "rebuild")
@@ -169,7 +183,9 @@ fn read_topics(
                                 .map(|v| String::from_utf8(v.to_vec()).unwrap())
                         });
                         let key = message.key().map(|k| serde_json::from_slice(k).unwrap());
-                        let event = serde_json::from_slice(message.payload().unwrap()).unwrap();
+                        let event = message
+                            .payload()
+                            .map(|p| serde_json::from_slice(p).unwrap());
                         out.push((topic.name().to_string(), key, header, event));
                     }
                 }
@@ -212,7 +228,10 @@ fn snapshot_changes_and_a_broker_outage_rebuild_the_source() {
         .args(["changefeed", "create", "--id", "events", "--source-uri"])
         .arg(setup.source.uri("shop"))
         .arg("--sink-uri")
-        .arg(setup.sink_uri("cdc"))
+        .arg(format!(
+            "{}&transactions=true&tombstones=true",
+            setup.sink_uri("cdc")
+        ))
         .args(["--tables", "public.*"])
         .env("FERRY_SERVER", setup.ferry.url())
         .env_remove("FERRY_NAMESPACE")
@@ -248,8 +267,39 @@ fn snapshot_changes_and_a_broker_outage_rebuild_the_source() {
         ("public.items", &["id"][..]),
         ("public.scratch", &["id"][..]),
     ]);
-    let rebuilt = setup.rebuild("cdc", &keys);
+    let (rebuilt, tombstones) = setup.rebuild("cdc", &keys);
     rebuilt.assert_table(&setup.source, "items", &["id"], ITEMS_SELECT);
+    // Ten deletes of keyed rows, each followed by its tombstone (the keyless `notes`
+    // delete has none).
+    assert_eq!(tombstones, 10);
+    // BEGIN and END frame each transaction, END counting its events per table.
+    let boundaries: Vec<Value> = read_topics(&setup.kafka.bootstrap_servers(), "cdc")
+        .into_iter()
+        .filter(|(topic, ..)| topic == "cdc.transaction")
+        .filter_map(|(_, _, _, event)| event)
+        .collect();
+    let ends: Vec<&Value> = boundaries.iter().filter(|e| e["status"] == "END").collect();
+    assert!(!ends.is_empty(), "{boundaries:?}");
+    assert_eq!(
+        boundaries.iter().filter(|e| e["status"] == "BEGIN").count(),
+        ends.len()
+    );
+    for end in &ends {
+        let per_table: u64 = end["data_collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["event_count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(Some(per_table), end["event_count"].as_u64(), "{end}");
+        let id = end["id"].as_str().unwrap();
+        let changes = rebuilt
+            .lines
+            .iter()
+            .filter(|e| e["transaction"]["id"] == id)
+            .count() as u64;
+        assert_eq!(changes, per_table, "{end}");
+    }
     rebuilt.assert_table(&setup.source, "notes", &[], "'body', body, 'n', n");
     rebuilt.assert_table(&setup.source, "scratch", &["id"], "'id', id");
     for op in ["r", "c", "u", "d", "t"] {
@@ -332,7 +382,7 @@ fn kill_9_during_a_load_loses_nothing() {
         .zip(PGBENCH)
         .map(|(name, (_, key, _))| (name.as_str(), key))
         .collect();
-    let rebuilt = setup.rebuild("bench", &keys);
+    let (rebuilt, _) = setup.rebuild("bench", &keys);
     eprintln!(
         "3 kill -9 under pgbench: {} messages read, {} duplicates dropped, {} gaps, ops {:?}",
         rebuilt.events,

@@ -60,7 +60,7 @@ impl SinkConnector for FileConnector {
             dir: shared_dir(uri, feed)?,
             batch_start: None,
         };
-        Ok(Box::new(EventSink::new(transport, origin)))
+        Ok(Box::new(EventSink::new(transport, origin, uri.options())))
     }
 
     async fn release(&self, uri: &SinkUri, feed: &str, _server_id: &str) -> Result<(), SinkError> {

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use ferry_core::{
     ErrorClass, FinishedChunk, KafkaSinkUri, Sink, SinkConnector, SinkError, SinkUri, TargetPolicy,
 };
-use ferry_events::{Event, Origin};
+use ferry_events::{Event, EventKind, Origin};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -74,7 +74,7 @@ impl SinkConnector for KafkaConnector {
             name: feed.to_string(),
             db: policy.source.map(|s| s.database).unwrap_or_default(),
         };
-        Ok(Box::new(EventSink::new(transport, origin)))
+        Ok(Box::new(EventSink::new(transport, origin, uri.options())))
     }
 
     /// Forgets the changefeed's chunk markers; its events stay in their topics (the
@@ -169,8 +169,14 @@ impl Transport for KafkaTransport {
         if self.deliveries.len() >= MAX_IN_FLIGHT {
             self.await_oldest().await?;
         }
-        let topic = self.uri.topic_for(&event.table.schema, &event.table.name);
-        let payload = serde_json::to_vec(&event.json).expect("JSON values always serialize");
+        let topic = match event.kind {
+            EventKind::Transaction => self.uri.transaction_topic(),
+            EventKind::Change | EventKind::Tombstone => {
+                self.uri.topic_for(&event.table.schema, &event.table.name)
+            }
+        };
+        let payload = (event.kind != EventKind::Tombstone)
+            .then(|| serde_json::to_vec(&event.json).expect("JSON values always serialize"));
         let key = (!event.key.is_null())
             .then(|| serde_json::to_vec(&event.key).expect("JSON values always serialize"));
         let headers = OwnedHeaders::new().insert(Header {
@@ -178,9 +184,10 @@ impl Transport for KafkaTransport {
             value: Some(event.id.as_bytes()),
         });
         loop {
-            let mut record = FutureRecord::to(&topic)
-                .payload(&payload)
-                .headers(headers.clone());
+            let mut record = FutureRecord::to(&topic).headers(headers.clone());
+            if let Some(payload) = &payload {
+                record = record.payload(payload);
+            }
             record = match &key {
                 Some(key) => record.key(key),
                 // Without a key, partition 0: a keyless table's changes (and `t` events)

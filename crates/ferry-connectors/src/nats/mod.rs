@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use ferry_core::{
     ErrorClass, FinishedChunk, NatsSinkUri, Sink, SinkConnector, SinkError, SinkUri, TargetPolicy,
 };
-use ferry_events::{Event, Origin};
+use ferry_events::{Event, EventKind, Origin};
 
 use crate::event_sink::{EventSink, Transport};
 use chunks::ChunkMarkers;
@@ -81,7 +81,7 @@ impl SinkConnector for NatsConnector {
             name: feed.to_string(),
             db: policy.source.map(|s| s.database).unwrap_or_default(),
         };
-        Ok(Box::new(EventSink::new(transport, origin)))
+        Ok(Box::new(EventSink::new(transport, origin, uri.options())))
     }
 
     /// Forgets the changefeed's chunk markers; its events stay in the stream (the user's).
@@ -189,6 +189,18 @@ pub(crate) struct NatsTransport {
     acks: VecDeque<PublishAckFuture>,
 }
 
+impl NatsTransport {
+    /// A change's table subject, or `PFX.transaction` for `BEGIN`/`END`.
+    fn subject(&self, event: &Event) -> String {
+        match event.kind {
+            EventKind::Transaction => format!("{}.transaction", self.prefix),
+            EventKind::Change | EventKind::Tombstone => {
+                subject::table_subject(&self.prefix, &event.table)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Transport for NatsTransport {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
@@ -203,7 +215,7 @@ impl Transport for NatsTransport {
             .header("ferry-event-id", event.id.as_str());
         let ack = self
             .js
-            .send_publish(subject::table_subject(&self.prefix, &event.table), message)
+            .send_publish(self.subject(&event), message)
             .await
             .map_err(publish_error)?;
         self.acks.push_back(ack);

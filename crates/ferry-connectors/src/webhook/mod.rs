@@ -81,7 +81,11 @@ impl SinkConnector for WebhookConnector {
             name: feed.to_string(),
             db: policy.source.map(|s| s.database).unwrap_or_default(),
         };
-        Ok(Box::new(EventSink::new(transport, origin)))
+        Ok(Box::new(EventSink::new(
+            transport,
+            origin,
+            uri.webhook_options(),
+        )))
     }
 }
 

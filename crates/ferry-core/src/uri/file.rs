@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
+use super::events::EventOptions;
 use super::UriError;
 
 /// Why 64 MiB: large enough that a busy changefeed makes few files, small enough that a
@@ -35,6 +36,7 @@ pub struct FileSinkUri {
     dir: PathBuf,
     format: FileFormat,
     max_file_bytes: u64,
+    options: EventOptions,
 }
 
 impl FileSinkUri {
@@ -46,6 +48,11 @@ impl FileSinkUri {
     /// The format of the events.
     pub fn format(&self) -> FileFormat {
         self.format
+    }
+
+    /// The event options (`transactions=`).
+    pub fn options(&self) -> EventOptions {
+        self.options
     }
 
     /// A file is closed, and the next begun, once it holds this many bytes.
@@ -74,7 +81,11 @@ impl FileSinkUri {
         }
         let mut format = None;
         let mut max_file_bytes = DEFAULT_MAX_FILE_BYTES;
+        let mut options = EventOptions::default();
         for (key, value) in url.query_pairs() {
+            if options.take(&key, &value, false)? {
+                continue;
+            }
             match key.as_ref() {
                 "format" => match value.as_ref() {
                     "debezium-json" => format = Some(FileFormat::DebeziumJson),
@@ -94,7 +105,8 @@ impl FileSinkUri {
                 other => {
                     return Err(UriError::InvalidParameter {
                         reason: format!(
-                            "unknown file sink parameter {other:?} (known: format, max_file_bytes)"
+                            "unknown file sink parameter {other:?} (known: format, max_file_bytes, \
+                             transactions)"
                         ),
                     })
                 }
@@ -104,6 +116,7 @@ impl FileSinkUri {
             dir,
             format: format.unwrap_or_default(),
             max_file_bytes,
+            options,
         })
     }
 }
@@ -117,9 +130,10 @@ impl fmt::Display for FileSinkUri {
         let path = url.as_str().trim_end_matches('/');
         write!(
             f,
-            "{path}?format={}&max_file_bytes={}",
+            "{path}?format={}&max_file_bytes={}{}",
             self.format.as_str(),
-            self.max_file_bytes
+            self.max_file_bytes,
+            self.options.query_suffix()
         )
     }
 }

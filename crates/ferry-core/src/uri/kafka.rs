@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::events::{self, EventOptions};
 use super::UriError;
 
 /// Kafka's default broker port.
@@ -23,6 +24,7 @@ pub enum KafkaTopics {
 pub struct KafkaSinkUri {
     brokers: Vec<(String, u16)>,
     topics: KafkaTopics,
+    options: EventOptions,
 }
 
 impl KafkaSinkUri {
@@ -38,6 +40,20 @@ impl KafkaSinkUri {
     /// Where the events go.
     pub fn topics(&self) -> &KafkaTopics {
         &self.topics
+    }
+
+    /// The event options (`transactions=`, `tombstones=`).
+    pub fn options(&self) -> EventOptions {
+        self.options
+    }
+
+    /// The topic of transaction `BEGIN`/`END` events: `PFX.transaction`, or
+    /// `NAME.transaction` beside a single topic.
+    pub fn transaction_topic(&self) -> String {
+        match &self.topics {
+            KafkaTopics::Prefix(prefix) => format!("{prefix}.transaction"),
+            KafkaTopics::Single(topic) => format!("{topic}.transaction"),
+        }
     }
 
     /// The topic of `schema.table`'s events.
@@ -76,15 +92,20 @@ impl KafkaSinkUri {
             .map(parse_broker)
             .collect::<Result<Vec<_>, _>>()?;
         let (mut prefix, mut single) = (None, None);
+        let mut options = EventOptions::default();
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if options.take(&key, &value, true)? {
+                continue;
+            }
             match key.as_ref() {
                 "topic_prefix" => prefix = Some(check_topic("topic_prefix", &value)?),
                 "topic" => single = Some(check_topic("topic", &value)?),
                 other => {
                     return Err(UriError::InvalidParameter {
                         reason: format!(
-                            "unknown kafka sink parameter {other:?} (known: topic_prefix, topic)"
-                        ),
+                        "unknown kafka sink parameter {other:?} (known: topic_prefix, topic, {})",
+                        events::NAMES
+                    ),
                     })
                 }
             }
@@ -105,7 +126,11 @@ impl KafkaSinkUri {
                 })
             }
         };
-        Ok(KafkaSinkUri { brokers, topics })
+        Ok(KafkaSinkUri {
+            brokers,
+            topics,
+            options,
+        })
     }
 }
 
@@ -146,7 +171,12 @@ impl fmt::Display for KafkaSinkUri {
             KafkaTopics::Prefix(prefix) => ("topic_prefix", prefix),
             KafkaTopics::Single(topic) => ("topic", topic),
         };
-        write!(f, "kafka://{}?{key}={value}", self.bootstrap_servers())
+        write!(
+            f,
+            "kafka://{}?{key}={value}{}",
+            self.bootstrap_servers(),
+            self.options.query_suffix()
+        )
     }
 }
 
@@ -171,6 +201,17 @@ mod tests {
         assert_eq!(kafka(&k.to_string()).unwrap(), k);
         let one = kafka("kafka://127.0.0.1:1/?topic=all_changes").unwrap();
         assert_eq!(one.topic_for("s", "t"), "all_changes");
+        assert_eq!(one.options(), EventOptions::default());
+        let both = kafka("kafka://h?topic_prefix=p&tombstones=1&transactions=true").unwrap();
+        assert!(both.options().transactions && both.options().tombstones);
+        assert_eq!(both.transaction_topic(), "p.transaction");
+        assert_eq!(
+            both.to_string(),
+            "kafka://h:9092?topic_prefix=p&transactions=true&tombstones=true"
+        );
+        assert!("nats://h?stream=S&subject_prefix=p&tombstones=true"
+            .parse::<SinkUri>()
+            .is_err());
     }
 
     #[test]
@@ -184,6 +225,7 @@ mod tests {
             "kafka://h:9092/t?topic_prefix=p",
             "kafka://h:9092?topic_prefix=p&acks=all",
             "kafka://?topic_prefix=p",
+            "kafka://h?topic_prefix=p&transactions=maybe",
         ] {
             assert!(kafka(bad).is_err(), "{bad}");
         }

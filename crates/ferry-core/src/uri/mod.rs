@@ -11,6 +11,7 @@
 //! A password may also be given by reference, `password_file=` or `password_env=` (see
 //! [`password`]): then it is read at every connect and never stored.
 
+pub mod events;
 pub mod file;
 pub mod kafka;
 pub mod mask;
@@ -300,6 +301,15 @@ pub fn parse_source_uri(s: &str) -> Result<ConnectionUri, UriError> {
 /// password; never sent to the endpoint).
 pub const WEBHOOK_SECRET_PARAM: &str = "signing_secret";
 
+/// The event options of a webhook URI (its other parameters are the endpoint's).
+fn webhook_options(url: &Url) -> Result<events::EventOptions, UriError> {
+    let mut options = events::EventOptions::default();
+    for (key, value) in url.query_pairs() {
+        options.take(&key, &value, false)?;
+    }
+    Ok(options)
+}
+
 /// `uri` if it is a webhook URI with a host.
 fn check_webhook(uri: ConnectionUri) -> Result<ConnectionUri, UriError> {
     if uri.url.host_str().is_none_or(str::is_empty) {
@@ -311,17 +321,23 @@ fn check_webhook(uri: ConnectionUri) -> Result<ConnectionUri, UriError> {
                 .into(),
         });
     }
+    webhook_options(&uri.url)?;
     Ok(uri)
 }
 
 impl ConnectionUri {
+    /// A webhook's event options (`transactions=`; checked when parsed).
+    pub fn webhook_options(&self) -> events::EventOptions {
+        webhook_options(&self.url).unwrap_or_default()
+    }
+
     /// A webhook's endpoint: the URI without Ferry's own parameters.
     pub fn webhook_endpoint(&self) -> String {
         let mut url = self.url.clone();
         let kept: Vec<(String, String)> = self
             .url
             .query_pairs()
-            .filter(|(k, _)| k != WEBHOOK_SECRET_PARAM)
+            .filter(|(k, _)| !matches!(k.as_ref(), WEBHOOK_SECRET_PARAM | "transactions"))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         if kept.is_empty() {

@@ -6,6 +6,7 @@ use std::fmt;
 
 use url::Url;
 
+use super::events::EventOptions;
 use super::UriError;
 
 /// NATS's default client port.
@@ -18,6 +19,7 @@ pub struct NatsSinkUri {
     port: u16,
     stream: String,
     subject_prefix: String,
+    options: EventOptions,
 }
 
 impl NatsSinkUri {
@@ -38,6 +40,11 @@ impl NatsSinkUri {
     /// The first tokens of every event's subject: `<prefix>.<schema>.<table>`.
     pub fn subject_prefix(&self) -> &str {
         &self.subject_prefix
+    }
+
+    /// The event options (`transactions=`).
+    pub fn options(&self) -> EventOptions {
+        self.options
     }
 
     /// Parses a URI whose scheme is `nats`. Refuses credentials (not supported yet: they
@@ -65,14 +72,19 @@ impl NatsSinkUri {
             });
         }
         let (mut stream, mut subject_prefix) = (None, None);
+        let mut options = EventOptions::default();
         for (key, value) in url.query_pairs() {
+            if options.take(&key, &value, false)? {
+                continue;
+            }
             match key.as_ref() {
                 "stream" => stream = Some(check_stream(&value)?),
                 "subject_prefix" => subject_prefix = Some(check_prefix(&value)?),
                 other => {
                     return Err(UriError::InvalidParameter {
                         reason: format!(
-                            "unknown nats sink parameter {other:?} (known: stream, subject_prefix)"
+                            "unknown nats sink parameter {other:?} (known: stream, subject_prefix, \
+                             transactions)"
                         ),
                     })
                 }
@@ -87,6 +99,7 @@ impl NatsSinkUri {
             subject_prefix: subject_prefix.ok_or(UriError::Missing {
                 part: "the subject prefix (&subject_prefix=PFX)",
             })?,
+            options,
         })
     }
 }
@@ -125,7 +138,12 @@ impl fmt::Display for NatsSinkUri {
             .append_pair("stream", &self.stream)
             .append_pair("subject_prefix", &self.subject_prefix)
             .finish();
-        write!(f, "nats://{}?{query}", self.server())
+        write!(
+            f,
+            "nats://{}?{query}{}",
+            self.server(),
+            self.options.query_suffix()
+        )
     }
 }
 

@@ -1,0 +1,132 @@
+//! Events besides row changes: a transaction's `BEGIN` and `END` (Debezium's transaction
+//! metadata, `provide.transaction.metadata=true`), and Kafka tombstones after deletes.
+//!
+//! Their ids are stable like every event's: `<commit position>:begin`, `…:end`, and the
+//! deleted row's event id followed by `:tombstone`.
+
+use serde_json::{json, Value as Json};
+
+use crate::envelope::{Event, EventKind, TransactionEvents};
+
+impl TransactionEvents {
+    /// The transaction's `BEGIN` event.
+    pub fn begin_event(&self) -> Event {
+        Event {
+            id: format!("{}:begin", self.tx.commit),
+            kind: EventKind::Transaction,
+            table: ferry_core::TableId::new("", ""),
+            key: json!({ "id": self.transaction_id() }),
+            json: json!({
+                "status": "BEGIN",
+                "id": self.transaction_id(),
+                "ts_ms": self.tx.commit_time_us.div_euclid(1000),
+                "event_count": Json::Null,
+                "data_collections": Json::Null,
+            }),
+        }
+    }
+
+    /// The transaction's `END` event, with its events counted per table (`schema.table`,
+    /// sorted, so a re-sent `END` is the same).
+    pub fn end_event(&self) -> Event {
+        let mut tables: Vec<_> = self.per_table.iter().collect();
+        tables.sort();
+        let collections: Vec<Json> = tables
+            .into_iter()
+            .map(|(table, count)| json!({"data_collection": table.to_string(), "event_count": count}))
+            .collect();
+        Event {
+            id: format!("{}:end", self.tx.commit),
+            kind: EventKind::Transaction,
+            table: ferry_core::TableId::new("", ""),
+            key: json!({ "id": self.transaction_id() }),
+            json: json!({
+                "status": "END",
+                "id": self.transaction_id(),
+                "ts_ms": self.tx.commit_time_us.div_euclid(1000),
+                "event_count": self.total,
+                "data_collections": collections,
+            }),
+        }
+    }
+}
+
+/// The tombstone that follows `delete` (a `d` event with a key): same key, no value.
+/// `None` for any other event.
+pub fn tombstone(delete: &Event) -> Option<Event> {
+    (delete.kind == EventKind::Change && delete.json["op"] == "d" && !delete.key.is_null()).then(
+        || Event {
+            id: format!("{}:tombstone", delete.id),
+            kind: EventKind::Tombstone,
+            table: delete.table.clone(),
+            key: delete.key.clone(),
+            json: Json::Null,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ferry_core::{
+        ColumnSchema, Dialect, LogicalType, Lsn, Position, ReplicaIdentity, RowChange, TableId,
+        TableSchema, TxMeta, Value,
+    };
+
+    use super::*;
+    use crate::Origin;
+
+    #[test]
+    fn begin_and_end_count_the_events_and_deletes_get_tombstones() {
+        let table = Arc::new(TableSchema {
+            id: TableId::new("public", "t"),
+            columns: vec![ColumnSchema {
+                name: "id".into(),
+                type_name: "integer".into(),
+                type_oid: 23,
+                logical: LogicalType::Int { bits: 32 },
+                nullable: false,
+                missing_value: None,
+                has_default: false,
+            }],
+            key: vec![0],
+            identity: ReplicaIdentity::Default,
+            user_types: vec![],
+            partition_of: vec![],
+            dialect: Dialect::Postgres,
+        });
+        let mut tx = TransactionEvents::new(TxMeta {
+            commit: Position::PgLsn(Lsn(0x100)),
+            commit_time_us: 5_000_000,
+            source_tx_id: 77,
+        });
+        let origin = Origin {
+            name: "ns/f".into(),
+            db: "shop".into(),
+        };
+        assert_eq!(tx.begin_event().json["status"], "BEGIN");
+        let row = vec![Value::Text("1".into())];
+        let insert = RowChange::Insert {
+            table: table.clone(),
+            new: row.clone(),
+        };
+        let delete = RowChange::Delete { table, old: row };
+        let inserted = tx.events(&origin, &insert, 0).unwrap();
+        let deleted = tx.events(&origin, &delete, 0).unwrap();
+        let end = tx.end_event();
+        assert_eq!(end.id, "0/100:end");
+        assert_eq!(end.json["event_count"], 2);
+        assert_eq!(end.json["id"], "77:256");
+        assert_eq!(
+            end.json["data_collections"],
+            json!([{"data_collection": "public.t", "event_count": 2}])
+        );
+        assert_eq!(tombstone(&inserted[0]), None);
+        let t = tombstone(&deleted[0]).unwrap();
+        assert_eq!(
+            (t.key, t.json, t.kind),
+            (json!({"id": 1}), Json::Null, EventKind::Tombstone)
+        );
+    }
+}
