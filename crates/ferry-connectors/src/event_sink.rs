@@ -80,10 +80,37 @@ impl<T: Transport> EventSink<T> {
     async fn end_transaction(&mut self) -> Result<(), SinkError> {
         if let Some(tx) = self.tx.take() {
             if self.options.transactions {
-                self.transport.send(tx.end_event()).await?;
+                self.send(tx.end_event(), None).await?;
             }
         }
         Ok(())
+    }
+
+    /// Sends `event` of `table` (`None`: a table whose shape is not at hand, or none), in
+    /// the schema form with `schemas=true`.
+    async fn send(
+        &mut self,
+        mut event: Event,
+        table: Option<&TableSchema>,
+    ) -> Result<(), SinkError> {
+        if self.options.schemas {
+            match table {
+                Some(table) => ferry_events::attach_schema(&mut event, table, &self.origin),
+                None => {
+                    let bare = TableSchema {
+                        id: event.table.clone(),
+                        columns: Vec::new(),
+                        key: Vec::new(),
+                        identity: ferry_core::ReplicaIdentity::Default,
+                        user_types: Vec::new(),
+                        partition_of: Vec::new(),
+                        dialect: ferry_core::Dialect::Postgres,
+                    };
+                    ferry_events::attach_schema(&mut event, &bare, &self.origin)
+                }
+            }
+        }
+        self.transport.send(event).await
     }
 }
 
@@ -107,6 +134,16 @@ pub(crate) fn parse_marker(payload: &[u8]) -> Option<FinishedChunk> {
         rows: v["rows"].as_u64()?,
         snapshot: serde_json::from_value::<Position>(v["snapshot"].clone()).ok()?,
     })
+}
+
+/// The shape of the table `id` that `change` touches.
+fn change_table<'a>(change: &'a RowChange, id: &TableId) -> Option<&'a TableSchema> {
+    match change {
+        RowChange::Insert { table, .. }
+        | RowChange::Update { table, .. }
+        | RowChange::Delete { table, .. } => Some(table),
+        RowChange::Truncate { tables, .. } => tables.iter().find(|t| &t.id == id).map(|t| &**t),
+    }
 }
 
 /// A value that does not read as its type: definite, never sent as a guess.
@@ -136,7 +173,7 @@ impl<T: Transport> Sink for EventSink<T> {
         self.end_transaction().await?;
         let events = TransactionEvents::new(tx.clone());
         if self.options.transactions {
-            self.transport.send(events.begin_event()).await?;
+            self.send(events.begin_event(), None).await?;
         }
         self.tx = Some(events);
         Ok(())
@@ -159,9 +196,10 @@ impl<T: Transport> Sink for EventSink<T> {
                 .tombstones
                 .then(|| ferry_events::tombstone(&event))
                 .flatten();
-            self.transport.send(event).await?;
+            let table = change_table(&change, &event.table);
+            self.send(event, table).await?;
             if let Some(tombstone) = tombstone {
-                self.transport.send(tombstone).await?;
+                self.send(tombstone, table).await?;
             }
         }
         Ok(())
@@ -196,7 +234,7 @@ impl<T: Transport> Sink for EventSink<T> {
         for event in
             ferry_events::reset_events(&self.origin, &finished, now_ms()).map_err(encode_error)?
         {
-            self.transport.send(event).await?;
+            self.send(event, None).await?;
         }
         self.transport.flush().await?;
         self.transport.clear_chunks().await
@@ -230,19 +268,20 @@ impl<T: Transport> Sink for EventSink<T> {
             class: e.class,
             source: Box::new(e),
         };
-        let mut events = ChunkEvents::new(&self.origin, schema, snapshot, chunk);
+        let origin = self.origin.clone();
+        let mut events = ChunkEvents::new(&origin, schema, snapshot, chunk);
         if replace {
             let truncate = events.replace_event(now_ms()).map_err(encode_error)?;
-            self.transport.send(truncate).await?;
+            self.send(truncate, Some(schema)).await?;
         }
         while let Some(row) = rows.next().await.transpose().map_err(read_error)? {
             if let Some(event) = events.push(row, now_ms()).map_err(encode_error)? {
-                self.transport.send(event).await?;
+                self.send(event, Some(schema)).await?;
             }
         }
         let (last, count) = events.finish(now_ms()).map_err(encode_error)?;
         if let Some(event) = last {
-            self.transport.send(event).await?;
+            self.send(event, Some(schema)).await?;
         }
         self.transport.flush().await?;
         self.transport
@@ -332,6 +371,7 @@ mod tests {
         let options = EventOptions {
             transactions: true,
             tombstones: true,
+            schemas: false,
         };
         let origin = Origin {
             name: "ns/f".into(),

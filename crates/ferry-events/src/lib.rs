@@ -16,6 +16,7 @@
 pub mod boundary;
 pub mod chunk;
 pub mod envelope;
+pub mod schema;
 pub mod value;
 
 pub use boundary::tombstone;
@@ -24,4 +25,5 @@ pub use envelope::{
     recopy_truncate_event, reset_events, reset_truncate_event, snapshot_event, EncodeError, Event,
     EventKind, Op, Origin, SnapshotRead, TransactionEvents,
 };
+pub use schema::attach_schema;
 pub use value::{encode, ValueError, UNAVAILABLE_VALUE};

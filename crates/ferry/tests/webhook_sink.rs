@@ -32,6 +32,8 @@ struct Receiver {
     unavailable: AtomicU32,
     /// Answer every request with 400 while set.
     reject: AtomicU32,
+    /// `BEGIN` and `END` events received.
+    boundaries: AtomicU32,
 }
 
 async fn receive(
@@ -65,7 +67,23 @@ async fn receive(
         return (StatusCode::UNAUTHORIZED, "bad signature");
     }
     let events: Vec<Value> = serde_json::from_slice(&body).expect("a JSON array of events");
-    receiver.events.lock().unwrap().extend(events);
+    let mut kept = receiver.events.lock().unwrap();
+    for event in events {
+        // With `schemas=true` every event is {"schema", "payload"}; BEGIN/END events
+        // (`transactions=true`) are counted, not applied.
+        let event = match event.get("payload") {
+            Some(payload) => {
+                assert_eq!(event["schema"]["type"], "struct", "{event}");
+                payload.clone()
+            }
+            None => event,
+        };
+        if event.get("status").is_some() {
+            receiver.boundaries.fetch_add(1, Ordering::Relaxed);
+        } else {
+            kept.push(event);
+        }
+    }
     (StatusCode::OK, "ok")
 }
 
@@ -116,6 +134,11 @@ impl Setup {
             "http://127.0.0.1:{}/hook?signing_secret={SECRET}",
             self.port
         )
+    }
+
+    /// With every message's schema and transaction boundaries.
+    fn sink_uri_with_options(&self) -> String {
+        format!("{}&schemas=true&transactions=true", self.sink_uri())
     }
 
     fn create(&self, id: &str, tables: &[&str]) {
@@ -180,7 +203,7 @@ fn snapshot_changes_an_outage_and_a_refusal() {
         .args(["changefeed", "create", "--id", "hook", "--source-uri"])
         .arg(setup.source.uri("shop"))
         .arg("--sink-uri")
-        .arg(setup.sink_uri())
+        .arg(setup.sink_uri_with_options())
         .args(["--tables", "public.*"])
         .env("FERRY_SERVER", setup.ferry.url())
         .env_remove("FERRY_NAMESPACE")
@@ -215,6 +238,7 @@ fn snapshot_changes_an_outage_and_a_refusal() {
     rebuilt.assert_table(&setup.source, "items", &["id"], ITEMS_SELECT);
     rebuilt.assert_table(&setup.source, "notes", &[], "'body', body, 'n', n");
     assert_eq!(rebuilt.gaps(), 0);
+    assert!(setup.receiver.boundaries.load(Ordering::Relaxed) >= 2);
     eprintln!(
         "{} requests, {} events, {} duplicates dropped, ops {:?}",
         setup.receiver.requests.load(Ordering::Relaxed),

@@ -31,10 +31,12 @@ use ferry_events::{Event, Origin};
 
 use crate::event_sink::{EventSink, Transport};
 
-/// Why 1000 events or 4 MiB: a request big enough to amortize its round trip, small
-/// enough for any receiver's body limit; a larger batch goes in several requests.
+/// Why 1000 events or 1 MiB: a request big enough to amortize its round trip, within
+/// common receivers' body limits (nginx's default is 1 MiB; with `schemas=true` each event
+/// carries its schema, several times its size); a larger batch goes in several requests,
+/// and an event larger than the limit alone.
 const MAX_EVENTS_PER_REQUEST: usize = 1000;
-const MAX_BYTES_PER_REQUEST: usize = 4 << 20;
+const MAX_BYTES_PER_REQUEST: usize = 1 << 20;
 
 /// Why 30 s: a receiver that takes longer to answer is treated as down (and retried).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -198,8 +200,12 @@ impl WebhookTransport {
 #[async_trait]
 impl Transport for WebhookTransport {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
+        let json = serde_json::to_vec(&event.json).expect("JSON values always serialize");
+        if self.events > 0 && self.body.len() + json.len() + 2 > MAX_BYTES_PER_REQUEST {
+            self.post().await?;
+        }
         self.body.push(if self.events == 0 { b'[' } else { b',' });
-        serde_json::to_writer(&mut self.body, &event.json).expect("JSON values always serialize");
+        self.body.extend_from_slice(&json);
         self.events += 1;
         if self.events >= MAX_EVENTS_PER_REQUEST || self.body.len() >= MAX_BYTES_PER_REQUEST {
             self.post().await?;

@@ -1,6 +1,8 @@
 //! Options every stream sink URI takes: `transactions=true` adds a `BEGIN` and an `END`
 //! event around each source transaction (Debezium's `provide.transaction.metadata`), and
-//! `tombstones=true` (Kafka only) follows each delete with a tombstone for compacted topics.
+//! `schemas=true` writes every message with its schema (Debezium's `schemas.enable=true`),
+//! and `tombstones=true` (Kafka only) follows each delete with a tombstone for compacted
+//! topics.
 
 use super::UriError;
 
@@ -11,10 +13,12 @@ pub struct EventOptions {
     pub transactions: bool,
     /// A tombstone (the key, no value) after each delete.
     pub tombstones: bool,
+    /// Every message in Debezium's `schemas.enable=true` form, `{"schema", "payload"}`.
+    pub schemas: bool,
 }
 
 /// The option names, for the messages that list a sink's parameters.
-pub(super) const NAMES: &str = "transactions, tombstones";
+pub(super) const NAMES: &str = "transactions, schemas, tombstones";
 
 impl EventOptions {
     /// Takes `key=value` when it is an event option (`Ok(false)`: not one). `tombstones`
@@ -34,6 +38,7 @@ impl EventOptions {
         };
         match key {
             "transactions" => self.transactions = flag()?,
+            "schemas" => self.schemas = flag()?,
             "tombstones" if tombstones_allowed => self.tombstones = flag()?,
             "tombstones" => {
                 return Err(UriError::InvalidParameter {
@@ -51,6 +56,9 @@ impl EventOptions {
         let mut out = String::new();
         if self.transactions {
             out.push_str("&transactions=true");
+        }
+        if self.schemas {
+            out.push_str("&schemas=true");
         }
         if self.tombstones {
             out.push_str("&tombstones=true");

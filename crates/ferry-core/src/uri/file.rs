@@ -106,7 +106,7 @@ impl FileSinkUri {
                     return Err(UriError::InvalidParameter {
                         reason: format!(
                             "unknown file sink parameter {other:?} (known: format, max_file_bytes, \
-                             transactions)"
+                             transactions, schemas)"
                         ),
                     })
                 }

@@ -337,7 +337,12 @@ impl ConnectionUri {
         let kept: Vec<(String, String)> = self
             .url
             .query_pairs()
-            .filter(|(k, _)| !matches!(k.as_ref(), WEBHOOK_SECRET_PARAM | "transactions"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_ref(),
+                    WEBHOOK_SECRET_PARAM | "transactions" | "schemas"
+                )
+            })
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         if kept.is_empty() {

@@ -84,7 +84,7 @@ impl NatsSinkUri {
                     return Err(UriError::InvalidParameter {
                         reason: format!(
                             "unknown nats sink parameter {other:?} (known: stream, subject_prefix, \
-                             transactions)"
+                             transactions, schemas)"
                         ),
                     })
                 }

@@ -1,0 +1,269 @@
+//! The envelope with its `schema` part, as Debezium's JSON converter writes it with
+//! `schemas.enable=true`: every message is `{"schema": …, "payload": …}`, the schema a Kafka
+//! Connect struct describing the payload. Keys get the same form.
+//!
+//! Column schemas follow the value encoding of [`crate::value`]: Debezium's names for the
+//! semantic types (`io.debezium.time.MicroTimestamp`, `io.debezium.data.Json`, …), decimals
+//! as strings (`decimal.handling.mode=string`).
+
+use ferry_core::{ColumnSchema, LogicalType, TableSchema};
+use serde_json::{json, Value as Json};
+
+use crate::envelope::{Event, EventKind, Origin};
+
+/// `event` in the schema form: its value (and its key, when it has one) wrapped with their
+/// schemas. `table` is the event's table (ignored for transaction events).
+pub fn attach_schema(event: &mut Event, table: &TableSchema, origin: &Origin) {
+    let names = Names::new(origin, table);
+    if !event.key.is_null() {
+        let key = std::mem::take(&mut event.key);
+        let schema = if event.kind == EventKind::Transaction {
+            json!({"type": "struct", "optional": false, "name": "io.debezium.connector.common.TransactionMetadataKey",
+                   "fields": [{"type": "string", "optional": false, "field": "id"}]})
+        } else {
+            key_schema(table, &names)
+        };
+        event.key = json!({"schema": schema, "payload": key});
+    }
+    let schema = match event.kind {
+        EventKind::Tombstone => return,
+        EventKind::Transaction => transaction_schema(),
+        EventKind::Change => {
+            envelope_schema(table, &names, event.json["source"].get("lsn").is_some())
+        }
+    };
+    let payload = std::mem::take(&mut event.json);
+    event.json = json!({"schema": schema, "payload": payload});
+}
+
+/// Connect schema names: `<changefeed>.<schema>.<table>.<Part>`, the changefeed's
+/// `namespace/id` with `/` as `.` (Debezium uses its `topic.prefix`).
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn new(origin: &Origin, table: &TableSchema) -> Self {
+        Names {
+            prefix: format!(
+                "{}.{}.{}",
+                origin.name.replace('/', "."),
+                table.id.schema,
+                table.id.name
+            ),
+        }
+    }
+
+    fn part(&self, part: &str) -> String {
+        format!("{}.{part}", self.prefix)
+    }
+}
+
+fn key_schema(table: &TableSchema, names: &Names) -> Json {
+    let fields: Vec<Json> = table
+        .key
+        .iter()
+        .filter_map(|&i| table.columns.get(i))
+        .map(column_schema)
+        .collect();
+    json!({"type": "struct", "fields": fields, "optional": false, "name": names.part("Key")})
+}
+
+fn envelope_schema(table: &TableSchema, names: &Names, postgres: bool) -> Json {
+    let columns: Vec<Json> = table.columns.iter().map(column_schema).collect();
+    let row = |field: &str| {
+        json!({"type": "struct", "fields": columns, "optional": true,
+               "name": names.part("Value"), "field": field})
+    };
+    json!({
+        "type": "struct",
+        "fields": [
+            row("before"),
+            row("after"),
+            source_schema(postgres),
+            {"type": "string", "optional": false, "field": "op"},
+            {"type": "int64", "optional": true, "field": "ts_ms"},
+            {"type": "struct", "optional": true, "name": "event.block", "version": 1, "field": "transaction",
+             "fields": [
+                {"type": "string", "optional": false, "field": "id"},
+                {"type": "int64", "optional": false, "field": "total_order"},
+                {"type": "int64", "optional": false, "field": "data_collection_order"}]},
+        ],
+        "optional": false,
+        "name": names.part("Envelope"),
+        "version": 1,
+    })
+}
+
+fn source_schema(postgres: bool) -> Json {
+    let field = |kind: &str, name: &str, optional: bool| json!({"type": kind, "optional": optional, "field": name});
+    let mut fields = vec![
+        field("string", "version", false),
+        field("string", "connector", false),
+        field("string", "name", false),
+        field("string", "db", false),
+        field("string", "schema", false),
+        field("string", "table", false),
+    ];
+    if postgres {
+        fields.push(field("int64", "lsn", true));
+    } else {
+        fields.push(field("string", "position", true));
+    }
+    fields.extend([
+        field("string", "event_id", false),
+        field("int64", "ts_ms", false),
+        json!({"type": "string", "optional": true, "name": "io.debezium.data.Enum", "version": 1,
+               "parameters": {"allowed": "true,last,false"}, "default": "false", "field": "snapshot"}),
+        field("int64", "txId", true),
+    ]);
+    let connector = if postgres { "postgresql" } else { "mysql" };
+    json!({"type": "struct", "fields": fields, "optional": false,
+           "name": format!("io.debezium.connector.{connector}.Source"), "field": "source"})
+}
+
+fn transaction_schema() -> Json {
+    json!({
+        "type": "struct",
+        "optional": false,
+        "name": "io.debezium.connector.common.TransactionMetadataValue",
+        "version": 1,
+        "fields": [
+            {"type": "string", "optional": false, "field": "status"},
+            {"type": "string", "optional": false, "field": "id"},
+            {"type": "int64", "optional": true, "field": "ts_ms"},
+            {"type": "int64", "optional": true, "field": "event_count"},
+            {"type": "array", "optional": true, "field": "data_collections",
+             "items": {"type": "struct", "optional": false, "fields": [
+                {"type": "string", "optional": false, "field": "data_collection"},
+                {"type": "int64", "optional": false, "field": "event_count"}]}},
+        ],
+    })
+}
+
+fn column_schema(column: &ColumnSchema) -> Json {
+    let mut schema = type_schema(&column.logical);
+    let object = schema.as_object_mut().expect("type schemas are objects");
+    object.insert("optional".into(), Json::Bool(column.nullable));
+    object.insert("field".into(), Json::String(column.name.clone()));
+    schema
+}
+
+/// The Connect schema of one logical type's values, as [`crate::value`] encodes them.
+fn type_schema(logical: &LogicalType) -> Json {
+    let named = |kind: &str, name: &str| json!({"type": kind, "name": name, "version": 1});
+    match logical {
+        LogicalType::Bool => json!({"type": "boolean"}),
+        LogicalType::Int { bits: 16 } => json!({"type": "int16"}),
+        LogicalType::Int { bits: 32 } => json!({"type": "int32"}),
+        LogicalType::Int { .. } => json!({"type": "int64"}),
+        LogicalType::Float { bits: 32 } => json!({"type": "float"}),
+        LogicalType::Float { .. } => json!({"type": "double"}),
+        LogicalType::Decimal { .. } | LogicalType::Text | LogicalType::Other { .. } => {
+            json!({"type": "string"})
+        }
+        LogicalType::Enum => named("string", "io.debezium.data.Enum"),
+        LogicalType::Bytes => json!({"type": "bytes"}),
+        LogicalType::Date => named("int32", "io.debezium.time.Date"),
+        LogicalType::Time { tz: false } => named("int64", "io.debezium.time.MicroTime"),
+        LogicalType::Time { tz: true } => named("string", "io.debezium.time.ZonedTime"),
+        LogicalType::Timestamp { tz: false } => named("int64", "io.debezium.time.MicroTimestamp"),
+        LogicalType::Timestamp { tz: true } => named("string", "io.debezium.time.ZonedTimestamp"),
+        LogicalType::Interval => named("int64", "io.debezium.time.MicroDuration"),
+        LogicalType::Json => named("string", "io.debezium.data.Json"),
+        LogicalType::Uuid => named("string", "io.debezium.data.Uuid"),
+        LogicalType::Array(element) => {
+            let mut items = type_schema(element);
+            if let Some(object) = items.as_object_mut() {
+                object.insert("optional".into(), Json::Bool(true));
+            }
+            json!({"type": "array", "items": items})
+        }
+    }
+}
+
+/// The field `name` of a struct schema.
+pub fn field<'a>(schema: &'a Json, name: &str) -> Option<&'a Json> {
+    schema["fields"]
+        .as_array()?
+        .iter()
+        .find(|f| f["field"] == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ferry_core::{Dialect, Lsn, Position, ReplicaIdentity, RowChange, TableId, TxMeta, Value};
+
+    use super::*;
+    use crate::TransactionEvents;
+
+    #[test]
+    fn changes_and_keys_carry_their_schemas() {
+        let column = |name: &str, logical: LogicalType, nullable: bool| ColumnSchema {
+            name: name.into(),
+            type_name: String::new(),
+            type_oid: 0,
+            logical,
+            nullable,
+            missing_value: None,
+            has_default: false,
+        };
+        let table = Arc::new(TableSchema {
+            id: TableId::new("public", "items"),
+            columns: vec![
+                column("id", LogicalType::Int { bits: 64 }, false),
+                column("at", LogicalType::Timestamp { tz: true }, true),
+                column(
+                    "tags",
+                    LogicalType::Array(Box::new(LogicalType::Int { bits: 32 })),
+                    true,
+                ),
+            ],
+            key: vec![0],
+            identity: ReplicaIdentity::Default,
+            user_types: vec![],
+            partition_of: vec![],
+            dialect: Dialect::Postgres,
+        });
+        let origin = Origin {
+            name: "default/orders".into(),
+            db: "shop".into(),
+        };
+        let mut tx = TransactionEvents::new(TxMeta {
+            commit: Position::PgLsn(Lsn(0x20)),
+            commit_time_us: 0,
+            source_tx_id: 9,
+        });
+        let change = RowChange::Insert {
+            table: table.clone(),
+            new: vec![
+                Value::Text("5".into()),
+                Value::Null,
+                Value::Text("{1,2}".into()),
+            ],
+        };
+        let mut event = tx.events(&origin, &change, 0).unwrap().remove(0);
+        attach_schema(&mut event, &table, &origin);
+        assert_eq!(event.json["payload"]["after"]["id"], 5);
+        assert_eq!(
+            event.json["schema"]["name"],
+            "default.orders.public.items.Envelope"
+        );
+        let after = field(&event.json["schema"], "after").unwrap();
+        let at = field(after, "at").unwrap();
+        assert_eq!(at["name"], "io.debezium.time.ZonedTimestamp");
+        assert_eq!(at["optional"], true);
+        assert_eq!(event.key["payload"], json!({"id": 5}));
+        assert_eq!(event.key["schema"]["fields"][0]["type"], "int64");
+        let end = tx.end_event();
+        let mut end = end;
+        attach_schema(&mut end, &table, &origin);
+        assert_eq!(end.json["payload"]["status"], "END");
+        assert_eq!(
+            end.json["schema"]["name"],
+            "io.debezium.connector.common.TransactionMetadataValue"
+        );
+    }
+}
