@@ -4,19 +4,48 @@
 //! # Layout
 //! ```text
 //! DIR/00000000000000000000.jsonl   closed (fsynced when the next one began)
-//! DIR/00000000000000000001.jsonl   being written, under its final name
+//! DIR/00000000000000000001.jsonl.gz  closed and compressed (`compress=gzip`, [`super::compress`])
+//! DIR/00000000000000000002.jsonl   being written, under its final name
 //! DIR/.ferry-chunks.jsonl          snapshot chunks whose events are durable
 //! DIR/.ferry-owner                 the changefeed that writes DIR
 //! ```
 //! Names sort bytewise in event order (20 digits hold any `u64`). Opening cuts a torn last
-//! line (a crash mid-write) off the newest file before anything is appended to it.
+//! line (a crash mid-write) off the newest file before anything is appended to it. A file
+//! is closed once it holds [`Rotation::max_bytes`], or is [`Rotation::max_age`] old and not
+//! empty at a write or a sync.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use ferry_core::{FinishedChunk, Position, TableId};
-use serde_json::json;
+use ferry_core::FinishedChunk;
+
+use super::compress::{self, Compressor};
+use crate::event_sink::{marker_json, parse_marker};
+
+/// When a file is closed and the next begun, and what becomes of closed files.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rotation {
+    /// Close a file once it holds this many bytes.
+    pub(crate) max_bytes: u64,
+    /// Close a non-empty file once it is this old.
+    pub(crate) max_age: Option<Duration>,
+    /// Gzip closed files.
+    pub(crate) gzip: bool,
+}
+
+impl Rotation {
+    /// By size only, no compression.
+    #[cfg(test)]
+    pub(crate) fn bytes(max_bytes: u64) -> Self {
+        Rotation {
+            max_bytes,
+            max_age: None,
+            gzip: false,
+        }
+    }
+}
 
 const CHUNKS_FILE: &str = ".ferry-chunks.jsonl";
 const OWNER_FILE: &str = ".ferry-owner";
@@ -35,7 +64,10 @@ pub(crate) struct Mark {
 #[derive(Debug)]
 pub(crate) struct EventDir {
     dir: PathBuf,
-    max_file_bytes: u64,
+    rotation: Rotation,
+    /// When the current file was begun (or opened).
+    begun: Instant,
+    compressor: Compressor,
     seq: u64,
     file: BufWriter<File>,
     /// Bytes in the current file, buffered ones included.
@@ -44,6 +76,8 @@ pub(crate) struct EventDir {
     dir_dirty: bool,
     /// Everything before it is fsynced and may be a recorded chunk's: never taken back.
     durable: Mark,
+    /// Closed files below this sequence number were handed to the compressor.
+    compressed_below: u64,
 }
 
 /// The file name of sequence number `seq`.
@@ -61,7 +95,7 @@ fn parse_file_name(name: &str) -> Option<u64> {
 impl EventDir {
     /// Opens (creating) `dir` for changefeed `feed`: refuses a directory another changefeed
     /// writes; cuts a torn last line.
-    pub(crate) fn open(dir: &Path, max_file_bytes: u64, feed: &str) -> Result<Self, OpenError> {
+    pub(crate) fn open(dir: &Path, rotation: Rotation, feed: &str) -> Result<Self, OpenError> {
         fs::create_dir_all(dir)?;
         let owner_path = dir.join(OWNER_FILE);
         match fs::read_to_string(&owner_path) {
@@ -73,11 +107,18 @@ impl EventDir {
             }
             Err(e) => return Err(e.into()),
         }
-        let seq = fs::read_dir(dir)?
-            .filter_map(|e| e.ok()?.file_name().to_str().and_then(parse_file_name))
+        compress::recover(dir)?;
+        let newest = fs::read_dir(dir)?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let compressed = name.ends_with(compress::GZ);
+                parse_file_name(name.trim_end_matches(compress::GZ)).map(|seq| (seq, compressed))
+            })
             .max();
-        let (seq, created) = match seq {
-            Some(seq) => (seq, false),
+        let (seq, created) = match newest {
+            Some((seq, false)) => (seq, false),
+            // Only compressed files (the plain newest one removed by hand): a new one.
+            Some((seq, true)) => (seq + 1, true),
             None => (0, true),
         };
         let path = dir.join(file_name(seq));
@@ -97,21 +138,54 @@ impl EventDir {
         if created {
             sync_dir(dir)?;
         }
-        Ok(EventDir {
+        let opened = EventDir {
             dir: dir.to_path_buf(),
-            max_file_bytes,
+            rotation,
+            begun: Instant::now(),
+            compressor: Compressor::default(),
             seq,
             file: BufWriter::with_capacity(256 * 1024, file),
             len,
             dir_dirty: false,
             durable: Mark { seq, len },
-        })
+            compressed_below: seq,
+        };
+        opened.compress_closed();
+        Ok(opened)
+    }
+
+    /// Whether the current file is due to close.
+    fn full(&self) -> bool {
+        self.len >= self.rotation.max_bytes
+            || self.len > 0
+                && self
+                    .rotation
+                    .max_age
+                    .is_some_and(|age| self.begun.elapsed() >= age)
+    }
+
+    /// With `compress=gzip`, gzips the closed files before the durable mark still plain.
+    fn compress_closed(&self) {
+        if !self.rotation.gzip {
+            return;
+        }
+        let mut plain: Vec<String> = fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.ends_with(EXTENSION))
+                    .filter(|n| parse_file_name(n).is_some_and(|seq| seq < self.durable.seq))
+                    .collect()
+            })
+            .unwrap_or_default();
+        plain.sort();
+        self.compressor.start(self.dir.clone(), plain);
     }
 
     /// Appends one event line (`line` has no newline), beginning the next file first when
     /// the current one is full.
     pub(crate) fn append(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.len >= self.max_file_bytes {
+        if self.full() {
             self.rotate()?;
         }
         self.file.write_all(line)?;
@@ -137,6 +211,15 @@ impl EventDir {
             self.dir_dirty = false;
         }
         self.durable = self.mark();
+        if self.rotation.max_age.is_some() && self.full() {
+            // Closed by age: what it holds is durable, the new file empty.
+            self.rotate()?;
+            self.durable = self.mark();
+        }
+        if self.durable.seq > self.compressed_below {
+            self.compressed_below = self.durable.seq;
+            self.compress_closed();
+        }
         Ok(())
     }
 
@@ -181,19 +264,14 @@ impl EventDir {
         self.file = BufWriter::with_capacity(256 * 1024, file);
         self.seq = next;
         self.len = 0;
+        self.begun = Instant::now();
         self.dir_dirty = true;
         Ok(())
     }
 
     /// Records a snapshot chunk whose events are durable (call after [`EventDir::sync`]).
     pub(crate) fn record_chunk(&mut self, chunk: &FinishedChunk) -> io::Result<()> {
-        let line = json!({
-            "schema": chunk.table.schema,
-            "table": chunk.table.name,
-            "chunk": chunk.chunk,
-            "rows": chunk.rows,
-            "snapshot": chunk.snapshot,
-        });
+        let line = marker_json(chunk);
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -216,15 +294,7 @@ impl EventDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let read = |line: &str| -> Option<FinishedChunk> {
-            let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            Some(FinishedChunk {
-                table: TableId::new(v["schema"].as_str()?, v["table"].as_str()?),
-                chunk: u32::try_from(v["chunk"].as_u64()?).ok()?,
-                rows: v["rows"].as_u64()?,
-                snapshot: serde_json::from_value::<Position>(v["snapshot"].clone()).ok()?,
-            })
-        };
+        let read = |line: &str| parse_marker(line.as_bytes());
         let lines: Vec<&str> = text.split_terminator('\n').collect();
         let complete = if text.ends_with('\n') {
             lines.len()
@@ -328,7 +398,7 @@ mod tests {
     #[test]
     fn rotates_by_size_in_name_order() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut dir = EventDir::open(tmp.path(), 5, "f").unwrap();
+        let mut dir = EventDir::open(tmp.path(), Rotation::bytes(5), "f").unwrap();
         for i in 0..5 {
             dir.append(format!("event-{i}").as_bytes()).unwrap();
         }
@@ -347,7 +417,7 @@ mod tests {
     fn a_torn_line_is_cut_and_rollback_takes_a_batch_back() {
         let tmp = tempfile::tempdir().unwrap();
         {
-            let mut dir = EventDir::open(tmp.path(), 1 << 20, "f").unwrap();
+            let mut dir = EventDir::open(tmp.path(), Rotation::bytes(1 << 20), "f").unwrap();
             dir.append(b"one").unwrap();
             dir.sync().unwrap();
         }
@@ -358,7 +428,7 @@ mod tests {
             .unwrap()
             .write_all(b"{\"to")
             .unwrap();
-        let mut dir = EventDir::open(tmp.path(), 8, "f").unwrap();
+        let mut dir = EventDir::open(tmp.path(), Rotation::bytes(8), "f").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "one\n");
         let mark = dir.mark();
         for _ in 0..3 {
@@ -374,7 +444,7 @@ mod tests {
     #[test]
     fn rollback_keeps_what_another_writer_synced_after_the_mark() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut dir = EventDir::open(tmp.path(), 1 << 20, "f").unwrap();
+        let mut dir = EventDir::open(tmp.path(), Rotation::bytes(1 << 20), "f").unwrap();
         let batch = dir.mark();
         dir.append(b"batch").unwrap();
         // A snapshot worker's chunk, made durable (and recorded) while the batch is open.
@@ -389,24 +459,24 @@ mod tests {
     #[test]
     fn another_changefeed_is_refused_until_released() {
         let tmp = tempfile::tempdir().unwrap();
-        drop(EventDir::open(tmp.path(), 100, "ns/a").unwrap());
+        drop(EventDir::open(tmp.path(), Rotation::bytes(100), "ns/a").unwrap());
         assert!(matches!(
-            EventDir::open(tmp.path(), 100, "ns/b"),
+            EventDir::open(tmp.path(), Rotation::bytes(100), "ns/b"),
             Err(OpenError::Owned(o)) if o == "ns/a"
         ));
         release(tmp.path(), "ns/a").unwrap();
-        EventDir::open(tmp.path(), 100, "ns/b").unwrap();
+        EventDir::open(tmp.path(), Rotation::bytes(100), "ns/b").unwrap();
     }
 
     #[test]
     fn chunks_survive_reopening_and_clear() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut dir = EventDir::open(tmp.path(), 100, "f").unwrap();
+        let mut dir = EventDir::open(tmp.path(), Rotation::bytes(100), "f").unwrap();
         let chunk = FinishedChunk {
-            table: TableId::new("public", "t"),
+            table: ferry_core::TableId::new("public", "t"),
             chunk: 2,
             rows: 7,
-            snapshot: Position::PgLsn(ferry_core::Lsn(0x1_0000_0010)),
+            snapshot: ferry_core::Position::PgLsn(ferry_core::Lsn(0x1_0000_0010)),
         };
         dir.record_chunk(&chunk).unwrap();
         // A torn record is a chunk not finished.
@@ -421,5 +491,58 @@ mod tests {
         assert_eq!(dir.finished_chunks().unwrap().len(), 2);
         dir.clear_chunks().unwrap();
         assert!(dir.finished_chunks().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn old_files_close_at_a_sync_and_closed_files_are_gzipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            max_bytes: 1 << 20,
+            max_age: Some(Duration::from_millis(50)),
+            gzip: true,
+        };
+        let mut dir = EventDir::open(tmp.path(), rotation, "f").unwrap();
+        dir.append(b"one").unwrap();
+        dir.sync().unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        dir.append(b"two").unwrap();
+        dir.sync().unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        dir.sync().unwrap();
+        dir.compressor.wait();
+        let mut names: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                format!("{}.gz", file_name(0)),
+                format!("{}.gz", file_name(1)),
+                file_name(2)
+            ]
+        );
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(File::open(tmp.path().join(&names[1])).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "two\n");
+        // Reopened, it goes on in the plain file; a half-written .tmp is gone.
+        drop(dir);
+        fs::write(tmp.path().join(format!("{}.gz.tmp", file_name(2))), b"x").unwrap();
+        let mut dir = EventDir::open(tmp.path(), rotation, "f").unwrap();
+        assert_eq!(dir.mark().seq, 2);
+        dir.append(b"three").unwrap();
+        dir.sync().unwrap();
+        assert!(!tmp.path().join(format!("{}.gz.tmp", file_name(2))).exists());
     }
 }

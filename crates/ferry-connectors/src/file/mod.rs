@@ -22,6 +22,7 @@
 //! [`dir::EventDir`] per directory (a process-wide map), and a directory belongs to one
 //! changefeed (its `.ferry-owner` file).
 
+mod compress;
 mod dir;
 
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ use tokio::sync::Mutex;
 
 use crate::event_sink::{EventSink, Transport};
 
-use dir::{EventDir, Mark, OpenError};
+use dir::{EventDir, Mark, OpenError, Rotation};
 
 /// Connects file sinks.
 #[derive(Clone, Copy, Debug, Default)]
@@ -95,7 +96,12 @@ fn shared_dir(uri: &FileSinkUri, feed: &str) -> Result<Arc<Mutex<EventDir>>, Sin
             return Ok(dir);
         }
     }
-    let dir = match EventDir::open(uri.dir(), uri.max_file_bytes(), feed) {
+    let rotation = Rotation {
+        max_bytes: uri.max_file_bytes(),
+        max_age: uri.max_file_seconds().map(std::time::Duration::from_secs),
+        gzip: uri.gzip(),
+    };
+    let dir = match EventDir::open(uri.dir(), rotation, feed) {
         Ok(dir) => Arc::new(Mutex::new(dir)),
         Err(OpenError::Owned(owner)) => return Err(owned(&owner)),
         Err(OpenError::Io(e)) => return Err(io_error("open the directory", e)),

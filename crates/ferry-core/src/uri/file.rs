@@ -1,5 +1,5 @@
-//! `file:///DIR?format=debezium-json[&max_file_bytes=N]`: a directory of JSON-lines event
-//! files. Parsing only; the sink that writes them lives in `ferry-connectors`.
+//! `file:///DIR?format=debezium-json[&max_file_bytes=N][&max_file_seconds=S][&compress=gzip]`:
+//! a directory of JSON-lines event files. Parsing only; the sink that writes them lives in `ferry-connectors`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,8 @@ pub struct FileSinkUri {
     dir: PathBuf,
     format: FileFormat,
     max_file_bytes: u64,
+    max_file_seconds: Option<u64>,
+    gzip: bool,
     options: EventOptions,
 }
 
@@ -48,6 +50,17 @@ impl FileSinkUri {
     /// The format of the events.
     pub fn format(&self) -> FileFormat {
         self.format
+    }
+
+    /// A file is closed once it is this old and holds an event (checked at each write and
+    /// commit), `None`: by size only.
+    pub fn max_file_seconds(&self) -> Option<u64> {
+        self.max_file_seconds
+    }
+
+    /// Whether closed files are gzipped (`compress=gzip`).
+    pub fn gzip(&self) -> bool {
+        self.gzip
     }
 
     /// The event options (`transactions=`).
@@ -82,11 +95,33 @@ impl FileSinkUri {
         let mut format = None;
         let mut max_file_bytes = DEFAULT_MAX_FILE_BYTES;
         let mut options = EventOptions::default();
+        let (mut max_file_seconds, mut gzip) = (None, false);
         for (key, value) in url.query_pairs() {
             if options.take(&key, &value, false)? {
                 continue;
             }
             match key.as_ref() {
+                "max_file_seconds" => {
+                    max_file_seconds =
+                        Some(value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                            UriError::InvalidParameter {
+                                reason: format!(
+                                    "max_file_seconds={value}: expected a positive integer"
+                                ),
+                            }
+                        })?)
+                }
+                "compress" => {
+                    gzip = match value.as_ref() {
+                        "gzip" => true,
+                        "none" => false,
+                        other => {
+                            return Err(UriError::InvalidParameter {
+                                reason: format!("compress={other}: expected gzip or none"),
+                            })
+                        }
+                    }
+                }
                 "format" => match value.as_ref() {
                     "debezium-json" => format = Some(FileFormat::DebeziumJson),
                     other => {
@@ -106,7 +141,7 @@ impl FileSinkUri {
                     return Err(UriError::InvalidParameter {
                         reason: format!(
                             "unknown file sink parameter {other:?} (known: format, max_file_bytes, \
-                             transactions, schemas)"
+                             max_file_seconds, compress, transactions, schemas)"
                         ),
                     })
                 }
@@ -116,6 +151,8 @@ impl FileSinkUri {
             dir,
             format: format.unwrap_or_default(),
             max_file_bytes,
+            max_file_seconds,
+            gzip,
             options,
         })
     }
@@ -130,9 +167,13 @@ impl fmt::Display for FileSinkUri {
         let path = url.as_str().trim_end_matches('/');
         write!(
             f,
-            "{path}?format={}&max_file_bytes={}{}",
+            "{path}?format={}&max_file_bytes={}{}{}{}",
             self.format.as_str(),
             self.max_file_bytes,
+            self.max_file_seconds
+                .map(|s| format!("&max_file_seconds={s}"))
+                .unwrap_or_default(),
+            if self.gzip { "&compress=gzip" } else { "" },
             self.options.query_suffix()
         )
     }
@@ -165,6 +206,11 @@ mod tests {
         assert_eq!(d.format(), FileFormat::DebeziumJson);
         // The canonical form reads back as itself.
         assert_eq!(file(&d.to_string()).unwrap(), d);
+        let g = file("file:///tmp/x?compress=gzip&max_file_seconds=60").unwrap();
+        assert!(g.gzip());
+        assert_eq!(g.max_file_seconds(), Some(60));
+        assert_eq!(file(&g.to_string()).unwrap(), g);
+        assert!(g.to_string().contains("&max_file_seconds=60&compress=gzip"));
     }
 
     #[test]
@@ -174,6 +220,8 @@ mod tests {
             "file:///tmp/x?max_file_bytes=0",
             "file:///tmp/x?max_file_bytes=lots",
             "file:///tmp/x?rotate=1",
+            "file:///tmp/x?compress=zstd",
+            "file:///tmp/x?max_file_seconds=0",
             "file://otherhost/tmp/x",
             "file:///",
         ] {
