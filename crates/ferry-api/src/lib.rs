@@ -15,6 +15,7 @@
 
 pub mod auth;
 mod changefeeds;
+mod diffs;
 mod error;
 mod extract;
 mod history;

@@ -66,11 +66,14 @@ pub enum Collection {
     Checkpoints,
     /// Per changefeed, the operator actions taken on it, newest last (capped).
     History,
+    /// Diffs of changefeeds (key `namespace/id/diff_id`): what was asked, the chunks done
+    /// and what they found, so a diff resumes after a restart from its last finished chunk.
+    Diffs,
 }
 
 impl Collection {
     /// Every collection.
-    const ALL: [Collection; 8] = [
+    const ALL: [Collection; 9] = [
         Collection::Changefeeds,
         Collection::ChangefeedState,
         Collection::ChangefeedLifecycle,
@@ -79,6 +82,7 @@ impl Collection {
         Collection::PendingCleanups,
         Collection::Checkpoints,
         Collection::History,
+        Collection::Diffs,
     ];
 
     fn name(self) -> &'static str {
@@ -91,6 +95,7 @@ impl Collection {
             Collection::PendingCleanups => "pending_cleanups",
             Collection::Checkpoints => "checkpoints",
             Collection::History => "changefeed_history",
+            Collection::Diffs => "changefeed_diffs",
         }
     }
 
