@@ -342,6 +342,18 @@ fn a_diff_survives_kill_9_and_resumes_from_its_last_chunk() {
     }
     pair.ferry.kill9();
     pair.ferry.restart();
+    // Still seconds of chunks to go at 1500 rows/s: stopped, then resumed by the CLI.
+    let (code, stopped) = pair.ferry.post(
+        &format!("/api/v2/changefeeds/cf/diffs/{diff}/stop"),
+        &json!({}),
+    );
+    assert_eq!(
+        (code, stopped["state"].as_str()),
+        (200, Some("stopped")),
+        "{stopped}"
+    );
+    let out = pair.cli(&["diff", "resume", "cf", &diff]);
+    assert!(out.contains("resumed"), "{out}");
     let done = wait_finished(&pair, "cf", &diff);
     assert_eq!(
         found(&done, "public.b"),

@@ -288,9 +288,18 @@ impl DiffTask {
             let (holding, held) = oneshot::channel();
             let (send_rows, rows) = oneshot::channel();
             self.send_repair(RepairRequest { holding, rows }).await?;
-            if held.await.is_err() {
+            match tokio::time::timeout(WAIT_LIMIT, held).await {
+                Ok(Ok(())) => {}
                 // The changefeed's task restarted before it held still: ask again.
-                continue;
+                Ok(Err(_)) => continue,
+                Err(_) => {
+                    return Err(Interrupted::Failed(format!(
+                        "the changefeed did not take the repair of {} within {} (is it \
+                         copying tables?); resume the diff later",
+                        schema.id,
+                        humantime::format_duration(WAIT_LIMIT)
+                    )))
+                }
             }
             let export = source.export_snapshot().await?;
             let snapshot = export.position();
