@@ -1,6 +1,7 @@
 //! The operations on diffs: create, list, get, stop, resume, delete, and restoring the
 //! running ones when the server starts. One diff runs per changefeed at a time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_core::{SourceOptions, TableId, TablePlan};
@@ -92,8 +93,7 @@ impl Engine {
         let plans = self
             .plan_diff(&config, &wanted, rows_per_chunk, options.repair)
             .await?;
-        let diff_id = self.next_diff_id(namespace, id)?;
-        let tables = plans
+        let tables: Vec<TableDiff> = plans
             .iter()
             .map(|plan| TableDiff {
                 table: plan.table.to_string(),
@@ -106,12 +106,13 @@ impl Engine {
                 chunks_done: 0,
             })
             .collect();
-        let record = DiffRecord {
+        let repair = options.repair;
+        let diff = self.launch(config, |diff_id| DiffRecord {
             diff: Diff {
-                id: diff_id.clone(),
+                id: diff_id,
                 changefeed: id.to_string(),
                 state: DiffState::Running,
-                repair: options.repair,
+                repair,
                 rows_per_chunk,
                 rate_limit: options.rate_limit,
                 created_at: rfc3339(now_us()),
@@ -125,12 +126,8 @@ impl Engine {
                 tables,
             },
             plans,
-        };
-        let store_key = diff_key(namespace, id, &diff_id);
-        self.meta.put(Collection::Diffs, &store_key, &record)?;
-        info!(changefeed = %key, diff = %diff_id, repair = options.repair, "diff started");
-        let diff = record.diff.clone();
-        self.spawn_diff(config, store_key, record);
+        })?;
+        info!(changefeed = %key, diff = %diff.id, repair, "diff started");
         Ok(diff)
     }
 
@@ -193,18 +190,10 @@ impl Engine {
                 state_name(record.diff.state)
             )));
         }
-        if let Some(running) = self.running_diff(namespace, id) {
-            return Err(EngineError::DiffRefused(format!(
-                "diff {running} of changefeed {id} is running; stop it or wait for it"
-            )));
-        }
         record.diff.state = DiffState::Running;
         record.diff.error = None;
-        let key = diff_key(namespace, id, diff_id);
-        self.meta.put(Collection::Diffs, &key, &record)?;
-        info!(diff = %key, "diff resumed");
-        let diff = record.diff.clone();
-        self.spawn_diff(config, key, record);
+        let diff = self.launch(config, |_| record)?;
+        info!(changefeed = %feed_key(namespace, id), diff = %diff_id, "diff resumed");
         Ok(diff)
     }
 
@@ -247,7 +236,8 @@ impl Engine {
                 continue;
             };
             info!(diff = %key, chunks_done = record.diff.progress.chunks_done, "resuming diff");
-            self.spawn_diff(config, key, record);
+            let task = self.diff_task(config, key.clone(), record);
+            self.diffs.lock().expect("diffs lock").insert(key, task);
         }
         Ok(())
     }
@@ -261,29 +251,50 @@ impl Engine {
         futures::future::join_all(tasks.into_iter().map(stop)).await;
     }
 
-    fn spawn_diff(
+    /// Saves and starts the diff `record` makes (given the id of a new diff), unless
+    /// another diff of the changefeed runs: checked and started under the diffs lock, so
+    /// two requests cannot both start one.
+    fn launch(
+        self: &Arc<Self>,
+        config: crate::ChangefeedConfig,
+        record: impl FnOnce(String) -> DiffRecord,
+    ) -> Result<Diff, EngineError> {
+        let (namespace, id) = (config.namespace.clone(), config.id.clone());
+        let mut diffs = self.diffs.lock().expect("diffs lock");
+        if let Some(running) = running_in(&diffs, &namespace, &id) {
+            return Err(EngineError::DiffRefused(format!(
+                "diff {running} of changefeed {id} is running; stop it or wait for it"
+            )));
+        }
+        let record = record(self.next_diff_id(&namespace, &id)?);
+        let key = diff_key(&namespace, &id, &record.diff.id);
+        self.meta.put(Collection::Diffs, &key, &record)?;
+        let diff = record.diff.clone();
+        let task = self.diff_task(config, key.clone(), record);
+        diffs.insert(key, task);
+        Ok(diff)
+    }
+
+    /// Spawns the task of a saved diff.
+    fn diff_task(
         self: &Arc<Self>,
         config: crate::ChangefeedConfig,
         key: String,
         record: DiffRecord,
-    ) {
+    ) -> Task {
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = DiffTask {
             engine: self.clone(),
             config,
-            key: key.clone(),
+            key,
             record,
             stop: stop_rx,
         };
-        let handle = tokio::spawn(task.run());
-        self.diffs.lock().expect("diffs lock").insert(
-            key,
-            Task {
-                stop: stop_tx,
-                handle,
-                repairs: None,
-            },
-        );
+        Task {
+            stop: stop_tx,
+            handle: tokio::spawn(task.run()),
+            repairs: None,
+        }
     }
 
     async fn stop_diff_task(&self, key: &str) {
@@ -295,13 +306,7 @@ impl Engine {
 
     /// The id of the changefeed's running diff, if one runs.
     fn running_diff(&self, namespace: &str, id: &str) -> Option<String> {
-        let prefix = format!("{}/", feed_key(namespace, id));
-        self.diffs
-            .lock()
-            .expect("diffs lock")
-            .iter()
-            .find(|(key, task)| key.starts_with(&prefix) && !task.handle.is_finished())
-            .map(|(key, _)| key[prefix.len()..].to_string())
+        running_in(&self.diffs.lock().expect("diffs lock"), namespace, id)
     }
 
     fn stored_diffs(
@@ -391,6 +396,15 @@ impl Engine {
         }
         Ok(plans)
     }
+}
+
+/// The id of the running diff of changefeed `namespace/id` among `diffs`.
+fn running_in(diffs: &BTreeMap<String, Task>, namespace: &str, id: &str) -> Option<String> {
+    let prefix = format!("{}/", feed_key(namespace, id));
+    diffs
+        .iter()
+        .find(|(key, task)| key.starts_with(&prefix) && !task.handle.is_finished())
+        .map(|(key, _)| key[prefix.len()..].to_string())
 }
 
 fn state_name(state: DiffState) -> &'static str {
