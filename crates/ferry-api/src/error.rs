@@ -76,6 +76,14 @@ pub enum ErrorCode {
     Unauthorized,
     /// The token's role does not allow the request: a `read` token on a write (HTTP 403).
     Forbidden,
+    /// No such diff of that changefeed.
+    DiffNotFound,
+    /// A diff cannot do what was asked: the sink cannot be read back (a stream, a file),
+    /// or `repair` names a table without a key.
+    DiffUnsupported,
+    /// The diff's state does not allow the action: another diff of the changefeed runs, or
+    /// the diff is not running (stop) or not stopped or failed (resume).
+    DiffRefused,
     /// No such route.
     NotFound,
     /// The route exists, the method does not.
@@ -180,6 +188,9 @@ impl From<EngineError> for ApiError {
             EngineError::TargetTableOwned(_) => (S::CONFLICT, C::TargetTableOwned),
             EngineError::TargetNotEmpty(_) => (S::CONFLICT, C::TargetTableNotEmpty),
             EngineError::TargetConflict(_) => (S::CONFLICT, C::TargetSchemaConflict),
+            EngineError::DiffNotFound(_) => (S::NOT_FOUND, C::DiffNotFound),
+            EngineError::DiffUnsupported(_) => (S::BAD_REQUEST, C::DiffUnsupported),
+            EngineError::DiffRefused(_) => (S::CONFLICT, C::DiffRefused),
             EngineError::Meta(_) => {
                 tracing::error!(error = %ferry_core::error_chain(&err), "metadata store failed");
                 (S::INTERNAL_SERVER_ERROR, C::Internal)

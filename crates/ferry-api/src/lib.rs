@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! request ─► auth.rs (token, role; 401/403 before routing) ─► routes.rs ─► extract.rs (body ≤ 1 MiB, JSON, query, path: every rejection an
-//!            │             ApiError) ─► changefeeds.rs / sources.rs / server.rs ─► Engine
+//!            │             ApiError) ─► changefeeds.rs / tables.rs / diffs.rs / sources.rs / server.rs ─► Engine
 //!            └─► /metrics (metrics.rs), /api/v2/openapi.json (openapi.rs)
 //! ```
 //!
@@ -15,6 +15,7 @@
 
 pub mod auth;
 mod changefeeds;
+mod diffs;
 mod error;
 mod extract;
 mod history;

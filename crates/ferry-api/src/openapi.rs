@@ -9,7 +9,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{changefeeds, history, repair, server, sources, tables, target};
+use crate::{changefeeds, diffs, history, repair, server, sources, tables, target};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -41,6 +41,12 @@ use crate::{changefeeds, history, repair, server, sources, tables, target};
         tables::resync_table,
         target::sync_sequences,
         target::create_foreign_keys,
+        diffs::create,
+        diffs::list,
+        diffs::get_one,
+        diffs::stop,
+        diffs::resume,
+        diffs::delete,
         sources::create,
         sources::list,
         sources::get_one,
@@ -50,6 +56,7 @@ use crate::{changefeeds, history, repair, server, sources, tables, target};
     ),
     tags(
         (name = "changefeeds", description = "Replication jobs and their lifecycle"),
+        (name = "diffs", description = "Online diffs of a changefeed's target with its source, with repair"),
         (name = "sources", description = "Named source connections"),
         (name = "server", description = "This server"),
     )

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use crate::auth::{self, AccessPolicy};
 use crate::error::{ApiError, ErrorCode};
-use crate::{changefeeds, history, metrics, repair, server, sources, tables, target, AppState};
+use crate::{
+    changefeeds, diffs, history, metrics, repair, server, sources, tables, target, AppState,
+};
 
 pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
     Router::new()
@@ -44,6 +46,22 @@ pub(crate) fn router(access: Arc<AccessPolicy>, state: AppState) -> Router {
         .route(
             "/api/v2/changefeeds/{id}/tables/{table}/resume",
             post(tables::resume),
+        )
+        .route(
+            "/api/v2/changefeeds/{id}/diffs",
+            get(diffs::list).post(diffs::create),
+        )
+        .route(
+            "/api/v2/changefeeds/{id}/diffs/{diff_id}",
+            get(diffs::get_one).delete(diffs::delete),
+        )
+        .route(
+            "/api/v2/changefeeds/{id}/diffs/{diff_id}/stop",
+            post(diffs::stop),
+        )
+        .route(
+            "/api/v2/changefeeds/{id}/diffs/{diff_id}/resume",
+            post(diffs::resume),
         )
         .route("/api/v2/changefeeds/{id}/skip", post(repair::skip))
         .route("/api/v2/changefeeds/{id}/resync", post(repair::resync))

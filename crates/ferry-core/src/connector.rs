@@ -301,6 +301,16 @@ pub trait SinkConnector: Send + Sync {
     ) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// A reader of changefeed `feed`'s target tables, for a diff; `None` for a sink whose
+    /// target cannot be read back (a stream, a file): the default.
+    async fn reader(
+        &self,
+        _uri: &SinkUri,
+        _feed: &str,
+    ) -> Result<Option<Box<dyn crate::TargetReader>>, SinkError> {
+        Ok(None)
+    }
 }
 
 /// Every connector of the process, by URI scheme. The binary builds it; the engine and the

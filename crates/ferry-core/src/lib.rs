@@ -10,7 +10,8 @@
 //! - [`filter`]: which tables a changefeed selects ([`TableFilter`], TiCDC's rule syntax).
 //! - [`uri`]: source and sink connection strings, with secrets that never print.
 //! - [`tls`]: TLS options of a connection URI (libpq's `sslmode` and friends), typed.
-//! - [`sink`]: the contract every sink keeps ([`Sink`]), including the checkpoint invariant.
+//! - [`sink`]: the contract every sink keeps ([`Sink`]), including the checkpoint invariant,
+//!   and reading a target back for a diff ([`TargetReader`]).
 //! - [`source`]: what a changefeed's attempt asks of a source ([`Source`]); [`snapshot`]: the
 //!   vocabulary of table copies.
 //! - [`connector`]: checks, status and clean-up per connector, and the registry by scheme
@@ -44,7 +45,9 @@ pub use error::{error_chain, ErrorClass, SourceError};
 pub use filter::{FilterError, PartitionMode, TableFilter};
 pub use logical::LogicalType;
 pub use position::{Lsn, ParsePositionError, Position};
-pub use sink::{CheckpointStore, DdlPolicy, ExistingTarget, Sink, SinkError, TxMeta};
+pub use sink::{
+    CheckpointStore, DdlPolicy, ExistingTarget, Sink, SinkError, TargetReader, TargetRows, TxMeta,
+};
 pub use snapshot::{
     BulkFormat, ChunkData, ChunkLedger, ChunkLedgerHandle, ChunkSpec, FinishedChunk, RowStream,
     TablePlan,

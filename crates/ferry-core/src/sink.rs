@@ -18,8 +18,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::snapshot::{BulkFormat, ChunkData, FinishedChunk};
-use crate::{ErrorClass, Position, RowChange, TableDefinition, TableId, TableSchema};
+use futures::stream::BoxStream;
+
+use crate::snapshot::{BulkFormat, ChunkData, ChunkSpec, FinishedChunk};
+use crate::{ErrorClass, Position, Row, RowChange, TableDefinition, TableId, TableSchema};
 
 /// What a changefeed does with a target table that already holds rows when it first
 /// writes it (a table the user created, or one a deleted changefeed left behind).
@@ -219,4 +221,28 @@ pub trait Sink: Send {
 
     /// Completes a copied table (its key, then what the source's definition adds).
     async fn finish_table(&mut self, schema: &TableSchema) -> Result<(), SinkError>;
+}
+
+/// Rows read back from a target table, as a [`TargetReader`] streams them.
+pub type TargetRows = BoxStream<'static, Result<Row, SinkError>>;
+
+/// Reads a changefeed's target tables back, for a diff against the source. A sink that
+/// can be read offers one through [`crate::SinkConnector::reader`]; streams and files
+/// cannot.
+///
+/// Rows come in the same form a source's [`crate::ChunkReader`] gives them: each value in
+/// its column's canonical text (see [`crate::logical`]), in the source schema's column
+/// order. The diff compares that text, so a target of another database kind compares
+/// with its source once its reader prints canonical text.
+#[async_trait]
+pub trait TargetReader: Send {
+    /// The rows of `schema`'s target table whose `key_column` lies in `chunk`'s range (the
+    /// whole table when `key_column` is `None`), in no particular order. Each call sees
+    /// the target as committed when it starts.
+    async fn read_chunk(
+        &mut self,
+        schema: &TableSchema,
+        key_column: Option<&str>,
+        chunk: &ChunkSpec,
+    ) -> Result<TargetRows, SinkError>;
 }

@@ -133,6 +133,17 @@ pub trait Source: Send {
     /// Plans the copy of `table` (chunks of its key's range when worth it).
     async fn plan_table(&mut self, table: &SourceTable) -> Result<TablePlan, SourceError>;
 
+    /// Plans a diff of `table`: chunks of its key's range of about `rows_per_chunk` rows
+    /// each where the source can cut them, so a diff holds one chunk's keys at a time and
+    /// resumes from its last finished chunk. By default the copy's plan.
+    async fn plan_diff(
+        &mut self,
+        table: &SourceTable,
+        _rows_per_chunk: u64,
+    ) -> Result<TablePlan, SourceError> {
+        self.plan_table(table).await
+    }
+
     /// The definitions of `tables` for the sink to complete the tables it creates.
     async fn definitions(
         &mut self,

@@ -10,6 +10,7 @@
 //! | `sources.rs` | named sources and their status |
 //! | `cleanup.rs`, `guard.rs`, `monitor.rs` | pending clean-ups, the retained-log guard, backlog measurement |
 //! | `sequences.rs` | target sequence sync |
+//! | `diff/` | online diffs with repair: create, list, stop, resume, delete, restore |
 //!
 //! Operator actions on one changefeed hold its operation lock, so they apply one at a time;
 //! the map lock itself is only held for short, non-blocking looks. A task is always stopped
@@ -28,6 +29,7 @@ use crate::config::ChangefeedConfig;
 use crate::error::EngineError;
 use crate::metrics::FeedMetrics;
 use crate::options::EngineOptions;
+use crate::runner::repair::RepairSender;
 use crate::runner::Runner;
 use crate::status::{FeedState, StatusCell};
 
@@ -38,6 +40,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) struct Task {
     pub(crate) stop: watch::Sender<bool>,
     pub(crate) handle: tokio::task::JoinHandle<()>,
+    /// Where a diff hands its repairs to the changefeed's applier (none for a diff's own
+    /// task).
+    pub(crate) repairs: Option<RepairSender>,
 }
 
 pub(crate) struct Feed {
@@ -60,6 +65,8 @@ pub struct Engine {
     pub(crate) server_id: String,
     /// Every connector of the process, by URI scheme.
     pub(crate) connectors: Arc<dyn Connectors>,
+    /// The tasks of running diffs, by `namespace/id/diff_id`.
+    pub(crate) diffs: Mutex<BTreeMap<String, Task>>,
 }
 
 /// The metadata key of this server's id.
@@ -104,6 +111,7 @@ impl Engine {
     /// Starts a task for `config`, reporting into `status`.
     pub(crate) fn spawn(&self, config: &ChangefeedConfig, status: &StatusCell) -> Task {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (repairs_tx, repairs) = tokio::sync::mpsc::channel(crate::runner::repair::QUEUE);
         status.update(|s| {
             s.state = FeedState::Running;
             // Until the task has seen the source again, nothing says it is caught up.
@@ -121,10 +129,12 @@ impl Engine {
             connectors: self.connectors.clone(),
             source_identity: None,
             isolate_until: None,
+            repairs,
         };
         Task {
             stop: stop_tx,
             handle: tokio::spawn(runner.run()),
+            repairs: Some(repairs_tx),
         }
     }
 

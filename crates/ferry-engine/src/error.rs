@@ -84,6 +84,16 @@ pub enum EngineError {
     /// Reading the source's foreign keys or writing the target failed.
     #[error("creating foreign keys failed: {0}")]
     ForeignKeys(String),
+    /// No diff with that id for that changefeed.
+    #[error("diff {0} does not exist")]
+    DiffNotFound(String),
+    /// A diff cannot do what it was asked: the sink cannot be read back, or a table to
+    /// repair has no key.
+    #[error("{0}")]
+    DiffUnsupported(String),
+    /// The diff's state does not allow the action (one runs already, it is not running).
+    #[error("{0}")]
+    DiffRefused(String),
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),

@@ -46,11 +46,14 @@
 //! - `sources.rs`: named sources and their status. `monitor.rs`: the log each changefeed
 //!   holds on its source; `guard.rs` pauses or releases it past `max_retained_wal_bytes`.
 //!   `cleanup.rs`: what deleted changefeeds left on unreachable sources, still to drop.
+//! - [`diff`]: online diffs of source and target, with repair through the changefeed's
+//!   applier.
 //! - `runner/`: one changefeed's task. [`metrics`]: the counters the tasks increment.
 
 mod cleanup;
 pub mod config;
 mod control;
+pub mod diff;
 mod engine;
 mod error;
 mod foreign_keys;
@@ -73,6 +76,7 @@ mod table_control;
 mod validate;
 
 pub use config::{ChangefeedConfig, ConfigError};
+pub use diff::{Diff, DiffOptions, DiffProgress, DiffState, SampleKeys, TableDiff};
 pub use engine::Engine;
 pub use error::EngineError;
 pub use foreign_keys::{ForeignKeyReport, ForeignKeysReport, Outcome as ForeignKeyOutcome};

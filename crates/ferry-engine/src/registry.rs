@@ -47,6 +47,7 @@ impl Engine {
             sources_lock: tokio::sync::Mutex::new(()),
             server_id,
             connectors,
+            diffs: Mutex::new(BTreeMap::new()),
         });
         let stored: Vec<(String, ChangefeedConfig)> = engine.meta.list(Collection::Changefeeds)?;
         for (key, config) in stored {
@@ -79,6 +80,7 @@ impl Engine {
                 },
             );
         }
+        engine.restore_diffs()?;
         crate::monitor::spawn(Arc::downgrade(&engine));
         crate::cleanup::spawn(Arc::downgrade(&engine));
         Ok(engine)
@@ -246,6 +248,7 @@ impl Engine {
         if let Some(task) = feed.task.take() {
             stop(task).await;
         }
+        self.drop_diffs(namespace, id).await?;
         if let Err(e) = self.release_source(&feed.config.source_uri, &key).await {
             warn!(changefeed = %key, error = %e, "could not drop slot and publications: recorded as a pending clean-up, retried until the source answers");
             let mut pending = self.pending_cleanup(
@@ -278,6 +281,7 @@ impl Engine {
 
     /// Stops every changefeed (server shutdown); those that ran resume on the next start.
     pub async fn shutdown(&self) {
+        self.stop_diff_tasks().await;
         let tasks: Vec<Task> = self
             .feeds
             .lock()

@@ -69,11 +69,14 @@ pub enum Collection {
     /// Per changefeed, the snapshot chunks a sink without a store of its own (webhooks)
     /// delivered.
     ChunkMarkers,
+    /// Diffs of changefeeds (key `namespace/id/diff_id`): what was asked, the chunks done
+    /// and what they found, so a diff resumes after a restart from its last finished chunk.
+    Diffs,
 }
 
 impl Collection {
     /// Every collection.
-    const ALL: [Collection; 9] = [
+    const ALL: [Collection; 10] = [
         Collection::Changefeeds,
         Collection::ChangefeedState,
         Collection::ChangefeedLifecycle,
@@ -83,6 +86,7 @@ impl Collection {
         Collection::Checkpoints,
         Collection::History,
         Collection::ChunkMarkers,
+        Collection::Diffs,
     ];
 
     fn name(self) -> &'static str {
@@ -96,6 +100,7 @@ impl Collection {
             Collection::Checkpoints => "checkpoints",
             Collection::History => "changefeed_history",
             Collection::ChunkMarkers => "chunk_markers",
+            Collection::Diffs => "changefeed_diffs",
         }
     }
 

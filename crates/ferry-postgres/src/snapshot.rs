@@ -57,6 +57,39 @@ const INTEGER_TYPES: &[u32] = &[20, 21, 23]; // int8, int2, int4
 
 /// Plans the copy of `table`, reading its key's bounds when it is worth chunking.
 pub async fn plan_table(client: &Client, table: &SelectedTable) -> Result<TablePlan, PgError> {
+    let estimated_rows = table.estimated_rows.unwrap_or(0);
+    let count = estimated_rows
+        .div_ceil(CHUNK_ROWS)
+        .max(table.total_bytes.div_ceil(CHUNK_BYTES))
+        .clamp(1, MAX_CHUNKS);
+    plan_chunks(client, table, count).await
+}
+
+/// Most chunks a diff cuts one table into: its plan is stored with the diff.
+const MAX_DIFF_CHUNKS: u64 = 65_536;
+
+/// Plans a diff of `table` in chunks of about `rows_per_chunk` rows (by the row
+/// estimate: a table never analyzed is one chunk).
+pub async fn plan_diff(
+    client: &Client,
+    table: &SelectedTable,
+    rows_per_chunk: u64,
+) -> Result<TablePlan, PgError> {
+    let count = table
+        .estimated_rows
+        .unwrap_or(0)
+        .div_ceil(rows_per_chunk.max(1))
+        .clamp(1, MAX_DIFF_CHUNKS);
+    plan_chunks(client, table, count).await
+}
+
+/// Cuts `table` into `count` ranges of its integer key (evenly between its bounds), or
+/// one chunk when it has no such key or `count` is 1.
+async fn plan_chunks(
+    client: &Client,
+    table: &SelectedTable,
+    count: u64,
+) -> Result<TablePlan, PgError> {
     let schema = &table.schema;
     let estimated_rows = table.estimated_rows.unwrap_or(0);
     let single = |estimated_rows| TablePlan {
@@ -73,10 +106,6 @@ pub async fn plan_table(client: &Client, table: &SelectedTable) -> Result<TableP
         [k] if INTEGER_TYPES.contains(&schema.columns[*k].type_oid) => &schema.columns[*k].name,
         _ => return Ok(single(estimated_rows)),
     };
-    let count = estimated_rows
-        .div_ceil(CHUNK_ROWS)
-        .max(table.total_bytes.div_ceil(CHUNK_BYTES))
-        .clamp(1, MAX_CHUNKS);
     if count == 1 {
         return Ok(single(estimated_rows));
     }

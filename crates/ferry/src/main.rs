@@ -43,6 +43,8 @@ enum Command {
     Changefeed(ChangefeedArgs),
     /// Manage registered sources on a server.
     Source(SourceArgs),
+    /// Compare a changefeed's target with its source while it runs, and repair it.
+    Diff(cli::diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,9 @@ fn main() -> ExitCode {
         }),
         Command::Source(args) => cli::run(args.flags.or(cli.client), |context| {
             cli::source::run(context, args.command)
+        }),
+        Command::Diff(args) => cli::run(args.flags.or(cli.client), |context| {
+            cli::diff::run(context, args.command)
         }),
     }
 }

@@ -14,6 +14,7 @@ use ferry_core::{
 };
 use tokio::sync::{mpsc, watch};
 
+use super::repair::RepairRequest;
 use super::trail::Trail;
 use super::RunError;
 use crate::lifecycle::SkipTransaction;
@@ -90,7 +91,7 @@ pub(crate) type OnRenamed =
 
 /// The open batch.
 #[derive(Default)]
-struct Batch {
+pub(super) struct Batch {
     transactions: u64,
     rows: u64,
     opened: Option<tokio::time::Instant>,
@@ -113,9 +114,12 @@ struct Cursor {
 }
 
 impl Applier {
+    /// Applies the stream until stopped, finished or an error; between source
+    /// transactions, applies the repairs a diff hands over (see [`super::repair`]).
     pub(crate) async fn run(
         mut self,
         stop: &mut watch::Receiver<bool>,
+        repairs: &mut mpsc::Receiver<RepairRequest>,
     ) -> Result<StreamEnd, RunError> {
         let mut batch = Batch::default();
         let mut cursor = Cursor::default();
@@ -131,6 +135,14 @@ impl Applier {
                 _ = stop.changed() => {
                     self.abort(&mut batch).await;
                     return Ok(StreamEnd::Stopped);
+                }
+                Some(request) = repairs.recv(), if !cursor.in_transaction => {
+                    if let Err(e) = self.repair(&mut batch, request).await {
+                        let e = named(e, &batch.trail);
+                        self.abort(&mut batch).await;
+                        return Err(e);
+                    }
+                    continue;
                 }
                 ev = self.events.recv() => ev,
                 _ = sleep_until(deadline), if deadline.is_some() && !cursor.in_transaction => {
@@ -167,7 +179,7 @@ impl Applier {
         }
     }
 
-    async fn abort(&mut self, batch: &mut Batch) {
+    pub(super) async fn abort(&mut self, batch: &mut Batch) {
         self.sink.abort_batch().await;
         batch.counts.discard();
     }
@@ -423,7 +435,7 @@ impl Applier {
     }
 
     /// Commits the batch with its checkpoint, then confirms it to the source.
-    async fn commit(&mut self, batch: &mut Batch) -> Result<(), RunError> {
+    pub(super) async fn commit(&mut self, batch: &mut Batch) -> Result<(), RunError> {
         let Some((end, commit_time_us)) = batch.end.clone() else {
             return Ok(());
         };

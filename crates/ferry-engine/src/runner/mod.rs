@@ -11,6 +11,7 @@
 //! - [`tables`]: the persisted plan, reconciling it with the filter, per-table progress.
 //! - [`stream`]: where streaming starts, the replication session and its reader task.
 //! - [`apply`]: batches, the checkpoint invariant, the target position.
+//! - [`repair`]: rows a diff repairs, written by the applier between source transactions.
 //! - [`trail`]: what the open batch holds (source transactions, tables, operations, key
 //!   columns), to name it when the target refuses it. A refused batch is replayed once
 //!   with one source transaction per batch, each change in source order: what a merged
@@ -35,6 +36,7 @@
 
 mod apply;
 mod park;
+pub(crate) mod repair;
 mod snapshot;
 mod stream;
 pub(crate) mod tables;
@@ -170,6 +172,8 @@ pub(crate) struct Runner {
     /// source order: set after the target refused a batch, so the next attempt applies
     /// what order-sensitive constraints refused merged, or names the transaction refused.
     pub(crate) isolate_until: Option<Position>,
+    /// Repairs a diff hands over, applied between source transactions.
+    pub(crate) repairs: tokio::sync::mpsc::Receiver<repair::RepairRequest>,
 }
 
 impl Runner {

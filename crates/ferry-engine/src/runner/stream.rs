@@ -118,7 +118,7 @@ impl Runner {
         let watch =
             connector.watch_new_tables(&self.config.source_uri, self.config.filter(), known);
         tokio::select! {
-            end = applier.run(&mut self.stop) => end,
+            end = applier.run(&mut self.stop, &mut self.repairs) => end,
             table = watch, if follow => {
                 info!(changefeed = %self.config.key(), table = %table, "table created on the source; copying it, then streaming on");
                 Ok(StreamEnd::NewTable)

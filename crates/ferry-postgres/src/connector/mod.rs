@@ -439,6 +439,15 @@ impl SinkConnector for PgSinkConnector {
             .await
             .map(drop)
     }
+
+    async fn reader(
+        &self,
+        uri: &SinkUri,
+        feed: &str,
+    ) -> Result<Option<Box<dyn ferry_core::TargetReader>>, SinkError> {
+        let reader = crate::sink::PgTargetReader::connect(pg_uri(uri)?, feed).await?;
+        Ok(Some(Box::new(reader)))
+    }
 }
 
 /// Moves every target sequence of the tables `filter` selects to at least the source's

@@ -20,6 +20,10 @@ use crate::slot::{self, SlotNames};
 use crate::source::{PgStream, StreamOptions};
 use crate::{catalog, definition, snapshot, PgError};
 
+/// Times (100 ms apart) a temporary slot is created again while the previous one of its
+/// name is still being released.
+const TMP_SLOT_WAITS: u32 = 50;
+
 /// A PostgreSQL source for one attempt of a changefeed.
 pub struct PgSource {
     uri: ConnectionUri,
@@ -64,10 +68,22 @@ impl PgSource {
         } else {
             "ferry"
         };
-        let config = slot::replication_config(&self.uri, &names, Lsn::ZERO, application)?;
         let timeout = self.options.replication_timeout;
-        let created = slot::create_slot_with_snapshot_within(config, temporary, timeout).await?;
-        Ok((created, names.slot))
+        let mut waited = 0;
+        loop {
+            let config = slot::replication_config(&self.uri, &names, Lsn::ZERO, application)?;
+            match slot::create_slot_with_snapshot_within(config, temporary, timeout).await {
+                Ok(created) => return Ok((created, names.slot)),
+                // The previous temporary slot of this name goes only once the server's
+                // backend of its closed session has exited, a moment after the close
+                // (SQLSTATE 42710: duplicate object).
+                Err(e) if temporary && waited < TMP_SLOT_WAITS && e.chain().contains("42710") => {
+                    waited += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -169,6 +185,14 @@ impl Source for PgSource {
 
     async fn plan_table(&mut self, table: &SourceTable) -> Result<TablePlan, SourceError> {
         Ok(snapshot::plan_table(self.catalog(), table).await?)
+    }
+
+    async fn plan_diff(
+        &mut self,
+        table: &SourceTable,
+        rows_per_chunk: u64,
+    ) -> Result<TablePlan, SourceError> {
+        Ok(snapshot::plan_diff(self.catalog(), table, rows_per_chunk).await?)
     }
 
     async fn definitions(

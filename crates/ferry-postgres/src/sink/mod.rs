@@ -18,6 +18,7 @@
 //!   order. Segments and queues are flushed at a row or byte bound, so memory stays
 //!   bounded whatever a transaction's size. [`PgSink::commit_batch`] writes the checkpoint
 //!   into `_ferry.checkpoints` in the same transaction and commits.
+//! - Diff ([`readback`]): target tables read back per key range, in canonical text.
 
 mod compact;
 mod complete;
@@ -27,12 +28,14 @@ mod enums;
 mod follow;
 mod nullability;
 mod ownership;
+mod readback;
 mod rename;
 mod shape;
 mod statements;
 
 pub use copy::FinishedChunk;
 pub use ownership::{preflight, release, TargetPolicy, TargetProblem};
+pub(crate) use readback::PgTargetReader;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -9,6 +9,8 @@
 //!
 //! - [`changefeed`]: `ferry changefeed create|list|get|update|pause|resume|delete|status|
 //!   synced|check`.
+//! - [`diff`]: `ferry diff create|show|list|stop|resume|delete`, online diffs of a
+//!   changefeed's target with its source.
 //! - [`source`]: `ferry source create|list|get|update|delete|status`.
 //! - [`client`]: the HTTP client; turns API errors (`error_code`, `error_msg`) into
 //!   [`CliError`]s with an exit code each.
@@ -26,6 +28,7 @@ pub(crate) mod changefeed;
 mod check;
 mod client;
 mod credentials;
+pub(crate) mod diff;
 mod output;
 mod secrets;
 pub(crate) mod source;
