@@ -211,7 +211,11 @@ impl Engine {
             (false, "the snapshot is still running".to_string())
         } else if status.state != FeedState::Running {
             (false, format!("the changefeed is {}", status.state))
-        } else if let Some(t) = status.tables.iter().find(|t| t.state != TableState::Copied) {
+        } else if let Some(t) = status
+            .tables
+            .iter()
+            .find(|t| t.state != TableState::Streaming)
+        {
             // A table waiting for its copy, paused or parked is not in step with the
             // source, whatever the checkpoint says.
             (false, format!("table {} is {}", t.table, t.state.as_str()))

@@ -99,7 +99,10 @@ pub enum TableState {
     /// Being copied.
     Copying,
     /// Copied; its changes stream.
-    Copied,
+    Streaming,
+    /// Being copied again (a re-sync, or a paused or failed table resumed); its changes
+    /// stream once the copy is done.
+    Resyncing,
     /// Paused by an operator: its changes are not applied; resuming copies it again.
     Paused,
     /// The target refused its changes and the changefeed parked it (`on_table_error:
@@ -109,10 +112,11 @@ pub enum TableState {
 
 impl TableState {
     /// Every state, in the order a table goes through them.
-    pub const ALL: [TableState; 5] = [
+    pub const ALL: [TableState; 6] = [
         TableState::Pending,
         TableState::Copying,
-        TableState::Copied,
+        TableState::Streaming,
+        TableState::Resyncing,
         TableState::Paused,
         TableState::Failed,
     ];
@@ -122,7 +126,8 @@ impl TableState {
         match self {
             TableState::Pending => "pending",
             TableState::Copying => "copying",
-            TableState::Copied => "copied",
+            TableState::Streaming => "streaming",
+            TableState::Resyncing => "resyncing",
             TableState::Paused => "paused",
             TableState::Failed => "failed",
         }
@@ -339,7 +344,7 @@ impl StatusCell {
                     .tables
                     .iter()
                     .map(|t| TableProgress {
-                        lag_seconds: (t.state == TableState::Copied)
+                        lag_seconds: (t.state == TableState::Streaming)
                             .then_some(lag_seconds)
                             .flatten(),
                         ..t.clone()

@@ -182,8 +182,8 @@ fn stopped_running_paused_with_an_added_table() {
     assert_eq!(
         tables,
         vec![
-            ("public.a".into(), "copied".into()),
-            ("public.b".into(), "copied".into())
+            ("public.a".into(), "streaming".into()),
+            ("public.b".into(), "streaming".into())
         ],
         "{view}"
     );

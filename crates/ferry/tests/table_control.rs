@@ -74,7 +74,7 @@ fn one_table_paused_resumed_and_removed_while_the_others_stream() {
     pair.wait_synced("cf", MINUTE);
     assert_eq!(
         states(&pair, "cf"),
-        pairs(&[("public.a", "copied"), ("public.b", "copied")])
+        pairs(&[("public.a", "streaming"), ("public.b", "streaming")])
     );
 
     for (path, code, error_code) in [
@@ -92,7 +92,7 @@ fn one_table_paused_resumed_and_removed_while_the_others_stream() {
     }
     assert_eq!(
         states(&pair, "cf"),
-        pairs(&[("public.a", "paused"), ("public.b", "copied")])
+        pairs(&[("public.a", "paused"), ("public.b", "streaming")])
     );
     pair.source.psql(
         "shop",
@@ -135,7 +135,7 @@ fn one_table_paused_resumed_and_removed_while_the_others_stream() {
     pair.wait_synced("cf", MINUTE);
     assert_eq!(count(&pair, "b"), "501");
     pair.assert_same("public.a");
-    assert_eq!(states(&pair, "cf"), pairs(&[("public.a", "copied")]));
+    assert_eq!(states(&pair, "cf"), pairs(&[("public.a", "streaming")]));
     let config = pair.ferry.get("/api/v2/changefeeds/cf").1;
     assert_eq!(config["config"]["tables"], json!(["public.*", "!public.b"]));
     let listed = pair.cli(&["changefeed", "tables", "cf"]);

@@ -314,7 +314,10 @@ impl SnapshotWorker {
             let Some(job) = job else { break };
             self.status.update(|s| {
                 if let Some(t) = table_entry(&mut s.tables, &job.schema.id) {
-                    t.state = TableState::Copying;
+                    // A table copied again stays `resyncing` until its copy is done.
+                    if t.state != TableState::Resyncing {
+                        t.state = TableState::Copying;
+                    }
                 }
             });
             let data = reader
@@ -350,7 +353,7 @@ impl SnapshotWorker {
                     t.rows_copied += n;
                     t.chunks_done += 1;
                     if t.chunks_done >= t.chunks_total {
-                        t.state = TableState::Copied;
+                        t.state = TableState::Streaming;
                     }
                 }
             });

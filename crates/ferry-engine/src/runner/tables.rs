@@ -265,7 +265,7 @@ pub(crate) fn progress(state: &RuntimeState, finished: &[FinishedChunk]) -> Vec<
     let entry = |plan: &TablePlan, done: Vec<&FinishedChunk>| TableProgress {
         table: plan.table.to_string(),
         state: if done.len() >= plan.chunks.len() {
-            TableState::Copied
+            TableState::Streaming
         } else {
             TableState::Pending
         },
@@ -310,7 +310,7 @@ pub(crate) fn refresh(tables: &mut Vec<TableProgress>, mut progress: Vec<TablePr
 }
 
 /// Shows in `progress` what `state` says beyond the copy markers: tables held (paused or
-/// parked), tables to copy again (pending), tables no longer planned (gone).
+/// parked), tables to copy again (resyncing), tables no longer planned (gone).
 pub(crate) fn mark(state: &RuntimeState, progress: &mut Vec<TableProgress>) {
     let planned = planned_tables(state);
     progress.retain(|p| planned.iter().any(|t| t.to_string() == p.table));
@@ -326,7 +326,7 @@ pub(crate) fn mark(state: &RuntimeState, progress: &mut Vec<TableProgress>) {
             };
             entry.error = held.error.clone();
         } else if state.resync.iter().any(|t| t.to_string() == entry.table) {
-            entry.state = TableState::Pending;
+            entry.state = TableState::Resyncing;
             entry.error = None;
         }
     }
@@ -494,7 +494,7 @@ mod tests {
         assert_eq!((p[0].chunks_done, p[0].rows_copied), (2, 20));
         assert_eq!(p[0].state, TableState::Pending);
         assert_eq!(p[1].state, TableState::Pending);
-        assert_eq!(p[2].state, TableState::Copied);
+        assert_eq!(p[2].state, TableState::Streaming);
         // Multi-chunk tables never skip stream changes; single-chunk ones do.
         let skip = skip_before(&state, &finished);
         assert_eq!(skip.keys().collect::<Vec<_>>(), vec![&t("small")]);

@@ -55,8 +55,10 @@ async fn a_paused_table_gets_nothing_and_comes_back_whole() {
         tx.insert(&b, 11, "after resume");
         tx.update(&b, 10, "after resume");
     });
-    h.wait("b copied again", |h| state_of(h, &b) == TableState::Copied)
-        .await;
+    h.wait("b copied again", |h| {
+        state_of(h, &b) == TableState::Streaming
+    })
+    .await;
     h.wait_caught_up().await;
     h.assert_identical(&[&a, &b]);
 }
@@ -73,15 +75,17 @@ async fn a_resync_copies_again_without_a_gap() {
         .resync("default", "cf", Some(vec![a.clone()]))
         .await
         .unwrap();
-    assert_eq!(state_of(&h, &a), TableState::Pending);
+    assert_eq!(state_of(&h, &a), TableState::Resyncing);
     for i in 0..10 {
         db.commit(|tx| {
             tx.insert(&a, 100 + i, "during");
             tx.update(&a, i, "during");
         });
     }
-    h.wait("a copied again", |h| state_of(h, &a) == TableState::Copied)
-        .await;
+    h.wait("a copied again", |h| {
+        state_of(h, &a) == TableState::Streaming
+    })
+    .await;
     h.wait_caught_up().await;
     h.assert_identical(&[&a]);
 }

@@ -144,7 +144,7 @@ impl Bars {
             let state = cell(table.get("state"));
             // The estimate is the planner's guess; a copied table is complete whatever it said.
             let length = estimated.max(copied).max(1);
-            let position = if state == "copied" { length } else { copied };
+            let position = if state == "streaming" { length } else { copied };
             let bar = self.tables.entry(name.clone()).or_insert_with(|| {
                 // Set up before it is added, so its first frame is already right.
                 let bar = ProgressBar::new(length).with_position(position);
@@ -155,7 +155,7 @@ impl Bars {
             bar.set_length(length);
             bar.set_position(position);
             bar.set_message(state.clone());
-            if state == "copied" && !bar.is_finished() {
+            if state == "streaming" && !bar.is_finished() {
                 bar.finish();
             }
         }
