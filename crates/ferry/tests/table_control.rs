@@ -194,7 +194,7 @@ fn a_table_the_target_refuses_is_parked_while_the_others_go_on() {
     let metrics = metrics.as_str().unwrap();
     for needle in [
         "ferry_changefeed_tables{namespace=\"default\",changefeed=\"park\",state=\"failed\"} 1",
-        "ferry_changefeed_tables{namespace=\"default\",changefeed=\"park\",state=\"copied\"} 1",
+        "ferry_changefeed_tables{namespace=\"default\",changefeed=\"park\",state=\"streaming\"} 1",
     ] {
         assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
     }
