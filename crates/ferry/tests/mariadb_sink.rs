@@ -159,7 +159,22 @@ fn keyless_multisets_key_changes_toast_and_truncate_through_the_cli() {
          INSERT INTO items VALUES (31, 'new 31', 'doc', 0.1);
          COMMIT;",
     );
+    // One transaction far larger than a segment: flushed in parts, committed once.
+    let started = Instant::now();
+    setup.source.psql(
+        "shop",
+        "BEGIN;
+         INSERT INTO items SELECT i, 'bulk', 'd', i FROM generate_series(100000, 160000) i;
+         UPDATE items SET price = price + 1 WHERE id >= 100000 AND id % 3 = 0;
+         DELETE FROM items WHERE id >= 100000 AND id % 5 = 0;
+         COMMIT;",
+    );
     setup.wait_synced("rows", MINUTE);
+    eprintln!(
+        "one transaction of 60,001 inserts, 20,001 updates, 12,001 deletes: committed and \
+         applied in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let items = [
         same("id"),
         hex_text("name"),

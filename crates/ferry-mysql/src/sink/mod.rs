@@ -159,6 +159,26 @@ fn sql_work(statements: Vec<Vec<u8>>) -> Vec<Work> {
     statements.into_iter().map(Work::Sql).collect()
 }
 
+/// Warns when the target does not flush its log at each commit: the engine tells the
+/// source it may discard its log once `commit_batch` returns, so a target crash could
+/// then lose transactions the source no longer has. The setting is global only (no session
+/// can pin it, as the PostgreSQL sink pins `synchronous_commit`).
+async fn warn_if_commits_not_durable(conn: &mut Conn, changefeed: &str) {
+    let flush: Option<u8> = conn
+        .query_first("SELECT @@innodb_flush_log_at_trx_commit")
+        .await
+        .ok()
+        .flatten();
+    if flush.is_some_and(|f| f != 1) {
+        tracing::warn!(
+            changefeed,
+            innodb_flush_log_at_trx_commit = flush,
+            "the target does not flush its log at each commit: a crash of the target may lose \
+             committed batches the source has discarded; set innodb_flush_log_at_trx_commit = 1"
+        );
+    }
+}
+
 /// One piece of queued work.
 enum Work {
     /// Statements that may travel together.
@@ -199,6 +219,7 @@ impl MySqlSink {
         if let Some(message) = sink_is_source(&mut conn, &policy).await? {
             return Err(SinkError::Unsupported { message });
         }
+        warn_if_commits_not_durable(&mut conn, changefeed).await;
         for statement in ownership::BOOKKEEPING {
             conn.query_drop(statement)
                 .await
