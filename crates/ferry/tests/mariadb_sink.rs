@@ -290,4 +290,18 @@ fn existing_target_policies_and_claims() {
     let status = setup.wait_state("numbers", "failed", MINUTE);
     let error = status.to_string();
     assert!(error.contains("column x of public.n"), "{status}");
+
+    // A row longer than the target's max_allowed_packet (16 MiB): stopped, saying so.
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE big (id int PRIMARY KEY, body text);
+         INSERT INTO big VALUES (1, repeat('x', 17000000));",
+    );
+    let (code, body) = setup.create("big", &["public.big"], json!({}));
+    assert_eq!(code, 201, "{body}");
+    let status = setup.wait_state("big", "failed", MINUTE);
+    assert!(
+        status.to_string().contains("max_allowed_packet"),
+        "{status}"
+    );
 }

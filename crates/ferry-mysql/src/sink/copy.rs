@@ -125,6 +125,7 @@ impl MySqlSink {
                 }
                 if !sql.is_empty() && (row.is_none() || sql.len() >= STATEMENT_BYTES) {
                     sql.extend_from_slice(tail.as_bytes());
+                    super::check_packet(sql.len(), self.max_packet, &what)?;
                     self.conn.query_drop(&sql).await.map_err(fail)?;
                     sql.clear();
                 }

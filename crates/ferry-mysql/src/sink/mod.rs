@@ -16,9 +16,9 @@
 //!   `existing_target`. MariaDB commits DDL implicitly, so shaping runs on a connection
 //!   of its own, never inside a batch's transaction. Column changes are not followed: a
 //!   target lacking a source column stops the changefeed with what to add.
-//! - Stream: a batch is one transaction. Its changes are compacted per table and key into
-//!   a **segment** ([`ferry_core::compact`]) that becomes a few multi-row statements
-//!   ([`statements`]); a change that cannot be compacted ends the segment and queues row
+//! - Stream ([`apply`]): a batch is one transaction. Its changes are compacted per table
+//!   and key into a **segment** ([`ferry_core::compact`]) that becomes a few multi-row
+//!   statements ([`statements`]); a change that cannot be compacted ends the segment and queues row
 //!   statements of its own, so the two never run out of order. Segment and queue are
 //!   flushed at a row or byte bound: memory stays bounded whatever a transaction's size.
 //!   [`Sink::commit_batch`] sends the last statements, the checkpoint and `COMMIT` as one
@@ -29,6 +29,7 @@
 //! - Snapshot ([`copy`]): each chunk's rows go in as multi-row INSERTs in one transaction
 //!   together with its marker.
 
+mod apply;
 mod array;
 mod copy;
 mod ownership;
@@ -43,19 +44,14 @@ use async_trait::async_trait;
 use ferry_core::compact::TableChanges;
 use ferry_core::{
     ConnectionUri, ErrorClass, Position, RowChange, Sink, SinkConnector, SinkError, SinkUri,
-    TableId, TableSchema, TargetPolicy, TargetProblem, Value,
+    TableId, TableSchema, TargetPolicy, TargetProblem,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
 use crate::connect::sink_error;
+use apply::Work;
 use statements::Target;
-
-/// Row statements are sent when this many bytes of SQL are waiting…
-const FLUSH_BYTES: usize = 4 << 20;
-/// …and a segment is applied when it holds this many changes or bytes of values.
-const SEGMENT_ROWS: usize = 20_000;
-const SEGMENT_BYTES: usize = 16 << 20;
 
 /// Writes changefeeds into a MySQL or MariaDB server.
 #[derive(Clone, Copy, Debug, Default)]
@@ -155,10 +151,6 @@ async fn sink_is_source(
     )
 }
 
-fn sql_work(statements: Vec<Vec<u8>>) -> Vec<Work> {
-    statements.into_iter().map(Work::Sql).collect()
-}
-
 /// Warns when the target does not flush its log at each commit: the engine tells the
 /// source it may discard its log once `commit_batch` returns, so a target crash could
 /// then lose transactions the source no longer has. The setting is global only (no session
@@ -179,14 +171,6 @@ async fn warn_if_commits_not_durable(conn: &mut Conn, changefeed: &str) {
     }
 }
 
-/// One piece of queued work.
-enum Work {
-    /// Statements that may travel together.
-    Sql(Vec<u8>),
-    /// A statement that must change exactly one row (a row of a table without a key).
-    OneRow(Vec<u8>, TableId),
-}
-
 /// Writes into a MySQL/MariaDB server.
 pub struct MySqlSink {
     conn: Conn,
@@ -205,6 +189,23 @@ pub struct MySqlSink {
     segment_rows: usize,
     segment_bytes: usize,
     in_order: bool,
+    /// The target's `max_allowed_packet`: no query may be longer.
+    max_packet: usize,
+}
+
+/// An error unless a statement of `len` bytes fits in the target's `max_allowed_packet`:
+/// a longer one would break the connection, and retrying would never help.
+pub(crate) fn check_packet(len: usize, max_packet: usize, what: &str) -> Result<(), SinkError> {
+    if len + 1024 > max_packet {
+        return Err(SinkError::Unsupported {
+            message: format!(
+                "{what} needs a statement of {len} bytes (a large value), more than the target's \
+                 max_allowed_packet ({max_packet}); raise max_allowed_packet on the target \
+                 (SET GLOBAL max_allowed_packet = …, up to 1 GB), then resume"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl MySqlSink {
@@ -220,6 +221,10 @@ impl MySqlSink {
             return Err(SinkError::Unsupported { message });
         }
         warn_if_commits_not_durable(&mut conn, changefeed).await;
+        let max_packet: Option<u64> = conn
+            .query_first("SELECT @@max_allowed_packet")
+            .await
+            .map_err(|e| sink_error("read the target's max_allowed_packet", e))?;
         for statement in ownership::BOOKKEEPING {
             conn.query_drop(statement)
                 .await
@@ -240,6 +245,7 @@ impl MySqlSink {
             segment_rows: 0,
             segment_bytes: 0,
             in_order: false,
+            max_packet: max_packet.map_or(usize::MAX, |m| m as usize),
         })
     }
 
@@ -266,233 +272,6 @@ impl MySqlSink {
         self.tables.get(id).ok_or_else(|| SinkError::Unsupported {
             message: format!("a change for {id} arrived before its schema"),
         })
-    }
-
-    /// Turns the segment into queued statements and sends everything queued.
-    async fn flush(&mut self) -> Result<(), SinkError> {
-        self.segment_to_queue()?;
-        let work = std::mem::take(&mut self.queue);
-        self.queued_bytes = 0;
-        self.run(work, None).await
-    }
-
-    /// Queues the segment's statements: per table its deletes, its upserts, its updates.
-    fn segment_to_queue(&mut self) -> Result<(), SinkError> {
-        let segment = std::mem::take(&mut self.segment);
-        self.segment_rows = 0;
-        self.segment_bytes = 0;
-        for (id, changes) in segment {
-            let target = self.target(&id)?;
-            let sets = changes.into_sets();
-            let mut statements = target.deletes(&sets.deletes)?;
-            statements.extend(target.inserts(&sets.upserts, true)?);
-            for rows in sets.updates.values() {
-                for row in rows {
-                    statements.extend(target.update(row, row, false)?);
-                }
-            }
-            for sql in statements {
-                self.queued_bytes += sql.len();
-                self.queue.push(Work::Sql(sql));
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends `work` in order (then `finish`): statements that may travel together as
-    /// multi-statement queries, a one-row statement alone, checking it changed one row.
-    async fn run(&mut self, work: Vec<Work>, finish: Option<Vec<u8>>) -> Result<(), SinkError> {
-        let mut query: Vec<u8> = Vec::new();
-        let fail = |e| sink_error("apply a batch of changes", e);
-        for item in work.into_iter().chain(finish.map(Work::Sql)) {
-            match item {
-                Work::Sql(sql) => {
-                    if !query.is_empty() && query.len() + sql.len() > FLUSH_BYTES {
-                        self.conn
-                            .query_drop(std::mem::take(&mut query))
-                            .await
-                            .map_err(fail)?;
-                    }
-                    if !query.is_empty() {
-                        query.push(b';');
-                    }
-                    query.extend_from_slice(&sql);
-                }
-                Work::OneRow(sql, table) => {
-                    if !query.is_empty() {
-                        self.conn
-                            .query_drop(std::mem::take(&mut query))
-                            .await
-                            .map_err(fail)?;
-                    }
-                    self.conn.query_drop(sql).await.map_err(fail)?;
-                    if self.conn.affected_rows() != 1 {
-                        return Err(SinkError::Unsupported {
-                            message: format!(
-                                "a row of {table} (a table without a key) that the source \
-                                 changed is not on the target: the target diverged from the \
-                                 source. Re-sync the table"
-                            ),
-                        });
-                    }
-                }
-            }
-        }
-        if !query.is_empty() {
-            self.conn.query_drop(query).await.map_err(fail)?;
-        }
-        Ok(())
-    }
-
-    async fn queue(&mut self, work: Work) -> Result<(), SinkError> {
-        if !self.segment.is_empty() {
-            self.segment_to_queue()?;
-        }
-        self.queued_bytes += match &work {
-            Work::Sql(s) | Work::OneRow(s, _) => s.len(),
-        };
-        self.queue.push(work);
-        if self.queued_bytes >= FLUSH_BYTES {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Adds a change to the segment, or queues its own statements when it cannot be merged.
-    async fn compact(
-        &mut self,
-        table: &Arc<TableSchema>,
-        change: RowChange,
-    ) -> Result<(), SinkError> {
-        let bytes = change.payload_bytes();
-        if self
-            .segment
-            .get(&table.id)
-            .is_some_and(|c| c.schema.columns != table.columns || c.schema.key != table.key)
-        {
-            self.segment_to_queue()?;
-        }
-        if !self.segment.contains_key(&table.id) {
-            self.segment
-                .insert(table.id.clone(), TableChanges::new(table.clone()));
-        }
-        let changes = self
-            .segment
-            .get_mut(&table.id)
-            .expect("the entry was inserted above");
-        match changes.absorb(change) {
-            Ok(()) => {
-                self.segment_rows += 1;
-                self.segment_bytes += bytes;
-                if self.segment_rows >= SEGMENT_ROWS || self.segment_bytes >= SEGMENT_BYTES {
-                    self.flush().await?;
-                }
-                Ok(())
-            }
-            Err(change) => self.apply_alone(change).await,
-        }
-    }
-
-    /// Queues the statements of one change, as the source made it.
-    async fn apply_alone(&mut self, change: RowChange) -> Result<(), SinkError> {
-        let work: Vec<Work> = match &change {
-            RowChange::Insert { table, new } => sql_work(
-                self.target(&table.id)?
-                    .inserts(std::slice::from_ref(new), true)?,
-            ),
-            RowChange::Update { table, old, new } => self.update_work(table, old.as_ref(), new)?,
-            RowChange::Delete { table, old } => {
-                let target = self.target(&table.id)?;
-                if table.has_key() {
-                    let key: Vec<Value> = table.key.iter().map(|&k| old[k].clone()).collect();
-                    sql_work(target.deletes(&[key])?)
-                } else {
-                    vec![Work::OneRow(target.delete_row(old)?, table.id.clone())]
-                }
-            }
-            RowChange::Truncate { .. } => unreachable!("truncates are applied by `apply`"),
-        };
-        for w in work {
-            self.queue(w).await?;
-        }
-        Ok(())
-    }
-
-    /// The statements of an update applied on its own.
-    fn update_work(
-        &self,
-        table: &TableSchema,
-        old: Option<&ferry_core::Row>,
-        new: &ferry_core::Row,
-    ) -> Result<Vec<Work>, SinkError> {
-        let target = self.target(&table.id)?;
-        if !table.has_key() {
-            let old = old
-                .filter(|o| !o.contains(&Value::Unchanged))
-                .ok_or_else(|| SinkError::Unsupported {
-                    message: format!(
-                        "an update of {} (a table without a key) came without the whole old row; \
-                     set REPLICA IDENTITY FULL on the source table",
-                        table.id
-                    ),
-                })?;
-            return Ok(target
-                .update(old, new, true)?
-                .map(|sql| Work::OneRow(sql, table.id.clone()))
-                .into_iter()
-                .collect());
-        }
-        let complete = !new.contains(&Value::Unchanged);
-        let key_of = |row: &ferry_core::Row| -> Vec<Value> {
-            table.key.iter().map(|&k| row[k].clone()).collect()
-        };
-        let old_key = old.map(key_of).filter(|k| *k != key_of(new));
-        Ok(match (old_key, complete) {
-            (Some(old_key), true) => {
-                let mut work: Vec<Work> = target
-                    .deletes(&[old_key])?
-                    .into_iter()
-                    .map(Work::Sql)
-                    .collect();
-                work.extend(
-                    target
-                        .inserts(std::slice::from_ref(new), true)?
-                        .into_iter()
-                        .map(Work::Sql),
-                );
-                work
-            }
-            // The key moves and unsent values stay with the row.
-            (Some(_), false) => target
-                .update(old.expect("an old key came from it"), new, true)?
-                .map(Work::Sql)
-                .into_iter()
-                .collect(),
-            (None, true) => target
-                .inserts(std::slice::from_ref(new), true)?
-                .into_iter()
-                .map(Work::Sql)
-                .collect(),
-            (None, false) => target
-                .update(new, new, false)?
-                .map(Work::Sql)
-                .into_iter()
-                .collect(),
-        })
-    }
-
-    /// Discards the open batch: nothing of it stays.
-    async fn rollback(&mut self) {
-        self.queue.clear();
-        self.queued_bytes = 0;
-        self.segment.clear();
-        self.segment_rows = 0;
-        self.segment_bytes = 0;
-        self.written.clear();
-        if self.in_batch {
-            let _ = self.conn.query_drop("ROLLBACK").await;
-            self.in_batch = false;
-        }
     }
 }
 
