@@ -45,26 +45,35 @@ const PGBENCH_TABLES: [&str; 4] = [
     "pgbench_history",
 ];
 
+/// pgbench scale: 2 (200,000 accounts) by default; `FERRY_TEST_PGBENCH_SCALE` for more.
+fn scale() -> u32 {
+    std::env::var("FERRY_TEST_PGBENCH_SCALE").map_or(2, |s| s.parse().expect("a scale"))
+}
+
 #[test]
 fn pgbench_snapshot_and_stream_with_kill_9_end_identical() {
     let mut setup = ToMariaDb::start();
-    let init = setup.source.pgbench("shop", &["-i", "-q", "-s", "2"]);
+    let scale = scale();
+    let init = setup
+        .source
+        .pgbench("shop", &["-i", "-q", "-s", &scale.to_string()]);
     assert!(
         init.status.success(),
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
 
-    // The snapshot alone first, timed: 200,000 accounts.
+    // The snapshot alone first, timed.
     let started = Instant::now();
     let (code, body) = setup.create("bench", &["public.pgbench_*"], json!({}));
     assert_eq!(code, 201, "{body}");
     setup.wait_synced("bench", MINUTE);
     let snapshot = started.elapsed();
+    let rows = f64::from(scale) * 100_000.0;
     eprintln!(
-        "snapshot of 200,000 pgbench rows (and synced): {:.1} s, {:.0} rows/s",
+        "snapshot of {rows} pgbench accounts (and synced): {:.1} s, {:.0} rows/s",
         snapshot.as_secs_f64(),
-        200_000.0 / snapshot.as_secs_f64()
+        rows / snapshot.as_secs_f64()
     );
 
     // The stream under load, with two `kill -9`s.
@@ -290,6 +299,21 @@ fn existing_target_policies_and_claims() {
     let status = setup.wait_state("numbers", "failed", MINUTE);
     let error = status.to_string();
     assert!(error.contains("column x of public.n"), "{status}");
+
+    // A text key longer than the target's VARCHAR key: the bulk load's warning stops it.
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE long_keys (k text PRIMARY KEY);
+         INSERT INTO long_keys VALUES ('short'), (repeat('k', 800));",
+    );
+    let (code, body) = setup.create("long-keys", &["public.long_keys"], json!({}));
+    assert_eq!(code, 201, "{body}");
+    let status = setup.wait_state("long-keys", "failed", MINUTE);
+    assert!(status.to_string().contains("public.long_keys"), "{status}");
+    assert_eq!(
+        setup.target.sql("SELECT count(*) FROM public.long_keys"),
+        "0"
+    );
 
     // A row longer than the target's max_allowed_packet (16 MiB): stopped, saying so.
     setup.source.psql(

@@ -243,7 +243,7 @@ fn normalized() -> Vec<(String, String)> {
 }
 
 /// Floats compared by value: each side prints its own shortest text.
-fn assert_same_floats(setup: &ToMariaDb) {
+fn assert_same_floats(setup: &ToMariaDb, table: &str) {
     let parse = |out: String| -> Vec<(String, Option<f64>, Option<f64>)> {
         out.lines()
             .map(|l| {
@@ -255,13 +255,13 @@ fn assert_same_floats(setup: &ToMariaDb) {
     };
     let source = parse(setup.source.psql(
         "shop",
-        "SELECT concat_ws('|', k, coalesce(float8(f4)::text, 'NULL'), coalesce(f8::text, 'NULL'))
-         FROM public.all_types ORDER BY k",
-    ));
-    let target = parse(setup.target.sql(
+        &format!("SELECT concat_ws('|', k, coalesce(float8(f4)::text, 'NULL'), coalesce(f8::text, 'NULL'))
+         FROM public.{table} ORDER BY k"
+    )));
+    let target = parse(setup.target.sql(&format!(
         "SELECT concat_ws('|', k, coalesce(cast(f4 as double), 'NULL'), coalesce(f8, 'NULL'))
-         FROM public.all_types ORDER BY k",
-    ));
+         FROM public.{table} ORDER BY k"
+    )));
     assert_eq!(source, target);
 }
 
@@ -321,7 +321,7 @@ fn every_type_round_trips_postgresql_to_mariadb() {
             });
             setup.wait_synced("types", Duration::from_secs(60));
             setup.assert_same("public", "all_types", &normalized());
-            assert_same_floats(&setup);
+            assert_same_floats(&setup, "all_types");
             let rows = setup.target.sql("SELECT count(*) FROM public.all_types");
             assert_eq!(
                 rows,
@@ -333,6 +333,18 @@ fn every_type_round_trips_postgresql_to_mariadb() {
             Ok(())
         })
         .unwrap();
+
+    // The last case's rows again, through a snapshot (the bulk load path).
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE public.all_types_copy (LIKE public.all_types INCLUDING ALL);
+         INSERT INTO public.all_types_copy SELECT * FROM public.all_types;",
+    );
+    let (code, body) = setup.create("types-copy", &["public.all_types_copy"], json!({}));
+    assert_eq!(code, 201, "{body}");
+    setup.wait_synced("types-copy", Duration::from_secs(60));
+    setup.assert_same("public", "all_types_copy", &normalized());
+    assert_same_floats(&setup, "all_types_copy");
 
     // The target's types, as docs/types.md lists them.
     let types = setup.target.sql(

@@ -5,7 +5,7 @@
 //! changes ──► compact per key ──► multi-row statements ──┐
 //!                                  row statements ───────┼─► one InnoDB transaction
 //! commit_batch(position) ──► _ferry.checkpoints upsert ──┘   … COMMIT (one round trip)
-//! copy_chunk ──► multi-row INSERTs + _ferry.snapshot_chunks marker, one transaction
+//! copy_chunk ──► LOAD DATA LOCAL + _ferry.snapshot_chunks marker, one transaction
 //! ```
 //!
 //! - Tables ([`shape`]): a table's schema is a database on the target, created when
@@ -26,8 +26,8 @@
 //! - A TRUNCATE is a `DELETE` (MariaDB's TRUNCATE would commit the batch); a rename runs
 //!   on the side connection, refused when the open batch wrote the table already (the
 //!   engine then replays one source transaction per batch).
-//! - Snapshot ([`copy`]): each chunk's rows go in as multi-row INSERTs in one transaction
-//!   together with its marker.
+//! - Snapshot ([`copy`]): each chunk's rows are streamed into `LOAD DATA LOCAL INFILE`
+//!   (or multi-row INSERTs) in one transaction together with its marker.
 
 mod apply;
 mod array;
@@ -191,6 +191,8 @@ pub struct MySqlSink {
     in_order: bool,
     /// The target's `max_allowed_packet`: no query may be longer.
     max_packet: usize,
+    /// The target accepts `LOAD DATA LOCAL INFILE` (snapshot chunks load that way).
+    local_infile: bool,
 }
 
 /// An error unless a statement of `len` bytes fits in the target's `max_allowed_packet`:
@@ -221,10 +223,11 @@ impl MySqlSink {
             return Err(SinkError::Unsupported { message });
         }
         warn_if_commits_not_durable(&mut conn, changefeed).await;
-        let max_packet: Option<u64> = conn
-            .query_first("SELECT @@max_allowed_packet")
+        let (max_packet, local_infile): (u64, bool) = conn
+            .query_first("SELECT @@max_allowed_packet, @@local_infile")
             .await
-            .map_err(|e| sink_error("read the target's max_allowed_packet", e))?;
+            .map_err(|e| sink_error("read the target's settings", e))?
+            .unwrap_or((u64::MAX, false));
         for statement in ownership::BOOKKEEPING {
             conn.query_drop(statement)
                 .await
@@ -245,7 +248,8 @@ impl MySqlSink {
             segment_rows: 0,
             segment_bytes: 0,
             in_order: false,
-            max_packet: max_packet.map_or(usize::MAX, |m| m as usize),
+            max_packet: usize::try_from(max_packet).unwrap_or(usize::MAX),
+            local_infile,
         })
     }
 

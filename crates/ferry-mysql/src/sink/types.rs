@@ -263,15 +263,30 @@ impl Column {
         text: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SinkError> {
-        write_literal(&self.logical, self.decimal_limit, text, out).map_err(|why| {
-            SinkError::Unsupported {
-                message: format!(
-                    "column {} of {table} ({}): {why}; Ferry stops rather than write \
-                     another value into the MySQL/MariaDB target",
-                    self.name, self.logical
-                ),
-            }
-        })
+        write_literal(&self.logical, self.decimal_limit, text, out)
+            .map_err(|why| self.refusal(table, why))
+    }
+
+    /// Appends the value as a `LOAD DATA` field; an error naming the column as for
+    /// [`Column::write`].
+    pub(crate) fn write_field(
+        &self,
+        table: &ferry_core::TableId,
+        text: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SinkError> {
+        write_field(&self.logical, self.decimal_limit, text, out)
+            .map_err(|why| self.refusal(table, why))
+    }
+
+    fn refusal(&self, table: &ferry_core::TableId, why: Refusal) -> SinkError {
+        SinkError::Unsupported {
+            message: format!(
+                "column {} of {table} ({}): {why}; Ferry stops rather than write another \
+                 value into the MySQL/MariaDB target",
+                self.name, self.logical
+            ),
+        }
     }
 
     /// Whether `=` against a literal needs a cast to the column's type (FLOAT: a literal is
@@ -284,22 +299,81 @@ impl Column {
 /// Why a value cannot be written exactly.
 pub(crate) type Refusal = String;
 
+/// A value as the target reads it: plain digits, a string, or bytes in hex.
+enum Field<'a> {
+    Plain(&'a [u8]),
+    Str(std::borrow::Cow<'a, [u8]>),
+    Hex(&'a [u8]),
+}
+
 fn write_literal(
     logical: &LogicalType,
     decimal_limit: Option<(u32, u32)>,
     text: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), Refusal> {
+    match field(logical, decimal_limit, text)? {
+        Field::Plain(b) => out.extend_from_slice(b),
+        Field::Str(b) => write_string(out, &b),
+        Field::Hex(h) => {
+            out.extend_from_slice(b"X'");
+            out.extend_from_slice(h);
+            out.push(b'\'');
+        }
+    }
+    Ok(())
+}
+
+/// Appends the value as a field of `LOAD DATA`'s default text format (tab-separated,
+/// backslash escapes, `CHARACTER SET binary`).
+fn write_field(
+    logical: &LogicalType,
+    decimal_limit: Option<(u32, u32)>,
+    text: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Refusal> {
+    let escaped = |out: &mut Vec<u8>, b: u8| match b {
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        0 => out.extend_from_slice(b"\\0"),
+        b => out.push(b),
+    };
+    match field(logical, decimal_limit, text)? {
+        Field::Plain(b) => out.extend_from_slice(b),
+        Field::Str(b) => b.iter().for_each(|&b| escaped(out, b)),
+        Field::Hex(h) => {
+            let digit = |c: u8| {
+                (c as char)
+                    .to_digit(16)
+                    .ok_or("a byte string not in hex form")
+            };
+            for pair in h.chunks(2) {
+                let [hi, lo] = pair else {
+                    return Err("a byte string of odd hex length".into());
+                };
+                escaped(out, (digit(*hi)? * 16 + digit(*lo)?) as u8);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn field<'a>(
+    logical: &LogicalType,
+    decimal_limit: Option<(u32, u32)>,
+    text: &'a [u8],
+) -> Result<Field<'a>, Refusal> {
     let s = std::str::from_utf8(text).map_err(|_| "the value is not UTF-8".to_string())?;
-    match logical {
-        LogicalType::Bool => out.push(match s {
-            "t" => b'1',
-            "f" => b'0',
+    Ok(match logical {
+        LogicalType::Bool => Field::Plain(match s {
+            "t" => b"1",
+            "f" => b"0",
             _ => return Err(format!("{s:?} is not a boolean")),
         }),
         LogicalType::Int { .. } => {
             number(s, false)?;
-            out.extend_from_slice(text);
+            Field::Plain(text)
         }
         LogicalType::Decimal { .. } => {
             let (int_digits, frac_digits) = number(s, false)?;
@@ -312,23 +386,19 @@ fn write_literal(
                     ));
                 }
             }
-            out.extend_from_slice(text);
+            Field::Plain(text)
         }
         LogicalType::Float { .. } => {
             number(s, true)?;
-            out.extend_from_slice(text);
+            Field::Plain(text)
         }
-        LogicalType::Bytes => {
-            let hex = s
-                .strip_prefix("\\x")
-                .ok_or_else(|| "a byte string not in hex form".to_string())?;
-            out.extend_from_slice(b"X'");
-            out.extend_from_slice(hex.as_bytes());
-            out.push(b'\'');
-        }
+        LogicalType::Bytes => Field::Hex(
+            text.strip_prefix(b"\\x")
+                .ok_or_else(|| "a byte string not in hex form".to_string())?,
+        ),
         LogicalType::Date => {
             date_in_range(s)?;
-            write_string(out, text);
+            Field::Str(text.into())
         }
         LogicalType::Timestamp { tz } => {
             date_in_range(s)?;
@@ -338,15 +408,11 @@ fn write_literal(
             } else {
                 s
             };
-            write_string(out, local.as_bytes());
+            Field::Str(local.as_bytes().into())
         }
-        LogicalType::Array(element) => {
-            let json = array::to_json(s, element)?;
-            write_string(out, json.as_bytes());
-        }
-        _ => write_string(out, text),
-    }
-    Ok(())
+        LogicalType::Array(element) => Field::Str(array::to_json(s, element)?.into_bytes().into()),
+        _ => Field::Str(text.into()),
+    })
 }
 
 /// Checks a decimal number (with `exponent`, a float's text) and returns its digits before
