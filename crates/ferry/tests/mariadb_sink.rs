@@ -139,7 +139,7 @@ fn keyless_multisets_key_changes_toast_and_truncate_through_the_cli() {
         "--sink-uri",
         &setup.sink_uri(),
         "--tables",
-        "public.items,public.bag",
+        "public.*",
     ]);
     assert!(created.contains("rows"), "{created}");
     setup.wait_synced("rows", MINUTE);
@@ -208,6 +208,23 @@ fn keyless_multisets_key_changes_toast_and_truncate_through_the_cli() {
         .psql("shop", "TRUNCATE bag; INSERT INTO bag VALUES (9, 'after');");
     setup.wait_synced("rows", MINUTE);
     setup.assert_same("public", "bag", &bag);
+
+    // A table renamed on the source, with changes before and after in one transaction.
+    setup.source.psql(
+        "shop",
+        "BEGIN;
+         UPDATE items SET name = 'before rename' WHERE id = 1;
+         ALTER TABLE items RENAME TO goods;
+         UPDATE goods SET name = 'after rename' WHERE id = 2;
+         COMMIT;
+         INSERT INTO goods VALUES (3000, 'new', 'doc', 1);",
+    );
+    setup.wait_synced("rows", MINUTE);
+    setup.assert_same("public", "goods", &items);
+    let items_left = setup
+        .target
+        .sql("SELECT count(*) FROM information_schema.tables WHERE table_name = 'items'");
+    assert_eq!(items_left, "0");
 
     // A crash never doubles a keyless row: kill, restart, add more.
     let mut setup = setup;

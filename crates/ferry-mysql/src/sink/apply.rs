@@ -258,7 +258,11 @@ impl MySqlSink {
         self.segment.clear();
         self.segment_rows = 0;
         self.segment_bytes = 0;
-        self.written.clear();
+        if !self.renames.is_empty() {
+            // Their targets point at names the rollback restored: shaped again on use.
+            self.renames.clear();
+            self.tables.clear();
+        }
         if self.in_batch {
             let _ = self.conn.query_drop("ROLLBACK").await;
             self.in_batch = false;

@@ -37,7 +37,7 @@ mod shape;
 mod statements;
 mod types;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -181,8 +181,9 @@ pub struct MySqlSink {
     policy: TargetPolicy,
     tables: HashMap<TableId, Target>,
     in_batch: bool,
-    /// Tables the open batch wrote.
-    written: HashSet<TableId>,
+    /// Target tables renamed on the source in the open batch: still named the key, to be
+    /// named the value once it commits (see [`shape`]).
+    renames: HashMap<TableId, TableId>,
     queue: Vec<Work>,
     queued_bytes: usize,
     segment: HashMap<TableId, TableChanges>,
@@ -233,7 +234,7 @@ impl MySqlSink {
                 .await
                 .map_err(|e| sink_error("create Ferry's bookkeeping in database _ferry", e))?;
         }
-        Ok(MySqlSink {
+        let mut sink = MySqlSink {
             conn,
             side: None,
             uri: uri.clone(),
@@ -241,7 +242,7 @@ impl MySqlSink {
             policy,
             tables: HashMap::new(),
             in_batch: false,
-            written: HashSet::new(),
+            renames: HashMap::new(),
             queue: Vec::new(),
             queued_bytes: 0,
             segment: HashMap::new(),
@@ -250,7 +251,10 @@ impl MySqlSink {
             in_order: false,
             max_packet: usize::try_from(max_packet).unwrap_or(usize::MAX),
             local_infile,
-        })
+        };
+        // Renames a crash left between a batch's commit and the rename itself.
+        sink.finish_renames().await?;
+        Ok(sink)
     }
 
     /// The connection for DDL.
@@ -310,9 +314,6 @@ impl Sink for MySqlSink {
             | RowChange::Update { ref table, .. }
             | RowChange::Delete { ref table, .. } => {
                 let table = table.clone();
-                if !self.written.contains(&table.id) {
-                    self.written.insert(table.id.clone());
-                }
                 if self.in_order {
                     return self.apply_alone(change).await;
                 }
@@ -321,8 +322,11 @@ impl Sink for MySqlSink {
             RowChange::Truncate { tables, .. } => {
                 // MariaDB's TRUNCATE commits implicitly: a DELETE stays in the batch.
                 for table in &tables {
-                    self.written.insert(table.id.clone());
-                    let sql = format!("DELETE FROM {}", types::quote_table(&table.id));
+                    let name = self
+                        .tables
+                        .get(&table.id)
+                        .map_or_else(|| types::quote_table(&table.id), |t| t.table.clone());
+                    let sql = format!("DELETE FROM {name}");
                     self.queue(Work::Sql(sql.into_bytes())).await?;
                 }
                 Ok(())
@@ -355,7 +359,9 @@ impl Sink for MySqlSink {
             self.rollback().await;
         }
         self.in_batch = false;
-        self.written.clear();
+        if result.is_ok() {
+            self.finish_renames().await?;
+        }
         result
     }
 

@@ -5,7 +5,9 @@
 //! - `snapshot_chunks`: the chunks copied, each written in its chunk's transaction;
 //! - `table_owners`: the changefeed (its `namespace/id` and Ferry server id) that writes
 //!   each target table, whether it kept rows from before it (`append_rows`), and whether
-//!   the table was checked (`adopted`).
+//!   the table was checked (`adopted`);
+//! - `pending_renames`: target tables to rename once their batch committed (see
+//!   [`super::shape`]).
 //!
 //! MariaDB commits DDL implicitly, so claiming a table is a sequence of autocommitted
 //! steps that each can be repeated after a crash: the claim (`INSERT IGNORE`: of two
@@ -22,7 +24,7 @@ use crate::connect::sink_error;
 use super::types::{quote, quote_table};
 
 /// Ferry's bookkeeping database and tables (idempotent).
-pub(super) const BOOKKEEPING: [&str; 4] = [
+pub(super) const BOOKKEEPING: [&str; 5] = [
     "CREATE DATABASE IF NOT EXISTS `_ferry` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
     "CREATE TABLE IF NOT EXISTS `_ferry`.`checkpoints` (
         changefeed VARCHAR(255) NOT NULL PRIMARY KEY,
@@ -46,6 +48,14 @@ pub(super) const BOOKKEEPING: [&str; 4] = [
         adopted BOOLEAN NOT NULL DEFAULT 0,
         append_rows BOOLEAN NOT NULL DEFAULT 0,
         PRIMARY KEY (table_schema, table_name)
+     ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS `_ferry`.`pending_renames` (
+        changefeed VARCHAR(255) NOT NULL,
+        from_schema VARCHAR(64) NOT NULL,
+        from_name VARCHAR(64) NOT NULL,
+        to_schema VARCHAR(64) NOT NULL,
+        to_name VARCHAR(64) NOT NULL,
+        PRIMARY KEY (changefeed, from_schema, from_name)
      ) ENGINE=InnoDB",
 ];
 
@@ -338,7 +348,7 @@ pub(super) async fn release(
     )
     .await
     .map_err(fail)?;
-    for table in ["checkpoints", "snapshot_chunks"] {
+    for table in ["checkpoints", "snapshot_chunks", "pending_renames"] {
         tx.exec_drop(
             format!("DELETE FROM `_ferry`.{} WHERE changefeed = ?", quote(table)),
             (changefeed,),

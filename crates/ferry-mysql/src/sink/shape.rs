@@ -12,7 +12,7 @@ use mysql_async::prelude::Queryable;
 
 use super::ownership::{self, Claim};
 use super::statements::Target;
-use super::types::{create_table_sql, quote, quote_table};
+use super::types::{create_table_sql, quote, quote_table, write_string};
 use super::MySqlSink;
 use crate::connect::sink_error;
 
@@ -23,6 +23,15 @@ impl MySqlSink {
                 t.schema = schema.clone();
                 return Ok(());
             }
+        }
+        if self.renames.values().any(|to| *to == schema.id) {
+            return Err(SinkError::Unsupported {
+                message: format!(
+                    "table {} changed shape on the source right after a rename, in the same \
+                     batch; MariaDB cannot follow both inside one transaction",
+                    schema.id
+                ),
+            });
         }
         let create = create_table_sql(schema)?;
         let id = &schema.id;
@@ -64,51 +73,151 @@ impl MySqlSink {
         Ok(())
     }
 
-    /// Follows a table renamed on the source: renames the target table (unless a replay
-    /// finds it renamed already) and moves its claim.
+    /// Follows a table renamed on the source. Outside a batch the target table is renamed
+    /// at once. Inside one it cannot be (MariaDB's RENAME commits the open transaction):
+    /// the batch goes on writing the table under its old name, records the rename in
+    /// `_ferry.pending_renames` in its transaction, and renames it once committed
+    /// ([`MySqlSink::finish_renames`]); a crash in between finishes it on the next start,
+    /// so the intent commits exactly with the changes made under the new name.
     pub(super) async fn rename(
         &mut self,
         from: &TableId,
         schema: &Arc<TableSchema>,
     ) -> Result<(), SinkError> {
         let to = &schema.id;
-        if self.written.contains(from) {
-            return Err(SinkError::Unsupported {
-                message: format!(
-                    "table {from} was renamed to {to} on the source after changes to it in the \
-                     same batch; MariaDB cannot rename a table inside the batch's transaction"
-                ),
-            });
+        if !self.in_batch {
+            let changefeed = self.changefeed.clone();
+            rename_now(self.side().await?, &changefeed, from, to).await?;
+            self.tables.remove(from);
+            return self.shape_table(schema).await;
         }
+        // The table's name on the target now: the original of a rename already pending.
+        let physical = self
+            .renames
+            .iter()
+            .find(|(_, pending_to)| *pending_to == from)
+            .map_or_else(|| from.clone(), |(physical, _)| physical.clone());
+        // Statements already made name the table as it is now.
+        self.segment_to_queue()?;
+        let mut record = b"DELETE FROM `_ferry`.`pending_renames` WHERE changefeed = ".to_vec();
+        write_string(&mut record, self.changefeed.as_bytes());
+        record.extend_from_slice(b" AND from_schema = ");
+        write_string(&mut record, physical.schema.as_bytes());
+        record.extend_from_slice(b" AND from_name = ");
+        write_string(&mut record, physical.name.as_bytes());
+        record.extend_from_slice(b";INSERT INTO `_ferry`.`pending_renames` VALUES (");
+        for (n, part) in [
+            &self.changefeed,
+            &physical.schema,
+            &physical.name,
+            &to.schema,
+            &to.name,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if n > 0 {
+                record.push(b',');
+            }
+            write_string(&mut record, part.as_bytes());
+        }
+        record.push(b')');
+        // The copy markers name the table as the engine does: the new name, at once.
+        record.extend_from_slice(b";UPDATE `_ferry`.`snapshot_chunks` SET table_schema = ");
+        write_string(&mut record, to.schema.as_bytes());
+        record.extend_from_slice(b", table_name = ");
+        write_string(&mut record, to.name.as_bytes());
+        record.extend_from_slice(b" WHERE changefeed = ");
+        write_string(&mut record, self.changefeed.as_bytes());
+        record.extend_from_slice(b" AND table_schema = ");
+        write_string(&mut record, from.schema.as_bytes());
+        record.extend_from_slice(b" AND table_name = ");
+        write_string(&mut record, from.name.as_bytes());
+        self.queue(super::apply::Work::Sql(record)).await?;
+        self.tables.remove(from);
+        self.tables
+            .insert(to.clone(), Target::stored_as(schema.clone(), &physical));
+        self.renames.insert(physical, to.clone());
+        tracing::info!(from = %from, to = %to, "target table to be renamed when the batch commits");
+        Ok(())
+    }
+
+    /// Renames the tables the committed batch renamed (and any a crash left pending).
+    pub(super) async fn finish_renames(&mut self) -> Result<(), SinkError> {
         let changefeed = self.changefeed.clone();
         let conn = self.side().await?;
-        let had_from = ownership::existing(conn, from).await?.is_some();
-        if had_from && ownership::existing(conn, to).await?.is_none() {
-            conn.query_drop(format!(
-                "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin",
-                quote(&to.schema)
-            ))
+        let pending: Vec<(String, String, String, String)> = conn
+            .exec(
+                "SELECT from_schema, from_name, to_schema, to_name FROM `_ferry`.`pending_renames`
+                 WHERE changefeed = ?",
+                (&changefeed,),
+            )
             .await
-            .map_err(|e| sink_error(format!("create database {}", to.schema), e))?;
-            conn.query_drop(format!(
-                "RENAME TABLE {} TO {}",
-                quote_table(from),
-                quote_table(to)
-            ))
+            .map_err(|e| sink_error("read the pending renames", e))?;
+        for (from_schema, from_name, to_schema, to_name) in pending {
+            let (from, to) = (
+                TableId::new(from_schema, from_name),
+                TableId::new(to_schema, to_name),
+            );
+            rename_now(conn, &changefeed, &from, &to).await?;
+            conn.exec_drop(
+                "DELETE FROM `_ferry`.`pending_renames`
+                 WHERE changefeed = ? AND from_schema = ? AND from_name = ?",
+                (&changefeed, &from.schema, &from.name),
+            )
             .await
-            .map_err(|e| sink_error(format!("rename target table {from} to {to}"), e))?;
-            tracing::info!(from = %from, to = %to, "target table renamed");
+            .map_err(|e| sink_error("forget a finished rename", e))?;
         }
-        conn.exec_drop(
-            "UPDATE `_ferry`.`table_owners` SET table_schema = ?, table_name = ?
-             WHERE table_schema = ? AND table_name = ? AND changefeed = ?",
-            (&to.schema, &to.name, &from.schema, &from.name, &changefeed),
-        )
-        .await
-        .map_err(|e| sink_error(format!("move the claim on {from} to {to}"), e))?;
-        self.tables.remove(from);
-        self.shape_table(schema).await
+        for (_, to) in std::mem::take(&mut self.renames) {
+            if let Some(target) = self.tables.remove(&to) {
+                self.tables.insert(to, Target::new(target.schema));
+            }
+        }
+        Ok(())
     }
+}
+
+/// Renames target table `from` to `to` (creating `to`'s database) unless that was done
+/// already, and moves the changefeed's claim with it.
+async fn rename_now(
+    conn: &mut mysql_async::Conn,
+    changefeed: &str,
+    from: &TableId,
+    to: &TableId,
+) -> Result<(), SinkError> {
+    if ownership::existing(conn, from).await?.is_some()
+        && ownership::existing(conn, to).await?.is_none()
+    {
+        conn.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin",
+            quote(&to.schema)
+        ))
+        .await
+        .map_err(|e| sink_error(format!("create database {}", to.schema), e))?;
+        conn.query_drop(format!(
+            "RENAME TABLE {} TO {}",
+            quote_table(from),
+            quote_table(to)
+        ))
+        .await
+        .map_err(|e| sink_error(format!("rename target table {from} to {to}"), e))?;
+        tracing::info!(from = %from, to = %to, "target table renamed");
+    }
+    conn.exec_drop(
+        "UPDATE `_ferry`.`table_owners` SET table_schema = ?, table_name = ?
+         WHERE table_schema = ? AND table_name = ? AND changefeed = ?",
+        (&to.schema, &to.name, &from.schema, &from.name, changefeed),
+    )
+    .await
+    .map_err(|e| sink_error(format!("move the claim on {from} to {to}"), e))?;
+    conn.exec_drop(
+        "UPDATE `_ferry`.`snapshot_chunks` SET table_schema = ?, table_name = ?
+         WHERE changefeed = ? AND table_schema = ? AND table_name = ?",
+        (&to.schema, &to.name, changefeed, &from.schema, &from.name),
+    )
+    .await
+    .map_err(|e| sink_error(format!("move the copy markers of {from} to {to}"), e))?;
+    Ok(())
 }
 
 /// Applies `existing_target` to a table found on the target at its first claim; returns

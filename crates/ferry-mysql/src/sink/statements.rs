@@ -27,7 +27,8 @@ pub(super) struct Target {
     pub(super) schema: Arc<TableSchema>,
     columns: Vec<Column>,
     names: Vec<String>,
-    table: String,
+    /// The table's quoted name on the target.
+    pub(super) table: String,
 }
 
 impl Target {
@@ -37,6 +38,15 @@ impl Target {
             names: schema.columns.iter().map(|c| quote(&c.name)).collect(),
             table: quote_table(&schema.id),
             schema,
+        }
+    }
+
+    /// Writes `schema`'s rows into the table still named `physical` (renamed on the
+    /// source; the target follows once the batch commits).
+    pub(super) fn stored_as(schema: Arc<TableSchema>, physical: &ferry_core::TableId) -> Self {
+        Target {
+            table: quote_table(physical),
+            ..Target::new(schema)
         }
     }
 
