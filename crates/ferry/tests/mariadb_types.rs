@@ -334,6 +334,18 @@ fn every_type_round_trips_postgresql_to_mariadb() {
         })
         .unwrap();
 
+    // Edge values, by hand: array elements with Unicode white space at either end (PostgreSQL
+    // does not quote them), escapes, negative zeros, empty strings and arrays.
+    runtime.block_on(client.batch_execute(
+        r#"INSERT INTO public.all_types (texts, ints, num, num_fixed, f4, f8, txt, bin, doc) VALUES
+           (ARRAY[E'\u00a0a\u0085', ' b ', NULL, 'NULL', '', E'\x0b', E'q"\\'], '{}',
+            '-0.000', '-0.00', '-0', '-0', E'a\tb\\c''d\r\n', '\x00090a5c27', '"\u2028"')"#,
+    ))
+    .unwrap();
+    setup.wait_synced("types", Duration::from_secs(60));
+    setup.assert_same("public", "all_types", &normalized());
+    assert_same_floats(&setup, "all_types");
+
     // The last case's rows again, through a snapshot (the bulk load path).
     setup.source.psql(
         "shop",

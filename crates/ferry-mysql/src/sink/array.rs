@@ -120,8 +120,11 @@ impl Parser<'_> {
                 }
             }
         }
+        // PostgreSQL quotes an element holding ASCII white space (`array_isspace`) and
+        // trims no other: Unicode spaces at either end are the element's.
+        let pg_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c');
         String::from_utf8(text)
-            .map(|t| (t.trim().to_string(), false))
+            .map(|t| (t.trim_matches(pg_space).to_string(), false))
             .map_err(|_| "an array element is not UTF-8".into())
     }
 }
@@ -174,6 +177,14 @@ mod tests {
         assert_eq!(
             to_json(r#"{"{\"a\": 1}"}"#, &LogicalType::Json).unwrap(),
             r#"[{"a": 1}]"#
+        );
+    }
+
+    #[test]
+    fn unquoted_elements_keep_what_postgresql_does_not_count_as_white_space() {
+        assert_eq!(
+            to_json("{\u{a0}a\u{85}, b }", &LogicalType::Text).unwrap(),
+            "[\"\u{a0}a\u{85}\",\"b\"]"
         );
     }
 
