@@ -105,6 +105,39 @@ fn pgbench_snapshot_and_stream_with_kill_9_end_identical() {
         "stream: {history} pgbench transactions (5 statements each); caught up {:.1} s after the load ended",
         started.elapsed().as_secs_f64()
     );
+    // A backlog drained, timed: paused while pgbench runs, then resumed.
+    let paused = setup
+        .ferry
+        .post("/api/v2/changefeeds/bench/pause", &json!({}));
+    assert_eq!(paused.0, 200, "{}", paused.1);
+    let load = setup
+        .source
+        .pgbench("shop", &["-n", "-c", "3", "-j", "2", "-T", "6"]);
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let backlog: f64 = setup
+        .source
+        .psql("shop", "SELECT count(*) FROM pgbench_history")
+        .parse::<f64>()
+        .unwrap()
+        - history;
+    let started = Instant::now();
+    let resumed = setup
+        .ferry
+        .post("/api/v2/changefeeds/bench/resume", &json!({}));
+    assert_eq!(resumed.0, 200, "{}", resumed.1);
+    setup.wait_synced("bench", 2 * MINUTE);
+    let drained = started.elapsed().as_secs_f64();
+    // Each pgbench transaction changes four rows (three updates, one insert).
+    eprintln!(
+        "backlog of {backlog} pgbench transactions ({} row changes) drained in {drained:.1} s: \
+         {:.0} row changes/s",
+        backlog * 4.0,
+        backlog * 4.0 / drained
+    );
     for table in PGBENCH_TABLES {
         setup.assert_same("public", table, &pgbench_columns(table));
     }
