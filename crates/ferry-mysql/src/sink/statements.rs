@@ -270,3 +270,84 @@ impl Target {
         Ok(sql)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::{ColumnSchema, Dialect, LogicalType, ReplicaIdentity, TableId};
+
+    fn target(key: Vec<usize>) -> Target {
+        let column = |name: &str, logical| ColumnSchema {
+            name: name.into(),
+            type_name: "x".into(),
+            type_oid: 0,
+            logical,
+            nullable: true,
+            missing_value: None,
+            has_default: false,
+        };
+        Target::new(Arc::new(TableSchema {
+            id: TableId::new("s", "t"),
+            columns: vec![
+                column("id", LogicalType::Int { bits: 32 }),
+                column("f", LogicalType::Float { bits: 32 }),
+                column("doc", LogicalType::Text),
+            ],
+            key,
+            identity: ReplicaIdentity::Full,
+            user_types: vec![],
+            partition_of: vec![],
+            dialect: Dialect::Postgres,
+        }))
+    }
+
+    fn text(s: &str) -> Value {
+        Value::Text(bytes::Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn sql(statements: Vec<Vec<u8>>) -> Vec<String> {
+        statements
+            .into_iter()
+            .map(|s| String::from_utf8(s).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn keyed_rows_are_upserted_and_deleted_by_key_in_sets() {
+        let t = target(vec![0, 1]);
+        let rows = [vec![text("1"), text("1.5"), Value::Null]];
+        assert_eq!(
+            sql(t.inserts(&rows, true).unwrap()),
+            [
+                "INSERT INTO `s`.`t` (`id`, `f`, `doc`) VALUES (1,1.5,NULL) \
+              ON DUPLICATE KEY UPDATE `doc` = VALUES(`doc`)"
+            ]
+        );
+        let keys = [vec![text("1"), text("1.5")], vec![text("2"), text("0")]];
+        assert_eq!(
+            sql(t.deletes(&keys).unwrap()),
+            ["DELETE FROM `s`.`t` WHERE (`id`, `f`) IN \
+              ((1,CAST(1.5 AS FLOAT)),(2,CAST(0 AS FLOAT)))"]
+        );
+    }
+
+    #[test]
+    fn unsent_values_are_kept_and_keyless_rows_change_one_at_a_time() {
+        let t = target(vec![0]);
+        let old = vec![text("1"), Value::Null, Value::Null];
+        let new = vec![text("2"), text("0.5"), Value::Unchanged];
+        let update = String::from_utf8(t.update(&old, &new, true).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            update,
+            "UPDATE `s`.`t` SET `id` = 2,`f` = CAST(0.5 AS FLOAT) WHERE `id` <=> 1"
+        );
+        let keyless = target(vec![]);
+        let row = vec![text("1"), Value::Null, text("it's")];
+        let delete = String::from_utf8(keyless.delete_row(&row).unwrap()).unwrap();
+        assert_eq!(
+            delete,
+            "DELETE FROM `s`.`t` WHERE `id` <=> 1 AND `f` <=> NULL AND `doc` <=> 'it\\'s' LIMIT 1"
+        );
+        assert_eq!(keyless.upsert_tail(), "");
+    }
+}
