@@ -34,6 +34,10 @@ struct Row {
     ints: Option<Vec<Option<i32>>>,
     texts: Option<Vec<Option<String>>>,
     span: Option<String>,
+    tt: Option<String>,
+    mood: Option<String>,
+    addr: Option<String>,
+    code: Option<String>,
 }
 
 /// A decimal within DECIMAL(65,30): up to 35 digits before the point and 30 after.
@@ -93,11 +97,20 @@ fn row() -> impl Strategy<Value = Row> {
             any::<i64>().prop_map(|n| n.to_string()),
         ]),
     );
-    (numbers, texts, times).prop_map(
+    // Kept as PostgreSQL's text on the target: time with time zone, an enum, inet, and a
+    // padded char(n).
+    let as_text = (
+        of((time(), -14i32..=14).prop_map(|(t, z)| format!("{t}{z:+03}"))),
+        of(prop_oneof![Just("sad"), Just("ok"), Just("happy")].prop_map(str::to_string)),
+        of(any::<[u8; 4]>().prop_map(|[a, b, c, d]| format!("{a}.{b}.{c}.{d}/{}", 8 + d % 25))),
+        of("[a-z]{0,5}"),
+    );
+    (numbers, texts, times, as_text).prop_map(
         |(
             (i2, i8, num, num_fixed, f4, f8, flag),
             (txt, vc, bin, id, ints, texts),
             (day, ts, tstz, clock, span, doc),
+            (tt, mood, addr, code),
         )| Row {
             i2,
             i8,
@@ -118,15 +131,21 @@ fn row() -> impl Strategy<Value = Row> {
             ints,
             texts,
             span,
+            tt,
+            mood,
+            addr,
+            code,
         },
     )
 }
 
-const CREATE: &str = "CREATE TABLE public.all_types (
+const CREATE: &str = "CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy');
+    CREATE TABLE public.all_types (
     k serial PRIMARY KEY, i2 smallint, i8 bigint, num numeric, num_fixed numeric(12,2),
     f4 real, f8 double precision, flag boolean, txt text, vc varchar(20), bin bytea,
     day date, ts timestamp, tstz timestamptz, clock time, doc jsonb, id uuid,
-    ints int[], texts text[], span interval)";
+    ints int[], texts text[], span interval, tt timetz, mood public.mood, addr inet,
+    code char(5))";
 
 fn array_literal<T>(items: &[Option<T>], quote: impl Fn(&T) -> String) -> String {
     let parts: Vec<String> = items
@@ -176,10 +195,14 @@ fn params(r: &Row) -> Vec<Option<String>> {
         r.ints.as_ref().map(|a| array_literal(a, |v| v.to_string())),
         r.texts.as_ref().map(|a| array_literal(a, quoted)),
         r.span.clone(),
+        r.tt.clone(),
+        r.mood.clone(),
+        r.addr.clone(),
+        r.code.clone(),
     ]
 }
 
-const COLUMNS: [(&str, &str); 19] = [
+const COLUMNS: [(&str, &str); 23] = [
     ("i2", "int2"),
     ("i8", "int8"),
     ("num", "numeric"),
@@ -199,6 +222,10 @@ const COLUMNS: [(&str, &str); 19] = [
     ("ints", "int4[]"),
     ("texts", "text[]"),
     ("span", "interval"),
+    ("tt", "timetz"),
+    ("mood", "public.mood"),
+    ("addr", "inet"),
+    ("code", "char(5)"),
 ];
 
 /// How each column must read back: (PostgreSQL expression, MariaDB expression).
@@ -239,6 +266,10 @@ fn normalized() -> Vec<(String, String)> {
             "md5(`texts`)".into(),
         ),
         hex_text("span"),
+        hex_text("tt"),
+        hex_text("mood"),
+        hex_text("addr"),
+        hex_text("code"),
     ]
 }
 
