@@ -7,6 +7,7 @@
 //! - [`logical`]: a column's database-independent type ([`LogicalType`]) and the canonical
 //!   text of its values.
 //! - [`change`]: what flows from a source to a sink ([`SourceEvent`], [`RowChange`], [`Value`]).
+//! - [`compact`]: a batch's row changes merged per key, for the database sinks.
 //! - [`filter`]: which tables a changefeed selects ([`TableFilter`], TiCDC's rule syntax).
 //! - [`uri`]: source and sink connection strings, with secrets that never print.
 //! - [`tls`]: TLS options of a connection URI (libpq's `sslmode` and friends), typed.
@@ -22,6 +23,7 @@
 //! one buffered value, so memory stays bounded whatever a transaction's size.
 
 pub mod change;
+pub mod compact;
 pub mod connector;
 pub mod error;
 pub mod filter;

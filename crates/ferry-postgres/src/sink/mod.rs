@@ -12,7 +12,7 @@
 //!   its own transaction together with its record in `_ferry.snapshot_chunks`; tables
 //!   created for the copy get their primary key after it.
 //! - Stream: a batch is one target transaction. Its changes are compacted per table and
-//!   key into a **segment** ([`compact`]) that becomes a few set statements per table
+//!   key into a **segment** ([`ferry_core::compact`]) that becomes a few set statements per table
 //!   ([`statements`]), sent **pipelined**. A change that cannot be compacted ends the
 //!   segment and is queued as a row statement of its own; the two never interleave out of
 //!   order. Segments and queues are flushed at a row or byte bound, so memory stays
@@ -20,7 +20,6 @@
 //!   into `_ferry.checkpoints` in the same transaction and commits.
 //! - Diff ([`readback`]): target tables read back per key range, in canonical text.
 
-mod compact;
 mod complete;
 mod copy;
 mod ddl;
@@ -44,7 +43,7 @@ use bytes::Bytes;
 use ferry_core::{ConnectionUri, Position, RowChange, Sink, SinkError, TableId, TableSchema};
 use tokio_postgres::{Client, Statement};
 
-use compact::TableChanges;
+use ferry_core::compact::TableChanges;
 use statements::{Op, Param, Shape};
 
 /// Queued row statements are sent when this many are waiting…

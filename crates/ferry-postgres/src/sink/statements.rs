@@ -4,7 +4,7 @@
 //! the source printed, so every type, user types included, round-trips without Ferry
 //! knowing it.
 //!
-//! **Set statements** apply a compacted segment ([`super::compact`]): one `text[]`
+//! **Set statements** apply a compacted segment ([`ferry_core::compact`]): one `text[]`
 //! parameter per column (binary array format, no escaping), unnested and cast to the
 //! target column's type, so a statement carries thousands of rows:
 //!

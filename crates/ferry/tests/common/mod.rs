@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 pub mod events;
+pub mod mariadb;
 pub mod workloads;
 
 use ferry_testkit::{FerryServer, PgCluster, PgOptions};

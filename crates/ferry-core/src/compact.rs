@@ -1,11 +1,12 @@
-//! Compaction of a batch's row changes into set-based statements.
+//! Compaction of a batch's row changes into set-based statements, shared by the database
+//! sinks.
 //!
 //! Within one target transaction only each row's **final** state matters. For a table
 //! with a key, the changes of a segment collapse to one entry per key: the whole row to
 //! upsert, the key to delete, or the sent columns to update (an update whose unchanged
 //! TOAST values must keep the target's). Inserts into a table without a key are kept as a
-//! list. A segment then becomes at most a few statements per table, each taking one
-//! `text[]` array per column ([`super::statements`]): never a round trip per row.
+//! list. A segment then becomes at most a few statements per table: never a round trip
+//! per row.
 //!
 //! Keys are compared by their text. Two texts that the target holds equal (`1.0` and
 //! `1.00` in a `numeric` key) can only both appear when a key update changed the text;
@@ -20,11 +21,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_core::{Row, RowChange, TableSchema, Value};
+use crate::{Row, RowChange, TableSchema, Value};
 
 /// The final state of one key within a segment.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Final {
+pub enum Final {
     /// The row exists with these values (all sent).
     Upsert(Row),
     /// The row is gone; the key's values in key order.
@@ -34,13 +35,13 @@ pub(crate) enum Final {
 }
 
 /// The compacted changes of one table in the open segment.
-pub(crate) struct TableChanges {
+pub struct TableChanges {
     /// The table's shape the changes were made with.
-    pub(crate) schema: Arc<TableSchema>,
+    pub schema: Arc<TableSchema>,
     /// Final state per key (tables with a key).
-    pub(crate) keyed: HashMap<Vec<Value>, Final>,
+    pub keyed: HashMap<Vec<Value>, Final>,
     /// Rows inserted, in order (tables without a key).
-    pub(crate) inserts: Vec<Row>,
+    pub inserts: Vec<Row>,
 }
 
 fn has_unchanged(values: &[Value]) -> bool {
@@ -59,7 +60,8 @@ fn overlay(base: &Row, over: &Row) -> Row {
 }
 
 impl TableChanges {
-    pub(crate) fn new(schema: Arc<TableSchema>) -> Self {
+    /// An empty segment entry for a table of shape `schema`.
+    pub fn new(schema: Arc<TableSchema>) -> Self {
         TableChanges {
             schema,
             keyed: HashMap::new(),
@@ -73,7 +75,7 @@ impl TableChanges {
 
     /// Folds `change` into the segment, or hands it back when it must be applied alone
     /// (after the segment so far).
-    pub(crate) fn absorb(&mut self, change: RowChange) -> Result<(), RowChange> {
+    pub fn absorb(&mut self, change: RowChange) -> Result<(), RowChange> {
         if !self.schema.has_key() {
             return match change {
                 RowChange::Insert { new, .. } if !has_unchanged(&new) => {
@@ -157,7 +159,7 @@ impl TableChanges {
 
     /// The rows to delete (key values), to upsert or insert (whole rows), and to update
     /// grouped by which columns were sent, in the order they must run.
-    pub(crate) fn into_sets(self) -> Sets {
+    pub fn into_sets(self) -> Sets {
         let mut sets = Sets {
             deletes: Vec::new(),
             upserts: self.inserts,
@@ -179,13 +181,13 @@ impl TableChanges {
 }
 
 /// A table's compacted segment, ready to become statements.
-pub(crate) struct Sets {
+pub struct Sets {
     /// Key values of rows to delete (run first).
-    pub(crate) deletes: Vec<Vec<Value>>,
+    pub deletes: Vec<Vec<Value>>,
     /// Whole rows to upsert (keyed) or insert (keyless).
-    pub(crate) upserts: Vec<Row>,
+    pub upserts: Vec<Row>,
     /// Rows to update, by the mask of sent columns.
-    pub(crate) updates: HashMap<Vec<bool>, Vec<Row>>,
+    pub updates: HashMap<Vec<bool>, Vec<Row>>,
 }
 
 #[cfg(test)]
@@ -193,11 +195,30 @@ mod tests {
     use super::*;
 
     fn schema(key: Vec<usize>) -> Arc<TableSchema> {
-        Arc::new(super::super::fixtures::table(key))
+        Arc::new(TableSchema {
+            id: crate::TableId::new("s", "t"),
+            columns: ["id", "a", "b"]
+                .iter()
+                .map(|n| crate::ColumnSchema {
+                    name: n.to_string(),
+                    type_name: "text".into(),
+                    type_oid: 25,
+                    logical: crate::LogicalType::Text,
+                    nullable: true,
+                    missing_value: None,
+                    has_default: false,
+                })
+                .collect(),
+            key,
+            identity: crate::ReplicaIdentity::Default,
+            user_types: vec![],
+            partition_of: Vec::new(),
+            dialect: crate::Dialect::Postgres,
+        })
     }
 
     fn t(s: &str) -> Value {
-        super::super::fixtures::text(s)
+        Value::Text(bytes::Bytes::copy_from_slice(s.as_bytes()))
     }
 
     fn row(id: &str, a: &str, b: &str) -> Row {

@@ -1,0 +1,381 @@
+//! PostgreSQL → MariaDB end to end: a pgbench snapshot and stream with `kill -9`s of the
+//! Ferry server (API), row semantics through the CLI (a keyless multiset, key changes,
+//! unchanged TOAST values, TRUNCATE), and the `existing_target` policies and table claims.
+//! Every check compares normalized row dumps of both sides.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::mariadb::{hex_text, micros, same, ToMariaDb};
+use serde_json::json;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn pgbench_columns(table: &str) -> Vec<(String, String)> {
+    match table {
+        "pgbench_accounts" => vec![
+            same("aid"),
+            same("bid"),
+            same("abalance"),
+            hex_text("filler"),
+        ],
+        "pgbench_branches" => vec![same("bid"), same("bbalance"), hex_text("filler")],
+        "pgbench_tellers" => vec![
+            same("tid"),
+            same("bid"),
+            same("tbalance"),
+            hex_text("filler"),
+        ],
+        _ => vec![
+            same("tid"),
+            same("bid"),
+            same("aid"),
+            same("delta"),
+            micros("mtime", false),
+            hex_text("filler"),
+        ],
+    }
+}
+
+const PGBENCH_TABLES: [&str; 4] = [
+    "pgbench_accounts",
+    "pgbench_branches",
+    "pgbench_tellers",
+    "pgbench_history",
+];
+
+/// pgbench scale: 2 (200,000 accounts) by default; `FERRY_TEST_PGBENCH_SCALE` for more.
+fn scale() -> u32 {
+    std::env::var("FERRY_TEST_PGBENCH_SCALE").map_or(2, |s| s.parse().expect("a scale"))
+}
+
+#[test]
+fn pgbench_snapshot_and_stream_with_kill_9_end_identical() {
+    let mut setup = ToMariaDb::start();
+    let scale = scale();
+    let init = setup
+        .source
+        .pgbench("shop", &["-i", "-q", "-s", &scale.to_string()]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    // The snapshot alone first, timed.
+    let started = Instant::now();
+    let (code, body) = setup.create("bench", &["public.pgbench_*"], json!({}));
+    assert_eq!(code, 201, "{body}");
+    setup.wait_synced("bench", MINUTE);
+    let snapshot = started.elapsed();
+    let rows = f64::from(scale) * 100_000.0;
+    eprintln!(
+        "snapshot of {rows} pgbench accounts (and synced): {:.1} s, {:.0} rows/s",
+        snapshot.as_secs_f64(),
+        rows / snapshot.as_secs_f64()
+    );
+
+    // The stream under load, with two `kill -9`s.
+    let churn = std::thread::scope(|s| {
+        let source = &setup.source;
+        let churn =
+            s.spawn(move || source.pgbench("shop", &["-n", "-c", "3", "-j", "2", "-T", "15"]));
+        for delay_ms in [3000, 4000] {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            setup.ferry.kill9();
+            std::thread::sleep(Duration::from_millis(200));
+            setup.ferry.restart();
+        }
+        churn.join().unwrap()
+    });
+    assert!(
+        churn.status.success(),
+        "{}",
+        String::from_utf8_lossy(&churn.stderr)
+    );
+    let started = Instant::now();
+    setup.wait_synced("bench", 2 * MINUTE);
+    let history: f64 = setup
+        .source
+        .psql("shop", "SELECT count(*) FROM pgbench_history")
+        .parse()
+        .unwrap();
+    eprintln!(
+        "stream: {history} pgbench transactions (5 statements each); caught up {:.1} s after the load ended",
+        started.elapsed().as_secs_f64()
+    );
+    // A backlog drained, timed: paused while pgbench runs, then resumed.
+    let paused = setup
+        .ferry
+        .post("/api/v2/changefeeds/bench/pause", &json!({}));
+    assert_eq!(paused.0, 200, "{}", paused.1);
+    let load = setup
+        .source
+        .pgbench("shop", &["-n", "-c", "3", "-j", "2", "-T", "6"]);
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let backlog: f64 = setup
+        .source
+        .psql("shop", "SELECT count(*) FROM pgbench_history")
+        .parse::<f64>()
+        .unwrap()
+        - history;
+    let started = Instant::now();
+    let resumed = setup
+        .ferry
+        .post("/api/v2/changefeeds/bench/resume", &json!({}));
+    assert_eq!(resumed.0, 200, "{}", resumed.1);
+    setup.wait_synced("bench", 2 * MINUTE);
+    let drained = started.elapsed().as_secs_f64();
+    // Each pgbench transaction changes four rows (three updates, one insert).
+    eprintln!(
+        "backlog of {backlog} pgbench transactions ({} row changes) drained in {drained:.1} s: \
+         {:.0} row changes/s",
+        backlog * 4.0,
+        backlog * 4.0 / drained
+    );
+    for table in PGBENCH_TABLES {
+        setup.assert_same("public", table, &pgbench_columns(table));
+    }
+    // The checkpoint is in the target, with the data.
+    let checkpoints = setup
+        .target
+        .sql("SELECT count(*) FROM `_ferry`.`checkpoints` WHERE changefeed = 'default/bench'");
+    assert_eq!(checkpoints, "1");
+}
+
+#[test]
+fn keyless_multisets_key_changes_toast_and_truncate_through_the_cli() {
+    let setup = ToMariaDb::start();
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, name text, doc text, price numeric);
+         ALTER TABLE items ALTER COLUMN doc SET STORAGE EXTERNAL;
+         INSERT INTO items SELECT i, 'item ' || i,
+                (SELECT string_agg(md5(i::text || g::text), '') FROM generate_series(1, 200) g),
+                i * 1.5 FROM generate_series(1, 50) i;
+         CREATE TABLE bag (a int, b text);
+         ALTER TABLE bag REPLICA IDENTITY FULL;
+         INSERT INTO bag VALUES (1, 'x'), (1, 'x'), (2, NULL);",
+    );
+    let created = setup.cli(&[
+        "changefeed",
+        "create",
+        "--id",
+        "rows",
+        "--source-uri",
+        &setup.source.uri("shop"),
+        "--sink-uri",
+        &setup.sink_uri(),
+        "--tables",
+        "public.*",
+    ]);
+    assert!(created.contains("rows"), "{created}");
+    setup.wait_synced("rows", MINUTE);
+
+    setup.source.psql(
+        "shop",
+        // Two identical rows, then one of them (and one of the older pair) goes.
+        "INSERT INTO bag VALUES (3, 'y'), (3, 'y');
+         DELETE FROM bag WHERE ctid = (SELECT ctid FROM bag WHERE a = 3 LIMIT 1);
+         DELETE FROM bag WHERE ctid = (SELECT ctid FROM bag WHERE a = 1 LIMIT 1);
+         UPDATE bag SET b = 'z' WHERE a = 2;
+         -- Unchanged TOAST values: only name is sent.
+         UPDATE items SET name = name || ' renamed' WHERE id <= 10;
+         -- Key changes, with and without the TOASTed column sent.
+         UPDATE items SET id = id + 1000 WHERE id BETWEEN 11 AND 20;
+         UPDATE items SET id = id + 1000, doc = 'short' WHERE id BETWEEN 21 AND 25;
+         DELETE FROM items WHERE id BETWEEN 26 AND 30;",
+    );
+    // The same in one transaction: compacted per key within the batch.
+    setup.source.psql(
+        "shop",
+        "BEGIN;
+         UPDATE items SET name = 'twice' WHERE id = 31;
+         UPDATE items SET id = 2031 WHERE id = 31;
+         UPDATE items SET name = 'thrice' WHERE id = 2031;
+         INSERT INTO items VALUES (31, 'new 31', 'doc', 0.1);
+         COMMIT;",
+    );
+    // One transaction far larger than a segment: flushed in parts, committed once.
+    let started = Instant::now();
+    setup.source.psql(
+        "shop",
+        "BEGIN;
+         INSERT INTO items SELECT i, 'bulk', 'd', i FROM generate_series(100000, 160000) i;
+         UPDATE items SET price = price + 1 WHERE id >= 100000 AND id % 3 = 0;
+         DELETE FROM items WHERE id >= 100000 AND id % 5 = 0;
+         COMMIT;",
+    );
+    setup.wait_synced("rows", MINUTE);
+    eprintln!(
+        "one transaction of 60,001 inserts, 20,001 updates, 12,001 deletes: committed and \
+         applied in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let items = [
+        same("id"),
+        hex_text("name"),
+        hex_text("doc"),
+        (
+            "price::numeric(40,10)".to_string(),
+            "cast(`price` as decimal(40,10))".to_string(),
+        ),
+    ];
+    setup.assert_same("public", "items", &items);
+    let bag = [same("a"), hex_text("b")];
+    setup.assert_same("public", "bag", &bag);
+    assert_eq!(
+        setup
+            .target
+            .sql("SELECT count(*) FROM public.bag WHERE a = 3"),
+        "1"
+    );
+
+    setup
+        .source
+        .psql("shop", "TRUNCATE bag; INSERT INTO bag VALUES (9, 'after');");
+    setup.wait_synced("rows", MINUTE);
+    setup.assert_same("public", "bag", &bag);
+
+    // A table renamed on the source, with changes before and after in one transaction.
+    setup.source.psql(
+        "shop",
+        "BEGIN;
+         UPDATE items SET name = 'before rename' WHERE id = 1;
+         ALTER TABLE items RENAME TO goods;
+         UPDATE goods SET name = 'after rename' WHERE id = 2;
+         COMMIT;
+         INSERT INTO goods VALUES (3000, 'new', 'doc', 1);",
+    );
+    setup.wait_synced("rows", MINUTE);
+    setup.assert_same("public", "goods", &items);
+    let items_left = setup
+        .target
+        .sql("SELECT count(*) FROM information_schema.tables WHERE table_name = 'items'");
+    assert_eq!(items_left, "0");
+
+    // A crash never doubles a keyless row: kill, restart, add more.
+    let mut setup = setup;
+    setup.ferry.kill9();
+    setup
+        .source
+        .psql("shop", "INSERT INTO bag VALUES (9, 'after'), (10, NULL);");
+    setup.ferry.restart();
+    setup.wait_synced("rows", MINUTE);
+    setup.assert_same("public", "bag", &bag);
+}
+
+#[test]
+fn existing_target_policies_and_claims() {
+    let setup = ToMariaDb::start();
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 20) i;",
+    );
+    // The user's table, with rows and a column of its own.
+    setup.target.sql(
+        "CREATE DATABASE public;
+         CREATE TABLE public.t (id int PRIMARY KEY, v text, note varchar(10) DEFAULT 'mine');
+         INSERT INTO public.t (id, v) VALUES (1000, 'old'), (1, 'stale');",
+    );
+    // fail (the default): refused before anything is written.
+    let (code, body) = setup.create("feed", &["public.t"], json!({}));
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        body["error_code"],
+        json!("TARGET_TABLE_NOT_EMPTY"),
+        "{body}"
+    );
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("public.t"),
+        "{body}"
+    );
+
+    // append: rows upserted by key; the user's row and column stay.
+    let (code, body) = setup.create("feed", &["public.t"], json!({"existing_target": "append"}));
+    assert_eq!(code, 201, "{body}");
+    setup.wait_synced("feed", MINUTE);
+    assert_eq!(setup.target.sql("SELECT count(*) FROM public.t"), "21");
+    assert_eq!(
+        setup.target.sql("SELECT v FROM public.t WHERE id = 1"),
+        "v1"
+    );
+    assert_eq!(
+        setup
+            .target
+            .sql("SELECT note FROM public.t WHERE id = 1000"),
+        "mine"
+    );
+
+    // Another changefeed on the owned table: refused, naming the owner.
+    let (code, body) = setup.create(
+        "second",
+        &["public.t"],
+        json!({"existing_target": "truncate"}),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error_code"], json!("TARGET_TABLE_OWNED"), "{body}");
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("default/feed"),
+        "{body}"
+    );
+
+    // Deleting the first releases the table; truncate then empties it before the copy.
+    let (code, body) = setup.ferry.delete("/api/v2/changefeeds/feed");
+    assert!(code == 200 || code == 204, "{body}");
+    let (code, body) = setup.create(
+        "second",
+        &["public.t"],
+        json!({"existing_target": "truncate"}),
+    );
+    assert_eq!(code, 201, "{body}");
+    setup.wait_synced("second", MINUTE);
+    setup.assert_same("public", "t", &[same("id"), hex_text("v")]);
+
+    // A value MariaDB cannot hold stops the changefeed, naming the column.
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE n (id int PRIMARY KEY, x numeric);
+         INSERT INTO n VALUES (1, 0.1), (2, 1e-40);",
+    );
+    let (code, body) = setup.create("numbers", &["public.n"], json!({}));
+    assert_eq!(code, 201, "{body}");
+    let status = setup.wait_state("numbers", "failed", MINUTE);
+    let error = status.to_string();
+    assert!(error.contains("column x of public.n"), "{status}");
+
+    // A text key longer than the target's VARCHAR key: the bulk load's warning stops it.
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE long_keys (k text PRIMARY KEY);
+         INSERT INTO long_keys VALUES ('short'), (repeat('k', 800));",
+    );
+    let (code, body) = setup.create("long-keys", &["public.long_keys"], json!({}));
+    assert_eq!(code, 201, "{body}");
+    let status = setup.wait_state("long-keys", "failed", MINUTE);
+    assert!(status.to_string().contains("public.long_keys"), "{status}");
+    assert_eq!(
+        setup.target.sql("SELECT count(*) FROM public.long_keys"),
+        "0"
+    );
+
+    // A row longer than the target's max_allowed_packet (16 MiB): stopped, saying so.
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE big (id int PRIMARY KEY, body text);
+         INSERT INTO big VALUES (1, repeat('x', 17000000));",
+    );
+    let (code, body) = setup.create("big", &["public.big"], json!({}));
+    assert_eq!(code, 201, "{body}");
+    let status = setup.wait_state("big", "failed", MINUTE);
+    assert!(
+        status.to_string().contains("max_allowed_packet"),
+        "{status}"
+    );
+}
