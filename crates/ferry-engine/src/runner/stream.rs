@@ -35,7 +35,12 @@ impl Runner {
         let skip_before = tables::skip_before(state, &finished);
         let lifecycle = LifecycleDoc::load(&self.meta, &key)?;
         let resume_from = lifecycle.resume_from.clone();
-        let start = resume_from.clone().or(checkpoint.clone());
+        let start = resume_from.clone().or(checkpoint.clone()).or_else(|| {
+            // A source that keeps no place of its own resumes where the copy was read.
+            (!source.keeps_position())
+                .then(|| earliest_snapshot(&finished))
+                .flatten()
+        });
         if let (Some(target), Some(start)) = (&self.config.target_position, &start) {
             if start.covers(target) {
                 return Ok(StreamEnd::Finished);
@@ -125,6 +130,16 @@ impl Runner {
             }
         }
     }
+}
+
+/// The snapshot position every finished chunk's snapshot covers (none when there are no
+/// chunks, or their positions are incomparable).
+fn earliest_snapshot(finished: &[ferry_core::FinishedChunk]) -> Option<ferry_core::Position> {
+    finished
+        .iter()
+        .map(|c| &c.snapshot)
+        .find(|p| finished.iter().all(|c| c.snapshot.covers(p)))
+        .cloned()
 }
 
 /// The resume position is behind us once a batch after it is durable.
