@@ -425,3 +425,72 @@ fn a_purged_binlog_fails_the_changefeed_with_how_to_resync() {
         "13"
     );
 }
+
+#[test]
+fn the_check_refuses_a_statement_binlog_and_a_user_without_replication() {
+    let source = MariaDb::start_with(
+        1,
+        &["--binlog-format=STATEMENT", "--binlog-row-metadata=MINIMAL"],
+    );
+    let target = PgCluster::start();
+    target.create_database("analytics");
+    source.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.t (id int PRIMARY KEY);
+         CREATE USER 'weak'@'%' IDENTIFIED BY 'weak'; GRANT SELECT ON shop.* TO 'weak'@'%';",
+    );
+    let ferry = FerryServer::start(std::path::Path::new(env!("CARGO_BIN_EXE_ferry")));
+    let check = |uri: String| {
+        let (code, body) = ferry.post(
+            "/api/v2/changefeeds?dry_run=true",
+            &json!({
+                "id": "t",
+                "source_uri": uri,
+                "sink_uri": target.uri("analytics"),
+                "tables": ["shop.t"],
+            }),
+        );
+        assert!(code >= 400, "{code} {body}");
+        body.to_string()
+    };
+    let text = check(source.uri("shop"));
+    assert!(text.contains("set binlog_format=ROW"), "{text}");
+    source.sql("SET GLOBAL binlog_format = 'ROW'");
+    let text = check(source.uri("shop"));
+    assert!(text.contains("set binlog_row_metadata=FULL"), "{text}");
+    source.sql("SET GLOBAL binlog_row_metadata = 'FULL'");
+    let weak = source.uri("shop").replacen("ferry:ferry@", "weak:weak@", 1);
+    let text = check(weak);
+    assert!(text.contains("REPLICATION SLAVE"), "{text}");
+    assert!(text.contains("BINLOG MONITOR"), "{text}");
+}
+
+#[test]
+fn a_table_renamed_on_the_source_is_renamed_on_the_target() {
+    let setup = Setup::start();
+    setup.source.sql(
+        "CREATE TABLE shop.items (id int PRIMARY KEY, v int);
+         INSERT INTO shop.items SELECT seq, seq FROM seq.seq_1_to_50",
+    );
+    setup.create("items", &["shop.*"]);
+    setup.wait_synced("items", MINUTE);
+    setup.source.sql(
+        "INSERT INTO shop.items VALUES (51, 51);
+         RENAME TABLE shop.items TO shop.goods;
+         INSERT INTO shop.goods VALUES (52, 52);
+         UPDATE shop.goods SET v = 0 WHERE id = 1",
+    );
+    setup.wait_synced("items", MINUTE);
+    assert_eq!(
+        setup
+            .target
+            .psql("analytics", "SELECT count(*), sum(v) FROM shop.goods"),
+        "52|1377"
+    );
+    assert_eq!(
+        setup.target.psql(
+            "analytics",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'shop' AND tablename = 'items'"
+        ),
+        "0"
+    );
+}
