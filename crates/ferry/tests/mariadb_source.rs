@@ -374,11 +374,18 @@ fn every_type_copied_and_streamed_two_changefeeds_and_the_cli() {
         "table id before the truncate {id_before}"
     );
     assert_eq!(setup.status("items")["warnings"], json!([]));
-    // Neither changefeed evicted the other's binlog session.
+    // Neither changefeed evicted the other's binlog session: two dump threads, each with
+    // its own server_id.
     for id in ["types", "items"] {
         let status = setup.status(id);
         assert_eq!(status["state"], json!("running"), "{status}");
     }
+    assert_eq!(
+        setup.source.sql(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'"
+        ),
+        "2"
+    );
 }
 
 #[test]
