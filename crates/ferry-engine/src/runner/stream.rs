@@ -171,3 +171,25 @@ fn clear_skip(meta: &MetaStore, key: &str) {
         warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not clear the skipped transaction");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ferry_core::{FinishedChunk, Lsn, Position, TableId};
+
+    use super::earliest_snapshot;
+
+    #[test]
+    fn the_earliest_snapshot_is_the_one_every_chunk_covers() {
+        let chunk = |lsn| FinishedChunk {
+            table: TableId::new("s", "t"),
+            chunk: 0,
+            rows: 1,
+            snapshot: Position::PgLsn(Lsn(lsn)),
+        };
+        assert_eq!(earliest_snapshot(&[]), None);
+        assert_eq!(
+            earliest_snapshot(&[chunk(9), chunk(5), chunk(7)]),
+            Some(Position::PgLsn(Lsn(5)))
+        );
+    }
+}

@@ -173,7 +173,7 @@ pub(crate) async fn open_export(uri: &ConnectionUri) -> Result<MyExport, SourceE
         let list: MariaDbGtidList = gtid
             .parse()
             .map_err(|e| SourceError::new(what, ErrorClass::Definite, e))?;
-        tracing::debug!(readers, position = %list, "snapshot started");
+        tracing::info!(readers, position = %list, "consistent snapshot started");
         return Ok(MyExport {
             position: Position::MariaDbGtid(list),
             conns: conns.into_iter().map(|c| Arc::new(Mutex::new(c))).collect(),
