@@ -562,3 +562,32 @@ fn a_chunked_snapshot_under_writes_resumes_after_a_kill9_by_finished_chunks() {
         )
     );
 }
+
+#[test]
+fn a_zero_date_stops_the_changefeed_naming_the_column() {
+    let setup = Setup::start();
+    setup.source.sql(
+        "SET SESSION sql_mode = '';
+         CREATE TABLE shop.legacy (id int PRIMARY KEY, born date);
+         INSERT INTO shop.legacy VALUES (1, '2024-01-01'), (2, '0000-00-00')",
+    );
+    setup.create("legacy", &["shop.legacy"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = setup.status("legacy");
+        if status["state"] == json!("failed") {
+            let text = status["last_error"].to_string();
+            assert!(
+                text.contains("column born of shop.legacy") && text.contains("zero date"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not failed: {status}\n{}",
+            setup.ferry.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
