@@ -12,13 +12,14 @@
 //! - [`catalog`]: tables and shapes from `information_schema`; [`types`]: MySQL types and
 //!   their logical types; [`values`]: every value in canonical text.
 //! - [`snapshot`]: consistent snapshots shared by parallel readers, chunk plans and reads.
-//! - [`stream`]: the binlog; [`ddl`]: what a QUERY event does to tables.
+//! - [`stream`]: the binlog; [`replica`]: the replica's server id, GTID events and errors;
+//!   [`ddl`]: what a QUERY event does to tables.
 //!
 //! # What the source leaves on the server
 //! Nothing: no slot, no table, no heartbeat writes (the server's own binlog heartbeats keep
 //! an idle changefeed current). A changefeed's place is its checkpoint, in the sink; its
 //! binlog connection registers with a `server_id` derived from the changefeed's name
-//! ([`stream::server_id`]). Deleting a changefeed therefore leaves nothing to drop, and
+//! ([`replica::server_id`]). Deleting a changefeed therefore leaves nothing to drop, and
 //! the binlogs it needs are kept only by the server's expiry (`binlog_expire_logs_seconds`):
 //! a changefeed paused longer fails with a message saying so.
 //!
@@ -29,6 +30,7 @@
 
 mod catalog;
 mod ddl;
+mod replica;
 mod snapshot;
 #[allow(clippy::module_inception)]
 mod source;
@@ -378,7 +380,7 @@ impl SourceConnector for MySqlSourceConnector {
             .iter()
             .map(|feed| FeedBacklog {
                 feed: feed.clone(),
-                holder: format!("binlog reader server_id {}", stream::server_id(feed)),
+                holder: format!("binlog reader server_id {}", replica::server_id(feed)),
                 confirmed: None,
                 retained_bytes: bytes,
                 risk: None::<BacklogRisk>,

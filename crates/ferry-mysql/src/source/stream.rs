@@ -33,7 +33,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Buf;
 use ferry_core::gtid::{MariaDbGtid, MariaDbGtidList};
 use ferry_core::source::EventSender;
 use ferry_core::{
@@ -48,6 +47,7 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
 use super::catalog;
 use super::ddl::{self, Ddl};
+use super::replica::{binlog_error, parse_gtid, server_id, FL_STANDALONE, GTID_EVENT};
 use super::types::Kind;
 use super::values::{canonical, Origin};
 use crate::connect::{connect, source_error};
@@ -58,28 +58,6 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Least time between two idle reports caused by transactions of other tables.
 const IDLE_EVERY: Duration = Duration::from_millis(500);
-
-/// MariaDB's GTID event.
-const GTID_EVENT: u8 = 0xA2;
-
-/// A GTID event's flag: the transaction is one statement (DDL) with no XID after it.
-const FL_STANDALONE: u8 = 1;
-
-/// MariaDB's server error reading the binlog for a replica (position purged, …).
-const ER_MASTER_FATAL_ERROR_READING_BINLOG: u16 = 1236;
-
-/// The replication `server_id` of changefeed `feed`: deterministic, so a restarted
-/// changefeed takes its own place back, and distinct per changefeed (FNV-1a of the name),
-/// so two changefeeds on one source never evict each other. In `0x4000_0000..0x8000_0000`,
-/// away from the small ids servers are usually given.
-pub(crate) fn server_id(feed: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in feed.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    0x4000_0000 | (h & 0x3FFF_FFFF)
-}
 
 /// A replicated table as the stream decodes it.
 struct Tracked {
@@ -173,50 +151,6 @@ pub(crate) async fn start(
         timeout,
         last_idle: Instant::now(),
     })
-}
-
-/// A binlog read error, classified: a purged position is definite and says what to do.
-fn binlog_error(e: mysql_async::Error, from: &MariaDbGtidList) -> SourceError {
-    if let mysql_async::Error::Server(server) = &e {
-        if server.code == ER_MASTER_FATAL_ERROR_READING_BINLOG {
-            return SourceError::message(
-                format!(
-                    "the source's binlog no longer holds the changefeed's position {from} \
-                     (binlogs were purged past it, or it is from another server): {}; re-sync \
-                     the changefeed (`ferry changefeed resync`, or delete and re-create it)",
-                    server.message
-                ),
-                ErrorClass::Definite,
-            )
-            .with_hint(
-                "re-sync the changefeed (`ferry changefeed resync`, or delete and re-create \
-                 it) to copy the tables again; keep binlogs longer (binlog_expire_logs_seconds) \
-                 than a changefeed may stay paused",
-            );
-        }
-    }
-    source_error("read the binlog", e)
-}
-
-/// MariaDB's GTID event body: `seq_no` u64, `domain_id` u32, flags u8 (little-endian).
-fn parse_gtid(mut data: &[u8], server_id: u32) -> Result<(MariaDbGtid, u8), SourceError> {
-    if data.len() < 13 {
-        return Err(SourceError::message(
-            "a MariaDB GTID event is shorter than 13 bytes",
-            ErrorClass::Definite,
-        ));
-    }
-    let seq_no = data.get_u64_le();
-    let domain_id = data.get_u32_le();
-    let flags = data.get_u8();
-    Ok((
-        MariaDbGtid {
-            domain_id,
-            server_id,
-            seq_no,
-        },
-        flags,
-    ))
 }
 
 fn now_us() -> i64 {
@@ -593,27 +527,4 @@ fn row(mut values: BinlogRow, kinds: &[Kind], schema: &TableSchema) -> Result<Ro
         out.push(canonical(value, kind, Origin::Binlog).map_err(|b| b.into_error(&table, name))?);
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_ids_are_stable_and_distinct_per_changefeed() {
-        assert_eq!(server_id("default/a"), server_id("default/a"));
-        assert_ne!(server_id("default/a"), server_id("default/b"));
-        assert!(server_id("x") >= 0x4000_0000 && server_id("x") < 0x8000_0000);
-    }
-
-    #[test]
-    fn gtid_events_parse() {
-        let mut data = 42u64.to_le_bytes().to_vec();
-        data.extend_from_slice(&7u32.to_le_bytes());
-        data.push(FL_STANDALONE);
-        let (gtid, flags) = parse_gtid(&data, 3).unwrap();
-        assert_eq!(gtid.to_string(), "7-3-42");
-        assert_eq!(flags, FL_STANDALONE);
-        assert!(parse_gtid(&data[..5], 3).is_err());
-    }
 }
