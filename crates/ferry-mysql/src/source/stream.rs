@@ -20,9 +20,10 @@
 //! # Shapes
 //! With `binlog_row_metadata=FULL` every TABLE_MAP event names its columns. When the
 //! names differ from the shape the stream knows (or the table was altered), the shape is
-//! rebuilt: the catalog's columns, in the order and number the event names them. A column
-//! the event names that the catalog no longer has (dropped since) stops the stream with an
-//! error, before anything is written. A changed shape is announced with
+//! rebuilt: the catalog's columns, in the order and number the event names them; a column
+//! dropped since keeps the definition the stream knew. A column the event names that
+//! neither has (dropped before this session started, while the changefeed was behind)
+//! stops the stream with an error, before anything is written. A changed shape is announced with
 //! [`SourceEvent::Schema`] before the table's next change.
 //!
 //! # Errors
@@ -351,7 +352,14 @@ impl MyStream {
         let mut columns = Vec::with_capacity(names.len());
         let mut ordered_kinds = Vec::with_capacity(names.len());
         for name in &names {
-            let Some(i) = catalog.columns.iter().position(|c| &c.name == name) else {
+            if let Some(i) = catalog.columns.iter().position(|c| &c.name == name) {
+                columns.push(catalog.columns[i].clone());
+                ordered_kinds.push(kinds[i].clone());
+                continue;
+            }
+            // Dropped since: the shape this stream knew still says what it was.
+            let known = &self.tables[&id];
+            let Some(i) = known.schema.columns.iter().position(|c| &c.name == name) else {
                 return Err(SourceError::message(
                     format!(
                         "rows of {id} in the binlog have column {name}, which the table no \
@@ -361,8 +369,8 @@ impl MyStream {
                 )
                 .with_hint("re-sync the table (its rows are copied again at the current shape)"));
             };
-            columns.push(catalog.columns[i].clone());
-            ordered_kinds.push(kinds[i].clone());
+            columns.push(known.schema.columns[i].clone());
+            ordered_kinds.push(known.kinds[i].clone());
         }
         let key = catalog
             .key
