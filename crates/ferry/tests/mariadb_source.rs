@@ -429,6 +429,15 @@ fn a_purged_binlog_fails_the_changefeed_with_how_to_resync() {
         assert!(Instant::now() < deadline, "not failed: {status}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Resuming from a position the binlogs no longer hold is refused up front.
+    let (code, body) = setup.ferry.post(
+        "/api/v2/changefeeds/t/resume",
+        &json!({"overwrite_checkpoint_position": "0-1-1"}),
+    );
+    assert!(
+        code >= 400 && body.to_string().contains("purged"),
+        "{code} {body}"
+    );
     // What the message says to do works.
     let (code, body) = setup.ferry.post("/api/v2/changefeeds/t/resync", &json!({}));
     assert_eq!(code, 200, "{body}");

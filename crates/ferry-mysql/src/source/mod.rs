@@ -197,7 +197,7 @@ impl Facts {
 }
 
 /// The oldest position the server's binlogs still hold, per domain: the GTID list at the
-/// start of its first binlog file.
+/// start of its first binlog file (its Gtid_list event).
 async fn oldest_gtid_pos(conn: &mut Conn) -> Result<MariaDbGtidList, SourceError> {
     let what = "read the source's binlog files";
     let logs: Vec<mysql_async::Row> = conn
@@ -207,11 +207,23 @@ async fn oldest_gtid_pos(conn: &mut Conn) -> Result<MariaDbGtidList, SourceError
     let Some(first) = logs.first().and_then(|r| r.get::<String, _>(0)) else {
         return Ok(MariaDbGtidList::new());
     };
-    let pos: Option<String> = conn
-        .exec_first("SELECT BINLOG_GTID_POS(?, 4)", (first,))
+    // Each binlog opens with a Gtid_list event: the GTID state before the file,
+    // `[0-1-10,1-2-3]`.
+    let events: Vec<mysql_async::Row> = conn
+        .query(format!(
+            "SHOW BINLOG EVENTS IN {} LIMIT 4",
+            catalog::quote_literal(&first)
+        ))
         .await
         .map_err(|e| source_error(what, e))?;
-    pos.unwrap_or_default()
+    let list = events
+        .iter()
+        .find(|r| r.get::<String, _>(2).as_deref() == Some("Gtid_list"))
+        .and_then(|r| r.get::<String, _>(5))
+        .unwrap_or_default();
+    list.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
         .parse()
         .map_err(|e| SourceError::new(what, ErrorClass::Definite, e))
 }
