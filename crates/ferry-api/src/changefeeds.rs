@@ -31,7 +31,8 @@ pub(crate) struct CreateRequest {
     /// A named source (see `/sources`); or give `source_uri`.
     #[serde(default)]
     source: Option<String>,
-    /// `postgres://user:password@host:port/database`; or give `source`.
+    /// `postgres://user:password@host:port/database`, or `mariadb://` / `mysql://` (a
+    /// database in the path limits the source to it); or give `source`.
     #[serde(default)]
     source_uri: Option<String>,
     /// `postgres://…`, `postgresql://…`, `blackhole://`, `file:///DIR?format=debezium-json`

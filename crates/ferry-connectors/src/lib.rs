@@ -8,7 +8,7 @@
 //! | `blackhole://` | — | [`blackhole::BlackholeConnector`] |
 //! | `file://` | — | [`file::FileConnector`] |
 //! | `nats://` | — | [`nats::NatsConnector`] |
-//! | `mysql://`, `mariadb://` | — | `ferry_mysql::sink::MySqlSinkConnector` |
+//! | `mysql://`, `mariadb://` | `ferry_mysql::source::MySqlSourceConnector` | `ferry_mysql::sink::MySqlSinkConnector` |
 //! | `kafka://` | — | `kafka::KafkaConnector` (cargo feature `kafka`) |
 //! | `http://`, `https://` | — | [`webhook::WebhookConnector`] |
 
@@ -27,6 +27,7 @@ use ferry_core::{
     SinkUri, SourceConnector, SourceError, TableFilter,
 };
 use ferry_mysql::sink::MySqlSinkConnector;
+use ferry_mysql::source::MySqlSourceConnector;
 use ferry_postgres::connector::{PgSinkConnector, PgSourceConnector};
 use futures::future::BoxFuture;
 
@@ -38,6 +39,7 @@ impl Connectors for Registry {
     fn source(&self, uri: &ConnectionUri) -> Result<Arc<dyn SourceConnector>, SourceError> {
         match uri.scheme() {
             "postgres" | "postgresql" => Ok(Arc::new(PgSourceConnector)),
+            "mysql" | "mariadb" => Ok(Arc::new(MySqlSourceConnector)),
             other => Err(SourceError::message(
                 format!("no source connector for scheme {other}://"),
                 ErrorClass::Definite,

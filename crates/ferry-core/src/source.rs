@@ -109,6 +109,14 @@ pub trait Source: Send {
     /// The state of the changefeed's stream.
     async fn stream_state(&mut self) -> Result<StreamState, SourceError>;
 
+    /// Whether the source keeps the changefeed's place in its log (PostgreSQL: a slot), so
+    /// [`Source::start_stream`] with no position resumes there. A source that does not (a
+    /// MySQL binlog reader) is handed the checkpoint, else the earliest snapshot its copied
+    /// chunks were read in.
+    fn keeps_position(&self) -> bool {
+        true
+    }
+
     /// The tables `filter` selects.
     async fn select_tables(
         &mut self,

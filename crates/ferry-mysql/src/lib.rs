@@ -11,3 +11,4 @@
 
 pub mod connect;
 pub mod sink;
+pub mod source;

@@ -162,6 +162,8 @@ impl MariaDb {
                 "--skip-name-resolve",
             ])
             .args(user_arg())
+            // Temp tables in the server's own dir: two installs sharing /tmp collided.
+            .env("TMPDIR", self.root.path())
             .output()
             .unwrap_or_else(|e| panic!("could not run mariadb-install-db: {e}"));
         assert!(
@@ -209,6 +211,7 @@ impl MariaDb {
                 "--local-infile=1",
             ])
             .args(&self.extra_args)
+            .env("TMPDIR", root)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -35,7 +35,12 @@ impl Runner {
         let skip_before = tables::skip_before(state, &finished);
         let lifecycle = LifecycleDoc::load(&self.meta, &key)?;
         let resume_from = lifecycle.resume_from.clone();
-        let start = resume_from.clone().or(checkpoint.clone());
+        let start = resume_from.clone().or(checkpoint.clone()).or_else(|| {
+            // A source that keeps no place of its own resumes where the copy was read.
+            (!source.keeps_position())
+                .then(|| earliest_snapshot(&finished))
+                .flatten()
+        });
         if let (Some(target), Some(start)) = (&self.config.target_position, &start) {
             if start.covers(target) {
                 return Ok(StreamEnd::Finished);
@@ -127,6 +132,16 @@ impl Runner {
     }
 }
 
+/// The snapshot position every finished chunk's snapshot covers (none when there are no
+/// chunks, or their positions are incomparable).
+fn earliest_snapshot(finished: &[ferry_core::FinishedChunk]) -> Option<ferry_core::Position> {
+    finished
+        .iter()
+        .map(|c| &c.snapshot)
+        .find(|p| finished.iter().all(|c| c.snapshot.covers(p)))
+        .cloned()
+}
+
 /// The resume position is behind us once a batch after it is durable.
 fn clear_resume_from(meta: &MetaStore, key: &str) {
     let cleared = LifecycleDoc::load(meta, key).and_then(|mut doc| {
@@ -154,5 +169,27 @@ fn clear_skip(meta: &MetaStore, key: &str) {
     });
     if let Err(e) = cleared {
         warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not clear the skipped transaction");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_core::{FinishedChunk, Lsn, Position, TableId};
+
+    use super::earliest_snapshot;
+
+    #[test]
+    fn the_earliest_snapshot_is_the_one_every_chunk_covers() {
+        let chunk = |lsn| FinishedChunk {
+            table: TableId::new("s", "t"),
+            chunk: 0,
+            rows: 1,
+            snapshot: Position::PgLsn(Lsn(lsn)),
+        };
+        assert_eq!(earliest_snapshot(&[]), None);
+        assert_eq!(
+            earliest_snapshot(&[chunk(9), chunk(5), chunk(7)]),
+            Some(Position::PgLsn(Lsn(5)))
+        );
     }
 }

@@ -204,7 +204,9 @@ impl PgSink {
             .copy_in::<_, Bytes>(&format!("COPY {into} ({columns}) FROM STDIN"))
             .await
             .map_err(fail)?;
-        futures::pin_mut!(sink);
+        // Boxed, not pinned on the stack: on a failure it is dropped before the ROLLBACK,
+        // which aborts the COPY (the ROLLBACK would otherwise queue behind it forever).
+        let mut sink = Box::pin(sink);
         let mut data = std::pin::pin!(data);
         // The source sends a message per row: gather them into large messages, so the
         // target and Ferry handle a few thousand messages per chunk, not one per row.
@@ -224,7 +226,11 @@ impl PgSink {
                 }
                 Some(Err(e)) => Err(SinkError::Statement {
                     what: format!("{what}: read from the source"),
-                    class: ErrorClass::Transient,
+                    // A source error keeps its class (a value the source refuses is
+                    // definite); anything else is a read that may work again.
+                    class: (&e as &(dyn std::error::Error + 'static))
+                        .downcast_ref::<SourceError>()
+                        .map_or(ErrorClass::Transient, |s| s.class),
                     source: Box::new(e),
                 }),
                 None => {
@@ -240,11 +246,12 @@ impl PgSink {
                 }
             };
             if let Err(e) = sent {
+                drop(sink);
                 let _ = self.client.batch_execute("ROLLBACK").await;
                 return Err(e);
             }
         }
-        let rows = sink.finish().await.map_err(fail)?;
+        let rows = sink.as_mut().finish().await.map_err(fail)?;
         if staged {
             self.client
                 .batch_execute(&upsert_staged_sql(schema, &columns))

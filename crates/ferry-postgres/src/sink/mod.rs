@@ -8,6 +8,8 @@
 //!   indexes, constraints and comments once copied ([`complete`]). A table renamed on the
 //!   source is renamed here in the batch ([`rename`]); new enum labels ([`enums`]) and NOT
 //!   NULL changes ([`nullability`]) follow.
+//! - Tables of a MySQL source are created from their columns' logical types
+//!   ([`foreign`]).
 //! - Snapshot ([`copy`]): each chunk's COPY text is streamed into `COPY … FROM STDIN` in
 //!   its own transaction together with its record in `_ferry.snapshot_chunks`; tables
 //!   created for the copy get their primary key after it.
@@ -25,6 +27,7 @@ mod copy;
 mod ddl;
 mod enums;
 mod follow;
+mod foreign;
 mod nullability;
 mod ownership;
 mod readback;

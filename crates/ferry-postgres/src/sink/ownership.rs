@@ -14,6 +14,7 @@
 //! [`preflight`] runs the same checks read-only, for `check` and `create`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use ferry_core::{ConnectionUri, ExistingTarget, SinkError, TableId, TableSchema};
 use tokio_postgres::Client;
@@ -294,6 +295,7 @@ pub async fn preflight(
         .map_err(|e| statement_error("set session settings", e))?;
     let bookkeeping = has_bookkeeping(client).await?;
     for schema in tables {
+        let schema = &*super::foreign::in_postgres(&Arc::new(schema.clone()))?;
         let id = &schema.id;
         let mut created = HashSet::new();
         if bookkeeping {

@@ -14,6 +14,7 @@ impl PgSink {
         schema: &Arc<TableSchema>,
         with_key: bool,
     ) -> Result<(), SinkError> {
+        let schema = &super::foreign::in_postgres(schema)?;
         self.follow_enum_labels(schema).await?;
         if let Some(t) = self.tables.get_mut(&schema.id) {
             if t.schema.columns == schema.columns && t.schema.key == schema.key {

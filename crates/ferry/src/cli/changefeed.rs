@@ -180,7 +180,7 @@ pub(crate) struct SpecFlags {
     /// Name of a registered source (instead of --source-uri).
     #[arg(long, value_name = "NAME")]
     source: Option<String>,
-    /// Source database: postgres://user:password@host:port/db
+    /// Source database: postgres://user:password@host:port/db or mariadb://user:password@host:port/db
     #[arg(long, value_name = "URI")]
     source_uri: Option<String>,
     /// Sink: postgres://…, blackhole://, file:///DIR?format=debezium-json or

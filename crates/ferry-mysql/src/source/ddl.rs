@@ -1,0 +1,240 @@
+//! What a binlog QUERY event does to tables, as far as a change stream cares: empties
+//! them (`TRUNCATE`), renames them (`RENAME TABLE`, `ALTER TABLE … RENAME`), or changes
+//! their columns (any other `ALTER TABLE`). Anything else (`CREATE`, `DROP`, grants) the
+//! stream ignores: new and dropped tables are found in the catalog.
+//!
+//! A small tokenizer, not a SQL parser: it reads the statement's head, skipping comments,
+//! and resolves unqualified names in the event's default database.
+
+use ferry_core::TableId;
+
+/// A statement's effect on tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ddl {
+    /// `TRUNCATE TABLE t`.
+    Truncate(TableId),
+    /// Renames, in order.
+    Rename(Vec<(TableId, TableId)>),
+    /// `ALTER TABLE t …` that keeps the name: its columns may have changed.
+    Alter(TableId),
+    /// Nothing a stream follows.
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    /// A bare word (keyword or identifier), as written.
+    Word(String),
+    /// A `` `quoted` `` identifier.
+    Quoted(String),
+    /// Any other character.
+    Punct(char),
+}
+
+fn tokens(sql: &str) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {}
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut last = ' ';
+                for c in chars.by_ref() {
+                    if last == '*' && c == '/' {
+                        break;
+                    }
+                    last = c;
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '#' => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '`' => {
+                let mut name = String::new();
+                while let Some(c) = chars.next() {
+                    if c == '`' {
+                        if chars.peek() == Some(&'`') {
+                            chars.next();
+                            name.push('`');
+                        } else {
+                            break;
+                        }
+                    } else {
+                        name.push(c);
+                    }
+                }
+                out.push(Token::Quoted(name));
+            }
+            c if c.is_alphanumeric() || c == '_' || c == '$' => {
+                let mut word = c.to_string();
+                while let Some(&n) = chars.peek() {
+                    if n.is_alphanumeric() || n == '_' || n == '$' {
+                        word.push(n);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                out.push(Token::Word(word));
+            }
+            c => out.push(Token::Punct(c)),
+        }
+    }
+    out
+}
+
+struct Cursor<'a> {
+    tokens: &'a [Token],
+    at: usize,
+    database: &'a str,
+}
+
+impl Cursor<'_> {
+    fn keyword(&mut self, word: &str) -> bool {
+        match self.tokens.get(self.at) {
+            Some(Token::Word(w)) if w.eq_ignore_ascii_case(word) => {
+                self.at += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn ident(&mut self) -> Option<String> {
+        let name = match self.tokens.get(self.at)? {
+            Token::Word(w) | Token::Quoted(w) => w.clone(),
+            Token::Punct(_) => return None,
+        };
+        self.at += 1;
+        Some(name)
+    }
+
+    fn punct(&mut self, p: char) -> bool {
+        if self.tokens.get(self.at) == Some(&Token::Punct(p)) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `name` or `db.name`, unqualified names in the event's database.
+    fn table(&mut self) -> Option<TableId> {
+        let first = self.ident()?;
+        if self.punct('.') {
+            Some(TableId::new(first, self.ident()?))
+        } else {
+            Some(TableId::new(self.database, first))
+        }
+    }
+}
+
+/// What `sql`, run with default database `database`, does to tables.
+pub(crate) fn classify(sql: &str, database: &str) -> Ddl {
+    let tokens = tokens(sql);
+    let mut c = Cursor {
+        tokens: &tokens,
+        at: 0,
+        database,
+    };
+    if c.keyword("TRUNCATE") {
+        c.keyword("TABLE");
+        return c.table().map_or(Ddl::Other, Ddl::Truncate);
+    }
+    if c.keyword("RENAME") {
+        if !(c.keyword("TABLE") || c.keyword("TABLES")) {
+            return Ddl::Other;
+        }
+        let mut renames = Vec::new();
+        loop {
+            let (Some(from), true, Some(to)) = (c.table(), c.keyword("TO"), c.table()) else {
+                return Ddl::Other;
+            };
+            renames.push((from, to));
+            if !c.punct(',') {
+                break;
+            }
+        }
+        return Ddl::Rename(renames);
+    }
+    if c.keyword("ALTER") {
+        c.keyword("ONLINE");
+        c.keyword("IGNORE");
+        if !c.keyword("TABLE") {
+            return Ddl::Other;
+        }
+        if c.keyword("IF") {
+            c.keyword("EXISTS");
+        }
+        let Some(table) = c.table() else {
+            return Ddl::Other;
+        };
+        // A top-level `RENAME [TO|AS] new` (not RENAME COLUMN/INDEX/KEY).
+        while c.at < tokens.len() {
+            if c.keyword("RENAME") {
+                if c.keyword("COLUMN") || c.keyword("INDEX") || c.keyword("KEY") {
+                    continue;
+                }
+                let _ = c.keyword("TO") || c.keyword("AS");
+                if let Some(to) = c.table() {
+                    return Ddl::Rename(vec![(table, to)]);
+                }
+            } else {
+                c.at += 1;
+            }
+        }
+        return Ddl::Alter(table);
+    }
+    Ddl::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str, n: &str) -> TableId {
+        TableId::new(s, n)
+    }
+
+    #[test]
+    fn statements_that_touch_tables() {
+        assert_eq!(
+            classify("/* x */ truncate table `a b`", "shop"),
+            Ddl::Truncate(t("shop", "a b"))
+        );
+        assert_eq!(classify("TRUNCATE o.x", "shop"), Ddl::Truncate(t("o", "x")));
+        assert_eq!(
+            classify("RENAME TABLE a TO b, shop.c TO other.d", "shop"),
+            Ddl::Rename(vec![
+                (t("shop", "a"), t("shop", "b")),
+                (t("shop", "c"), t("other", "d"))
+            ])
+        );
+        assert_eq!(
+            classify("ALTER TABLE a ADD COLUMN x int, RENAME TO b", "shop"),
+            Ddl::Rename(vec![(t("shop", "a"), t("shop", "b"))])
+        );
+        assert_eq!(
+            classify("alter table a rename column x to y", "shop"),
+            Ddl::Alter(t("shop", "a"))
+        );
+        assert_eq!(
+            classify("ALTER TABLE `s`.`a` DROP c", ""),
+            Ddl::Alter(t("s", "a"))
+        );
+        assert_eq!(classify("CREATE TABLE a (x int)", "shop"), Ddl::Other);
+        assert_eq!(classify("BEGIN", "shop"), Ddl::Other);
+    }
+}

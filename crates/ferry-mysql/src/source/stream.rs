@@ -1,0 +1,538 @@
+//! The change stream: MariaDB's row binlog from a GTID position.
+//!
+//! ```text
+//! COM_REGISTER_SLAVE(server_id of the changefeed) ─► COM_BINLOG_DUMP, GTID mode
+//!   GTID (0xA2) ── TABLE_MAP ── WRITE/UPDATE/DELETE_ROWS … ── XID / QUERY COMMIT
+//!   GTID (standalone) ── QUERY (DDL)          HEARTBEAT (idle)
+//! ```
+//!
+//! The driver does not model MariaDB's GTID mode: the session sets
+//! `@mariadb_slave_capability=4`, `@slave_connect_state` (the position to resume after)
+//! and `@slave_gtid_strict_mode=1` itself, and GTID events (0xA2) are parsed here.
+//!
+//! # Positions
+//! The stream keeps the GTID list of everything read (`position`), every domain included,
+//! so a commit's position is exactly what `@@gtid_binlog_pos` showed after it. A
+//! transaction touching no replicated table is consumed without a word but for an
+//! occasional [`SourceEvent::Idle`]; so are server heartbeats (every [`HEARTBEAT`]) while
+//! nothing happens, so an idle or filtered source reaches `synced`.
+//!
+//! # Shapes
+//! With `binlog_row_metadata=FULL` every TABLE_MAP event names its columns. When the
+//! names differ from the shape the stream knows (or the table was altered), the shape is
+//! rebuilt: the catalog's columns, in the order and number the event names them; a column
+//! dropped since keeps the definition the stream knew. A column the event names that
+//! neither has (dropped before this session started, while the changefeed was behind)
+//! stops the stream with an error, before anything is written. A changed shape is announced with
+//! [`SourceEvent::Schema`] before the table's next change.
+//!
+//! # Errors
+//! The binlog past the position purged (error 1236) is definite, with how to re-sync;
+//! a connection cut or a silent source is transient.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::gtid::{MariaDbGtid, MariaDbGtidList};
+use ferry_core::source::EventSender;
+use ferry_core::{
+    ConnectionUri, ErrorClass, Position, Row, RowChange, SourceError, SourceEvent, TableId,
+    TableSchema,
+};
+use futures::StreamExt;
+use mysql_async::binlog::events::{EventData, OptionalMetaExtractor, RowsEventData};
+use mysql_async::binlog::row::BinlogRow;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
+
+use super::catalog;
+use super::ddl::{self, Ddl};
+use super::replica::{binlog_error, parse_gtid, server_id, FL_STANDALONE, GTID_EVENT};
+use super::types::Kind;
+use super::values::{canonical, Origin};
+use crate::connect::{connect, source_error};
+
+/// How often the server sends a heartbeat on a quiet binlog: how stale `synced` and lag
+/// may be on an idle source.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Least time between two idle reports caused by transactions of other tables.
+const IDLE_EVERY: Duration = Duration::from_millis(500);
+
+/// A replicated table as the stream decodes it.
+struct Tracked {
+    schema: Arc<TableSchema>,
+    kinds: Vec<Kind>,
+    /// The engine knows this shape (announced in this session).
+    announced: bool,
+    /// Altered since the shape was read: rebuild it at the next TABLE_MAP.
+    stale: bool,
+}
+
+/// The transaction being read.
+struct Tx {
+    gtid: MariaDbGtid,
+    standalone: bool,
+    commit_time_us: i64,
+    /// A `Begin` was sent (the transaction touched a replicated table).
+    begun: bool,
+}
+
+/// A started binlog stream.
+pub(crate) struct MyStream {
+    binlog: BinlogStream,
+    catalog: Conn,
+    position: MariaDbGtidList,
+    /// By the table's name on the source.
+    tables: HashMap<TableId, Tracked>,
+    /// Renames that happened while the changefeed was not reading: (engine's name, shape).
+    renamed: Vec<(TableId, Arc<TableSchema>)>,
+    timeout: Duration,
+    last_idle: Instant,
+}
+
+/// Connects and asks for the binlog after `from`.
+pub(crate) async fn start(
+    uri: &ConnectionUri,
+    feed: &str,
+    from: MariaDbGtidList,
+    tables: HashMap<u32, TableId>,
+    timeout: Duration,
+) -> Result<MyStream, SourceError> {
+    let mut catalog = connect(uri)
+        .await
+        .map_err(|e| source_error("connect to the source", e))?;
+    let ids: Vec<u32> = tables.keys().copied().collect();
+    let names = catalog::table_names(&mut catalog, &uri.database(), &ids).await?;
+    let mut tracked = HashMap::new();
+    let mut renamed = Vec::new();
+    for (id, engine_name) in tables {
+        // Dropped on the source: the engine finds out from the catalog.
+        let Some(name) = names.get(&id) else { continue };
+        let (schema, kinds) = catalog::describe(&mut catalog, name).await?;
+        let schema = Arc::new(schema);
+        if *name != engine_name {
+            renamed.push((engine_name, schema.clone()));
+        }
+        tracked.insert(
+            name.clone(),
+            Tracked {
+                schema,
+                kinds,
+                announced: false,
+                stale: false,
+            },
+        );
+    }
+    let what = "start reading the binlog";
+    let mut conn = connect(uri).await.map_err(|e| source_error(what, e))?;
+    let setup = [
+        "SET @mariadb_slave_capability = 4".to_string(),
+        format!("SET @slave_connect_state = '{from}'"),
+        "SET @slave_gtid_strict_mode = 1".to_string(),
+        format!("SET @master_heartbeat_period = {}", HEARTBEAT.as_nanos()),
+    ];
+    for statement in setup {
+        conn.query_drop(statement)
+            .await
+            .map_err(|e| source_error(what, e))?;
+    }
+    let binlog = conn
+        .get_binlog_stream(BinlogStreamRequest::new(server_id(feed)))
+        .await
+        .map_err(|e| binlog_error(e, &from))?;
+    tracing::info!(changefeed = %feed, server_id = server_id(feed), from = %from, "binlog stream started");
+    Ok(MyStream {
+        binlog,
+        catalog,
+        position: from,
+        tables: tracked,
+        renamed,
+        timeout,
+        last_idle: Instant::now(),
+    })
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Sends `event`; `false` when the receiver is gone (the attempt ends).
+async fn send(events: &EventSender, event: SourceEvent) -> bool {
+    events.send(Ok(event)).await.is_ok()
+}
+
+impl MyStream {
+    /// Reads until the receiver is dropped or an error (sent, then the end).
+    pub(crate) async fn run(mut self, events: EventSender) {
+        if let Err(e) = self.read(&events).await {
+            let _ = events.send(Err(e)).await;
+        }
+    }
+
+    fn here(&self) -> Position {
+        Position::MariaDbGtid(self.position.clone())
+    }
+
+    async fn read(&mut self, events: &EventSender) -> Result<(), SourceError> {
+        for (from, schema) in std::mem::take(&mut self.renamed) {
+            if !send(events, SourceEvent::Renamed { from, schema }).await {
+                return Ok(());
+            }
+        }
+        let mut tx: Option<Tx> = None;
+        loop {
+            let event = match tokio::time::timeout(self.timeout, self.binlog.next()).await {
+                Err(_) => {
+                    return Err(SourceError::message(
+                        format!(
+                            "the source sent nothing for {:?}, not even a heartbeat",
+                            self.timeout
+                        ),
+                        ErrorClass::Transient,
+                    ))
+                }
+                Ok(None) => {
+                    return Err(SourceError::message(
+                        "the source ended the binlog stream",
+                        ErrorClass::Transient,
+                    ))
+                }
+                Ok(Some(Err(e))) => return Err(binlog_error(e, &self.position)),
+                Ok(Some(Ok(event))) => event,
+            };
+            let header = event.header();
+            if header.event_type_raw() == GTID_EVENT {
+                let (gtid, flags) = parse_gtid(event.data(), header.server_id())?;
+                tx = Some(Tx {
+                    gtid,
+                    standalone: flags & FL_STANDALONE != 0,
+                    commit_time_us: i64::from(header.timestamp()) * 1_000_000,
+                    begun: false,
+                });
+                continue;
+            }
+            let data = event
+                .read_data()
+                .map_err(|e| SourceError::new("decode a binlog event", ErrorClass::Definite, e))?;
+            let ended = match data {
+                Some(EventData::TableMapEvent(tme)) => {
+                    self.check_shape(&tme).await?;
+                    false
+                }
+                Some(EventData::RowsEvent(rows)) => {
+                    let Some(open) = tx.as_mut() else {
+                        return Err(SourceError::message(
+                            "a rows event outside a transaction (no GTID before it)",
+                            ErrorClass::Definite,
+                        ));
+                    };
+                    if !self.rows(&rows, open, events).await? {
+                        return Ok(());
+                    }
+                    false
+                }
+                Some(EventData::XidEvent(_)) => true,
+                Some(EventData::QueryEvent(query)) => {
+                    let sql = query.query();
+                    let head = sql.trim_start();
+                    if head.eq_ignore_ascii_case("BEGIN") {
+                        false
+                    } else if head.eq_ignore_ascii_case("COMMIT") {
+                        true
+                    } else if head.eq_ignore_ascii_case("ROLLBACK") {
+                        tx = None;
+                        false
+                    } else {
+                        let database = query.schema().to_string();
+                        if let Some(open) = tx.as_mut() {
+                            if !self.ddl(&sql, &database, open, events).await? {
+                                return Ok(());
+                            }
+                        }
+                        tx.as_ref().is_some_and(|t| t.standalone)
+                    }
+                }
+                Some(EventData::HeartbeatEvent) if tx.is_none() => {
+                    let idle = SourceEvent::Idle {
+                        position: self.here(),
+                        server_time_us: now_us(),
+                    };
+                    self.last_idle = Instant::now();
+                    if !send(events, idle).await {
+                        return Ok(());
+                    }
+                    false
+                }
+                _ => false,
+            };
+            if !ended {
+                continue;
+            }
+            let Some(done) = tx.take() else { continue };
+            self.position.record(done.gtid);
+            let event = if done.begun {
+                SourceEvent::Commit {
+                    end: self.here(),
+                    commit_time_us: done.commit_time_us,
+                }
+            } else if self.last_idle.elapsed() >= IDLE_EVERY {
+                self.last_idle = Instant::now();
+                SourceEvent::Idle {
+                    position: self.here(),
+                    server_time_us: done.commit_time_us,
+                }
+            } else {
+                continue;
+            };
+            if !send(events, event).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends `Begin` for `tx` unless sent already.
+    async fn begin(&self, tx: &mut Tx, events: &EventSender) -> bool {
+        if tx.begun {
+            return true;
+        }
+        tx.begun = true;
+        let mut end = self.position.clone();
+        end.record(tx.gtid);
+        send(
+            events,
+            SourceEvent::Begin {
+                commit: Position::MariaDbGtid(end),
+                xid: tx.gtid.seq_no as u32,
+                commit_time_us: tx.commit_time_us,
+            },
+        )
+        .await
+    }
+
+    /// Rebuilds a replicated table's shape when a TABLE_MAP event names other columns.
+    async fn check_shape(
+        &mut self,
+        tme: &mysql_async::binlog::events::TableMapEvent<'_>,
+    ) -> Result<(), SourceError> {
+        let id = TableId::new(tme.database_name(), tme.table_name());
+        let Some(tracked) = self.tables.get(&id) else {
+            return Ok(());
+        };
+        let meta = OptionalMetaExtractor::new(tme.iter_optional_meta())
+            .map_err(|e| SourceError::new("read a TABLE_MAP event", ErrorClass::Definite, e))?;
+        let names: Vec<String> = meta
+            .iter_column_name()
+            .map(|n| n.map(|n| n.name().to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| SourceError::new("read a TABLE_MAP event", ErrorClass::Definite, e))?;
+        if names.len() as u64 != tme.columns_count() {
+            return Err(SourceError::message(
+                format!("the binlog does not name the columns of {id}"),
+                ErrorClass::Definite,
+            )
+            .with_hint(
+                "set binlog_row_metadata=FULL on the source (SET GLOBAL and in its \
+                        configuration), then re-sync the changefeed",
+            ));
+        }
+        let current: Vec<&str> = tracked
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        if !tracked.stale && current == names {
+            return Ok(());
+        }
+        let (catalog, kinds) = catalog::describe(&mut self.catalog, &id).await?;
+        let mut columns = Vec::with_capacity(names.len());
+        let mut ordered_kinds = Vec::with_capacity(names.len());
+        for name in &names {
+            if let Some(i) = catalog.columns.iter().position(|c| &c.name == name) {
+                columns.push(catalog.columns[i].clone());
+                ordered_kinds.push(kinds[i].clone());
+                continue;
+            }
+            // Dropped since: the shape this stream knew still says what it was.
+            let known = &self.tables[&id];
+            let Some(i) = known.schema.columns.iter().position(|c| &c.name == name) else {
+                return Err(SourceError::message(
+                    format!(
+                        "rows of {id} in the binlog have column {name}, which the table no \
+                         longer has: its type at this position is unknown"
+                    ),
+                    ErrorClass::Definite,
+                )
+                .with_hint("re-sync the table (its rows are copied again at the current shape)"));
+            };
+            columns.push(known.schema.columns[i].clone());
+            ordered_kinds.push(known.kinds[i].clone());
+        }
+        let key = catalog
+            .key
+            .iter()
+            .filter_map(|k| names.iter().position(|n| *n == catalog.columns[*k].name))
+            .collect();
+        let schema = TableSchema {
+            columns,
+            key,
+            ..catalog
+        };
+        let tracked = self.tables.get_mut(&id).expect("looked up above");
+        tracked.stale = false;
+        if *tracked.schema != schema {
+            tracked.schema = Arc::new(schema);
+            tracked.kinds = ordered_kinds;
+            tracked.announced = false;
+        }
+        Ok(())
+    }
+
+    /// Sends the changes of one rows event of a replicated table; `false` when the
+    /// receiver is gone.
+    async fn rows(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        tx: &mut Tx,
+        events: &EventSender,
+    ) -> Result<bool, SourceError> {
+        let Some(tme) = self.binlog.get_tme(rows.table_id()) else {
+            return Err(SourceError::message(
+                "a rows event without its TABLE_MAP event",
+                ErrorClass::Definite,
+            ));
+        };
+        let id = TableId::new(tme.database_name(), tme.table_name());
+        let Some(tracked) = self.tables.get(&id) else {
+            return Ok(true);
+        };
+        let schema = tracked.schema.clone();
+        let kinds = tracked.kinds.clone();
+        let announce = !tracked.announced;
+        let mut changes = Vec::new();
+        for pair in rows.rows(tme) {
+            let (before, after) = pair.map_err(|e| {
+                SourceError::new(format!("decode a row of {id}"), ErrorClass::Definite, e)
+            })?;
+            let before = before.map(|r| row(r, &kinds, &schema)).transpose()?;
+            let after = after.map(|r| row(r, &kinds, &schema)).transpose()?;
+            let table = schema.clone();
+            changes.push(match (rows, before, after) {
+                (RowsEventData::PartialUpdateRowsEvent(_), ..) => {
+                    return Err(SourceError::message(
+                        format!("partial JSON updates of {id} cannot be replicated"),
+                        ErrorClass::Definite,
+                    )
+                    .with_hint("set binlog_row_value_options='' on the source"))
+                }
+                (_, None, Some(new)) => RowChange::Insert { table, new },
+                (_, Some(old), Some(new)) => RowChange::Update {
+                    table,
+                    old: Some(old),
+                    new,
+                },
+                (_, Some(old), None) => RowChange::Delete { table, old },
+                (_, None, None) => continue,
+            });
+        }
+        if !self.begin(tx, events).await {
+            return Ok(false);
+        }
+        if announce {
+            self.tables.get_mut(&id).expect("looked up above").announced = true;
+            if !send(events, SourceEvent::Schema(schema)).await {
+                return Ok(false);
+            }
+        }
+        for change in changes {
+            if !send(events, SourceEvent::Change(change)).await {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Follows a DDL statement; `false` when the receiver is gone.
+    async fn ddl(
+        &mut self,
+        sql: &str,
+        database: &str,
+        tx: &mut Tx,
+        events: &EventSender,
+    ) -> Result<bool, SourceError> {
+        match ddl::classify(sql, database) {
+            Ddl::Truncate(id) => {
+                let Some(tracked) = self.tables.get(&id) else {
+                    return Ok(true);
+                };
+                let table = tracked.schema.clone();
+                if !self.begin(tx, events).await {
+                    return Ok(false);
+                }
+                let truncate = RowChange::Truncate {
+                    tables: vec![table],
+                    restart_identity: false,
+                };
+                Ok(send(events, SourceEvent::Change(truncate)).await)
+            }
+            Ddl::Rename(renames) => {
+                for (from, to) in renames {
+                    let Some(tracked) = self.tables.remove(&from) else {
+                        continue;
+                    };
+                    let mut schema = (*tracked.schema).clone();
+                    schema.id = to.clone();
+                    let schema = Arc::new(schema);
+                    self.tables.insert(
+                        to,
+                        Tracked {
+                            schema: schema.clone(),
+                            announced: true,
+                            ..tracked
+                        },
+                    );
+                    if !send(events, SourceEvent::Renamed { from, schema }).await {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Ddl::Alter(id) => {
+                if let Some(tracked) = self.tables.get_mut(&id) {
+                    tracked.stale = true;
+                }
+                Ok(true)
+            }
+            Ddl::Other => Ok(true),
+        }
+    }
+}
+
+/// A binlog row in canonical text.
+fn row(mut values: BinlogRow, kinds: &[Kind], schema: &TableSchema) -> Result<Row, SourceError> {
+    let table = schema.id.to_string();
+    let mut out = Vec::with_capacity(kinds.len());
+    for (i, kind) in kinds.iter().enumerate() {
+        let name = &schema.columns[i].name;
+        let value = values.take(i).ok_or_else(|| {
+            SourceError::message(
+                format!("the binlog row of {table} lacks column {name}"),
+                ErrorClass::Definite,
+            )
+            .with_hint("set binlog_row_image=FULL on the source, then re-sync the changefeed")
+        })?;
+        let value = mysql_async::Value::try_from(value).map_err(|e| {
+            SourceError::new(
+                format!("decode column {name} of {table}"),
+                ErrorClass::Definite,
+                e,
+            )
+        })?;
+        out.push(canonical(value, kind, Origin::Binlog).map_err(|b| b.into_error(&table, name))?);
+    }
+    Ok(out)
+}
