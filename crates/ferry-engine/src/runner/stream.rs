@@ -63,7 +63,7 @@ impl Runner {
         });
         let (events_tx, events) = mpsc::channel(1024);
         let (confirm_tx, confirms) = watch::channel(None);
-        let reader = tokio::spawn(stream.run(events_tx, confirms));
+        let reader = tokio::spawn(reader_task(stream, events_tx, confirms));
         let _abort_reader = AbortOnDrop(reader);
         let _abort_heartbeat = self.config.options.heartbeat_interval_ms.map(|ms| {
             AbortOnDrop(tokio::spawn(connector.heartbeat(
@@ -170,6 +170,35 @@ fn clear_skip(meta: &MetaStore, key: &str) {
     if let Err(e) = cleared {
         warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not clear the skipped transaction");
     }
+}
+
+/// Runs a source's stream; a panic in it (a bug in Ferry or in a driver) becomes a definite
+/// error naming it, sent to the applier, instead of a reader that stopped without a word
+/// and is retried forever.
+async fn reader_task(
+    stream: Box<dyn ferry_core::ChangeStream>,
+    events: ferry_core::source::EventSender,
+    confirms: ferry_core::source::Confirmed,
+) {
+    use futures::FutureExt;
+    let report = events.clone();
+    let Err(panic) = std::panic::AssertUnwindSafe(stream.run(events, confirms))
+        .catch_unwind()
+        .await
+    else {
+        return;
+    };
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    let error = ferry_core::SourceError::message(
+        format!("the source's stream reader panicked: {what}"),
+        ferry_core::ErrorClass::Definite,
+    )
+    .with_hint("a bug in Ferry or its database driver: report it with the server log");
+    let _ = report.send(Err(error)).await;
 }
 
 #[cfg(test)]
