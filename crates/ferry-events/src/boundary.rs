@@ -130,3 +130,53 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod mysql_tests {
+    use std::sync::Arc;
+
+    use ferry_core::gtid::{BinlogFile, MariaDbGtidList};
+    use ferry_core::{Dialect, Position, ReplicaIdentity, RowChange, TableId, TableSchema, TxMeta};
+
+    use crate::{Origin, TransactionEvents};
+
+    fn source_of(commit: Position) -> serde_json::Value {
+        let table = Arc::new(TableSchema {
+            id: TableId::new("shop", "t"),
+            columns: vec![],
+            key: vec![],
+            identity: ReplicaIdentity::Full,
+            user_types: vec![],
+            partition_of: vec![],
+            dialect: Dialect::Mysql,
+        });
+        let mut tx = TransactionEvents::new(TxMeta {
+            commit,
+            commit_time_us: 0,
+            source_tx_id: 42,
+        });
+        let origin = Origin {
+            name: "ns/f".into(),
+            db: String::new(),
+        };
+        let change = RowChange::Insert { table, new: vec![] };
+        tx.events(&origin, &change, 0).unwrap()[0].json["source"].clone()
+    }
+
+    #[test]
+    fn mariadb_and_binlog_positions_fill_debeziums_mysql_fields() {
+        let gtid: MariaDbGtidList = "0-1-42".parse().unwrap();
+        let source = source_of(Position::MariaDbGtid(gtid));
+        assert_eq!(source["connector"], "mariadb");
+        assert_eq!(source["gtid"], "0-1-42");
+        assert!(source["file"].is_null() && source["pos"].is_null());
+        assert!(source.get("lsn").is_none());
+        let file: BinlogFile = "binlog.000003:4711".parse().unwrap();
+        let source = source_of(Position::BinlogFile(file));
+        assert_eq!(source["connector"], "mysql");
+        assert_eq!(
+            (&source["file"], &source["pos"]),
+            (&"binlog.000003".into(), &4711.into())
+        );
+    }
+}

@@ -322,9 +322,29 @@ fn source_block(
     source.insert("schema".into(), json!(table.id.schema));
     source.insert("table".into(), json!(table.id.name));
     match position {
-        Position::PgLsn(lsn) => source.insert("lsn".into(), json!(lsn.0)),
-        other => source.insert("position".into(), json!(other.to_string())),
-    };
+        Position::PgLsn(lsn) => {
+            source.insert("lsn".into(), json!(lsn.0));
+        }
+        // Debezium's MySQL fields: the GTID position, or the binlog file and offset where
+        // GTIDs are off; `row` (the row within its binlog event) is not known to Ferry.
+        Position::BinlogFile(_) => {
+            let text = position.to_string();
+            let (file, pos) = text.rsplit_once(':').unwrap_or((text.as_str(), ""));
+            source.insert("gtid".into(), Json::Null);
+            source.insert("file".into(), json!(file));
+            source.insert(
+                "pos".into(),
+                pos.parse::<u64>().map_or(Json::Null, |p| json!(p)),
+            );
+            source.insert("row".into(), Json::Null);
+        }
+        Position::MariaDbGtid(_) | Position::MySqlGtid(_) => {
+            source.insert("gtid".into(), json!(position.to_string()));
+            source.insert("file".into(), Json::Null);
+            source.insert("pos".into(), Json::Null);
+            source.insert("row".into(), Json::Null);
+        }
+    }
     source.insert("event_id".into(), json!(id));
     source
 }
@@ -333,7 +353,9 @@ fn source_block(
 fn connector_name(position: &Position) -> &'static str {
     match position {
         Position::PgLsn(_) => "postgresql",
-        _ => "mysql",
+        // Debezium's MariaDB connector (2.7 and later) names itself `mariadb`.
+        Position::MariaDbGtid(_) => "mariadb",
+        Position::MySqlGtid(_) | Position::BinlogFile(_) => "mysql",
     }
 }
 

@@ -29,7 +29,10 @@ pub fn attach_schema(event: &mut Event, table: &TableSchema, origin: &Origin) {
         EventKind::Tombstone => return,
         EventKind::Transaction => transaction_schema(),
         EventKind::Change => {
-            envelope_schema(table, &names, event.json["source"].get("lsn").is_some())
+            let connector = event.json["source"]["connector"]
+                .as_str()
+                .unwrap_or("postgresql");
+            envelope_schema(table, &names, connector)
         }
     };
     let payload = std::mem::take(&mut event.json);
@@ -69,7 +72,7 @@ fn key_schema(table: &TableSchema, names: &Names) -> Json {
     json!({"type": "struct", "fields": fields, "optional": false, "name": names.part("Key")})
 }
 
-fn envelope_schema(table: &TableSchema, names: &Names, postgres: bool) -> Json {
+fn envelope_schema(table: &TableSchema, names: &Names, connector: &str) -> Json {
     let columns: Vec<Json> = table.columns.iter().map(column_schema).collect();
     let row = |field: &str| {
         json!({"type": "struct", "fields": columns, "optional": true,
@@ -80,7 +83,7 @@ fn envelope_schema(table: &TableSchema, names: &Names, postgres: bool) -> Json {
         "fields": [
             row("before"),
             row("after"),
-            source_schema(postgres),
+            source_schema(connector),
             {"type": "string", "optional": false, "field": "op"},
             {"type": "int64", "optional": true, "field": "ts_ms"},
             {"type": "struct", "optional": true, "name": "event.block", "version": 1, "field": "transaction",
@@ -95,7 +98,10 @@ fn envelope_schema(table: &TableSchema, names: &Names, postgres: bool) -> Json {
     })
 }
 
-fn source_schema(postgres: bool) -> Json {
+/// The `source` block's schema for Debezium connector `connector` (`postgresql`, `mysql`,
+/// `mariadb`).
+fn source_schema(connector: &str) -> Json {
+    let postgres = connector == "postgresql";
     let field = |kind: &str, name: &str, optional: bool| json!({"type": kind, "optional": optional, "field": name});
     let mut fields = vec![
         field("string", "version", false),
@@ -108,7 +114,12 @@ fn source_schema(postgres: bool) -> Json {
     if postgres {
         fields.push(field("int64", "lsn", true));
     } else {
-        fields.push(field("string", "position", true));
+        fields.extend([
+            field("string", "gtid", true),
+            field("string", "file", true),
+            field("int64", "pos", true),
+            field("int32", "row", true),
+        ]);
     }
     fields.extend([
         field("string", "event_id", false),
@@ -117,7 +128,6 @@ fn source_schema(postgres: bool) -> Json {
                "parameters": {"allowed": "true,last,false"}, "default": "false", "field": "snapshot"}),
         field("int64", "txId", true),
     ]);
-    let connector = if postgres { "postgresql" } else { "mysql" };
     json!({"type": "struct", "fields": fields, "optional": false,
            "name": format!("io.debezium.connector.{connector}.Source"), "field": "source"})
 }
