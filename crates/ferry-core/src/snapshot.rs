@@ -31,6 +31,35 @@ pub struct ChunkSpec {
 }
 
 impl ChunkSpec {
+    /// Up to `count` chunks of about equal width over the integer keys `min..=max`: the
+    /// first unbounded below and the last above, so rows whose keys fall outside the bounds
+    /// read at planning still belong to a chunk.
+    pub fn split(min: i64, max: i64, count: u64) -> Vec<ChunkSpec> {
+        let span = (i128::from(max) - i128::from(min) + 1).max(1);
+        let step = (span / i128::from(count.max(1))).max(1);
+        let mut cuts: Vec<i64> = (1..count)
+            .map(|i| (i128::from(min) + step * i128::from(i)) as i64)
+            .filter(|b| *b > min && *b <= max)
+            .collect();
+        cuts.dedup();
+        let mut chunks = Vec::with_capacity(cuts.len() + 1);
+        let mut lower = None;
+        for (i, b) in cuts.iter().enumerate() {
+            chunks.push(ChunkSpec {
+                index: i as u32,
+                lower,
+                upper: Some(*b),
+            });
+            lower = Some(*b);
+        }
+        chunks.push(ChunkSpec {
+            index: chunks.len() as u32,
+            lower,
+            upper: None,
+        });
+        chunks
+    }
+
     /// The one chunk of a table copied whole.
     pub fn whole() -> Self {
         ChunkSpec {
@@ -119,5 +148,22 @@ pub struct ChunkLedgerHandle(pub std::sync::Arc<dyn ChunkLedger>);
 impl std::fmt::Debug for ChunkLedgerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ChunkLedger(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_every_key_once() {
+        let chunks = ChunkSpec::split(1, 100, 4);
+        assert_eq!(chunks.len(), 4);
+        assert_eq!((chunks[0].lower, chunks[3].upper), (None, None));
+        for pair in chunks.windows(2) {
+            assert_eq!(pair[0].upper, pair[1].lower);
+        }
+        assert_eq!(ChunkSpec::split(5, 5, 8).len(), 1);
+        assert_eq!(ChunkSpec::split(i64::MIN, i64::MAX, 3).len(), 3);
     }
 }

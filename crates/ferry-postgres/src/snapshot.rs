@@ -124,28 +124,7 @@ async fn plan_chunks(
     else {
         return Ok(single(estimated_rows));
     };
-    let span = (i128::from(max) - i128::from(min) + 1).max(1);
-    let step = (span / i128::from(count)).max(1);
-    let mut bounds: Vec<i64> = (1..count)
-        .map(|i| (i128::from(min) + step * i128::from(i)) as i64)
-        .filter(|b| *b > min && *b <= max)
-        .collect();
-    bounds.dedup();
-    let mut chunks = Vec::with_capacity(bounds.len() + 1);
-    let mut lower = None;
-    for (i, b) in bounds.iter().enumerate() {
-        chunks.push(ChunkSpec {
-            index: i as u32,
-            lower,
-            upper: Some(*b),
-        });
-        lower = Some(*b);
-    }
-    chunks.push(ChunkSpec {
-        index: chunks.len() as u32,
-        lower,
-        upper: None,
-    });
+    let chunks = ChunkSpec::split(min, max, count);
     Ok(TablePlan {
         table: schema.id.clone(),
         key_column: Some(key.clone()),

@@ -517,9 +517,9 @@ fn failures_have_distinct_exit_codes_and_never_print_passwords() {
         "create",
         "--id=-bad",
         "--source-uri",
-        &format!("mysql://app:{SECRET}@h/db"),
+        &format!("oracle://app:{SECRET}@h/db"),
         "--sink-uri",
-        &format!("kafka://app:{SECRET}@h:9092/t"),
+        &format!("amqp://app:{SECRET}@h:5672/t"),
     ]);
     bad.fails(USAGE, "id:");
     assert!(

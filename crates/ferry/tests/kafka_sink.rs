@@ -9,11 +9,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::events::{Rebuilt, ITEMS_SELECT, PGBENCH};
-use ferry_testkit::{FerryServer, PgCluster};
+use common::events::{Rebuilt, PGBENCH};
+use common::stream::{every_op_keys, pgbench_keys, StreamSetup, CHANGES, TABLES};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
@@ -22,21 +21,17 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-/// One source cluster (database `shop`), a one-broker mock Kafka and a Ferry server.
+/// The shared source and server, and a one-broker mock Kafka.
 struct Setup {
-    source: PgCluster,
+    base: StreamSetup,
     kafka: MockCluster<'static, DefaultProducerContext>,
-    ferry: FerryServer,
 }
 
 impl Setup {
     fn start() -> Setup {
-        let source = PgCluster::start();
-        source.create_database("shop");
         Setup {
-            source,
+            base: StreamSetup::start(),
             kafka: MockCluster::new(1).expect("a mock Kafka cluster"),
-            ferry: FerryServer::start(Path::new(env!("CARGO_BIN_EXE_ferry"))),
         }
     }
 
@@ -54,38 +49,6 @@ impl Setup {
             self.kafka
                 .create_topic(&format!("{prefix}.public.{table}"), 1, 1)
                 .unwrap();
-        }
-    }
-
-    fn create(&self, id: &str, tables: &[&str], sink_uri: &str) {
-        let (code, body) = self.ferry.post(
-            "/api/v2/changefeeds",
-            &json!({"id": id, "source_uri": self.source.uri("shop"),
-                    "sink_uri": sink_uri, "tables": tables}),
-        );
-        assert_eq!(code, 201, "create failed: {body}\n{}", self.ferry.log());
-    }
-
-    fn status(&self, id: &str) -> Value {
-        self.ferry
-            .get(&format!("/api/v2/changefeeds/{id}/status"))
-            .1
-    }
-
-    fn wait_synced(&self, id: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (code, body) = self.ferry.get(&format!("/api/v2/changefeeds/{id}/synced"));
-            if code == 200 && body["synced"] == json!(true) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not synced: {body}\nstatus: {}\n{}",
-                self.status(id),
-                self.ferry.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -198,25 +161,12 @@ fn read_topics(bootstrap: &str, prefix: &str) -> Vec<Read> {
 #[test]
 fn snapshot_changes_and_a_broker_outage_rebuild_the_source() {
     let setup = Setup::start();
-    setup.source.psql(
-        "shop",
-        "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(10,2), tags int[], \
-           doc jsonb, data bytea, at timestamptz, day date, ts timestamp, ok boolean);
-         CREATE TABLE notes (body text, n int);
-         ALTER TABLE notes REPLICA IDENTITY FULL;
-         CREATE TABLE scratch (id int PRIMARY KEY);
-         INSERT INTO items SELECT g, 'item ' || g, g * 1.25, ARRAY[g, NULL, 3], \
-           jsonb_build_object('g', g), '\\x00ff'::bytea, '2024-02-29 13:05:00+02', \
-           DATE '2024-02-29' + g, TIMESTAMP '1999-12-31 23:59:59.5' + g * interval '1 hour', g % 2 = 0 \
-           FROM generate_series(1, 500) g;
-         INSERT INTO notes VALUES ('a', 1), ('a', 1), ('b', 2);
-         INSERT INTO scratch SELECT generate_series(1, 10);",
-    );
+    setup.base.source.psql("shop", TABLES);
     setup.topics("cdc", &["items", "notes", "scratch"]);
     // A bad URI never reaches the engine.
-    let (code, body) = setup.ferry.post(
+    let (code, body) = setup.base.ferry.post(
         "/api/v2/changefeeds",
-        &json!({"id": "bad", "source_uri": setup.source.uri("shop"),
+        &json!({"id": "bad", "source_uri": setup.base.source.uri("shop"),
                 "sink_uri": format!("kafka://{}", setup.kafka.bootstrap_servers()),
                 "tables": ["public.*"]}),
     );
@@ -224,51 +174,28 @@ fn snapshot_changes_and_a_broker_outage_rebuild_the_source() {
     assert!(body.to_string().contains("topic"), "{body}");
 
     // Created with the CLI, which takes kafka:// as the API does.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["changefeed", "create", "--id", "events", "--source-uri"])
-        .arg(setup.source.uri("shop"))
-        .arg("--sink-uri")
-        .arg(format!(
-            "{}&transactions=true&tombstones=true",
-            setup.sink_uri("cdc")
-        ))
-        .args(["--tables", "public.*"])
-        .env("FERRY_SERVER", setup.ferry.url())
-        .env_remove("FERRY_NAMESPACE")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    setup.wait_synced("events");
-    setup.source.psql(
-        "shop",
-        "INSERT INTO items (id, name, price) VALUES (1001, 'new', 9.99);
-         UPDATE items SET name = 'renamed', price = price + 1 WHERE id <= 20;
-         UPDATE items SET id = 2000 WHERE id = 21;
-         DELETE FROM items WHERE id BETWEEN 30 AND 39;
-         DELETE FROM notes WHERE ctid IN (SELECT ctid FROM notes WHERE body = 'a' LIMIT 1);
-         UPDATE notes SET n = 3 WHERE body = 'b';
-         BEGIN; INSERT INTO scratch VALUES (11); TRUNCATE scratch; INSERT INTO scratch VALUES (12); COMMIT;",
-    );
-    setup.wait_synced("events");
+    let options = "&transactions=true&tombstones=true";
+    setup
+        .base
+        .create_with_cli("events", &["public.*"], &(setup.sink_uri("cdc") + options));
+    setup.base.wait_synced("events");
+    setup.base.source.psql("shop", CHANGES);
+    setup.base.wait_synced("events");
 
     // The broker goes away: the changefeed retries (never fails) and catches up after.
     setup.kafka.broker_down(1).unwrap();
     setup
+        .base
         .source
         .psql("shop", "UPDATE items SET name = 'outage' WHERE id > 400;");
     std::thread::sleep(Duration::from_secs(3));
-    let status = setup.status("events");
+    let status = setup.base.status("events");
     assert_ne!(status["state"], "failed", "{status}");
     setup.kafka.broker_up(1).unwrap();
-    setup.wait_synced("events");
+    setup.base.wait_synced("events");
 
-    let keys: HashMap<&str, &[&str]> = HashMap::from([
-        ("public.items", &["id"][..]),
-        ("public.scratch", &["id"][..]),
-    ]);
-    let (rebuilt, tombstones) = setup.rebuild("cdc", &keys);
-    rebuilt.assert_table(&setup.source, "items", &["id"], ITEMS_SELECT);
+    let (rebuilt, tombstones) = setup.rebuild("cdc", &every_op_keys());
+    setup.base.assert_every_op_rebuilt(&rebuilt);
     // Ten deletes of keyed rows, each followed by its tombstone (the keyless `notes`
     // delete has none).
     assert_eq!(tombstones, 10);
@@ -300,8 +227,8 @@ fn snapshot_changes_and_a_broker_outage_rebuild_the_source() {
             .count() as u64;
         assert_eq!(changes, per_table, "{end}");
     }
-    rebuilt.assert_table(&setup.source, "notes", &[], "'body', body, 'n', n");
-    rebuilt.assert_table(&setup.source, "scratch", &["id"], "'id', id");
+    rebuilt.assert_table(&setup.base.source, "notes", &[], "'body', body, 'n', n");
+    rebuilt.assert_table(&setup.base.source, "scratch", &["id"], "'id', id");
     for op in ["r", "c", "u", "d", "t"] {
         assert!(
             rebuilt.ops.contains_key(op),
@@ -317,7 +244,7 @@ fn snapshot_changes_and_a_broker_outage_rebuild_the_source() {
 
     // Deleting the changefeed forgets its chunk markers (tombstones); its events stay.
     let before = read_topics(&setup.kafka.bootstrap_servers(), "cdc").len();
-    assert_eq!(setup.ferry.delete("/api/v2/changefeeds/events").0, 200);
+    assert_eq!(setup.base.ferry.delete("/api/v2/changefeeds/events").0, 200);
     assert_eq!(
         read_topics(&setup.kafka.bootstrap_servers(), "cdc").len(),
         before
@@ -327,72 +254,12 @@ fn snapshot_changes_and_a_broker_outage_rebuild_the_source() {
 #[test]
 fn kill_9_during_a_load_loses_nothing() {
     let mut setup = Setup::start();
-    let init = setup.source.pgbench("shop", &["-i", "-q", "-s", "1"]);
-    assert!(init.status.success(), "{init:?}");
-    // pgbench never deletes: a second load inserts, updates and deletes by key.
-    setup.source.psql(
-        "shop",
-        "CREATE TABLE pgbench_churn (id int PRIMARY KEY, v int);
-         INSERT INTO pgbench_churn SELECT g, 0 FROM generate_series(1, 1000) g;",
-    );
     let names: Vec<&str> = PGBENCH.iter().map(|(t, _, _)| *t).collect();
     setup.topics("bench", &names);
     let sink_uri = setup.sink_uri("bench");
-    std::thread::scope(|s| {
-        let source = &setup.source;
-        let load =
-            s.spawn(move || source.pgbench("shop", &["-n", "-c", "2", "-j", "2", "-T", "8"]));
-        let churn = s.spawn(move || {
-            for round in 1..=40u64 {
-                let (m, n) = (round % 7, round % 5);
-                source.psql(
-                    "shop",
-                    &format!(
-                        "BEGIN;
-                         DELETE FROM pgbench_churn WHERE id % 7 = {m};
-                         UPDATE pgbench_churn SET v = v + 1 WHERE id % 5 = {n};
-                         INSERT INTO pgbench_churn SELECT g, {round} FROM generate_series(1, 1000) g
-                           WHERE g % 7 = {m} ON CONFLICT (id) DO NOTHING;
-                         COMMIT;"
-                    ),
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        setup.create("bench", &["public.pgbench_*"], &sink_uri);
-        // The first kill usually lands in the snapshot, the others in the stream.
-        for delay_ms in [400, 2500, 2500] {
-            std::thread::sleep(Duration::from_millis(delay_ms));
-            setup.ferry.kill9();
-            std::thread::sleep(Duration::from_millis(200));
-            setup.ferry.restart();
-        }
-        let out = load.join().unwrap();
-        assert!(out.status.success(), "pgbench: {out:?}");
-        churn.join().unwrap();
-    });
-    setup.wait_synced("bench");
-    let names: Vec<String> = PGBENCH
-        .iter()
-        .map(|(t, _, _)| format!("public.{t}"))
-        .collect();
-    let keys: HashMap<&str, &[&str]> = names
-        .iter()
-        .zip(PGBENCH)
-        .map(|(name, (_, key, _))| (name.as_str(), key))
-        .collect();
-    let (rebuilt, _) = setup.rebuild("bench", &keys);
-    eprintln!(
-        "3 kill -9 under pgbench: {} messages read, {} duplicates dropped, {} gaps, ops {:?}",
-        rebuilt.events,
-        rebuilt.duplicates,
-        rebuilt.gaps(),
-        rebuilt.ops
-    );
-    for (table, key, select) in PGBENCH {
-        rebuilt.assert_table(&setup.source, table, key, select);
-    }
-    assert_eq!(rebuilt.gaps(), 0, "an event was lost");
-    assert!(rebuilt.ops.contains_key("d"), "{:?}", rebuilt.ops);
+    setup.base.load_with_kills(&sink_uri, 8, &[400, 2500, 2500]);
+    let (rebuilt, _) = setup.rebuild("bench", &pgbench_keys());
+    setup
+        .base
+        .assert_load_rebuilt(&rebuilt, "3 kill -9 under pgbench and a delete churn");
 }

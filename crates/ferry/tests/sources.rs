@@ -38,7 +38,7 @@ fn sources_are_registered_once_and_named_by_changefeeds() {
     refused(
         ferry.post(
             "/api/v2/sources",
-            &json!({"name": "shop", "uri": "mysql://h/db"}),
+            &json!({"name": "shop", "uri": "oracle://h/db"}),
         ),
         400,
         "INVALID_CONFIG",

@@ -84,28 +84,7 @@ pub(crate) async fn plan_table(
     let Some((Some(min), Some(max))) = bounds else {
         return Ok(single);
     };
-    let span = (i128::from(max) - i128::from(min) + 1).max(1);
-    let step = (span / i128::from(count)).max(1);
-    let mut cuts: Vec<i64> = (1..count)
-        .map(|i| (i128::from(min) + step * i128::from(i)) as i64)
-        .filter(|b| *b > min && *b <= max)
-        .collect();
-    cuts.dedup();
-    let mut chunks = Vec::with_capacity(cuts.len() + 1);
-    let mut lower = None;
-    for (i, b) in cuts.iter().enumerate() {
-        chunks.push(ChunkSpec {
-            index: i as u32,
-            lower,
-            upper: Some(*b),
-        });
-        lower = Some(*b);
-    }
-    chunks.push(ChunkSpec {
-        index: chunks.len() as u32,
-        lower,
-        upper: None,
-    });
+    let chunks = ChunkSpec::split(min, max, count);
     Ok(TablePlan {
         table: schema.id.clone(),
         key_column: Some(key.clone()),

@@ -351,7 +351,7 @@ mod tests {
     #[test]
     fn problems_name_the_key_and_never_the_password() {
         let s = spec(&format!(
-            "id: -bad\nsource_uri: mysql://u:{SECRET}@h/db\nsink_uri: kafka://u:{SECRET}@h/t\n\
+            "id: -bad\nsource_uri: oracle://u:{SECRET}@h/db\nsink_uri: amqp://u:{SECRET}@h/t\n\
              tables: [no_schema]\noptions: {{snapshot_workers: 0}}\ntarget_position: soon\n"
         ));
         let problems = s.problems(Purpose::Create).join("\n");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 pub mod events;
 pub mod mariadb;
+pub mod stream;
 pub mod workloads;
 
 use ferry_testkit::{FerryServer, PgCluster, PgOptions};
