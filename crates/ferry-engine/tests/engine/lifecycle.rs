@@ -192,3 +192,24 @@ async fn a_panicking_attempt_is_retried_not_left_running() {
     h.wait_caught_up().await;
     h.assert_identical(&[&t]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_stream_reader_fails_the_changefeed_naming_the_panic() {
+    let db = MemDb::new();
+    let t = db.create_table("public", "t");
+    let h = Harness::start(&db);
+    h.create(h.config(&[], Options::default())).await;
+    h.wait_caught_up().await;
+
+    db.panic_stream();
+    insert_each(&db, &t, 0, 5);
+    h.wait_state(FeedState::Failed).await;
+    let error = h.status().last_error.unwrap();
+    assert!(
+        error.contains("panicked") && error.contains("injected panic"),
+        "{error}"
+    );
+    h.engine.resume("default", "cf", None).await.unwrap();
+    h.wait_caught_up().await;
+    h.assert_identical(&[&t]);
+}

@@ -159,6 +159,8 @@ struct State {
     target: TargetState,
     /// Armed source failures, fired in order of arming per step.
     source_faults: Vec<(SourceStep, ErrorClass)>,
+    /// The stream reader panics at its next read (a bug in a connector or driver).
+    stream_panic: bool,
     /// Armed sink faults: the step, calls of it to let pass first, and the fault.
     sink_faults: Vec<(SinkStep, u32, SinkFault)>,
     faults_fired: usize,
@@ -410,6 +412,18 @@ impl MemDb {
     pub fn fail_source(&self, step: SourceStep, class: ErrorClass) {
         self.lock().source_faults.push((step, class));
         self.touch();
+    }
+
+    /// Makes the running stream's reader panic at its next read, once (a bug in a
+    /// connector or its driver).
+    pub fn panic_stream(&self) {
+        self.lock().stream_panic = true;
+        self.touch();
+    }
+
+    /// Whether the stream reader must panic now (the armed panic is used up).
+    pub(crate) fn take_stream_panic(&self) -> bool {
+        std::mem::take(&mut self.lock().stream_panic)
     }
 
     /// Makes the next call of `step` of the sink do `fault`.

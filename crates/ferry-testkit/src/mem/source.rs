@@ -282,6 +282,10 @@ impl MemStream {
     /// source's current position; or the armed failure of [`SourceStep::Stream`].
     fn unread(&self) -> Result<(Vec<Outgoing>, Lsn), SourceError> {
         self.db.take_source_fault(SourceStep::Stream)?;
+        assert!(
+            !self.db.take_stream_panic(),
+            "injected panic in the stream reader"
+        );
         let state = self.db.lock();
         let source = &state.source;
         let published = source.publications.get(&self.feed);
