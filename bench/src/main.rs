@@ -165,7 +165,7 @@ fn check_tools(plan: &Plan) -> anyhow::Result<Option<String>> {
     let wants = |contender| {
         plan.contenders.contains(&contender) && plan.workloads.iter().any(|w| contender.runs(*w))
     };
-    if wants(Contender::Ferry) || wants(Contender::FerryRows) || wants(Contender::FerryBlackhole) {
+    if Contender::ALL.iter().any(|c| c.is_ferry() && wants(*c)) {
         anyhow::ensure!(
             plan.ferry_bin.is_file(),
             "no ferry binary at {}; build it with `cargo build --release -p ferry` (bench/run \

@@ -135,10 +135,18 @@ pub(crate) enum Contender {
     FerryRows,
     /// Ferry into its `blackhole://` sink: the source side alone.
     FerryBlackhole,
+    /// Ferry into `file://` (Debezium JSON lines) in a temp dir.
+    FerryFile,
+    /// Ferry into `nats://` (JetStream) on a throwaway `nats-server -js`.
+    FerryNats,
+    /// Ferry into `kafka://` on librdkafka's mock cluster, hosted in the harness.
+    FerryKafka,
+    /// Ferry into an `http://` webhook: a receiver in the harness that answers 200.
+    FerryWebhook,
 }
 
 impl Contender {
-    pub(crate) const ALL: [Contender; 9] = [
+    pub(crate) const ALL: [Contender; 13] = [
         Contender::Native,
         Contender::PgDump,
         Contender::Pgcopydb,
@@ -148,19 +156,56 @@ impl Contender {
         Contender::Ferry,
         Contender::FerryRows,
         Contender::FerryBlackhole,
+        Contender::FerryFile,
+        Contender::FerryNats,
+        Contender::FerryKafka,
+        Contender::FerryWebhook,
     ];
+
+    /// The stream sinks (issue 13), measured against the blackhole.
+    pub(crate) const STREAMS: [Contender; 4] = [
+        Contender::FerryFile,
+        Contender::FerryNats,
+        Contender::FerryKafka,
+        Contender::FerryWebhook,
+    ];
+
+    /// Whether this contender is a `ferry server` with a changefeed.
+    pub(crate) fn is_ferry(self) -> bool {
+        matches!(
+            self,
+            Contender::Ferry | Contender::FerryRows | Contender::FerryBlackhole
+        ) || self.is_stream()
+    }
+
+    /// Whether this contender is Ferry into a stream sink: one event per row (change), a
+    /// destination the harness sets up per run, and a count of events instead of rows.
+    pub(crate) fn is_stream(self) -> bool {
+        Contender::STREAMS.contains(&self)
+    }
 
     /// Whether this contender has something to say about `workload`.
     pub(crate) fn runs(self, workload: Workload) -> bool {
         use Contender::*;
         match workload {
-            Workload::Snapshot => matches!(
-                self,
-                Native | PgDump | Pgcopydb | CopyOut | CopyIn | Ferry | FerryRows | FerryBlackhole
-            ),
-            Workload::Backlog | Workload::Bigtx => {
-                matches!(self, Native | Recvlogical | Ferry | FerryBlackhole)
+            Workload::Snapshot => {
+                self.is_stream()
+                    || matches!(
+                        self,
+                        Native
+                            | PgDump
+                            | Pgcopydb
+                            | CopyOut
+                            | CopyIn
+                            | Ferry
+                            | FerryRows
+                            | FerryBlackhole
+                    )
             }
+            Workload::Backlog => {
+                self.is_stream() || matches!(self, Native | Recvlogical | Ferry | FerryBlackhole)
+            }
+            Workload::Bigtx => matches!(self, Native | Recvlogical | Ferry | FerryBlackhole),
             Workload::Latency => matches!(self, Native | Ferry),
         }
     }
@@ -177,6 +222,10 @@ impl Contender {
             Contender::Ferry => "**Ferry → postgres**",
             Contender::FerryRows => "Ferry → postgres (rows path)",
             Contender::FerryBlackhole => "Ferry → blackhole",
+            Contender::FerryFile => "Ferry → file (JSON lines, fsynced)",
+            Contender::FerryNats => "Ferry → NATS JetStream (nats-server, file store)",
+            Contender::FerryKafka => "Ferry → Kafka (librdkafka mock broker)",
+            Contender::FerryWebhook => "Ferry → webhook (local receiver, 200s)",
         }
     }
 }
@@ -299,7 +348,11 @@ mod tests {
         ]);
         assert_eq!(p.workloads, vec![Workload::Bigtx, Workload::Snapshot]);
         assert_eq!(p.contenders_for(Workload::Latency).len(), 2);
-        assert_eq!(plan(&[]).contenders_for(Workload::Snapshot).len(), 8);
+        assert_eq!(plan(&[]).contenders_for(Workload::Snapshot).len(), 12);
+        assert_eq!(plan(&[]).contenders_for(Workload::Backlog).len(), 8);
+        assert_eq!(plan(&[]).contenders_for(Workload::Bigtx).len(), 4);
+        assert_eq!(Contender::FerryKafka.to_string(), "ferry-kafka");
+        assert!(Contender::FerryWebhook.is_ferry() && !Contender::FerryBlackhole.is_stream());
         assert_eq!(Contender::FerryBlackhole.to_string(), "ferry-blackhole");
         assert_eq!(Contender::FerryRows.to_string(), "ferry-rows");
         assert_eq!(Contender::PgDump.to_string(), "pg-dump");

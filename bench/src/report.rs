@@ -8,7 +8,9 @@
 //! part, the contender's own process's CPU seconds (median) and peak RSS (largest of the
 //! runs), and Ferry's ratio to each row: of times for the snapshot and the big transaction
 //! (below 1 is Ferry faster), of rates for the backlog (above 1 is Ferry faster), of p99
-//! latencies for the latency workload (below 1 is Ferry better).
+//! latencies for the latency workload (below 1 is Ferry better). A table with stream sinks
+//! in it also gives each sink's rate ÷ the blackhole's (issue 13: at least 0.8 to drain a
+//! backlog).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -192,12 +194,16 @@ pub(crate) fn render(context: &Context<'_>, results: &Results) -> String {
 
     let checks = targets::check(results);
     if !checks.is_empty() {
-        line(w, "### Targets (issue 4)");
+        line(w, "### Targets (issues 4 and 13)");
         line(w, "");
         line(w, "| target | measured | met |");
         line(w, "|---|---|---|");
         for check in checks {
-            let met = if check.met { "yes" } else { "**no**" };
+            let met = match check.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            };
             let cell = |text: &str| text.replace('|', "\\|");
             line(
                 w,
@@ -229,25 +235,38 @@ fn throughput_table(
         Ratio::Time => "Ferry time ÷ this",
         Ratio::Rate => "Ferry rate ÷ this",
     };
-    line(
-        w,
-        &format!(
-            "| contender | time s | min–max s | {unit} | MB/s | peak RSS MB | CPU s | \
-             {ratio_header} |"
-        ),
-    );
-    line(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let seconds = |m: &Measurement| Some(m.wall.as_secs_f64());
     let rate = |m: &Measurement| Some(m.rows_per_second());
     let ferry = match ratio {
         Ratio::Time => results.median_of(workload, Contender::Ferry, seconds),
         Ratio::Rate => results.median_of(workload, Contender::Ferry, rate),
     };
+    // Stream sinks are held to the blackhole's rate: one more column when any is here.
+    let blackhole = contenders
+        .iter()
+        .any(|c| c.is_stream())
+        .then(|| results.median_of(workload, Contender::FerryBlackhole, rate));
+    let (blackhole_header, blackhole_rule) = match blackhole {
+        Some(_) => (" rate ÷ blackhole's |", "---:|"),
+        None => ("", ""),
+    };
+    line(
+        w,
+        &format!(
+            "| contender | time s | min–max s | {unit} | MB/s | peak RSS MB | CPU s | \
+             {ratio_header} |{blackhole_header}"
+        ),
+    );
+    line(
+        w,
+        &format!("|---|---:|---:|---:|---:|---:|---:|---:|{blackhole_rule}"),
+    );
     for &contender in contenders {
         let runs = results.measurements(workload, contender);
         let name = name_with_failures(results, workload, contender);
         if runs.is_empty() {
-            line(w, &format!("| {name} | failed | | | | | | |"));
+            let blank = if blackhole.is_some() { " |" } else { "" };
+            line(w, &format!("| {name} | failed | | | | | | |{blank}"));
             continue;
         }
         let time = results.median_of(workload, contender, seconds);
@@ -263,18 +282,22 @@ fn throughput_table(
             }
             _ => "—".to_owned(),
         };
+        let rate_here = results.median_of(workload, contender, rate);
+        let blackhole_cell = match (blackhole, rate_here) {
+            (None, _) => String::new(),
+            (Some(Some(blackhole)), Some(here)) if contender.is_stream() && blackhole > 0.0 => {
+                format!(" {:.2}× |", here / blackhole)
+            }
+            (Some(_), _) => " — |".to_owned(),
+        };
         line(
             w,
             &format!(
-                "| {name} | {} | {}–{} | {} | {} | {} | {} | {ratio_cell} |",
+                "| {name} | {} | {}–{} | {} | {} | {} | {} | {ratio_cell} |{blackhole_cell}",
                 secs(time.unwrap_or(f64::NAN)),
                 secs(low),
                 secs(high),
-                count(
-                    results
-                        .median_of(workload, contender, rate)
-                        .unwrap_or(f64::NAN)
-                ),
+                count(rate_here.unwrap_or(f64::NAN)),
                 results
                     .median_of(workload, contender, |m| Some(m.mb_per_second()))
                     .map_or("—".to_owned(), |v| format!("{v:.1}")),

@@ -1,8 +1,10 @@
-//! Issue 4's targets, checked against a run's medians.
+//! Issue 4's targets, and issue 13's for the stream sinks, checked against a run's medians.
 //!
 //! Each target compares Ferry with a peer measured in the same run (or with an absolute
-//! number for the source side and memory). A target whose inputs were not measured (a
-//! contender or workload left out) is left out of the list rather than reported as missed.
+//! number for the source side and memory); each stream sink's backlog rate is compared with
+//! the blackhole's, and its snapshot rate is reported (issue 13 asks for the number, with no
+//! bound). A target whose inputs were not measured (a contender or workload left out) is
+//! left out of the list rather than reported as missed.
 
 use crate::measurement::{Measurement, Results};
 use crate::plan::{Contender, Workload};
@@ -17,6 +19,8 @@ const BACKLOG_VS_DECODE_MIN: f64 = 0.5;
 const BLACKHOLE_SNAPSHOT_ROWS_MIN: f64 = 1_000_000.0;
 /// Target: the source side alone drains at least this many row changes per second.
 const BLACKHOLE_BACKLOG_CHANGES_MIN: f64 = 100_000.0;
+/// Target: each stream sink drains a backlog at least this fraction of the blackhole's rate.
+const STREAM_BACKLOG_VS_BLACKHOLE_MIN: f64 = 0.8;
 /// Target: median end-to-end latency under load at most this many milliseconds.
 const LATENCY_P50_MAX_MS: f64 = 20.0;
 /// Target: peak RSS at most this many megabytes (10^6 bytes) in every workload.
@@ -27,7 +31,8 @@ const PEAK_RSS_MAX_MB: f64 = 150.0;
 pub(crate) struct TargetCheck {
     pub(crate) target: String,
     pub(crate) measured: String,
-    pub(crate) met: bool,
+    /// `None` for a number reported without a bound.
+    pub(crate) met: Option<bool>,
 }
 
 /// Every target this run has the numbers for.
@@ -38,7 +43,7 @@ pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
     let p99 = |m: &Measurement| m.latency.as_ref().map(|l| l.p99_ms);
     let med = |w, c, metric: &dyn Fn(&Measurement) -> Option<f64>| results.median_of(w, c, metric);
     let mut checks = Vec::new();
-    let mut push = |target: String, measured: String, met: bool| {
+    let mut push = |target: String, measured: String, met: Option<bool>| {
         checks.push(TargetCheck {
             target,
             measured,
@@ -54,7 +59,7 @@ pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
             push(
                 format!("snapshot ≤ {SNAPSHOT_VS_NATIVE_MAX}× native replication's time"),
                 format!("{ratio:.2}× ({ferry:.1} s vs {native:.1} s)"),
-                ratio <= SNAPSHOT_VS_NATIVE_MAX,
+                Some(ratio <= SNAPSHOT_VS_NATIVE_MAX),
             );
         }
         for (peer, name) in [(PgDump, "pg_dump | psql"), (Pgcopydb, "pgcopydb clone")] {
@@ -62,7 +67,7 @@ pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
                 push(
                     format!("snapshot faster than {name}"),
                     format!("{ferry:.1} s vs {theirs:.1} s"),
-                    ferry < theirs,
+                    Some(ferry < theirs),
                 );
             }
         }
@@ -81,7 +86,7 @@ pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
                 push(
                     format!("backlog ≥ {min}× {name}"),
                     format!("{ratio:.2}× ({ferry:.0} vs {theirs:.0} changes/s)"),
-                    ratio >= min,
+                    Some(ratio >= min),
                 );
             }
         }
@@ -90,50 +95,74 @@ pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
         push(
             format!("blackhole snapshot ≥ {BLACKHOLE_SNAPSHOT_ROWS_MIN:.0} rows/s"),
             format!("{rows:.0} rows/s"),
-            rows >= BLACKHOLE_SNAPSHOT_ROWS_MIN,
+            Some(rows >= BLACKHOLE_SNAPSHOT_ROWS_MIN),
         );
     }
     if let Some(changes) = med(Backlog, FerryBlackhole, &rate) {
         push(
             format!("blackhole backlog ≥ {BLACKHOLE_BACKLOG_CHANGES_MIN:.0} changes/s"),
             format!("{changes:.0} changes/s"),
-            changes >= BLACKHOLE_BACKLOG_CHANGES_MIN,
+            Some(changes >= BLACKHOLE_BACKLOG_CHANGES_MIN),
         );
+    }
+    for stream in Contender::STREAMS {
+        let name = stream.label();
+        if let Some(changes) = med(Backlog, stream, &rate) {
+            if let Some(blackhole) = med(Backlog, FerryBlackhole, &rate) {
+                let ratio = changes / blackhole;
+                push(
+                    format!(
+                        "{name}: backlog ≥ {STREAM_BACKLOG_VS_BLACKHOLE_MIN}× blackhole's rate"
+                    ),
+                    format!("{ratio:.2}× ({changes:.0} vs {blackhole:.0} changes/s)"),
+                    Some(ratio >= STREAM_BACKLOG_VS_BLACKHOLE_MIN),
+                );
+            }
+        }
+        if let Some(events) = med(Snapshot, stream, &rate) {
+            let versus = med(Snapshot, FerryBlackhole, &rate)
+                .map(|blackhole| format!(" ({:.2}× blackhole's)", events / blackhole))
+                .unwrap_or_default();
+            push(
+                format!("{name}: snapshot events/s (reported)"),
+                format!("{events:.0} events/s{versus}"),
+                None,
+            );
+        }
     }
     if let (Some(ferry), Some(native)) = (med(Latency, Ferry, &p99), med(Latency, Native, &p99)) {
         push(
             "latency p99 ≤ native replication's".to_owned(),
             format!("{ferry:.0} ms vs {native:.0} ms"),
-            ferry <= native,
+            Some(ferry <= native),
         );
     }
     if let Some(ferry) = med(Latency, Ferry, &p50) {
         push(
             format!("latency p50 ≤ {LATENCY_P50_MAX_MS:.0} ms"),
             format!("{ferry:.1} ms"),
-            ferry <= LATENCY_P50_MAX_MS,
+            Some(ferry <= LATENCY_P50_MAX_MS),
         );
     }
     if let Some((mb, workload, contender)) = peak_rss(results) {
         push(
             format!("peak RSS ≤ {PEAK_RSS_MAX_MB:.0} MB in every workload"),
             format!("max {mb:.0} MB ({workload}, {contender})"),
-            mb <= PEAK_RSS_MAX_MB,
+            Some(mb <= PEAK_RSS_MAX_MB),
         );
     }
     checks
 }
 
-/// Ferry's largest peak RSS over every run of every workload, in MB, and where.
+/// Ferry's largest peak RSS over every run of every workload and sink, in MB, and where.
 fn peak_rss(results: &Results) -> Option<(f64, Workload, Contender)> {
     Workload::ALL
         .into_iter()
         .flat_map(|w| {
-            [
-                (w, Contender::Ferry),
-                (w, Contender::FerryRows),
-                (w, Contender::FerryBlackhole),
-            ]
+            Contender::ALL
+                .into_iter()
+                .filter(|c| c.is_ferry())
+                .map(move |c| (w, c))
         })
         .flat_map(|(w, c)| {
             results
@@ -172,13 +201,44 @@ mod tests {
         results.push(Workload::Bigtx, Contender::Ferry, Ok(run(1.0, 100, 200)));
         let checks = check(&results);
         assert_eq!(checks.len(), 2, "{checks:?}");
-        assert!(checks[0].met, "0.5 ≤ 0.6: {:?}", checks[0]);
+        assert_eq!(checks[0].met, Some(true), "0.5 ≤ 0.6: {:?}", checks[0]);
         assert_eq!(checks[0].measured, "0.50× (5.0 s vs 10.0 s)");
-        assert!(!checks[1].met);
+        assert_eq!(checks[1].met, Some(false));
         assert!(
             checks[1].measured.contains("(bigtx, ferry)"),
             "{:?}",
             checks[1]
         );
+    }
+
+    #[test]
+    fn stream_sinks_are_held_to_the_blackhole() {
+        let mut results = Results::default();
+        // 100 changes in 1 s for the blackhole, 1.25 s (0.8×) for files, 2 s for NATS.
+        for (workload, contender, secs, rows) in [
+            (Workload::Backlog, Contender::FerryBlackhole, 1.0, 100),
+            (Workload::Backlog, Contender::FerryFile, 1.25, 100),
+            (Workload::Backlog, Contender::FerryNats, 2.0, 100),
+            (Workload::Snapshot, Contender::FerryNats, 4.0, 1000),
+        ] {
+            results.push(workload, contender, Ok(run(secs, rows, 10)));
+        }
+        let checks = check(&results);
+        let find = |what: &str| {
+            checks
+                .iter()
+                .find(|c| c.target.contains(what))
+                .unwrap_or_else(|| panic!("no {what} in {checks:?}"))
+        };
+        assert_eq!(find("→ file").met, Some(true));
+        let nats = find("NATS JetStream (nats-server, file store): backlog");
+        assert_eq!(nats.met, Some(false));
+        assert_eq!(nats.measured, "0.50× (50 vs 100 changes/s)");
+        let snapshot = find("snapshot events/s");
+        assert_eq!(
+            (snapshot.met, snapshot.measured.as_str()),
+            (None, "250 events/s")
+        );
+        assert!(!checks.iter().any(|c| c.target.contains("Kafka")));
     }
 }

@@ -5,6 +5,9 @@
 //! production: log level `info`, default changefeed options. Its CPU time and peak RSS are
 //! read from `/proc` before it stops, so they cover only the server process of this run (a
 //! restarted server starts counting afresh).
+//!
+//! The stream contenders (`ferry-file`, `ferry-nats`, …) get their [`Destination`] with the
+//! server, before the clock starts; it goes when the changefeed is finished.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ use serde_json::{json, Value};
 use crate::db::Db;
 use crate::peer_process::ProcessUsage;
 use crate::plan::Contender;
+use crate::replicator::destination::Destination;
 use crate::replicator::{poll_until, wait_slots_idle};
 use crate::testbed::{Testbed, SOURCE_DB, TARGET_DB};
 
@@ -30,34 +34,45 @@ const FAILURE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct FerryChangefeed {
     server: FerryServer,
     source: Db,
+    /// A stream contender's destination; declared last, so that it outlives the server.
+    destination: Option<Destination>,
 }
 
 impl FerryChangefeed {
-    /// Starts a ferry server with an empty data directory; returns once it is healthy.
-    pub(crate) fn start_server(testbed: &Testbed, binary: &Path) -> anyhow::Result<Self> {
+    /// Starts a ferry server with an empty data directory, and sets up the destination of a
+    /// stream contender for `tables`; returns once both are ready.
+    pub(crate) fn start_server(
+        testbed: &Testbed,
+        binary: &Path,
+        contender: Contender,
+        tables: &[&str],
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             binary.is_file(),
             "no ferry binary at {} (bench/run builds it with cargo build --release)",
             binary.display()
         );
+        let destination = Destination::set_up(testbed, contender, tables)?;
         Ok(FerryChangefeed {
             server: FerryServer::start_with_log(binary, LOG_FILTER),
             source: testbed.source_db()?,
+            destination,
         })
     }
 
-    /// Creates the changefeed for `tables` into the target database, or the blackhole for
-    /// `ferry-blackhole`; `ferry-rows` turns the snapshot's bulk path off.
+    /// Creates the changefeed for `tables` into the target database, the blackhole for
+    /// `ferry-blackhole`, or the stream contender's destination; `ferry-rows` turns the
+    /// snapshot's bulk path off.
     pub(crate) fn create(
         &self,
         testbed: &Testbed,
         contender: Contender,
         tables: &[&str],
     ) -> anyhow::Result<()> {
-        let sink_uri = if contender == Contender::FerryBlackhole {
-            "blackhole://".to_owned()
-        } else {
-            testbed.target.uri(TARGET_DB)
+        let sink_uri = match (&self.destination, contender) {
+            (Some(destination), _) => destination.sink_uri(),
+            (None, Contender::FerryBlackhole) => "blackhole://".to_owned(),
+            (None, _) => testbed.target.uri(TARGET_DB),
         };
         let snapshot_bulk = contender != Contender::FerryRows;
         let (code, body) = self.server.post(
@@ -114,7 +129,23 @@ impl FerryChangefeed {
         })
     }
 
-    /// Deletes the changefeed (dropping its slot and publications) and stops the server.
+    /// Checks that the stream contender's destination got at least `expected` events (more
+    /// is allowed: delivery is at least once, and a restarted server may send some again).
+    pub(crate) fn check_events(&self, testbed: &Testbed, expected: u64) -> anyhow::Result<()> {
+        let destination = self
+            .destination
+            .as_ref()
+            .context("only stream contenders deliver events")?;
+        let events = destination.events(testbed)?;
+        anyhow::ensure!(
+            events >= expected,
+            "the destination got {events} events, expected at least {expected}"
+        );
+        Ok(())
+    }
+
+    /// Deletes the changefeed (dropping its slot and publications) and stops the server;
+    /// the destination, if any, is removed with `self`.
     pub(crate) fn finish(mut self) -> anyhow::Result<()> {
         let (code, body) = self
             .server

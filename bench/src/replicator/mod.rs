@@ -17,8 +17,10 @@
 //! replication origin at or past `end` (see [`NativeSubscription::wait_confirmed`] for why
 //! both).
 
+mod destination;
 mod ferry;
 mod native;
+mod receiver;
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,8 @@ pub(crate) enum Replicator {
 }
 
 impl Replicator {
-    /// Starts `contender` replicating `tables` into the target (Ferry's blackhole discards).
+    /// Starts `contender` replicating `tables` into the target (Ferry's blackhole discards,
+    /// its stream sinks write to a destination of their own).
     pub(crate) fn start(
         testbed: &Testbed,
         plan: &Plan,
@@ -57,8 +60,9 @@ impl Replicator {
                 native.subscribe()?;
                 Ok(Replicator::Native(native))
             }
-            Contender::Ferry | Contender::FerryRows | Contender::FerryBlackhole => {
-                let ferry = FerryChangefeed::start_server(testbed, &plan.ferry_bin)?;
+            contender if contender.is_ferry() => {
+                let ferry =
+                    FerryChangefeed::start_server(testbed, &plan.ferry_bin, contender, tables)?;
                 ferry.create(testbed, contender, tables)?;
                 Ok(Replicator::Ferry(ferry))
             }
@@ -109,6 +113,14 @@ impl Replicator {
         match self {
             Replicator::Native(_) => None,
             Replicator::Ferry(ferry) => ferry.usage(),
+        }
+    }
+
+    /// Checks that a stream contender delivered at least `expected` events.
+    pub(crate) fn check_events(&self, testbed: &Testbed, expected: u64) -> anyhow::Result<()> {
+        match self {
+            Replicator::Native(_) => anyhow::bail!("native replication delivers no events"),
+            Replicator::Ferry(ferry) => ferry.check_events(testbed, expected),
         }
     }
 

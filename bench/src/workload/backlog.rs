@@ -10,7 +10,8 @@
 //! server (deleting the changefeed would drop the slot and the backlog with it). The decode
 //! limit has no snapshot: its slot is created before pgbench and drained with `--endpos`.
 //! Row changes are pgbench's: 3 updates and 1 insert per transaction; bytes are the WAL the
-//! run wrote.
+//! run wrote. A stream contender's destination must hold at least one event per row copied
+//! by the snapshot plus one per change.
 
 use std::time::Instant;
 
@@ -54,6 +55,7 @@ pub(super) fn run(
         });
     }
 
+    let copied = verify::source_rows(testbed, &PGBENCH_TABLES)?;
     let mut replicator = Replicator::start(testbed, plan, contender, &PGBENCH_TABLES)?;
     replicator.wait_caught_up(CATCH_UP_TIMEOUT)?;
     replicator.pause()?;
@@ -65,7 +67,9 @@ pub(super) fn run(
     replicator.wait_applied(end, CATCH_UP_TIMEOUT)?;
     let wall = started.elapsed();
     let usage = replicator.usage();
-    if contender != Contender::FerryBlackhole {
+    if contender.is_stream() {
+        replicator.check_events(testbed, copied + pgbench.row_changes())?;
+    } else if contender != Contender::FerryBlackhole {
         verify::same_rows(testbed, &PGBENCH_TABLES)?;
     }
     replicator.finish()?;

@@ -10,7 +10,8 @@
 //! Every run starts from [`Testbed::prepare_run`]: an empty target database and a source
 //! without slots or publications. Runs that fill a real target end with a check that the
 //! target holds what the source holds ([`verify`]), so a contender cannot win by losing rows;
-//! the check is outside the timed part.
+//! the check is outside the timed part. Stream sinks' runs count the events their destination
+//! got instead (at least one per row or row change).
 
 mod backlog;
 mod bigtx;

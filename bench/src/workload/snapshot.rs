@@ -14,6 +14,9 @@
 //!   `POST` until `/synced` is true. `ferry-rows` sets `snapshot_bulk: false`: the chunks go
 //!   the row path (decoded from COPY text, encoded again by the sink), what a source of
 //!   another kind costs.
+//! - **ferry-file**, **ferry-nats**, **ferry-kafka**, **ferry-webhook**: the same, into a
+//!   stream sink whose destination is set up with the server (untimed); checked by counting
+//!   the events the destination got (one per row at least) instead of comparing rows.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -42,12 +45,12 @@ pub(super) fn run(
         Contender::Pgcopydb => pgcopydb(testbed, &tables)?,
         Contender::CopyOut => copy_out(testbed, &tables)?,
         Contender::CopyIn => copy_in(testbed, &tables)?,
-        Contender::Ferry | Contender::FerryRows | Contender::FerryBlackhole => {
-            ferry(testbed, plan, contender, &tables)?
-        }
-        Contender::Recvlogical => anyhow::bail!("{contender} has no snapshot"),
+        contender if contender.is_ferry() => ferry(testbed, plan, contender, &tables)?,
+        _ => anyhow::bail!("{contender} has no snapshot"),
     };
-    if !matches!(contender, Contender::CopyOut | Contender::FerryBlackhole) {
+    if !contender.is_stream()
+        && !matches!(contender, Contender::CopyOut | Contender::FerryBlackhole)
+    {
         verify::same_rows(testbed, &tables)?;
     }
     Ok(Measurement {
@@ -161,12 +164,15 @@ fn ferry(
     contender: Contender,
     tables: &[&str],
 ) -> anyhow::Result<Timed> {
-    let ferry = FerryChangefeed::start_server(testbed, &plan.ferry_bin)?;
+    let ferry = FerryChangefeed::start_server(testbed, &plan.ferry_bin, contender, tables)?;
     let started = Instant::now();
     ferry.create(testbed, contender, tables)?;
     ferry.wait_synced(CATCH_UP_TIMEOUT)?;
     let wall = started.elapsed();
     let usage = ferry.usage();
+    if contender.is_stream() {
+        ferry.check_events(testbed, testbed.dataset.snapshot_rows)?;
+    }
     ferry.finish()?;
     Ok((wall, usage))
 }

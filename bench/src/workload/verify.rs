@@ -28,6 +28,17 @@ pub(crate) fn same_rows(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<()
     Ok(())
 }
 
+/// Rows in `tables` on the source now: the events a snapshot of them sends.
+pub(crate) fn source_rows(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<u64> {
+    let source = testbed.source_db()?;
+    let mut rows = 0;
+    for table in tables {
+        let count = source.query_i64(&format!("SELECT count(*) FROM {table}"))?;
+        rows += u64::try_from(count)?;
+    }
+    Ok(rows)
+}
+
 /// `SELECT count, checksum` for `table`.
 fn checksum_query(table: &str) -> String {
     let checksum = match table.rsplit('.').next().unwrap_or(table) {

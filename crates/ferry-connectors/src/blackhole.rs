@@ -1,12 +1,16 @@
 //! The blackhole sink: discards everything but keeps counts, to measure a source alone (as
 //! TiCDC's blackhole sink).
+//!
+//! Its checkpoint and its snapshot chunk markers are the engine's to keep (the metadata
+//! store's checkpoint and [`ferry_core::ChunkLedger`]), so a restarted changefeed resumes
+//! where it was, snapshot done, as with any other sink.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry_core::{
-    BulkFormat, CheckpointStore, ChunkData, FinishedChunk, Position, RowChange, Sink,
-    SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, Value,
+    BulkFormat, CheckpointStore, ChunkData, ChunkLedgerHandle, ErrorClass, FinishedChunk, Position,
+    RowChange, Sink, SinkConnector, SinkError, SinkUri, TableId, TableSchema, TargetPolicy, Value,
 };
 use futures::StreamExt;
 
@@ -20,20 +24,26 @@ impl SinkConnector for BlackholeConnector {
         &self,
         _uri: &SinkUri,
         _feed: &str,
-        _policy: TargetPolicy,
+        policy: TargetPolicy,
     ) -> Result<Box<dyn Sink>, SinkError> {
-        Ok(Box::new(BlackholeSink::default()))
+        Ok(Box::new(BlackholeSink {
+            ledger: policy.chunk_ledger,
+            ..BlackholeSink::default()
+        }))
     }
 }
 
 /// Counts rows and bytes. Its checkpoint is the engine's to keep
-/// ([`CheckpointStore::External`]), so a restarted changefeed resumes where it was.
+/// ([`CheckpointStore::External`]), and so are its chunk markers (in the ledger, when the
+/// engine gives one), so a restarted changefeed resumes where it was.
 #[derive(Debug, Default)]
 pub struct BlackholeSink {
     /// Rows received.
     pub rows: u64,
     /// Bytes received.
     pub bytes: u64,
+    /// Where copied chunks are recorded; without one a restart copies the tables again.
+    ledger: Option<ChunkLedgerHandle>,
 }
 
 #[async_trait]
@@ -75,11 +85,17 @@ impl Sink for BlackholeSink {
     }
 
     async fn reset_snapshot(&mut self) -> Result<(), SinkError> {
-        Ok(())
+        match &self.ledger {
+            Some(ledger) => ledger.0.clear().map_err(ledger_error),
+            None => Ok(()),
+        }
     }
 
     async fn finished_chunks(&mut self) -> Result<Vec<FinishedChunk>, SinkError> {
-        Ok(Vec::new())
+        match &self.ledger {
+            Some(ledger) => ledger.0.finished().map_err(ledger_error),
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn ensure_table_for_copy(&mut self, _schema: &Arc<TableSchema>) -> Result<(), SinkError> {
@@ -94,9 +110,9 @@ impl Sink for BlackholeSink {
 
     async fn copy_chunk(
         &mut self,
-        _schema: &TableSchema,
-        _chunk: u32,
-        _snapshot: &Position,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot: &Position,
         _replace: bool,
         data: ChunkData,
     ) -> Result<u64, SinkError> {
@@ -132,10 +148,101 @@ impl Sink for BlackholeSink {
             }
         }
         self.rows += rows;
+        if let Some(ledger) = &self.ledger {
+            let finished = FinishedChunk {
+                table: schema.id.clone(),
+                chunk,
+                rows,
+                snapshot: snapshot.clone(),
+            };
+            ledger.0.record(&finished).map_err(ledger_error)?;
+        }
         Ok(rows)
     }
 
     async fn finish_table(&mut self, _schema: &TableSchema) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+fn ledger_error(e: String) -> SinkError {
+    SinkError::Statement {
+        what: "keep snapshot chunk markers".into(),
+        class: ErrorClass::Transient,
+        source: e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use ferry_core::{ChunkLedger, Lsn, ReplicaIdentity, TableId};
+    use futures::stream;
+
+    use super::*;
+
+    /// The engine's ledger, in memory.
+    #[derive(Default)]
+    struct Ledger(Mutex<Vec<FinishedChunk>>);
+
+    impl ChunkLedger for Ledger {
+        fn finished(&self) -> Result<Vec<FinishedChunk>, String> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        fn record(&self, chunk: &FinishedChunk) -> Result<(), String> {
+            self.0.lock().unwrap().push(chunk.clone());
+            Ok(())
+        }
+        fn clear(&self) -> Result<(), String> {
+            self.0.lock().unwrap().clear();
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn copied_chunks_outlive_the_sink_in_the_ledger() {
+        let ledger = ChunkLedgerHandle(Arc::new(Ledger::default()));
+        let connect = || async {
+            let policy = TargetPolicy {
+                chunk_ledger: Some(ledger.clone()),
+                ..TargetPolicy::default()
+            };
+            BlackholeConnector
+                .connect(&"blackhole://".parse().unwrap(), "ns/feed", policy)
+                .await
+                .unwrap()
+        };
+        let schema = TableSchema {
+            id: TableId::new("public", "t"),
+            columns: vec![],
+            key: vec![],
+            identity: ReplicaIdentity::Default,
+            user_types: vec![],
+            partition_of: vec![],
+            dialect: ferry_core::Dialect::Postgres,
+        };
+        let copy_text = stream::iter([Ok(bytes::Bytes::from_static(b"1\n2\n"))]).boxed();
+        let data = ChunkData::Bulk {
+            format: BulkFormat::PG_COPY_TEXT,
+            data: copy_text,
+        };
+        let snapshot = Position::PgLsn(Lsn(0x10));
+        let mut sink = connect().await;
+        assert_eq!(
+            sink.copy_chunk(&schema, 3, &snapshot, false, data)
+                .await
+                .unwrap(),
+            2
+        );
+        drop(sink);
+
+        let mut restarted = connect().await;
+        let finished = restarted.finished_chunks().await.unwrap();
+        assert_eq!(finished.len(), 1);
+        assert_eq!((finished[0].chunk, finished[0].rows), (3, 2));
+        assert_eq!(finished[0].snapshot, snapshot);
+        restarted.reset_snapshot().await.unwrap();
+        assert!(restarted.finished_chunks().await.unwrap().is_empty());
     }
 }

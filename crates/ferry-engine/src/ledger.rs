@@ -6,21 +6,24 @@ use std::sync::{Arc, Mutex};
 use ferry_core::{ChunkLedger, ChunkLedgerHandle, FinishedChunk};
 use ferry_meta::{Collection, MetaStore};
 
+/// Serializes read-modify-write of the documents. Process-wide, not per ledger: each sink
+/// a changefeed connects (one per snapshot worker) gets a ledger of its own, and workers
+/// record in parallel; a lock per ledger let two of them read the same document and the
+/// last write drop the other's marker (a restarted changefeed then waited forever for a
+/// chunk it had copied). Markers are written once per chunk: one lock costs nothing.
+static RECORDING: Mutex<()> = Mutex::new(());
+
 /// Changefeed `key`'s markers in `meta`.
 pub(crate) fn ledger(meta: &Arc<MetaStore>, key: &str) -> ChunkLedgerHandle {
     ChunkLedgerHandle(Arc::new(MetaLedger {
         meta: meta.clone(),
         key: key.to_string(),
-        lock: Mutex::new(()),
     }))
 }
 
 struct MetaLedger {
     meta: Arc<MetaStore>,
     key: String,
-    /// Serializes read-modify-write of the document (snapshot workers record in parallel;
-    /// one process runs a changefeed).
-    lock: Mutex<()>,
 }
 
 impl MetaLedger {
@@ -34,12 +37,12 @@ impl MetaLedger {
 
 impl ChunkLedger for MetaLedger {
     fn finished(&self) -> Result<Vec<FinishedChunk>, String> {
-        let _guard = self.lock.lock().expect("ledger lock");
+        let _guard = RECORDING.lock().expect("ledger lock");
         self.read()
     }
 
     fn record(&self, chunk: &FinishedChunk) -> Result<(), String> {
-        let _guard = self.lock.lock().expect("ledger lock");
+        let _guard = RECORDING.lock().expect("ledger lock");
         let mut chunks = self.read()?;
         chunks.retain(|c| !(c.table == chunk.table && c.chunk == chunk.chunk));
         chunks.push(chunk.clone());
@@ -49,7 +52,7 @@ impl ChunkLedger for MetaLedger {
     }
 
     fn clear(&self) -> Result<(), String> {
-        let _guard = self.lock.lock().expect("ledger lock");
+        let _guard = RECORDING.lock().expect("ledger lock");
         self.meta
             .delete(Collection::ChunkMarkers, &self.key)
             .map(drop)
