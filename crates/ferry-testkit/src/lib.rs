@@ -55,6 +55,7 @@
 //! hands it the temporary directory; client tools such as `psql` and `pgbench` stay as the
 //! current user and connect over TCP.
 
+mod binaries;
 pub mod certs;
 pub mod compare;
 pub mod ferry;

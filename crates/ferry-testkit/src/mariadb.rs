@@ -13,13 +13,15 @@
 //! and a test server at UTC would hide a missing pin. Binaries come from Debian's
 //! `mariadb-server` package (`scripts/setup` installs it).
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use tempfile::TempDir;
+
+use crate::binaries::{find_binary, free_port};
 
 /// The user every test server has, with every privilege.
 pub const MARIADB_USER: &str = "ferry";
@@ -252,35 +254,16 @@ fn user_arg() -> Vec<String> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free loopback port")
-}
-
-fn find_binary(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| Path::is_file(p))
-        .unwrap_or_else(|| {
-            panic!("{name} not found: install Debian's mariadb-server package (scripts/setup)")
-        })
-}
-
 fn server_binary() -> PathBuf {
-    find_binary("mariadbd")
+    find_binary("mariadbd", "mariadb-server")
 }
 
 fn install_binary() -> PathBuf {
-    find_binary("mariadb-install-db")
+    find_binary("mariadb-install-db", "mariadb-server")
 }
 
 fn client_binary() -> PathBuf {
-    find_binary("mariadb")
+    find_binary("mariadb", "mariadb-client")
 }
 
 #[cfg(test)]

@@ -11,12 +11,14 @@
 //! The binary comes from Debian's `nats-server` package (`scripts/setup` installs it); it is
 //! looked up on `PATH`, then in `/usr/sbin` and `/usr/bin`.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::binaries::{find_binary, free_port};
 
 /// A running `nats-server -js` in its own temp dir, killed and deleted on drop.
 pub struct NatsServer {
@@ -33,7 +35,7 @@ impl NatsServer {
     ///
     /// Panics with a clear message (and the server log) if it cannot start.
     pub fn start() -> NatsServer {
-        let binary = nats_server_binary();
+        let binary = find_binary("nats-server", "nats-server");
         let root = tempfile::Builder::new()
             .prefix("ferry-nats-")
             .tempdir()
@@ -142,23 +144,4 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free loopback port")
-}
-
-fn nats_server_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| Path::is_file(p));
-    on_path.unwrap_or_else(|| {
-        panic!("nats-server not found: install Debian's nats-server package (scripts/setup)")
-    })
 }

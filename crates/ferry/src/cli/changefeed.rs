@@ -505,7 +505,7 @@ pub(crate) async fn run(mut context: Context, command: ChangefeedCommand) -> Res
 }
 
 /// Prints a mutation's answer: a sentence (table) or the document (json, yaml).
-fn report(
+pub(super) fn report(
     context: &Context,
     answer: &Value,
     sentence: impl FnOnce(&Value) -> String,
@@ -517,7 +517,8 @@ fn report(
     Ok(0)
 }
 
-fn cell(doc: &Value, key: &str) -> String {
+/// The field `key` of `doc` as a table cell.
+pub(super) fn cell(doc: &Value, key: &str) -> String {
     output::cell(doc.get(key))
 }
 

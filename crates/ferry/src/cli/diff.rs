@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use super::changefeed::{cell, report};
 use super::output::{self, print_doc, Table};
 use super::{confirm, CliError, ClientFlags, Context, OutputFormat};
 
@@ -102,9 +103,9 @@ pub(crate) async fn run(context: Context, command: DiffCommand) -> Result<u8, Cl
                 format!(
                     "diff {} of changefeed {changefeed} started{}; follow it with `ferry diff \
                      show {changefeed} {}`",
-                    text(d, "id"),
+                    cell(d, "id"),
                     if repair { " (repairing)" } else { "" },
-                    text(d, "id")
+                    cell(d, "id")
                 )
             });
         }
@@ -169,22 +170,6 @@ pub(crate) async fn run(context: Context, command: DiffCommand) -> Result<u8, Cl
     Ok(0)
 }
 
-fn report(
-    context: &Context,
-    answer: &Value,
-    sentence: impl FnOnce(&Value) -> String,
-) -> Result<u8, CliError> {
-    match context.output {
-        OutputFormat::Table => println!("{}", super::secrets::mask_text(&sentence(answer))),
-        format => print_doc(format, answer)?,
-    }
-    Ok(0)
-}
-
-fn text(doc: &Value, key: &str) -> String {
-    output::cell(doc.get(key))
-}
-
 /// One line per diff.
 fn list_table(list: &Value) -> Table {
     let mut table = Table::new(&[
@@ -209,9 +194,9 @@ fn list_table(list: &Value) -> Table {
         };
         let progress = &diff["progress"];
         table.row(vec![
-            text(diff, "id"),
-            text(diff, "state"),
-            text(diff, "repair"),
+            cell(diff, "id"),
+            cell(diff, "state"),
+            cell(diff, "repair"),
             format!(
                 "{}/{}",
                 output::cell(progress.get("chunks_done")),
@@ -221,7 +206,7 @@ fn list_table(list: &Value) -> Table {
             sum("missing"),
             sum("extra"),
             sum("different"),
-            text(diff, "created_at"),
+            cell(diff, "created_at"),
         ]);
     }
     table
@@ -234,9 +219,9 @@ fn diff_text(diff: &Value) -> String {
     let mut out =
         format!(
         "diff {} of changefeed {}: {}{}\nprogress: {}/{} chunks, {}/{} tables, {} rows compared",
-        text(diff, "id"),
-        text(diff, "changefeed"),
-        text(diff, "state"),
+        cell(diff, "id"),
+        cell(diff, "changefeed"),
+        cell(diff, "state"),
         if diff["repair"] == Value::Bool(true) { " (repair)" } else { "" },
         output::cell(progress.get("chunks_done")),
         output::cell(progress.get("chunks")),
@@ -262,12 +247,12 @@ fn diff_text(diff: &Value) -> String {
     let tables = diff["tables"].as_array().cloned().unwrap_or_default();
     for t in &tables {
         table.row(vec![
-            text(t, "table"),
-            text(t, "missing"),
-            text(t, "extra"),
-            text(t, "different"),
-            text(t, "repaired"),
-            format!("{}/{}", text(t, "chunks_done"), text(t, "chunks")),
+            cell(t, "table"),
+            cell(t, "missing"),
+            cell(t, "extra"),
+            cell(t, "different"),
+            cell(t, "repaired"),
+            format!("{}/{}", cell(t, "chunks_done"), cell(t, "chunks")),
         ]);
     }
     out.push_str(&table.render());
@@ -280,7 +265,7 @@ fn diff_text(diff: &Value) -> String {
             if !keys.is_empty() {
                 out.push_str(&format!(
                     "{} {kind}: {}\n",
-                    text(t, "table"),
+                    cell(t, "table"),
                     keys.join(", ")
                 ));
             }
