@@ -10,10 +10,12 @@
 //! ```
 //!
 //! # Durability
-//! The checkpoint is the engine's ([`CheckpointStore::External`]): [`Sink::commit_batch`]
-//! returns once [`Transport::flush`] made every event sent durable at the destination, so
-//! a saved checkpoint never covers an event the destination lacks; a chunk is recorded only
-//! after its events are flushed. Delivery is at-least-once, with stable event ids.
+//! The checkpoint is the engine's ([`CheckpointStore::External`]): [`Sink::seal_batch`]
+//! hands the engine what makes every event of the batch durable at the destination
+//! ([`Transport::seal`]: the acknowledgements still to come, or nothing after a flush), and
+//! the engine saves the checkpoint only once that settled, so a saved checkpoint never
+//! covers an event the destination lacks; a chunk is recorded only after its events are
+//! flushed. Delivery is at-least-once, with stable event ids.
 //!
 //! # Options
 //! With `transactions=true` each source transaction is framed by a `BEGIN` and an `END`
@@ -25,8 +27,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckpointStore, ChunkData, EventOptions, FinishedChunk, Position, RowChange, Sink, SinkError,
-    TableId, TableSchema, TxMeta,
+    CheckpointStore, ChunkData, EventOptions, FinishedChunk, Position, RowChange, Settle, Sink,
+    SinkError, TableId, TableSchema, TxMeta,
 };
 use ferry_events::{ChunkEvents, Event, Origin, TransactionEvents};
 use futures::StreamExt;
@@ -40,6 +42,13 @@ pub(crate) trait Transport: Send {
 
     /// Returns once every event sent so far is durable at the destination.
     async fn flush(&mut self) -> Result<(), SinkError>;
+
+    /// Ends a batch: returns what makes every event sent so far durable when that is
+    /// still under way (acknowledgements to wait for, needing nothing of the transport), or
+    /// flushes and returns `None`.
+    async fn seal(&mut self) -> Result<Option<Settle>, SinkError> {
+        self.flush().await.map(|()| None)
+    }
 
     /// Forgets the events sent since the last flush, taking back what the destination
     /// allows (what stays comes again with the same ids).
@@ -208,6 +217,11 @@ impl<T: Transport> Sink for EventSink<T> {
     async fn commit_batch(&mut self, _checkpoint: Position) -> Result<(), SinkError> {
         self.end_transaction().await?;
         self.transport.flush().await
+    }
+
+    async fn seal_batch(&mut self, _checkpoint: Position) -> Result<Option<Settle>, SinkError> {
+        self.end_transaction().await?;
+        self.transport.seal().await
     }
 
     async fn abort_batch(&mut self) {

@@ -48,7 +48,8 @@ pub use filter::{FilterError, PartitionMode, TableFilter};
 pub use logical::LogicalType;
 pub use position::{Lsn, ParsePositionError, Position};
 pub use sink::{
-    CheckpointStore, DdlPolicy, ExistingTarget, Sink, SinkError, TargetReader, TargetRows, TxMeta,
+    CheckpointStore, DdlPolicy, ExistingTarget, Settle, Sink, SinkError, TargetReader, TargetRows,
+    TxMeta,
 };
 pub use snapshot::{
     BulkFormat, ChunkData, ChunkLedger, ChunkLedgerHandle, ChunkSpec, FinishedChunk, RowStream,

@@ -105,6 +105,9 @@ impl SinkError {
     }
 }
 
+/// What makes a sealed batch durable ([`Sink::seal_batch`]).
+pub type Settle = futures::future::BoxFuture<'static, Result<(), SinkError>>;
+
 /// Where a sink's checkpoint lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointStore {
@@ -161,6 +164,19 @@ pub trait Sink: Send {
 
     /// Makes the open batch durable together with `checkpoint`.
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError>;
+
+    /// Ends the open batch at `checkpoint` and returns what makes it durable, when that
+    /// is still under way: `Some(settle)` resolves once the destination acknowledged the
+    /// whole batch. Only for a sink whose checkpoint the engine keeps
+    /// ([`CheckpointStore::External`]): the engine fills the next batch while `settle`
+    /// waits (acknowledgements then overlap the next batch's sending instead of stalling
+    /// the stream at every batch end), runs `settle` on a task of its own, and saves the
+    /// checkpoint of each batch once it and every batch before it settled. `settle` must
+    /// not need the sink to make progress. The default commits and returns `None`: durable
+    /// on return.
+    async fn seal_batch(&mut self, checkpoint: Position) -> Result<Option<Settle>, SinkError> {
+        self.commit_batch(checkpoint).await.map(|()| None)
+    }
 
     /// Discards the open batch, if any: nothing of it stays.
     async fn abort_batch(&mut self);

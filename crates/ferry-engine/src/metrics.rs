@@ -153,6 +153,17 @@ impl RowCounts {
         }
     }
 
+    /// Publishes the counts of `batch` (a durable batch's) through this one's handles.
+    pub(crate) fn absorb(&mut self, batch: &mut RowCounts, metrics: &FeedMetrics) {
+        for (key, (schema, counts)) in batch.pending.drain() {
+            let entry = self.pending.entry(key).or_insert_with(|| (schema, [0; 4]));
+            for (total, n) in entry.1.iter_mut().zip(counts) {
+                *total += n;
+            }
+        }
+        self.publish(metrics);
+    }
+
     /// Forgets the batch's counts (it was rolled back).
     pub(crate) fn discard(&mut self) {
         self.pending.clear();

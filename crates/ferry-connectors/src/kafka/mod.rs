@@ -6,9 +6,9 @@
 //!
 //! # Durability
 //! An idempotent producer with `acks=all`: a broker's retry never doubles or reorders a
-//! message. Messages are produced as they come; [`Transport::flush`] returns once the
-//! brokers acknowledged every one, so the engine's checkpoint never covers a message Kafka
-//! lacks. At least once across crashes: resent events carry the same id (`source.event_id`
+//! message. Messages are produced as they come; a batch is durable (the engine saves its
+//! checkpoint) once the brokers acknowledged every one ([`Transport::seal`]), so the
+//! checkpoint never covers a message Kafka lacks. At least once across crashes: resent events carry the same id (`source.event_id`
 //! and the header `ferry-event-id`) for consumers to drop repeats.
 //!
 //! # Topics
@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::{
-    ErrorClass, FinishedChunk, KafkaSinkUri, Sink, SinkConnector, SinkError, SinkUri, TargetPolicy,
+    ErrorClass, FinishedChunk, KafkaSinkUri, Settle, Sink, SinkConnector, SinkError, SinkUri,
+    TargetPolicy,
 };
 use ferry_events::{Event, EventKind, Origin};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -151,15 +152,20 @@ pub(crate) struct KafkaTransport {
 
 impl KafkaTransport {
     async fn await_oldest(&mut self) -> Result<(), SinkError> {
-        if let Some(delivery) = self.deliveries.pop_front() {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(delivery_error(e)),
-                // The producer was dropped with the message queued: not delivered.
-                Err(_) => return Err(delivery_error(KafkaError::Canceled)),
-            }
+        match self.deliveries.pop_front() {
+            Some(delivery) => delivered(delivery).await,
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+/// Waits for one message's acknowledgement.
+async fn delivered(delivery: DeliveryFuture) -> Result<(), SinkError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(delivery_error(e)),
+        // The producer was dropped with the message queued: not delivered.
+        Err(_) => Err(delivery_error(KafkaError::Canceled)),
     }
 }
 
@@ -219,6 +225,18 @@ impl Transport for KafkaTransport {
             self.await_oldest().await?;
         }
         Ok(())
+    }
+
+    /// The acknowledgements still to come, awaited on the engine's task while the next
+    /// batch produces.
+    async fn seal(&mut self) -> Result<Option<Settle>, SinkError> {
+        let deliveries = std::mem::take(&mut self.deliveries);
+        Ok(Some(Box::pin(async move {
+            for delivery in deliveries {
+                delivered(delivery).await?;
+            }
+            Ok(())
+        })))
     }
 
     /// Produced messages cannot be taken back; a resent batch repeats them with the same

@@ -9,9 +9,9 @@
 //!
 //! # Durability
 //! The checkpoint is the engine's ([`CheckpointStore::External`]): events are published
-//! asynchronously as they come, and [`Sink::commit_batch`] returns only once JetStream
-//! acknowledged every one of them (stored in the stream), so a saved checkpoint never
-//! covers an event the stream lacks. At least once: after a crash the stream resends from
+//! asynchronously as they come, and a batch is durable (its checkpoint saved) only once
+//! JetStream acknowledged every one of them (stored in the stream), so a saved checkpoint
+//! never covers an event the stream lacks; the next batch publishes meanwhile. At least once: after a crash the stream resends from
 //! the checkpoint with the same event ids; every message carries its id as `Nats-Msg-Id`,
 //! so JetStream drops re-sends inside the stream's duplicate window, and as the
 //! `ferry-event-id` header, for consumers that deduplicate themselves. An aborted batch
@@ -37,7 +37,8 @@ use async_nats::jetstream::context::{CreateStreamErrorKind, PublishAckFuture, Pu
 use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use ferry_core::{
-    ErrorClass, FinishedChunk, NatsSinkUri, Sink, SinkConnector, SinkError, SinkUri, TargetPolicy,
+    ErrorClass, FinishedChunk, NatsSinkUri, Settle, Sink, SinkConnector, SinkError, SinkUri,
+    TargetPolicy,
 };
 use ferry_events::{Event, EventKind, Origin};
 
@@ -228,6 +229,17 @@ impl Transport for NatsTransport {
             ack.await.map_err(publish_error)?;
         }
         Ok(())
+    }
+
+    /// The acks still to come, awaited on the engine's task while the next batch publishes.
+    async fn seal(&mut self) -> Result<Option<Settle>, SinkError> {
+        let acks = std::mem::take(&mut self.acks);
+        Ok(Some(Box::pin(async move {
+            for ack in acks {
+                ack.await.map_err(publish_error)?;
+            }
+            Ok(())
+        })))
     }
 
     /// Published events stay in the stream; a resent batch repeats them with the same ids,

@@ -15,6 +15,7 @@ use ferry_core::{
 use tokio::sync::{mpsc, watch};
 
 use super::repair::RepairRequest;
+use super::settle::SealedQueue;
 use super::trail::Trail;
 use super::RunError;
 use crate::lifecycle::SkipTransaction;
@@ -80,6 +81,10 @@ pub(crate) struct Applier {
     pub(crate) skipped_changes: u64,
     /// Tables paused or parked: nothing of theirs is written.
     pub(crate) held: HashSet<TableId>,
+    /// Batches sealed and not yet durable, oldest first (see [`super::settle`]).
+    pub(crate) sealed: SealedQueue,
+    /// Publishes each durable batch's row counts.
+    pub(crate) counts: RowCounts,
 }
 
 /// Saves a checkpoint outside the target.
@@ -95,7 +100,7 @@ pub(super) struct Batch {
     transactions: u64,
     rows: u64,
     opened: Option<tokio::time::Instant>,
-    end: Option<(Position, i64)>,
+    pub(super) end: Option<(Position, i64)>,
     /// A keepalive position (and server time) received after the batch's transactions,
     /// confirmed once the batch is durable.
     idle: Option<(Position, i64)>,
@@ -104,6 +109,29 @@ pub(super) struct Batch {
     trail: Trail,
     /// Tables it renamed on the target: `(from, to)`.
     renamed: Vec<(TableId, TableId)>,
+}
+
+/// What a batch applied, taken when it ends.
+pub(super) struct BatchParts {
+    pub(super) rows: u64,
+    pub(super) transactions: u64,
+    pub(super) counts: RowCounts,
+    pub(super) renamed: Vec<(TableId, TableId)>,
+    pub(super) idle: Option<(Position, i64)>,
+}
+
+impl Batch {
+    /// Ends the batch: what it applied, and an empty batch in its place.
+    pub(super) fn take(&mut self) -> BatchParts {
+        let batch = std::mem::take(self);
+        BatchParts {
+            rows: batch.rows,
+            transactions: batch.transactions,
+            counts: batch.counts,
+            renamed: batch.renamed,
+            idle: batch.idle,
+        }
+    }
 }
 
 /// Where the applier is in the stream.
@@ -139,6 +167,13 @@ impl Applier {
                 Some(request) = repairs.recv(), if !cursor.in_transaction => {
                     if let Err(e) = self.repair(&mut batch, request).await {
                         let e = named(e, &batch.trail);
+                        self.abort(&mut batch).await;
+                        return Err(e);
+                    }
+                    continue;
+                }
+                settled = self.sealed.oldest_settled() => {
+                    if let Err(e) = settled.and_then(|()| self.finish_oldest()) {
                         self.abort(&mut batch).await;
                         return Err(e);
                     }
@@ -203,6 +238,7 @@ impl Applier {
                 if self.past_target(&commit) {
                     // Everything at or before the target is in the batch.
                     self.commit(batch).await?;
+                    self.settle_all().await?;
                     return Ok(Some(StreamEnd::Finished));
                 }
                 cursor.in_transaction = true;
@@ -296,6 +332,7 @@ impl Applier {
                     self.commit(batch).await?;
                 }
                 if at_target {
+                    self.settle_all().await?;
                     return Ok(Some(StreamEnd::Finished));
                 }
             }
@@ -313,6 +350,7 @@ impl Applier {
                     return Ok(None);
                 }
                 self.commit(batch).await?;
+                self.settle_all().await?;
                 // Everything up to `position` was sent and is applied: safe to confirm.
                 let at_target = self.at_target(&position);
                 self.confirm_idle(position, server_time_us);
@@ -329,7 +367,7 @@ impl Applier {
     }
 
     /// Tells the source it may discard its log up to `position` (never backwards).
-    fn confirm(&self, position: &Position) {
+    pub(super) fn confirm(&self, position: &Position) {
         self.confirm.send_if_modified(|c| {
             let raise = c.as_ref().is_none_or(|c| !c.covers(position));
             if raise {
@@ -340,7 +378,7 @@ impl Applier {
     }
 
     /// Confirms a keepalive position received when everything before it was applied.
-    fn confirm_idle(&self, position: Position, server_time_us: i64) {
+    pub(super) fn confirm_idle(&self, position: Position, server_time_us: i64) {
         self.confirm(&position);
         self.status.update(|s| {
             if s.checkpoint.as_ref().is_none_or(|c| !c.covers(&position)) {
@@ -432,70 +470,6 @@ impl Applier {
                 })
             }
         }
-    }
-
-    /// Commits the batch with its checkpoint, then confirms it to the source.
-    pub(super) async fn commit(&mut self, batch: &mut Batch) -> Result<(), RunError> {
-        let Some((end, commit_time_us)) = batch.end.clone() else {
-            return Ok(());
-        };
-        // Durable, then saved, then acknowledged: never reorder.
-        self.sink.commit_batch(end.clone()).await?;
-        if let Some(save) = &self.save_checkpoint {
-            save(&end)?;
-        }
-        if self
-            .skip
-            .as_ref()
-            .is_some_and(|(s, _)| end.covers(&s.position))
-        {
-            let (skip, forget) = self.skip.take().expect("checked above");
-            tracing::info!(position = %skip.position, changes = self.skipped_changes, "source transaction skipped");
-            forget();
-        }
-        self.confirm(&end);
-        if let Some(first) = self.on_first_commit.take() {
-            first();
-        }
-        for (from, to) in std::mem::take(&mut batch.renamed) {
-            // Durable on the target: a crash before this line finds it renamed there, and
-            // the stream's next announcement of the table renames nothing again.
-            (self.on_renamed)(&from, &to)?;
-        }
-        let caught_up = self.events.is_empty();
-        let per_table = batch.counts.per_table();
-        self.status.update(|s| {
-            for (table, rows) in &per_table {
-                let name = table.to_string();
-                if let Some(t) = s.tables.iter_mut().find(|t| t.table == name) {
-                    t.rows_applied += rows;
-                }
-            }
-            if s.checkpoint.as_ref().is_none_or(|c| !c.covers(&end)) {
-                s.checkpoint = Some(end.clone());
-            }
-            s.checkpoint_time_us = Some(commit_time_us);
-            if s.last_error_position
-                .as_ref()
-                .is_some_and(|p| end.covers(p))
-            {
-                s.last_error_position = None;
-            }
-            s.rows_applied += batch.rows;
-            s.transactions_applied += batch.transactions;
-            s.caught_up = caught_up;
-        });
-        if let Some((position, server_time_us)) = batch.idle.take().filter(|(p, _)| !end.covers(p))
-        {
-            self.confirm_idle(position, server_time_us);
-        }
-        self.metrics.transactions(batch.transactions);
-        batch.counts.publish(&self.metrics);
-        *batch = Batch {
-            counts: std::mem::take(&mut batch.counts),
-            ..Batch::default()
-        };
-        Ok(())
     }
 }
 

@@ -37,6 +37,7 @@
 mod apply;
 mod park;
 pub(crate) mod repair;
+mod settle;
 mod snapshot;
 mod stream;
 pub(crate) mod tables;

@@ -78,6 +78,7 @@ impl Applier {
         request: RepairRequest,
     ) -> Result<(), RunError> {
         self.commit(batch).await?;
+        self.settle_all().await?;
         if request.holding.send(()).is_err() {
             return Ok(());
         }

@@ -105,6 +105,8 @@ impl Runner {
             }),
             skipped_changes: 0,
             held: state.held.iter().map(|h| h.table.clone()).collect(),
+            sealed: Default::default(),
+            counts: Default::default(),
             on_renamed: {
                 let meta = self.meta.clone();
                 let key = self.config.key();

@@ -8,6 +8,7 @@
 //! - `snapshot`: the copy resumed after a crash or failure; snapshot-only; no copy.
 //! - `held`: one table paused and resumed, or re-synced, while the others stream.
 //! - `lifecycle`: pause and resume, crashes and restarts, retried source failures.
+//! - `settling`: stream sinks, whose batches become durable after they are sealed.
 //! - `soak`: a seeded random workload under all of those disturbances at once.
 //!
 //! [`Engine`]: ferry_engine::Engine
@@ -17,6 +18,7 @@ mod checkpoint;
 mod harness;
 mod held;
 mod lifecycle;
+mod settling;
 mod snapshot;
 mod soak;
 mod tables;

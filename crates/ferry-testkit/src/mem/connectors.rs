@@ -245,6 +245,8 @@ impl SinkConnector for MemSinkConnector {
             db: self.db.clone(),
             feed: feed.to_string(),
             pending: Vec::new(),
+            settle_after: self.db.lock().settle_after,
+            settled: None,
         }))
     }
 }

@@ -58,6 +58,7 @@ mod table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use ferry_core::{
     ConnectionUri, ErrorClass, FinishedChunk, Lsn, Position, Row, RowChange, SourceError, TableId,
@@ -165,6 +166,8 @@ struct State {
     sink_faults: Vec<(SinkStep, u32, SinkFault)>,
     faults_fired: usize,
     checkpoint_violations: Vec<String>,
+    /// Sinks act as streams: see [`MemDb::settle_after`].
+    settle_after: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -434,6 +437,14 @@ impl MemDb {
     /// Lets `calls` calls of `step` pass, then makes the next one do `fault`.
     pub fn fail_sink_after(&self, step: SinkStep, calls: u32, fault: SinkFault) {
         self.lock().sink_faults.push((step, calls, fault));
+    }
+
+    /// Makes the sinks connected from now on act as stream sinks: the engine keeps their
+    /// checkpoint, and each sealed batch lands on the target `delay` after it was sealed
+    /// (its acknowledgements), in order; a [`SinkStep::CommitBatch`] fault fails it then,
+    /// and every batch sealed after it fails too, landing nothing.
+    pub fn settle_after(&self, delay: Duration) {
+        self.lock().settle_after = Some(delay);
     }
 
     /// How many armed faults (source and sink) have fired.

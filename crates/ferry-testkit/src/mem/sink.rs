@@ -2,11 +2,12 @@
 //! `commit_batch`, together with the checkpoint; a snapshot chunk commits with its marker.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::{
-    ChunkData, ErrorClass, FinishedChunk, Position, RowChange, Sink, SinkError, TableId,
-    TableSchema,
+    CheckpointStore, ChunkData, ErrorClass, FinishedChunk, Position, RowChange, Settle, Sink,
+    SinkError, TableId, TableSchema,
 };
 use futures::StreamExt;
 
@@ -19,6 +20,11 @@ pub struct MemSink {
     pub(super) feed: String,
     /// The open batch.
     pub(super) pending: Vec<Pending>,
+    /// Acting as a stream: batches are durable this long after they are sealed, and the
+    /// engine keeps the checkpoint ([`MemDb::settle_after`]).
+    pub(super) settle_after: Option<Duration>,
+    /// Whether the batch sealed last landed, once it settled.
+    pub(super) settled: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
 
 /// What the open batch holds.
@@ -55,6 +61,13 @@ impl MemSink {
 
 #[async_trait]
 impl Sink for MemSink {
+    fn checkpoint_store(&self) -> CheckpointStore {
+        match self.settle_after {
+            Some(_) => CheckpointStore::External,
+            None => CheckpointStore::InTarget,
+        }
+    }
+
     async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
         Ok(self.db.target_checkpoint(&self.feed))
     }
@@ -74,52 +87,49 @@ impl Sink for MemSink {
 
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
         let fail_after = self.disturb(SinkStep::CommitBatch).await?;
-        let pending = std::mem::take(&mut self.pending);
-        let mut rows = 0;
-        {
-            let mut state = self.db.lock();
-            let target = &mut state.target;
-            for item in &pending {
-                match item {
-                    Pending::Change(change) => {
-                        rows += 1;
-                        let tables: Vec<TableId> = match change {
-                            RowChange::Insert { table, .. }
-                            | RowChange::Update { table, .. }
-                            | RowChange::Delete { table, .. } => vec![table.id.clone()],
-                            RowChange::Truncate { tables, .. } => {
-                                tables.iter().map(|t| t.id.clone()).collect()
-                            }
-                        };
-                        for table in tables {
-                            let rows = target.tables.entry(table.clone()).or_default();
-                            apply_change(rows, &table, change, &mut target.anomalies);
-                        }
-                    }
-                    Pending::Rename { from, to } => {
-                        let rows = target.tables.remove(from).unwrap_or_default();
-                        target.tables.insert(to.clone(), rows);
-                    }
-                }
-            }
-            let before = target.checkpoints.get(&self.feed);
-            if let Some(before) = before.filter(|b| !checkpoint.covers(b)) {
-                let anomaly = format!("{}: checkpoint {checkpoint} after {before}", self.feed);
-                target.anomalies.push(anomaly);
-            }
-            target
-                .checkpoints
-                .insert(self.feed.clone(), checkpoint.clone());
-            target.batches.push(CommittedBatch {
-                feed: self.feed.clone(),
-                checkpoint,
-                rows,
-            });
-        }
+        land(
+            &self.db,
+            &self.feed,
+            std::mem::take(&mut self.pending),
+            checkpoint,
+        );
         match fail_after {
             Some(class) => Err(injected(SinkStep::CommitBatch, class)),
             None => Ok(()),
         }
+    }
+
+    async fn seal_batch(&mut self, checkpoint: Position) -> Result<Option<Settle>, SinkError> {
+        let Some(delay) = self.settle_after else {
+            return self.commit_batch(checkpoint).await.map(|()| None);
+        };
+        // The batch lands when it settled, after every batch sealed before it, and not at
+        // all when one before it failed (as a stream's acknowledgements come in order).
+        let fault = self.db.take_sink_fault(SinkStep::CommitBatch);
+        let (db, feed) = (self.db.clone(), self.feed.clone());
+        let pending = std::mem::take(&mut self.pending);
+        let before = self.settled.take();
+        let (done, settled) = tokio::sync::oneshot::channel();
+        self.settled = Some(settled);
+        Ok(Some(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let landed_before = match before {
+                Some(before) => before.await.unwrap_or(false),
+                None => true,
+            };
+            let failed = match fault {
+                Some(SinkFault::Fail(class) | SinkFault::FailAfterCommit(class)) => Some(class),
+                _ if !landed_before => Some(ErrorClass::Transient),
+                _ => None,
+            };
+            if let Some(class) = failed {
+                let _ = done.send(false);
+                return Err(injected(SinkStep::CommitBatch, class));
+            }
+            land(&db, &feed, pending, checkpoint);
+            let _ = done.send(true);
+            Ok(())
+        })))
     }
 
     async fn abort_batch(&mut self) {
@@ -208,5 +218,50 @@ impl Sink for MemSink {
 
     async fn finish_table(&mut self, _schema: &TableSchema) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// Applies a batch to the target with its checkpoint, as one commit.
+fn land(db: &MemDb, feed: &str, pending: Vec<Pending>, checkpoint: Position) {
+    let mut rows = 0;
+    {
+        let mut state = db.lock();
+        let target = &mut state.target;
+        for item in &pending {
+            match item {
+                Pending::Change(change) => {
+                    rows += 1;
+                    let tables: Vec<TableId> = match change {
+                        RowChange::Insert { table, .. }
+                        | RowChange::Update { table, .. }
+                        | RowChange::Delete { table, .. } => vec![table.id.clone()],
+                        RowChange::Truncate { tables, .. } => {
+                            tables.iter().map(|t| t.id.clone()).collect()
+                        }
+                    };
+                    for table in tables {
+                        let rows = target.tables.entry(table.clone()).or_default();
+                        apply_change(rows, &table, change, &mut target.anomalies);
+                    }
+                }
+                Pending::Rename { from, to } => {
+                    let rows = target.tables.remove(from).unwrap_or_default();
+                    target.tables.insert(to.clone(), rows);
+                }
+            }
+        }
+        let before = target.checkpoints.get(feed);
+        if let Some(before) = before.filter(|b| !checkpoint.covers(b)) {
+            let anomaly = format!("{}: checkpoint {checkpoint} after {before}", feed);
+            target.anomalies.push(anomaly);
+        }
+        target
+            .checkpoints
+            .insert(feed.to_string(), checkpoint.clone());
+        target.batches.push(CommittedBatch {
+            feed: feed.to_string(),
+            checkpoint,
+            rows,
+        });
     }
 }

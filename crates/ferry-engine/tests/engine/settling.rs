@@ -1,0 +1,77 @@
+//! Stream sinks: a sealed batch becomes durable later (its acknowledgements), the next
+//! batch fills meanwhile, and a checkpoint is saved and confirmed only once its batch and
+//! every one before it landed (`MemDb::settle_after`).
+
+use std::time::Duration;
+
+use ferry_core::ErrorClass;
+use ferry_engine::config::Options;
+use ferry_testkit::mem::{MemDb, SinkFault, SinkStep};
+use tokio::time::Instant;
+
+use crate::harness::{insert_each, Harness, FEED};
+
+fn options(batch_max_rows: usize) -> Options {
+    Options {
+        batch_max_rows,
+        ..Options::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_batch_fills_while_one_settles() {
+    let db = MemDb::new();
+    db.settle_after(Duration::from_millis(50));
+    let t = db.create_table("public", "t");
+    let h = Harness::start(&db);
+    h.create(h.config(&[], options(50))).await;
+    h.wait_caught_up().await;
+
+    let started = Instant::now();
+    insert_each(&db, &t, 0, 400);
+    h.wait_caught_up().await;
+    let took = started.elapsed();
+
+    let batches = db.batches(FEED);
+    assert_eq!(batches.iter().map(|b| b.rows).sum::<usize>(), 400);
+    assert!(
+        batches
+            .windows(2)
+            .all(|w| w[1].checkpoint.covers(&w[0].checkpoint)),
+        "batches landed out of order"
+    );
+    // One after another, 8 batches would take 8 × 50 ms; up to 4 settle at once.
+    assert!(
+        took < Duration::from_millis(8 * 50),
+        "{} batches took {took:?}",
+        batches.len()
+    );
+    assert_eq!(h.status().transactions_applied, 400);
+    h.assert_identical(&[&t]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_that_fails_to_settle_is_sent_again_with_every_batch_after_it() {
+    let db = MemDb::new();
+    db.settle_after(Duration::from_millis(20));
+    let t = db.create_table("public", "t");
+    let h = Harness::start(&db);
+    h.create(h.config(&[], options(20))).await;
+    h.wait_caught_up().await;
+
+    // The third batch is never acknowledged; the ones sealed after it land nothing either.
+    db.fail_sink_after(
+        SinkStep::CommitBatch,
+        2,
+        SinkFault::Fail(ErrorClass::Transient),
+    );
+    insert_each(&db, &t, 0, 200);
+    h.wait("the settle to fail", |h| h.db.faults_fired() == 1)
+        .await;
+    h.wait_caught_up().await;
+    assert!(h
+        .status()
+        .last_warning
+        .is_some_and(|w| w.contains("injected")));
+    h.assert_identical(&[&t]);
+}
