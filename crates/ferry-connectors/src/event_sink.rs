@@ -30,7 +30,7 @@ use ferry_core::{
     CheckpointStore, ChunkData, EventOptions, FinishedChunk, Position, RowChange, Settle, Sink,
     SinkError, TableId, TableSchema, TxMeta,
 };
-use ferry_events::{ChunkEvents, Event, Origin, TransactionEvents};
+use ferry_events::{ChunkEvents, Event, Origin, SchemaCache, TransactionEvents};
 use futures::StreamExt;
 
 /// Moves events to one kind of destination.
@@ -71,6 +71,8 @@ pub(crate) struct EventSink<T> {
     options: EventOptions,
     /// The open source transaction, numbering its events.
     tx: Option<TransactionEvents>,
+    /// Schemas written once per table shape (`schemas=true`).
+    schemas: SchemaCache,
 }
 
 impl<T: Transport> EventSink<T> {
@@ -81,6 +83,7 @@ impl<T: Transport> EventSink<T> {
             origin,
             options,
             tx: None,
+            schemas: SchemaCache::default(),
         }
     }
 
@@ -104,7 +107,7 @@ impl<T: Transport> EventSink<T> {
     ) -> Result<(), SinkError> {
         if self.options.schemas {
             match table {
-                Some(table) => ferry_events::attach_schema(&mut event, table, &self.origin),
+                Some(table) => self.schemas.attach(&mut event, table, &self.origin),
                 None => {
                     let bare = TableSchema {
                         id: event.table.clone(),
@@ -115,7 +118,7 @@ impl<T: Transport> EventSink<T> {
                         partition_of: Vec::new(),
                         dialect: ferry_core::Dialect::Postgres,
                     };
-                    ferry_events::attach_schema(&mut event, &bare, &self.origin)
+                    self.schemas.attach(&mut event, &bare, &self.origin)
                 }
             }
         }

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::envelope::{Event, EventKind, TransactionEvents};
+use crate::envelope::{Event, EventKind, Op, TransactionEvents};
 
 impl TransactionEvents {
     /// The transaction's `BEGIN` event.
@@ -15,14 +15,16 @@ impl TransactionEvents {
             id: format!("{}:begin", self.tx.commit),
             kind: EventKind::Transaction,
             table: ferry_core::TableId::new("", ""),
-            key: json!({ "id": self.transaction_id() }),
-            json: json!({
+            op: None,
+            connector: "",
+            key: Some(text(&json!({ "id": self.transaction_id() }))),
+            json: text(&json!({
                 "status": "BEGIN",
                 "id": self.transaction_id(),
                 "ts_ms": self.tx.commit_time_us.div_euclid(1000),
                 "event_count": Json::Null,
                 "data_collections": Json::Null,
-            }),
+            })),
         }
     }
 
@@ -39,14 +41,16 @@ impl TransactionEvents {
             id: format!("{}:end", self.tx.commit),
             kind: EventKind::Transaction,
             table: ferry_core::TableId::new("", ""),
-            key: json!({ "id": self.transaction_id() }),
-            json: json!({
+            op: None,
+            connector: "",
+            key: Some(text(&json!({ "id": self.transaction_id() }))),
+            json: text(&json!({
                 "status": "END",
                 "id": self.transaction_id(),
                 "ts_ms": self.tx.commit_time_us.div_euclid(1000),
                 "event_count": self.total,
                 "data_collections": collections,
-            }),
+            })),
         }
     }
 }
@@ -54,15 +58,21 @@ impl TransactionEvents {
 /// The tombstone that follows `delete` (a `d` event with a key): same key, no value.
 /// `None` for any other event.
 pub fn tombstone(delete: &Event) -> Option<Event> {
-    (delete.kind == EventKind::Change && delete.json["op"] == "d" && !delete.key.is_null()).then(
-        || Event {
+    (delete.kind == EventKind::Change && delete.op == Some(Op::Delete) && delete.key.is_some())
+        .then(|| Event {
             id: format!("{}:tombstone", delete.id),
             kind: EventKind::Tombstone,
             table: delete.table.clone(),
+            op: None,
+            connector: delete.connector,
             key: delete.key.clone(),
-            json: Json::Null,
-        },
-    )
+            json: Vec::new(),
+        })
+}
+
+/// The JSON text of a value built whole (the rare events: a few per transaction).
+fn text(json: &Json) -> Vec<u8> {
+    serde_json::to_vec(json).expect("JSON values always serialize")
 }
 
 #[cfg(test)]
@@ -105,7 +115,7 @@ mod tests {
             name: "ns/f".into(),
             db: "shop".into(),
         };
-        assert_eq!(tx.begin_event().json["status"], "BEGIN");
+        assert_eq!(tx.begin_event().value()["status"], "BEGIN");
         let row = vec![Value::Text("1".into())];
         let insert = RowChange::Insert {
             table: table.clone(),
@@ -116,17 +126,18 @@ mod tests {
         let deleted = tx.events(&origin, &delete, 0).unwrap();
         let end = tx.end_event();
         assert_eq!(end.id, "0/100:end");
-        assert_eq!(end.json["event_count"], 2);
-        assert_eq!(end.json["id"], "77:256");
+        let end = end.value();
+        assert_eq!(end["event_count"], 2);
+        assert_eq!(end["id"], "77:256");
         assert_eq!(
-            end.json["data_collections"],
+            end["data_collections"],
             json!([{"data_collection": "public.t", "event_count": 2}])
         );
         assert_eq!(tombstone(&inserted[0]), None);
         let t = tombstone(&deleted[0]).unwrap();
         assert_eq!(
-            (t.key, t.json, t.kind),
-            (json!({"id": 1}), Json::Null, EventKind::Tombstone)
+            (t.key_value(), t.json, t.kind),
+            (json!({"id": 1}), Vec::new(), EventKind::Tombstone)
         );
     }
 }
@@ -160,7 +171,7 @@ mod mysql_tests {
             db: String::new(),
         };
         let change = RowChange::Insert { table, new: vec![] };
-        tx.events(&origin, &change, 0).unwrap()[0].json["source"].clone()
+        tx.events(&origin, &change, 0).unwrap()[0].value()["source"].clone()
     }
 
     #[test]

@@ -121,7 +121,12 @@ mod tests {
         assert_eq!(rows, 3);
         let marks: Vec<_> = events
             .iter()
-            .map(|e| e.json["source"]["snapshot"].as_str().unwrap())
+            .map(|e| {
+                e.value()["source"]["snapshot"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(marks, ["true", "true", "last"]);
         assert_eq!(events[2].id, "snapshot:0/10:public.t:2:2");
@@ -146,7 +151,7 @@ mod tests {
             reset.id, recopy.id,
             "a consumer would drop the second as a repeat"
         );
-        assert_eq!(reset.json["op"], "t");
-        assert_eq!(reset.json["source"]["table"], "t");
+        assert_eq!(reset.value()["op"], "t");
+        assert_eq!(reset.value()["source"]["table"], "t");
     }
 }

@@ -11,9 +11,10 @@
 //!   `snapshot:<earlier snapshot>:<schema>.<table>:reset` before a new first snapshot.
 
 use ferry_core::{ColumnSchema, Position, Row, RowChange, TableSchema, TxMeta};
-use serde_json::{json, Map, Value as Json};
+use serde_json::Value as Json;
 
 use crate::value::{encode, ValueError};
+use crate::write::{put, Object};
 
 /// Debezium's `op`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +80,7 @@ pub enum EventKind {
     Tombstone,
 }
 
-/// One event, ready to write: its id and its JSON.
+/// One event, ready to write: its id and its JSON text.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// The stable id (also in `source.event_id`).
@@ -88,11 +89,31 @@ pub struct Event {
     pub kind: EventKind,
     /// The table it belongs to.
     pub table: ferry_core::TableId,
-    /// The message key, as Debezium's: the row's key columns as a JSON object (the new
-    /// row's, the old one's for a delete); null for a table without a key and for `t`.
-    pub key: Json,
-    /// The envelope.
-    pub json: Json,
+    /// A change event's `op` (`None` for transaction events and tombstones).
+    pub op: Option<Op>,
+    /// A change event's `source.connector` (`""` for transaction events).
+    pub connector: &'static str,
+    /// The message key as JSON text, as Debezium's: the row's key columns as an object
+    /// (the new row's, the old one's for a delete); `None` for a table without a key and
+    /// for `t`.
+    pub key: Option<Vec<u8>>,
+    /// The event as JSON text (empty for a tombstone, which has no value).
+    pub json: Vec<u8>,
+}
+
+impl Event {
+    /// The event's JSON, parsed (transports send [`Event::json`] as it is).
+    pub fn value(&self) -> Json {
+        serde_json::from_slice(&self.json).unwrap_or(Json::Null)
+    }
+
+    /// The key's JSON, parsed; null without a key.
+    pub fn key_value(&self) -> Json {
+        self.key
+            .as_deref()
+            .and_then(|key| serde_json::from_slice(key).ok())
+            .unwrap_or(Json::Null)
+    }
 }
 
 /// Numbers the events of one source transaction and builds them.
@@ -103,24 +124,24 @@ pub struct TransactionEvents {
     pub(crate) total: u64,
     /// Events so far per table, for `data_collection_order`.
     pub(crate) per_table: std::collections::HashMap<ferry_core::TableId, u64>,
+    /// `transaction.id`, written once.
+    transaction_id: String,
 }
 
 impl TransactionEvents {
     /// The transaction's id as Debezium writes it: `txId:lsn`.
     pub fn transaction_id(&self) -> String {
-        format!(
-            "{}:{}",
-            self.tx.source_tx_id,
-            position_number(&self.tx.commit)
-        )
+        self.transaction_id.clone()
     }
 
     /// A transaction begins.
     pub fn new(tx: TxMeta) -> Self {
+        let transaction_id = format!("{}:{}", tx.source_tx_id, position_number(&tx.commit));
         TransactionEvents {
             tx,
             total: 0,
             per_table: Default::default(),
+            transaction_id,
         }
     }
 
@@ -147,26 +168,29 @@ impl TransactionEvents {
         for (table, op, before, after) in rows {
             let ordinal = self.total;
             self.total += 1;
-            let in_table = self.per_table.entry(table.id.clone()).or_default();
+            let in_table = match self.per_table.get_mut(&table.id) {
+                Some(n) => n,
+                None => self.per_table.entry(table.id.clone()).or_default(),
+            };
             *in_table += 1;
             let in_table = *in_table;
             let id = format!("{}:{ordinal}", self.tx.commit);
-            let mut source = source_block(origin, table, &self.tx.commit, &id);
-            source.insert(
-                "ts_ms".into(),
-                json!(self.tx.commit_time_us.div_euclid(1000)),
-            );
-            source.insert("snapshot".into(), json!("false"));
-            source.insert("txId".into(), json!(self.tx.source_tx_id));
-            let transaction = json!({
-                "id": self.transaction_id(),
-                "total_order": ordinal + 1,
-                "data_collection_order": in_table,
-            });
+            let head = Head {
+                origin,
+                table,
+                position: &self.tx.commit,
+                id: &id,
+                ts_ms: self.tx.commit_time_us.div_euclid(1000),
+                snapshot: "false",
+                tx_id: Some(self.tx.source_tx_id),
+            };
+            let transaction = Some((self.transaction_id.as_str(), ordinal + 1, in_table));
             events.push(Event {
                 kind: EventKind::Change,
+                op: Some(op),
+                connector: connector_name(&self.tx.commit),
                 key: key_json(table, after.or(before))?,
-                json: envelope(table, op, before, after, source, transaction, now_ms)?,
+                json: envelope(&head, op, before, after, transaction, now_ms)?,
                 table: table.id.clone(),
                 id,
             });
@@ -200,17 +224,21 @@ pub fn snapshot_event(
         "snapshot:{}:{}:{}:{}",
         read.snapshot, table.id, read.chunk, read.row
     );
-    let mut source = source_block(origin, table, read.snapshot, &id);
-    source.insert("ts_ms".into(), json!(now_ms));
-    source.insert(
-        "snapshot".into(),
-        json!(if read.last { "last" } else { "true" }),
-    );
-    source.insert("txId".into(), Json::Null);
+    let head = Head {
+        origin,
+        table,
+        position: read.snapshot,
+        id: &id,
+        ts_ms: now_ms,
+        snapshot: if read.last { "last" } else { "true" },
+        tx_id: None,
+    };
     Ok(Event {
         kind: EventKind::Change,
+        op: Some(Op::Read),
+        connector: connector_name(read.snapshot),
         key: key_json(table, Some(row))?,
-        json: envelope(table, Op::Read, None, Some(row), source, Json::Null, now_ms)?,
+        json: envelope(&head, Op::Read, None, Some(row), None, now_ms)?,
         table: table.id.clone(),
         id,
     })
@@ -226,14 +254,32 @@ pub fn recopy_truncate_event(
     now_ms: i64,
 ) -> Result<Event, EncodeError> {
     let id = format!("snapshot:{snapshot}:{}:{chunk}:truncate", table.id);
-    let mut source = source_block(origin, table, snapshot, &id);
-    source.insert("ts_ms".into(), json!(now_ms));
-    source.insert("snapshot".into(), json!("true"));
-    source.insert("txId".into(), Json::Null);
+    truncate_event(origin, table, snapshot, id, now_ms)
+}
+
+/// A snapshot's `t` event of `table`, with id `id`.
+fn truncate_event(
+    origin: &Origin,
+    table: &TableSchema,
+    snapshot: &Position,
+    id: String,
+    now_ms: i64,
+) -> Result<Event, EncodeError> {
+    let head = Head {
+        origin,
+        table,
+        position: snapshot,
+        id: &id,
+        ts_ms: now_ms,
+        snapshot: "true",
+        tx_id: None,
+    };
     Ok(Event {
         kind: EventKind::Change,
-        key: Json::Null,
-        json: envelope(table, Op::Truncate, None, None, source, Json::Null, now_ms)?,
+        op: Some(Op::Truncate),
+        connector: connector_name(snapshot),
+        key: None,
+        json: envelope(&head, Op::Truncate, None, None, None, now_ms)?,
         table: table.id.clone(),
         id,
     })
@@ -273,80 +319,89 @@ pub fn reset_truncate_event(
         dialect: ferry_core::Dialect::Postgres,
     };
     let id = format!("snapshot:{snapshot}:{}:reset", table.id);
-    let mut source = source_block(origin, &table, snapshot, &id);
-    source.insert("ts_ms".into(), json!(now_ms));
-    source.insert("snapshot".into(), json!("true"));
-    source.insert("txId".into(), Json::Null);
-    Ok(Event {
-        kind: EventKind::Change,
-        key: Json::Null,
-        json: envelope(&table, Op::Truncate, None, None, source, Json::Null, now_ms)?,
-        table: table.id,
-        id,
-    })
+    truncate_event(origin, &table, snapshot, id, now_ms)
 }
 
-/// The envelope's fields in Debezium's order.
+/// What an event's `source` block says.
+struct Head<'a> {
+    origin: &'a Origin,
+    table: &'a TableSchema,
+    /// The commit position of a change, the snapshot's of a read.
+    position: &'a Position,
+    id: &'a str,
+    /// `source.ts_ms`: commit time of a change, processing time of a read.
+    ts_ms: i64,
+    /// `source.snapshot`: `true`, `last` or `false`.
+    snapshot: &'static str,
+    /// `source.txId`: set on changes.
+    tx_id: Option<u64>,
+}
+
+/// The envelope's JSON text, its fields in Debezium's order; `transaction` is `(id,
+/// total_order, data_collection_order)`.
 fn envelope(
-    table: &TableSchema,
+    head: &Head<'_>,
     op: Op,
     before: Option<&Row>,
     after: Option<&Row>,
-    source: Map<String, Json>,
-    transaction: Json,
+    transaction: Option<(&str, u64, u64)>,
     now_ms: i64,
-) -> Result<Json, EncodeError> {
-    let mut event = Map::new();
-    event.insert("before".into(), row_json(table, before)?);
-    event.insert("after".into(), row_json(table, after)?);
-    event.insert("source".into(), Json::Object(source));
-    event.insert("op".into(), json!(op.code()));
-    event.insert("ts_ms".into(), json!(now_ms));
-    event.insert("transaction".into(), transaction);
-    Ok(Json::Object(event))
+) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(512);
+    let mut event = Object::open(&mut out);
+    row_json(event.field("before"), head.table, before)?;
+    row_json(event.field("after"), head.table, after)?;
+    source_block(event.field("source"), head);
+    event.value("op", op.code());
+    event.value("ts_ms", &now_ms);
+    match transaction {
+        Some((id, total_order, in_table)) => {
+            let mut block = Object::open(event.field("transaction"));
+            block.value("id", id);
+            block.value("total_order", &total_order);
+            block.value("data_collection_order", &in_table);
+            block.close();
+        }
+        None => event.field("transaction").extend_from_slice(b"null"),
+    }
+    event.close();
+    Ok(out)
 }
 
-/// The `source` block's fields common to reads and changes, minus `ts_ms`, `snapshot` and
-/// `txId` (the caller's).
-fn source_block(
-    origin: &Origin,
-    table: &TableSchema,
-    position: &Position,
-    id: &str,
-) -> Map<String, Json> {
-    let mut source = Map::new();
-    source.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-    source.insert("connector".into(), json!(connector_name(position)));
-    source.insert("name".into(), json!(origin.name));
-    source.insert("db".into(), json!(origin.db));
-    source.insert("schema".into(), json!(table.id.schema));
-    source.insert("table".into(), json!(table.id.name));
+/// The `source` block, in Debezium's order.
+fn source_block(out: &mut Vec<u8>, head: &Head<'_>) {
+    let position = head.position;
+    let mut source = Object::open(out);
+    source.value("version", env!("CARGO_PKG_VERSION"));
+    source.value("connector", connector_name(position));
+    source.value("name", &head.origin.name);
+    source.value("ts_ms", &head.ts_ms);
+    source.value("snapshot", head.snapshot);
+    source.value("db", &head.origin.db);
+    source.value("schema", &head.table.id.schema);
+    source.value("table", &head.table.id.name);
+    source.value("txId", &head.tx_id);
     match position {
-        Position::PgLsn(lsn) => {
-            source.insert("lsn".into(), json!(lsn.0));
-        }
+        Position::PgLsn(lsn) => source.value("lsn", &lsn.0),
         // Debezium's MySQL fields: the GTID position, or the binlog file and offset where
         // GTIDs are off; `row` (the row within its binlog event) is not known to Ferry.
         Position::BinlogFile(_) => {
             let text = position.to_string();
             let (file, pos) = text.rsplit_once(':').unwrap_or((text.as_str(), ""));
-            source.insert("gtid".into(), Json::Null);
-            source.insert("file".into(), json!(file));
-            source.insert(
-                "pos".into(),
-                pos.parse::<u64>().map_or(Json::Null, |p| json!(p)),
-            );
-            source.insert("row".into(), Json::Null);
+            source.value("gtid", &None::<()>);
+            source.value("file", file);
+            source.value("pos", &pos.parse::<u64>().ok());
+            source.value("row", &None::<()>);
         }
         Position::MariaDbGtid(_) | Position::MySqlGtid(_) => {
-            source.insert("gtid".into(), json!(position.to_string()));
-            source.insert("file".into(), Json::Null);
-            source.insert("pos".into(), Json::Null);
-            source.insert("row".into(), Json::Null);
+            source.value("gtid", &position.to_string());
+            source.value("file", &None::<()>);
+            source.value("pos", &None::<()>);
+            source.value("row", &None::<()>);
         }
     }
-    source.insert("event_id".into(), json!(id));
-    source
+    source.value("event_id", head.id);
+    source.close();
 }
 
 /// Debezium's `source.connector` for a source of this kind.
@@ -367,42 +422,51 @@ pub(crate) fn position_number(position: &Position) -> String {
     }
 }
 
-fn row_json(table: &TableSchema, row: Option<&Row>) -> Result<Json, EncodeError> {
+/// A row as an object of its columns in table order; null without a row.
+fn row_json(out: &mut Vec<u8>, table: &TableSchema, row: Option<&Row>) -> Result<(), EncodeError> {
     let Some(row) = row else {
-        return Ok(Json::Null);
+        out.extend_from_slice(b"null");
+        return Ok(());
     };
-    let mut object = Map::new();
+    let mut object = Object::open(out);
     for (column, value) in table.columns.iter().zip(row) {
-        object.insert(column.name.clone(), column_json(table, column, value)?);
+        column_json(&mut object, table, column, value)?;
     }
-    Ok(Json::Object(object))
+    object.close();
+    Ok(())
 }
 
-/// The key columns of `row` as an object; null without a key or a row.
-fn key_json(table: &TableSchema, row: Option<&Row>) -> Result<Json, EncodeError> {
+/// The key columns of `row` as an object; `None` without a key or a row.
+fn key_json(table: &TableSchema, row: Option<&Row>) -> Result<Option<Vec<u8>>, EncodeError> {
     let Some(row) = row.filter(|_| table.has_key()) else {
-        return Ok(Json::Null);
+        return Ok(None);
     };
-    let mut object = Map::new();
+    let mut out = Vec::with_capacity(32);
+    let mut object = Object::open(&mut out);
     for &i in &table.key {
         let (Some(column), Some(value)) = (table.columns.get(i), row.get(i)) else {
             continue;
         };
-        object.insert(column.name.clone(), column_json(table, column, value)?);
+        column_json(&mut object, table, column, value)?;
     }
-    Ok(Json::Object(object))
+    object.close();
+    Ok(Some(out))
 }
 
+/// Field `column` with `value` encoded as its logical type.
 fn column_json(
+    object: &mut Object<'_>,
     table: &TableSchema,
     column: &ColumnSchema,
     value: &ferry_core::Value,
-) -> Result<Json, EncodeError> {
-    encode(&column.logical, value).map_err(|source| EncodeError {
+) -> Result<(), EncodeError> {
+    let json = encode(&column.logical, value).map_err(|source| EncodeError {
         table: table.id.to_string(),
         column: column.name.clone(),
         source,
-    })
+    })?;
+    put(object.escaped_field(&column.name), &json);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -490,7 +554,8 @@ mod tests {
         }
         let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["1/A0:0", "1/A0:1", "1/A0:2", "1/A0:3", "1/A0:4"]);
-        let ops: Vec<&Json> = all.iter().map(|e| &e.json["op"]).collect();
+        let values: Vec<Json> = all.iter().map(Event::value).collect();
+        let ops: Vec<&Json> = values.iter().map(|e| &e["op"]).collect();
         assert_eq!(
             ops,
             [
@@ -502,7 +567,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            all[0].json,
+            values[0],
             json!({
                 "before": null,
                 "after": {"id": 1, "price": "9.50"},
@@ -517,15 +582,12 @@ mod tests {
                 "transaction": {"id": "771:4294967456", "total_order": 1, "data_collection_order": 1},
             })
         );
-        assert_eq!(
-            all[1].json["after"]["price"],
-            json!(crate::UNAVAILABLE_VALUE)
-        );
-        assert_eq!(all[2].json["before"], json!({"id": 1, "price": null}));
-        assert!(all[2].json["after"].is_null());
-        assert_eq!(all[3].json["transaction"]["data_collection_order"], 4);
-        assert_eq!(all[4].json["transaction"]["data_collection_order"], 1);
-        assert_eq!(all[4].json["source"]["table"], "b");
+        assert_eq!(values[1]["after"]["price"], json!(crate::UNAVAILABLE_VALUE));
+        assert_eq!(values[2]["before"], json!({"id": 1, "price": null}));
+        assert!(values[2]["after"].is_null());
+        assert_eq!(values[3]["transaction"]["data_collection_order"], 4);
+        assert_eq!(values[4]["transaction"]["data_collection_order"], 1);
+        assert_eq!(values[4]["source"]["table"], "b");
 
         // Re-sent: the same ids and the same changes.
         let mut again = TransactionEvents::new(tx());
@@ -535,7 +597,7 @@ mod tests {
             j["ts_ms"] = Json::Null;
             j
         };
-        assert_eq!(strip(resent[0].json.clone()), strip(all[0].json.clone()));
+        assert_eq!(strip(resent[0].value()), strip(values[0].clone()));
     }
 
     #[test]
@@ -550,11 +612,12 @@ mod tests {
         let event =
             snapshot_event(&origin(), &table("a"), read, &vec![text("3"), text("1")], 1).unwrap();
         assert_eq!(event.id, "snapshot:0/10:public.a:2:7");
-        assert_eq!(event.json["op"], "r");
-        assert_eq!(event.json["source"]["snapshot"], "last");
-        assert!(event.json["transaction"].is_null() && event.json["before"].is_null());
+        let json = event.value();
+        assert_eq!(json["op"], "r");
+        assert_eq!(json["source"]["snapshot"], "last");
+        assert!(json["transaction"].is_null() && json["before"].is_null());
         let t = recopy_truncate_event(&origin(), &table("a"), &snapshot, 0, 1).unwrap();
-        assert_eq!(t.json["op"], "t");
+        assert_eq!(t.value()["op"], "t");
         assert_eq!(t.id, "snapshot:0/10:public.a:0:truncate");
     }
 

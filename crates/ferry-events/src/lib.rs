@@ -2,9 +2,12 @@
 //! NATS today; Kafka and webhooks to come). No I/O: a sink hands rows in and gets JSON out.
 //!
 //! ```text
-//!  RowChange + TxMeta ──► envelope::TransactionEvents ──► Event { id, table, json }
+//!  RowChange + TxMeta ──► envelope::TransactionEvents ──► Event { id, table, key, json }
 //!  snapshot Row       ──► chunk::ChunkEvents           ─┘        (value::encode per column)
 //! ```
+//!
+//! Events are JSON text, written field by field in Debezium's order (`write`); the schema
+//! form wraps that text with schemas written once per table shape ([`SchemaCache`]).
 //!
 //! The format is documented for users in `docs/events.md`. Invariants:
 //! - every event carries `before`, `after`, `source`, `op`, `ts_ms` and `transaction`
@@ -18,6 +21,7 @@ pub mod chunk;
 pub mod envelope;
 pub mod schema;
 pub mod value;
+mod write;
 
 pub use boundary::tombstone;
 pub use chunk::ChunkEvents;
@@ -25,5 +29,5 @@ pub use envelope::{
     recopy_truncate_event, reset_events, reset_truncate_event, snapshot_event, EncodeError, Event,
     EventKind, Op, Origin, SnapshotRead, TransactionEvents,
 };
-pub use schema::attach_schema;
+pub use schema::SchemaCache;
 pub use value::{encode, ValueError, UNAVAILABLE_VALUE};

@@ -6,37 +6,95 @@
 //! semantic types (`io.debezium.time.MicroTimestamp`, `io.debezium.data.Json`, …), decimals
 //! as strings (`decimal.handling.mode=string`).
 
-use ferry_core::{ColumnSchema, LogicalType, TableSchema};
+use std::collections::HashMap;
+
+use ferry_core::{ColumnSchema, LogicalType, TableId, TableSchema};
 use serde_json::{json, Value as Json};
 
 use crate::envelope::{Event, EventKind, Origin};
 
-/// `event` in the schema form: its value (and its key, when it has one) wrapped with their
-/// schemas. `table` is the event's table (ignored for transaction events).
-pub fn attach_schema(event: &mut Event, table: &TableSchema, origin: &Origin) {
-    let names = Names::new(origin, table);
-    if !event.key.is_null() {
-        let key = std::mem::take(&mut event.key);
-        let schema = if event.kind == EventKind::Transaction {
-            json!({"type": "struct", "optional": false, "name": "io.debezium.connector.common.TransactionMetadataKey",
-                   "fields": [{"type": "string", "optional": false, "field": "id"}]})
-        } else {
-            key_schema(table, &names)
-        };
-        event.key = json!({"schema": schema, "payload": key});
-    }
-    let schema = match event.kind {
-        EventKind::Tombstone => return,
-        EventKind::Transaction => transaction_schema(),
-        EventKind::Change => {
-            let connector = event.json["source"]["connector"]
-                .as_str()
-                .unwrap_or("postgresql");
-            envelope_schema(table, &names, connector)
+/// The schema form's `schema` parts, written once per table shape and connector and kept
+/// as JSON text: an event is wrapped by splicing texts, not by building its schema again.
+#[derive(Default)]
+pub struct SchemaCache {
+    tables: HashMap<(TableId, &'static str), Shape>,
+}
+
+/// One table shape's schemas.
+struct Shape {
+    columns: Vec<ColumnSchema>,
+    key: Vec<usize>,
+    value: Vec<u8>,
+    key_schema: Vec<u8>,
+}
+
+impl SchemaCache {
+    /// `event` in the schema form: its value (and its key, when it has one) wrapped with
+    /// their schemas. `table` is the event's table (ignored for transaction events).
+    pub fn attach(&mut self, event: &mut Event, table: &TableSchema, origin: &Origin) {
+        if event.kind == EventKind::Transaction {
+            if let Some(key) = &event.key {
+                event.key = Some(wrap(&text(&transaction_key_schema()), key));
+            }
+            event.json = wrap(&text(&transaction_schema()), &event.json);
+            return;
         }
-    };
-    let payload = std::mem::take(&mut event.json);
-    event.json = json!({"schema": schema, "payload": payload});
+        let connector = if event.connector.is_empty() {
+            "postgresql"
+        } else {
+            event.connector
+        };
+        let shape = self.shape(table, origin, connector);
+        if let Some(key) = &event.key {
+            event.key = Some(wrap(&shape.key_schema, key));
+        }
+        if event.kind == EventKind::Change {
+            event.json = wrap(&shape.value, &event.json);
+        }
+    }
+
+    /// The schemas of `table` as it is now.
+    fn shape(&mut self, table: &TableSchema, origin: &Origin, connector: &'static str) -> &Shape {
+        let entry = self
+            .tables
+            .entry((table.id.clone(), connector))
+            .or_insert_with(|| Shape {
+                columns: Vec::new(),
+                key: Vec::new(),
+                value: Vec::new(),
+                key_schema: Vec::new(),
+            });
+        if entry.value.is_empty() || entry.columns != table.columns || entry.key != table.key {
+            let names = Names::new(origin, table);
+            *entry = Shape {
+                columns: table.columns.clone(),
+                key: table.key.clone(),
+                value: text(&envelope_schema(table, &names, connector)),
+                key_schema: text(&key_schema(table, &names)),
+            };
+        }
+        entry
+    }
+}
+
+/// `{"schema": schema, "payload": payload}`, from their JSON texts.
+fn wrap(schema: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(schema.len() + payload.len() + 24);
+    out.extend_from_slice(b"{\"schema\":");
+    out.extend_from_slice(schema);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(payload);
+    out.push(b'}');
+    out
+}
+
+fn text(json: &Json) -> Vec<u8> {
+    serde_json::to_vec(json).expect("JSON values always serialize")
+}
+
+fn transaction_key_schema() -> Json {
+    json!({"type": "struct", "optional": false, "name": "io.debezium.connector.common.TransactionMetadataKey",
+           "fields": [{"type": "string", "optional": false, "field": "id"}]})
 }
 
 /// Connect schema names: `<changefeed>.<schema>.<table>.<Part>`, the changefeed's
@@ -254,26 +312,46 @@ mod tests {
                 Value::Text("{1,2}".into()),
             ],
         };
+        let mut cache = SchemaCache::default();
         let mut event = tx.events(&origin, &change, 0).unwrap().remove(0);
-        attach_schema(&mut event, &table, &origin);
-        assert_eq!(event.json["payload"]["after"]["id"], 5);
+        let bare = event.value();
+        cache.attach(&mut event, &table, &origin);
+        let json = event.value();
+        assert_eq!(json["payload"], bare);
+        assert_eq!(json["payload"]["after"]["id"], 5);
         assert_eq!(
-            event.json["schema"]["name"],
+            json["schema"]["name"],
             "default.orders.public.items.Envelope"
         );
-        let after = field(&event.json["schema"], "after").unwrap();
+        let after = field(&json["schema"], "after").unwrap();
         let at = field(after, "at").unwrap();
         assert_eq!(at["name"], "io.debezium.time.ZonedTimestamp");
         assert_eq!(at["optional"], true);
-        assert_eq!(event.key["payload"], json!({"id": 5}));
-        assert_eq!(event.key["schema"]["fields"][0]["type"], "int64");
-        let end = tx.end_event();
-        let mut end = end;
-        attach_schema(&mut end, &table, &origin);
-        assert_eq!(end.json["payload"]["status"], "END");
+        let key = event.key_value();
+        assert_eq!(key["payload"], json!({"id": 5}));
+        assert_eq!(key["schema"]["fields"][0]["type"], "int64");
+        let mut end = tx.end_event();
+        cache.attach(&mut end, &table, &origin);
+        let end = end.value();
+        assert_eq!(end["payload"]["status"], "END");
         assert_eq!(
-            end.json["schema"]["name"],
+            end["schema"]["name"],
             "io.debezium.connector.common.TransactionMetadataValue"
         );
+
+        // A column added: the next event's schema has it.
+        let mut wider = (*table).clone();
+        wider.columns.push(column("note", LogicalType::Text, true));
+        let mut row = vec![Value::Text("6".into()), Value::Null, Value::Null];
+        row.push(Value::Text("hi".into()));
+        let change = RowChange::Insert {
+            table: Arc::new(wider.clone()),
+            new: row,
+        };
+        let mut event = tx.events(&origin, &change, 0).unwrap().remove(0);
+        cache.attach(&mut event, &wider, &origin);
+        let json = event.value();
+        assert_eq!(json["payload"]["after"]["note"], "hi");
+        assert!(field(field(&json["schema"], "after").unwrap(), "note").is_some());
     }
 }

@@ -142,8 +142,8 @@ impl Transport for FileTransport {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
         let mut dir = self.dir.lock().await;
         self.batch_start.get_or_insert_with(|| dir.mark());
-        let line = serde_json::to_vec(&event.json).expect("JSON values always serialize");
-        dir.append(&line).map_err(|e| io_error("write events", e))
+        dir.append(&event.json)
+            .map_err(|e| io_error("write events", e))
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {

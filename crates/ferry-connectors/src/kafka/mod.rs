@@ -181,10 +181,8 @@ impl Transport for KafkaTransport {
                 self.uri.topic_for(&event.table.schema, &event.table.name)
             }
         };
-        let payload = (event.kind != EventKind::Tombstone)
-            .then(|| serde_json::to_vec(&event.json).expect("JSON values always serialize"));
-        let key = (!event.key.is_null())
-            .then(|| serde_json::to_vec(&event.key).expect("JSON values always serialize"));
+        let payload = (event.kind != EventKind::Tombstone).then_some(&event.json);
+        let key = event.key.as_ref();
         let headers = OwnedHeaders::new().insert(Header {
             key: "ferry-event-id",
             value: Some(event.id.as_bytes()),

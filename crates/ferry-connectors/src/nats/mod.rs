@@ -209,14 +209,14 @@ impl Transport for NatsTransport {
             let oldest = self.acks.pop_front().expect("the queue is full");
             oldest.await.map_err(publish_error)?;
         }
-        let payload = serde_json::to_vec(&event.json).expect("JSON values always serialize");
+        let subject = self.subject(&event);
         let message = jetstream::message::PublishMessage::build()
-            .payload(payload.into())
             .message_id(&event.id)
-            .header("ferry-event-id", event.id.as_str());
+            .header("ferry-event-id", event.id.as_str())
+            .payload(event.json.into());
         let ack = self
             .js
-            .send_publish(self.subject(&event), message)
+            .send_publish(subject, message)
             .await
             .map_err(publish_error)?;
         self.acks.push_back(ack);

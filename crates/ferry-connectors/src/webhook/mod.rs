@@ -200,7 +200,7 @@ impl WebhookTransport {
 #[async_trait]
 impl Transport for WebhookTransport {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
-        let json = serde_json::to_vec(&event.json).expect("JSON values always serialize");
+        let json = event.json;
         if self.events > 0 && self.body.len() + json.len() + 2 > MAX_BYTES_PER_REQUEST {
             self.post().await?;
         }
