@@ -2,7 +2,7 @@
 //! position), the replication session, the reader task, the optional heartbeat, and the
 //! [`Applier`] that applies batches until the attempt ends.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use ferry_core::{CheckpointStore, Sink, Source, SourceConnector, TableId};
@@ -105,6 +105,7 @@ impl Runner {
             }),
             skipped_changes: 0,
             held: state.held.iter().map(|h| h.table.clone()).collect(),
+            deferred_shapes: HashSet::new(),
             on_renamed: {
                 let meta = self.meta.clone();
                 let key = self.config.key();

@@ -8,6 +8,7 @@
 //! - `snapshot`: the copy resumed after a crash or failure; snapshot-only; no copy.
 //! - `held`: one table paused and resumed, or re-synced, while the others stream.
 //! - `lifecycle`: pause and resume, crashes and restarts, retried source failures.
+//! - `reshape`: a table's new shape into a sink that changes tables only between batches.
 //! - `soak`: a seeded random workload under all of those disturbances at once.
 //!
 //! [`Engine`]: ferry_engine::Engine
@@ -17,6 +18,7 @@ mod checkpoint;
 mod harness;
 mod held;
 mod lifecycle;
+mod reshape;
 mod snapshot;
 mod soak;
 mod tables;
