@@ -176,6 +176,9 @@ async fn warn_if_commits_not_durable(conn: &mut Conn, changefeed: &str) {
     }
 }
 
+/// Longest a statement of the side connection (DDL, claims) waits for a table's lock.
+const SIDE_LOCK_WAIT_SECONDS: u32 = 60;
+
 /// Writes into a MySQL/MariaDB server.
 pub struct MySqlSink {
     conn: Conn,
@@ -265,10 +268,19 @@ impl MySqlSink {
         Ok(sink)
     }
 
-    /// The connection for DDL.
+    /// The connection for DDL. Its statements wait for a table's lock at most
+    /// [`SIDE_LOCK_WAIT_SECONDS`]: a lock held elsewhere (a transaction of the user's, a
+    /// foreign key from a table the open batch wrote) then fails the attempt, naming the
+    /// table, instead of hanging for MariaDB's default of a day.
     async fn side(&mut self) -> Result<&mut Conn, SinkError> {
         if self.side.is_none() {
-            self.side = Some(open(&self.uri).await?);
+            let mut conn = open(&self.uri).await?;
+            conn.query_drop(format!(
+                "SET SESSION lock_wait_timeout = {SIDE_LOCK_WAIT_SECONDS}"
+            ))
+            .await
+            .map_err(|e| sink_error("bound the wait for table locks", e))?;
+            self.side = Some(conn);
         }
         Ok(self.side.as_mut().expect("opened above"))
     }
