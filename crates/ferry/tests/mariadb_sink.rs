@@ -537,3 +537,36 @@ fn columns_added_dropped_and_widened_mid_stream_are_followed() {
     setup.assert_same("public", "t", &t_columns);
     setup.assert_same("public", "bag", &bag_columns);
 }
+
+#[test]
+fn ddl_stop_changes_nothing_and_says_what_would() {
+    let setup = ToMariaDb::start();
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, a text);
+         INSERT INTO t VALUES (1, 'one');",
+    );
+    let (code, body) = setup.create("strict", &["public.t"], json!({"ddl": "stop"}));
+    assert_eq!(code, 201, "{body}");
+    setup.wait_synced("strict", MINUTE);
+    setup.source.psql(
+        "shop",
+        "ALTER TABLE t ADD COLUMN c int;
+         INSERT INTO t VALUES (2, 'two', 2);",
+    );
+    let status = setup.wait_state("strict", "failed", MINUTE);
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("options.ddl is stop") && error.contains("ADD COLUMN `c` INT"),
+        "{status}"
+    );
+    assert_eq!(target_columns(&setup, "t"), "id int(11)\na longtext");
+    // The operator makes the target match, then resumes.
+    setup.target.sql("ALTER TABLE public.t ADD COLUMN c int");
+    let (code, body) = setup
+        .ferry
+        .post("/api/v2/changefeeds/strict/resume", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    setup.wait_synced("strict", MINUTE);
+    setup.assert_same("public", "t", &[same("id"), hex_text("a"), same("c")]);
+}
