@@ -153,6 +153,19 @@ pub trait Sink: Send {
     /// Brings the target table in line with `schema` (create, or follow column changes).
     async fn ensure_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError>;
 
+    /// Whether following `schema` ([`Sink::ensure_table`]) needs a batch of its own: the
+    /// target table must change, and the sink cannot change it while the open batch holds
+    /// changes of it (MariaDB's DDL commits implicitly, and waits for the batch's lock on
+    /// the table). The engine then commits the batch before the source transaction that
+    /// announced the shape, so the table changes between two batches and a crash in
+    /// between re-delivers that transaction (the sink's change must find itself done).
+    /// When that transaction already wrote into the batch, the engine replays it alone;
+    /// when it wrote the table itself before the change, it stops. A sink whose DDL joins
+    /// the batch's transaction never needs one (the default).
+    async fn needs_own_batch(&mut self, _schema: &Arc<TableSchema>) -> Result<bool, SinkError> {
+        Ok(false)
+    }
+
     /// Adds one change to the open batch (opening one if needed).
     async fn apply(&mut self, change: RowChange) -> Result<(), SinkError>;
 

@@ -379,3 +379,194 @@ fn existing_target_policies_and_claims() {
         "{status}"
     );
 }
+
+/// The target's columns of `public.{table}`: `name type`, in order.
+fn target_columns(setup: &ToMariaDb, table: &str) -> String {
+    setup.target.sql(&format!(
+        "SELECT CONCAT(column_name, ' ', column_type) FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name = '{table}' ORDER BY ordinal_position"
+    ))
+}
+
+#[test]
+fn columns_added_dropped_and_widened_mid_stream_are_followed() {
+    let mut setup = ToMariaDb::start();
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, a text, old int NOT NULL DEFAULT 0);
+         INSERT INTO t SELECT i, 'a' || i, i FROM generate_series(1, 100) i;
+         CREATE TABLE bag (x int, y text);
+         ALTER TABLE bag REPLICA IDENTITY FULL;
+         INSERT INTO bag VALUES (1, 'p'), (1, 'p'), (2, 'q');",
+    );
+    let (code, body) = setup.create("cols", &["public.t", "public.bag"], json!({}));
+    assert_eq!(code, 201, "{body}");
+    setup.wait_synced("cols", MINUTE);
+
+    // Columns change under a running changefeed while rows keep coming, some of them in
+    // transactions that write the other table first.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let source = &setup.source;
+        let stop = &stop;
+        s.spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                source.psql(
+                    "shop",
+                    &format!(
+                        "INSERT INTO t (id, a) VALUES ({id}, 'w{i}');
+                         UPDATE t SET a = a || '.' WHERE id = {k};
+                         BEGIN;
+                         INSERT INTO bag (x, y) VALUES ({x}, 'w');
+                         UPDATE t SET a = a || '+' WHERE id = {k};
+                         COMMIT;
+                         DELETE FROM bag WHERE ctid = (SELECT ctid FROM bag WHERE x = {x} LIMIT 1);
+                         INSERT INTO bag (x, y) VALUES ({x}, 'w'), ({x}, 'w');",
+                        id = 1000 + i,
+                        k = i % 100 + 1,
+                        x = i % 5,
+                    ),
+                );
+            }
+        });
+        let step = |sql: &str| {
+            std::thread::sleep(Duration::from_millis(700));
+            setup.source.psql("shop", sql);
+        };
+        step("ALTER TABLE t ADD COLUMN c int");
+        step("UPDATE t SET c = id WHERE id % 4 = 0");
+        // Existing rows get 7 without a row event: the target column's default gives it.
+        step("ALTER TABLE t ADD COLUMN d int DEFAULT 7");
+        step("ALTER TABLE bag ALTER COLUMN x TYPE bigint");
+        step("INSERT INTO bag VALUES (5000000000, 'big')");
+        step("ALTER TABLE t DROP COLUMN old");
+        step("ALTER TABLE bag ADD COLUMN z text");
+        step("INSERT INTO bag VALUES (9, 'z', 'zz'), (9, 'z', 'zz')");
+        std::thread::sleep(Duration::from_millis(700));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    setup.wait_synced("cols", MINUTE);
+    let t_columns = [same("id"), hex_text("a"), same("c"), same("d")];
+    setup.assert_same("public", "t", &t_columns);
+    let bag_columns = [same("x"), hex_text("y"), hex_text("z")];
+    setup.assert_same("public", "bag", &bag_columns);
+    assert_eq!(
+        target_columns(&setup, "t"),
+        "id int(11)\na longtext\nc int(11)\nd int(11)"
+    );
+    assert_eq!(
+        target_columns(&setup, "bag"),
+        "x bigint(20)\ny longtext\nz longtext"
+    );
+
+    // A crash between the ALTER and the batch holding the rows after it: the target has
+    // the column (and Ferry's record of it), the checkpoint is before those rows. The
+    // transaction comes again, and the ALTER finds itself done.
+    setup.ferry.kill9();
+    setup.source.psql(
+        "shop",
+        "ALTER TABLE t ADD COLUMN e text;
+         INSERT INTO t (id, a, e) VALUES (5000, 'e', 'ee');
+         UPDATE t SET e = 'u' WHERE id = 1;
+         ALTER TABLE bag ADD COLUMN w int;
+         INSERT INTO bag VALUES (9, 'z', 'zz', 1), (9, 'z', 'zz', 1);",
+    );
+    setup.target.sql(
+        "INSERT INTO _ferry.created_columns VALUES ('public', 't', 'e'), ('public', 'bag', 'w');
+         ALTER TABLE public.t ADD COLUMN e LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin;
+         ALTER TABLE public.bag ADD COLUMN w int;",
+    );
+    setup.ferry.restart();
+    setup.wait_synced("cols", MINUTE);
+    let t_columns = [
+        same("id"),
+        hex_text("a"),
+        same("c"),
+        same("d"),
+        hex_text("e"),
+    ];
+    setup.assert_same("public", "t", &t_columns);
+    let bag_columns = [same("x"), hex_text("y"), hex_text("z"), same("w")];
+    setup.assert_same("public", "bag", &bag_columns);
+
+    // One transaction writes t, changes its shape and writes it again: MariaDB cannot
+    // change the table inside the batch holding the first rows, and committing them alone
+    // would split the transaction. The changefeed stops, naming the table.
+    setup.source.psql(
+        "shop",
+        "BEGIN;
+         INSERT INTO t (id, a) VALUES (6000, 'x');
+         ALTER TABLE t ADD COLUMN f int;
+         INSERT INTO t (id, a, f) VALUES (6001, 'y', 1);
+         COMMIT;",
+    );
+    let status = setup.wait_state("cols", "failed", MINUTE);
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("table public.t changed shape in the middle of source transaction")
+            && error.contains("table resync"),
+        "{status}"
+    );
+    assert_eq!(
+        setup
+            .target
+            .sql("SELECT count(*) FROM public.t WHERE id >= 6000"),
+        "0"
+    );
+    // What the hint says: re-copy the table, then resume.
+    let (code, body) = setup.ferry.post(
+        "/api/v2/changefeeds/cols/tables/public.t/resync",
+        &json!({}),
+    );
+    assert!(code < 300, "{code} {body}");
+    let (code, body) = setup
+        .ferry
+        .post("/api/v2/changefeeds/cols/resume", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    setup.wait_synced("cols", MINUTE);
+    let t_columns = [
+        same("id"),
+        hex_text("a"),
+        same("c"),
+        same("d"),
+        hex_text("e"),
+        same("f"),
+    ];
+    setup.assert_same("public", "t", &t_columns);
+    setup.assert_same("public", "bag", &bag_columns);
+}
+
+#[test]
+fn ddl_stop_changes_nothing_and_says_what_would() {
+    let setup = ToMariaDb::start();
+    setup.source.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, a text);
+         INSERT INTO t VALUES (1, 'one');",
+    );
+    let (code, body) = setup.create("strict", &["public.t"], json!({"ddl": "stop"}));
+    assert_eq!(code, 201, "{body}");
+    setup.wait_synced("strict", MINUTE);
+    setup.source.psql(
+        "shop",
+        "ALTER TABLE t ADD COLUMN c int;
+         INSERT INTO t VALUES (2, 'two', 2);",
+    );
+    let status = setup.wait_state("strict", "failed", MINUTE);
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("options.ddl is stop") && error.contains("ADD COLUMN `c` INT"),
+        "{status}"
+    );
+    assert_eq!(target_columns(&setup, "t"), "id int(11)\na longtext");
+    // The operator makes the target match, then resumes.
+    setup.target.sql("ALTER TABLE public.t ADD COLUMN c int");
+    let (code, body) = setup
+        .ferry
+        .post("/api/v2/changefeeds/strict/resume", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    setup.wait_synced("strict", MINUTE);
+    setup.assert_same("public", "t", &[same("id"), hex_text("a"), same("c")]);
+}

@@ -154,3 +154,118 @@ fn snapshot_and_stream_under_load_with_a_kill9_end_identical() {
     assert_eq!(source.sql(columns), target.sql(columns));
     eprintln!("{statements} workload rounds, one kill -9, identical");
 }
+
+/// Asserts `dump` reads the same on both servers.
+fn assert_same_rows(source: &MariaDb, target: &MariaDb, dump: &str) {
+    let (s, t) = (source.sql(dump), target.sql(dump));
+    assert!(s.lines().count() >= 2, "{s}");
+    if s != t {
+        let (s, t): (Vec<&str>, Vec<&str>) = (s.lines().collect(), t.lines().collect());
+        let missing: Vec<_> = s.iter().filter(|l| !t.contains(l)).take(3).collect();
+        let extra: Vec<_> = t.iter().filter(|l| !s.contains(l)).take(3).collect();
+        panic!(
+            "{dump}: source {} rows, target {}\nmissing: {missing:#?}\nextra: {extra:#?}",
+            s.len(),
+            t.len()
+        );
+    }
+}
+
+#[test]
+fn columns_added_dropped_and_widened_mid_stream_with_a_kill9() {
+    let (source, target) = std::thread::scope(|s| {
+        let a = s.spawn(|| MariaDb::start_with(1, &[]));
+        let b = s.spawn(|| MariaDb::start_with(2, &[]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    source.sql(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.items (id int NOT NULL AUTO_INCREMENT PRIMARY KEY, qty int NOT NULL,
+                                  note varchar(20), old int NOT NULL DEFAULT 0,
+                                  status enum('new','paid'));
+         INSERT INTO shop.items (qty, note, old, status)
+         SELECT seq, CONCAT('n', seq), seq, 'new' FROM shop.seq_1_to_200;
+         CREATE TABLE shop.bag (a int, b varchar(10));
+         INSERT INTO shop.bag VALUES (1, 'p'), (1, 'p'), (2, 'q');",
+    );
+    let mut ferry = FerryServer::start(std::path::Path::new(env!("CARGO_BIN_EXE_ferry")));
+    let (code, body) = ferry.post(
+        "/api/v2/changefeeds",
+        &json!({
+            "id": "cols",
+            "source_uri": source.uri("shop"),
+            "sink_uri": target.uri(""),
+            "tables": ["shop.*"],
+        }),
+    );
+    assert_eq!(code, 201, "{body}");
+    wait_synced(&ferry, "cols");
+
+    // Columns change while rows keep coming (some transactions write both tables), and
+    // Ferry is killed in the middle.
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (source, stop) = (&source, &stop);
+        s.spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                source.sql(&format!(
+                    "INSERT INTO shop.items (qty) VALUES ({i});
+                     UPDATE shop.items SET qty = qty + 1 WHERE id % 20 = {m};
+                     START TRANSACTION;
+                     INSERT INTO shop.bag (a) VALUES ({m});
+                     UPDATE shop.items SET qty = qty + 1 WHERE id = {k};
+                     COMMIT;
+                     DELETE FROM shop.bag WHERE a = {m} LIMIT 1;
+                     INSERT INTO shop.bag (a) VALUES ({m}), ({m});",
+                    m = i % 20,
+                    k = i % 200 + 1,
+                ));
+            }
+        });
+        let step = |sql: &str| {
+            std::thread::sleep(Duration::from_millis(700));
+            source.sql(sql);
+        };
+        step("ALTER TABLE shop.items ADD COLUMN extra int NULL");
+        step("UPDATE shop.items SET extra = id WHERE id % 3 = 0");
+        step("ALTER TABLE shop.items MODIFY note varchar(40), MODIFY qty bigint NOT NULL");
+        step("UPDATE shop.items SET note = REPEAT('x', 35), qty = 5000000000 WHERE id % 5 = 0");
+        step("ALTER TABLE shop.items MODIFY status enum('new','paid','gone')");
+        step("UPDATE shop.items SET status = 'gone' WHERE id % 7 = 0");
+        ferry.kill9();
+        step("ALTER TABLE shop.bag ADD COLUMN c varchar(5)");
+        step("INSERT INTO shop.bag VALUES (9, 'z', 'zz'), (9, 'z', 'zz')");
+        ferry.restart();
+        step("ALTER TABLE shop.items DROP COLUMN old");
+        step("UPDATE shop.items SET qty = 0 WHERE id % 11 = 0");
+        std::thread::sleep(Duration::from_millis(700));
+        stop.store(true, Ordering::Relaxed);
+    });
+    wait_synced(&ferry, "cols");
+    assert_same_rows(
+        &source,
+        &target,
+        "SELECT CONCAT_WS('|', id, qty, IFNULL(note, '~'), IFNULL(status, '~'),
+                IFNULL(extra, '~')) FROM shop.items ORDER BY id",
+    );
+    assert_same_rows(
+        &source,
+        &target,
+        "SELECT CONCAT_WS('|', IFNULL(a, '~'), IFNULL(b, '~'), IFNULL(c, '~'), COUNT(*))
+         FROM shop.bag GROUP BY a, b, c ORDER BY a, b, c",
+    );
+    for table in ["items", "bag"] {
+        let columns = format!(
+            "SELECT GROUP_CONCAT(CONCAT(column_name, ' ', column_type) ORDER BY ordinal_position)
+             FROM information_schema.columns WHERE table_schema = 'shop' AND table_name = '{table}'"
+        );
+        assert_eq!(source.sql(&columns), target.sql(&columns));
+    }
+    let created = target.sql(
+        "SELECT GROUP_CONCAT(column_name ORDER BY column_name) FROM _ferry.created_columns
+         WHERE table_schema = 'shop' AND table_name = 'items'",
+    );
+    assert_eq!(created, "extra,id,note,qty,status");
+}

@@ -6,6 +6,7 @@
 //! finished once nothing at or before the target is left.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::{
@@ -85,6 +86,11 @@ pub(crate) struct Applier {
     pub(crate) sealed: SealedQueue,
     /// Publishes each durable batch's row counts.
     pub(crate) counts: RowCounts,
+    /// Tables whose shape the stream announced while their changes were still in their
+    /// copy (`skip_before`): handed to the sink with the first change it gets, not before.
+    /// The copy shaped the table as it was later; an older shape would undo that (drop a
+    /// column the copy filled, add it back empty).
+    pub(crate) deferred_shapes: HashSet<TableId>,
 }
 
 /// Saves a checkpoint outside the target.
@@ -99,14 +105,14 @@ pub(crate) type OnRenamed =
 pub(super) struct Batch {
     transactions: u64,
     rows: u64,
-    opened: Option<tokio::time::Instant>,
+    pub(super) opened: Option<tokio::time::Instant>,
     pub(super) end: Option<(Position, i64)>,
     /// A keepalive position (and server time) received after the batch's transactions,
     /// confirmed once the batch is durable.
     idle: Option<(Position, i64)>,
     counts: RowCounts,
     /// The batch's transactions and what they touch, to name them in an error.
-    trail: Trail,
+    pub(super) trail: Trail,
     /// Tables it renamed on the target: `(from, to)`.
     renamed: Vec<(TableId, TableId)>,
 }
@@ -136,9 +142,14 @@ impl Batch {
 
 /// Where the applier is in the stream.
 #[derive(Default)]
-struct Cursor {
-    in_transaction: bool,
-    current_commit: Option<Position>,
+pub(super) struct Cursor {
+    pub(super) in_transaction: bool,
+    pub(super) current_commit: Option<Position>,
+    /// The current source transaction, to begin it again in a batch of its own.
+    pub(super) current: Option<(u32, TxMeta)>,
+    /// What the current transaction handed the sink so far (changes, renames): while
+    /// nothing, the batch can end before it.
+    pub(super) handed: u64,
 }
 
 impl Applier {
@@ -256,7 +267,9 @@ impl Applier {
                     .is_some_and(|t| t.covers(&tx.commit));
                 self.sink.set_in_order(isolated);
                 self.sink.begin_transaction(&tx).await?;
-                cursor.current_commit = Some(tx.commit);
+                cursor.current_commit = Some(tx.commit.clone());
+                cursor.current = Some((xid, tx));
+                cursor.handed = 0;
                 batch.opened.get_or_insert_with(tokio::time::Instant::now);
                 self.status.update(|s| s.caught_up = false);
             }
@@ -264,7 +277,12 @@ impl Applier {
             SourceEvent::Schema(schema) => {
                 if self.selected(&schema.id, &schema.partition_of) {
                     self.excluded.remove(&schema.id);
-                    self.sink.ensure_table(&schema).await?;
+                    if self.copied_later(&schema.id, cursor.current_commit.as_ref()) {
+                        self.deferred_shapes.insert(schema.id.clone());
+                    } else {
+                        self.deferred_shapes.remove(&schema.id);
+                        self.follow_shape(&schema, batch, cursor).await?;
+                    }
                 } else {
                     self.excluded.insert(schema.id.clone());
                 }
@@ -278,7 +296,11 @@ impl Applier {
                     self.sink.follow_definition(&table, definition).await?;
                 }
             }
-            SourceEvent::Renamed { from, schema } => self.renamed(from, schema, batch).await?,
+            SourceEvent::Renamed { from, schema } => {
+                if self.renamed(from, schema, batch).await? {
+                    cursor.handed += 1;
+                }
+            }
             SourceEvent::Warning(message) => {
                 tracing::warn!(warning = %message, "source warning");
                 self.status.update(|s| {
@@ -301,9 +323,23 @@ impl Applier {
                     }
                 }
                 if let Some(change) = self.filter_skipped(change, cursor.current_commit.as_ref()) {
+                    if !self.deferred_shapes.is_empty() {
+                        let tables: Vec<Arc<TableSchema>> = match &change {
+                            RowChange::Insert { table, .. }
+                            | RowChange::Update { table, .. }
+                            | RowChange::Delete { table, .. } => vec![table.clone()],
+                            RowChange::Truncate { tables, .. } => tables.clone(),
+                        };
+                        for table in tables {
+                            if self.deferred_shapes.remove(&table.id) {
+                                self.follow_shape(&table, batch, cursor).await?;
+                            }
+                        }
+                    }
                     batch.rows += 1;
                     batch.counts.count(&change);
                     batch.trail.change(&change);
+                    cursor.handed += 1;
                     self.sink.apply(change).await?;
                 }
             }
@@ -390,13 +426,14 @@ impl Applier {
     }
 
     /// Follows a table renamed on the source when the rules select its new name; stops
-    /// when they selected the old name only; ignores a table they never selected.
+    /// when they selected the old name only; ignores a table they never selected. Returns
+    /// whether the sink was told.
     async fn renamed(
         &mut self,
         from: TableId,
-        schema: std::sync::Arc<TableSchema>,
+        schema: Arc<TableSchema>,
         batch: &mut Batch,
-    ) -> Result<(), RunError> {
+    ) -> Result<bool, RunError> {
         let to = schema.id.clone();
         let partition_of = &schema.partition_of;
         match (
@@ -417,13 +454,14 @@ impl Applier {
                     self.held.insert(to.clone());
                 }
                 batch.renamed.push((from, to));
+                Ok(true)
             }
-            (true, false) => return Err(RunError::RenamedOut { from, to }),
+            (true, false) => Err(RunError::RenamedOut { from, to }),
             (false, false) => {
                 self.excluded.insert(to);
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     /// Whether the table `table` (a partition of `partition_of`) is written: one this
@@ -450,10 +488,7 @@ impl Applier {
                 .is_some_and(|(s, _)| commit.is_some_and(|c| s.leaves_out(c, id)))
                 || self.excluded.contains(id)
                 || self.held.contains(id)
-                || self
-                    .skip_before
-                    .get(id)
-                    .is_some_and(|snapshot| commit.is_some_and(|c| !c.covers(snapshot)))
+                || self.copied_later(id, commit)
         };
         match change {
             RowChange::Insert { ref table, .. }

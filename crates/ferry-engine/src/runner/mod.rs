@@ -23,7 +23,8 @@
 //! renamed to a name the rules exclude, the attempt fails ([`RunError::RenamedOut`]). While
 //! streaming, tables created on the source that the rules select end the attempt
 //! ([`StreamEnd::NewTable`]) so the next one copies them, as it copies tables added by an
-//! update.
+//! update. A table's new shape goes to the sink in the batch, or between two batches for
+//! a sink whose DDL commits implicitly ([`reshape`]).
 //!
 //! Before each attempt that streams, the slot is checked: missing or invalidated
 //! (`wal_status` `lost`) is a definite failure whose hint is to re-sync, never a stream
@@ -37,6 +38,7 @@
 mod apply;
 mod park;
 pub(crate) mod repair;
+mod reshape;
 mod settle;
 mod snapshot;
 mod stream;
@@ -112,17 +114,40 @@ pub(crate) enum RunError {
     /// ended without saying why).
     #[error("{0}")]
     Worker(String),
+    /// Table `table` changed shape in source transaction `until`, which had already
+    /// handed the open batch changes, and the sink changes tables only between batches
+    /// ([`ferry_core::Sink::needs_own_batch`]): the next attempt replays from the
+    /// checkpoint with every transaction up to `until` in a batch of its own.
+    #[error("table {table} changed shape inside source transaction {until}, which the open batch holds in part")]
+    Isolate {
+        table: TableId,
+        until: Box<Position>,
+    },
+    /// Alone in its batch, a source transaction wrote `table` and then changed its shape:
+    /// the sink cannot change the table inside the batch, and committing the rows before
+    /// the change would commit part of a transaction.
+    #[error(
+        "table {table} changed shape in the middle of source transaction {position}, after \
+         that transaction had written it; the sink changes a table only between batches (its \
+         DDL commits implicitly: MariaDB/MySQL), so applying the transaction would commit part \
+         of it, and Ferry stops rather than split it"
+    )]
+    ReshapeInTransaction {
+        table: TableId,
+        position: Box<Position>,
+    },
 }
 
 impl RunError {
     fn class(&self) -> ErrorClass {
         match self {
             RunError::Source(e) => e.class,
-            RunError::Worker(_) => ErrorClass::Transient,
+            RunError::Worker(_) | RunError::Isolate { .. } => ErrorClass::Transient,
             RunError::Sink(e) | RunError::Apply { source: e, .. } => e.class(),
-            RunError::Meta(_) | RunError::SlotLost { .. } | RunError::RenamedOut { .. } => {
-                ErrorClass::Definite
-            }
+            RunError::Meta(_)
+            | RunError::SlotLost { .. }
+            | RunError::RenamedOut { .. }
+            | RunError::ReshapeInTransaction { .. } => ErrorClass::Definite,
         }
     }
 
@@ -228,6 +253,13 @@ impl Runner {
                 }
                 Err(err) => err,
             };
+            if let RunError::Isolate { table, until } = &err {
+                // Not a failure: the sink follows the table between two batches once the
+                // transaction is alone in its own.
+                info!(changefeed = %key, table = %table, until = %until, "a table changed shape inside a source transaction the batch held in part; replaying it in a batch of its own");
+                self.isolate_until = Some(Position::clone(until));
+                continue;
+            }
             if let RunError::Apply {
                 last_commit: Some(last),
                 ..
@@ -278,6 +310,9 @@ impl Runner {
                 };
                 let hint = match (&err, &position) {
                     (RunError::SlotLost { .. }, _) => slot_lost_hint(&self.config),
+                    (RunError::ReshapeInTransaction { table, .. }, _) => {
+                        reshape::hint(&self.config, table)
+                    }
                     (_, Some(position)) => format!(
                         "{}; or leave that one transaction out with `ferry changefeed skip {} \
                          {position}` (POST /api/v2/changefeeds/{}/skip)",

@@ -2,7 +2,7 @@
 //! position), the replication session, the reader task, the optional heartbeat, and the
 //! [`Applier`] that applies batches until the attempt ends.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use ferry_core::{CheckpointStore, Sink, Source, SourceConnector, TableId};
@@ -107,6 +107,7 @@ impl Runner {
             held: state.held.iter().map(|h| h.table.clone()).collect(),
             sealed: Default::default(),
             counts: Default::default(),
+            deferred_shapes: HashSet::new(),
             on_renamed: {
                 let meta = self.meta.clone();
                 let key = self.config.key();

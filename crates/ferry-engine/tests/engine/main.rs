@@ -9,6 +9,7 @@
 //! - `held`: one table paused and resumed, or re-synced, while the others stream.
 //! - `lifecycle`: pause and resume, crashes and restarts, retried source failures.
 //! - `settling`: stream sinks, whose batches become durable after they are sealed.
+//! - `reshape`: a table's new shape into a sink that changes tables only between batches.
 //! - `soak`: a seeded random workload under all of those disturbances at once.
 //!
 //! [`Engine`]: ferry_engine::Engine
@@ -18,6 +19,7 @@ mod checkpoint;
 mod harness;
 mod held;
 mod lifecycle;
+mod reshape;
 mod settling;
 mod snapshot;
 mod soak;

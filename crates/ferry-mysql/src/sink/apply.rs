@@ -253,6 +253,7 @@ impl MySqlSink {
 
     /// Discards the open batch: nothing of it stays.
     pub(super) async fn rollback(&mut self) {
+        self.touched.clear();
         self.queue.clear();
         self.queued_bytes = 0;
         self.segment.clear();

@@ -14,8 +14,12 @@
 //!   key built after a load would rebuild the table). A table is claimed by one changefeed
 //!   ([`ownership`]); one that existed before it is checked and handled by
 //!   `existing_target`. MariaDB commits DDL implicitly, so shaping runs on a connection
-//!   of its own, never inside a batch's transaction. Column changes are not followed: a
-//!   target lacking a source column stops the changefeed with what to add.
+//!   of its own, never inside a batch's transaction.
+//! - Column changes ([`reshape`]): on a table the changefeed owns, columns added and
+//!   dropped on the source (only those Ferry created are dropped) and widened types are
+//!   followed with one `ALTER TABLE`, between two batches: the sink tells the engine
+//!   ([`Sink::needs_own_batch`]) when the open batch holds changes of the table, and the
+//!   engine commits it first.
 //! - Stream ([`apply`]): a batch is one transaction. Its changes are compacted per table
 //!   and key into a **segment** ([`ferry_core::compact`]) that becomes a few multi-row
 //!   statements ([`statements`]); a change that cannot be compacted ends the segment and queues row
@@ -33,11 +37,12 @@ mod apply;
 mod array;
 mod copy;
 mod ownership;
+mod reshape;
 mod shape;
 mod statements;
 mod types;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -171,6 +176,9 @@ async fn warn_if_commits_not_durable(conn: &mut Conn, changefeed: &str) {
     }
 }
 
+/// Longest a statement of the side connection (DDL, claims) waits for a table's lock.
+const SIDE_LOCK_WAIT_SECONDS: u32 = 60;
+
 /// Writes into a MySQL/MariaDB server.
 pub struct MySqlSink {
     conn: Conn,
@@ -181,6 +189,8 @@ pub struct MySqlSink {
     policy: TargetPolicy,
     tables: HashMap<TableId, Target>,
     in_batch: bool,
+    /// Tables the open batch holds changes of (their shape changes between batches only).
+    touched: HashSet<TableId>,
     /// Target tables renamed on the source in the open batch: still named the key, to be
     /// named the value once it commits (see [`shape`]).
     renames: HashMap<TableId, TableId>,
@@ -242,6 +252,7 @@ impl MySqlSink {
             policy,
             tables: HashMap::new(),
             in_batch: false,
+            touched: HashSet::new(),
             renames: HashMap::new(),
             queue: Vec::new(),
             queued_bytes: 0,
@@ -257,10 +268,19 @@ impl MySqlSink {
         Ok(sink)
     }
 
-    /// The connection for DDL.
+    /// The connection for DDL. Its statements wait for a table's lock at most
+    /// [`SIDE_LOCK_WAIT_SECONDS`]: a lock held elsewhere (a transaction of the user's, a
+    /// foreign key from a table the open batch wrote) then fails the attempt, naming the
+    /// table, instead of hanging for MariaDB's default of a day.
     async fn side(&mut self) -> Result<&mut Conn, SinkError> {
         if self.side.is_none() {
-            self.side = Some(open(&self.uri).await?);
+            let mut conn = open(&self.uri).await?;
+            conn.query_drop(format!(
+                "SET SESSION lock_wait_timeout = {SIDE_LOCK_WAIT_SECONDS}"
+            ))
+            .await
+            .map_err(|e| sink_error("bound the wait for table locks", e))?;
+            self.side = Some(conn);
         }
         Ok(self.side.as_mut().expect("opened above"))
     }
@@ -307,6 +327,17 @@ impl Sink for MySqlSink {
         self.shape_table(schema).await
     }
 
+    /// A table the open batch holds changes of cannot change: its `ALTER` would wait for
+    /// the batch's lock on it (it runs on the side connection, as MariaDB would commit the
+    /// batch otherwise), and rows made at the old shape would follow it.
+    async fn needs_own_batch(&mut self, schema: &Arc<TableSchema>) -> Result<bool, SinkError> {
+        Ok(self.touched.contains(&schema.id)
+            && self
+                .tables
+                .get(&schema.id)
+                .is_some_and(|t| reshape::changes_columns(&t.schema, schema)))
+    }
+
     async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
         self.begin_if_needed().await?;
         match change {
@@ -314,6 +345,9 @@ impl Sink for MySqlSink {
             | RowChange::Update { ref table, .. }
             | RowChange::Delete { ref table, .. } => {
                 let table = table.clone();
+                if !self.touched.contains(&table.id) {
+                    self.touched.insert(table.id.clone());
+                }
                 if self.in_order {
                     return self.apply_alone(change).await;
                 }
@@ -322,6 +356,7 @@ impl Sink for MySqlSink {
             RowChange::Truncate { tables, .. } => {
                 // MariaDB's TRUNCATE commits implicitly: a DELETE stays in the batch.
                 for table in &tables {
+                    self.touched.insert(table.id.clone());
                     let name = self
                         .tables
                         .get(&table.id)
@@ -359,6 +394,7 @@ impl Sink for MySqlSink {
             self.rollback().await;
         }
         self.in_batch = false;
+        self.touched.clear();
         if result.is_ok() {
             self.finish_renames().await?;
         }

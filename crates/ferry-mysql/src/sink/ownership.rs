@@ -7,7 +7,9 @@
 //!   each target table, whether it kept rows from before it (`append_rows`), and whether
 //!   the table was checked (`adopted`);
 //! - `pending_renames`: target tables to rename once their batch committed (see
-//!   [`super::shape`]).
+//!   [`super::shape`]);
+//! - `created_columns`: the columns Ferry created (with their table, or added later): only
+//!   those are ever dropped or retyped ([`super::reshape`]).
 //!
 //! MariaDB commits DDL implicitly, so claiming a table is a sequence of autocommitted
 //! steps that each can be repeated after a crash: the claim (`INSERT IGNORE`: of two
@@ -24,7 +26,7 @@ use crate::connect::sink_error;
 use super::types::{quote, quote_table};
 
 /// Ferry's bookkeeping database and tables (idempotent).
-pub(super) const BOOKKEEPING: [&str; 5] = [
+pub(super) const BOOKKEEPING: [&str; 6] = [
     "CREATE DATABASE IF NOT EXISTS `_ferry` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
     "CREATE TABLE IF NOT EXISTS `_ferry`.`checkpoints` (
         changefeed VARCHAR(255) NOT NULL PRIMARY KEY,
@@ -56,6 +58,12 @@ pub(super) const BOOKKEEPING: [&str; 5] = [
         to_schema VARCHAR(64) NOT NULL,
         to_name VARCHAR(64) NOT NULL,
         PRIMARY KEY (changefeed, from_schema, from_name)
+     ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS `_ferry`.`created_columns` (
+        table_schema VARCHAR(64) NOT NULL,
+        table_name VARCHAR(64) NOT NULL,
+        column_name VARCHAR(64) NOT NULL,
+        PRIMARY KEY (table_schema, table_name, column_name)
      ) ENGINE=InnoDB",
 ];
 
@@ -91,10 +99,21 @@ async fn owner(
     .map_err(|e| sink_error(format!("look up the owner of {table}"), e))
 }
 
+/// A column of a target table.
+#[derive(Clone, Debug)]
+pub(super) struct FoundColumn {
+    pub(super) name: String,
+    pub(super) nullable: bool,
+    /// A default or `AUTO_INCREMENT`: an insert need not name it.
+    pub(super) has_default: bool,
+    /// As `information_schema.COLUMNS.COLUMN_TYPE` shows it.
+    pub(super) column_type: String,
+}
+
 /// What a target table is, as far as claiming goes.
 pub(super) struct Existing {
-    /// Its columns: `(name, nullable, has_default)`.
-    pub(super) columns: Vec<(String, bool, bool)>,
+    /// Its columns, in order.
+    pub(super) columns: Vec<FoundColumn>,
     /// Its storage engine.
     pub(super) engine: String,
 }
@@ -114,9 +133,10 @@ pub(super) async fn existing(
     let Some(engine) = engine else {
         return Ok(None);
     };
-    let columns: Vec<(String, String, Option<String>, String)> = conn
+    let columns: Vec<(String, String, Option<String>, String, String)> = conn
         .exec(
-            "SELECT column_name, is_nullable, column_default, extra FROM information_schema.columns
+            "SELECT column_name, is_nullable, column_default, extra, column_type
+             FROM information_schema.columns
              WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
             (&table.schema, &table.name),
         )
@@ -125,16 +145,21 @@ pub(super) async fn existing(
     Ok(Some(Existing {
         columns: columns
             .into_iter()
-            .map(|(name, nullable, default, extra)| {
-                let has_default = default.is_some() || extra.contains("auto_increment");
-                (name, nullable == "YES", has_default)
-            })
+            .map(
+                |(name, nullable, default, extra, column_type)| FoundColumn {
+                    has_default: default.is_some() || extra.contains("auto_increment"),
+                    nullable: nullable == "YES",
+                    name,
+                    column_type,
+                },
+            )
             .collect(),
         engine: engine.unwrap_or_default(),
     }))
 }
 
-/// Why the source's columns cannot be written into `found` as it is, if so.
+/// Why the source's columns cannot be written into `found` as it is, if so: checked when
+/// a changefeed first claims a table that exists (Ferry adds no column to it then).
 pub(super) fn conflict(schema: &TableSchema, found: &Existing) -> Option<String> {
     let id = &schema.id;
     if !found.engine.eq_ignore_ascii_case("InnoDB") {
@@ -150,33 +175,98 @@ pub(super) fn conflict(schema: &TableSchema, found: &Existing) -> Option<String>
     let missing: Vec<&str> = schema
         .columns
         .iter()
-        .filter(|c| !found.columns.iter().any(|(n, ..)| same(n, &c.name)))
+        .filter(|c| !found.columns.iter().any(|f| same(&f.name, &c.name)))
         .map(|c| c.name.as_str())
         .collect();
     if !missing.is_empty() {
         return Some(format!(
             "target table {id} lacks column(s) {} of the source; the MySQL sink does not add \
-             columns to a table: add them on the target (or drop the table to have Ferry \
-             create it), then resume",
+             columns to a table it did not write before: add them on the target (or drop the \
+             table to have Ferry create it), then resume",
             missing.join(", ")
         ));
     }
+    unfilled(schema, &found.columns, &std::collections::HashSet::new())
+}
+
+/// Why no row could be inserted into a table with `found` columns, if so: a NOT NULL
+/// column without a default that the source does not have, and that Ferry did not
+/// `created` (those it drops).
+pub(super) fn unfilled(
+    schema: &TableSchema,
+    found: &[FoundColumn],
+    created: &std::collections::HashSet<String>,
+) -> Option<String> {
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let unfilled: Vec<&str> = found
-        .columns
         .iter()
-        .filter(|(n, nullable, default)| {
-            !nullable && !default && !schema.columns.iter().any(|c| same(n, &c.name))
+        .filter(|f| {
+            !f.nullable
+                && !f.has_default
+                && !schema.columns.iter().any(|c| same(&f.name, &c.name))
+                && !created.iter().any(|c| same(c, &f.name))
         })
-        .map(|(n, ..)| n.as_str())
+        .map(|f| f.name.as_str())
         .collect();
     if !unfilled.is_empty() {
         return Some(format!(
-            "target table {id} has NOT NULL column(s) {} without a default that the source \
+            "target table {} has NOT NULL column(s) {} without a default that the source \
              does not have: Ferry could not insert a row. Give them a default or drop them",
+            schema.id,
             unfilled.join(", ")
         ));
     }
     None
+}
+
+/// The columns of `table` Ferry created.
+pub(super) async fn created_columns(
+    conn: &mut Conn,
+    table: &TableId,
+) -> Result<std::collections::HashSet<String>, SinkError> {
+    conn.exec(
+        "SELECT column_name FROM `_ferry`.`created_columns` WHERE table_schema = ? AND table_name = ?",
+        (&table.schema, &table.name),
+    )
+    .await
+    .map_err(|e| sink_error(format!("read the columns Ferry created in {table}"), e))
+    .map(|names: Vec<String>| names.into_iter().collect())
+}
+
+/// Records `columns` of `table` as Ferry's (before creating them: a crash in between
+/// leaves a record of a column not there yet, which the next attempt creates).
+pub(super) async fn record_columns(
+    conn: &mut Conn,
+    table: &TableId,
+    columns: &[String],
+) -> Result<(), SinkError> {
+    for column in columns {
+        conn.exec_drop(
+            "INSERT IGNORE INTO `_ferry`.`created_columns` VALUES (?, ?, ?)",
+            (&table.schema, &table.name, column),
+        )
+        .await
+        .map_err(|e| sink_error(format!("record the columns Ferry creates in {table}"), e))?;
+    }
+    Ok(())
+}
+
+/// Forgets `columns` of `table` (dropped).
+pub(super) async fn forget_columns(
+    conn: &mut Conn,
+    table: &TableId,
+    columns: &[String],
+) -> Result<(), SinkError> {
+    for column in columns {
+        conn.exec_drop(
+            "DELETE FROM `_ferry`.`created_columns`
+             WHERE table_schema = ? AND table_name = ? AND column_name = ?",
+            (&table.schema, &table.name, column),
+        )
+        .await
+        .map_err(|e| sink_error(format!("forget a column dropped from {table}"), e))?;
+    }
+    Ok(())
 }
 
 /// Whether `table` holds at least one row.

@@ -1,5 +1,7 @@
 //! Shaping a target table before Ferry writes it: claim it, then create it (and its
-//! database), or check the table found; and following a table renamed on the source.
+//! database), or check the table found at its first claim, or follow the source's column
+//! changes on a table the changefeed owns ([`super::reshape`]); and following a table
+//! renamed on the source.
 //!
 //! Everything here is DDL or bookkeeping that must not join a batch's transaction
 //! (MariaDB commits DDL implicitly): it runs on the sink's side connection, each step
@@ -7,10 +9,11 @@
 
 use std::sync::Arc;
 
-use ferry_core::{ExistingTarget, SinkError, TableId, TableSchema};
+use ferry_core::{DdlPolicy, ExistingTarget, SinkError, TableId, TableSchema};
 use mysql_async::prelude::Queryable;
 
-use super::ownership::{self, Claim};
+use super::ownership::{self, Claim, Existing};
+use super::reshape;
 use super::statements::Target;
 use super::types::{create_table_sql, quote, quote_table, write_string};
 use super::MySqlSink;
@@ -33,10 +36,16 @@ impl MySqlSink {
                 ),
             });
         }
+        // Statements of the changes made at the shape before are made with it.
+        if self.segment.contains_key(&schema.id) {
+            self.segment_to_queue()?;
+        }
         let create = create_table_sql(schema)?;
         let id = &schema.id;
         let (changefeed, server_id) = (self.changefeed.clone(), self.policy.server_id.clone());
         let existing_target = self.policy.existing_target;
+        let ddl = self.policy.ddl;
+        let known = self.tables.get(id).map(|t| t.schema.clone());
         let conn = self.side().await?;
         let claim = ownership::claim(conn, &changefeed, &server_id, id).await?;
         match ownership::existing(conn, id).await? {
@@ -47,11 +56,16 @@ impl MySqlSink {
                 ))
                 .await
                 .map_err(|e| sink_error(format!("create database {}", id.schema), e))?;
+                let all: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+                ownership::record_columns(conn, id, &all).await?;
                 conn.query_drop(create)
                     .await
                     .map_err(|e| sink_error(format!("create target table {id}"), e))?;
                 ownership::adopt(conn, id, false).await?;
                 tracing::info!(table = %id, changefeed = %changefeed, "target table created");
+            }
+            Some(found) if claim == Claim::Adopted => {
+                follow(conn, schema, &found, known.as_deref(), ddl).await?;
             }
             Some(found) => {
                 if let Some(why) = ownership::conflict(schema, &found) {
@@ -137,6 +151,7 @@ impl MySqlSink {
         self.tables.remove(from);
         self.tables
             .insert(to.clone(), Target::stored_as(schema.clone(), &physical));
+        self.touched.insert(to.clone());
         self.renames.insert(physical, to.clone());
         tracing::info!(from = %from, to = %to, "target table to be renamed when the batch commits");
         Ok(())
@@ -177,8 +192,64 @@ impl MySqlSink {
     }
 }
 
+/// Brings an owned table's columns in line with `schema` ([`reshape::plan`]): one
+/// autocommitted `ALTER TABLE`, its added columns recorded as Ferry's before it and its
+/// dropped ones forgotten after it, so a crash anywhere leaves what the next attempt
+/// finishes. Under `options.ddl: stop` nothing changes: the changefeed stops with what
+/// would.
+async fn follow(
+    conn: &mut mysql_async::Conn,
+    schema: &TableSchema,
+    found: &Existing,
+    known: Option<&TableSchema>,
+    ddl: DdlPolicy,
+) -> Result<(), SinkError> {
+    let id = &schema.id;
+    let created = ownership::created_columns(conn, id).await?;
+    if let Some(why) = ownership::unfilled(schema, &found.columns, &created) {
+        return Err(SinkError::Unsupported { message: why });
+    }
+    let plan = reshape::plan(schema, &found.columns, &created, known)?;
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let alter = format!(
+        "ALTER TABLE {} {}",
+        quote_table(id),
+        plan.clauses.join(", ")
+    );
+    if ddl == DdlPolicy::Stop {
+        return Err(SinkError::Unsupported {
+            message: format!(
+                "table {id} changed on the source and options.ddl is stop, so Ferry changes \
+                 nothing on the target; make the target match ({alter}), or set options.ddl \
+                 to apply, then resume"
+            ),
+        });
+    }
+    if !plan.unknown_fill.is_empty() && ownership::has_rows(conn, id).await? {
+        return Err(SinkError::Unsupported {
+            message: format!(
+                "column(s) {} of {id} were added on the source with a default, and the source \
+                 does not tell the value its existing rows got (no row event carries it), so \
+                 Ferry stops instead of writing NULLs into the target's existing rows. Add the \
+                 column(s) on the target with the same default yourself, then resume; or \
+                 re-copy the table (`ferry changefeed table resync`)",
+                plan.unknown_fill.join(", ")
+            ),
+        });
+    }
+    ownership::record_columns(conn, id, &plan.added).await?;
+    conn.query_drop(&alter)
+        .await
+        .map_err(|e| sink_error(format!("change target table {id} as the source did"), e))?;
+    ownership::forget_columns(conn, id, &plan.dropped).await?;
+    tracing::info!(table = %id, statement = %alter, "target table follows the source's columns");
+    Ok(())
+}
+
 /// Renames target table `from` to `to` (creating `to`'s database) unless that was done
-/// already, and moves the changefeed's claim with it.
+/// already, and moves the changefeed's claim (and the record of its columns) with it.
 async fn rename_now(
     conn: &mut mysql_async::Conn,
     changefeed: &str,
@@ -217,6 +288,18 @@ async fn rename_now(
     )
     .await
     .map_err(|e| sink_error(format!("move the copy markers of {from} to {to}"), e))?;
+    conn.exec_drop(
+        "UPDATE IGNORE `_ferry`.`created_columns` SET table_schema = ?, table_name = ?
+         WHERE table_schema = ? AND table_name = ?",
+        (&to.schema, &to.name, &from.schema, &from.name),
+    )
+    .await
+    .map_err(|e| {
+        sink_error(
+            format!("move the columns Ferry created in {from} to {to}"),
+            e,
+        )
+    })?;
     Ok(())
 }
 

@@ -39,6 +39,13 @@
 //! [`MemDb::fail_sink`] makes a step of the sink fail, hang or panic once (a hang lasts
 //! until the engine drops the call, as a dead connection would).
 //!
+//! # Shapes
+//! [`MemTransaction::add_column`] changes a table's shape mid-stream. With
+//! [`MemDb::reshape_between_batches`] the sink behaves as MariaDB's: it changes a target
+//! table only while the open batch holds none of its changes (it says so in
+//! [`ferry_core::Sink::needs_own_batch`]), and records an anomaly when asked otherwise. The
+//! target keeps each table's shape, as a database does: a new connection compares with it.
+//!
 //! ```no_run
 //! use ferry_testkit::mem::MemDb;
 //!
@@ -164,6 +171,10 @@ struct State {
     stream_panic: bool,
     /// Armed sink faults: the step, calls of it to let pass first, and the fault.
     sink_faults: Vec<(SinkStep, u32, SinkFault)>,
+    /// The sink changes a table only between batches (see [`MemDb::reshape_between_batches`]).
+    reshape_between_batches: bool,
+    /// Target tables whose shape the sink changed, in order.
+    reshapes: Vec<TableId>,
     faults_fired: usize,
     checkpoint_violations: Vec<String>,
     /// Sinks act as streams: see [`MemDb::settle_after`].
@@ -209,6 +220,8 @@ struct Slot {
 #[derive(Default)]
 struct TargetState {
     tables: BTreeMap<TableId, BTreeMap<i64, Row>>,
+    /// Each target table's shape, as the sink last followed it.
+    shapes: HashMap<TableId, Arc<TableSchema>>,
     checkpoints: HashMap<String, Position>,
     markers: HashMap<String, Vec<FinishedChunk>>,
     batches: Vec<CommittedBatch>,
@@ -445,6 +458,18 @@ impl MemDb {
     /// and every batch sealed after it fails too, landing nothing.
     pub fn settle_after(&self, delay: Duration) {
         self.lock().settle_after = Some(delay);
+    }
+
+    /// Makes the sink change a target table's shape only while the open batch holds none
+    /// of its changes, as MariaDB's DDL (which commits implicitly) demands.
+    pub fn reshape_between_batches(&self) {
+        self.lock().reshape_between_batches = true;
+    }
+
+    /// The tables whose shape the sink changed (a new shape announced after another), in
+    /// order.
+    pub fn reshapes(&self) -> Vec<TableId> {
+        self.lock().reshapes.clone()
     }
 
     /// How many armed faults (source and sink) have fired.

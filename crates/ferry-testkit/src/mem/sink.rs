@@ -53,9 +53,43 @@ impl MemSink {
         }
     }
 
-    fn create_table(&self, table: &TableId) {
+    /// Creates the target table when missing, or follows its new shape (at once, outside
+    /// the batch, as MariaDB's DDL): recorded, and an anomaly when the sink changes tables
+    /// only between batches and the open batch holds the table's changes.
+    fn create_table(&self, schema: &Arc<TableSchema>) {
+        let held = self.holds(&schema.id);
         let mut state = self.db.lock();
-        state.target.tables.entry(table.clone()).or_default();
+        let state = &mut *state;
+        state.target.tables.entry(schema.id.clone()).or_default();
+        let known = state
+            .target
+            .shapes
+            .insert(schema.id.clone(), schema.clone());
+        if known.is_some_and(|known| known.columns != schema.columns) {
+            if state.reshape_between_batches && held {
+                let anomaly = format!(
+                    "{} reshaped while the open batch held its changes",
+                    schema.id
+                );
+                state.target.anomalies.push(anomaly);
+            }
+            state.reshapes.push(schema.id.clone());
+        }
+    }
+
+    /// Whether the open batch holds changes of `table`.
+    fn holds(&self, table: &TableId) -> bool {
+        self.pending.iter().any(|p| match p {
+            Pending::Change(
+                RowChange::Insert { table: t, .. }
+                | RowChange::Update { table: t, .. }
+                | RowChange::Delete { table: t, .. },
+            ) => t.id == *table,
+            Pending::Change(RowChange::Truncate { tables, .. }) => {
+                tables.iter().any(|t| t.id == *table)
+            }
+            Pending::Rename { from, to } => from == table || to == table,
+        })
     }
 }
 
@@ -73,8 +107,16 @@ impl Sink for MemSink {
     }
 
     async fn ensure_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        self.create_table(&schema.id);
+        self.create_table(schema);
         Ok(())
+    }
+
+    async fn needs_own_batch(&mut self, schema: &Arc<TableSchema>) -> Result<bool, SinkError> {
+        let held = self.holds(&schema.id);
+        let state = self.db.lock();
+        let reshapes = (state.target.shapes.get(&schema.id))
+            .is_some_and(|known| known.columns != schema.columns);
+        Ok(state.reshape_between_batches && reshapes && held)
     }
 
     async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
@@ -162,7 +204,7 @@ impl Sink for MemSink {
     }
 
     async fn ensure_table_for_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        self.create_table(&schema.id);
+        self.create_table(schema);
         Ok(())
     }
 
@@ -247,6 +289,9 @@ fn land(db: &MemDb, feed: &str, pending: Vec<Pending>, checkpoint: Position) {
                 Pending::Rename { from, to } => {
                     let rows = target.tables.remove(from).unwrap_or_default();
                     target.tables.insert(to.clone(), rows);
+                    if let Some(shape) = target.shapes.remove(from) {
+                        target.shapes.insert(to.clone(), shape);
+                    }
                 }
             }
         }

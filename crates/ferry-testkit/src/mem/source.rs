@@ -1,7 +1,7 @@
 //! The in-memory source's data plane: one attempt ([`MemSource`]), its snapshots (a copy
 //! of the tables taken at a position) and its stream (the log after a position).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -324,7 +324,7 @@ impl MemStream {
             last: None,
         };
         let mut changed = self.db.shared.changed.subscribe();
-        let mut announced: HashSet<TableId> = HashSet::new();
+        let mut announced: HashMap<TableId, Arc<TableSchema>> = HashMap::new();
         loop {
             changed.borrow_and_update();
             let (outgoing, current) = match self.unread() {
@@ -442,11 +442,12 @@ impl ChangeStream for MemStream {
 }
 
 /// Sends one transaction: begin, each table's shape before its first change in the
-/// session, the changes, commit.
+/// session and again before its first change after the shape changed, the changes,
+/// commit.
 async fn send_transaction(
     events: &EventSender,
     tx: Outgoing,
-    announced: &mut HashSet<TableId>,
+    announced: &mut HashMap<TableId, Arc<TableSchema>>,
 ) -> Result<(), ()> {
     let send = |event| async { events.send(Ok(event)).await.map_err(drop) };
     let commit_time_us = 1_000_000 * i64::from(tx.xid);
@@ -464,7 +465,8 @@ async fn send_transaction(
             RowChange::Truncate { tables, .. } => tables.iter().collect(),
         };
         for table in tables {
-            if announced.insert(table.id.clone()) {
+            if announced.get(&table.id) != Some(table) {
+                announced.insert(table.id.clone(), table.clone());
                 send(SourceEvent::Schema(table.clone())).await?;
             }
         }

@@ -58,6 +58,19 @@ impl MemTransaction<'_> {
         self.changes.push(RowChange::Delete { table, old });
     }
 
+    /// Adds a nullable column `name` to the table's shape (`ALTER TABLE … ADD COLUMN`):
+    /// the changes after it carry the new shape, which the stream announces before the
+    /// table's next change. The model's rows keep their two values; only the shape's
+    /// announcement matters to the engine.
+    pub fn add_column(&mut self, table: &TableId, name: &str) {
+        let t = self.table(table);
+        let mut schema = (*t.schema).clone();
+        schema
+            .columns
+            .push(column(name, "text", 25, LogicalType::Text, true));
+        t.schema = std::sync::Arc::new(schema);
+    }
+
     /// Empties the table.
     pub fn truncate(&mut self, table: &TableId) {
         let t = self.table(table);
@@ -72,15 +85,6 @@ impl MemTransaction<'_> {
 
 /// The shape of every in-memory table.
 pub(super) fn table_schema(id: TableId) -> TableSchema {
-    let column = |name: &str, type_name: &str, type_oid, logical, nullable| ColumnSchema {
-        name: name.into(),
-        type_name: type_name.into(),
-        type_oid,
-        logical,
-        nullable,
-        missing_value: None,
-        has_default: false,
-    };
     TableSchema {
         id,
         columns: vec![
@@ -92,6 +96,24 @@ pub(super) fn table_schema(id: TableId) -> TableSchema {
         user_types: Vec::new(),
         partition_of: Vec::new(),
         dialect: ferry_core::Dialect::Postgres,
+    }
+}
+
+fn column(
+    name: &str,
+    type_name: &str,
+    type_oid: u32,
+    logical: LogicalType,
+    nullable: bool,
+) -> ColumnSchema {
+    ColumnSchema {
+        name: name.into(),
+        type_name: type_name.into(),
+        type_oid,
+        logical,
+        nullable,
+        missing_value: None,
+        has_default: false,
     }
 }
 
