@@ -18,13 +18,17 @@
 //! nothing happens, so an idle or filtered source reaches `synced`.
 //!
 //! # Shapes
-//! With `binlog_row_metadata=FULL` every TABLE_MAP event names its columns. When the
-//! names differ from the shape the stream knows (or the table was altered), the shape is
-//! rebuilt: the catalog's columns, in the order and number the event names them; a column
-//! dropped since keeps the definition the stream knew. A column the event names that
-//! neither has (dropped before this session started, while the changefeed was behind)
-//! stops the stream with an error, before anything is written. A changed shape is announced with
-//! [`SourceEvent::Schema`] before the table's next change.
+//! With `binlog_row_metadata=FULL` every TABLE_MAP event describes its table as it was at
+//! that position: column names, types and their metadata, nullability, signedness,
+//! collations, ENUM/SET labels, the key. Each TABLE_MAP of a replicated table is read into a
+//! shape ([`tablemap`]) unless it is the one read last; what the event does not say (exact
+//! `COLUMN_TYPE`, defaults, MariaDB's JSON) comes from the shape the stream knew and, when
+//! the event names a column that shape lacks or the table was altered since, the catalog.
+//! Rows decode with the kinds of their own TABLE_MAP, never the catalog's, so a stream far
+//! behind its source reads columns added and dropped since, and types changed since, as they
+//! were. A shape that differs from the one the engine knows is announced with
+//! [`SourceEvent::Schema`] before the table's next change, so targets that follow the
+//! source's definitions add, drop and retype columns at their positions.
 //!
 //! # Errors
 //! The binlog past the position purged (error 1236) is definite, with how to re-sync;
@@ -41,7 +45,7 @@ use ferry_core::{
     TableSchema,
 };
 use futures::StreamExt;
-use mysql_async::binlog::events::{EventData, OptionalMetaExtractor, RowsEventData};
+use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
@@ -49,6 +53,7 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 use super::catalog;
 use super::ddl::{self, Ddl};
 use super::replica::{binlog_error, parse_gtid, server_id, FL_STANDALONE, GTID_EVENT};
+use super::tablemap::{self, Collations};
 use super::types::Kind;
 use super::values::{canonical, Origin};
 use crate::connect::{connect, source_error};
@@ -66,8 +71,10 @@ struct Tracked {
     kinds: Vec<Kind>,
     /// The engine knows this shape (announced in this session).
     announced: bool,
-    /// Altered since the shape was read: rebuild it at the next TABLE_MAP.
+    /// Altered since the shape was read: consult the catalog at the next TABLE_MAP.
     stale: bool,
+    /// The TABLE_MAP event the shape was read from: the same event again needs no reading.
+    map: Option<TableMapEvent<'static>>,
 }
 
 /// The transaction being read.
@@ -83,6 +90,7 @@ struct Tx {
 pub(crate) struct MyStream {
     binlog: BinlogStream,
     catalog: Conn,
+    collations: Collations,
     position: MariaDbGtidList,
     /// By the table's name on the source.
     tables: HashMap<TableId, Tracked>,
@@ -122,9 +130,11 @@ pub(crate) async fn start(
                 kinds,
                 announced: false,
                 stale: false,
+                map: None,
             },
         );
     }
+    let collations = catalog::collations(&mut catalog).await?;
     let what = "start reading the binlog";
     let mut conn = connect(uri).await.map_err(|e| source_error(what, e))?;
     let setup = [
@@ -146,6 +156,7 @@ pub(crate) async fn start(
     Ok(MyStream {
         binlog,
         catalog,
+        collations,
         position: from,
         tables: tracked,
         renamed,
@@ -313,80 +324,41 @@ impl MyStream {
         .await
     }
 
-    /// Rebuilds a replicated table's shape when a TABLE_MAP event names other columns.
-    async fn check_shape(
-        &mut self,
-        tme: &mysql_async::binlog::events::TableMapEvent<'_>,
-    ) -> Result<(), SourceError> {
+    /// Reads a replicated table's shape from its TABLE_MAP event; a shape that differs from
+    /// the one known is announced before the table's next change.
+    async fn check_shape(&mut self, tme: &TableMapEvent<'_>) -> Result<(), SourceError> {
         let id = TableId::new(tme.database_name(), tme.table_name());
         let Some(tracked) = self.tables.get(&id) else {
             return Ok(());
         };
-        let meta = OptionalMetaExtractor::new(tme.iter_optional_meta())
-            .map_err(|e| SourceError::new("read a TABLE_MAP event", ErrorClass::Definite, e))?;
-        let names: Vec<String> = meta
-            .iter_column_name()
-            .map(|n| n.map(|n| n.name().to_string()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| SourceError::new("read a TABLE_MAP event", ErrorClass::Definite, e))?;
-        if names.len() as u64 != tme.columns_count() {
-            return Err(SourceError::message(
-                format!("the binlog does not name the columns of {id}"),
-                ErrorClass::Definite,
-            )
-            .with_hint(
-                "set binlog_row_metadata=FULL on the source (SET GLOBAL and in its \
-                        configuration), then re-sync the changefeed",
-            ));
-        }
-        let current: Vec<&str> = tracked
-            .schema
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        if !tracked.stale && current == names {
+        if !tracked.stale && tracked.map.as_ref() == Some(tme) {
             return Ok(());
         }
-        let (catalog, kinds) = catalog::describe(&mut self.catalog, &id).await?;
-        let mut columns = Vec::with_capacity(names.len());
-        let mut ordered_kinds = Vec::with_capacity(names.len());
-        for name in &names {
-            if let Some(i) = catalog.columns.iter().position(|c| &c.name == name) {
-                columns.push(catalog.columns[i].clone());
-                ordered_kinds.push(kinds[i].clone());
-                continue;
-            }
-            // Dropped since: the shape this stream knew still says what it was.
-            let known = &self.tables[&id];
-            let Some(i) = known.schema.columns.iter().position(|c| &c.name == name) else {
-                return Err(SourceError::message(
-                    format!(
-                        "rows of {id} in the binlog have column {name}, which the table no \
-                         longer has: its type at this position is unknown"
-                    ),
-                    ErrorClass::Definite,
-                )
-                .with_hint("re-sync the table (its rows are copied again at the current shape)"));
-            };
-            columns.push(known.schema.columns[i].clone());
-            ordered_kinds.push(known.kinds[i].clone());
-        }
-        let key = catalog
-            .key
+        let map = tablemap::read(tme, &self.collations)?;
+        let unknown = map
+            .columns
             .iter()
-            .filter_map(|k| names.iter().position(|n| *n == catalog.columns[*k].name))
-            .collect();
-        let schema = TableSchema {
-            columns,
-            key,
-            ..catalog
+            .any(|c| tracked.schema.column(&c.name).is_none());
+        // The catalog is newer than this position (or as new): it only fills in what the
+        // event does not say about columns that match it.
+        let catalog = if tracked.stale || unknown {
+            catalog::describe_if_exists(&mut self.catalog, &id).await?
+        } else {
+            None
         };
+        let tracked = &self.tables[&id];
+        let mut known: Vec<(&TableSchema, &[Kind])> = Vec::with_capacity(2);
+        if let Some((schema, kinds)) = &catalog {
+            known.push((schema, kinds));
+        }
+        known.push((&tracked.schema, &tracked.kinds));
+        let (schema, kinds) = tablemap::shape(map, &known, &tracked.schema)?;
         let tracked = self.tables.get_mut(&id).expect("looked up above");
         tracked.stale = false;
+        tracked.map = Some(tme.clone().into_owned());
         if *tracked.schema != schema {
             tracked.schema = Arc::new(schema);
-            tracked.kinds = ordered_kinds;
+            tracked.kinds = kinds;
             tracked.announced = false;
         }
         Ok(())
@@ -492,6 +464,7 @@ impl MyStream {
                         Tracked {
                             schema: schema.clone(),
                             announced: true,
+                            map: None,
                             ..tracked
                         },
                     );
