@@ -176,14 +176,11 @@ pub(crate) fn read(
                 sets.next()
             }
             .ok_or_else(|| missing_metadata(&id, "the labels of its ENUM and SET columns"))?;
-            let charset = Charset::from_name(&collation.charset).ok_or_else(|| {
-                unreadable(format!("labels in character set {}", collation.charset))
-            })?;
             let labels = raw_labels
                 .iter()
-                .map(|l| decode_charset(l, charset))
+                .map(|l| label_text(l, &collation.charset))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|b| unreadable(format!("labels Ferry cannot decode: {}", b.0)))?;
+                .map_err(|what| unreadable(format!("ENUM or SET labels {what}")))?;
             (Some(collation), labels)
         } else {
             (None, Vec::new())
@@ -209,6 +206,20 @@ pub(crate) fn read(
         .collect::<Result<_, _>>()
         .map_err(|e| event_error(&id, e))?;
     Ok(TableMap { columns, key })
+}
+
+/// An ENUM or SET label in `charset`. Labels in a character set Ferry does not decode read
+/// when they are ASCII (which those sets share).
+fn label_text(bytes: &[u8], charset: &str) -> Result<String, String> {
+    match Charset::from_name(charset) {
+        Some(charset) => {
+            decode_charset(bytes, charset).map_err(|b| format!("Ferry cannot decode: {}", b.0))
+        }
+        None if bytes.is_ascii() => Ok(bytes.iter().map(|b| char::from(*b)).collect()),
+        None => Err(format!(
+            "in character set {charset} beyond ASCII, which Ferry does not decode from the binlog"
+        )),
+    }
 }
 
 /// The raw labels of the ENUM columns and of the SET columns, each in column order.

@@ -528,6 +528,18 @@ proptest! {
 }
 
 #[test]
+fn labels_decode_from_their_character_set() {
+    assert_eq!(label_text(b"caf\xe9", "latin1").unwrap(), "café");
+    assert_eq!(label_text("日".as_bytes(), "utf8mb4").unwrap(), "日");
+    assert_eq!(label_text(&[0, b'a'], "ucs2").unwrap(), "a");
+    // Sets Ferry does not decode still read ASCII labels, and name the others.
+    assert_eq!(label_text(b"small", "sjis").unwrap(), "small");
+    assert!(label_text(&[0x82, 0xa0], "sjis")
+        .unwrap_err()
+        .contains("sjis"));
+}
+
+#[test]
 fn signedness_and_charsets_decide_the_kind() {
     let int = |unsigned| Described {
         real: ColumnType::MYSQL_TYPE_LONG,
