@@ -30,6 +30,13 @@
 //! [`SourceEvent::Schema`] before the table's next change, so targets that follow the
 //! source's definitions add, drop and retype columns at their positions.
 //!
+//! # Names
+//! The engine knows each table by the name it had at the checkpoint, and so does the
+//! binlog from there on: a table renamed since is tracked under that name until the stream
+//! reaches the `RENAME`, where it follows with [`SourceEvent::Renamed`], so rows written
+//! before the rename are read. Should the rename be a statement the DDL reader does not
+//! recognize, the first TABLE_MAP event under the table's current name follows it there.
+//!
 //! # Errors
 //! The binlog past the position purged (error 1236) is definite, with how to re-sync;
 //! a connection cut or a silent source is transient.
@@ -94,8 +101,9 @@ pub(crate) struct MyStream {
     position: MariaDbGtidList,
     /// By the table's name on the source.
     tables: HashMap<TableId, Tracked>,
-    /// Renames that happened while the changefeed was not reading: (engine's name, shape).
-    renamed: Vec<(TableId, Arc<TableSchema>)>,
+    /// Tables renamed since the checkpoint, by their current name: the name the engine
+    /// knows them by. The binlog names them so until it reaches the rename.
+    renamed_since: HashMap<TableId, TableId>,
     timeout: Duration,
     last_idle: Instant,
 }
@@ -114,19 +122,21 @@ pub(crate) async fn start(
     let ids: Vec<u32> = tables.keys().copied().collect();
     let names = catalog::table_names(&mut catalog, &uri.database(), &ids).await?;
     let mut tracked = HashMap::new();
-    let mut renamed = Vec::new();
+    let mut renamed_since = HashMap::new();
     for (id, engine_name) in tables {
         // Dropped on the source: the engine finds out from the catalog.
         let Some(name) = names.get(&id) else { continue };
-        let (schema, kinds) = catalog::describe(&mut catalog, name).await?;
-        let schema = Arc::new(schema);
+        let (mut schema, kinds) = catalog::describe(&mut catalog, name).await?;
+        // From the checkpoint on, the binlog names the table as the engine knows it, up to
+        // a rename: rows written before it are read under that name.
         if *name != engine_name {
-            renamed.push((engine_name, schema.clone()));
+            renamed_since.insert(name.clone(), engine_name.clone());
+            schema.id = engine_name.clone();
         }
         tracked.insert(
-            name.clone(),
+            engine_name,
             Tracked {
-                schema,
+                schema: Arc::new(schema),
                 kinds,
                 announced: false,
                 stale: false,
@@ -159,7 +169,7 @@ pub(crate) async fn start(
         collations,
         position: from,
         tables: tracked,
-        renamed,
+        renamed_since,
         timeout,
         last_idle: Instant::now(),
     })
@@ -189,11 +199,6 @@ impl MyStream {
     }
 
     async fn read(&mut self, events: &EventSender) -> Result<(), SourceError> {
-        for (from, schema) in std::mem::take(&mut self.renamed) {
-            if !send(events, SourceEvent::Renamed { from, schema }).await {
-                return Ok(());
-            }
-        }
         let mut tx: Option<Tx> = None;
         loop {
             let event = match tokio::time::timeout(self.timeout, self.binlog.next()).await {
@@ -231,6 +236,18 @@ impl MyStream {
                 .map_err(|e| SourceError::new("decode a binlog event", ErrorClass::Definite, e))?;
             let ended = match data {
                 Some(EventData::TableMapEvent(tme)) => {
+                    let id = TableId::new(tme.database_name(), tme.table_name());
+                    let unrenamed = self
+                        .renamed_since
+                        .get(&id)
+                        .filter(|_| !self.tables.contains_key(&id));
+                    if let Some(from) = unrenamed.cloned() {
+                        // Renamed by a statement the stream did not recognize: the table
+                        // is under its new name from here on.
+                        if !self.rename(from, id, events).await {
+                            return Ok(());
+                        }
+                    }
                     self.check_shape(&tme).await?;
                     false
                 }
@@ -428,6 +445,33 @@ impl MyStream {
         Ok(true)
     }
 
+    /// Follows the rename of a replicated table at this position; `false` when the receiver
+    /// is gone.
+    async fn rename(&mut self, from: TableId, to: TableId, events: &EventSender) -> bool {
+        self.renamed_since.remove(&to);
+        for known_as in self.renamed_since.values_mut() {
+            if *known_as == from {
+                *known_as = to.clone();
+            }
+        }
+        let Some(tracked) = self.tables.remove(&from) else {
+            return true;
+        };
+        let mut schema = (*tracked.schema).clone();
+        schema.id = to.clone();
+        let schema = Arc::new(schema);
+        self.tables.insert(
+            to,
+            Tracked {
+                schema: schema.clone(),
+                announced: true,
+                map: None,
+                ..tracked
+            },
+        );
+        send(events, SourceEvent::Renamed { from, schema }).await
+    }
+
     /// Follows a DDL statement; `false` when the receiver is gone.
     async fn ddl(
         &mut self,
@@ -453,22 +497,7 @@ impl MyStream {
             }
             Ddl::Rename(renames) => {
                 for (from, to) in renames {
-                    let Some(tracked) = self.tables.remove(&from) else {
-                        continue;
-                    };
-                    let mut schema = (*tracked.schema).clone();
-                    schema.id = to.clone();
-                    let schema = Arc::new(schema);
-                    self.tables.insert(
-                        to,
-                        Tracked {
-                            schema: schema.clone(),
-                            announced: true,
-                            map: None,
-                            ..tracked
-                        },
-                    );
-                    if !send(events, SourceEvent::Renamed { from, schema }).await {
+                    if !self.rename(from, to, events).await {
                         return Ok(false);
                     }
                 }
