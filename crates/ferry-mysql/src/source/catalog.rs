@@ -15,6 +15,7 @@ use ferry_core::{
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
+use super::tablemap::{Collation, Collations};
 use super::types::{self, Kind};
 use crate::connect::source_error;
 
@@ -152,12 +153,25 @@ pub(crate) async fn table_names(
         .collect())
 }
 
-/// A table's shape and its columns' kinds as the catalog shows them now; `None` when the
+/// A table's shape and its columns' kinds as the catalog shows them now; an error when the
 /// table does not exist.
 pub(crate) async fn describe(
     conn: &mut Conn,
     id: &TableId,
 ) -> Result<(TableSchema, Vec<Kind>), SourceError> {
+    describe_if_exists(conn, id).await?.ok_or_else(|| {
+        SourceError::message(
+            format!("table {id} does not exist on the source"),
+            ferry_core::ErrorClass::Transient,
+        )
+    })
+}
+
+/// As [`describe`]; `None` when the table does not exist (any more).
+pub(crate) async fn describe_if_exists(
+    conn: &mut Conn,
+    id: &TableId,
+) -> Result<Option<(TableSchema, Vec<Kind>)>, SourceError> {
     let what = || format!("read the columns of {id}");
     // MariaDB shows a column without a default as the text `NULL` (a default of the
     // string 'NULL' reads as `'NULL'`, quoted).
@@ -173,10 +187,7 @@ pub(crate) async fn describe(
         .await
         .map_err(|e| source_error(what(), e))?;
     if rows.is_empty() {
-        return Err(SourceError::message(
-            format!("table {id} does not exist on the source"),
-            ferry_core::ErrorClass::Transient,
-        ));
+        return Ok(None);
     }
     let json_checked = json_checked_columns(conn, id).await;
     let key_columns: Vec<String> = conn
@@ -230,7 +241,38 @@ pub(crate) async fn describe(
         partition_of: Vec::new(),
         dialect: Dialect::Mysql,
     };
-    Ok((schema, kinds))
+    Ok(Some((schema, kinds)))
+}
+
+/// Every collation the server knows, by id: TABLE_MAP events name a column's collation by
+/// id, and give a string's length in bytes. MariaDB 10.10 and later list the collations of
+/// each character set (`utf8mb4_uca1400_ai_ci`) only in
+/// `COLLATION_CHARACTER_SET_APPLICABILITY`, with their ids; older servers in `COLLATIONS`.
+pub(crate) async fn collations(conn: &mut Conn) -> Result<Collations, SourceError> {
+    let query = |table: &str| {
+        format!(
+            "SELECT co.ID, co.CHARACTER_SET_NAME, cs.MAXLEN \
+             FROM information_schema.{table} co \
+             JOIN information_schema.CHARACTER_SETS cs \
+               ON cs.CHARACTER_SET_NAME = co.CHARACTER_SET_NAME \
+             WHERE co.ID IS NOT NULL"
+        )
+    };
+    let rows: Vec<(u16, String, u8)> = match conn
+        .query(query("COLLATION_CHARACTER_SET_APPLICABILITY"))
+        .await
+    {
+        Ok(rows) => rows,
+        Err(_) => conn
+            .query(query("COLLATIONS"))
+            .await
+            .map_err(|e| source_error("read the source's collations", e))?,
+    };
+    Ok(Collations(
+        rows.into_iter()
+            .map(|(id, charset, max_len)| (id, Collation { charset, max_len }))
+            .collect(),
+    ))
 }
 
 /// Columns guarded by `CHECK (json_valid(col))`: MariaDB's JSON. Empty where the catalog

@@ -13,7 +13,8 @@
 //!   their logical types; [`values`]: every value in canonical text.
 //! - [`snapshot`]: consistent snapshots shared by parallel readers, chunk plans and reads.
 //! - [`stream`]: the binlog; [`replica`]: the replica's server id, GTID events and errors;
-//!   [`ddl`]: what a QUERY event does to tables.
+//!   [`ddl`]: what a QUERY event does to tables; [`tablemap`]: a table's shape at a
+//!   position, from its TABLE_MAP event.
 //!
 //! # What the source leaves on the server
 //! Nothing: no slot, no table, no heartbeat writes (the server's own binlog heartbeats keep
@@ -35,6 +36,7 @@ mod snapshot;
 #[allow(clippy::module_inception)]
 mod source;
 mod stream;
+mod tablemap;
 mod types;
 mod values;
 

@@ -18,13 +18,24 @@
 //! nothing happens, so an idle or filtered source reaches `synced`.
 //!
 //! # Shapes
-//! With `binlog_row_metadata=FULL` every TABLE_MAP event names its columns. When the
-//! names differ from the shape the stream knows (or the table was altered), the shape is
-//! rebuilt: the catalog's columns, in the order and number the event names them; a column
-//! dropped since keeps the definition the stream knew. A column the event names that
-//! neither has (dropped before this session started, while the changefeed was behind)
-//! stops the stream with an error, before anything is written. A changed shape is announced with
-//! [`SourceEvent::Schema`] before the table's next change.
+//! With `binlog_row_metadata=FULL` every TABLE_MAP event describes its table as it was at
+//! that position: column names, types and their metadata, nullability, signedness,
+//! collations, ENUM/SET labels, the key. Each TABLE_MAP of a replicated table is read into a
+//! shape ([`tablemap`]) unless it is the one read last; what the event does not say (exact
+//! `COLUMN_TYPE`, defaults, MariaDB's JSON) comes from the shape the stream knew and, when
+//! the event names a column that shape lacks or the table was altered since, the catalog.
+//! Rows decode with the kinds of their own TABLE_MAP, never the catalog's, so a stream far
+//! behind its source reads columns added and dropped since, and types changed since, as they
+//! were. A shape that differs from the one the engine knows is announced with
+//! [`SourceEvent::Schema`] before the table's next change, so targets that follow the
+//! source's definitions add, drop and retype columns at their positions.
+//!
+//! # Names
+//! The engine knows each table by the name it had at the checkpoint, and so does the
+//! binlog from there on: a table renamed since is tracked under that name until the stream
+//! reaches the `RENAME`, where it follows with [`SourceEvent::Renamed`], so rows written
+//! before the rename are read. Should the rename be a statement the DDL reader does not
+//! recognize, the first TABLE_MAP event under the table's current name follows it there.
 //!
 //! # Errors
 //! The binlog past the position purged (error 1236) is definite, with how to re-sync;
@@ -41,7 +52,7 @@ use ferry_core::{
     TableSchema,
 };
 use futures::StreamExt;
-use mysql_async::binlog::events::{EventData, OptionalMetaExtractor, RowsEventData};
+use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
@@ -49,6 +60,7 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 use super::catalog;
 use super::ddl::{self, Ddl};
 use super::replica::{binlog_error, parse_gtid, server_id, FL_STANDALONE, GTID_EVENT};
+use super::tablemap::{self, Collations};
 use super::types::Kind;
 use super::values::{canonical, Origin};
 use crate::connect::{connect, source_error};
@@ -66,8 +78,10 @@ struct Tracked {
     kinds: Vec<Kind>,
     /// The engine knows this shape (announced in this session).
     announced: bool,
-    /// Altered since the shape was read: rebuild it at the next TABLE_MAP.
+    /// Altered since the shape was read: consult the catalog at the next TABLE_MAP.
     stale: bool,
+    /// The TABLE_MAP event the shape was read from: the same event again needs no reading.
+    map: Option<TableMapEvent<'static>>,
 }
 
 /// The transaction being read.
@@ -83,11 +97,13 @@ struct Tx {
 pub(crate) struct MyStream {
     binlog: BinlogStream,
     catalog: Conn,
+    collations: Collations,
     position: MariaDbGtidList,
     /// By the table's name on the source.
     tables: HashMap<TableId, Tracked>,
-    /// Renames that happened while the changefeed was not reading: (engine's name, shape).
-    renamed: Vec<(TableId, Arc<TableSchema>)>,
+    /// Tables renamed since the checkpoint, by their current name: the name the engine
+    /// knows them by. The binlog names them so until it reaches the rename.
+    renamed_since: HashMap<TableId, TableId>,
     timeout: Duration,
     last_idle: Instant,
 }
@@ -106,25 +122,29 @@ pub(crate) async fn start(
     let ids: Vec<u32> = tables.keys().copied().collect();
     let names = catalog::table_names(&mut catalog, &uri.database(), &ids).await?;
     let mut tracked = HashMap::new();
-    let mut renamed = Vec::new();
+    let mut renamed_since = HashMap::new();
     for (id, engine_name) in tables {
         // Dropped on the source: the engine finds out from the catalog.
         let Some(name) = names.get(&id) else { continue };
-        let (schema, kinds) = catalog::describe(&mut catalog, name).await?;
-        let schema = Arc::new(schema);
+        let (mut schema, kinds) = catalog::describe(&mut catalog, name).await?;
+        // From the checkpoint on, the binlog names the table as the engine knows it, up to
+        // a rename: rows written before it are read under that name.
         if *name != engine_name {
-            renamed.push((engine_name, schema.clone()));
+            renamed_since.insert(name.clone(), engine_name.clone());
+            schema.id = engine_name.clone();
         }
         tracked.insert(
-            name.clone(),
+            engine_name,
             Tracked {
-                schema,
+                schema: Arc::new(schema),
                 kinds,
                 announced: false,
                 stale: false,
+                map: None,
             },
         );
     }
+    let collations = catalog::collations(&mut catalog).await?;
     let what = "start reading the binlog";
     let mut conn = connect(uri).await.map_err(|e| source_error(what, e))?;
     let setup = [
@@ -146,9 +166,10 @@ pub(crate) async fn start(
     Ok(MyStream {
         binlog,
         catalog,
+        collations,
         position: from,
         tables: tracked,
-        renamed,
+        renamed_since,
         timeout,
         last_idle: Instant::now(),
     })
@@ -178,11 +199,6 @@ impl MyStream {
     }
 
     async fn read(&mut self, events: &EventSender) -> Result<(), SourceError> {
-        for (from, schema) in std::mem::take(&mut self.renamed) {
-            if !send(events, SourceEvent::Renamed { from, schema }).await {
-                return Ok(());
-            }
-        }
         let mut tx: Option<Tx> = None;
         loop {
             let event = match tokio::time::timeout(self.timeout, self.binlog.next()).await {
@@ -220,6 +236,18 @@ impl MyStream {
                 .map_err(|e| SourceError::new("decode a binlog event", ErrorClass::Definite, e))?;
             let ended = match data {
                 Some(EventData::TableMapEvent(tme)) => {
+                    let id = TableId::new(tme.database_name(), tme.table_name());
+                    let unrenamed = self
+                        .renamed_since
+                        .get(&id)
+                        .filter(|_| !self.tables.contains_key(&id));
+                    if let Some(from) = unrenamed.cloned() {
+                        // Renamed by a statement the stream did not recognize: the table
+                        // is under its new name from here on.
+                        if !self.rename(from, id, events).await {
+                            return Ok(());
+                        }
+                    }
                     self.check_shape(&tme).await?;
                     false
                 }
@@ -313,80 +341,41 @@ impl MyStream {
         .await
     }
 
-    /// Rebuilds a replicated table's shape when a TABLE_MAP event names other columns.
-    async fn check_shape(
-        &mut self,
-        tme: &mysql_async::binlog::events::TableMapEvent<'_>,
-    ) -> Result<(), SourceError> {
+    /// Reads a replicated table's shape from its TABLE_MAP event; a shape that differs from
+    /// the one known is announced before the table's next change.
+    async fn check_shape(&mut self, tme: &TableMapEvent<'_>) -> Result<(), SourceError> {
         let id = TableId::new(tme.database_name(), tme.table_name());
         let Some(tracked) = self.tables.get(&id) else {
             return Ok(());
         };
-        let meta = OptionalMetaExtractor::new(tme.iter_optional_meta())
-            .map_err(|e| SourceError::new("read a TABLE_MAP event", ErrorClass::Definite, e))?;
-        let names: Vec<String> = meta
-            .iter_column_name()
-            .map(|n| n.map(|n| n.name().to_string()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| SourceError::new("read a TABLE_MAP event", ErrorClass::Definite, e))?;
-        if names.len() as u64 != tme.columns_count() {
-            return Err(SourceError::message(
-                format!("the binlog does not name the columns of {id}"),
-                ErrorClass::Definite,
-            )
-            .with_hint(
-                "set binlog_row_metadata=FULL on the source (SET GLOBAL and in its \
-                        configuration), then re-sync the changefeed",
-            ));
-        }
-        let current: Vec<&str> = tracked
-            .schema
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        if !tracked.stale && current == names {
+        if !tracked.stale && tracked.map.as_ref() == Some(tme) {
             return Ok(());
         }
-        let (catalog, kinds) = catalog::describe(&mut self.catalog, &id).await?;
-        let mut columns = Vec::with_capacity(names.len());
-        let mut ordered_kinds = Vec::with_capacity(names.len());
-        for name in &names {
-            if let Some(i) = catalog.columns.iter().position(|c| &c.name == name) {
-                columns.push(catalog.columns[i].clone());
-                ordered_kinds.push(kinds[i].clone());
-                continue;
-            }
-            // Dropped since: the shape this stream knew still says what it was.
-            let known = &self.tables[&id];
-            let Some(i) = known.schema.columns.iter().position(|c| &c.name == name) else {
-                return Err(SourceError::message(
-                    format!(
-                        "rows of {id} in the binlog have column {name}, which the table no \
-                         longer has: its type at this position is unknown"
-                    ),
-                    ErrorClass::Definite,
-                )
-                .with_hint("re-sync the table (its rows are copied again at the current shape)"));
-            };
-            columns.push(known.schema.columns[i].clone());
-            ordered_kinds.push(known.kinds[i].clone());
-        }
-        let key = catalog
-            .key
+        let map = tablemap::read(tme, &self.collations)?;
+        let unknown = map
+            .columns
             .iter()
-            .filter_map(|k| names.iter().position(|n| *n == catalog.columns[*k].name))
-            .collect();
-        let schema = TableSchema {
-            columns,
-            key,
-            ..catalog
+            .any(|c| tracked.schema.column(&c.name).is_none());
+        // The catalog is newer than this position (or as new): it only fills in what the
+        // event does not say about columns that match it.
+        let catalog = if tracked.stale || unknown {
+            catalog::describe_if_exists(&mut self.catalog, &id).await?
+        } else {
+            None
         };
+        let tracked = &self.tables[&id];
+        let mut known: Vec<(&TableSchema, &[Kind])> = Vec::with_capacity(2);
+        if let Some((schema, kinds)) = &catalog {
+            known.push((schema, kinds));
+        }
+        known.push((&tracked.schema, &tracked.kinds));
+        let (schema, kinds) = tablemap::shape(map, &known, &tracked.schema)?;
         let tracked = self.tables.get_mut(&id).expect("looked up above");
         tracked.stale = false;
+        tracked.map = Some(tme.clone().into_owned());
         if *tracked.schema != schema {
             tracked.schema = Arc::new(schema);
-            tracked.kinds = ordered_kinds;
+            tracked.kinds = kinds;
             tracked.announced = false;
         }
         Ok(())
@@ -456,6 +445,33 @@ impl MyStream {
         Ok(true)
     }
 
+    /// Follows the rename of a replicated table at this position; `false` when the receiver
+    /// is gone.
+    async fn rename(&mut self, from: TableId, to: TableId, events: &EventSender) -> bool {
+        self.renamed_since.remove(&to);
+        for known_as in self.renamed_since.values_mut() {
+            if *known_as == from {
+                *known_as = to.clone();
+            }
+        }
+        let Some(tracked) = self.tables.remove(&from) else {
+            return true;
+        };
+        let mut schema = (*tracked.schema).clone();
+        schema.id = to.clone();
+        let schema = Arc::new(schema);
+        self.tables.insert(
+            to,
+            Tracked {
+                schema: schema.clone(),
+                announced: true,
+                map: None,
+                ..tracked
+            },
+        );
+        send(events, SourceEvent::Renamed { from, schema }).await
+    }
+
     /// Follows a DDL statement; `false` when the receiver is gone.
     async fn ddl(
         &mut self,
@@ -481,21 +497,7 @@ impl MyStream {
             }
             Ddl::Rename(renames) => {
                 for (from, to) in renames {
-                    let Some(tracked) = self.tables.remove(&from) else {
-                        continue;
-                    };
-                    let mut schema = (*tracked.schema).clone();
-                    schema.id = to.clone();
-                    let schema = Arc::new(schema);
-                    self.tables.insert(
-                        to,
-                        Tracked {
-                            schema: schema.clone(),
-                            announced: true,
-                            ..tracked
-                        },
-                    );
-                    if !send(events, SourceEvent::Renamed { from, schema }).await {
+                    if !self.rename(from, to, events).await {
                         return Ok(false);
                     }
                 }

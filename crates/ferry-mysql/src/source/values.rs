@@ -292,7 +292,7 @@ fn bit_value_text(value: u64, bits: u32) -> String {
 }
 
 /// Bytes of a binlog string in `charset`, as UTF-8.
-fn decode_charset(bytes: &[u8], charset: Charset) -> Result<String, BadValue> {
+pub(crate) fn decode_charset(bytes: &[u8], charset: Charset) -> Result<String, BadValue> {
     let units16 = |big: bool| -> Result<String, BadValue> {
         if !bytes.len().is_multiple_of(2) {
             return Err(bad("an odd number of bytes in a UTF-16 string"));
