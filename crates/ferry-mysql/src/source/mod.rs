@@ -38,6 +38,7 @@ mod source;
 mod stream;
 mod tablemap;
 mod types;
+mod unreadable;
 mod values;
 
 use std::collections::BTreeSet;
@@ -96,6 +97,8 @@ struct Facts {
     binlog_format: String,
     binlog_row_image: String,
     binlog_row_metadata: String,
+    /// MariaDB's `log_bin_compress` (false where the server has none).
+    log_bin_compress: bool,
     gtid_binlog_pos: String,
     grants: Vec<String>,
 }
@@ -115,6 +118,12 @@ impl Facts {
             .ok()
             .flatten()
             .unwrap_or_else(|| "unsupported".into());
+        let compress: u8 = conn
+            .query_first("SELECT @@log_bin_compress")
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
         let gtid: String = conn
             .query_first("SELECT @@gtid_binlog_pos")
             .await
@@ -131,6 +140,7 @@ impl Facts {
             binlog_format: format,
             binlog_row_image: image,
             binlog_row_metadata: metadata,
+            log_bin_compress: compress != 0,
             gtid_binlog_pos: gtid,
             grants,
         })
@@ -171,6 +181,13 @@ impl Facts {
                  names its columns and columns added or dropped mid-stream decode exactly",
                 self.binlog_row_metadata
             ));
+        }
+        if self.log_bin_compress {
+            out.push(
+                "log_bin_compress is ON: Ferry cannot read compressed binlog events yet; set \
+                 log_bin_compress=OFF (SET GLOBAL and in the server's configuration)"
+                    .into(),
+            );
         }
         let grants = self.grants.join("\n").to_ascii_uppercase();
         let all = grants.contains("ALL PRIVILEGES ON *.*");

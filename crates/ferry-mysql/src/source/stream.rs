@@ -62,6 +62,7 @@ use super::ddl::{self, Ddl};
 use super::replica::{binlog_error, parse_gtid, server_id, FL_STANDALONE, GTID_EVENT};
 use super::tablemap::{self, Collations};
 use super::types::Kind;
+use super::unreadable;
 use super::values::{canonical, Origin};
 use crate::connect::{connect, source_error};
 
@@ -231,9 +232,15 @@ impl MyStream {
                 });
                 continue;
             }
+            if let Some(e) = unreadable::compressed(header.event_type_raw()) {
+                return Err(e);
+            }
             let data = event
                 .read_data()
                 .map_err(|e| SourceError::new("decode a binlog event", ErrorClass::Definite, e))?;
+            if data.is_none() {
+                unreadable::check_undecoded(header.event_type_raw(), header.flags_raw())?;
+            }
             let ended = match data {
                 Some(EventData::TableMapEvent(tme)) => {
                     let id = TableId::new(tme.database_name(), tme.table_name());
