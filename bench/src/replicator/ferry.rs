@@ -7,7 +7,9 @@
 //! restarted server starts counting afresh).
 //!
 //! The stream contenders (`ferry-file`, `ferry-nats`, …) get their [`Destination`] with the
-//! server, before the clock starts; it goes when the changefeed is finished.
+//! server, before the clock starts; it goes when the changefeed is finished. The MariaDB
+//! suite starts a bare server ([`FerryChangefeed::start_bare`]) and names both ends itself
+//! ([`FerryChangefeed::create_between`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,7 +35,9 @@ const FAILURE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A ferry server with (after [`FerryChangefeed::create`]) the benchmark's changefeed.
 pub(crate) struct FerryChangefeed {
     server: FerryServer,
-    source: Db,
+    /// The PostgreSQL source, whose slot a stop waits to go idle; `None` for a MariaDB
+    /// source, which keeps nothing for a reader (its binlog dump ends with the connection).
+    source: Option<Db>,
     /// A stream contender's destination; declared last, so that it outlives the server.
     destination: Option<Destination>,
 }
@@ -55,8 +59,23 @@ impl FerryChangefeed {
         let destination = Destination::set_up(testbed, contender, tables)?;
         Ok(FerryChangefeed {
             server: FerryServer::start_with_log(binary, LOG_FILTER),
-            source: testbed.source_db()?,
+            source: Some(testbed.source_db()?),
             destination,
+        })
+    }
+
+    /// Starts a ferry server with an empty data directory, for a changefeed whose ends
+    /// [`FerryChangefeed::create_between`] names.
+    pub(crate) fn start_bare(binary: &Path) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            binary.is_file(),
+            "no ferry binary at {} (bench/run builds it with cargo build --release)",
+            binary.display()
+        );
+        Ok(FerryChangefeed {
+            server: FerryServer::start_with_log(binary, LOG_FILTER),
+            source: None,
+            destination: None,
         })
     }
 
@@ -75,16 +94,33 @@ impl FerryChangefeed {
             (None, _) => testbed.target.uri(TARGET_DB),
         };
         let snapshot_bulk = contender != Contender::FerryRows;
-        let (code, body) = self.server.post(
-            "/api/v2/changefeeds",
-            &json!({
-                "id": CHANGEFEED_ID,
-                "source_uri": testbed.source.uri(SOURCE_DB),
-                "sink_uri": sink_uri,
-                "tables": tables,
-                "options": {"snapshot_bulk": snapshot_bulk},
-            }),
-        );
+        self.post(&json!({
+            "id": CHANGEFEED_ID,
+            "source_uri": testbed.source.uri(SOURCE_DB),
+            "sink_uri": sink_uri,
+            "tables": tables,
+            "options": {"snapshot_bulk": snapshot_bulk},
+        }))
+    }
+
+    /// Creates the changefeed for `tables` from `source_uri` into `sink_uri`, with the
+    /// default options.
+    pub(crate) fn create_between(
+        &self,
+        source_uri: &str,
+        sink_uri: &str,
+        tables: &[&str],
+    ) -> anyhow::Result<()> {
+        self.post(&json!({
+            "id": CHANGEFEED_ID,
+            "source_uri": source_uri,
+            "sink_uri": sink_uri,
+            "tables": tables,
+        }))
+    }
+
+    fn post(&self, changefeed: &Value) -> anyhow::Result<()> {
+        let (code, body) = self.server.post("/api/v2/changefeeds", changefeed);
         anyhow::ensure!(
             code == 201,
             "creating the changefeed failed ({code}): {body}"
@@ -109,10 +145,14 @@ impl FerryChangefeed {
         })
     }
 
-    /// Stops the server gracefully and waits until its slot is idle; the slot keeps the WAL.
+    /// Stops the server gracefully and waits until its slot is idle; the slot keeps the WAL
+    /// (a MariaDB source keeps its binlog anyway).
     pub(crate) fn stop(&mut self) -> anyhow::Result<()> {
         self.server.stop();
-        wait_slots_idle(&self.source)
+        match &self.source {
+            Some(source) => wait_slots_idle(source),
+            None => Ok(()),
+        }
     }
 
     /// Starts the server again on the same data directory; it resumes the changefeed.

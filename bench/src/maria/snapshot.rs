@@ -1,0 +1,146 @@
+//! The MariaDB snapshots: the pgbench-like tables and the wide table (all of `bench`) into an
+//! empty MariaDB target (`mariadb-snapshot`) or an empty PostgreSQL database
+//! (`mariadb-pg-snapshot`).
+//!
+//! - **ferry-maria**, **ferry-maria-pg**: server started (untimed); timed from `POST` until
+//!   `/synced` is true. Default options (4 snapshot workers).
+//! - **mydumper**: `mydumper -B bench -o DIR`, then `myloader -d DIR`, timed whole (Debian's
+//!   0.10 cannot stream one into the other), both at their defaults: 4 threads each, no
+//!   chunking by rows (one file per table), myloader 1,000 statements per transaction and no
+//!   binlog for its sessions.
+//! - **pgloader**: `pgloader mysql://…/bench postgresql://…/target`, timed whole, at its
+//!   defaults (4 workers, 25,000-row batches; schema `bench` created with the tables, keys
+//!   and indexes built after the data, sequences reset).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferry_testkit::mariadb::{MARIADB_PASSWORD, MARIADB_USER};
+
+use crate::maria::servers::{Clock, ServerProcesses, ServersCpu};
+use crate::maria::testbed::{snapshot_tables, MariaTestbed, DATABASE, PG_TARGET_DB};
+use crate::maria::{ferry_uri, verify, Target};
+use crate::measurement::Measurement;
+use crate::peer_process::{self, ProcessUsage};
+use crate::plan::{Contender, Plan};
+use crate::replicator::{FerryChangefeed, CATCH_UP_TIMEOUT};
+
+/// Runs one snapshot of `contender` into `target`; also returns the servers' CPU during
+/// the timed part.
+pub(super) fn run(
+    testbed: &MariaTestbed,
+    servers: &ServerProcesses,
+    plan: &Plan,
+    contender: Contender,
+    target: Target,
+) -> anyhow::Result<(Measurement, ServersCpu)> {
+    testbed.prepare_run()?;
+    let tables = snapshot_tables();
+    let (wall, usage, cpu) = match contender {
+        Contender::FerryMaria | Contender::FerryMariaPg => {
+            ferry(testbed, servers, plan, target, &tables)?
+        }
+        Contender::Mydumper => mydumper(testbed, servers)?,
+        Contender::Pgloader => pgloader(testbed, servers)?,
+        other => anyhow::bail!("{other} has no MariaDB snapshot"),
+    };
+    verify::same_rows(testbed, target, &tables)?;
+    let measurement = Measurement {
+        wall,
+        rows: testbed.dataset.snapshot_rows,
+        bytes: testbed.dataset.snapshot_bytes,
+        usage,
+        latency: None,
+    };
+    Ok((measurement, cpu))
+}
+
+type Timed = (Duration, Option<ProcessUsage>, ServersCpu);
+
+fn ferry(
+    testbed: &MariaTestbed,
+    servers: &ServerProcesses,
+    plan: &Plan,
+    target: Target,
+    tables: &[&str],
+) -> anyhow::Result<Timed> {
+    let ferry = FerryChangefeed::start_bare(&plan.ferry_bin)?;
+    let clock = Clock::start(servers);
+    ferry.create_between(
+        &testbed.source.uri(DATABASE),
+        &ferry_uri(testbed, target),
+        tables,
+    )?;
+    ferry.wait_synced(CATCH_UP_TIMEOUT)?;
+    let (wall, cpu) = clock.stop();
+    let usage = ferry.usage();
+    ferry.finish()?;
+    Ok((wall, usage, cpu))
+}
+
+fn mydumper(testbed: &MariaTestbed, servers: &ServerProcesses) -> anyhow::Result<Timed> {
+    let dir = testbed.scratch_path("mydumper");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).context("remove mydumper's old directory")?;
+    }
+    let log = testbed.scratch_path("mydumper.log");
+    let mut dump = tool("mydumper", testbed.source.port(), &log)?;
+    dump.args(["--database", DATABASE, "--outputdir"]).arg(&dir);
+    let mut load = tool("myloader", testbed.target.port(), &log)?;
+    load.arg("--directory").arg(&dir);
+    let clock = Clock::start(servers);
+    let dumped = peer_process::run(dump, "mydumper", &log)?;
+    let loaded = peer_process::run(load, "myloader", &log)?;
+    let (wall, cpu) = clock.stop();
+    Ok((wall, Some(dumped.plus(loaded)), cpu))
+}
+
+fn pgloader(testbed: &MariaTestbed, servers: &ServerProcesses) -> anyhow::Result<Timed> {
+    let root = testbed.scratch_path("pgloader");
+    let log = testbed.scratch_path("pgloader.log");
+    let mut load = Command::new("pgloader");
+    load.arg("--root-dir")
+        .arg(&root)
+        .arg(format!(
+            "mysql://{MARIADB_USER}:{MARIADB_PASSWORD}@127.0.0.1:{}/{DATABASE}",
+            testbed.source.port()
+        ))
+        .arg(format!(
+            "postgresql://ferry@127.0.0.1:{}/{PG_TARGET_DB}",
+            testbed.pg.port()
+        ))
+        .stdin(Stdio::null())
+        .stdout(append(&log)?);
+    let clock = Clock::start(servers);
+    let usage = peer_process::run(load, "pgloader", &log)?;
+    let (wall, cpu) = clock.stop();
+    Ok((wall, Some(usage), cpu))
+}
+
+/// mydumper or myloader on `127.0.0.1:port` as `ferry`, at its defaults otherwise, its
+/// output going to `log` (where a failure's message is read from).
+fn tool(program: &str, port: u16, log: &Path) -> anyhow::Result<Command> {
+    let mut command = Command::new(program);
+    command
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--user", MARIADB_USER, "--password", MARIADB_PASSWORD])
+        .stdin(Stdio::null())
+        .stdout(append(log)?);
+    Ok(command)
+}
+
+/// `path` opened for appending: the tools print their progress and errors on stdout.
+fn append(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))
+}
+
+/// The first line `program --version` prints, if it runs.
+pub(crate) fn version(program: &str) -> Option<String> {
+    crate::machine::tool_version(Path::new(program), &["--version"])
+}
