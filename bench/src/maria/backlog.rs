@@ -24,10 +24,10 @@ use mysql_async::prelude::Queryable;
 use crate::maria::replica::{GtidList, Replica};
 use crate::maria::servers::{Clock, ServerProcesses, ServersCpu};
 use crate::maria::testbed::{MariaTestbed, Session, PGBENCH_TABLES};
-use crate::maria::{ferry_uri, verify, Target};
+use crate::maria::{ferry_uri, timeout, verify, Target};
 use crate::measurement::Measurement;
 use crate::plan::{Contender, Plan, PGBENCH_CLIENTS};
-use crate::replicator::{FerryChangefeed, CATCH_UP_TIMEOUT};
+use crate::replicator::FerryChangefeed;
 
 /// Runs one backlog drain of `contender`; also returns the servers' CPU during the timed
 /// part.
@@ -41,12 +41,12 @@ pub(super) fn run(
     let mut source = testbed.source_session()?;
     let (wall, cpu, usage, backlog) = match contender {
         Contender::MariaReplica => {
-            let mut replica = Replica::start(testbed, &PGBENCH_TABLES, CATCH_UP_TIMEOUT)?;
+            let mut replica = Replica::start(testbed, &PGBENCH_TABLES, timeout(plan))?;
             replica.pause()?;
             let backlog = write_backlog(testbed, plan, &mut source)?;
             let clock = Clock::start(servers);
             replica.resume()?;
-            replica.wait_applied(&backlog.end, CATCH_UP_TIMEOUT)?;
+            replica.wait_applied(&backlog.end, timeout(plan))?;
             let (wall, cpu) = clock.stop();
             replica.finish()?;
             (wall, cpu, None, backlog)
@@ -58,12 +58,12 @@ pub(super) fn run(
                 &ferry_uri(testbed, Target::Maria),
                 &PGBENCH_TABLES,
             )?;
-            ferry.wait_synced(CATCH_UP_TIMEOUT)?;
+            ferry.wait_synced(timeout(plan))?;
             ferry.stop()?;
             let backlog = write_backlog(testbed, plan, &mut source)?;
             let clock = Clock::start(servers);
             ferry.restart()?;
-            ferry.wait_synced(CATCH_UP_TIMEOUT)?;
+            ferry.wait_synced(timeout(plan))?;
             let (wall, cpu) = clock.stop();
             let usage = ferry.usage();
             ferry.finish()?;

@@ -26,7 +26,7 @@ mod snapshot;
 mod testbed;
 mod verify;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::machine::{self, Machine};
 use crate::measurement::Measurement;
@@ -34,6 +34,13 @@ use crate::plan::{Contender, Plan, Workload};
 use crate::{command_line, run_all, wants};
 use servers::{ServerProcesses, ServersCpu};
 use testbed::{MariaTestbed, PG_TARGET_DB};
+
+/// How long a replicator may take to copy or catch up before the run counts as failed: at
+/// scale 10 everything takes seconds, so a few minutes mean a hang, and a hung run should not
+/// hold up the rest for the PostgreSQL suite's 30 minutes.
+pub(crate) fn timeout(plan: &Plan) -> Duration {
+    Duration::from_secs(120 + 15 * u64::from(plan.scale))
+}
 
 /// Where a snapshot goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,11 +21,11 @@ use ferry_testkit::mariadb::{MARIADB_PASSWORD, MARIADB_USER};
 
 use crate::maria::servers::{Clock, ServerProcesses, ServersCpu};
 use crate::maria::testbed::{snapshot_tables, MariaTestbed, DATABASE, PG_TARGET_DB};
-use crate::maria::{ferry_uri, verify, Target};
+use crate::maria::{ferry_uri, timeout, verify, Target};
 use crate::measurement::Measurement;
 use crate::peer_process::{self, ProcessUsage};
 use crate::plan::{Contender, Plan};
-use crate::replicator::{FerryChangefeed, CATCH_UP_TIMEOUT};
+use crate::replicator::FerryChangefeed;
 
 /// Runs one snapshot of `contender` into `target`; also returns the servers' CPU during
 /// the timed part.
@@ -42,8 +42,8 @@ pub(super) fn run(
         Contender::FerryMaria | Contender::FerryMariaPg => {
             ferry(testbed, servers, plan, target, &tables)?
         }
-        Contender::Mydumper => mydumper(testbed, servers)?,
-        Contender::Pgloader => pgloader(testbed, servers)?,
+        Contender::Mydumper => mydumper(testbed, servers, plan)?,
+        Contender::Pgloader => pgloader(testbed, servers, plan)?,
         other => anyhow::bail!("{other} has no MariaDB snapshot"),
     };
     verify::same_rows(testbed, target, &tables)?;
@@ -73,34 +73,42 @@ fn ferry(
         &ferry_uri(testbed, target),
         tables,
     )?;
-    ferry.wait_synced(CATCH_UP_TIMEOUT)?;
+    ferry.wait_synced(timeout(plan))?;
     let (wall, cpu) = clock.stop();
     let usage = ferry.usage();
     ferry.finish()?;
     Ok((wall, usage, cpu))
 }
 
-fn mydumper(testbed: &MariaTestbed, servers: &ServerProcesses) -> anyhow::Result<Timed> {
+fn mydumper(
+    testbed: &MariaTestbed,
+    servers: &ServerProcesses,
+    plan: &Plan,
+) -> anyhow::Result<Timed> {
     let dir = testbed.scratch_path("mydumper");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).context("remove mydumper's old directory")?;
     }
     let log = testbed.scratch_path("mydumper.log");
-    let mut dump = tool("mydumper", testbed.source.port(), &log)?;
+    let mut dump = tool(plan, "mydumper", testbed.source.port(), &log)?;
     dump.args(["--database", DATABASE, "--outputdir"]).arg(&dir);
-    let mut load = tool("myloader", testbed.target.port(), &log)?;
+    let mut load = tool(plan, "myloader", testbed.target.port(), &log)?;
     load.arg("--directory").arg(&dir);
     let clock = Clock::start(servers);
-    let dumped = peer_process::run(dump, "mydumper", &log)?;
-    let loaded = peer_process::run(load, "myloader", &log)?;
+    let dumped = peer_process::run(dump, &bounded_name(plan, "mydumper"), &log)?;
+    let loaded = peer_process::run(load, &bounded_name(plan, "myloader"), &log)?;
     let (wall, cpu) = clock.stop();
     Ok((wall, Some(dumped.plus(loaded)), cpu))
 }
 
-fn pgloader(testbed: &MariaTestbed, servers: &ServerProcesses) -> anyhow::Result<Timed> {
+fn pgloader(
+    testbed: &MariaTestbed,
+    servers: &ServerProcesses,
+    plan: &Plan,
+) -> anyhow::Result<Timed> {
     let root = testbed.scratch_path("pgloader");
     let log = testbed.scratch_path("pgloader.log");
-    let mut load = Command::new("pgloader");
+    let mut load = bounded(plan, "pgloader");
     load.arg("--root-dir")
         .arg(&root)
         .arg(format!(
@@ -114,21 +122,38 @@ fn pgloader(testbed: &MariaTestbed, servers: &ServerProcesses) -> anyhow::Result
         .stdin(Stdio::null())
         .stdout(append(&log)?);
     let clock = Clock::start(servers);
-    let usage = peer_process::run(load, "pgloader", &log)?;
+    let usage = peer_process::run(load, &bounded_name(plan, "pgloader"), &log)?;
     let (wall, cpu) = clock.stop();
     Ok((wall, Some(usage), cpu))
 }
 
 /// mydumper or myloader on `127.0.0.1:port` as `ferry`, at its defaults otherwise, its
 /// output going to `log` (where a failure's message is read from).
-fn tool(program: &str, port: u16, log: &Path) -> anyhow::Result<Command> {
-    let mut command = Command::new(program);
+fn tool(plan: &Plan, program: &str, port: u16, log: &Path) -> anyhow::Result<Command> {
+    let mut command = bounded(plan, program);
     command
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--user", MARIADB_USER, "--password", MARIADB_PASSWORD])
         .stdin(Stdio::null())
         .stdout(append(log)?);
     Ok(command)
+}
+
+/// `program` under coreutils' `timeout`, killed when it runs longer than the suite's
+/// [`timeout`]: a hung peer fails its run instead of the benchmark. `timeout` waits for it,
+/// so `wait4` still reports the program's CPU and peak RSS.
+fn bounded(plan: &Plan, program: &str) -> Command {
+    let mut command = Command::new("timeout");
+    command
+        .arg("--signal=KILL")
+        .arg(timeout(plan).as_secs().to_string())
+        .arg(program);
+    command
+}
+
+/// How a [`bounded`] program is named in errors (exit status 137: the limit killed it).
+fn bounded_name(plan: &Plan, program: &str) -> String {
+    format!("{program} (limit {} s)", timeout(plan).as_secs())
 }
 
 /// `path` opened for appending: the tools print their progress and errors on stdout.
