@@ -93,6 +93,10 @@ pub(crate) struct Args {
     /// Do not write the docs file (implied by --quick unless --docs is given explicitly).
     #[arg(long)]
     no_docs: bool,
+    /// Copy each Ferry server's log into this directory, numbered in run order
+    /// (`007-ferry-maria.log`): where a run's time went, or why it failed.
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
 }
 
 /// One benchmark scenario.
@@ -339,6 +343,8 @@ pub(crate) struct Plan {
     pub(crate) wide_rows: u64,
     pub(crate) quick: bool,
     pub(crate) ferry_bin: PathBuf,
+    /// Where each Ferry server's log is copied (`--keep-logs`).
+    pub(crate) keep_logs: Option<PathBuf>,
     /// Where to write the results section; `None` for quick or `--no-docs` runs.
     pub(crate) docs: Option<PathBuf>,
 }
@@ -384,6 +390,7 @@ impl Plan {
                 .unwrap_or(WIDE_ROWS_PER_SCALE * u64::from(scale)),
             quick,
             ferry_bin: args.ferry_bin,
+            keep_logs: args.keep_logs,
             docs,
         })
     }

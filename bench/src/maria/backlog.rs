@@ -52,7 +52,7 @@ pub(super) fn run(
             (wall, cpu, None, backlog)
         }
         Contender::FerryMaria => {
-            let mut ferry = FerryChangefeed::start_bare(&plan.ferry_bin)?;
+            let mut ferry = FerryChangefeed::start_bare(plan, Contender::FerryMaria)?;
             ferry.create_between(
                 &testbed.source.uri(crate::maria::testbed::DATABASE),
                 &ferry_uri(testbed, Target::Maria),

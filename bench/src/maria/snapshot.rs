@@ -66,7 +66,11 @@ fn ferry(
     target: Target,
     tables: &[&str],
 ) -> anyhow::Result<Timed> {
-    let ferry = FerryChangefeed::start_bare(&plan.ferry_bin)?;
+    let contender = match target {
+        Target::Maria => Contender::FerryMaria,
+        Target::Postgres => Contender::FerryMariaPg,
+    };
+    let ferry = FerryChangefeed::start_bare(plan, contender)?;
     let clock = Clock::start(servers);
     ferry.create_between(
         &testbed.source.uri(DATABASE),

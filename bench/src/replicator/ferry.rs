@@ -11,7 +11,8 @@
 //! suite starts a bare server ([`FerryChangefeed::start_bare`]) and names both ends itself
 //! ([`FerryChangefeed::create_between`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,10 +21,13 @@ use serde_json::{json, Value};
 
 use crate::db::Db;
 use crate::peer_process::ProcessUsage;
-use crate::plan::Contender;
+use crate::plan::{Contender, Plan};
 use crate::replicator::destination::Destination;
 use crate::replicator::{poll_until, wait_slots_idle};
 use crate::testbed::{Testbed, SOURCE_DB, TARGET_DB};
+
+/// Ferry servers started so far: numbers the kept logs in run order.
+static SERVERS_STARTED: AtomicU32 = AtomicU32::new(0);
 
 /// The changefeed's id.
 const CHANGEFEED_ID: &str = "bench";
@@ -38,6 +42,8 @@ pub(crate) struct FerryChangefeed {
     /// The PostgreSQL source, whose slot a stop waits to go idle; `None` for a MariaDB
     /// source, which keeps nothing for a reader (its binlog dump ends with the connection).
     source: Option<Db>,
+    /// Where the server's log is copied when this is dropped (`--keep-logs`).
+    keep_log: Option<PathBuf>,
     /// A stream contender's destination; declared last, so that it outlives the server.
     destination: Option<Destination>,
 }
@@ -47,34 +53,33 @@ impl FerryChangefeed {
     /// stream contender for `tables`; returns once both are ready.
     pub(crate) fn start_server(
         testbed: &Testbed,
-        binary: &Path,
+        plan: &Plan,
         contender: Contender,
         tables: &[&str],
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            binary.is_file(),
-            "no ferry binary at {} (bench/run builds it with cargo build --release)",
-            binary.display()
-        );
-        let destination = Destination::set_up(testbed, contender, tables)?;
-        Ok(FerryChangefeed {
-            server: FerryServer::start_with_log(binary, LOG_FILTER),
-            source: Some(testbed.source_db()?),
-            destination,
-        })
+        let mut ferry = FerryChangefeed::start_bare(plan, contender)?;
+        ferry.destination = Destination::set_up(testbed, contender, tables)?;
+        ferry.source = Some(testbed.source_db()?);
+        Ok(ferry)
     }
 
     /// Starts a ferry server with an empty data directory, for a changefeed whose ends
     /// [`FerryChangefeed::create_between`] names.
-    pub(crate) fn start_bare(binary: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn start_bare(plan: &Plan, contender: Contender) -> anyhow::Result<Self> {
+        let binary = &plan.ferry_bin;
         anyhow::ensure!(
             binary.is_file(),
             "no ferry binary at {} (bench/run builds it with cargo build --release)",
             binary.display()
         );
+        let keep_log = plan.keep_logs.as_ref().map(|dir| {
+            let run = SERVERS_STARTED.fetch_add(1, Ordering::Relaxed) + 1;
+            dir.join(format!("{run:03}-{contender}.log"))
+        });
         Ok(FerryChangefeed {
             server: FerryServer::start_with_log(binary, LOG_FILTER),
             source: None,
+            keep_log,
             destination: None,
         })
     }
@@ -207,5 +212,22 @@ impl FerryChangefeed {
                 .context("the changefeed failed");
         }
         Ok(())
+    }
+}
+
+impl Drop for FerryChangefeed {
+    /// Copies the server's log for `--keep-logs`, whether the run succeeded or not (a failed
+    /// run's log is the one worth reading).
+    fn drop(&mut self) {
+        if let Some(path) = &self.keep_log {
+            let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+                .and_then(|()| std::fs::write(path, self.server.log()));
+            if let Err(error) = written {
+                eprintln!(
+                    "could not keep the ferry log at {}: {error}",
+                    path.display()
+                );
+            }
+        }
     }
 }
