@@ -22,21 +22,21 @@ use anyhow::Context as _;
 use mysql_async::prelude::Queryable;
 
 use crate::maria::replica::{GtidList, Replica};
-use crate::maria::servers::{Clock, ServerProcesses, ServersCpu};
+use crate::maria::servers::{Clock, ServerProcesses};
 use crate::maria::testbed::{MariaTestbed, Session, PGBENCH_TABLES};
-use crate::maria::{ferry_uri, timeout, verify, Target};
+use crate::maria::{ferry_uri, timeout, verify, Breakdown, Target};
 use crate::measurement::Measurement;
 use crate::plan::{Contender, Plan, PGBENCH_CLIENTS};
 use crate::replicator::FerryChangefeed;
 
 /// Runs one backlog drain of `contender`; also returns the servers' CPU during the timed
-/// part.
+/// part (the drain copies nothing).
 pub(super) fn run(
     testbed: &MariaTestbed,
     servers: &ServerProcesses,
     plan: &Plan,
     contender: Contender,
-) -> anyhow::Result<(Measurement, ServersCpu)> {
+) -> anyhow::Result<(Measurement, Breakdown)> {
     testbed.prepare_run()?;
     let mut source = testbed.source_session()?;
     let (wall, cpu, usage, backlog) = match contender {
@@ -79,7 +79,11 @@ pub(super) fn run(
         usage,
         latency: None,
     };
-    Ok((measurement, cpu))
+    let breakdown = Breakdown {
+        cpu,
+        ferry_copy_seconds: None,
+    };
+    Ok((measurement, breakdown))
 }
 
 /// What the writers left on the source.

@@ -42,6 +42,16 @@ pub(crate) fn timeout(plan: &Plan) -> Duration {
     Duration::from_secs(120 + 15 * u64::from(plan.scale))
 }
 
+/// Where a timed part's work happened, besides the contender's own CPU: the servers' CPU
+/// and, for Ferry's snapshots, the copy's own seconds from its log (`snapshot done`); the
+/// rest of Ferry's wall time is the stream's start and the wait until the source's position
+/// is confirmed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Breakdown {
+    pub(crate) cpu: ServersCpu,
+    pub(crate) ferry_copy_seconds: Option<f64>,
+}
+
 /// Where a snapshot goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -60,10 +70,10 @@ pub(crate) fn suite(plan: &Plan) -> anyhow::Result<String> {
     let machine = Machine::describe();
     let testbed = MariaTestbed::start(plan)?;
     let servers = ServerProcesses::find(&testbed)?;
-    let mut servers_cpu = Vec::new();
+    let mut breakdowns = Vec::new();
     let results = run_all(plan, |workload, contender| {
-        let (measurement, cpu) = run(&testbed, &servers, plan, workload, contender)?;
-        servers_cpu.push((workload, contender, cpu));
+        let (measurement, breakdown) = run(&testbed, &servers, plan, workload, contender)?;
+        breakdowns.push((workload, contender, breakdown));
         Ok(measurement)
     });
     let mut software = vec![
@@ -91,19 +101,19 @@ pub(crate) fn suite(plan: &Plan) -> anyhow::Result<String> {
         load_before,
         load_after: machine::load_average(),
         software,
-        servers_cpu: &servers_cpu,
+        breakdowns: &breakdowns,
     };
     Ok(report::render(&context, &results))
 }
 
-/// Runs `contender` once on `workload`; also returns the servers' CPU in the timed part.
+/// Runs `contender` once on `workload`; also returns where the timed part's work happened.
 fn run(
     testbed: &MariaTestbed,
     servers: &ServerProcesses,
     plan: &Plan,
     workload: Workload,
     contender: Contender,
-) -> anyhow::Result<(Measurement, ServersCpu)> {
+) -> anyhow::Result<(Measurement, Breakdown)> {
     match workload {
         Workload::MariadbSnapshot => {
             snapshot::run(testbed, servers, plan, contender, Target::Maria)

@@ -4,11 +4,13 @@
 //! The tables are the PostgreSQL suite's ([`report::throughput_table`]): medians, min–max,
 //! CPU and peak RSS of the contender's processes, and each table's Ferry row against every
 //! other row (time ÷ time for the snapshots, rate ÷ rate for the backlog); then one more
-//! table, the servers' CPU in the timed parts ([`crate::maria::servers`]).
+//! table: the servers' CPU in the timed parts ([`crate::maria::servers`]) and how long
+//! Ferry's copy itself took ([`crate::maria::Breakdown`]).
 
 use crate::machine::Machine;
-use crate::maria::servers::{ServersCpu, SERVERS};
+use crate::maria::servers::SERVERS;
 use crate::maria::testbed::{Dataset, SERVER_SETTINGS, TARGET_SETTINGS, TESTKIT_SETTINGS};
+use crate::maria::Breakdown;
 use crate::measurement::{median, Results};
 use crate::plan::{Contender, Plan, Workload, PGBENCH_CLIENTS};
 use crate::report::{self, line, Ratio};
@@ -33,8 +35,8 @@ pub(crate) struct Context<'a> {
     pub(crate) load_after: String,
     /// `name version` of each server and tool, as they report it.
     pub(crate) software: Vec<String>,
-    /// The servers' CPU in each successful run's timed part.
-    pub(crate) servers_cpu: &'a [(Workload, Contender, ServersCpu)],
+    /// Where each successful run's timed part did its work.
+    pub(crate) breakdowns: &'a [(Workload, Contender, Breakdown)],
 }
 
 /// The whole generated section, markers included.
@@ -159,42 +161,52 @@ pub(crate) fn render(context: &Context<'_>, results: &Results) -> String {
         line(w, "");
     }
 
-    servers_table(w, plan, context.servers_cpu);
+    breakdown_table(w, plan, context.breakdowns);
     report::targets_table(w, "Targets (issue 12)", &targets::check_mariadb(results));
     report::every_run(w, plan, results);
     line(w, MARKERS.1);
     out
 }
 
-/// The servers' CPU seconds in the timed part (medians over the successful runs), beside the
-/// contender's own from the tables above: where the work of each contender happens.
-fn servers_table(w: &mut String, plan: &Plan, servers_cpu: &[(Workload, Contender, ServersCpu)]) {
-    if servers_cpu.is_empty() {
+/// The servers' CPU seconds in the timed part and Ferry's copy seconds (medians over the
+/// successful runs), beside the contender's own CPU in the tables above: where each
+/// contender's work happens, and how much of Ferry's snapshot time is the copy itself.
+fn breakdown_table(w: &mut String, plan: &Plan, breakdowns: &[(Workload, Contender, Breakdown)]) {
+    if breakdowns.is_empty() {
         return;
     }
-    line(w, "### CPU of the servers in the timed part");
+    line(
+        w,
+        "### Where the time goes: servers' CPU and Ferry's copy in the timed part",
+    );
     line(w, "");
     line(
         w,
         &format!(
-            "| workload | contender | {} |",
+            "| workload | contender | {} | Ferry's copy s (its log) |",
             SERVERS.map(|s| format!("{s} CPU s")).join(" | ")
         ),
     );
-    line(w, "|---|---|---:|---:|---:|");
+    line(w, "|---|---|---:|---:|---:|---:|");
     for &workload in &plan.workloads {
         for contender in plan.contenders_for(workload) {
-            let runs: Vec<&ServersCpu> = servers_cpu
+            let runs: Vec<&Breakdown> = breakdowns
                 .iter()
                 .filter(|(w, c, _)| *w == workload && *c == contender)
-                .map(|(_, _, cpu)| cpu)
+                .map(|(_, _, breakdown)| breakdown)
                 .collect();
             if runs.is_empty() {
                 continue;
             }
-            let cells: Vec<String> = (0..SERVERS.len())
-                .map(|i| format!("{:.1}", median(runs.iter().map(|cpu| cpu[i]).collect())))
+            let mut cells: Vec<String> = (0..SERVERS.len())
+                .map(|i| format!("{:.1}", median(runs.iter().map(|b| b.cpu[i]).collect())))
                 .collect();
+            let copies: Vec<f64> = runs.iter().filter_map(|b| b.ferry_copy_seconds).collect();
+            cells.push(if copies.is_empty() {
+                "—".to_owned()
+            } else {
+                format!("{:.2}", median(copies))
+            });
             line(
                 w,
                 &format!(

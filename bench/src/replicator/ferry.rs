@@ -166,6 +166,11 @@ impl FerryChangefeed {
         Ok(())
     }
 
+    /// Everything the server logged so far (all its starts).
+    pub(crate) fn log(&self) -> String {
+        self.server.log()
+    }
+
     /// The running server's CPU time and peak RSS.
     pub(crate) fn usage(&self) -> Option<ProcessUsage> {
         Some(ProcessUsage {
