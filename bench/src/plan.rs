@@ -30,11 +30,14 @@ const FULL_BIGTX_ROWS: u64 = 1_000_000;
 /// Rows of the wide (TOASTed) table per pgbench scale unit: 50,000 rows (~300 MB) at scale 50.
 const WIDE_ROWS_PER_SCALE: u64 = 1_000;
 
-/// Full MariaDB suite: scale 10 is 1,000,000 pgbench_accounts rows; the suite's three runs
-/// of every contender take about 15 minutes on 2 cores.
-const MARIADB_FULL_SCALE: u32 = 10;
-/// Full MariaDB suite: 4 clients × 10,000 transactions written while the replicators stop.
-const MARIADB_FULL_BACKLOG_TRANSACTIONS: u32 = 10_000;
+/// Full MariaDB suite: scale 30 is 3,000,000 pgbench_accounts rows (~500 MB of InnoDB data);
+/// the suite's three runs of every contender take about 5 minutes on 2 cores, and the
+/// snapshots run long enough (5–12 s) that Ferry's fixed second of `synced` confirmation
+/// does not decide them.
+const MARIADB_FULL_SCALE: u32 = 30;
+/// Full MariaDB suite: 4 clients × 20,000 transactions (as the PostgreSQL suite's pgbench)
+/// written while the replicators stop.
+const MARIADB_FULL_BACKLOG_TRANSACTIONS: u32 = 20_000;
 
 /// Quick run: small enough that the whole matrix finishes in a few minutes on 2 cores.
 const QUICK_SCALE: u32 = 2;
@@ -56,7 +59,7 @@ pub(crate) struct Args {
     #[arg(long)]
     suite: Option<Suite>,
     /// pgbench scale of the source data (100,000 pgbench_accounts rows each)
-    /// [full: 50, mariadb suite 10; quick: 2].
+    /// [full: 50, mariadb suite 30; quick: 2].
     #[arg(long)]
     scale: Option<u32>,
     /// Runs per contender and workload; the table shows medians [full: 3, quick: 1].
@@ -68,8 +71,7 @@ pub(crate) struct Args {
     /// Contenders to run, comma-separated; each runs the workloads it supports [default: all].
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<Contender>,
-    /// Backlog workloads: transactions per client (`-t`) [full: 20000, mariadb suite 10000;
-    /// quick: 1000].
+    /// Backlog workloads: transactions per client (`-t`) [full: 20000; quick: 1000].
     #[arg(long)]
     backlog_transactions: Option<u32>,
     /// Latency workload: seconds of pgbench load (`-T`) [full: 60, quick: 10].
@@ -477,7 +479,7 @@ mod tests {
     fn the_mariadb_suite_has_its_own_workloads_and_sizes() {
         let p = plan(&["--suite", "mariadb"]);
         assert_eq!(p.workloads, Workload::MARIADB);
-        assert_eq!((p.scale, p.backlog_transactions), (10, 10_000));
+        assert_eq!((p.scale, p.backlog_transactions), (30, 20_000));
         let names: Vec<String> = Workload::MARIADB
             .iter()
             .flat_map(|w| p.contenders_for(*w))
