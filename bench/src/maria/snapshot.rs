@@ -132,9 +132,19 @@ fn pgloader(
             testbed.pg.port()
         ))
         .stdin(Stdio::null())
-        .stdout(append(&log)?);
+        // A fresh log per run: a failure is told by what this run printed.
+        .stdout(std::fs::File::create(&log).context("create pgloader's log")?);
     let clock = Clock::start(servers);
-    let usage = peer_process::run(load, &bounded_name(plan, "pgloader"), &log)?;
+    let usage =
+        peer_process::run(load, &bounded_name(plan, "pgloader"), &log).map_err(|error| {
+            // Its last lines are SBCL's heap dump and debugger prompt; say what happened.
+            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+            if log_text.contains("Heap exhausted") {
+                error.context("pgloader ran out of its Lisp heap (SBCL: \"Heap exhausted\")")
+            } else {
+                error
+            }
+        })?;
     let (wall, cpu) = clock.stop();
     let breakdown = Breakdown {
         cpu,
