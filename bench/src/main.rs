@@ -3,12 +3,15 @@
 //! `bench/run` builds Ferry and this harness in release mode and runs it. One invocation:
 //!
 //! ```text
-//! plan (flags) ─► testbed: source + target clusters, data loaded once
+//! plan (flags) ─► testbed: source + target servers of the suite, data loaded once
 //!              ─► for each workload, for run 1..=N, for each contender:   (A B C, A B C, …)
 //!                     prepare_run ─► the contender's timed part ─► verify the target
 //!              ─► report: medians, min–max, Ferry's ratios, targets ─► stdout,
-//!                 target/bench/results-<date>.md, docs/benchmarks.md
+//!                 target/bench/results-<date>.md, the suite's section of docs/benchmarks.md
 //! ```
+//!
+//! Two suites, one per invocation: PostgreSQL → PostgreSQL (the modules below) and MariaDB
+//! → MariaDB / PostgreSQL ([`maria`], with servers, data and workloads of its own).
 //!
 //! - [`plan`]: flags, workloads, contenders, sizes (full and `--quick`).
 //! - [`testbed`]: the clusters, their settings, the data, the reset between runs.
@@ -23,6 +26,7 @@
 
 mod db;
 mod machine;
+mod maria;
 mod measurement;
 mod peer_process;
 mod plan;
@@ -43,7 +47,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::machine::Machine;
 use crate::measurement::{Measurement, Results};
-use crate::plan::{Args, Contender, Plan, Workload};
+use crate::plan::{Args, Contender, Plan, Suite, Workload};
 use crate::testbed::Testbed;
 
 /// Where every run's report is kept, whatever `--docs` says.
@@ -54,35 +58,41 @@ fn main() -> anyhow::Result<()> {
     let docs_given = matches.value_source("docs") == Some(ValueSource::CommandLine);
     let args = Args::from_arg_matches(&matches)?;
     let plan = Plan::from_args(args, docs_given)?;
-    let pgcopydb = check_tools(&plan)?;
+    check_ferry(&plan)?;
+    println!("plan: {plan:?}");
+    let (section, markers) = match plan.suite {
+        Suite::Postgres => (
+            postgres_suite(&plan)?,
+            (report::BEGIN_MARKER, report::END_MARKER),
+        ),
+        Suite::Mariadb => (maria::suite(&plan)?, maria::report::MARKERS),
+    };
+    println!("\n{section}");
+    let saved = save_results(&section)?;
+    println!("saved to {}", saved.display());
+    if let Some(docs) = &plan.docs {
+        report::write_docs(docs, &section, markers)?;
+        println!("wrote the results into {}", docs.display());
+    }
+    Ok(())
+}
 
+/// The PostgreSQL suite: its clusters, every run, its section of the report.
+fn postgres_suite(plan: &Plan) -> anyhow::Result<String> {
+    let pgcopydb = check_pgcopydb(plan)?;
     let started = Instant::now();
     let started_at = machine::utc_now();
     let load_before = machine::load_average();
     let machine = Machine::describe();
-    println!("plan: {plan:?}");
-    let testbed = Testbed::start(&plan)?;
-
-    let mut results = Results::default();
-    for &workload in &plan.workloads {
-        let contenders = plan.contenders_for(workload);
-        for run in 1..=plan.runs {
-            for &contender in &contenders {
-                print!("[{workload:<8} {run}/{}] {contender:<15} ", plan.runs);
-                let _ = std::io::stdout().flush();
-                let outcome = run_once(&testbed, &plan, workload, contender);
-                println!("{}", summary(&outcome));
-                results.push(workload, contender, outcome);
-            }
-        }
-    }
-
+    let testbed = Testbed::start(plan)?;
+    let results = run_all(plan, |workload, contender| {
+        workload::run(&testbed, plan, workload, contender)
+    });
     let context = report::Context {
-        plan: &plan,
+        plan,
         testbed: &testbed,
         machine: &machine,
-        command: std::env::var("FERRY_BENCH_COMMAND")
-            .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
+        command: command_line(),
         started_at,
         minutes: started.elapsed().as_secs_f64() / 60.0,
         load_before,
@@ -91,28 +101,40 @@ fn main() -> anyhow::Result<()> {
         pgcopydb,
         ferry_revision: machine::ferry_revision(),
     };
-    let section = report::render(&context, &results);
-    println!("\n{section}");
-    let saved = save_results(&section)?;
-    println!("saved to {}", saved.display());
-    if let Some(docs) = &plan.docs {
-        report::write_docs(docs, &section)?;
-        println!("wrote the results into {}", docs.display());
+    Ok(report::render(&context, &results))
+}
+
+/// Every workload of the plan, run by run, each contender once per run (A B C, A B C, …).
+pub(crate) fn run_all(
+    plan: &Plan,
+    mut run: impl FnMut(Workload, Contender) -> anyhow::Result<Measurement>,
+) -> Results {
+    let mut results = Results::default();
+    for &workload in &plan.workloads {
+        let contenders = plan.contenders_for(workload);
+        for number in 1..=plan.runs {
+            for &contender in &contenders {
+                print!("[{workload:<8} {number}/{}] {contender:<15} ", plan.runs);
+                let _ = std::io::stdout().flush();
+                let outcome = run_once(|| run(workload, contender));
+                println!("{}", summary(&outcome));
+                results.push(workload, contender, outcome);
+            }
+        }
     }
-    Ok(())
+    results
+}
+
+/// How the benchmark was invoked: `bench/run`'s command line, else the harness's.
+pub(crate) fn command_line() -> String {
+    std::env::var("FERRY_BENCH_COMMAND")
+        .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "))
 }
 
 /// Runs one contender once, turning errors and panics (the testkit panics on failures)
 /// into a failed run.
-fn run_once(
-    testbed: &Testbed,
-    plan: &Plan,
-    workload: Workload,
-    contender: Contender,
-) -> Result<Measurement, String> {
-    match catch_unwind(AssertUnwindSafe(|| {
-        workload::run(testbed, plan, workload, contender)
-    })) {
+fn run_once(run: impl FnOnce() -> anyhow::Result<Measurement>) -> Result<Measurement, String> {
+    match catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(measurement)) => Ok(measurement),
         Ok(Err(error)) => Err(format!("{error:#}")),
         Err(panic) => Err(panic
@@ -160,12 +182,17 @@ fn summary(outcome: &Result<Measurement, String>) -> String {
     }
 }
 
-/// Checks that the tools the plan needs are there; returns pgcopydb's version if it runs.
-fn check_tools(plan: &Plan) -> anyhow::Result<Option<String>> {
-    let wants = |contender| {
-        plan.contenders.contains(&contender) && plan.workloads.iter().any(|w| contender.runs(*w))
-    };
-    if Contender::ALL.iter().any(|c| c.is_ferry() && wants(*c)) {
+/// Whether the plan runs `contender` on any of its workloads.
+pub(crate) fn wants(plan: &Plan, contender: Contender) -> bool {
+    plan.contenders.contains(&contender) && plan.workloads.iter().any(|w| contender.runs(*w))
+}
+
+/// Checks that the ferry binary is there when a Ferry contender runs.
+fn check_ferry(plan: &Plan) -> anyhow::Result<()> {
+    if Contender::ALL
+        .iter()
+        .any(|c| c.is_ferry() && wants(plan, *c))
+    {
         anyhow::ensure!(
             plan.ferry_bin.is_file(),
             "no ferry binary at {}; build it with `cargo build --release -p ferry` (bench/run \
@@ -173,7 +200,12 @@ fn check_tools(plan: &Plan) -> anyhow::Result<Option<String>> {
             plan.ferry_bin.display()
         );
     }
-    if !wants(Contender::Pgcopydb) {
+    Ok(())
+}
+
+/// Checks that pgcopydb is there when it runs; returns its version.
+fn check_pgcopydb(plan: &Plan) -> anyhow::Result<Option<String>> {
+    if !wants(plan, Contender::Pgcopydb) {
         return Ok(None);
     }
     let version = machine::tool_version(Path::new("pgcopydb"), &["--version"]);

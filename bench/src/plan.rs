@@ -1,8 +1,10 @@
 //! The command line, and the plan it resolves to: which workloads, which contenders, how much
 //! data, how many runs.
 //!
-//! Every size has a full default (the numbers issue 4 asks for) and a `--quick` default for
-//! developing the harness; a flag given explicitly wins over both.
+//! Two suites: PostgreSQL → PostgreSQL (issues 4 and 13, the default) and MariaDB (issue 12:
+//! MariaDB → MariaDB and MariaDB → PostgreSQL), each on servers of its own, each with its own
+//! section in the docs. Every size has a full default and a `--quick` default for developing
+//! the harness; a flag given explicitly wins over both.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -28,6 +30,15 @@ const FULL_BIGTX_ROWS: u64 = 1_000_000;
 /// Rows of the wide (TOASTed) table per pgbench scale unit: 50,000 rows (~300 MB) at scale 50.
 const WIDE_ROWS_PER_SCALE: u64 = 1_000;
 
+/// Full MariaDB suite: scale 30 is 3,000,000 pgbench_accounts rows (~500 MB of InnoDB data);
+/// the suite's three runs of every contender take about 5 minutes on 2 cores, and the
+/// snapshots run long enough (5–12 s) that Ferry's fixed second of `synced` confirmation
+/// does not decide them.
+const MARIADB_FULL_SCALE: u32 = 30;
+/// Full MariaDB suite: 4 clients × 20,000 transactions (as the PostgreSQL suite's pgbench)
+/// written while the replicators stop.
+const MARIADB_FULL_BACKLOG_TRANSACTIONS: u32 = 20_000;
+
 /// Quick run: small enough that the whole matrix finishes in a few minutes on 2 cores.
 const QUICK_SCALE: u32 = 2;
 const QUICK_RUNS: u32 = 1;
@@ -35,7 +46,7 @@ const QUICK_BACKLOG_TRANSACTIONS: u32 = 1_000;
 const QUICK_LATENCY_SECONDS: u64 = 10;
 const QUICK_BIGTX_ROWS: u64 = 100_000;
 
-/// Ferry and its peers on the same data, on throwaway PostgreSQL clusters, in one run.
+/// Ferry and its peers on the same data, on throwaway database servers, in one run.
 ///
 /// Runs every selected contender on every selected workload, alternating contenders run by
 /// run (A B C, A B C, …) so drift on a shared machine hits them all alike, then prints
@@ -43,19 +54,24 @@ const QUICK_BIGTX_ROWS: u64 = 100_000;
 #[derive(Parser, Debug)]
 #[command(name = "ferry-bench")]
 pub(crate) struct Args {
-    /// pgbench scale of the source data (100,000 pgbench_accounts rows each) [full: 50, quick: 2].
+    /// Which servers: PostgreSQL → PostgreSQL, or MariaDB → MariaDB and MariaDB → PostgreSQL
+    /// [default: the suite of the workloads given, else postgres].
+    #[arg(long)]
+    suite: Option<Suite>,
+    /// pgbench scale of the source data (100,000 pgbench_accounts rows each)
+    /// [full: 50, mariadb suite 30; quick: 2].
     #[arg(long)]
     scale: Option<u32>,
     /// Runs per contender and workload; the table shows medians [full: 3, quick: 1].
     #[arg(long)]
     runs: Option<u32>,
-    /// Workloads to run, comma-separated [default: all].
+    /// Workloads to run, comma-separated [default: all of the suite's].
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<Workload>,
     /// Contenders to run, comma-separated; each runs the workloads it supports [default: all].
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<Contender>,
-    /// Backlog workload: transactions per pgbench client (`-t`) [full: 20000, quick: 1000].
+    /// Backlog workloads: transactions per client (`-t`) [full: 20000; quick: 1000].
     #[arg(long)]
     backlog_transactions: Option<u32>,
     /// Latency workload: seconds of pgbench load (`-T`) [full: 60, quick: 10].
@@ -79,6 +95,10 @@ pub(crate) struct Args {
     /// Do not write the docs file (implied by --quick unless --docs is given explicitly).
     #[arg(long)]
     no_docs: bool,
+    /// Copy each Ferry server's log into this directory, numbered in run order
+    /// (`007-ferry-maria.log`): where a run's time went, or why it failed.
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
 }
 
 /// One benchmark scenario.
@@ -92,15 +112,57 @@ pub(crate) enum Workload {
     Latency,
     /// One transaction inserting many rows: time from its commit until synced.
     Bigtx,
+    /// MariaDB → MariaDB: the pgbench-like tables plus a wide table into an empty target.
+    MariadbSnapshot,
+    /// MariaDB → PostgreSQL: the same tables into an empty PostgreSQL database.
+    MariadbPgSnapshot,
+    /// MariaDB → MariaDB: replicator stopped, 4 clients write a backlog, time to drain.
+    MariadbBacklog,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Workload; 4] = [
+    /// The PostgreSQL suite's workloads.
+    pub(crate) const POSTGRES: [Workload; 4] = [
         Workload::Snapshot,
         Workload::Backlog,
         Workload::Latency,
         Workload::Bigtx,
     ];
+
+    /// The MariaDB suite's workloads.
+    pub(crate) const MARIADB: [Workload; 3] = [
+        Workload::MariadbSnapshot,
+        Workload::MariadbPgSnapshot,
+        Workload::MariadbBacklog,
+    ];
+
+    /// The suite this workload belongs to.
+    pub(crate) fn suite(self) -> Suite {
+        if Workload::MARIADB.contains(&self) {
+            Suite::Mariadb
+        } else {
+            Suite::Postgres
+        }
+    }
+}
+
+/// The servers a run starts and the workloads it may run; one docs section each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Suite {
+    /// PostgreSQL → PostgreSQL and the stream sinks (issues 4 and 13).
+    Postgres,
+    /// MariaDB → MariaDB and MariaDB → PostgreSQL (issue 12).
+    Mariadb,
+}
+
+impl Suite {
+    /// The suite's workloads, all of which run when `--workloads` is not given.
+    pub(crate) fn workloads(self) -> &'static [Workload] {
+        match self {
+            Suite::Postgres => &Workload::POSTGRES,
+            Suite::Mariadb => &Workload::MARIADB,
+        }
+    }
 }
 
 impl fmt::Display for Workload {
@@ -110,6 +172,9 @@ impl fmt::Display for Workload {
             Workload::Backlog => "backlog",
             Workload::Latency => "latency",
             Workload::Bigtx => "bigtx",
+            Workload::MariadbSnapshot => "mariadb-snapshot",
+            Workload::MariadbPgSnapshot => "mariadb-pg-snapshot",
+            Workload::MariadbBacklog => "mariadb-backlog",
         })
     }
 }
@@ -143,10 +208,20 @@ pub(crate) enum Contender {
     FerryKafka,
     /// Ferry into an `http://` webhook: a receiver in the harness that answers 200.
     FerryWebhook,
+    /// Ferry from MariaDB into MariaDB.
+    FerryMaria,
+    /// Ferry from MariaDB into PostgreSQL.
+    FerryMariaPg,
+    /// MariaDB's own replication: a replica with `MASTER_USE_GTID=slave_pos`.
+    MariaReplica,
+    /// `mydumper`, then `myloader`: parallel dump to files, parallel load.
+    Mydumper,
+    /// `pgloader mysql://… postgresql://…`.
+    Pgloader,
 }
 
 impl Contender {
-    pub(crate) const ALL: [Contender; 13] = [
+    pub(crate) const ALL: [Contender; 18] = [
         Contender::Native,
         Contender::PgDump,
         Contender::Pgcopydb,
@@ -160,6 +235,11 @@ impl Contender {
         Contender::FerryNats,
         Contender::FerryKafka,
         Contender::FerryWebhook,
+        Contender::FerryMaria,
+        Contender::FerryMariaPg,
+        Contender::MariaReplica,
+        Contender::Mydumper,
+        Contender::Pgloader,
     ];
 
     /// The stream sinks (issue 13), measured against the blackhole.
@@ -174,7 +254,11 @@ impl Contender {
     pub(crate) fn is_ferry(self) -> bool {
         matches!(
             self,
-            Contender::Ferry | Contender::FerryRows | Contender::FerryBlackhole
+            Contender::Ferry
+                | Contender::FerryRows
+                | Contender::FerryBlackhole
+                | Contender::FerryMaria
+                | Contender::FerryMariaPg
         ) || self.is_stream()
     }
 
@@ -207,6 +291,9 @@ impl Contender {
             }
             Workload::Bigtx => matches!(self, Native | Recvlogical | Ferry | FerryBlackhole),
             Workload::Latency => matches!(self, Native | Ferry),
+            Workload::MariadbSnapshot => matches!(self, FerryMaria | Mydumper),
+            Workload::MariadbPgSnapshot => matches!(self, FerryMariaPg | Pgloader),
+            Workload::MariadbBacklog => matches!(self, FerryMaria | MariaReplica),
         }
     }
 
@@ -226,6 +313,11 @@ impl Contender {
             Contender::FerryNats => "Ferry → NATS JetStream (nats-server, file store)",
             Contender::FerryKafka => "Ferry → Kafka (librdkafka mock broker)",
             Contender::FerryWebhook => "Ferry → webhook (local receiver, 200s)",
+            Contender::FerryMaria => "**Ferry → mariadb**",
+            Contender::FerryMariaPg => "**Ferry → postgres**",
+            Contender::MariaReplica => "MariaDB replica (GTID, defaults)",
+            Contender::Mydumper => "mydumper, then myloader",
+            Contender::Pgloader => "pgloader",
         }
     }
 }
@@ -242,6 +334,7 @@ impl fmt::Display for Contender {
 /// What one invocation will do, with every default resolved.
 #[derive(Debug)]
 pub(crate) struct Plan {
+    pub(crate) suite: Suite,
     pub(crate) scale: u32,
     pub(crate) runs: u32,
     pub(crate) workloads: Vec<Workload>,
@@ -252,6 +345,8 @@ pub(crate) struct Plan {
     pub(crate) wide_rows: u64,
     pub(crate) quick: bool,
     pub(crate) ferry_bin: PathBuf,
+    /// Where each Ferry server's log is copied (`--keep-logs`).
+    pub(crate) keep_logs: Option<PathBuf>,
     /// Where to write the results section; `None` for quick or `--no-docs` runs.
     pub(crate) docs: Option<PathBuf>,
 }
@@ -260,9 +355,14 @@ impl Plan {
     /// Resolves the flags: explicit values, else the quick or full defaults.
     pub(crate) fn from_args(args: Args, docs_given: bool) -> anyhow::Result<Plan> {
         let quick = args.quick;
+        let suite = suite_of(args.suite, &args.workloads)?;
         let pick = |full, fast| if quick { fast } else { full };
         let pick_u64 = |full, fast| if quick { fast } else { full };
-        let scale = args.scale.unwrap_or(pick(FULL_SCALE, QUICK_SCALE));
+        let (full_scale, full_backlog) = match suite {
+            Suite::Postgres => (FULL_SCALE, FULL_BACKLOG_TRANSACTIONS),
+            Suite::Mariadb => (MARIADB_FULL_SCALE, MARIADB_FULL_BACKLOG_TRANSACTIONS),
+        };
+        let scale = args.scale.unwrap_or(pick(full_scale, QUICK_SCALE));
         anyhow::ensure!(scale > 0, "--scale must be > 0");
         let runs = args.runs.unwrap_or(pick(FULL_RUNS, QUICK_RUNS));
         anyhow::ensure!(runs > 0, "--runs must be > 0");
@@ -272,13 +372,14 @@ impl Plan {
             Some(args.docs)
         };
         Ok(Plan {
+            suite,
             scale,
             runs,
-            workloads: dedup(args.workloads, &Workload::ALL),
+            workloads: dedup(args.workloads, suite.workloads()),
             contenders: dedup(args.contenders, &Contender::ALL),
             backlog_transactions: args
                 .backlog_transactions
-                .unwrap_or(pick(FULL_BACKLOG_TRANSACTIONS, QUICK_BACKLOG_TRANSACTIONS)),
+                .unwrap_or(pick(full_backlog, QUICK_BACKLOG_TRANSACTIONS)),
             latency_window: Duration::from_secs(
                 args.latency_seconds
                     .unwrap_or(pick_u64(FULL_LATENCY_SECONDS, QUICK_LATENCY_SECONDS)),
@@ -291,6 +392,7 @@ impl Plan {
                 .unwrap_or(WIDE_ROWS_PER_SCALE * u64::from(scale)),
             quick,
             ferry_bin: args.ferry_bin,
+            keep_logs: args.keep_logs,
             docs,
         })
     }
@@ -303,6 +405,21 @@ impl Plan {
             .filter(|c| c.runs(workload))
             .collect()
     }
+}
+
+/// The suite asked for, or the one `workloads` belong to; an error when they mix suites or
+/// do not belong to the one asked for (each suite starts servers of its own).
+fn suite_of(asked: Option<Suite>, workloads: &[Workload]) -> anyhow::Result<Suite> {
+    let suite = asked
+        .or_else(|| workloads.first().map(|w| w.suite()))
+        .unwrap_or(Suite::Postgres);
+    if let Some(other) = workloads.iter().find(|w| w.suite() != suite) {
+        anyhow::bail!(
+            "workload {other} is not in the {suite:?} suite: run the PostgreSQL and the MariaDB \
+             workloads in separate invocations (--suite postgres / --suite mariadb)"
+        );
+    }
+    Ok(suite)
 }
 
 /// `list` without repeats, in order; `all` when `list` is empty.
@@ -356,5 +473,39 @@ mod tests {
         assert_eq!(Contender::FerryBlackhole.to_string(), "ferry-blackhole");
         assert_eq!(Contender::FerryRows.to_string(), "ferry-rows");
         assert_eq!(Contender::PgDump.to_string(), "pg-dump");
+    }
+
+    #[test]
+    fn the_mariadb_suite_has_its_own_workloads_and_sizes() {
+        let p = plan(&["--suite", "mariadb"]);
+        assert_eq!(p.workloads, Workload::MARIADB);
+        assert_eq!((p.scale, p.backlog_transactions), (30, 20_000));
+        let names: Vec<String> = Workload::MARIADB
+            .iter()
+            .flat_map(|w| p.contenders_for(*w))
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ferry-maria",
+                "mydumper",
+                "ferry-maria-pg",
+                "pgloader",
+                "ferry-maria",
+                "maria-replica"
+            ]
+        );
+        let implied = plan(&["--quick", "--workloads", "mariadb-backlog"]);
+        assert_eq!((implied.suite, implied.scale), (Suite::Mariadb, 2));
+        assert_eq!(
+            Workload::MariadbPgSnapshot.to_string(),
+            "mariadb-pg-snapshot"
+        );
+        let mixed =
+            Args::try_parse_from(["ferry-bench", "--workloads", "snapshot,mariadb-backlog"])
+                .expect("valid flags");
+        assert!(Plan::from_args(mixed, false).is_err());
+        assert_eq!(plan(&[]).suite, Suite::Postgres);
     }
 }

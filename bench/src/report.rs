@@ -46,7 +46,7 @@ pub(crate) struct Context<'a> {
 
 /// How Ferry's ratio to a row is formed.
 #[derive(Clone, Copy)]
-enum Ratio {
+pub(crate) enum Ratio {
     /// Ferry's time ÷ the row's time.
     Time,
     /// Ferry's rate ÷ the row's rate.
@@ -151,7 +151,19 @@ pub(crate) fn render(context: &Context<'_>, results: &Results) -> String {
                     ),
                 );
                 line(w, "");
-                throughput_table(w, results, *workload, &contenders, Ratio::Time, "rows/s");
+                throughput_table(
+                    w,
+                    results,
+                    *workload,
+                    &contenders,
+                    Contender::Ferry,
+                    Ratio::Time,
+                    "rows/s",
+                );
+            }
+            // The MariaDB suite renders its own section (maria::report).
+            Workload::MariadbSnapshot | Workload::MariadbPgSnapshot | Workload::MariadbBacklog => {
+                continue
             }
             Workload::Backlog => {
                 line(
@@ -163,7 +175,15 @@ pub(crate) fn render(context: &Context<'_>, results: &Results) -> String {
                     ),
                 );
                 line(w, "");
-                throughput_table(w, results, *workload, &contenders, Ratio::Rate, "changes/s");
+                throughput_table(
+                    w,
+                    results,
+                    *workload,
+                    &contenders,
+                    Contender::Ferry,
+                    Ratio::Rate,
+                    "changes/s",
+                );
             }
             Workload::Latency => {
                 line(
@@ -186,48 +206,62 @@ pub(crate) fn render(context: &Context<'_>, results: &Results) -> String {
                     ),
                 );
                 line(w, "");
-                throughput_table(w, results, *workload, &contenders, Ratio::Time, "rows/s");
+                throughput_table(
+                    w,
+                    results,
+                    *workload,
+                    &contenders,
+                    Contender::Ferry,
+                    Ratio::Time,
+                    "rows/s",
+                );
             }
         }
         line(w, "");
     }
 
-    let checks = targets::check(results);
-    if !checks.is_empty() {
-        line(w, "### Targets (issues 4 and 13)");
-        line(w, "");
-        line(w, "| target | measured | met |");
-        line(w, "|---|---|---|");
-        for check in checks {
-            let met = match check.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "—",
-            };
-            let cell = |text: &str| text.replace('|', "\\|");
-            line(
-                w,
-                &format!(
-                    "| {} | {} | {met} |",
-                    cell(&check.target),
-                    cell(&check.measured)
-                ),
-            );
-        }
-        line(w, "");
-    }
-
+    targets_table(w, "Targets (issues 4 and 13)", &targets::check(results));
     every_run(w, plan, results);
     line(w, END_MARKER);
     out
 }
 
-/// A table for the workloads measured by time and rate.
-fn throughput_table(
+/// The targets checked against this run, under `title`; nothing when there is none.
+pub(crate) fn targets_table(w: &mut String, title: &str, checks: &[targets::TargetCheck]) {
+    if checks.is_empty() {
+        return;
+    }
+    line(w, &format!("### {title}"));
+    line(w, "");
+    line(w, "| target | measured | met |");
+    line(w, "|---|---|---|");
+    for check in checks {
+        let met = match check.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        let cell = |text: &str| text.replace('|', "\\|");
+        line(
+            w,
+            &format!(
+                "| {} | {} | {met} |",
+                cell(&check.target),
+                cell(&check.measured)
+            ),
+        );
+    }
+    line(w, "");
+}
+
+/// A table for the workloads measured by time and rate; the ratio column compares
+/// `reference` (the Ferry row of the table) with each row.
+pub(crate) fn throughput_table(
     w: &mut String,
     results: &Results,
     workload: Workload,
     contenders: &[Contender],
+    reference: Contender,
     ratio: Ratio,
     unit: &str,
 ) {
@@ -238,8 +272,8 @@ fn throughput_table(
     let seconds = |m: &Measurement| Some(m.wall.as_secs_f64());
     let rate = |m: &Measurement| Some(m.rows_per_second());
     let ferry = match ratio {
-        Ratio::Time => results.median_of(workload, Contender::Ferry, seconds),
-        Ratio::Rate => results.median_of(workload, Contender::Ferry, rate),
+        Ratio::Time => results.median_of(workload, reference, seconds),
+        Ratio::Rate => results.median_of(workload, reference, rate),
     };
     // Stream sinks are held to the blackhole's rate: one more column when any is here.
     let blackhole = contenders
@@ -277,7 +311,7 @@ fn throughput_table(
             Ratio::Rate => results.median_of(workload, contender, rate),
         };
         let ratio_cell = match (ferry, this) {
-            (Some(ferry), Some(this)) if contender != Contender::Ferry && this > 0.0 => {
+            (Some(ferry), Some(this)) if contender != reference && this > 0.0 => {
                 format!("{:.2}×", ferry / this)
             }
             _ => "—".to_owned(),
@@ -372,7 +406,7 @@ fn latency_table(w: &mut String, results: &Results, contenders: &[Contender]) {
 }
 
 /// Each run's timed part (or error), per workload and contender, in a collapsed block.
-fn every_run(w: &mut String, plan: &Plan, results: &Results) {
+pub(crate) fn every_run(w: &mut String, plan: &Plan, results: &Results) {
     line(w, "<details><summary>Every run</summary>");
     line(w, "");
     for workload in &plan.workloads {
@@ -402,16 +436,22 @@ fn every_run(w: &mut String, plan: &Plan, results: &Results) {
     line(w, "");
 }
 
-/// Replaces the generated section of the markdown file at `path` with `section` (appending
-/// it when the file has no markers, creating the file when there is none).
-pub(crate) fn write_docs(path: &Path, section: &str) -> anyhow::Result<()> {
+/// Replaces the generated section of the markdown file at `path`, from `markers.0` to
+/// `markers.1`, with `section` (appending it when the file has no such markers, creating
+/// the file when there is none). Each suite has its own markers, so a run of one leaves the
+/// other's section alone.
+pub(crate) fn write_docs(
+    path: &Path,
+    section: &str,
+    (begin_marker, end_marker): (&str, &str),
+) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let updated = match (existing.find(BEGIN_MARKER), existing.find(END_MARKER)) {
+    let updated = match (existing.find(begin_marker), existing.find(end_marker)) {
         (Some(begin), Some(end)) if begin < end => format!(
             "{}{}{}",
             &existing[..begin],
             section.trim_end_matches('\n'),
-            &existing[end + END_MARKER.len()..]
+            &existing[end + end_marker.len()..]
         ),
         _ if existing.is_empty() => format!("# Benchmarks\n\n{section}"),
         _ => format!("{}\n\n{section}", existing.trim_end()),
@@ -469,7 +509,7 @@ fn count(value: f64) -> String {
     }
 }
 
-fn line(out: &mut String, text: &str) {
+pub(crate) fn line(out: &mut String, text: &str) {
     out.push_str(text);
     out.push('\n');
 }
@@ -493,7 +533,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("benchmarks.md");
         let section = |n: u32| format!("{BEGIN_MARKER}\nrun {n}\n{END_MARKER}\n");
-        write_docs(&path, &section(1)).expect("create");
+        let markers = (BEGIN_MARKER, END_MARKER);
+        write_docs(&path, &section(1), markers).expect("create");
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.starts_with("# Benchmarks\n\n") && text.contains("run 1"));
         std::fs::write(
@@ -501,7 +542,7 @@ mod tests {
             format!("intro\n\n{}\n## Notes\nkept\n", section(1).trim_end()),
         )
         .expect("write");
-        write_docs(&path, &section(2)).expect("replace");
+        write_docs(&path, &section(2), markers).expect("replace");
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(
             text,

@@ -1,4 +1,5 @@
-//! Issue 4's targets, and issue 13's for the stream sinks, checked against a run's medians.
+//! Issue 4's targets, and issue 13's for the stream sinks, checked against a run's medians;
+//! issue 12's for the MariaDB suite ([`check_mariadb`]).
 //!
 //! Each target compares Ferry with a peer measured in the same run (or with an absolute
 //! number for the source side and memory); each stream sink's backlog rate is compared with
@@ -144,7 +145,7 @@ pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
             Some(ferry <= LATENCY_P50_MAX_MS),
         );
     }
-    if let Some((mb, workload, contender)) = peak_rss(results) {
+    if let Some((mb, workload, contender)) = peak_rss(results, &Workload::POSTGRES) {
         push(
             format!("peak RSS ≤ {PEAK_RSS_MAX_MB:.0} MB in every workload"),
             format!("max {mb:.0} MB ({workload}, {contender})"),
@@ -154,10 +155,58 @@ pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
     checks
 }
 
-/// Ferry's largest peak RSS over every run of every workload and sink, in MB, and where.
-fn peak_rss(results: &Results) -> Option<(f64, Workload, Contender)> {
-    Workload::ALL
-        .into_iter()
+/// Issue 12's targets for the MariaDB suite: drain a MariaDB backlog at least 1.5× as fast
+/// as a native replica, snapshot faster than mydumper + myloader (into MariaDB) and than
+/// pgloader (into PostgreSQL); and issue 4's memory bound.
+pub(crate) fn check_mariadb(results: &Results) -> Vec<TargetCheck> {
+    let seconds = |m: &Measurement| Some(m.wall.as_secs_f64());
+    let rate = |m: &Measurement| Some(m.rows_per_second());
+    let mut checks = Vec::new();
+    use Contender::*;
+    use Workload::*;
+    let backlog = (
+        results.median_of(MariadbBacklog, FerryMaria, rate),
+        results.median_of(MariadbBacklog, MariaReplica, rate),
+    );
+    if let (Some(ferry), Some(replica)) = backlog {
+        let ratio = ferry / replica;
+        checks.push(TargetCheck {
+            target: format!("backlog ≥ {BACKLOG_VS_NATIVE_MIN}× the MariaDB replica's rate"),
+            measured: format!("{ratio:.2}× ({ferry:.0} vs {replica:.0} changes/s)"),
+            met: Some(ratio >= BACKLOG_VS_NATIVE_MIN),
+        });
+    }
+    for (workload, ferry, peer, name) in [
+        (MariadbSnapshot, FerryMaria, Mydumper, "mydumper + myloader"),
+        (MariadbPgSnapshot, FerryMariaPg, Pgloader, "pgloader"),
+    ] {
+        let times = (
+            results.median_of(workload, ferry, seconds),
+            results.median_of(workload, peer, seconds),
+        );
+        if let (Some(ours), Some(theirs)) = times {
+            checks.push(TargetCheck {
+                target: format!("snapshot ({workload}) faster than {name}"),
+                measured: format!("{:.2}× ({ours:.1} s vs {theirs:.1} s)", ours / theirs),
+                met: Some(ours < theirs),
+            });
+        }
+    }
+    if let Some((mb, workload, contender)) = peak_rss(results, &Workload::MARIADB) {
+        checks.push(TargetCheck {
+            target: format!("peak RSS ≤ {PEAK_RSS_MAX_MB:.0} MB in every workload (issue 4)"),
+            measured: format!("max {mb:.0} MB ({workload}, {contender})"),
+            met: Some(mb <= PEAK_RSS_MAX_MB),
+        });
+    }
+    checks
+}
+
+/// Ferry's largest peak RSS over every run of `workloads` and every sink, in MB, and where.
+fn peak_rss(results: &Results, workloads: &[Workload]) -> Option<(f64, Workload, Contender)> {
+    workloads
+        .iter()
+        .copied()
         .flat_map(|w| {
             Contender::ALL
                 .into_iter()
@@ -240,5 +289,40 @@ mod tests {
             (None, "250 events/s")
         );
         assert!(!checks.iter().any(|c| c.target.contains("Kafka")));
+    }
+
+    #[test]
+    fn mariadb_targets_pair_each_ferry_with_its_peer() {
+        let mut results = Results::default();
+        for (workload, contender, secs, rss) in [
+            (Workload::MariadbBacklog, Contender::FerryMaria, 2.0, 30),
+            (Workload::MariadbBacklog, Contender::MariaReplica, 2.5, 0),
+            (Workload::MariadbSnapshot, Contender::FerryMaria, 4.0, 40),
+            (Workload::MariadbSnapshot, Contender::Mydumper, 5.0, 10),
+            (
+                Workload::MariadbPgSnapshot,
+                Contender::FerryMariaPg,
+                6.0,
+                50,
+            ),
+            (Workload::MariadbPgSnapshot, Contender::Pgloader, 3.0, 200),
+        ] {
+            results.push(workload, contender, Ok(run(secs, 100, rss)));
+        }
+        let checks = check_mariadb(&results);
+        let met: Vec<Option<bool>> = checks.iter().map(|c| c.met).collect();
+        assert_eq!(
+            met,
+            [Some(false), Some(true), Some(false), Some(true)],
+            "{checks:?}"
+        );
+        assert_eq!(checks[0].measured, "1.25× (50 vs 40 changes/s)");
+        assert!(checks[3]
+            .measured
+            .contains("(mariadb-pg-snapshot, ferry-maria-pg)"));
+        assert!(
+            check(&results).is_empty(),
+            "the PostgreSQL targets see none of it"
+        );
     }
 }

@@ -7,9 +7,12 @@
 //! restarted server starts counting afresh).
 //!
 //! The stream contenders (`ferry-file`, `ferry-nats`, …) get their [`Destination`] with the
-//! server, before the clock starts; it goes when the changefeed is finished.
+//! server, before the clock starts; it goes when the changefeed is finished. The MariaDB
+//! suite starts a bare server ([`FerryChangefeed::start_bare`]) and names both ends itself
+//! ([`FerryChangefeed::create_between`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,10 +21,13 @@ use serde_json::{json, Value};
 
 use crate::db::Db;
 use crate::peer_process::ProcessUsage;
-use crate::plan::Contender;
+use crate::plan::{Contender, Plan};
 use crate::replicator::destination::Destination;
 use crate::replicator::{poll_until, wait_slots_idle};
 use crate::testbed::{Testbed, SOURCE_DB, TARGET_DB};
+
+/// Ferry servers started so far: numbers the kept logs in run order.
+static SERVERS_STARTED: AtomicU32 = AtomicU32::new(0);
 
 /// The changefeed's id.
 const CHANGEFEED_ID: &str = "bench";
@@ -33,7 +39,11 @@ const FAILURE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A ferry server with (after [`FerryChangefeed::create`]) the benchmark's changefeed.
 pub(crate) struct FerryChangefeed {
     server: FerryServer,
-    source: Db,
+    /// The PostgreSQL source, whose slot a stop waits to go idle; `None` for a MariaDB
+    /// source, which keeps nothing for a reader (its binlog dump ends with the connection).
+    source: Option<Db>,
+    /// Where the server's log is copied when this is dropped (`--keep-logs`).
+    keep_log: Option<PathBuf>,
     /// A stream contender's destination; declared last, so that it outlives the server.
     destination: Option<Destination>,
 }
@@ -43,20 +53,34 @@ impl FerryChangefeed {
     /// stream contender for `tables`; returns once both are ready.
     pub(crate) fn start_server(
         testbed: &Testbed,
-        binary: &Path,
+        plan: &Plan,
         contender: Contender,
         tables: &[&str],
     ) -> anyhow::Result<Self> {
+        let mut ferry = FerryChangefeed::start_bare(plan, contender)?;
+        ferry.destination = Destination::set_up(testbed, contender, tables)?;
+        ferry.source = Some(testbed.source_db()?);
+        Ok(ferry)
+    }
+
+    /// Starts a ferry server with an empty data directory, for a changefeed whose ends
+    /// [`FerryChangefeed::create_between`] names.
+    pub(crate) fn start_bare(plan: &Plan, contender: Contender) -> anyhow::Result<Self> {
+        let binary = &plan.ferry_bin;
         anyhow::ensure!(
             binary.is_file(),
             "no ferry binary at {} (bench/run builds it with cargo build --release)",
             binary.display()
         );
-        let destination = Destination::set_up(testbed, contender, tables)?;
+        let keep_log = plan.keep_logs.as_ref().map(|dir| {
+            let run = SERVERS_STARTED.fetch_add(1, Ordering::Relaxed) + 1;
+            dir.join(format!("{run:03}-{contender}.log"))
+        });
         Ok(FerryChangefeed {
             server: FerryServer::start_with_log(binary, LOG_FILTER),
-            source: testbed.source_db()?,
-            destination,
+            source: None,
+            keep_log,
+            destination: None,
         })
     }
 
@@ -75,16 +99,33 @@ impl FerryChangefeed {
             (None, _) => testbed.target.uri(TARGET_DB),
         };
         let snapshot_bulk = contender != Contender::FerryRows;
-        let (code, body) = self.server.post(
-            "/api/v2/changefeeds",
-            &json!({
-                "id": CHANGEFEED_ID,
-                "source_uri": testbed.source.uri(SOURCE_DB),
-                "sink_uri": sink_uri,
-                "tables": tables,
-                "options": {"snapshot_bulk": snapshot_bulk},
-            }),
-        );
+        self.post(&json!({
+            "id": CHANGEFEED_ID,
+            "source_uri": testbed.source.uri(SOURCE_DB),
+            "sink_uri": sink_uri,
+            "tables": tables,
+            "options": {"snapshot_bulk": snapshot_bulk},
+        }))
+    }
+
+    /// Creates the changefeed for `tables` from `source_uri` into `sink_uri`, with the
+    /// default options.
+    pub(crate) fn create_between(
+        &self,
+        source_uri: &str,
+        sink_uri: &str,
+        tables: &[&str],
+    ) -> anyhow::Result<()> {
+        self.post(&json!({
+            "id": CHANGEFEED_ID,
+            "source_uri": source_uri,
+            "sink_uri": sink_uri,
+            "tables": tables,
+        }))
+    }
+
+    fn post(&self, changefeed: &Value) -> anyhow::Result<()> {
+        let (code, body) = self.server.post("/api/v2/changefeeds", changefeed);
         anyhow::ensure!(
             code == 201,
             "creating the changefeed failed ({code}): {body}"
@@ -109,16 +150,25 @@ impl FerryChangefeed {
         })
     }
 
-    /// Stops the server gracefully and waits until its slot is idle; the slot keeps the WAL.
+    /// Stops the server gracefully and waits until its slot is idle; the slot keeps the WAL
+    /// (a MariaDB source keeps its binlog anyway).
     pub(crate) fn stop(&mut self) -> anyhow::Result<()> {
         self.server.stop();
-        wait_slots_idle(&self.source)
+        match &self.source {
+            Some(source) => wait_slots_idle(source),
+            None => Ok(()),
+        }
     }
 
     /// Starts the server again on the same data directory; it resumes the changefeed.
     pub(crate) fn restart(&mut self) -> anyhow::Result<()> {
         self.server.restart();
         Ok(())
+    }
+
+    /// Everything the server logged so far (all its starts).
+    pub(crate) fn log(&self) -> String {
+        self.server.log()
     }
 
     /// The running server's CPU time and peak RSS.
@@ -167,5 +217,22 @@ impl FerryChangefeed {
                 .context("the changefeed failed");
         }
         Ok(())
+    }
+}
+
+impl Drop for FerryChangefeed {
+    /// Copies the server's log for `--keep-logs`, whether the run succeeded or not (a failed
+    /// run's log is the one worth reading).
+    fn drop(&mut self) {
+        if let Some(path) = &self.keep_log {
+            let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+                .and_then(|()| std::fs::write(path, self.server.log()));
+            if let Err(error) = written {
+                eprintln!(
+                    "could not keep the ferry log at {}: {error}",
+                    path.display()
+                );
+            }
+        }
     }
 }

@@ -61,8 +61,7 @@ impl Replicator {
                 Ok(Replicator::Native(native))
             }
             contender if contender.is_ferry() => {
-                let ferry =
-                    FerryChangefeed::start_server(testbed, &plan.ferry_bin, contender, tables)?;
+                let ferry = FerryChangefeed::start_server(testbed, plan, contender, tables)?;
                 ferry.create(testbed, contender, tables)?;
                 Ok(Replicator::Ferry(ferry))
             }

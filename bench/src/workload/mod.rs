@@ -37,5 +37,8 @@ pub(crate) fn run(
         Workload::Backlog => backlog::run(testbed, plan, contender),
         Workload::Latency => latency::run(testbed, plan, contender),
         Workload::Bigtx => bigtx::run(testbed, plan, contender),
+        Workload::MariadbSnapshot | Workload::MariadbPgSnapshot | Workload::MariadbBacklog => {
+            anyhow::bail!("{workload} runs in the MariaDB suite (crate::maria)")
+        }
     }
 }

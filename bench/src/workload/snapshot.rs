@@ -164,7 +164,7 @@ fn ferry(
     contender: Contender,
     tables: &[&str],
 ) -> anyhow::Result<Timed> {
-    let ferry = FerryChangefeed::start_server(testbed, &plan.ferry_bin, contender, tables)?;
+    let ferry = FerryChangefeed::start_server(testbed, plan, contender, tables)?;
     let started = Instant::now();
     ferry.create(testbed, contender, tables)?;
     ferry.wait_synced(CATCH_UP_TIMEOUT)?;
