@@ -18,6 +18,8 @@ use crate::envelope::{Event, EventKind, Origin};
 #[derive(Default)]
 pub struct SchemaCache {
     tables: HashMap<(TableId, &'static str), Shape>,
+    /// The transaction events' key and value schemas, written at their first use.
+    transaction: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One table shape's schemas.
@@ -33,10 +35,13 @@ impl SchemaCache {
     /// their schemas. `table` is the event's table (ignored for transaction events).
     pub fn attach(&mut self, event: &mut Event, table: &TableSchema, origin: &Origin) {
         if event.kind == EventKind::Transaction {
+            let (key_schema, value_schema) = self.transaction.get_or_insert_with(|| {
+                (text(&transaction_key_schema()), text(&transaction_schema()))
+            });
             if let Some(key) = &event.key {
-                event.key = Some(wrap(&text(&transaction_key_schema()), key));
+                event.key = Some(wrap(key_schema, key));
             }
-            event.json = wrap(&text(&transaction_schema()), &event.json);
+            event.json = wrap(value_schema, &event.json);
             return;
         }
         let connector = if event.connector.is_empty() {

@@ -293,6 +293,14 @@ impl MyStream {
                         tx.as_ref().is_some_and(|t| t.standalone)
                     }
                 }
+                Some(EventData::IncidentEvent(incident)) => {
+                    return Err(unreadable::incident(&incident.message()));
+                }
+                Some(
+                    EventData::PreGaWriteRowsEvent(_)
+                    | EventData::PreGaUpdateRowsEvent(_)
+                    | EventData::PreGaDeleteRowsEvent(_),
+                ) => return Err(unreadable::pre_ga_rows()),
                 Some(EventData::HeartbeatEvent) if tx.is_none() => {
                     let idle = SourceEvent::Idle {
                         position: self.here(),

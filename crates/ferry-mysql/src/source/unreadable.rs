@@ -6,7 +6,8 @@
 //! nothing a changefeed needs; the compressed ones (`log_bin_compress=ON`) carry rows and
 //! DDL that Ferry cannot decompress yet, and MySQL's compressed transactions
 //! (`binlog_transaction_compression=ON`) likewise. Any other event the parser does not
-//! know stops the stream too, unless the server marked it ignorable.
+//! know stops the stream too, unless the server marked it ignorable; so does an incident
+//! event (the server says changes may be missing from its binlog).
 
 use ferry_core::{ErrorClass, SourceError};
 
@@ -36,6 +37,28 @@ pub(super) fn check_undecoded(raw: u8, flags: u16) -> Result<(), SourceError> {
 /// known to carry changes compressed.
 pub(super) fn compressed(raw: u8) -> Option<SourceError> {
     (MARIADB_COMPRESSED.contains(&raw) || raw == MYSQL_TRANSACTION_PAYLOAD).then(|| unreadable(raw))
+}
+
+/// The server recorded an incident: events may be missing from its binlog (a change it
+/// could not log), so what follows cannot be applied as an exact continuation.
+pub(super) fn incident(message: &str) -> SourceError {
+    SourceError::message(
+        format!(
+            "the source's binlog records an incident ({message:?}): changes may be missing \
+             from it, as a replica would stop; re-sync the changefeed (`ferry changefeed \
+             resync`) once the source is consistent"
+        ),
+        ErrorClass::Definite,
+    )
+}
+
+/// Rows events of MySQL 5.1's pre-release format, which the parser does not decode.
+pub(super) fn pre_ga_rows() -> SourceError {
+    SourceError::message(
+        "the source's binlog holds rows events of MySQL 5.1's pre-release format, which Ferry \
+         cannot read",
+        ErrorClass::Definite,
+    )
 }
 
 fn unreadable(raw: u8) -> SourceError {
@@ -86,5 +109,8 @@ mod tests {
         assert!(e.to_string().contains("event type 172"), "{e}");
         let e = check_undecoded(166, 0).unwrap_err();
         assert!(e.to_string().contains("log_bin_compress"), "{e}");
+        let e = incident("LOST_EVENTS");
+        assert_eq!(e.class, ErrorClass::Definite);
+        assert!(e.to_string().contains("may be missing"), "{e}");
     }
 }
