@@ -138,6 +138,16 @@ pub enum SourceEvent {
         /// Commit time, microseconds since the Unix epoch.
         commit_time_us: i64,
     },
+    /// A table the changefeed replicates was dropped and created again under its name at
+    /// `position` (the end of that transaction): another table, whose rows before the
+    /// stream's start are in no change event. Its target table holds the old table's rows:
+    /// the engine copies the table again, unless its copy was read at or after `position`.
+    Recreated {
+        /// The table.
+        table: TableId,
+        /// Where it was created again.
+        position: Position,
+    },
     /// Something the operator should know that does not stop the stream (a table dropped
     /// on the source while its changes were unread); shown in the status's warnings.
     Warning(String),

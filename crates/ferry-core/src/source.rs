@@ -117,6 +117,15 @@ pub trait Source: Send {
         true
     }
 
+    /// Whether a table keeps its source id for as long as it exists (PostgreSQL: its OID),
+    /// so a planned table's name under a new id is a table dropped and created again, which
+    /// the engine copies anew. A source whose ids change when a table is rebuilt (InnoDB's,
+    /// on a copying `ALTER TABLE`) reports re-created tables in its stream instead
+    /// ([`crate::SourceEvent::Recreated`]).
+    fn ids_identify_tables(&self) -> bool {
+        true
+    }
+
     /// The tables `filter` selects.
     async fn select_tables(
         &mut self,

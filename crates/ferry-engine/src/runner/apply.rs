@@ -39,6 +39,9 @@ pub(crate) enum StreamEnd {
     /// A table the rules select was created on the source: start again, which copies it
     /// (the path of tables added by an update), then streams on.
     NewTable,
+    /// A replicated table was dropped and created again on the source: start again, which
+    /// copies it again (recorded as a re-sync), then streams on.
+    Recreated,
 }
 
 /// Groups source transactions into target batches.
@@ -73,6 +76,8 @@ pub(crate) struct Applier {
     pub(crate) excluded: HashSet<TableId>,
     /// Records a rename the target followed, once its batch is durable.
     pub(crate) on_renamed: OnRenamed,
+    /// Records that a table is to be copied again (it was created again on the source).
+    pub(crate) on_recreated: OnRecreated,
     /// Whether the sink follows tables' definitions (`schema: full`).
     pub(crate) follow_definitions: bool,
     /// A source transaction to leave out (an operator's `skip`), and what forgets it once
@@ -99,6 +104,9 @@ pub(crate) type SaveCheckpoint = Box<dyn Fn(&Position) -> Result<(), ferry_meta:
 /// Records that target table `from` is now `to` in the changefeed's persisted state.
 pub(crate) type OnRenamed =
     Box<dyn FnMut(&TableId, &TableId) -> Result<(), ferry_meta::MetaError> + Send>;
+
+/// Records that `table` is to be copied again at the next start.
+pub(crate) type OnRecreated = Box<dyn FnMut(&TableId) -> Result<(), ferry_meta::MetaError> + Send>;
 
 /// The open batch.
 #[derive(Default)]
@@ -300,6 +308,25 @@ impl Applier {
                 if self.renamed(from, schema, batch).await? {
                     cursor.handed += 1;
                 }
+            }
+            SourceEvent::Recreated { table, position } => {
+                let copied = self
+                    .skip_before
+                    .get(&table)
+                    .is_some_and(|s| s.covers(&position));
+                if copied || !self.selected(&table, &[]) || self.held.contains(&table) {
+                    return Ok(None);
+                }
+                tracing::info!(table = %table, position = %position, "table dropped and created again on the source: copying it again");
+                if cursor.in_transaction {
+                    // Replayed from the checkpoint after the copy.
+                    self.abort(batch).await;
+                } else {
+                    self.commit(batch).await?;
+                    self.settle_all().await?;
+                }
+                (self.on_recreated)(&table)?;
+                return Ok(Some(StreamEnd::Recreated));
             }
             SourceEvent::Warning(message) => {
                 tracing::warn!(warning = %message, "source warning");

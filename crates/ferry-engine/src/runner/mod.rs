@@ -36,6 +36,7 @@
 //! state after a stop; the registry does.
 
 mod apply;
+mod checks;
 mod park;
 pub(crate) mod repair;
 mod reshape;
@@ -50,8 +51,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::{
-    Connectors, ErrorClass, Position, ServerIdentity, Sink, SinkError, Source, SourceError,
-    SourceOptions, SourceTable, StreamState, TableId, TargetPolicy,
+    Connectors, ErrorClass, Position, ServerIdentity, Sink, SinkError, SourceError, SourceOptions,
+    TableId, TargetPolicy,
 };
 use ferry_meta::{Collection, MetaStore};
 use futures::FutureExt;
@@ -67,6 +68,7 @@ use crate::retry::{Backoff, Decision};
 use crate::status::Timed;
 use crate::status::{now_us, Phase, StatusCell};
 use apply::StreamEnd;
+use checks::source_ids;
 use tables::RuntimeState;
 
 /// Why one attempt ended.
@@ -230,7 +232,7 @@ impl Runner {
             }
             let err = match result {
                 Ok(StreamEnd::Stopped) => return,
-                Ok(StreamEnd::NewTable) => continue,
+                Ok(StreamEnd::NewTable | StreamEnd::Recreated) => continue,
                 Ok(StreamEnd::Finished) => {
                     info!(changefeed = %key, "changefeed finished");
                     // The target is complete: its sequences and foreign keys too, before
@@ -447,10 +449,24 @@ impl Runner {
             let ids: Vec<u32> = selected.iter().map(|t| t.source_id).collect();
             let gone = tables::unselected_ids(&state, &ids);
             self.check_renamed_out(source.as_mut(), &gone).await?;
-            let wanted = tables::track_renames(&mut state, &source_ids(&selected));
+            let selected_ids = source_ids(&selected);
+            let ids_identify = source.ids_identify_tables();
+            let recreated =
+                tables::sort_gone(&mut state, &gone, &selected_ids, &since, ids_identify);
+            state.recreated.extend(recreated);
+            let wanted = tables::track_renames(&mut state, &selected_ids);
             let resync = tables::take_resync(&mut state);
             if !resync.is_empty() {
                 info!(changefeed = %key, tables = ?resync.iter().map(ToString::to_string).collect::<Vec<_>>(), "re-syncing tables: copying them again");
+            }
+            for table in std::mem::take(&mut state.recreated) {
+                self.status.update(|s| {
+                    s.warnings.push(format!(
+                        "table {table} was dropped and created again on the source: its \
+                         target table held the dropped table's rows, which a copy of the new \
+                         table replaces"
+                    ))
+                });
             }
             let changed = tables::reconcile(&mut state, &wanted, &since);
             if !self.config.copies() {
@@ -520,88 +536,4 @@ impl Runner {
             chunk_ledger: Some(crate::ledger::ledger(&self.meta, &self.config.key())),
         }
     }
-
-    /// Fails (definite) when the stream is missing or lost on the source: streaming on
-    /// from another position would skip changes silently.
-    async fn ensure_stream(&self, source: &mut dyn Source) -> Result<(), RunError> {
-        let (description, confirmed) = match source.stream_state().await? {
-            StreamState::Usable => return Ok(()),
-            StreamState::Lost {
-                description,
-                confirmed,
-            } => (description, confirmed),
-            StreamState::Absent { description } => (description, None),
-        };
-        // The status's checkpoint, else what the slot had confirmed when it was lost.
-        let checkpoint = self
-            .status
-            .checkpoint()
-            .or(confirmed)
-            .map_or_else(|| "unknown".to_string(), |p| p.to_string());
-        Err(RunError::SlotLost {
-            description,
-            checkpoint,
-        })
-    }
-
-    /// Fails when a planned table (`gone`: source id and target name) is no longer selected
-    /// because it was renamed to a name the rules exclude (see [`RunError::RenamedOut`]).
-    async fn check_renamed_out(
-        &self,
-        source: &mut dyn Source,
-        gone: &[(u32, TableId)],
-    ) -> Result<(), RunError> {
-        if gone.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<u32> = gone.iter().map(|(id, _)| *id).collect();
-        let now = source.table_names(&ids).await?;
-        for (id, from) in gone {
-            match now.get(id) {
-                Some(to) if to != from && self.config.filter().matches(from) => {
-                    return Err(RunError::RenamedOut {
-                        from: from.clone(),
-                        to: to.clone(),
-                    })
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Marks in the status the tables whose updates and deletes were lost while they were
-    /// streamed insert-only, with what fixes them.
-    fn note_divergent(&self, divergent: &[TableId]) {
-        let list: Vec<String> = divergent.iter().map(ToString::to_string).collect();
-        self.status.update(|s| {
-            s.divergent_tables = list.clone();
-            if !list.is_empty() {
-                s.warnings.push(format!(
-                    "tables marked divergent: {}. They replicated inserts only (no key, \
-                     REPLICA IDENTITY DEFAULT) until a key or REPLICA IDENTITY FULL was set, so \
-                     the updates and deletes made on the source before are missing on the \
-                     target, and later changes may not find their rows. Setting REPLICA \
-                     IDENTITY FULL does not repair that: re-copy the tables (delete the \
-                     changefeed and create it again with options.existing_target truncate, \
-                     which empties the target tables and copies them anew)",
-                    list.join(", ")
-                ));
-            }
-        });
-    }
-}
-
-/// Each selected table's source id, name and row estimate.
-fn source_ids(selected: &[SourceTable]) -> Vec<(u32, TableId, u64)> {
-    selected
-        .iter()
-        .map(|t| {
-            (
-                t.source_id,
-                t.schema.id.clone(),
-                t.estimated_rows.unwrap_or(0),
-            )
-        })
-        .collect()
 }

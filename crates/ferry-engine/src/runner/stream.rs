@@ -46,11 +46,7 @@ impl Runner {
                 return Ok(StreamEnd::Finished);
             }
         }
-        let names = state
-            .source_ids
-            .iter()
-            .map(|(id, name)| (*id, name.clone()))
-            .collect();
+        let names = self.stream_tables(state, start.as_ref())?;
         let stream = source.start_stream(start.clone(), names).await?;
         drop(source);
         info!(changefeed = %key, start = ?start.as_ref().map(ToString::to_string), overwritten = resume_from.is_some(), "streaming");
@@ -119,6 +115,20 @@ impl Runner {
                     meta.put(Collection::ChangefeedState, &key, &state)
                 })
             },
+            on_recreated: {
+                let meta = self.meta.clone();
+                let key = self.config.key();
+                Box::new(move |table: &TableId| {
+                    let mut state: RuntimeState = meta
+                        .get(Collection::ChangefeedState, &key)?
+                        .unwrap_or_default();
+                    if !state.resync.contains(table) {
+                        state.resync.push(table.clone());
+                        state.recreated.push(table.clone());
+                    }
+                    meta.put(Collection::ChangefeedState, &key, &state)
+                })
+            },
         };
         let known: BTreeSet<u32> = state.source_ids.keys().copied().collect();
         // Under `ddl: stop` new tables wait for the next start, as any other change waits.
@@ -132,6 +142,33 @@ impl Runner {
                 Ok(StreamEnd::NewTable)
             }
         }
+    }
+
+    /// The tables the stream reads (source id → target name): the replicated ones, and
+    /// those dropped on the source before a position the stream has yet to pass (their last
+    /// changes are still to apply). Forgets the dropped ones `start` is past.
+    fn stream_tables(
+        &self,
+        state: &RuntimeState,
+        start: Option<&ferry_core::Position>,
+    ) -> Result<std::collections::HashMap<u32, TableId>, RunError> {
+        let past = |d: &tables::DroppedTable| start.is_some_and(|p| p.covers(&d.until));
+        if state.dropped.iter().any(past) {
+            let key = self.config.key();
+            let mut saved: RuntimeState = self
+                .meta
+                .get(Collection::ChangefeedState, &key)?
+                .unwrap_or_default();
+            saved.dropped.retain(|d| !past(d));
+            self.meta.put(Collection::ChangefeedState, &key, &saved)?;
+        }
+        let dropped = state.dropped.iter().filter(|d| !past(d));
+        Ok(state
+            .source_ids
+            .iter()
+            .map(|(id, name)| (*id, name.clone()))
+            .chain(dropped.map(|d| (d.id, d.table.clone())))
+            .collect())
     }
 }
 

@@ -44,6 +44,26 @@ pub(crate) struct RuntimeState {
     /// target refused them (`on_table_error: park`). Resuming one copies it again.
     #[serde(default)]
     pub(crate) held: Vec<HeldTable>,
+    /// Planned tables found dropped on the source at a start, kept until the checkpoint
+    /// passes the position the drop was seen at: a source whose stream describes only the
+    /// tables it is given (a binlog) still reads their changes made before the drop.
+    #[serde(default)]
+    pub(crate) dropped: Vec<DroppedTable>,
+    /// Tables to re-sync because the source dropped and created them again: the status
+    /// says so when their copy starts.
+    #[serde(default)]
+    pub(crate) recreated: Vec<TableId>,
+}
+
+/// A table dropped on the source whose last changes may still be unread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DroppedTable {
+    /// Its source id.
+    pub(crate) id: u32,
+    /// Its target name.
+    pub(crate) table: TableId,
+    /// The source's position when the drop was seen: the drop is before it.
+    pub(crate) until: Position,
 }
 
 /// A table whose changes are held back.
@@ -191,6 +211,37 @@ pub(crate) fn unselected_ids(state: &RuntimeState, selected: &[u32]) -> Vec<(u32
         .collect()
 }
 
+/// Sorts the planned tables whose source id vanished (`gone`): one whose name no selected
+/// table has was dropped on the source, remembered in `state.dropped` until the stream is
+/// past `now`. One whose name a selected table has under a new id was dropped and created
+/// again when `ids_identify_tables` (returned, to copy again: its target table holds the
+/// old table's rows); else it may be the same table rebuilt, and the stream reports
+/// re-created tables ([`ferry_core::SourceEvent::Recreated`]).
+pub(crate) fn sort_gone(
+    state: &mut RuntimeState,
+    gone: &[(u32, TableId)],
+    selected: &[(u32, TableId, u64)],
+    now: &Position,
+    ids_identify_tables: bool,
+) -> Vec<TableId> {
+    let mut recreated = Vec::new();
+    for (id, table) in gone {
+        if selected.iter().any(|(_, name, _)| name == table) {
+            if ids_identify_tables && !state.resync.contains(table) {
+                state.resync.push(table.clone());
+                recreated.push(table.clone());
+            }
+        } else if !state.dropped.iter().any(|d| d.id == *id) {
+            state.dropped.push(DroppedTable {
+                id: *id,
+                table: table.clone(),
+                until: now.clone(),
+            });
+        }
+    }
+    recreated
+}
+
 /// Records that the target table `from` is now `to` (the source renamed it).
 pub(crate) fn rename(state: &mut RuntimeState, from: &TableId, to: &TableId) {
     for plan in &mut state.plan {
@@ -333,195 +384,4 @@ pub(crate) fn mark(state: &RuntimeState, progress: &mut Vec<TableProgress>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ferry_core::Lsn;
-
-    fn t(name: &str) -> TableId {
-        TableId::new("public", name)
-    }
-
-    fn marker(table: &str, chunk: u32, lsn: u64) -> FinishedChunk {
-        FinishedChunk {
-            table: t(table),
-            chunk,
-            rows: 10,
-            snapshot: Position::PgLsn(Lsn(lsn)),
-        }
-    }
-
-    /// Documents stored before positions had kinds (bare LSN text) still read, and are
-    /// written back in the tagged form.
-    #[test]
-    fn state_stored_by_earlier_versions_still_reads() {
-        let lsn = |v| Position::PgLsn(Lsn(v));
-        let state: RuntimeState = serde_json::from_str(
-            r#"{"phase":"streaming","plan":[],"added":[{"plan":{"table":{"schema":"public",
-               "name":"t"},"key_column":null,"chunks":[{"index":0,"lower":null,"upper":null}],
-               "estimated_rows":3},"since":"0/16B3748"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(state.added[0].since, lsn(0x16B3748));
-        let doc: crate::lifecycle::LifecycleDoc =
-            serde_json::from_str(r#"{"state":"paused","resume_from":"1/0"}"#).unwrap();
-        assert_eq!(doc.resume_from, Some(lsn(1 << 32)));
-        let config: crate::ChangefeedConfig = serde_json::from_value(serde_json::json!({
-            "id": "a", "namespace": "default", "source_uri": "postgres://u@h/db",
-            "sink_uri": "blackhole://", "tables": ["public.*"], "created_at_us": 0,
-            "target_position": "0/20"
-        }))
-        .unwrap();
-        assert_eq!(config.target_position, Some(lsn(0x20)));
-        let again = serde_json::to_value(&state).unwrap();
-        assert_eq!(
-            again["added"][0]["since"],
-            serde_json::json!({"kind": "pg_lsn", "value": "0/16B3748"})
-        );
-    }
-
-    #[test]
-    fn a_table_to_resync_is_added_again_at_the_new_position() {
-        let mut state = RuntimeState {
-            phase: Some(Phase::Streaming),
-            plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
-            resync: vec![t("a")],
-            ..Default::default()
-        };
-        assert_eq!(take_resync(&mut state), [t("a")]);
-        let got = reconcile(
-            &mut state,
-            &[(t("a"), 1), (t("b"), 1)],
-            &Position::PgLsn(Lsn(7)),
-        );
-        assert_eq!(got.added, [t("a")]);
-        assert!(got.removed.is_empty());
-        assert!(state.resync.is_empty());
-        assert_eq!(state.added[0].since, Position::PgLsn(Lsn(7)));
-    }
-
-    #[test]
-    fn reconcile_adds_new_and_forgets_unselected_tables() {
-        let mut state = RuntimeState {
-            phase: Some(Phase::Streaming),
-            plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
-            added: vec![],
-            divergent: vec![],
-            source_ids: BTreeMap::new(),
-            resync: vec![],
-            held: vec![],
-        };
-        let got = reconcile(
-            &mut state,
-            &[(t("a"), 1), (t("c"), 5)],
-            &Position::PgLsn(Lsn(100)),
-        );
-        assert_eq!(
-            got,
-            Reconciled {
-                added: vec![t("c")],
-                removed: vec![t("b")]
-            }
-        );
-        assert_eq!(state.plan.len(), 1);
-        assert_eq!(state.added[0].since, Position::PgLsn(Lsn(100)));
-        assert_eq!(state.added[0].plan.estimated_rows, 5);
-        // Idempotent.
-        assert!(reconcile(
-            &mut state,
-            &[(t("a"), 1), (t("c"), 5)],
-            &Position::PgLsn(Lsn(200))
-        )
-        .is_empty());
-        assert_eq!(state.added[0].since, Position::PgLsn(Lsn(100)));
-    }
-
-    #[test]
-    fn a_readded_table_ignores_its_old_copy() {
-        let mut state = RuntimeState {
-            phase: Some(Phase::Streaming),
-            plan: vec![single_chunk_plan(t("a"), 1)],
-            added: vec![],
-            divergent: vec![],
-            source_ids: BTreeMap::new(),
-            resync: vec![],
-            held: vec![],
-        };
-        let old_copy = vec![marker("a", 0, 50)];
-        reconcile(&mut state, &[], &Position::PgLsn(Lsn(80)));
-        reconcile(&mut state, &[(t("a"), 1)], &Position::PgLsn(Lsn(90)));
-        assert_eq!(pending_added(&state, &old_copy).len(), 1);
-        assert!(skip_before(&state, &old_copy).is_empty());
-        let new_copy = vec![marker("a", 0, 95)];
-        assert!(pending_added(&state, &new_copy).is_empty());
-        assert_eq!(
-            skip_before(&state, &new_copy)[&t("a")],
-            Position::PgLsn(Lsn(95))
-        );
-    }
-
-    #[test]
-    fn progress_counts_finished_chunks() {
-        let mut big = single_chunk_plan(t("big"), 300);
-        big.chunks = (0..3)
-            .map(|index| ChunkSpec {
-                index,
-                lower: None,
-                upper: None,
-            })
-            .collect();
-        let mut state = RuntimeState {
-            phase: Some(Phase::Snapshot),
-            plan: vec![big, single_chunk_plan(t("small"), 10)],
-            added: vec![],
-            divergent: vec![],
-            source_ids: BTreeMap::new(),
-            resync: vec![],
-            held: vec![],
-        };
-        reconcile(
-            &mut state,
-            &[(t("big"), 300), (t("small"), 10), (t("new"), 7)],
-            &Position::PgLsn(Lsn(10)),
-        );
-        let finished = vec![
-            marker("big", 0, 1),
-            marker("big", 2, 1),
-            marker("small", 0, 1),
-        ];
-        let p = progress(&state, &finished);
-        let names: Vec<&str> = p.iter().map(|p| p.table.as_str()).collect();
-        assert_eq!(names, ["public.big", "public.new", "public.small"]);
-        assert_eq!((p[0].chunks_done, p[0].rows_copied), (2, 20));
-        assert_eq!(p[0].state, TableState::Pending);
-        assert_eq!(p[1].state, TableState::Pending);
-        assert_eq!(p[2].state, TableState::Streaming);
-        // Multi-chunk tables never skip stream changes; single-chunk ones do.
-        let skip = skip_before(&state, &finished);
-        assert_eq!(skip.keys().collect::<Vec<_>>(), vec![&t("small")]);
-    }
-
-    #[test]
-    fn a_renamed_table_keeps_its_planned_name_until_the_stream_renames_it() {
-        let mut state = RuntimeState {
-            phase: Some(Phase::Streaming),
-            plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
-            added: vec![],
-            divergent: vec![],
-            source_ids: BTreeMap::new(),
-            resync: vec![],
-            held: vec![],
-        };
-        let wanted = track_renames(&mut state, &[(1, t("a"), 1), (2, t("b"), 1)]);
-        assert!(reconcile(&mut state, &wanted, &Position::PgLsn(Lsn(1))).is_empty());
-        // Renamed on the source: same id, new name; not a new table.
-        let wanted = track_renames(&mut state, &[(1, t("a2"), 1), (2, t("b"), 1)]);
-        assert_eq!(wanted[0].0, t("a"));
-        assert!(reconcile(&mut state, &wanted, &Position::PgLsn(Lsn(2))).is_empty());
-        assert_eq!(state.source_ids[&1], t("a"));
-        rename(&mut state, &t("a"), &t("a2"));
-        assert_eq!(state.plan[0].table, t("a2"));
-        assert_eq!(state.source_ids[&1], t("a2"));
-        // Gone from the selection (dropped, or renamed out of the rules).
-        assert_eq!(unselected_ids(&state, &[1]), vec![(2, t("b"))]);
-    }
-}
+mod tests;

@@ -75,6 +75,43 @@ async fn innodb_ids(conn: &mut Conn) -> HashMap<String, u32> {
     HashMap::new()
 }
 
+/// InnoDB's id of table `id`, as [`list_tables`] reports it; `None` when it has none (no
+/// such table, another engine, no `PROCESS` privilege).
+pub(crate) async fn innodb_id(conn: &mut Conn, id: &TableId) -> Option<u32> {
+    let name = quote_literal(&format!("{}/{}", id.schema, id.name));
+    for table in ["INNODB_SYS_TABLES", "INNODB_TABLES"] {
+        let found: Result<Option<u64>, _> = conn
+            .query_first(format!(
+                "SELECT TABLE_ID FROM information_schema.{table} WHERE NAME = {name}"
+            ))
+            .await;
+        if let Ok(found) = found {
+            return found.map(|id| (id & 0x7FFF_FFFF) as u32);
+        }
+    }
+    None
+}
+
+/// Whether source id `id` is a hash of its table's name ([`name_hash`]), which does not
+/// tell a table from another created under the same name.
+pub(crate) fn is_name_hash(id: u32) -> bool {
+    id & 0x8000_0000 != 0
+}
+
+/// A shape with no columns: a table the catalog no longer has, described by the binlog
+/// alone.
+pub(crate) fn unknown_shape(id: TableId) -> TableSchema {
+    TableSchema {
+        id,
+        columns: Vec::new(),
+        key: Vec::new(),
+        identity: ReplicaIdentity::Full,
+        user_types: Vec::new(),
+        partition_of: Vec::new(),
+        dialect: Dialect::Mysql,
+    }
+}
+
 /// A stable id from a table's name (FNV-1a), with the top bit set so it never equals an
 /// InnoDB id (those are small and masked to 31 bits).
 fn name_hash(id: &TableId) -> u32 {

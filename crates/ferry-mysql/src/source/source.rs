@@ -96,6 +96,12 @@ impl Source for MySource {
         false
     }
 
+    /// InnoDB gives a table a new id when an `ALTER TABLE` rebuilds it: the stream reports
+    /// tables dropped and created again.
+    fn ids_identify_tables(&self) -> bool {
+        false
+    }
+
     async fn select_tables(
         &mut self,
         filter: &TableFilter,

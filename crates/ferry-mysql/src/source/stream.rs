@@ -35,13 +35,20 @@
 //! binlog from there on: a table renamed since is tracked under that name until the stream
 //! reaches the `RENAME`, where it follows with [`SourceEvent::Renamed`], so rows written
 //! before the rename are read. Should the rename be a statement the DDL reader does not
-//! recognize, the first TABLE_MAP event under the table's current name follows it there.
+//! recognize, the first TABLE_MAP event of a table the stream does not know follows it
+//! there when that table's InnoDB id is a replicated table's ([`follow`]).
+//!
+//! # Drops
+//! A replicated table the catalog no longer has was dropped after the checkpoint: the stream
+//! still reads its rows up to the `DROP`, decoded with their TABLE_MAP alone, and warns
+//! there. A table created again under a dropped one's name is announced with
+//! [`SourceEvent::Recreated`] (the engine copies it anew) and read from there on.
 //!
 //! # Errors
 //! The binlog past the position purged (error 1236) is definite, with how to re-sync;
 //! a connection cut or a silent source is transient.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,13 +65,14 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
 use super::catalog;
-use super::ddl::{self, Ddl};
 use super::replica::{binlog_error, parse_gtid, server_id, FL_STANDALONE, GTID_EVENT};
 use super::tablemap::{self, Collations};
 use super::types::Kind;
 use super::unreadable;
 use super::values::{canonical, Origin};
 use crate::connect::{connect, source_error};
+
+mod follow;
 
 /// How often the server sends a heartbeat on a quiet binlog: how stale `synced` and lag
 /// may be on an idle source. Why 250 ms: at 1 s every snapshot of an idle source waited
@@ -77,6 +85,10 @@ const IDLE_EVERY: Duration = Duration::from_millis(500);
 
 /// A replicated table as the stream decodes it.
 struct Tracked {
+    /// Its source id.
+    id: u32,
+    /// Its shape; no columns for a table the catalog no longer has until its first
+    /// TABLE_MAP.
     schema: Arc<TableSchema>,
     kinds: Vec<Kind>,
     /// The engine knows this shape (announced in this session).
@@ -107,6 +119,11 @@ pub(crate) struct MyStream {
     /// Tables renamed since the checkpoint, by their current name: the name the engine
     /// knows them by. The binlog names them so until it reaches the rename.
     renamed_since: HashMap<TableId, TableId>,
+    /// Replicated tables dropped in this session, as they were: a table created under the
+    /// name is read as the table created again.
+    dropped: HashMap<TableId, Tracked>,
+    /// Tables of TABLE_MAP events found to be no replicated table under another name.
+    not_ours: HashSet<TableId>,
     timeout: Duration,
     last_idle: Instant,
 }
@@ -127,8 +144,21 @@ pub(crate) async fn start(
     let mut tracked = HashMap::new();
     let mut renamed_since = HashMap::new();
     for (id, engine_name) in tables {
-        // Dropped on the source: the engine finds out from the catalog.
-        let Some(name) = names.get(&id) else { continue };
+        let Some(name) = names.get(&id) else {
+            // Dropped on the source since: its rows up to the drop are still to read.
+            tracked.insert(
+                engine_name.clone(),
+                Tracked {
+                    id,
+                    schema: Arc::new(catalog::unknown_shape(engine_name)),
+                    kinds: Vec::new(),
+                    announced: false,
+                    stale: false,
+                    map: None,
+                },
+            );
+            continue;
+        };
         let (mut schema, kinds) = catalog::describe(&mut catalog, name).await?;
         // From the checkpoint on, the binlog names the table as the engine knows it, up to
         // a rename: rows written before it are read under that name.
@@ -139,6 +169,7 @@ pub(crate) async fn start(
         tracked.insert(
             engine_name,
             Tracked {
+                id,
                 schema: Arc::new(schema),
                 kinds,
                 announced: false,
@@ -173,6 +204,8 @@ pub(crate) async fn start(
         position: from,
         tables: tracked,
         renamed_since,
+        dropped: HashMap::new(),
+        not_ours: HashSet::new(),
         timeout,
         last_idle: Instant::now(),
     })
@@ -256,6 +289,10 @@ impl MyStream {
                         if !self.rename(from, id, events).await {
                             return Ok(());
                         }
+                    } else if !self.tables.contains_key(&id)
+                        && !self.untracked(id, tx.as_ref(), events).await?
+                    {
+                        return Ok(());
                     }
                     self.check_shape(&tme).await?;
                     false
@@ -460,74 +497,6 @@ impl MyStream {
             }
         }
         Ok(true)
-    }
-
-    /// Follows the rename of a replicated table at this position; `false` when the receiver
-    /// is gone.
-    async fn rename(&mut self, from: TableId, to: TableId, events: &EventSender) -> bool {
-        self.renamed_since.remove(&to);
-        for known_as in self.renamed_since.values_mut() {
-            if *known_as == from {
-                *known_as = to.clone();
-            }
-        }
-        let Some(tracked) = self.tables.remove(&from) else {
-            return true;
-        };
-        let mut schema = (*tracked.schema).clone();
-        schema.id = to.clone();
-        let schema = Arc::new(schema);
-        self.tables.insert(
-            to,
-            Tracked {
-                schema: schema.clone(),
-                announced: true,
-                map: None,
-                ..tracked
-            },
-        );
-        send(events, SourceEvent::Renamed { from, schema }).await
-    }
-
-    /// Follows a DDL statement; `false` when the receiver is gone.
-    async fn ddl(
-        &mut self,
-        sql: &str,
-        database: &str,
-        tx: &mut Tx,
-        events: &EventSender,
-    ) -> Result<bool, SourceError> {
-        match ddl::classify(sql, database) {
-            Ddl::Truncate(id) => {
-                let Some(tracked) = self.tables.get(&id) else {
-                    return Ok(true);
-                };
-                let table = tracked.schema.clone();
-                if !self.begin(tx, events).await {
-                    return Ok(false);
-                }
-                let truncate = RowChange::Truncate {
-                    tables: vec![table],
-                    restart_identity: false,
-                };
-                Ok(send(events, SourceEvent::Change(truncate)).await)
-            }
-            Ddl::Rename(renames) => {
-                for (from, to) in renames {
-                    if !self.rename(from, to, events).await {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
-            Ddl::Alter(id) => {
-                if let Some(tracked) = self.tables.get_mut(&id) {
-                    tracked.stale = true;
-                }
-                Ok(true)
-            }
-            Ddl::Other => Ok(true),
-        }
     }
 }
 

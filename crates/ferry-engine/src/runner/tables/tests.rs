@@ -1,0 +1,224 @@
+use super::*;
+use ferry_core::Lsn;
+
+fn t(name: &str) -> TableId {
+    TableId::new("public", name)
+}
+
+fn marker(table: &str, chunk: u32, lsn: u64) -> FinishedChunk {
+    FinishedChunk {
+        table: t(table),
+        chunk,
+        rows: 10,
+        snapshot: Position::PgLsn(Lsn(lsn)),
+    }
+}
+
+/// Documents stored before positions had kinds (bare LSN text) still read, and are
+/// written back in the tagged form.
+#[test]
+fn state_stored_by_earlier_versions_still_reads() {
+    let lsn = |v| Position::PgLsn(Lsn(v));
+    let state: RuntimeState = serde_json::from_str(
+        r#"{"phase":"streaming","plan":[],"added":[{"plan":{"table":{"schema":"public",
+           "name":"t"},"key_column":null,"chunks":[{"index":0,"lower":null,"upper":null}],
+           "estimated_rows":3},"since":"0/16B3748"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(state.added[0].since, lsn(0x16B3748));
+    let doc: crate::lifecycle::LifecycleDoc =
+        serde_json::from_str(r#"{"state":"paused","resume_from":"1/0"}"#).unwrap();
+    assert_eq!(doc.resume_from, Some(lsn(1 << 32)));
+    let config: crate::ChangefeedConfig = serde_json::from_value(serde_json::json!({
+        "id": "a", "namespace": "default", "source_uri": "postgres://u@h/db",
+        "sink_uri": "blackhole://", "tables": ["public.*"], "created_at_us": 0,
+        "target_position": "0/20"
+    }))
+    .unwrap();
+    assert_eq!(config.target_position, Some(lsn(0x20)));
+    let again = serde_json::to_value(&state).unwrap();
+    assert_eq!(
+        again["added"][0]["since"],
+        serde_json::json!({"kind": "pg_lsn", "value": "0/16B3748"})
+    );
+}
+
+#[test]
+fn a_table_to_resync_is_added_again_at_the_new_position() {
+    let mut state = RuntimeState {
+        phase: Some(Phase::Streaming),
+        plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
+        resync: vec![t("a")],
+        ..Default::default()
+    };
+    assert_eq!(take_resync(&mut state), [t("a")]);
+    let got = reconcile(
+        &mut state,
+        &[(t("a"), 1), (t("b"), 1)],
+        &Position::PgLsn(Lsn(7)),
+    );
+    assert_eq!(got.added, [t("a")]);
+    assert!(got.removed.is_empty());
+    assert!(state.resync.is_empty());
+    assert_eq!(state.added[0].since, Position::PgLsn(Lsn(7)));
+}
+
+#[test]
+fn reconcile_adds_new_and_forgets_unselected_tables() {
+    let mut state = RuntimeState {
+        phase: Some(Phase::Streaming),
+        plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
+        added: vec![],
+        divergent: vec![],
+        source_ids: BTreeMap::new(),
+        resync: vec![],
+        held: vec![],
+        dropped: vec![],
+        recreated: vec![],
+    };
+    let got = reconcile(
+        &mut state,
+        &[(t("a"), 1), (t("c"), 5)],
+        &Position::PgLsn(Lsn(100)),
+    );
+    assert_eq!(
+        got,
+        Reconciled {
+            added: vec![t("c")],
+            removed: vec![t("b")]
+        }
+    );
+    assert_eq!(state.plan.len(), 1);
+    assert_eq!(state.added[0].since, Position::PgLsn(Lsn(100)));
+    assert_eq!(state.added[0].plan.estimated_rows, 5);
+    // Idempotent.
+    assert!(reconcile(
+        &mut state,
+        &[(t("a"), 1), (t("c"), 5)],
+        &Position::PgLsn(Lsn(200))
+    )
+    .is_empty());
+    assert_eq!(state.added[0].since, Position::PgLsn(Lsn(100)));
+}
+
+#[test]
+fn a_readded_table_ignores_its_old_copy() {
+    let mut state = RuntimeState {
+        phase: Some(Phase::Streaming),
+        plan: vec![single_chunk_plan(t("a"), 1)],
+        added: vec![],
+        divergent: vec![],
+        source_ids: BTreeMap::new(),
+        resync: vec![],
+        held: vec![],
+        dropped: vec![],
+        recreated: vec![],
+    };
+    let old_copy = vec![marker("a", 0, 50)];
+    reconcile(&mut state, &[], &Position::PgLsn(Lsn(80)));
+    reconcile(&mut state, &[(t("a"), 1)], &Position::PgLsn(Lsn(90)));
+    assert_eq!(pending_added(&state, &old_copy).len(), 1);
+    assert!(skip_before(&state, &old_copy).is_empty());
+    let new_copy = vec![marker("a", 0, 95)];
+    assert!(pending_added(&state, &new_copy).is_empty());
+    assert_eq!(
+        skip_before(&state, &new_copy)[&t("a")],
+        Position::PgLsn(Lsn(95))
+    );
+}
+
+#[test]
+fn progress_counts_finished_chunks() {
+    let mut big = single_chunk_plan(t("big"), 300);
+    big.chunks = (0..3)
+        .map(|index| ChunkSpec {
+            index,
+            lower: None,
+            upper: None,
+        })
+        .collect();
+    let mut state = RuntimeState {
+        phase: Some(Phase::Snapshot),
+        plan: vec![big, single_chunk_plan(t("small"), 10)],
+        added: vec![],
+        divergent: vec![],
+        source_ids: BTreeMap::new(),
+        resync: vec![],
+        held: vec![],
+        dropped: vec![],
+        recreated: vec![],
+    };
+    reconcile(
+        &mut state,
+        &[(t("big"), 300), (t("small"), 10), (t("new"), 7)],
+        &Position::PgLsn(Lsn(10)),
+    );
+    let finished = vec![
+        marker("big", 0, 1),
+        marker("big", 2, 1),
+        marker("small", 0, 1),
+    ];
+    let p = progress(&state, &finished);
+    let names: Vec<&str> = p.iter().map(|p| p.table.as_str()).collect();
+    assert_eq!(names, ["public.big", "public.new", "public.small"]);
+    assert_eq!((p[0].chunks_done, p[0].rows_copied), (2, 20));
+    assert_eq!(p[0].state, TableState::Pending);
+    assert_eq!(p[1].state, TableState::Pending);
+    assert_eq!(p[2].state, TableState::Streaming);
+    // Multi-chunk tables never skip stream changes; single-chunk ones do.
+    let skip = skip_before(&state, &finished);
+    assert_eq!(skip.keys().collect::<Vec<_>>(), vec![&t("small")]);
+}
+
+#[test]
+fn a_renamed_table_keeps_its_planned_name_until_the_stream_renames_it() {
+    let mut state = RuntimeState {
+        phase: Some(Phase::Streaming),
+        plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
+        added: vec![],
+        divergent: vec![],
+        source_ids: BTreeMap::new(),
+        resync: vec![],
+        held: vec![],
+        dropped: vec![],
+        recreated: vec![],
+    };
+    let wanted = track_renames(&mut state, &[(1, t("a"), 1), (2, t("b"), 1)]);
+    assert!(reconcile(&mut state, &wanted, &Position::PgLsn(Lsn(1))).is_empty());
+    // Renamed on the source: same id, new name; not a new table.
+    let wanted = track_renames(&mut state, &[(1, t("a2"), 1), (2, t("b"), 1)]);
+    assert_eq!(wanted[0].0, t("a"));
+    assert!(reconcile(&mut state, &wanted, &Position::PgLsn(Lsn(2))).is_empty());
+    assert_eq!(state.source_ids[&1], t("a"));
+    rename(&mut state, &t("a"), &t("a2"));
+    assert_eq!(state.plan[0].table, t("a2"));
+    assert_eq!(state.source_ids[&1], t("a2"));
+    // Gone from the selection (dropped, or renamed out of the rules).
+    assert_eq!(unselected_ids(&state, &[1]), vec![(2, t("b"))]);
+}
+
+#[test]
+fn gone_tables_are_dropped_or_created_again() {
+    let mut state = RuntimeState::default();
+    let now = Position::PgLsn(Lsn(9));
+    let gone = [(1, t("a")), (2, t("b"))];
+    // b under a new id: rebuilt, or created again, which only ids that identify tables
+    // tell; a is dropped.
+    let recreated = sort_gone(&mut state, &gone, &[(3, t("b"), 10)], &now, false);
+    assert!(recreated.is_empty() && state.resync.is_empty());
+    assert_eq!(
+        state.dropped,
+        vec![DroppedTable {
+            id: 1,
+            table: t("a"),
+            until: now.clone()
+        }]
+    );
+    let recreated = sort_gone(&mut state, &gone, &[(3, t("b"), 10)], &now, true);
+    assert_eq!(recreated, vec![t("b")]);
+    assert_eq!(state.resync, vec![t("b")]);
+    // Seen again at a later start: remembered once, at the first position.
+    sort_gone(&mut state, &gone[..1], &[], &Position::PgLsn(Lsn(20)), true);
+    assert_eq!(state.dropped.len(), 1);
+    assert_eq!(state.dropped[0].until, now);
+}
