@@ -97,6 +97,25 @@ impl PgSink {
             .collect()
     }
 
+    /// Whether the target can compress TOASTed values with lz4 (PostgreSQL 14 and later,
+    /// built with lz4); asked once per session, `false` when it cannot be told.
+    async fn toast_lz4(&mut self) -> bool {
+        if let Some(lz4) = self.lz4 {
+            return lz4;
+        }
+        let lz4 = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' \
+                 AND 'lz4' = ANY(enumvals)",
+                &[],
+            )
+            .await
+            .is_ok_and(|row| row.is_some());
+        self.lz4 = Some(lz4);
+        lz4
+    }
+
     /// Loads one snapshot chunk: COPY text as it comes, rows encoded as COPY text.
     pub async fn copy_chunk(
         &mut self,
@@ -174,6 +193,14 @@ impl PgSink {
             self.build_key(schema).await?;
         }
         self.client.batch_execute("BEGIN").await.map_err(fail)?;
+        if self.toast_lz4().await {
+            // Values the copy TOASTs compress with lz4, not pglz: the same values, a
+            // fraction of the target's CPU (see docs/benchmarks.md).
+            self.client
+                .batch_execute("SET LOCAL default_toast_compression = 'lz4'")
+                .await
+                .map_err(fail)?;
+        }
         if replace && !append {
             self.client
                 .batch_execute(&format!("TRUNCATE {}", schema.id.quoted()))

@@ -96,6 +96,8 @@ pub struct PgSink {
     foreign_keys: bool,
     /// Where the target is: enum labels are added on a connection of their own.
     uri: ConnectionUri,
+    /// Whether the target compresses TOASTed values with lz4 ([`copy`]); asked once.
+    lz4: Option<bool>,
 }
 
 /// A failed connection to the target, keeping the class it was given where it was born.
@@ -180,6 +182,7 @@ impl PgSink {
             in_order: false,
             foreign_keys: false,
             uri: uri.clone(),
+            lz4: None,
         })
     }
 
