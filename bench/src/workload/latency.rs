@@ -3,18 +3,21 @@
 //! ```text
 //!  source                                   replicator              target
 //!  pgbench -c 4 -T S  ───────────────────────────►  ═══════════════►  pgbench tables
-//!  probe writer: every 50 ms                                          probe reader: every 5 ms
-//!    INSERT bench_probe (id) ── commit ack at t0 ──►  ═══════════════►  SELECT id > last → seen at t1
+//!  probe writer: every 50 ms                                          bench_probe
+//!    INSERT bench_probe (id) ── commit ack at t0 ──►  ═══════════════►    deferred trigger at
+//!                                                                         its commit: t1
 //! ```
 //!
-//! A probe's latency is t1 − t0: from the moment the source acknowledged its commit to the
-//! moment a reader polling the target saw it, both on the harness's monotonic clock. The
-//! reader polls every [`READER_POLL`], which adds up to that much (half on average) to every
-//! contender alike. After the load, the reader keeps going until it has seen every probe,
-//! and the time the replicator needs to catch up is reported as well.
+//! A probe's latency is t1 − t0: from the moment the source acknowledged its commit (the
+//! harness's wall clock) to the moment the transaction that wrote it on the target commits
+//! (`clock_timestamp()` in a deferred constraint trigger, which fires at commit; `ENABLE
+//! ALWAYS`, so replication sessions fire it too), one clock on one machine. No polling
+//! delay is added. A reader polls the target until every probe has arrived, and the time
+//! the replicator needs to catch up after the load is reported as well.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
@@ -27,8 +30,10 @@ use crate::workload::verify;
 
 /// A probe row every 50 ms, as the issue asks.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
-/// How often the reader polls the target: the latency's resolution.
-const READER_POLL: Duration = Duration::from_millis(5);
+/// How often the reader polls the target for the probes' arrival.
+const READER_POLL: Duration = Duration::from_millis(20);
+/// Where the target's trigger notes when each probe's transaction committed.
+const SEEN_TABLE: &str = "public.bench_probe_seen";
 /// How long after the load the reader waits for the last probes.
 const READER_GRACE: Duration = Duration::from_secs(600);
 /// Not yet known: the writer is still writing.
@@ -45,10 +50,11 @@ pub(super) fn run(
     tables.push(PROBE_TABLE);
     let replicator = Replicator::start(testbed, plan, contender, &tables)?;
     replicator.wait_caught_up(CATCH_UP_TIMEOUT)?;
+    let reader_db = testbed.target_db()?;
+    note_commits(&reader_db)?;
 
     let source = testbed.source_db()?;
     let writer_db = testbed.source_db()?;
-    let reader_db = testbed.target_db()?;
     let stop_writing = AtomicBool::new(false);
     let last_id = AtomicI64::new(UNKNOWN_LAST_ID);
     let (clients, threads, seconds) = (
@@ -76,18 +82,20 @@ pub(super) fn run(
         let seen = reader.join().expect("the probe reader does not panic");
         (pgbench, committed, seen, caught_up)
     });
-    let (pgbench, committed, seen, catch_up) = (pgbench?, committed?, seen?, catch_up?);
+    let (pgbench, committed, catch_up) = (pgbench?, committed?, catch_up?);
+    seen?;
+    let seen = commit_times(&reader_db)?;
     let end = source.current_wal_lsn()?;
     let usage = replicator.usage();
     verify::same_rows(testbed, &tables)?;
     replicator.finish()?;
 
-    let mut latencies_ms: Vec<f64> = seen
+    let mut latencies_ms: Vec<f64> = committed
         .iter()
-        .filter_map(|(id, at)| {
-            let index = usize::try_from(*id).ok()?.checked_sub(1)?;
-            let committed_at = committed.get(index)?;
-            Some(at.saturating_duration_since(*committed_at).as_secs_f64() * 1e3)
+        .enumerate()
+        .filter_map(|(index, committed_us)| {
+            let seen_us = seen.get(&i64::try_from(index + 1).ok()?)?;
+            Some((seen_us - committed_us) as f64 / 1e3)
         })
         .collect();
     let probes_seen = latencies_ms.len();
@@ -111,10 +119,50 @@ pub(super) fn run(
     })
 }
 
+/// Makes the target note when each probe row's transaction commits, in [`SEEN_TABLE`]:
+/// a deferred constraint trigger fires at commit. Schema-qualified, since native apply runs
+/// with an empty `search_path`.
+fn note_commits(target: &Db) -> anyhow::Result<()> {
+    target.execute(&format!(
+        "CREATE TABLE {SEEN_TABLE} (id bigint NOT NULL, seen_at timestamptz NOT NULL);
+         CREATE FUNCTION public.bench_probe_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO {SEEN_TABLE} VALUES (NEW.id, clock_timestamp());
+             RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER bench_probe_seen AFTER INSERT ON {PROBE_TABLE}
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+             EXECUTE FUNCTION public.bench_probe_seen();
+         ALTER TABLE {PROBE_TABLE} ENABLE ALWAYS TRIGGER bench_probe_seen;"
+    ))
+}
+
+/// When each probe's transaction committed on the target, µs since the Unix epoch, by id
+/// (the first time, should a probe be written twice).
+fn commit_times(target: &Db) -> anyhow::Result<HashMap<i64, i64>> {
+    let rows = target.query(
+        &format!(
+            "SELECT id, min((extract(epoch FROM seen_at) * 1000000)::bigint) \
+             FROM {SEEN_TABLE} GROUP BY id"
+        ),
+        &[],
+    )?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+/// Microseconds since the Unix epoch.
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 /// Inserts probe 1, 2, 3, … on a fixed 50 ms schedule until told to stop; returns when
-/// each commit was acknowledged (index i is probe i + 1). A late insert does not shift the
-/// schedule: the next one is due at its own slot.
-fn write_probes(db: &Db, stop: &AtomicBool) -> anyhow::Result<Vec<Instant>> {
+/// each commit was acknowledged, µs since the Unix epoch (index i is probe i + 1). A late
+/// insert does not shift the schedule: the next one is due at its own slot.
+fn write_probes(db: &Db, stop: &AtomicBool) -> anyhow::Result<Vec<i64>> {
     let insert =
         format!("INSERT INTO {PROBE_TABLE} (id, written_at) VALUES ($1, clock_timestamp())");
     let started = Instant::now();
@@ -126,16 +174,15 @@ fn write_probes(db: &Db, stop: &AtomicBool) -> anyhow::Result<Vec<Instant>> {
         }
         let id = i64::try_from(committed.len() + 1)?;
         db.query(&insert, &[&id])?;
-        committed.push(Instant::now());
+        committed.push(now_us());
     }
     Ok(committed)
 }
 
-/// Polls the target for new probe rows, noting when each first appeared, until the last
-/// probe (once the writer has published its id) has arrived or the grace time has passed.
-fn read_probes(db: &Db, last_id: &AtomicI64) -> anyhow::Result<Vec<(i64, Instant)>> {
+/// Polls the target for new probe rows until the last probe (once the writer has published
+/// its id) has arrived or the grace time has passed.
+fn read_probes(db: &Db, last_id: &AtomicI64) -> anyhow::Result<()> {
     let query = format!("SELECT id FROM {PROBE_TABLE} WHERE id > $1 ORDER BY id");
-    let mut seen = Vec::new();
     let mut newest = 0_i64;
     let mut grace_ends: Option<Instant> = None;
     loop {
@@ -143,16 +190,15 @@ fn read_probes(db: &Db, last_id: &AtomicI64) -> anyhow::Result<Vec<(i64, Instant
         let now = Instant::now();
         for row in rows {
             newest = row.try_get(0)?;
-            seen.push((newest, now));
         }
         let last = last_id.load(Ordering::Relaxed);
         if last != UNKNOWN_LAST_ID {
             if newest >= last {
-                return Ok(seen);
+                return Ok(());
             }
             let ends = *grace_ends.get_or_insert(now + READER_GRACE);
             if now >= ends {
-                return Ok(seen);
+                return Ok(());
             }
         }
         std::thread::sleep(READER_POLL);

@@ -23,11 +23,22 @@ use crate::lifecycle::SkipTransaction;
 use crate::metrics::{FeedMetrics, RowCounts};
 use crate::status::StatusCell;
 
-/// While nothing is queued, an open batch commits at most this long after it opened: low
-/// latency, yet a live workload's transactions still share a target commit instead of
-/// paying one commit (several round trips) each. Backlogs fill batches up to
-/// `batch_max_rows` / `batch_max_wait_ms` instead.
-const LIVE_COMMIT_DELAY: Duration = Duration::from_millis(10);
+/// Live (the batch's last transaction committed on the source less than [`BEHIND`] ago),
+/// a batch commits once this long has passed since the previous commit: a transaction
+/// arriving on a quiet stream commits at once, and under load the target commits at most
+/// this often, each commit taking whatever arrived meanwhile. That bounds the wait a live
+/// transaction adds to its latency without paying one target commit per source
+/// transaction, which a 2-core machine under `pgbench -c 4` cannot keep up with.
+const LIVE_COMMIT_INTERVAL: Duration = Duration::from_millis(4);
+
+/// A batch whose last transaction is older than this (by the source's commit time, which
+/// MariaDB's binlog gives to the second) is a backlog: it fills up to
+/// `batch_max_rows` / `batch_max_wait_ms`, or until nothing is queued and it is
+/// [`BACKLOG_IDLE_COMMIT`] old, for throughput.
+const BEHIND: Duration = Duration::from_secs(2);
+
+/// How long a backlog's batch stays open once nothing is queued.
+const BACKLOG_IDLE_COMMIT: Duration = Duration::from_millis(10);
 
 /// How a stream ended without an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +89,8 @@ pub(crate) struct Applier {
     pub(crate) on_renamed: OnRenamed,
     /// Records that a table is to be copied again (it was created again on the source).
     pub(crate) on_recreated: OnRecreated,
+    /// When the last batch committed (see [`LIVE_COMMIT_INTERVAL`]).
+    pub(crate) last_commit: tokio::time::Instant,
     /// Whether the sink follows tables' definitions (`schema: full`).
     pub(crate) follow_definitions: bool,
     /// A source transaction to leave out (an operator's `skip`), and what forgets it once
@@ -171,12 +184,7 @@ impl Applier {
         let mut batch = Batch::default();
         let mut cursor = Cursor::default();
         loop {
-            let wait = if self.events.is_empty() {
-                self.max_wait.min(LIVE_COMMIT_DELAY)
-            } else {
-                self.max_wait
-            };
-            let deadline = batch.opened.map(|t| t + wait);
+            let deadline = self.commit_due(&batch);
             let next = tokio::select! {
                 biased;
                 _ = stop.changed() => {
@@ -231,6 +239,23 @@ impl Applier {
                 }
             }
         }
+    }
+
+    /// When the open batch is to commit (see [`LIVE_COMMIT_INTERVAL`] and [`BEHIND`]);
+    /// `None` while no transaction of it has ended.
+    fn commit_due(&self, batch: &Batch) -> Option<tokio::time::Instant> {
+        let (_, commit_time_us) = batch.end.as_ref()?;
+        let opened = batch.opened?;
+        let behind_us = crate::status::now_us().saturating_sub(*commit_time_us);
+        if behind_us < BEHIND.as_micros() as i64 {
+            return Some(self.last_commit + LIVE_COMMIT_INTERVAL);
+        }
+        let wait = if self.events.is_empty() {
+            self.max_wait.min(BACKLOG_IDLE_COMMIT)
+        } else {
+            self.max_wait
+        };
+        Some(opened + wait)
     }
 
     pub(super) async fn abort(&mut self, batch: &mut Batch) {
@@ -385,13 +410,10 @@ impl Applier {
                         .is_some_and(|commit| until.covers(commit))
                 });
                 batch.end = Some((end, commit_time_us));
-                let age = batch.opened.map_or(Duration::ZERO, |t| t.elapsed());
-                if batch.rows as usize >= self.max_rows
-                    || isolated
-                    || age >= self.max_wait
-                    || (age >= LIVE_COMMIT_DELAY && self.events.is_empty())
-                    || at_target
-                {
+                let due = self
+                    .commit_due(batch)
+                    .is_some_and(|due| due <= tokio::time::Instant::now());
+                if batch.rows as usize >= self.max_rows || isolated || due || at_target {
                     self.commit(batch).await?;
                 }
                 if at_target {
@@ -406,8 +428,10 @@ impl Applier {
                 if cursor.in_transaction {
                     return Ok(None);
                 }
-                let age = batch.opened.map_or(Duration::ZERO, |t| t.elapsed());
-                if batch.end.is_some() && age < LIVE_COMMIT_DELAY && !self.at_target(&position) {
+                let due = self
+                    .commit_due(batch)
+                    .is_none_or(|due| due <= tokio::time::Instant::now());
+                if !due && !self.at_target(&position) {
                     // Confirmed with the batch, which the timer commits shortly.
                     batch.idle = Some((position, server_time_us));
                     return Ok(None);

@@ -99,6 +99,7 @@ impl Applier {
             return Ok(());
         };
         let settle = self.sink.seal_batch(end.clone()).await?;
+        self.last_commit = tokio::time::Instant::now();
         let parts = batch.take();
         self.sealed.0.push_back(Sealed {
             settle: settle.map(Settling::spawn),

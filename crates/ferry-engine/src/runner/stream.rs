@@ -115,6 +115,7 @@ impl Runner {
                     meta.put(Collection::ChangefeedState, &key, &state)
                 })
             },
+            last_commit: tokio::time::Instant::now(),
             on_recreated: {
                 let meta = self.meta.clone();
                 let key = self.config.key();

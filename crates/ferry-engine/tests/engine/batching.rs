@@ -1,5 +1,6 @@
 //! Batching: a backlog of small transactions commits in batches of `batch_max_rows`, a live
-//! trickle shares target commits, and a transaction is never split.
+//! trickle shares target commits, a live transaction on a quiet stream commits at once, and
+//! a transaction is never split.
 
 use std::time::Duration;
 
@@ -62,6 +63,48 @@ async fn a_live_trickle_shares_target_commits() {
         (2..=20).contains(&batches.len()),
         "100 transactions in {} batches",
         batches.len()
+    );
+    h.assert_identical(&[&t]);
+}
+
+/// Live (commit times of now): a transaction on a quiet stream reaches the target without
+/// waiting for a commit timer; under a steady stream the target commits about every 4 ms,
+/// each commit taking what arrived meanwhile, so no transaction waits longer than that.
+#[tokio::test(start_paused = true)]
+async fn live_transactions_commit_at_once_when_quiet_and_grouped_under_load() {
+    let db = MemDb::new();
+    let t = db.create_table("public", "t");
+    let h = Harness::start(&db);
+    h.create(h.config(&[], Options::default())).await;
+    h.wait_caught_up().await;
+    db.live_commit_times();
+
+    for id in 0..5 {
+        let before = db.batches(FEED).len();
+        let start = tokio::time::Instant::now();
+        db.commit(|tx| tx.insert(&t, id, "x"));
+        while db.batches(FEED).len() == before {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(2),
+            "a quiet stream's transaction waited {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One transaction every millisecond (the timer's resolution) for 100 ms.
+    let before = db.batches(FEED).len();
+    for id in 100..200 {
+        db.commit(|tx| tx.insert(&t, id, "x"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    h.wait_caught_up().await;
+    let batches = db.batches(FEED).len() - before;
+    assert!(
+        (15..=40).contains(&batches),
+        "100 transactions in 100 ms took {batches} target commits"
     );
     h.assert_identical(&[&t]);
 }

@@ -194,6 +194,9 @@ struct SourceState {
     sent: HashMap<String, Vec<(Lsn, Lsn)>>,
     /// Plans cut tables into chunks of at most this many rows; `None`: one chunk.
     chunk_rows: Option<usize>,
+    /// Transactions carry the wall clock's time as their commit time (a live source), not
+    /// a made-up one long past.
+    live_commit_times: bool,
 }
 
 struct SourceTable {
@@ -204,6 +207,7 @@ struct SourceTable {
 
 struct LoggedTransaction {
     xid: u32,
+    commit_time_us: i64,
     commit: Lsn,
     end: Lsn,
     changes: Vec<RowChange>,
@@ -304,8 +308,17 @@ impl MemDb {
             // As `upcoming(1)`.
             let commit = Lsn(source.current().0 + LSN_STEP - 1);
             let end = Lsn(commit.0 + 1);
+            let xid = 1000 + source.log.len() as u32;
+            let commit_time_us = if source.live_commit_times {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as i64)
+            } else {
+                1_000_000 * i64::from(xid)
+            };
             source.log.push(LoggedTransaction {
-                xid: 1000 + source.log.len() as u32,
+                xid,
+                commit_time_us,
                 commit,
                 end,
                 changes,
@@ -317,6 +330,12 @@ impl MemDb {
         };
         self.touch();
         committed
+    }
+
+    /// From now on, transactions commit at the wall clock's time, as on a live source (by
+    /// default their commit times lie long past, as in a backlog).
+    pub fn live_commit_times(&self) {
+        self.lock().source.live_commit_times = true;
     }
 
     /// Where the `n`-th transaction from now (1: the next one) will lie in the log.

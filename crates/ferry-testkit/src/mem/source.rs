@@ -272,6 +272,7 @@ struct MemStream {
 /// One transaction as the stream sends it.
 struct Outgoing {
     xid: u32,
+    commit_time_us: i64,
     commit: Lsn,
     end: Lsn,
     changes: Vec<RowChange>,
@@ -303,6 +304,7 @@ impl MemStream {
         let outgoing = unread
             .map(|tx| Outgoing {
                 xid: tx.xid,
+                commit_time_us: tx.commit_time_us,
                 commit: tx.commit,
                 end: tx.end,
                 changes: tx
@@ -450,7 +452,7 @@ async fn send_transaction(
     announced: &mut HashMap<TableId, Arc<TableSchema>>,
 ) -> Result<(), ()> {
     let send = |event| async { events.send(Ok(event)).await.map_err(drop) };
-    let commit_time_us = 1_000_000 * i64::from(tx.xid);
+    let commit_time_us = tx.commit_time_us;
     send(SourceEvent::Begin {
         commit: Position::PgLsn(tx.commit),
         xid: tx.xid,
