@@ -45,11 +45,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use ferry_core::gtid::{MariaDbGtid, MariaDbGtidList};
 use ferry_core::source::EventSender;
 use ferry_core::{
     ConnectionUri, ErrorClass, Position, Row, RowChange, SourceError, SourceEvent, TableId,
-    TableSchema,
+    TableSchema, Value,
 };
 use futures::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
@@ -63,7 +64,7 @@ use super::replica::{binlog_error, parse_gtid, server_id, FL_STANDALONE, GTID_EV
 use super::tablemap::{self, Collations};
 use super::types::Kind;
 use super::unreadable;
-use super::values::{canonical, Origin};
+use super::values::{write_canonical, Origin};
 use crate::connect::{connect, source_error};
 
 /// How often the server sends a heartbeat on a quiet binlog: how stale `synced` and lag
@@ -109,6 +110,8 @@ pub(crate) struct MyStream {
     renamed_since: HashMap<TableId, TableId>,
     timeout: Duration,
     last_idle: Instant,
+    /// Where decoded values are written: each is split off as its own `Bytes`.
+    text: BytesMut,
 }
 
 /// Connects and asks for the binlog after `from`.
@@ -175,6 +178,7 @@ pub(crate) async fn start(
         renamed_since,
         timeout,
         last_idle: Instant::now(),
+        text: BytesMut::with_capacity(TEXT_CHUNK),
     })
 }
 
@@ -417,15 +421,19 @@ impl MyStream {
             return Ok(true);
         };
         let schema = tracked.schema.clone();
-        let kinds = tracked.kinds.clone();
         let announce = !tracked.announced;
         let mut changes = Vec::new();
+        let text = &mut self.text;
         for pair in rows.rows(tme) {
             let (before, after) = pair.map_err(|e| {
                 SourceError::new(format!("decode a row of {id}"), ErrorClass::Definite, e)
             })?;
-            let before = before.map(|r| row(r, &kinds, &schema)).transpose()?;
-            let after = after.map(|r| row(r, &kinds, &schema)).transpose()?;
+            let before = before
+                .map(|r| row(r, &tracked.kinds, &schema, text))
+                .transpose()?;
+            let after = after
+                .map(|r| row(r, &tracked.kinds, &schema, text))
+                .transpose()?;
             let table = schema.clone();
             changes.push(match (rows, before, after) {
                 (RowsEventData::PartialUpdateRowsEvent(_), ..) => {
@@ -531,27 +539,48 @@ impl MyStream {
     }
 }
 
-/// A binlog row in canonical text.
-fn row(mut values: BinlogRow, kinds: &[Kind], schema: &TableSchema) -> Result<Row, SourceError> {
-    let table = schema.id.to_string();
+/// Bytes the value buffer holds free before a row is decoded into it: a fresh chunk is
+/// taken when less is left (values longer than that grow it as they are written).
+const TEXT_ROOM: usize = 256;
+
+/// The value buffer's chunk: the values of many rows share one allocation.
+const TEXT_CHUNK: usize = 16 * 1024;
+
+/// A binlog row in canonical text; each value is split off `text`, the buffer they share
+/// (a `Bytes` per value without an allocation each).
+fn row(
+    mut values: BinlogRow,
+    kinds: &[Kind],
+    schema: &TableSchema,
+    text: &mut BytesMut,
+) -> Result<Row, SourceError> {
     let mut out = Vec::with_capacity(kinds.len());
+    if text.capacity() < TEXT_ROOM {
+        text.reserve(TEXT_CHUNK);
+    }
     for (i, kind) in kinds.iter().enumerate() {
         let name = &schema.columns[i].name;
         let value = values.take(i).ok_or_else(|| {
             SourceError::message(
-                format!("the binlog row of {table} lacks column {name}"),
+                format!("the binlog row of {} lacks column {name}", schema.id),
                 ErrorClass::Definite,
             )
             .with_hint("set binlog_row_image=FULL on the source, then re-sync the changefeed")
         })?;
         let value = mysql_async::Value::try_from(value).map_err(|e| {
             SourceError::new(
-                format!("decode column {name} of {table}"),
+                format!("decode column {name} of {}", schema.id),
                 ErrorClass::Definite,
                 e,
             )
         })?;
-        out.push(canonical(value, kind, Origin::Binlog).map_err(|b| b.into_error(&table, name))?);
+        if value == mysql_async::Value::NULL {
+            out.push(Value::Null);
+            continue;
+        }
+        write_canonical(value, kind, Origin::Binlog, text)
+            .map_err(|b| b.into_error(&schema.id.to_string(), name))?;
+        out.push(Value::Text(text.split().freeze()));
     }
     Ok(out)
 }
