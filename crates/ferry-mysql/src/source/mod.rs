@@ -31,6 +31,7 @@
 
 mod catalog;
 mod ddl;
+mod image;
 mod replica;
 mod snapshot;
 #[allow(clippy::module_inception)]

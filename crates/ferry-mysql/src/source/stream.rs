@@ -26,9 +26,12 @@
 //! the event names a column that shape lacks or the table was altered since, the catalog.
 //! Rows decode with the kinds of their own TABLE_MAP, never the catalog's, so a stream far
 //! behind its source reads columns added and dropped since, and types changed since, as they
-//! were. A shape that differs from the one the engine knows is announced with
-//! [`SourceEvent::Schema`] before the table's next change, so targets that follow the
-//! source's definitions add, drop and retype columns at their positions.
+//! were. With the shape the stream keeps the TABLE_MAP's row layout ([`image`]); the same
+//! event again (every transaction repeats its table maps) is found by its table id and read
+//! no further, and so is the table of each rows event. A shape that differs from the one
+//! the engine knows is announced with [`SourceEvent::Schema`] before the table's next change,
+//! so targets that follow the source's definitions add, drop and retype columns at their
+//! positions.
 //!
 //! # Names
 //! The engine knows each table by the name it had at the checkpoint, and so does the
@@ -52,24 +55,23 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use ferry_core::gtid::{MariaDbGtid, MariaDbGtidList};
 use ferry_core::source::EventSender;
 use ferry_core::{
-    ConnectionUri, ErrorClass, Position, Row, RowChange, SourceError, SourceEvent, TableId,
-    TableSchema,
+    ConnectionUri, ErrorClass, Position, RowChange, SourceError, SourceEvent, TableId, TableSchema,
 };
 use futures::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
-use mysql_async::binlog::row::BinlogRow;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
 use super::catalog;
+use super::image::{canonical_row, ImageReader, Layout, TEXT_CHUNK};
 use super::replica::{binlog_error, parse_gtid, server_id, FL_STANDALONE, GTID_EVENT};
 use super::tablemap::{self, Collations};
 use super::types::Kind;
 use super::unreadable;
-use super::values::{canonical, Origin};
 use crate::connect::{connect, source_error};
 
 mod follow;
@@ -97,6 +99,8 @@ struct Tracked {
     stale: bool,
     /// The TABLE_MAP event the shape was read from: the same event again needs no reading.
     map: Option<TableMapEvent<'static>>,
+    /// How `map`'s row images decode (empty without `map`).
+    layout: Layout,
 }
 
 /// The transaction being read.
@@ -126,6 +130,13 @@ pub(crate) struct MyStream {
     not_ours: HashSet<TableId>,
     timeout: Duration,
     last_idle: Instant,
+    /// The tracked table each binlog table id was last mapped to: rows events find their
+    /// table without building its name (checked against the table's `map`).
+    by_map: HashMap<u64, TableId>,
+    /// Reads row images; its buffers are reused from event to event.
+    images: ImageReader,
+    /// Where decoded values are written: each is split off as its own `Bytes`.
+    text: BytesMut,
 }
 
 /// Connects and asks for the binlog after `from`.
@@ -155,6 +166,7 @@ pub(crate) async fn start(
                     announced: false,
                     stale: false,
                     map: None,
+                    layout: Layout::default(),
                 },
             );
             continue;
@@ -175,6 +187,7 @@ pub(crate) async fn start(
                 announced: false,
                 stale: false,
                 map: None,
+                layout: Layout::default(),
             },
         );
     }
@@ -208,6 +221,9 @@ pub(crate) async fn start(
         not_ours: HashSet::new(),
         timeout,
         last_idle: Instant::now(),
+        by_map: HashMap::new(),
+        images: ImageReader::default(),
+        text: BytesMut::with_capacity(TEXT_CHUNK),
     })
 }
 
@@ -278,6 +294,10 @@ impl MyStream {
             }
             let ended = match data {
                 Some(EventData::TableMapEvent(tme)) => {
+                    if known_map(&self.by_map, &self.tables, &tme).is_some() {
+                        // The shape read last, again (the usual case): nothing to read.
+                        continue;
+                    }
                     let id = TableId::new(tme.database_name(), tme.table_name());
                     let unrenamed = self
                         .renamed_since
@@ -424,9 +444,12 @@ impl MyStream {
         }
         known.push((&tracked.schema, &tracked.kinds));
         let (schema, kinds) = tablemap::shape(map, &known, &tracked.schema)?;
+        let layout = Layout::read(tme).map_err(|e| event_error(&id, e))?;
+        self.by_map.insert(tme.table_id(), id.clone());
         let tracked = self.tables.get_mut(&id).expect("looked up above");
         tracked.stale = false;
         tracked.map = Some(tme.clone().into_owned());
+        tracked.layout = layout;
         if *tracked.schema != schema {
             tracked.schema = Arc::new(schema);
             tracked.kinds = kinds;
@@ -449,39 +472,60 @@ impl MyStream {
                 ErrorClass::Definite,
             ));
         };
-        let id = TableId::new(tme.database_name(), tme.table_name());
-        let Some(tracked) = self.tables.get(&id) else {
-            return Ok(true);
+        let found;
+        let (id, tracked) = match known_map(&self.by_map, &self.tables, tme) {
+            Some(known) => known,
+            None => {
+                found = TableId::new(tme.database_name(), tme.table_name());
+                match self.tables.get_key_value(&found) {
+                    Some(tracked) => tracked,
+                    None => return Ok(true),
+                }
+            }
+        };
+        // Decoded with the layout of the event's own TABLE_MAP: read again when the shape
+        // was not read from it (renamed since, say).
+        let read_layout;
+        let layout = if tracked.map.as_ref() == Some(tme) {
+            &tracked.layout
+        } else {
+            read_layout = Layout::read(tme).map_err(|e| event_error(id, e))?;
+            &read_layout
         };
         let schema = tracked.schema.clone();
-        let kinds = tracked.kinds.clone();
         let announce = !tracked.announced;
+        let decode_error =
+            |e| SourceError::new(format!("decode a row of {id}"), ErrorClass::Definite, e);
+        let mut images = self.images.start(rows, layout).map_err(decode_error)?;
         let mut changes = Vec::new();
-        for pair in rows.rows(tme) {
-            let (before, after) = pair.map_err(|e| {
-                SourceError::new(format!("decode a row of {id}"), ErrorClass::Definite, e)
-            })?;
-            let before = before.map(|r| row(r, &kinds, &schema)).transpose()?;
-            let after = after.map(|r| row(r, &kinds, &schema)).transpose()?;
+        while images.next_row().map_err(decode_error)? {
+            if let RowsEventData::PartialUpdateRowsEvent(_) = rows {
+                return Err(SourceError::message(
+                    format!("partial JSON updates of {id} cannot be replicated"),
+                    ErrorClass::Definite,
+                )
+                .with_hint("set binlog_row_value_options='' on the source"));
+            }
+            let (before, after) = images.values();
+            let old = (!before.is_empty())
+                .then(|| canonical_row(before, &tracked.kinds, &schema, &mut self.text))
+                .transpose()?;
+            let new = (!after.is_empty())
+                .then(|| canonical_row(after, &tracked.kinds, &schema, &mut self.text))
+                .transpose()?;
             let table = schema.clone();
-            changes.push(match (rows, before, after) {
-                (RowsEventData::PartialUpdateRowsEvent(_), ..) => {
-                    return Err(SourceError::message(
-                        format!("partial JSON updates of {id} cannot be replicated"),
-                        ErrorClass::Definite,
-                    )
-                    .with_hint("set binlog_row_value_options='' on the source"))
-                }
-                (_, None, Some(new)) => RowChange::Insert { table, new },
-                (_, Some(old), Some(new)) => RowChange::Update {
+            changes.push(match (old, new) {
+                (None, Some(new)) => RowChange::Insert { table, new },
+                (Some(old), Some(new)) => RowChange::Update {
                     table,
                     old: Some(old),
                     new,
                 },
-                (_, Some(old), None) => RowChange::Delete { table, old },
-                (_, None, None) => continue,
+                (Some(old), None) => RowChange::Delete { table, old },
+                (None, None) => continue,
             });
         }
+        let id = id.clone();
         if !self.begin(tx, events).await {
             return Ok(false);
         }
@@ -500,27 +544,22 @@ impl MyStream {
     }
 }
 
-/// A binlog row in canonical text.
-fn row(mut values: BinlogRow, kinds: &[Kind], schema: &TableSchema) -> Result<Row, SourceError> {
-    let table = schema.id.to_string();
-    let mut out = Vec::with_capacity(kinds.len());
-    for (i, kind) in kinds.iter().enumerate() {
-        let name = &schema.columns[i].name;
-        let value = values.take(i).ok_or_else(|| {
-            SourceError::message(
-                format!("the binlog row of {table} lacks column {name}"),
-                ErrorClass::Definite,
-            )
-            .with_hint("set binlog_row_image=FULL on the source, then re-sync the changefeed")
-        })?;
-        let value = mysql_async::Value::try_from(value).map_err(|e| {
-            SourceError::new(
-                format!("decode column {name} of {table}"),
-                ErrorClass::Definite,
-                e,
-            )
-        })?;
-        out.push(canonical(value, kind, Origin::Binlog).map_err(|b| b.into_error(&table, name))?);
-    }
-    Ok(out)
+/// The tracked table whose shape was read from `tme` itself, found by the table id alone.
+fn known_map<'t>(
+    by_map: &HashMap<u64, TableId>,
+    tables: &'t HashMap<TableId, Tracked>,
+    tme: &TableMapEvent<'_>,
+) -> Option<(&'t TableId, &'t Tracked)> {
+    let id = by_map.get(&tme.table_id())?;
+    let (id, tracked) = tables.get_key_value(id)?;
+    (!tracked.stale && tracked.map.as_ref() == Some(tme)).then_some((id, tracked))
+}
+
+/// A TABLE_MAP event whose columns cannot be laid out.
+fn event_error(id: &TableId, e: std::io::Error) -> SourceError {
+    SourceError::new(
+        format!("read the TABLE_MAP event of {id}"),
+        ErrorClass::Definite,
+        e,
+    )
 }

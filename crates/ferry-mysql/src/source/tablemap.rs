@@ -455,4 +455,6 @@ pub(crate) fn shape(
 }
 
 #[cfg(test)]
+pub(crate) mod fixture;
+#[cfg(test)]
 mod tests;

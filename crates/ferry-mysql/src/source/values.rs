@@ -7,7 +7,7 @@
 //! as 1900. A value of a form its column's kind does not expect is an error, never a guess:
 //! it means the table's definition and the row disagree.
 
-use bytes::Bytes;
+use bytes::{BufMut, BytesMut};
 use ferry_core::{ErrorClass, SourceError, Value};
 use mysql_async::Value as My;
 
@@ -49,66 +49,85 @@ pub(crate) fn canonical(value: My, kind: &Kind, origin: Origin) -> Result<Value,
     if value == My::NULL {
         return Ok(Value::Null);
     }
-    let text = match (kind, value) {
-        (Kind::Int { signed, bytes }, My::Int(i)) => int_text(i128::from(i), *signed, *bytes),
-        (Kind::Int { signed, bytes }, My::UInt(u)) => int_text(i128::from(u), *signed, *bytes),
-        (Kind::BigUnsigned, My::Int(i)) => (i as u64).to_string(),
-        (Kind::BigUnsigned, My::UInt(u)) => u.to_string(),
-        (Kind::Decimal { scale }, My::Bytes(b)) => decimal_text(&utf8(b)?, *scale)?,
-        (Kind::Float, My::Float(f)) => format!("{f:?}"),
-        (Kind::Float, My::Double(f)) => format!("{:?}", f as f32),
-        (Kind::Double, My::Double(f)) => format!("{f:?}"),
+    let mut text = BytesMut::new();
+    write_canonical(value, kind, origin, &mut text)?;
+    Ok(Value::Text(text.freeze()))
+}
+
+/// Appends the canonical text of `value` (not NULL), a column of `kind` read from `origin`,
+/// to `out`. The stream writes every value of its rows into one buffer and splits each off
+/// ([`BytesMut::split`]): no allocation per value.
+pub(crate) fn write_canonical(
+    value: My,
+    kind: &Kind,
+    origin: Origin,
+    out: &mut BytesMut,
+) -> Result<(), BadValue> {
+    match (kind, value) {
+        (_, My::NULL) => return Err(bad("a NULL where text was expected")),
+        (Kind::Int { signed, bytes }, My::Int(i)) => int_text(i128::from(i), *signed, *bytes, out),
+        (Kind::Int { signed, bytes }, My::UInt(u)) => int_text(i128::from(u), *signed, *bytes, out),
+        (Kind::BigUnsigned, My::Int(i)) => number(i as u64, out),
+        (Kind::BigUnsigned, My::UInt(u)) => number(u, out),
+        (Kind::Decimal { scale }, My::Bytes(b)) => push(out, &decimal_text(utf8_str(&b)?, *scale)?),
+        (Kind::Float, My::Float(f)) => push(out, &format!("{f:?}")),
+        (Kind::Float, My::Double(f)) => push(out, &format!("{:?}", f as f32)),
+        (Kind::Double, My::Double(f)) => push(out, &format!("{f:?}")),
         (Kind::Text { charset }, My::Bytes(b)) => match origin {
-            Origin::Snapshot => utf8(b)?,
-            Origin::Binlog => decode_charset(&b, *charset)?,
+            Origin::Snapshot => push(out, utf8_str(&b)?),
+            Origin::Binlog => write_charset(&b, *charset, out)?,
         },
-        (Kind::Json, My::Bytes(b)) => utf8(b)?,
-        (Kind::Bytes, My::Bytes(b)) => hex(&b),
+        (Kind::Json, My::Bytes(b)) => push(out, utf8_str(&b)?),
+        (Kind::Bytes, My::Bytes(b)) => write_hex(&b, out),
         (Kind::Date, My::Date(y, m, d, ..)) => {
             if m == 0 || d == 0 {
                 return Err(bad(ZERO_DATE));
             }
-            format!("{y:04}-{m:02}-{d:02}")
+            date_text(u32::from(y), m, d, out);
         }
         (Kind::DateTime | Kind::Timestamp, My::Date(y, mo, d, h, mi, s, us)) => {
             if mo == 0 || d == 0 {
                 return Err(bad(ZERO_DATE));
             }
-            let mut t = format!(
-                "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}",
-                fraction(us)
-            );
+            date_text(u32::from(y), mo, d, out);
+            out.put_u8(b' ');
+            clock_text(h, mi, s, us, out);
             if *kind == Kind::Timestamp {
-                t.push_str("+00");
+                push(out, "+00");
             }
-            t
         }
-        (Kind::Timestamp, My::Bytes(b)) if origin == Origin::Binlog => epoch_text(&utf8(b)?)?,
+        (Kind::Timestamp, My::Bytes(b)) if origin == Origin::Binlog => {
+            push(out, &epoch_text(utf8_str(&b)?)?)
+        }
         (Kind::Timestamp, My::Int(seconds)) if origin == Origin::Binlog => {
-            epoch_text(&seconds.to_string())?
+            push(out, &epoch_text(&seconds.to_string())?)
         }
         (Kind::Time, My::Time(negative, days, h, m, s, us)) => {
-            time_text(negative, days, h, m, s, us)
+            push(out, &time_text(negative, days, h, m, s, us))
         }
-        (Kind::Year, My::Int(y)) => y.to_string(),
-        (Kind::Year, My::UInt(y)) => y.to_string(),
-        (Kind::Year, My::Bytes(b)) => match utf8(b)?.as_str() {
+        (Kind::Year, My::Int(y)) => number(y, out),
+        (Kind::Year, My::UInt(y)) => number(y, out),
+        (Kind::Year, My::Bytes(b)) => match utf8_str(&b)? {
             // The binlog stores YEAR as years since 1900, and 0 for YEAR 0000.
-            "1900" => "0".to_string(),
-            y => y.to_string(),
+            "1900" => push(out, "0"),
+            y => push(out, y),
         },
         (Kind::Enum(labels), My::Int(index)) if origin == Origin::Binlog => match index {
-            0 => String::new(),
-            i => labels
-                .get(i as usize - 1)
-                .cloned()
-                .ok_or_else(|| bad(format!("ENUM index {i} is beyond the column's labels")))?,
+            0 => {}
+            i => push(
+                out,
+                labels
+                    .get(i as usize - 1)
+                    .ok_or_else(|| bad(format!("ENUM index {i} is beyond the column's labels")))?,
+            ),
         },
-        (Kind::Enum(_) | Kind::Set(_), My::Bytes(b)) if origin == Origin::Snapshot => utf8(b)?,
-        (Kind::Set(labels), My::Bytes(mask)) => set_text(&mask, labels)?,
-        (Kind::Bit { bits }, My::Bytes(b)) => bit_text(&b, *bits)?,
-        (Kind::Bit { bits }, My::UInt(u)) => bit_value_text(u, *bits),
-        (Kind::Bit { bits }, My::Int(i)) => bit_value_text(i as u64, *bits),
+        (Kind::Enum(_) | Kind::Set(_), My::Bytes(b)) if origin == Origin::Snapshot => {
+            push(out, utf8_str(&b)?)
+        }
+        (Kind::Set(labels), My::Bytes(mask)) => push(out, &set_text(&mask, labels)?),
+        (Kind::Bit { bits }, My::Bytes(b)) => push(out, &bit_text(&b, *bits)?),
+        (Kind::Bit { bits }, My::UInt(u)) => push(out, &bit_value_text(u, *bits)),
+        (Kind::Bit { bits }, My::Int(i)) => push(out, &bit_value_text(i as u64, *bits)),
         (kind, value) => {
             return Err(bad(format!(
                 "a {} value where the column's definition ({kind:?}) expects another form; \
@@ -116,21 +135,82 @@ pub(crate) fn canonical(value: My, kind: &Kind, origin: Origin) -> Result<Value,
                 variant(&value)
             )))
         }
-    };
-    Ok(Value::Text(Bytes::from(text)))
+    }
+    Ok(())
+}
+
+fn push(out: &mut BytesMut, text: &str) {
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// An integer's decimal digits.
+fn number(value: impl itoa::Integer, out: &mut BytesMut) {
+    push(out, itoa::Buffer::new().format(value));
+}
+
+/// `YYYY-MM-DD`, as `{y:04}-{m:02}-{d:02}` prints it.
+fn date_text(y: u32, m: u8, d: u8, out: &mut BytesMut) {
+    if y > 9999 {
+        push(out, &format!("{y:04}-{m:02}-{d:02}"));
+        return;
+    }
+    out.extend_from_slice(&[
+        b'0' + (y / 1000) as u8,
+        b'0' + (y / 100 % 10) as u8,
+        b'0' + (y / 10 % 10) as u8,
+        b'0' + (y % 10) as u8,
+        b'-',
+    ]);
+    two_digits(m, out);
+    out.put_u8(b'-');
+    two_digits(d, out);
+}
+
+/// `HH:MM:SS[.f]`: two digits each (a time of day), then [`fraction`].
+fn clock_text(h: u8, mi: u8, s: u8, micros: u32, out: &mut BytesMut) {
+    two_digits(h, out);
+    out.put_u8(b':');
+    two_digits(mi, out);
+    out.put_u8(b':');
+    two_digits(s, out);
+    if micros > 999_999 {
+        push(out, &fraction(micros));
+    } else if micros != 0 {
+        let mut digits = [b'.', 0, 0, 0, 0, 0, 0];
+        let mut rest = micros;
+        for slot in digits[1..].iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        let end = digits
+            .iter()
+            .rposition(|b| *b != b'0')
+            .expect("micros != 0")
+            + 1;
+        out.extend_from_slice(&digits[..end]);
+    }
+}
+
+/// At least two digits, as `{n:02}` prints them.
+fn two_digits(n: u8, out: &mut BytesMut) {
+    if n < 100 {
+        out.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
+    } else {
+        number(n, out);
+    }
 }
 
 /// An integer of a column `bytes` wide, read as the column declares it: the driver takes
 /// signedness from the binlog's metadata, which it misreads for some types (MEDIUMINT), so
 /// a value outside the declared range is the same bits in the other signedness.
-fn int_text(value: i128, signed: bool, bytes: u8) -> String {
+fn int_text(value: i128, signed: bool, bytes: u8, out: &mut BytesMut) {
     let span = 1i128 << (8 * u32::from(bytes));
     let value = match signed {
         true if value >= span / 2 => value - span,
         false if value < 0 => value + span,
         _ => value,
     };
-    value.to_string()
+    number(value, out);
 }
 
 fn variant(value: &My) -> &'static str {
@@ -148,14 +228,18 @@ fn utf8(bytes: Vec<u8>) -> Result<String, BadValue> {
     String::from_utf8(bytes).map_err(|_| bad("its bytes are not valid UTF-8"))
 }
 
+fn utf8_str(bytes: &[u8]) -> Result<&str, BadValue> {
+    std::str::from_utf8(bytes).map_err(|_| bad("its bytes are not valid UTF-8"))
+}
+
 /// `\x` then two lowercase hex digits per byte.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(2 + 2 * bytes.len());
-    out.push_str("\\x");
+fn write_hex(bytes: &[u8], out: &mut BytesMut) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 + 2 * bytes.len());
+    push(out, "\\x");
     for b in bytes {
-        out.push_str(&format!("{b:02x}"));
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
     }
-    out
 }
 
 /// `.ffffff` without trailing zeros, or nothing.
@@ -289,6 +373,16 @@ fn bit_value_text(value: u64, bits: u32) -> String {
     } else {
         value.to_string()
     }
+}
+
+/// Appends bytes of a binlog string in `charset` as UTF-8.
+fn write_charset(bytes: &[u8], charset: Charset, out: &mut BytesMut) -> Result<(), BadValue> {
+    match charset {
+        Charset::Utf8 => push(out, utf8_str(bytes)?),
+        Charset::Latin1 if bytes.is_ascii() => out.extend_from_slice(bytes),
+        other => push(out, &decode_charset(bytes, other)?),
+    }
+    Ok(())
 }
 
 /// Bytes of a binlog string in `charset`, as UTF-8.
