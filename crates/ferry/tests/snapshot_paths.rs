@@ -88,6 +88,14 @@ fn copy_then_stream(snapshot_bulk: bool) {
         pair.ferry.log()
     );
     pair.compare(&["typed", "keyless"]).assert_identical();
+    // The copy compresses what it TOASTs with lz4 (the test servers have it).
+    assert_eq!(
+        pair.target.psql(
+            "analytics",
+            "SELECT pg_column_compression(big) FROM typed WHERE id = 1"
+        ),
+        "lz4"
+    );
 
     pair.source.psql("shop", CHANGES);
     pair.wait_synced("paths", Duration::from_secs(60));
