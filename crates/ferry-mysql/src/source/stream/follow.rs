@@ -94,8 +94,20 @@ impl MyStream {
                 Ok(self.recreate(table, tx.gtid, events).await)
             }
             Ddl::Alter(id) => {
-                if let Some(tracked) = self.tables.get_mut(&id) {
-                    tracked.stale = true;
+                let Some(tracked) = self.tables.get(&id) else {
+                    return Ok(true);
+                };
+                // An ALTER that rebuilds the table gives it a new InnoDB id: the one a
+                // rename the DDL reader misses is recognized by ([`Self::untracked`]).
+                let fresh = if catalog::is_name_hash(tracked.id) {
+                    None
+                } else {
+                    catalog::innodb_id(&mut self.catalog, &id).await
+                };
+                let tracked = self.tables.get_mut(&id).expect("looked up above");
+                tracked.stale = true;
+                if let Some(fresh) = fresh {
+                    tracked.id = fresh;
                 }
                 Ok(true)
             }
