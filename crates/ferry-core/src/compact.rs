@@ -26,6 +26,9 @@ use crate::{Row, RowChange, TableSchema, Value};
 /// The final state of one key within a segment.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Final {
+    /// The row was inserted in this segment, its key unseen before in it: the target
+    /// holds no row of that key unless it diverged (values all sent).
+    Insert(Row),
     /// The row exists with these values (all sent).
     Upsert(Row),
     /// The row is gone; the key's values in key order.
@@ -94,7 +97,13 @@ impl TableChanges {
                     });
                 }
                 let key = self.key_of(&new);
-                self.keyed.insert(key, Final::Upsert(new));
+                // After a delete in this segment the entry replaces the delete, which then
+                // never runs: the target may still hold the key.
+                let entry = match self.keyed.get(&key) {
+                    None => Final::Insert(new),
+                    Some(_) => Final::Upsert(new),
+                };
+                self.keyed.insert(key, entry);
                 Ok(())
             }
             RowChange::Delete { old, .. } => {
@@ -131,7 +140,9 @@ impl TableChanges {
             Some(old_key) => {
                 let row = if complete {
                     new
-                } else if let Some(Final::Upsert(prev)) = self.keyed.get(&old_key) {
+                } else if let Some(Final::Upsert(prev) | Final::Insert(prev)) =
+                    self.keyed.get(&old_key)
+                {
                     overlay(prev, &new)
                 } else {
                     return hand_back(old, new);
@@ -141,15 +152,14 @@ impl TableChanges {
                 self.keyed.insert(new_key, Final::Upsert(row));
             }
             None => {
-                let entry = if complete {
-                    Final::Upsert(new)
-                } else {
-                    match self.keyed.get(&new_key) {
-                        Some(Final::Upsert(prev)) => Final::Upsert(overlay(prev, &new)),
-                        Some(Final::Update(prev)) => Final::Update(overlay(prev, &new)),
-                        Some(Final::Delete(_)) => return hand_back(old, new),
-                        None => Final::Update(new),
-                    }
+                let entry = match self.keyed.get(&new_key) {
+                    Some(Final::Insert(prev)) if !complete => Final::Insert(overlay(prev, &new)),
+                    Some(Final::Insert(_)) => Final::Insert(new),
+                    _ if complete => Final::Upsert(new),
+                    Some(Final::Upsert(prev)) => Final::Upsert(overlay(prev, &new)),
+                    Some(Final::Update(prev)) => Final::Update(overlay(prev, &new)),
+                    Some(Final::Delete(_)) => return hand_back(old, new),
+                    None => Final::Update(new),
                 };
                 self.keyed.insert(new_key, entry);
             }
@@ -162,12 +172,14 @@ impl TableChanges {
     pub fn into_sets(self) -> Sets {
         let mut sets = Sets {
             deletes: Vec::new(),
+            inserts: Vec::new(),
             upserts: self.inserts,
             updates: HashMap::new(),
         };
         for (_, state) in self.keyed {
             match state {
                 Final::Delete(key) => sets.deletes.push(key),
+                Final::Insert(row) => sets.inserts.push(row),
                 Final::Upsert(row) => sets.upserts.push(row),
                 Final::Update(row) => {
                     let sent: Vec<bool> =
@@ -184,6 +196,9 @@ impl TableChanges {
 pub struct Sets {
     /// Key values of rows to delete (run first).
     pub deletes: Vec<Vec<Value>>,
+    /// Whole rows of a keyed table that only this segment wrote ([`Final::Insert`]): a
+    /// plain insert succeeds unless the target diverged; upserting them is always right.
+    pub inserts: Vec<Row>,
     /// Whole rows to upsert (keyed) or insert (keyless).
     pub upserts: Vec<Row>,
     /// Rows to update, by the mask of sent columns.
@@ -256,7 +271,8 @@ mod tests {
         c.absorb(insert(&s, row("2", "x", "y"))).unwrap();
         c.absorb(delete(&s, "2")).unwrap();
         let sets = c.into_sets();
-        assert_eq!(sets.upserts, vec![row("1", "a2", "b2")]);
+        assert_eq!(sets.inserts, vec![row("1", "a2", "b2")]);
+        assert!(sets.upserts.is_empty());
         assert_eq!(sets.deletes, vec![vec![t("2")]]);
         assert!(sets.updates.is_empty());
     }
@@ -284,7 +300,7 @@ mod tests {
         c.absorb(update(&s, None, vec![t("2"), Value::Unchanged, t("w")]))
             .unwrap();
         let sets = c.into_sets();
-        assert_eq!(sets.upserts, vec![row("1", "a2", "big")]);
+        assert_eq!(sets.inserts, vec![row("1", "a2", "big")]);
         assert_eq!(
             sets.updates[&vec![true, true, true]],
             vec![vec![t("2"), t("z"), t("w")]]

@@ -23,6 +23,15 @@ pub async fn prepare_session(client: &Client) -> Result<(), PgError> {
         .map_err(|e| PgError::new("set search_path", e))
 }
 
+/// The server's version as a number (`150004` for 15.4).
+pub async fn server_version_num(client: &Client) -> Result<i32, PgError> {
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(|e| PgError::new("read the server's version", e))?;
+    Ok(row.get(0))
+}
+
 /// The tables a filter chooses from in `mode`, by OID, with the partitioned tables each is
 /// a partition of (parent first): in [`PartitionMode::Root`] ordinary and partitioned
 /// tables that are no partitions (a partition's rows travel as its root's:

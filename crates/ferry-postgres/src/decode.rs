@@ -12,8 +12,11 @@
 //!
 //! The layouts are those of PostgreSQL's "Logical Replication Message Formats", version 1:
 //! big-endian integers, NUL-terminated strings, no streamed-transaction fields. Ferry
-//! requests `proto_version '1'` and text-format values, so messages of later versions
-//! (stream, prepare) and binary values are rejected rather than guessed at.
+//! requests text-format values and protocol 1, or protocol 2 with streaming from a
+//! PostgreSQL 14+ source: [`crate::spool`] then takes the stream control messages and
+//! removes the transaction id from the messages inside a stream block, which leaves
+//! version-1 messages. Anything else (prepare messages, binary values) is rejected rather
+//! than guessed at.
 //!
 //! # Invariants
 //!

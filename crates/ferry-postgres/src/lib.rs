@@ -64,6 +64,7 @@ pub mod sink;
 pub mod slot;
 pub mod snapshot;
 pub mod source;
+pub mod spool;
 pub mod tls;
 mod tunnel;
 pub mod types;

@@ -366,12 +366,15 @@ impl ReplicationTarget {
 }
 
 /// A replication-protocol configuration for `slot` on the source `uri`. Reads the password
-/// now when the URI gives it by reference; fails (definite) when it cannot.
+/// now when the URI gives it by reference; fails (definite) when it cannot. `streaming`:
+/// ask for protocol 2 with in-progress transactions streamed (PostgreSQL 14 and later; see
+/// [`crate::spool`]).
 pub fn replication_config(
     uri: &ConnectionUri,
     names: &SlotNames,
     start: Lsn,
     application_name: &str,
+    streaming: bool,
 ) -> Result<ReplicationTarget, PgError> {
     let password = uri.password().map_err(|e| {
         PgError::other(
@@ -398,7 +401,8 @@ pub fn replication_config(
     .with_application_name(application_name)
     .with_status_interval(FEEDBACK_INTERVAL)
     .with_wakeup_interval(FEEDBACK_INTERVAL)
-    .with_buffer_size(4096);
+    .with_buffer_size(4096)
+    .with_streaming(streaming);
     Ok(ReplicationTarget {
         config,
         uri: uri.clone(),

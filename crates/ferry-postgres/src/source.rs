@@ -10,6 +10,7 @@
 //! Insert/Update/Delete/Truncate ─► SourceEvent::Change (values stay zero-copy Bytes)
 //! Begin/Commit ─► SourceEvent::Begin/Commit (Commit carries end_lsn, the resume point)
 //! KeepAlive outside a transaction ─► SourceEvent::Idle (lets `synced` work on a quiet source)
+//! Stream Start … Stream Commit ─► spooled, then Begin, its changes, Commit ([`crate::spool`])
 //! ```
 //!
 //! A row holding an enum label the relation's description did not know (added by
@@ -39,6 +40,7 @@ use crate::catalog;
 use crate::decode::{self, OldTuple, PgOutputMessage, RelationMessage};
 use crate::liveness::{self, Probe};
 use crate::replication::replication_error;
+use crate::spool::Spool;
 use crate::PgError;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
@@ -57,6 +59,9 @@ pub struct StreamOptions {
     pub timeout: Duration,
     /// How the publications publish partitions (see [`crate::slot::sync_publication`]).
     pub partitions: PartitionMode,
+    /// The session asked for protocol 2 with in-progress transactions streamed
+    /// ([`crate::spool`]).
+    pub streaming: bool,
 }
 
 /// An enum column of a relation: its index in rows, and the labels known for its type.
@@ -77,7 +82,15 @@ pub struct PgStream {
     enums: HashMap<u32, (RelationMessage, Vec<EnumColumn>)>,
     in_transaction: bool,
     pending: std::collections::VecDeque<SourceEvent>,
+    /// Transactions the source streams in progress, by top-level xid ([`crate::spool`]).
+    spools: HashMap<u32, Spool>,
+    /// The transaction whose stream block is open.
+    block: Option<u32>,
+    /// A streamed transaction that committed, to be handed on as an ordinary one.
+    committed: Option<streamed::Committed>,
 }
+
+mod streamed;
 
 impl PgStream {
     /// Starts streaming on a gated `session` (its slot and publications set up), using
@@ -139,6 +152,9 @@ impl PgStream {
             enums: HashMap::new(),
             in_transaction: false,
             pending: Default::default(),
+            spools: HashMap::new(),
+            block: None,
+            committed: None,
         })
     }
 
@@ -195,12 +211,30 @@ impl PgStream {
                 let _ = events.send(Err(e.into())).await;
                 return;
             }
-            while let Some(event) = self.pending.pop_front() {
-                if events.send(Ok(event)).await.is_err() {
-                    return;
+            if !self.flush(&events).await {
+                return;
+            }
+            if let Some(committed) = self.committed.take() {
+                match self.hand_on(committed, &events).await {
+                    Ok(true) => last_heard = Instant::now(),
+                    Ok(false) => return,
+                    Err(e) => {
+                        let _ = events.send(Err(e.into())).await;
+                        return;
+                    }
                 }
             }
         }
+    }
+
+    /// Sends the pending events; `false` when the receiver is gone.
+    async fn flush(&mut self, events: &ferry_core::source::EventSender) -> bool {
+        while let Some(event) = self.pending.pop_front() {
+            if events.send(Ok(event)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// After a silence of the replication timeout: whether the session is still alive, as the
@@ -266,6 +300,9 @@ impl PgStream {
                 }
             }
             ReplicationEvent::XLogData { data, .. } => {
+                if self.options.streaming && self.on_streamed(&data)? {
+                    return Ok(());
+                }
                 let message = decode::decode(&data).map_err(|e| {
                     PgError::other("decode a pgoutput message", ErrorClass::Definite, e)
                 })?;

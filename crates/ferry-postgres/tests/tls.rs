@@ -33,7 +33,7 @@ fn verify_full(ca: &TestCa) -> String {
 /// Opens a gated replication session and runs IDENTIFY_SYSTEM on it.
 async fn replicate(uri: &ConnectionUri) -> Result<ReplicationClient, ferry_postgres::PgError> {
     let names = SlotNames::for_changefeed("default/tls");
-    let mut session = replication_config(uri, &names, Lsn::ZERO, "ferry-tls-test")?
+    let mut session = replication_config(uri, &names, Lsn::ZERO, "ferry-tls-test", true)?
         .connect_gated()
         .await?;
     session

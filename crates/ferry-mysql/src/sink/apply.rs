@@ -48,7 +48,8 @@ impl MySqlSink {
             let target = self.target(&id)?;
             let sets = changes.into_sets();
             let mut statements = target.deletes(&sets.deletes)?;
-            statements.extend(target.inserts(&sets.upserts, true)?);
+            let rows: Vec<_> = sets.inserts.into_iter().chain(sets.upserts).collect();
+            statements.extend(target.inserts(&rows, true)?);
             for rows in sets.updates.values() {
                 for row in rows {
                     statements.extend(target.update(row, row, false)?);

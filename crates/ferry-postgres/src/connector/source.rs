@@ -30,6 +30,8 @@ pub struct PgSource {
     names: SlotNames,
     options: SourceOptions,
     catalog: Option<Client>,
+    /// The source streams transactions in progress (PostgreSQL 14 and later).
+    streaming: bool,
     /// The session that created the changefeed's slot in this attempt: idle until the
     /// snapshot copy is done (its exported snapshot lives until then), then it streams.
     created: Option<ReplicationClient>,
@@ -43,11 +45,13 @@ impl PgSource {
     ) -> Result<Self, PgError> {
         let catalog = crate::connect::connect(uri, "ferry-catalog").await?;
         catalog::prepare_session(&catalog).await?;
+        let streaming = catalog::server_version_num(&catalog).await? >= 140_000;
         Ok(PgSource {
             uri: uri.clone(),
             names: SlotNames::for_changefeed(feed),
             options: options.clone(),
             catalog: Some(catalog),
+            streaming,
             created: None,
         })
     }
@@ -71,7 +75,13 @@ impl PgSource {
         let timeout = self.options.replication_timeout;
         let mut waited = 0;
         loop {
-            let config = slot::replication_config(&self.uri, &names, Lsn::ZERO, application)?;
+            let config = slot::replication_config(
+                &self.uri,
+                &names,
+                Lsn::ZERO,
+                application,
+                self.streaming,
+            )?;
             match slot::create_slot_with_snapshot_within(config, temporary, timeout).await {
                 Ok(created) => return Ok((created, names.slot)),
                 // The previous temporary slot of this name goes only once the server's
@@ -243,7 +253,7 @@ impl Source for PgSource {
                     Some(position) => super::pg_lsn(position)?,
                     None => Lsn::ZERO,
                 };
-                slot::replication_config(&self.uri, &self.names, start, "ferry")?
+                slot::replication_config(&self.uri, &self.names, start, "ferry", self.streaming)?
                     .connect_gated()
                     .await?
             }
@@ -253,6 +263,7 @@ impl Source for PgSource {
             application_name: "ferry".into(),
             timeout: self.options.replication_timeout,
             partitions: self.options.partitions,
+            streaming: self.streaming,
         };
         let catalog = self
             .catalog

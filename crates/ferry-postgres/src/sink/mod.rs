@@ -30,8 +30,10 @@ mod follow;
 mod foreign;
 mod nullability;
 mod ownership;
+mod pipeline;
 mod readback;
 mod rename;
+mod segment;
 mod shape;
 mod statements;
 
@@ -47,6 +49,7 @@ use ferry_core::{ConnectionUri, Position, RowChange, Sink, SinkError, TableId, T
 use tokio_postgres::{Client, Statement};
 
 use ferry_core::compact::TableChanges;
+use pipeline::{run_pipelined, run_segment, InFlight};
 use statements::{Op, Param, Shape};
 
 /// Queued row statements are sent when this many are waiting…
@@ -66,7 +69,10 @@ struct TargetTable {
 
 /// Writes into a PostgreSQL database.
 pub struct PgSink {
-    client: Client,
+    client: Arc<Client>,
+    /// A segment's statements sent but not yet answered ([`pipeline`]).
+    /// (In a mutex only to make the sink `Sync`; it is never locked while shared.)
+    in_flight: Option<std::sync::Mutex<InFlight>>,
     changefeed: String,
     tables: HashMap<TableId, TargetTable>,
     in_batch: bool,
@@ -165,7 +171,8 @@ impl PgSink {
                 .map_err(|e| statement_error("create _ferry bookkeeping tables", e))?;
         }
         Ok(PgSink {
-            client,
+            client: Arc::new(client),
+            in_flight: None,
             changefeed: changefeed.to_string(),
             tables: HashMap::new(),
             in_batch: false,
@@ -203,11 +210,23 @@ impl PgSink {
         self.flush_queue().await
     }
 
+    /// Waits for the segment in flight, if any: its failure is the batch's.
+    async fn settle(&mut self) -> Result<(), SinkError> {
+        match self.in_flight.take() {
+            Some(in_flight) => {
+                let in_flight = in_flight.into_inner().unwrap_or_else(|e| e.into_inner());
+                in_flight.await
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Sends every queued row statement, pipelined, and waits for all of them.
     async fn flush_queue(&mut self) -> Result<(), SinkError> {
         if self.queue.is_empty() {
             return Ok(());
         }
+        self.settle().await?;
         let queue = std::mem::take(&mut self.queue);
         self.queued_bytes = 0;
         run_pipelined(&self.client, &queue, None).await
@@ -216,51 +235,18 @@ impl PgSink {
     /// Applies the segment: per table its deletes, then its upserts, then its partial
     /// updates, all pipelined.
     async fn flush_segment(&mut self) -> Result<(), SinkError> {
-        let work = self.segment_statements().await?;
-        run_pipelined(&self.client, &work, None).await
+        self.settle().await?;
+        let segment = self.segment_statements().await?;
+        run_segment(&self.client, segment).await
     }
 
-    /// Takes the segment and turns it into statements (preparing new shapes).
-    async fn segment_statements(&mut self) -> Result<Vec<(Statement, Vec<Param>)>, SinkError> {
-        let segment = std::mem::take(&mut self.segment);
-        self.segment_rows = 0;
-        self.segment_bytes = 0;
-        let mut work: Vec<(Statement, Vec<Param>)> = Vec::new();
-        for (id, changes) in segment {
-            let schema = changes.schema.clone();
-            let sets = changes.into_sets();
-            if !sets.deletes.is_empty() {
-                let statement = self.statement(&schema, Shape::DeleteSet).await?;
-                let keys: Vec<_> = (0..schema.key.len()).collect();
-                let params = statements::column_arrays(&sets.deletes, keys.into_iter()).collect();
-                work.push((statement, params));
-            }
-            if !sets.upserts.is_empty() {
-                let shape = if schema.has_key() {
-                    Shape::UpsertSet
-                } else {
-                    Shape::InsertSet
-                };
-                let statement = self.statement(&schema, shape).await?;
-                let params =
-                    statements::column_arrays(&sets.upserts, 0..schema.columns.len()).collect();
-                work.push((statement, params));
-            }
-            for (sent, rows) in sets.updates {
-                let set: Vec<usize> = (0..sent.len())
-                    .filter(|i| sent[*i] && !schema.key.contains(i))
-                    .collect();
-                if set.is_empty() {
-                    continue;
-                }
-                let statement = self.statement(&schema, Shape::UpdateSet(sent)).await?;
-                let columns = schema.key.iter().copied().chain(set);
-                let params = statements::column_arrays(&rows, columns).collect();
-                work.push((statement, params));
-            }
-            tracing::trace!(table = %id, "segment statements");
-        }
-        Ok(work)
+    /// Sends the segment (once the one before it is done) without waiting for it, so the
+    /// next segment is compacted while the target applies this one.
+    async fn launch_segment(&mut self) -> Result<(), SinkError> {
+        self.settle().await?;
+        let segment = self.segment_statements().await?;
+        self.in_flight = pipeline::launch(&self.client, segment).map(std::sync::Mutex::new);
+        Ok(())
     }
 
     /// The prepared statement of `shape` for `table`, prepared on first use.
@@ -333,7 +319,7 @@ impl PgSink {
                 self.segment_rows += 1;
                 self.segment_bytes += bytes;
                 if self.segment_rows >= SEGMENT_ROWS || self.segment_bytes >= FLUSH_BYTES {
-                    self.flush_segment().await?;
+                    self.launch_segment().await?;
                 }
                 Ok(())
             }
@@ -364,6 +350,8 @@ impl PgSink {
 
     /// Rolls back an open batch (after a failure), leaving no trace of it.
     pub async fn abort_batch(&mut self) {
+        // Its answer no longer matters: the ROLLBACK below runs after it on the connection.
+        self.in_flight = None;
         self.queue.clear();
         self.queued_bytes = 0;
         self.segment.clear();
@@ -396,6 +384,7 @@ impl Sink for PgSink {
     }
 
     async fn ensure_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        self.settle().await?;
         self.shape_table(schema, true).await
     }
 
@@ -439,8 +428,16 @@ impl Sink for PgSink {
 
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
         self.begin_if_needed().await?;
-        // The last statements, the checkpoint and COMMIT go out together: one round trip.
-        let mut work = self.segment_statements().await?;
+        self.settle().await?;
+        // The last statements, the checkpoint and COMMIT go out together: one round trip
+        // (a segment with plain inserts first on its own: it may need its fallback).
+        let segment = self.segment_statements().await?;
+        let mut work = if segment.fallbacks.is_empty() {
+            segment.work
+        } else {
+            run_segment(&self.client, segment).await?;
+            Vec::new()
+        };
         work.append(&mut self.queue);
         self.queued_bytes = 0;
         let store = match &self.checkpoint_statement {
@@ -487,6 +484,7 @@ impl Sink for PgSink {
         table: &TableId,
         definition: ferry_core::TableDefinition,
     ) -> Result<(), SinkError> {
+        self.settle().await?;
         PgSink::follow_definition(self, table, definition).await
     }
 
@@ -499,10 +497,12 @@ impl Sink for PgSink {
         from: &TableId,
         schema: &Arc<TableSchema>,
     ) -> Result<(), SinkError> {
+        self.settle().await?;
         PgSink::rename_table(self, from, schema).await
     }
 
     async fn release_tables(&mut self, tables: &[TableId]) -> Result<(), SinkError> {
+        self.settle().await?;
         PgSink::release_tables(self, tables).await
     }
 
@@ -540,36 +540,6 @@ impl Sink for PgSink {
     async fn finish_table(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
         self.ensure_key(schema).await
     }
-}
-
-/// Sends `work` (then `finish`, a simple statement such as COMMIT) pipelined, in order, and
-/// waits for all of it; the first failure is the error. COMMIT after a failed statement
-/// rolls back, so a failed batch never commits.
-async fn run_pipelined(
-    client: &Client,
-    work: &[(Statement, Vec<Param>)],
-    finish: Option<&str>,
-) -> Result<(), SinkError> {
-    if work.is_empty() && finish.is_none() {
-        return Ok(());
-    }
-    // Each request is sent when its future is first polled: `join!` polls the statements
-    // (in order) before `finish`.
-    let statements = futures::future::join_all(
-        work.iter()
-            .map(|(stmt, params)| client.execute_raw(stmt, params.iter())),
-    );
-    let finish = async {
-        match finish {
-            Some(sql) => client.batch_execute(sql).await.map(|_| ()),
-            None => Ok(()),
-        }
-    };
-    let (results, finished) = futures::join!(statements, finish);
-    for result in results {
-        result.map_err(|e| statement_error("apply a batch of changes", e))?;
-    }
-    finished.map_err(|e| statement_error("commit a batch", e))
 }
 
 /// Fixtures shared by the sink's unit tests.

@@ -1,0 +1,165 @@
+//! Statements sent to the target pipelined, and segments sent without waiting for them.
+//!
+//! tokio-postgres sends a request when its future is first polled, and its connection
+//! answers requests in the order they were sent. So a segment's statements are started
+//! (polled once, which puts them on the connection) and kept as an [`InFlight`] future
+//! while the sink compacts the next segment: Ferry's CPU and the target's overlap instead
+//! of taking turns. Whatever the sink sends later runs after them on the target, and the
+//! sink awaits the future before it sends anything else of its own (`PgSink::settle`),
+//! so their failure is reported first and fails the batch.
+//!
+//! **Plain inserts first.** Rows a segment inserted under keys it had not seen
+//! ([`ferry_core::compact::Final::Insert`]) are written with a plain `INSERT`, which costs
+//! the target about half of `INSERT … ON CONFLICT DO UPDATE` (measured: 1.9 s against
+//! 3.6 s for 1M rows). The target holds such a key only if it diverged or a snapshot copy
+//! overlapped the stream; then the insert fails with `unique_violation`, the segment is
+//! rolled back to a savepoint taken before it and run again with upserts: the same result
+//! as upserting from the start.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use ferry_core::SinkError;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Statement};
+
+use super::statement_error;
+use super::statements::Param;
+
+/// Statements on their way: resolves once the target answered all of them.
+pub(super) type InFlight = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
+/// A statement and its parameters.
+pub(super) type Work = (Statement, Vec<Param>);
+
+/// Plain inserts take this many rows of a table at least; fewer are upserted at once (a
+/// savepoint per small segment would cost more than it saves).
+pub(super) const PLAIN_INSERT_ROWS: usize = 1_000;
+
+/// A segment's statements, in order.
+#[derive(Default)]
+pub(super) struct Segment {
+    pub(super) work: Vec<Work>,
+    /// `(index in work, upsert)`: plain inserts, and the statement to run instead (on the
+    /// same parameters) when the target already holds one of their keys.
+    pub(super) fallbacks: Vec<(usize, Statement)>,
+}
+
+const SAVEPOINT: &str = "SAVEPOINT ferry_segment";
+const RELEASE: &str = "RELEASE SAVEPOINT ferry_segment";
+const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT ferry_segment";
+
+/// Runs `segment` and waits for it: plain inserts first, upserts when one met a key the
+/// target holds.
+pub(super) async fn run_segment(client: &Client, segment: Segment) -> Result<(), SinkError> {
+    if segment.fallbacks.is_empty() {
+        return run_pipelined(client, &segment.work, None).await;
+    }
+    match send(client, Some(SAVEPOINT), &segment.work, Some(RELEASE)).await {
+        Ok(()) => return Ok(()),
+        Err(failure) if failure.code() != Some(&SqlState::UNIQUE_VIOLATION) => {
+            return Err(failure.into_sink_error())
+        }
+        Err(_) => {}
+    }
+    tracing::debug!("a plain insert met a key the target holds: the segment is upserted");
+    client
+        .batch_execute(ROLLBACK_TO)
+        .await
+        .map_err(|e| statement_error("roll back a segment to upsert it", e))?;
+    let mut work = segment.work;
+    for (index, upsert) in segment.fallbacks {
+        work[index].0 = upsert;
+    }
+    send(client, None, &work, Some(RELEASE))
+        .await
+        .map_err(Failure::into_sink_error)
+}
+
+/// Sends `segment` and returns without waiting for the answers (`None`: nothing to wait
+/// for, or already answered).
+pub(super) fn launch(client: &Arc<Client>, segment: Segment) -> Option<InFlight> {
+    if segment.work.is_empty() {
+        return None;
+    }
+    let client = client.clone();
+    let mut in_flight: InFlight = Box::pin(async move { run_segment(&client, segment).await });
+    // One poll sends every request (see `send`); the answers come later.
+    let waker = futures::task::noop_waker();
+    match in_flight
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker))
+    {
+        Poll::Ready(Ok(())) => None,
+        Poll::Ready(Err(e)) => Some(Box::pin(std::future::ready(Err(e)))),
+        Poll::Pending => Some(in_flight),
+    }
+}
+
+/// Sends `work` (then `finish`, a simple statement such as COMMIT) pipelined, in order, and
+/// waits for all of it; the first failure is the error. COMMIT after a failed statement
+/// rolls back, so a failed batch never commits.
+pub(super) async fn run_pipelined(
+    client: &Client,
+    work: &[Work],
+    finish: Option<&str>,
+) -> Result<(), SinkError> {
+    send(client, None, work, finish)
+        .await
+        .map_err(Failure::into_sink_error)
+}
+
+/// The first statement of a pipeline that failed.
+enum Failure {
+    Work(tokio_postgres::Error),
+    Simple(tokio_postgres::Error),
+}
+
+impl Failure {
+    fn code(&self) -> Option<&SqlState> {
+        match self {
+            Failure::Work(e) | Failure::Simple(e) => e.code(),
+        }
+    }
+
+    fn into_sink_error(self) -> SinkError {
+        match self {
+            Failure::Work(e) => statement_error("apply a batch of changes", e),
+            Failure::Simple(e) => statement_error("commit a batch", e),
+        }
+    }
+}
+
+/// `first`, `work`, then `finish`, pipelined; each request is sent when its future is first
+/// polled, and `join!` polls them in that order.
+async fn send(
+    client: &Client,
+    first: Option<&str>,
+    work: &[Work],
+    finish: Option<&str>,
+) -> Result<(), Failure> {
+    if first.is_none() && work.is_empty() && finish.is_none() {
+        return Ok(());
+    }
+    let simple = |sql: Option<&str>| {
+        let sql = sql.map(str::to_owned);
+        async move {
+            match sql {
+                Some(sql) => client.batch_execute(&sql).await,
+                None => Ok(()),
+            }
+        }
+    };
+    let statements = futures::future::join_all(
+        work.iter()
+            .map(|(stmt, params)| client.execute_raw(stmt, params.iter())),
+    );
+    let (started, results, finished) = futures::join!(simple(first), statements, simple(finish));
+    started.map_err(Failure::Simple)?;
+    for result in results {
+        result.map_err(Failure::Work)?;
+    }
+    finished.map_err(Failure::Simple)
+}

@@ -1,0 +1,135 @@
+//! The stream's side of [`crate::spool`]: stream blocks are spooled per transaction, and a
+//! streamed transaction that commits is handed on as an ordinary one.
+
+use ferry_core::{ErrorClass, Position, SourceEvent};
+
+use super::{PgStream, PG_EPOCH_OFFSET_US};
+use crate::decode;
+use crate::spool::{self, Spool, StreamControl};
+use crate::PgError;
+
+/// A streamed transaction that committed: its spool and its Begin and Commit.
+pub(super) struct Committed {
+    spool: Spool,
+    xid: u32,
+    commit_lsn: ferry_core::Lsn,
+    end_lsn: ferry_core::Lsn,
+    commit_time_us: i64,
+}
+
+fn spool_error(e: std::io::Error) -> PgError {
+    PgError::other(
+        "spool a transaction the source streams in progress to a temporary file",
+        ErrorClass::Transient,
+        e,
+    )
+}
+
+fn decode_error(e: decode::DecodeError) -> PgError {
+    PgError::other("decode a pgoutput message", ErrorClass::Definite, e)
+}
+
+impl PgStream {
+    /// Handles `payload` if it belongs to a streamed transaction (a stream control message
+    /// or a message inside a stream block); `false` when it is an ordinary message.
+    pub(super) fn on_streamed(&mut self, payload: &[u8]) -> Result<bool, PgError> {
+        if let Some(control) = spool::control(payload).map_err(decode_error)? {
+            self.on_control(control)?;
+            return Ok(true);
+        }
+        let Some(xid) = self.block else {
+            return Ok(false);
+        };
+        // A block's Origin carries no xid; Ferry takes no action on origins.
+        if payload.first() == Some(&b'O') {
+            return Ok(true);
+        }
+        let (subxid, message) = spool::split_streamed(payload).map_err(decode_error)?;
+        let spool = self
+            .spools
+            .get_mut(&xid)
+            .expect("a block's spool exists while the block is open");
+        spool.push(subxid, &message).map_err(spool_error)?;
+        Ok(true)
+    }
+
+    fn on_control(&mut self, control: StreamControl) -> Result<(), PgError> {
+        match control {
+            StreamControl::Start { xid, first } => {
+                if first {
+                    self.spools.insert(xid, Spool::new(xid));
+                } else if !self.spools.contains_key(&xid) {
+                    return Err(PgError::other(
+                        format!(
+                            "the source continued streaming transaction {xid}, whose start \
+                             this session did not receive; reconnecting"
+                        ),
+                        ErrorClass::Transient,
+                        "stream start without a first block",
+                    ));
+                }
+                self.block = Some(xid);
+            }
+            StreamControl::Stop => self.block = None,
+            StreamControl::Commit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time_us,
+            } => {
+                let spool = self.spools.remove(&xid).unwrap_or_else(|| Spool::new(xid));
+                tracing::debug!(
+                    xid,
+                    messages = spool.messages(),
+                    bytes = spool.bytes(),
+                    spilled = spool.spilled(),
+                    "streamed transaction committed"
+                );
+                self.committed = Some(Committed {
+                    spool,
+                    xid,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time_us,
+                });
+            }
+            StreamControl::Abort { xid, subxid } if xid == subxid => {
+                self.spools.remove(&xid);
+            }
+            StreamControl::Abort { xid, subxid } => {
+                if let Some(spool) = self.spools.get_mut(&xid) {
+                    spool.abort_subtransaction(subxid).map_err(spool_error)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a committed streamed transaction on as Begin, its changes and Commit;
+    /// `Ok(false)` when the receiver is gone.
+    pub(super) async fn hand_on(
+        &mut self,
+        committed: Committed,
+        events: &ferry_core::source::EventSender,
+    ) -> Result<bool, PgError> {
+        let commit_time_us = committed.commit_time_us.saturating_add(PG_EPOCH_OFFSET_US);
+        self.pending.push_back(SourceEvent::Begin {
+            commit: Position::PgLsn(committed.commit_lsn),
+            xid: committed.xid,
+            commit_time_us,
+        });
+        let mut reader = committed.spool.into_reader().map_err(spool_error)?;
+        while let Some(payload) = reader.next_message().map_err(spool_error)? {
+            let message = decode::decode(&payload).map_err(decode_error)?;
+            self.on_message(message).await?;
+            if !self.flush(events).await {
+                return Ok(false);
+            }
+        }
+        self.pending.push_back(SourceEvent::Commit {
+            end: Position::PgLsn(committed.end_lsn),
+            commit_time_us,
+        });
+        Ok(self.flush(events).await)
+    }
+}
