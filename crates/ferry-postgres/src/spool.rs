@@ -15,9 +15,11 @@
 //! Stream Abort (xid, subxid) ─► the spool is dropped, or cut back to where subxid began
 //! ```
 //!
-//! A spool holds its first [`MEMORY_LIMIT`] bytes in memory and moves to an unlinked
-//! temporary file (in `$TMPDIR`) past them, so Ferry's memory stays bounded whatever the
-//! transaction's size. Nothing here is durable: after a reconnect the source streams every
+//! A spool holds its first [`MEMORY_LIMIT`] bytes in memory (while all open spools hold
+//! less than [`MEMORY_LIMIT_ALL`] together) and moves to an unlinked temporary file (in
+//! `$TMPDIR`; on a tmpfs that is memory too) past them, so Ferry's memory stays bounded
+//! whatever the transactions' sizes. The file is written and read with blocking calls:
+//! sequential, through the page cache, in 1 MB buffers. Nothing here is durable: after a reconnect the source streams every
 //! uncommitted transaction again from its start.
 //!
 //! A subtransaction's changes are recorded from the offset of its first change; when it is
@@ -25,6 +27,7 @@
 //! forgotten with it (they are its descendants: a subtransaction's changes end before its
 //! parent's next ones begin), as PostgreSQL's own subscriber does.
 
+use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
 use bytes::Bytes;
@@ -34,6 +37,10 @@ use crate::decode::DecodeError;
 
 /// Bytes a spool keeps in memory before it moves to a temporary file.
 pub const MEMORY_LIMIT: usize = 8 << 20;
+
+/// Bytes all of a stream's spools keep in memory together: past them, the spool written to
+/// moves to its file too (many transactions may be streaming at once).
+pub const MEMORY_LIMIT_ALL: usize = 32 << 20;
 
 /// A protocol-2 message that opens, closes, commits or aborts a streamed transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +159,8 @@ pub struct Spool {
     /// Subtransactions in the order their first change came, with the offset and the
     /// number of messages before that change.
     subxacts: Vec<(u32, u64, u64)>,
+    /// Where each subtransaction is in `subxacts` (a transaction may have very many).
+    subxact_index: HashMap<u32, usize>,
 }
 
 impl Spool {
@@ -169,6 +178,7 @@ impl Spool {
             len: 0,
             messages: 0,
             subxacts: Vec::new(),
+            subxact_index: HashMap::new(),
         }
     }
 
@@ -187,20 +197,31 @@ impl Spool {
         self.file.is_some()
     }
 
-    /// Adds `message` (protocol-1 layout) of (sub)transaction `xid`.
-    pub fn push(&mut self, xid: u32, message: &[u8]) -> std::io::Result<()> {
-        if xid != self.xid
-            && self.subxacts.last().map(|s| s.0) != Some(xid)
-            && !self.subxacts.iter().any(|s| s.0 == xid)
-        {
-            self.subxacts.push((xid, self.len, self.messages));
-        }
-        let len = u32::try_from(message.len()).map_err(std::io::Error::other)?;
-        if self.file.is_none() && self.memory.len() + 4 + message.len() > self.memory_limit {
+    /// Bytes held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory.len()
+    }
+
+    /// Moves the spool to a temporary file (from now on, everything goes there).
+    pub fn spill(&mut self) -> std::io::Result<()> {
+        if self.file.is_none() {
             let mut file = BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
             file.write_all(&self.memory)?;
             self.memory = Vec::new();
             self.file = Some(file);
+        }
+        Ok(())
+    }
+
+    /// Adds `message` (protocol-1 layout) of (sub)transaction `xid`.
+    pub fn push(&mut self, xid: u32, message: &[u8]) -> std::io::Result<()> {
+        if xid != self.xid && !self.subxact_index.contains_key(&xid) {
+            self.subxact_index.insert(xid, self.subxacts.len());
+            self.subxacts.push((xid, self.len, self.messages));
+        }
+        let len = u32::try_from(message.len()).map_err(std::io::Error::other)?;
+        if self.memory.len() + 4 + message.len() > self.memory_limit {
+            self.spill()?;
         }
         match &mut self.file {
             Some(file) => {
@@ -219,11 +240,13 @@ impl Spool {
 
     /// Drops the changes of subtransaction `subxid` and of those that began after it.
     pub fn abort_subtransaction(&mut self, subxid: u32) -> std::io::Result<()> {
-        let Some(index) = self.subxacts.iter().position(|s| s.0 == subxid) else {
+        let Some(&index) = self.subxact_index.get(&subxid) else {
             return Ok(()); // none of its changes came
         };
         let (_, offset, messages) = self.subxacts[index];
-        self.subxacts.truncate(index);
+        for (gone, _, _) in self.subxacts.drain(index..) {
+            self.subxact_index.remove(&gone);
+        }
         match &mut self.file {
             Some(file) => {
                 file.flush()?;

@@ -86,7 +86,7 @@ pub(super) fn launch(client: &Arc<Client>, segment: Segment) -> Option<InFlight>
     }
     let client = client.clone();
     let mut in_flight: InFlight = Box::pin(async move { run_segment(&client, segment).await });
-    // One poll sends every request (see `send`); the answers come later.
+    // One poll sends every request, in order (see `send`); the answers come later.
     let waker = futures::task::noop_waker();
     match in_flight
         .as_mut()
@@ -132,34 +132,56 @@ impl Failure {
     }
 }
 
-/// `first`, `work`, then `finish`, pipelined; each request is sent when its future is first
-/// polled, and `join!` polls them in that order.
+/// One statement of a pipeline, boxed so they can be started one by one.
+type Request<'a> = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send + 'a>>;
+
+/// `first`, `work`, then `finish`, pipelined, in that order: each request goes on the
+/// connection when its future is first polled, so all are polled once, in order, before
+/// any answer is awaited. One that fails before it is sent (its parameters do not encode)
+/// stops the rest from being sent, COMMIT included; otherwise the first failure in order
+/// is the error (the statements after a failed one fail too, as its transaction aborted).
 async fn send(
     client: &Client,
     first: Option<&str>,
     work: &[Work],
     finish: Option<&str>,
 ) -> Result<(), Failure> {
-    if first.is_none() && work.is_empty() && finish.is_none() {
-        return Ok(());
+    fn simple<'a>(client: &'a Client, sql: &'a str) -> Request<'a> {
+        Box::pin(async move { client.batch_execute(sql).await.map_err(Failure::Simple) })
     }
-    let simple = |sql: Option<&str>| {
-        let sql = sql.map(str::to_owned);
-        async move {
-            match sql {
-                Some(sql) => client.batch_execute(&sql).await,
-                None => Ok(()),
+    let mut requests: Vec<Request<'_>> = Vec::with_capacity(work.len() + 2);
+    requests.extend(first.map(|sql| simple(client, sql)));
+    for (statement, params) in work {
+        requests.push(Box::pin(async move {
+            client
+                .execute_raw(statement, params.iter())
+                .await
+                .map(|_| ())
+                .map_err(Failure::Work)
+        }));
+    }
+    requests.extend(finish.map(|sql| simple(client, sql)));
+    let mut sent = Vec::with_capacity(requests.len());
+    let mut unsent = None;
+    std::future::poll_fn(|cx| {
+        for mut request in requests.drain(..) {
+            match request.as_mut().poll(cx) {
+                Poll::Pending => sent.push(request),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    unsent = Some(e);
+                    break;
+                }
             }
         }
-    };
-    let statements = futures::future::join_all(
-        work.iter()
-            .map(|(stmt, params)| client.execute_raw(stmt, params.iter())),
-    );
-    let (started, results, finished) = futures::join!(simple(first), statements, simple(finish));
-    started.map_err(Failure::Simple)?;
-    for result in results {
-        result.map_err(Failure::Work)?;
+        Poll::Ready(())
+    })
+    .await;
+    if let Some(e) = unsent {
+        return Err(e);
     }
-    finished.map_err(Failure::Simple)
+    for result in futures::future::join_all(sent).await {
+        result?;
+    }
+    Ok(())
 }

@@ -45,10 +45,14 @@ impl PgStream {
             return Ok(true);
         }
         let (subxid, message) = spool::split_streamed(payload).map_err(decode_error)?;
+        let in_memory: usize = self.spools.values().map(Spool::memory_bytes).sum();
         let spool = self
             .spools
             .get_mut(&xid)
             .expect("a block's spool exists while the block is open");
+        if in_memory + message.len() > spool::MEMORY_LIMIT_ALL {
+            spool.spill().map_err(spool_error)?;
+        }
         spool.push(subxid, &message).map_err(spool_error)?;
         Ok(true)
     }
@@ -77,7 +81,16 @@ impl PgStream {
                 end_lsn,
                 commit_time_us,
             } => {
-                let spool = self.spools.remove(&xid).unwrap_or_else(|| Spool::new(xid));
+                let Some(spool) = self.spools.remove(&xid) else {
+                    return Err(PgError::other(
+                        format!(
+                            "the source committed streamed transaction {xid}, none of whose \
+                             blocks this session received; reconnecting"
+                        ),
+                        ErrorClass::Transient,
+                        "stream commit without a stream",
+                    ));
+                };
                 tracing::debug!(
                     xid,
                     messages = spool.messages(),

@@ -82,6 +82,8 @@ fn a_rolled_back_subtransaction_is_cut_with_its_descendants() {
         push_n(&mut spool, 1, 5, 1, size);
         push_n(&mut spool, 4, 6, 1, size);
         spool.abort_subtransaction(9).unwrap(); // no changes: nothing to cut
+        push_n(&mut spool, 3, 7, 1, size); // a subtransaction id seen before the cut
+        spool.abort_subtransaction(3).unwrap();
         assert_eq!(spool.messages(), 4);
         assert_eq!(spool.spilled(), size > 1_000);
         let got = messages(spool);
