@@ -113,18 +113,16 @@ pub fn control(payload: &[u8]) -> Result<Option<StreamControl>, DecodeError> {
 }
 
 /// Splits a message inside a stream block into the (sub)transaction id it carries and the
-/// message as protocol 1 would have sent it (the id removed).
-pub fn split_streamed(payload: &[u8]) -> Result<(u32, Vec<u8>), DecodeError> {
-    let Some((&tag, body)) = payload.split_first() else {
+/// message as protocol 1 would have sent it (the id removed), in two parts: the type byte
+/// and the rest (no copy).
+pub fn split_streamed(payload: &[u8]) -> Result<(u32, [&[u8]; 2]), DecodeError> {
+    let Some((tag, body)) = payload.split_at_checked(1) else {
         return Err(DecodeError::Truncated {
             what: "message type",
         });
     };
     let xid = Reader(body).u32("streamed message xid")?;
-    let mut message = Vec::with_capacity(payload.len() - 4);
-    message.push(tag);
-    message.extend_from_slice(&body[4..]);
-    Ok((xid, message))
+    Ok((xid, [tag, &body[4..]]))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -213,24 +211,29 @@ impl Spool {
         Ok(())
     }
 
-    /// Adds `message` (protocol-1 layout) of (sub)transaction `xid`.
-    pub fn push(&mut self, xid: u32, message: &[u8]) -> std::io::Result<()> {
+    /// Adds a message (protocol-1 layout, given in `parts`) of (sub)transaction `xid`.
+    pub fn push(&mut self, xid: u32, parts: &[&[u8]]) -> std::io::Result<()> {
         if xid != self.xid && !self.subxact_index.contains_key(&xid) {
             self.subxact_index.insert(xid, self.subxacts.len());
             self.subxacts.push((xid, self.len, self.messages));
         }
-        let len = u32::try_from(message.len()).map_err(std::io::Error::other)?;
-        if self.memory.len() + 4 + message.len() > self.memory_limit {
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(size).map_err(std::io::Error::other)?;
+        if self.memory.len() + 4 + size > self.memory_limit {
             self.spill()?;
         }
         match &mut self.file {
             Some(file) => {
                 file.write_all(&len.to_be_bytes())?;
-                file.write_all(message)?;
+                for part in parts {
+                    file.write_all(part)?;
+                }
             }
             None => {
                 self.memory.extend_from_slice(&len.to_be_bytes());
-                self.memory.extend_from_slice(message);
+                for part in parts {
+                    self.memory.extend_from_slice(part);
+                }
             }
         }
         self.len += 4 + u64::from(len);

@@ -41,6 +41,11 @@ impl Setup {
 
     /// Creates changefeed `items` of every table of `shop` and waits until it is synced.
     fn create(&self) {
+        self.create_with(json!({}));
+    }
+
+    /// [`Setup::create`] with changefeed `options`.
+    fn create_with(&self, options: Value) {
         let (code, body) = self.ferry.post(
             "/api/v2/changefeeds",
             &json!({
@@ -48,6 +53,7 @@ impl Setup {
                 "source_uri": self.source.uri("shop"),
                 "sink_uri": self.target.uri("analytics"),
                 "tables": ["shop.*"],
+                "options": options,
             }),
         );
         assert_eq!(code, 201, "{body}");
@@ -340,6 +346,27 @@ fn a_table_dropped_while_behind_keeps_its_last_changes() {
     setup.assert_warned("table shop.gone was dropped on the source");
     setup.assert_warned("table shop.again was dropped and created again on the source");
     assert_eq!(setup.status()["state"], json!("running"));
+
+    // The dropped table stays claimed while its last changes may still be unwritten, and is
+    // released (another changefeed may claim it) at the first start past its drop.
+    let owner = || {
+        setup.target.psql(
+            "analytics",
+            "SELECT changefeed FROM _ferry.table_owners WHERE table_name = 'gone'",
+        )
+    };
+    assert_eq!(owner(), "default/items");
+    setup
+        .source
+        .sql("INSERT INTO shop.kept VALUES (2, 'later');");
+    setup.wait_synced();
+    setup.act("pause");
+    setup.wait_state("paused");
+    setup.act("resume");
+    setup.wait_synced();
+    ferry_testkit::wait_for("shop.gone released", Duration::from_secs(60), || {
+        owner().is_empty()
+    });
 }
 
 /// Streaming: a rename inside an executable comment (which the DDL reader skips) is
@@ -392,4 +419,36 @@ fn while_streaming_renames_and_drops_are_followed() {
     setup.assert_warned("table shop.gone was dropped on the source");
     setup.assert_warned("table shop.again was dropped and created again on the source");
     assert_eq!(setup.status()["state"], json!("running"));
+}
+
+/// A changefeed that copies nothing (`snapshot: never`) cannot replace a target table's rows
+/// when its source table is dropped and created again: it stops and names the table, rather
+/// than mix the new table's rows into the old one's (or restart forever).
+#[test]
+fn a_table_created_again_stops_a_changefeed_that_copies_nothing() {
+    let setup = Setup::start();
+    setup
+        .source
+        .sql("CREATE TABLE shop.again (id int PRIMARY KEY, v varchar(20));");
+    setup.create_with(json!({"snapshot": "never"}));
+    setup.source.sql(
+        "INSERT INTO shop.again VALUES (1, 'old');
+         DROP TABLE shop.again;
+         CREATE TABLE shop.again (id int PRIMARY KEY, v varchar(20));
+         INSERT INTO shop.again VALUES (7, 'new');",
+    );
+    setup.wait_state("failed");
+    let error = setup.status()["last_error"].to_string();
+    assert!(
+        error.contains("shop.again was dropped and created again")
+            && error.contains("snapshot: never"),
+        "{error}"
+    );
+    assert_eq!(
+        setup.target.psql(
+            "analytics",
+            "SELECT string_agg(id || '|' || v, ',') FROM shop.again"
+        ),
+        "1|old"
+    );
 }

@@ -3,14 +3,15 @@
 //! transaction here outgrows it, so the walsender sends it in blocks before its commit.
 //! What commits arrives exactly (savepoints rolled back are not applied, released ones
 //! are), what aborts never arrives, a transaction committed meanwhile keeps its place, and
-//! a server killed in the middle of a streamed transaction gets it whole after its restart.
+//! a Ferry server killed in the middle of a streamed transaction gets it whole after its
+//! restart.
 
 mod common;
 
 use std::time::Duration;
 
 use common::Pair;
-use ferry_testkit::PgOptions;
+use ferry_testkit::{PgCluster, PgOptions};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -33,6 +34,17 @@ fn stream_txns(pair: &Pair) -> i64 {
         .unwrap()
 }
 
+/// Runs `sql` (one transaction) in another session and, `after` into it, `during`; returns
+/// once both are done.
+fn while_open(source: &PgCluster, sql: &str, after: Duration, during: impl FnOnce()) {
+    std::thread::scope(|s| {
+        let open = s.spawn(|| source.psql("shop", sql));
+        std::thread::sleep(after);
+        during();
+        open.join().unwrap();
+    });
+}
+
 #[test]
 fn streamed_transactions_arrive_exactly() {
     let mut pair = Pair::start_with(streamed_source(), PgOptions::default());
@@ -47,36 +59,31 @@ fn streamed_transactions_arrive_exactly() {
 
     // Savepoints: one rolled back (with one nested in it), one released. Meanwhile, another
     // session commits a small transaction, which must not wait for the big one nor be lost.
-    let big = std::thread::scope(|s| {
-        let source = &pair.source;
-        let big = s.spawn(move || {
-            source.psql(
+    while_open(
+        &pair.source,
+        "BEGIN;
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3), g FROM generate_series(11, 3000) g;
+         SELECT pg_sleep(2);
+         SAVEPOINT a;
+         INSERT INTO t SELECT g, 'rolled back', g FROM generate_series(3001, 4000) g;
+         UPDATE t SET v = 'rolled back' WHERE id <= 500;
+         SAVEPOINT b;
+         DELETE FROM t WHERE id BETWEEN 600 AND 900;
+         ROLLBACK TO SAVEPOINT a;
+         SAVEPOINT c;
+         INSERT INTO t SELECT g, repeat('kept', 40), g FROM generate_series(5001, 6000) g;
+         RELEASE SAVEPOINT c;
+         UPDATE t SET v = 'final', n = -n WHERE id BETWEEN 100 AND 200;
+         DELETE FROM t WHERE id BETWEEN 1000 AND 1099;
+         COMMIT",
+        Duration::from_millis(1000),
+        || {
+            pair.source.psql(
                 "shop",
-                "BEGIN;
-                 INSERT INTO t SELECT g, repeat(md5(g::text), 3), g FROM generate_series(11, 3000) g;
-                 SELECT pg_sleep(2);
-                 SAVEPOINT a;
-                 INSERT INTO t SELECT g, 'rolled back', g FROM generate_series(3001, 4000) g;
-                 UPDATE t SET v = 'rolled back' WHERE id <= 500;
-                 SAVEPOINT b;
-                 DELETE FROM t WHERE id BETWEEN 600 AND 900;
-                 ROLLBACK TO SAVEPOINT a;
-                 SAVEPOINT c;
-                 INSERT INTO t SELECT g, repeat('kept', 40), g FROM generate_series(5001, 6000) g;
-                 RELEASE SAVEPOINT c;
-                 UPDATE t SET v = 'final', n = -n WHERE id BETWEEN 100 AND 200;
-                 DELETE FROM t WHERE id BETWEEN 1000 AND 1099;
-                 COMMIT",
-            )
-        });
-        std::thread::sleep(Duration::from_millis(1000));
-        source.psql(
-            "shop",
-            "INSERT INTO small VALUES (1, 'committed while the big one was open')",
-        );
-        big.join().unwrap()
-    });
-    drop(big);
+                "INSERT INTO small VALUES (1, 'committed while the big one was open')",
+            );
+        },
+    );
     pair.wait_synced("cf", MINUTE);
     assert_eq!(
         pair.target.psql(
@@ -104,23 +111,16 @@ fn streamed_transactions_arrive_exactly() {
 
     // The server dies while a streamed transaction is open; the transaction commits while
     // it is down. The new session gets it whole, from its start.
-    let open = std::thread::scope(|s| {
-        let source = &pair.source;
-        let open = s.spawn(move || {
-            source.psql(
-                "shop",
-                "BEGIN;
-                 INSERT INTO t SELECT g, repeat(md5(g::text), 3), g FROM generate_series(20001, 24000) g;
-                 SELECT pg_sleep(3);
-                 UPDATE t SET n = n + 1 WHERE id > 20000;
-                 COMMIT",
-            )
-        });
-        std::thread::sleep(Duration::from_millis(1500));
-        pair.ferry.kill9();
-        open.join().unwrap()
-    });
-    drop(open);
+    while_open(
+        &pair.source,
+        "BEGIN;
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3), g FROM generate_series(20001, 24000) g;
+         SELECT pg_sleep(3);
+         UPDATE t SET n = n + 1 WHERE id > 20000;
+         COMMIT",
+        Duration::from_millis(1500),
+        || pair.ferry.kill9(),
+    );
     pair.ferry.restart();
     pair.wait_synced("cf", MINUTE);
     pair.compare(&["t", "small"]).assert_identical();

@@ -89,6 +89,8 @@ pub(crate) struct Applier {
     pub(crate) on_renamed: OnRenamed,
     /// Records that a table is to be copied again (it was created again on the source).
     pub(crate) on_recreated: OnRecreated,
+    /// The changefeed copies tables (`snapshot: initial`): a table created again can be.
+    pub(crate) copies: bool,
     /// When the last batch committed (see [`LIVE_COMMIT_INTERVAL`]).
     pub(crate) last_commit: tokio::time::Instant,
     /// Whether the sink follows tables' definitions (`schema: full`).
@@ -184,7 +186,13 @@ impl Applier {
         let mut batch = Batch::default();
         let mut cursor = Cursor::default();
         loop {
-            let deadline = self.commit_due(&batch);
+            // A batch commits only between transactions: no deadline (and no clock read)
+            // for each change inside one.
+            let deadline = if cursor.in_transaction {
+                None
+            } else {
+                self.commit_due(&batch)
+            };
             let next = tokio::select! {
                 biased;
                 _ = stop.changed() => {
@@ -248,7 +256,7 @@ impl Applier {
         let opened = batch.opened?;
         let behind_us = crate::status::now_us().saturating_sub(*commit_time_us);
         if behind_us < BEHIND.as_micros() as i64 {
-            return Some(self.last_commit + LIVE_COMMIT_INTERVAL);
+            return Some(self.last_commit + LIVE_COMMIT_INTERVAL.min(self.max_wait));
         }
         let wait = if self.events.is_empty() {
             self.max_wait.min(BACKLOG_IDLE_COMMIT)
@@ -341,6 +349,10 @@ impl Applier {
                     .is_some_and(|s| s.covers(&position));
                 if copied || !self.selected(&table, &[]) || self.held.contains(&table) {
                     return Ok(None);
+                }
+                if !self.copies {
+                    self.abort(batch).await;
+                    return Err(RunError::RecreatedUncopied { table });
                 }
                 tracing::info!(table = %table, position = %position, "table dropped and created again on the source: copying it again");
                 if cursor.in_transaction {

@@ -112,6 +112,16 @@ pub(crate) enum RunError {
          is kept and gets no further changes), then resume"
     )]
     RenamedOut { from: TableId, to: TableId },
+    /// A replicated table was dropped and created again on the source, and the changefeed
+    /// copies nothing (`snapshot: never`), so it cannot replace the target table's rows.
+    #[error(
+        "table {table} was dropped and created again on the source, and this changefeed \
+         copies no tables (`snapshot: never`): its target table holds the dropped table's \
+         rows, and the new table's changes on top of them would mix the two. Exclude {table} \
+         in `tables` (its target table is kept as it is) and resume, or create the changefeed \
+         again with `snapshot: initial`"
+    )]
+    RecreatedUncopied { table: TableId },
     /// A task of the engine's own failed (a snapshot worker panicked, the stream reader
     /// ended without saying why).
     #[error("{0}")]
@@ -149,6 +159,7 @@ impl RunError {
             RunError::Meta(_)
             | RunError::SlotLost { .. }
             | RunError::RenamedOut { .. }
+            | RunError::RecreatedUncopied { .. }
             | RunError::ReshapeInTransaction { .. } => ErrorClass::Definite,
         }
     }
@@ -483,8 +494,19 @@ impl Runner {
                         .join(", ")
                 };
                 info!(changefeed = %key, added = %list(&changed.added), removed = %list(&changed.removed), "tables changed");
-                // Tables no longer written: another changefeed may claim them.
-                sink.release_tables(&changed.removed).await?;
+                // Tables no longer written: another changefeed may claim them. A table the
+                // rules still select was dropped on the source, and its last changes are
+                // still to be written: it is released once the stream is past its drop.
+                let filter = self.config.filter();
+                let released: Vec<TableId> = changed
+                    .removed
+                    .iter()
+                    .filter(|t| {
+                        !(filter.selects(t, &[]) && state.dropped.iter().any(|d| &d.table == *t))
+                    })
+                    .cloned()
+                    .collect();
+                sink.release_tables(&released).await?;
                 if !changed.removed.is_empty() {
                     let removed = list(&changed.removed);
                     self.status.update(|s| {

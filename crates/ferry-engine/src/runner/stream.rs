@@ -46,7 +46,9 @@ impl Runner {
                 return Ok(StreamEnd::Finished);
             }
         }
-        let names = self.stream_tables(state, start.as_ref())?;
+        let (names, forgotten) = self.stream_tables(state, start.as_ref())?;
+        // Dropped tables whose last changes are written: another changefeed may claim them.
+        sink.release_tables(&forgotten).await?;
         let stream = source.start_stream(start.clone(), names).await?;
         drop(source);
         info!(changefeed = %key, start = ?start.as_ref().map(ToString::to_string), overwritten = resume_from.is_some(), "streaming");
@@ -101,6 +103,7 @@ impl Runner {
             }),
             skipped_changes: 0,
             held: state.held.iter().map(|h| h.table.clone()).collect(),
+            copies: self.config.copies(),
             sealed: Default::default(),
             counts: Default::default(),
             deferred_shapes: HashSet::new(),
@@ -147,12 +150,14 @@ impl Runner {
 
     /// The tables the stream reads (source id → target name): the replicated ones, and
     /// those dropped on the source before a position the stream has yet to pass (their last
-    /// changes are still to apply). Forgets the dropped ones `start` is past.
+    /// changes are still to apply). Forgets the dropped ones `start` is past, and returns
+    /// those no planned table has the name of (to release).
+    #[allow(clippy::type_complexity)]
     fn stream_tables(
         &self,
         state: &RuntimeState,
         start: Option<&ferry_core::Position>,
-    ) -> Result<std::collections::HashMap<u32, TableId>, RunError> {
+    ) -> Result<(std::collections::HashMap<u32, TableId>, Vec<TableId>), RunError> {
         let past = |d: &tables::DroppedTable| start.is_some_and(|p| p.covers(&d.until));
         if state.dropped.iter().any(past) {
             let key = self.config.key();
@@ -163,13 +168,20 @@ impl Runner {
             saved.dropped.retain(|d| !past(d));
             self.meta.put(Collection::ChangefeedState, &key, &saved)?;
         }
+        let forgotten = state
+            .dropped
+            .iter()
+            .filter(|d| past(d) && !state.source_ids.values().any(|n| *n == d.table))
+            .map(|d| d.table.clone())
+            .collect();
         let dropped = state.dropped.iter().filter(|d| !past(d));
-        Ok(state
+        let names = state
             .source_ids
             .iter()
             .map(|(id, name)| (*id, name.clone()))
             .chain(dropped.map(|d| (d.id, d.table.clone())))
-            .collect())
+            .collect();
+        Ok((names, forgotten))
     }
 }
 

@@ -1,6 +1,7 @@
-//! Batching: a backlog of small transactions commits in batches of `batch_max_rows`, a live
-//! trickle shares target commits, a live transaction on a quiet stream commits at once, and
-//! a transaction is never split.
+//! Batching: a backlog of small transactions commits in batches of `batch_max_rows`, a
+//! backlog arriving as a trickle shares target commits, a live transaction on a quiet stream
+//! commits at once, live transactions under load commit in groups, and a transaction is
+//! never split.
 
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ async fn a_backlog_commits_in_batches_of_max_rows() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_live_trickle_shares_target_commits() {
+async fn a_trickling_backlog_shares_target_commits() {
     let db = MemDb::new();
     let t = db.create_table("public", "t");
     let h = Harness::start(&db);
@@ -69,7 +70,8 @@ async fn a_live_trickle_shares_target_commits() {
 
 /// Live (commit times of now): a transaction on a quiet stream reaches the target without
 /// waiting for a commit timer; under a steady stream the target commits about every 4 ms,
-/// each commit taking what arrived meanwhile, so no transaction waits longer than that.
+/// each commit taking what arrived meanwhile (the count of commits is bounded loosely: the
+/// paused clock's timers are coarse).
 #[tokio::test(start_paused = true)]
 async fn live_transactions_commit_at_once_when_quiet_and_grouped_under_load() {
     let db = MemDb::new();

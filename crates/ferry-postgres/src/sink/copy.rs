@@ -98,7 +98,8 @@ impl PgSink {
     }
 
     /// Whether the target can compress TOASTed values with lz4 (PostgreSQL 14 and later,
-    /// built with lz4); asked once per session, `false` when it cannot be told.
+    /// built with lz4) and its default is PostgreSQL's own, not one its owner set (that one
+    /// is kept); asked once per session, `false` when it cannot be told.
     async fn toast_lz4(&mut self) -> bool {
         if let Some(lz4) = self.lz4 {
             return lz4;
@@ -107,7 +108,7 @@ impl PgSink {
             .client
             .query_opt(
                 "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' \
-                 AND 'lz4' = ANY(enumvals)",
+                 AND 'lz4' = ANY(enumvals) AND source = 'default'",
                 &[],
             )
             .await
@@ -192,15 +193,14 @@ impl PgSink {
         if staged {
             self.build_key(schema).await?;
         }
-        self.client.batch_execute("BEGIN").await.map_err(fail)?;
-        if self.toast_lz4().await {
-            // Values the copy TOASTs compress with lz4, not pglz: the same values, a
-            // fraction of the target's CPU (see docs/benchmarks.md).
-            self.client
-                .batch_execute("SET LOCAL default_toast_compression = 'lz4'")
-                .await
-                .map_err(fail)?;
-        }
+        // Values the copy TOASTs compress with lz4, not pglz: the same values, a fraction of
+        // the target's CPU (see docs/benchmarks.md).
+        let begin = if self.toast_lz4().await {
+            "BEGIN; SET LOCAL default_toast_compression = 'lz4'"
+        } else {
+            "BEGIN"
+        };
+        self.client.batch_execute(begin).await.map_err(fail)?;
         if replace && !append {
             self.client
                 .batch_execute(&format!("TRUNCATE {}", schema.id.quoted()))

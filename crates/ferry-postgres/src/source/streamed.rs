@@ -45,12 +45,13 @@ impl PgStream {
             return Ok(true);
         }
         let (subxid, message) = spool::split_streamed(payload).map_err(decode_error)?;
+        let size = message[0].len() + message[1].len();
         let in_memory: usize = self.spools.values().map(Spool::memory_bytes).sum();
         let spool = self
             .spools
             .get_mut(&xid)
             .expect("a block's spool exists while the block is open");
-        if in_memory + message.len() > spool::MEMORY_LIMIT_ALL {
+        if in_memory + size > spool::MEMORY_LIMIT_ALL {
             spool.spill().map_err(spool_error)?;
         }
         spool.push(subxid, &message).map_err(spool_error)?;
