@@ -148,6 +148,13 @@ pub enum SourceEvent {
         /// Where it was created again.
         position: Position,
     },
+    /// A table the changefeed replicates was dropped on the source here: its changes up to
+    /// here were sent. The engine remembers it until its next start, where a table found
+    /// under the name is another one (created again after the drop) to copy anew.
+    Dropped {
+        /// The table.
+        table: TableId,
+    },
     /// Something the operator should know that does not stop the stream (a table dropped
     /// on the source while its changes were unread); shown in the status's warnings.
     Warning(String),

@@ -87,8 +87,8 @@ pub(crate) struct Applier {
     pub(crate) excluded: HashSet<TableId>,
     /// Records a rename the target followed, once its batch is durable.
     pub(crate) on_renamed: OnRenamed,
-    /// Records that a table is to be copied again (it was created again on the source).
-    pub(crate) on_recreated: OnRecreated,
+    /// Records at once what the stream tells about a table (dropped, created again).
+    pub(crate) on_table: OnTable,
     /// The changefeed copies tables (`snapshot: initial`): a table created again can be.
     pub(crate) copies: bool,
     /// When the last batch committed (see [`LIVE_COMMIT_INTERVAL`]).
@@ -120,8 +120,9 @@ pub(crate) type SaveCheckpoint = Box<dyn Fn(&Position) -> Result<(), ferry_meta:
 pub(crate) type OnRenamed =
     Box<dyn FnMut(&TableId, &TableId) -> Result<(), ferry_meta::MetaError> + Send>;
 
-/// Records that `table` is to be copied again at the next start.
-pub(crate) type OnRecreated = Box<dyn FnMut(&TableId) -> Result<(), ferry_meta::MetaError> + Send>;
+/// Records what the stream tells about a table in the changefeed's persisted state.
+pub(crate) type OnTable =
+    Box<dyn FnMut(super::tables::TableNote<'_>) -> Result<(), ferry_meta::MetaError> + Send>;
 
 /// The open batch.
 #[derive(Default)]
@@ -347,6 +348,10 @@ impl Applier {
                     .skip_before
                     .get(&table)
                     .is_some_and(|s| s.covers(&position));
+                if copied {
+                    // Its copy is younger: the drop read before it is settled.
+                    (self.on_table)(super::tables::TableNote::Copied(&table))?;
+                }
                 if copied || !self.selected(&table, &[]) || self.held.contains(&table) {
                     return Ok(None);
                 }
@@ -362,17 +367,17 @@ impl Applier {
                     self.commit(batch).await?;
                     self.settle_all().await?;
                 }
-                (self.on_recreated)(&table)?;
+                (self.on_table)(super::tables::TableNote::Recreated(&table))?;
                 return Ok(Some(StreamEnd::Recreated));
             }
-            SourceEvent::Warning(message) => {
-                tracing::warn!(warning = %message, "source warning");
-                self.status.update(|s| {
-                    if !s.warnings.contains(&message) {
-                        s.warnings.push(message);
-                    }
-                });
+            SourceEvent::Dropped { table } => {
+                (self.on_table)(super::tables::TableNote::Dropped(&table))?;
+                self.warn(format!(
+                    "table {table} was dropped on the source: its changes up to the drop were \
+                     applied, and its target table is kept"
+                ));
             }
+            SourceEvent::Warning(message) => self.warn(message),
             SourceEvent::Change(change) => {
                 self.metrics.bytes_read(change.payload_bytes() as u64);
                 if let RowChange::Insert { table, .. }
@@ -525,6 +530,16 @@ impl Applier {
                 Ok(false)
             }
         }
+    }
+
+    /// Shows `message` in the status (once) and logs it.
+    fn warn(&self, message: String) {
+        tracing::warn!(warning = %message, "source warning");
+        self.status.update(|s| {
+            if !s.warnings.contains(&message) {
+                s.warnings.push(message);
+            }
+        });
     }
 
     /// Whether the table `table` (a partition of `partition_of`) is written: one this

@@ -461,6 +461,12 @@ impl Runner {
             let gone = tables::unselected_ids(&state, &ids);
             self.check_renamed_out(source.as_mut(), &gone).await?;
             let selected_ids = source_ids(&selected);
+            for table in tables::created_again(&mut state, &selected_ids) {
+                if !self.config.copies() {
+                    return Err(RunError::RecreatedUncopied { table });
+                }
+                tables::note(&mut state, tables::TableNote::Recreated(&table));
+            }
             let ids_identify = source.ids_identify_tables();
             let recreated =
                 tables::sort_gone(&mut state, &gone, &selected_ids, &since, ids_identify);

@@ -119,17 +119,14 @@ impl Runner {
                 })
             },
             last_commit: tokio::time::Instant::now(),
-            on_recreated: {
+            on_table: {
                 let meta = self.meta.clone();
                 let key = self.config.key();
-                Box::new(move |table: &TableId| {
+                Box::new(move |note: tables::TableNote<'_>| {
                     let mut state: RuntimeState = meta
                         .get(Collection::ChangefeedState, &key)?
                         .unwrap_or_default();
-                    if !state.resync.contains(table) {
-                        state.resync.push(table.clone());
-                        state.recreated.push(table.clone());
-                    }
+                    tables::note(&mut state, note);
                     meta.put(Collection::ChangefeedState, &key, &state)
                 })
             },

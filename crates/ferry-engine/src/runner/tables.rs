@@ -53,6 +53,55 @@ pub(crate) struct RuntimeState {
     /// says so when their copy starts.
     #[serde(default)]
     pub(crate) recreated: Vec<TableId>,
+    /// Replicated tables the stream read the drop of (recorded before the checkpoint
+    /// passes it): a table found under one of these names at the next start was created
+    /// again after the drop, and its target table holds the dropped one's rows.
+    #[serde(default)]
+    pub(crate) stream_dropped: Vec<TableId>,
+}
+
+/// What the stream tells about a table that the changefeed's state must keep at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TableNote<'a> {
+    /// Dropped and created again: to copy again at the next start.
+    Recreated(&'a TableId),
+    /// Dropped (the stream read the drop).
+    Dropped(&'a TableId),
+    /// Created again before the position its copy was read at: nothing to do.
+    Copied(&'a TableId),
+}
+
+/// Records `note` in `state`.
+pub(crate) fn note(state: &mut RuntimeState, note: TableNote<'_>) {
+    match note {
+        TableNote::Recreated(table) => {
+            state.stream_dropped.retain(|t| t != table);
+            if !state.resync.contains(table) {
+                state.resync.push(table.clone());
+                state.recreated.push(table.clone());
+            }
+        }
+        TableNote::Copied(table) => state.stream_dropped.retain(|t| t != table),
+        TableNote::Dropped(table) => {
+            if !state.stream_dropped.contains(table) {
+                state.stream_dropped.push(table.clone());
+            }
+        }
+    }
+}
+
+/// Planned tables the stream read the drop of before this start and that a selected table
+/// (`(source id, name, rows)`) has the name of again: created again after the drop, while
+/// the changefeed was behind. Forgets the drops read (a table still gone is one the
+/// selection no longer has, sorted by [`sort_gone`]).
+pub(crate) fn created_again(
+    state: &mut RuntimeState,
+    selected: &[(u32, TableId, u64)],
+) -> Vec<TableId> {
+    std::mem::take(&mut state.stream_dropped)
+        .into_iter()
+        .filter(|t| planned(state, t) && selected.iter().any(|(_, name, _)| name == t))
+        .collect()
 }
 
 /// A table dropped on the source whose last changes may still be unread.
@@ -269,6 +318,8 @@ pub(crate) fn rename(state: &mut RuntimeState, from: &TableId, to: &TableId) {
             *table = to.clone();
         }
     }
+    // The stream followed a table to the name: it is not one created after a drop.
+    state.stream_dropped.retain(|t| t != to);
 }
 
 /// The marker of an added table's copy, if it is done.

@@ -22,6 +22,8 @@ pub(crate) enum Ddl {
     Drop(Vec<TableId>),
     /// `CREATE [OR REPLACE] TABLE t …` (not temporary); `replace` drops a table `t` first.
     Create { table: TableId, replace: bool },
+    /// `DROP {DATABASE | SCHEMA} d`: every table of `d` is dropped.
+    DropDatabase(String),
     /// Nothing a stream follows.
     Other,
 }
@@ -231,8 +233,14 @@ pub(crate) fn classify(sql: &str, database: &str) -> Ddl {
             .map_or(Ddl::Other, |table| Ddl::Create { table, replace });
     }
     if c.keyword("DROP") {
+        if c.keyword("DATABASE") || c.keyword("SCHEMA") {
+            if c.keyword("IF") {
+                c.keyword("EXISTS");
+            }
+            return c.ident().map_or(Ddl::Other, Ddl::DropDatabase);
+        }
         if !c.keyword("TABLE") {
-            // DROP TEMPORARY TABLE, DROP DATABASE, DROP VIEW …
+            // DROP TEMPORARY TABLE, DROP VIEW …
             return Ddl::Other;
         }
         if c.keyword("IF") {
@@ -313,7 +321,14 @@ mod tests {
             Ddl::Drop(vec![t("shop", "a")])
         );
         assert_eq!(classify("DROP TEMPORARY TABLE a", "shop"), Ddl::Other);
-        assert_eq!(classify("DROP DATABASE shop", "shop"), Ddl::Other);
+        assert_eq!(
+            classify("DROP DATABASE shop", "x"),
+            Ddl::DropDatabase("shop".into())
+        );
+        assert_eq!(
+            classify("drop schema if exists `my shop`", "x"),
+            Ddl::DropDatabase("my shop".into())
+        );
         let create = |table, replace| Ddl::Create { table, replace };
         assert_eq!(
             classify("CREATE TABLE a (x int)", "shop"),

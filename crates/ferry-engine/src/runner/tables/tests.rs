@@ -75,6 +75,7 @@ fn reconcile_adds_new_and_forgets_unselected_tables() {
         held: vec![],
         dropped: vec![],
         recreated: vec![],
+        stream_dropped: vec![],
     };
     let got = reconcile(
         &mut state,
@@ -113,6 +114,7 @@ fn a_readded_table_ignores_its_old_copy() {
         held: vec![],
         dropped: vec![],
         recreated: vec![],
+        stream_dropped: vec![],
     };
     let old_copy = vec![marker("a", 0, 50)];
     reconcile(&mut state, &[], &Position::PgLsn(Lsn(80)));
@@ -147,6 +149,7 @@ fn progress_counts_finished_chunks() {
         held: vec![],
         dropped: vec![],
         recreated: vec![],
+        stream_dropped: vec![],
     };
     reconcile(
         &mut state,
@@ -182,6 +185,7 @@ fn a_renamed_table_keeps_its_planned_name_until_the_stream_renames_it() {
         held: vec![],
         dropped: vec![],
         recreated: vec![],
+        stream_dropped: vec![],
     };
     let wanted = track_renames(&mut state, &[(1, t("a"), 1), (2, t("b"), 1)]);
     assert!(reconcile(&mut state, &wanted, &Position::PgLsn(Lsn(1))).is_empty());
@@ -221,4 +225,31 @@ fn gone_tables_are_dropped_or_created_again() {
     sort_gone(&mut state, &gone[..1], &[], &Position::PgLsn(Lsn(20)), true);
     assert_eq!(state.dropped.len(), 1);
     assert_eq!(state.dropped[0].until, now);
+}
+
+#[test]
+fn a_table_dropped_in_the_stream_and_found_again_is_copied_again() {
+    let mut state = RuntimeState {
+        plan: vec![single_chunk_plan(t("a"), 1), single_chunk_plan(t("b"), 1)],
+        ..Default::default()
+    };
+    for table in [t("a"), t("b"), t("c"), t("a")] {
+        note(&mut state, TableNote::Dropped(&table));
+    }
+    assert_eq!(state.stream_dropped, [t("a"), t("b"), t("c")]);
+    // a exists again; b is still gone; c is not planned.
+    let selected = [(7, t("a"), 1), (8, t("c"), 1)];
+    assert_eq!(created_again(&mut state, &selected), [t("a")]);
+    assert!(state.stream_dropped.is_empty());
+    // Created again in the stream, or followed to the name by a rename: not at the start.
+    note(&mut state, TableNote::Dropped(&t("a")));
+    note(&mut state, TableNote::Dropped(&t("b")));
+    note(&mut state, TableNote::Recreated(&t("a")));
+    rename(&mut state, &t("x"), &t("b"));
+    assert!(state.stream_dropped.is_empty());
+    note(&mut state, TableNote::Dropped(&t("c")));
+    note(&mut state, TableNote::Copied(&t("c")));
+    assert!(state.stream_dropped.is_empty());
+    assert_eq!(state.resync, [t("a")]);
+    assert_eq!(state.recreated, [t("a")]);
 }

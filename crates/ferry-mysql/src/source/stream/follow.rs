@@ -87,6 +87,20 @@ impl MyStream {
                 }
                 Ok(true)
             }
+            Ddl::DropDatabase(database) => {
+                let ids: Vec<TableId> = self
+                    .tables
+                    .keys()
+                    .filter(|id| id.schema == database)
+                    .cloned()
+                    .collect();
+                for id in ids {
+                    if !self.drop_table(id, events).await {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
             Ddl::Create { table, replace } => {
                 if replace && !self.drop_table(table.clone(), events).await {
                     return Ok(false);
@@ -116,17 +130,13 @@ impl MyStream {
     }
 
     /// Follows `DROP TABLE id`: stops reading the table (until a table is created under
-    /// its name) and says so; `false` when the receiver is gone.
+    /// its name) and tells the engine; `false` when the receiver is gone.
     async fn drop_table(&mut self, id: TableId, events: &EventSender) -> bool {
         let Some(tracked) = self.tables.remove(&id) else {
             return true;
         };
         self.dropped.insert(id.clone(), tracked);
-        let warning = format!(
-            "table {id} was dropped on the source: its changes up to the drop were applied (as \
-             the binlog describes the table), and its target table is kept"
-        );
-        send(events, SourceEvent::Warning(warning)).await
+        send(events, SourceEvent::Dropped { table: id }).await
     }
 
     /// A table is created under `id`, the name of a replicated table this stream saw
