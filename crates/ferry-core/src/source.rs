@@ -126,6 +126,15 @@ pub trait Source: Send {
         true
     }
 
+    /// Whether the stream announces each rename at its position, whether or not the table
+    /// changes after it (a binlog's `RENAME` statement), so two renames are followed in the
+    /// source's order: a swap (`a` to `a_old`, `a_new` to `a`) made while the changefeed
+    /// was not streaming is followed. PostgreSQL's stream announces a rename only with the
+    /// table's next change, so the engine stops at such a swap instead.
+    fn renames_in_order(&self) -> bool {
+        false
+    }
+
     /// The tables `filter` selects.
     async fn select_tables(
         &mut self,

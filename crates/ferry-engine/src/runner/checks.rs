@@ -1,8 +1,9 @@
 //! What a start checks of the source's tables before it streams: the stream still there,
-//! planned tables renamed out of the rules, tables marked divergent.
+//! planned tables renamed out of the rules or swapped, tables marked divergent.
 
 use ferry_core::{Source, SourceTable, StreamState, TableId};
 
+use super::tables::{self, RuntimeState};
 use super::{RunError, Runner};
 
 impl Runner {
@@ -53,6 +54,40 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// Fails when a swap made while the changefeed was not streaming left a selected table
+    /// under the name the target keeps for another (see [`RunError::Swapped`]), unless both
+    /// are replicated and the stream follows renames in order (`renames_in_order`, see
+    /// [`ferry_core::Source::renames_in_order`]): it renames the old table's target table
+    /// before the new one takes its name. A table the changefeed did not replicate would be
+    /// mapped to the old table's target name: never followed.
+    pub(super) fn check_swapped(
+        state: &RuntimeState,
+        selected: &[(u32, TableId, u64)],
+        renames_in_order: bool,
+    ) -> Result<(), RunError> {
+        let Some(swap) = tables::find_swaps(state, selected)
+            .into_iter()
+            .find(|s| !renames_in_order || s.taken_from.is_none())
+        else {
+            return Ok(());
+        };
+        let (other, exclude) = match &swap.taken_from {
+            Some(from) => (
+                format!("table {from}"),
+                format!("{}, {} and {from}", swap.table, swap.renamed_to),
+            ),
+            None => (
+                "another table".to_string(),
+                format!("{} and {}", swap.table, swap.renamed_to),
+            ),
+        };
+        Err(RunError::Swapped {
+            names: Box::new((swap.table, swap.renamed_to)),
+            other: other.into(),
+            exclude: exclude.into(),
+        })
     }
 
     /// Marks in the status the tables whose updates and deletes were lost while they were

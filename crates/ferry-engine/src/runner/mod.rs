@@ -20,7 +20,8 @@
 //!
 //! Schema changes the stream reveals: a table renamed on the source is renamed on the
 //! target in the batch (tables are tracked by the source's OID in [`tables::RuntimeState`]);
-//! renamed to a name the rules exclude, the attempt fails ([`RunError::RenamedOut`]). While
+//! renamed to a name the rules exclude, the attempt fails ([`RunError::RenamedOut`]), and so
+//! does a start after a swap the stream cannot follow in order ([`RunError::Swapped`]). While
 //! streaming, tables created on the source that the rules select end the attempt
 //! ([`StreamEnd::NewTable`]) so the next one copies them, as it copies tables added by an
 //! update. A table's new shape goes to the sink in the batch, or between two batches for
@@ -112,6 +113,29 @@ pub(crate) enum RunError {
          is kept and gets no further changes), then resume"
     )]
     RenamedOut { from: TableId, to: TableId },
+    /// While the changefeed was not streaming, a replicated table was renamed and another
+    /// took its name (a swap) that the stream cannot follow in order: it announces a rename
+    /// only with the table's next change, or the new table was not replicated before
+    /// ([`checks`]), so the new table's changes could reach the old one's target table.
+    #[error(
+        "table {table} was renamed to {renamed_to} on the source and {other} was renamed to \
+         {table} while the changefeed was not streaming (a swap). The target table {table} \
+         holds the old table's rows until the stream reaches their rename, and the new \
+         table's changes could reach it first; Ferry stops before writing either table. \
+         Delete the changefeed and create it again with `options.existing_target: truncate` \
+         (every table is copied anew), or exclude {exclude} in `tables` (their target tables \
+         are kept as they are and get no further changes) and resume",
+        table = .names.0,
+        renamed_to = .names.1
+    )]
+    Swapped {
+        /// The old table's target name, and its name now.
+        names: Box<(TableId, TableId)>,
+        /// The table that took the name, as the message says it.
+        other: Box<str>,
+        /// The names to exclude to go on without them.
+        exclude: Box<str>,
+    },
     /// A replicated table was dropped and created again on the source, and the changefeed
     /// copies nothing (`snapshot: never`), so it cannot replace the target table's rows.
     #[error(
@@ -159,6 +183,7 @@ impl RunError {
             RunError::Meta(_)
             | RunError::SlotLost { .. }
             | RunError::RenamedOut { .. }
+            | RunError::Swapped { .. }
             | RunError::RecreatedUncopied { .. }
             | RunError::ReshapeInTransaction { .. } => ErrorClass::Definite,
         }
@@ -461,6 +486,7 @@ impl Runner {
             let gone = tables::unselected_ids(&state, &ids);
             self.check_renamed_out(source.as_mut(), &gone).await?;
             let selected_ids = source_ids(&selected);
+            Self::check_swapped(&state, &selected_ids, source.renames_in_order())?;
             for table in tables::created_again(&mut state, &selected_ids) {
                 if !self.config.copies() {
                     return Err(RunError::RecreatedUncopied { table });

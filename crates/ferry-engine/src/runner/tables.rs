@@ -249,6 +249,46 @@ pub(crate) fn track_renames(
     wanted
 }
 
+/// A swap made while the changefeed was not streaming: the planned table kept on the
+/// target as `table` was renamed to `renamed_to`, and another selected table took the
+/// name `table`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Swap {
+    pub(crate) table: TableId,
+    pub(crate) renamed_to: TableId,
+    /// The target name of the table that took `table`; `None` when it was not replicated.
+    pub(crate) taken_from: Option<TableId>,
+}
+
+/// The swaps in `selected` (`(source id, name, estimated rows)`), found before
+/// [`track_renames`] records their ids: a selected table named as the target table of
+/// another planned id that is selected under a new name. Until the stream reaches that
+/// rename, the target name belongs to the renamed table, so mapping the other id to it
+/// would write two source tables into one target table.
+pub(crate) fn find_swaps(state: &RuntimeState, selected: &[(u32, TableId, u64)]) -> Vec<Swap> {
+    selected
+        .iter()
+        .filter_map(|(id, name, _)| {
+            let (other, _) = state
+                .source_ids
+                .iter()
+                .find(|(other, kept)| *other != id && *kept == name && planned(state, kept))?;
+            let (_, renamed_to, _) = selected
+                .iter()
+                .find(|(o, now, _)| o == other && now != name)?;
+            Some(Swap {
+                table: name.clone(),
+                renamed_to: renamed_to.clone(),
+                taken_from: state
+                    .source_ids
+                    .get(id)
+                    .filter(|known| *known != name && planned(state, known))
+                    .cloned(),
+            })
+        })
+        .collect()
+}
+
 /// Planned tables whose source id is not among `selected` ids: dropped, or renamed to a
 /// name the rules exclude.
 pub(crate) fn unselected_ids(state: &RuntimeState, selected: &[u32]) -> Vec<(u32, TableId)> {

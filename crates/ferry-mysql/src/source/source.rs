@@ -102,6 +102,11 @@ impl Source for MySource {
         false
     }
 
+    /// The binlog holds each `RENAME` the DDL reader recognizes at its position.
+    fn renames_in_order(&self) -> bool {
+        true
+    }
+
     async fn select_tables(
         &mut self,
         filter: &TableFilter,

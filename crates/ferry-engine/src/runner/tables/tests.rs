@@ -253,3 +253,51 @@ fn a_table_dropped_in_the_stream_and_found_again_is_copied_again() {
     assert_eq!(state.resync, [t("a")]);
     assert_eq!(state.recreated, [t("a")]);
 }
+
+#[test]
+fn swaps_are_found_before_ids_are_recorded() {
+    let mut state = RuntimeState {
+        plan: vec![
+            single_chunk_plan(t("a"), 1),
+            single_chunk_plan(t("a_new"), 1),
+        ],
+        ..RuntimeState::default()
+    };
+    let before = [(1, t("a"), 1), (2, t("a_new"), 1)];
+    track_renames(&mut state, &before);
+    assert_eq!(find_swaps(&state, &before), vec![]);
+    // A plain rename, and a rename into a name no planned table has: no swap.
+    assert_eq!(
+        find_swaps(&state, &[(1, t("a_old"), 1), (2, t("a_new"), 1)]),
+        vec![]
+    );
+    // a renamed to a_old, a_new to a.
+    let swapped = [(1, t("a_old"), 1), (2, t("a"), 1)];
+    assert_eq!(
+        find_swaps(&state, &swapped),
+        vec![Swap {
+            table: t("a"),
+            renamed_to: t("a_old"),
+            taken_from: Some(t("a_new")),
+        }]
+    );
+    // The table that took the name was not replicated (a new id).
+    let swapped = [(1, t("a_old"), 1), (3, t("a"), 1)];
+    assert_eq!(
+        find_swaps(&state, &swapped),
+        vec![Swap {
+            table: t("a"),
+            renamed_to: t("a_old"),
+            taken_from: None,
+        }]
+    );
+    // Dropped, and another took its name: not a swap (sorted as gone).
+    assert_eq!(find_swaps(&state, &[(2, t("a"), 1)]), vec![]);
+    // Once the stream followed the renames, the names are the target's: no swap.
+    rename(&mut state, &t("a"), &t("a_old"));
+    rename(&mut state, &t("a_new"), &t("a"));
+    assert_eq!(
+        find_swaps(&state, &[(1, t("a_old"), 1), (2, t("a"), 1)]),
+        vec![]
+    );
+}
