@@ -78,6 +78,11 @@ impl Engine {
         let running = self.with_feed(namespace, id, |f| f.task.is_some())?;
         if running {
             self.stop_task(&key).await;
+            // What the task recorded until it stopped (renames, drops it read) is kept.
+            runtime = self
+                .meta
+                .get(Collection::ChangefeedState, &key)?
+                .unwrap_or_default();
         }
         for table in &tables {
             if !runtime.resync.contains(table) {

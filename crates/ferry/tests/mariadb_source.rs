@@ -413,6 +413,13 @@ fn a_purged_binlog_fails_the_changefeed_with_how_to_resync() {
     setup.wait_synced("t", MINUTE);
     let (code, body) = setup.ferry.post("/api/v2/changefeeds/t/pause", &json!({}));
     assert_eq!(code, 200, "{body}");
+    // The server skips a binlog a dump thread still reads: wait until the paused
+    // changefeed's is gone (the server notices the closed connection a moment later).
+    ferry_testkit::wait_for("the binlog dump to end", MINUTE, || {
+        setup.source.sql(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'",
+        ) == "0"
+    });
     setup.source.sql(
         "INSERT INTO shop.t VALUES (11);
          FLUSH BINARY LOGS;

@@ -23,6 +23,8 @@ use crate::lifecycle::SkipTransaction;
 use crate::metrics::{FeedMetrics, RowCounts};
 use crate::status::StatusCell;
 
+mod tables;
+
 /// Live (the batch's last transaction committed on the source less than [`BEHIND`] ago),
 /// a batch commits once this long has passed since the previous commit: a transaction
 /// arriving on a quiet stream commits at once, and under load the target commits at most
@@ -344,39 +346,9 @@ impl Applier {
                 }
             }
             SourceEvent::Recreated { table, position } => {
-                let copied = self
-                    .skip_before
-                    .get(&table)
-                    .is_some_and(|s| s.covers(&position));
-                if copied {
-                    // Its copy is younger: the drop read before it is settled.
-                    (self.on_table)(super::tables::TableNote::Copied(&table))?;
-                }
-                if copied || !self.selected(&table, &[]) || self.held.contains(&table) {
-                    return Ok(None);
-                }
-                if !self.copies {
-                    self.abort(batch).await;
-                    return Err(RunError::RecreatedUncopied { table });
-                }
-                tracing::info!(table = %table, position = %position, "table dropped and created again on the source: copying it again");
-                if cursor.in_transaction {
-                    // Replayed from the checkpoint after the copy.
-                    self.abort(batch).await;
-                } else {
-                    self.commit(batch).await?;
-                    self.settle_all().await?;
-                }
-                (self.on_table)(super::tables::TableNote::Recreated(&table))?;
-                return Ok(Some(StreamEnd::Recreated));
+                return self.recreated(table, position, batch, cursor).await;
             }
-            SourceEvent::Dropped { table } => {
-                (self.on_table)(super::tables::TableNote::Dropped(&table))?;
-                self.warn(format!(
-                    "table {table} was dropped on the source: its changes up to the drop were \
-                     applied, and its target table is kept"
-                ));
-            }
+            SourceEvent::Dropped { table } => self.dropped(table)?,
             SourceEvent::Warning(message) => self.warn(message),
             SourceEvent::Change(change) => {
                 self.metrics.bytes_read(change.payload_bytes() as u64);
@@ -490,55 +462,6 @@ impl Applier {
             }
             s.checkpoint_time_us = Some(server_time_us);
             s.caught_up = true;
-        });
-    }
-
-    /// Follows a table renamed on the source when the rules select its new name; stops
-    /// when they selected the old name only; ignores a table they never selected. Returns
-    /// whether the sink was told.
-    async fn renamed(
-        &mut self,
-        from: TableId,
-        schema: Arc<TableSchema>,
-        batch: &mut Batch,
-    ) -> Result<bool, RunError> {
-        let to = schema.id.clone();
-        let partition_of = &schema.partition_of;
-        match (
-            self.selected(&from, partition_of),
-            self.filter.selects(&to, partition_of),
-        ) {
-            (_, true) => {
-                tracing::info!(from = %from, to = %to, "table renamed on the source");
-                self.excluded.remove(&to);
-                self.replicated.remove(&from);
-                self.replicated.insert(to.clone());
-                self.sink.rename_table(&from, &schema).await?;
-                if let Some(position) = self.skip_before.remove(&from) {
-                    self.skip_before.insert(to.clone(), position);
-                }
-                // A held table stays held under its new name (its target table follows).
-                if self.held.remove(&from) {
-                    self.held.insert(to.clone());
-                }
-                batch.renamed.push((from, to));
-                Ok(true)
-            }
-            (true, false) => Err(RunError::RenamedOut { from, to }),
-            (false, false) => {
-                self.excluded.insert(to);
-                Ok(false)
-            }
-        }
-    }
-
-    /// Shows `message` in the status (once) and logs it.
-    fn warn(&self, message: String) {
-        tracing::warn!(warning = %message, "source warning");
-        self.status.update(|s| {
-            if !s.warnings.contains(&message) {
-                s.warnings.push(message);
-            }
         });
     }
 

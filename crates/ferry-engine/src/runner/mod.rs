@@ -118,12 +118,12 @@ pub(crate) enum RunError {
     /// only with the table's next change, or the new table was not replicated before
     /// ([`checks`]), so the new table's changes could reach the old one's target table.
     #[error(
-        "table {table} was renamed to {renamed_to} on the source and {other} was renamed to \
+        "table {table} was renamed to {renamed_to} on the source and {other} took the name \
          {table} while the changefeed was not streaming (a swap). The target table {table} \
          holds the old table's rows until the stream reaches their rename, and the new \
          table's changes could reach it first; Ferry stops before writing either table. \
-         Delete the changefeed and create it again with `options.existing_target: truncate` \
-         (every table is copied anew), or exclude {exclude} in `tables` (their target tables \
+         Delete the changefeed and create it again with `snapshot: initial` and \
+         `options.existing_target: truncate` (every table is copied anew), or exclude {exclude} in `tables` (their target tables \
          are kept as they are and get no further changes) and resume",
         table = .names.0,
         renamed_to = .names.1

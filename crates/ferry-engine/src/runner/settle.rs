@@ -142,6 +142,11 @@ impl Applier {
             return Ok(());
         };
         let end = &sealed.end;
+        for (from, to) in std::mem::take(&mut sealed.renamed) {
+            // Durable on the target, and recorded before the checkpoint passes the rename:
+            // a crash in between reads the rename again, which renames nothing again.
+            (self.on_renamed)(&from, &to)?;
+        }
         // Durable, then saved, then acknowledged: never reorder.
         if let Some(save) = &self.save_checkpoint {
             save(end)?;
@@ -158,11 +163,6 @@ impl Applier {
         self.confirm(end);
         if let Some(first) = self.on_first_commit.take() {
             first();
-        }
-        for (from, to) in std::mem::take(&mut sealed.renamed) {
-            // Durable on the target: a crash before this line finds it renamed there, and
-            // the stream's next announcement of the table renames nothing again.
-            (self.on_renamed)(&from, &to)?;
         }
         let caught_up = self.events.is_empty() && self.sealed.is_empty();
         let per_table = sealed.counts.per_table();

@@ -69,6 +69,8 @@ pub(crate) enum TableNote<'a> {
     Dropped(&'a TableId),
     /// Created again before the position its copy was read at: nothing to do.
     Copied(&'a TableId),
+    /// A table followed by a rename took the name: not one created after a drop.
+    Taken(&'a TableId),
 }
 
 /// Records `note` in `state`.
@@ -81,7 +83,9 @@ pub(crate) fn note(state: &mut RuntimeState, note: TableNote<'_>) {
                 state.recreated.push(table.clone());
             }
         }
-        TableNote::Copied(table) => state.stream_dropped.retain(|t| t != table),
+        TableNote::Copied(table) | TableNote::Taken(table) => {
+            state.stream_dropped.retain(|t| t != table)
+        }
         TableNote::Dropped(table) => {
             if !state.stream_dropped.contains(table) {
                 state.stream_dropped.push(table.clone());
@@ -92,16 +96,30 @@ pub(crate) fn note(state: &mut RuntimeState, note: TableNote<'_>) {
 
 /// Planned tables the stream read the drop of before this start and that a selected table
 /// (`(source id, name, rows)`) has the name of again: created again after the drop, while
-/// the changefeed was behind. Forgets the drops read (a table still gone is one the
-/// selection no longer has, sorted by [`sort_gone`]).
+/// the changefeed was paused, stopped or behind. Not a table known under another planned
+/// name (renamed to it: the stream follows that rename), and not a held table (resuming it
+/// copies it). Forgets the drops read (a table still gone is one the selection no longer
+/// has, sorted by [`sort_gone`]).
 pub(crate) fn created_again(
     state: &mut RuntimeState,
     selected: &[(u32, TableId, u64)],
 ) -> Vec<TableId> {
-    std::mem::take(&mut state.stream_dropped)
+    let new_under = |table: &TableId| {
+        selected.iter().any(|(id, name, _)| {
+            name == table
+                && state
+                    .source_ids
+                    .get(id)
+                    .is_none_or(|known| known == name || !planned(state, known))
+        })
+    };
+    let read = state.stream_dropped.clone();
+    let again = read
         .into_iter()
-        .filter(|t| planned(state, t) && selected.iter().any(|(_, name, _)| name == t))
-        .collect()
+        .filter(|t| planned(state, t) && !state.is_held(t) && new_under(t))
+        .collect();
+    state.stream_dropped.clear();
+    again
 }
 
 /// A table dropped on the source whose last changes may still be unread.
@@ -358,8 +376,6 @@ pub(crate) fn rename(state: &mut RuntimeState, from: &TableId, to: &TableId) {
             *table = to.clone();
         }
     }
-    // The stream followed a table to the name: it is not one created after a drop.
-    state.stream_dropped.retain(|t| t != to);
 }
 
 /// The marker of an added table's copy, if it is done.

@@ -68,21 +68,33 @@ fn tokens(sql: &str) -> Vec<Token> {
                     }
                 }
             }
-            '`' => {
-                let mut name = String::new();
+            // A `quoted` identifier; "…" is one too under ANSI_QUOTES, and otherwise a
+            // string, which no table name position holds. A '…' string is one token, so
+            // that words inside it (`COMMENT 'rename to b'`) are never read as SQL.
+            quote @ ('`' | '"' | '\'') => {
+                let mut text = String::new();
                 while let Some(c) = chars.next() {
-                    if c == '`' {
-                        if chars.peek() == Some(&'`') {
+                    if c == '\\' && quote != '`' {
+                        // A backslash escape inside a string.
+                        if let Some(escaped) = chars.next() {
+                            text.push(escaped);
+                        }
+                    } else if c == quote {
+                        if chars.peek() == Some(&quote) {
                             chars.next();
-                            name.push('`');
+                            text.push(quote);
                         } else {
                             break;
                         }
                     } else {
-                        name.push(c);
+                        text.push(c);
                     }
                 }
-                out.push(Token::Quoted(name));
+                out.push(if quote == '\'' {
+                    Token::Punct('\'')
+                } else {
+                    Token::Quoted(text)
+                });
             }
             c if c.is_alphanumeric() || c == '_' || c == '$' => {
                 let mut word = c.to_string();
@@ -321,6 +333,19 @@ mod tests {
             Ddl::Drop(vec![t("shop", "a")])
         );
         assert_eq!(classify("DROP TEMPORARY TABLE a", "shop"), Ddl::Other);
+        // Words inside strings are not SQL; "…" names a table under ANSI_QUOTES.
+        assert_eq!(
+            classify("ALTER TABLE a COMMENT 'it''s a \\' rename to b'", "shop"),
+            Ddl::Alter(t("shop", "a"))
+        );
+        assert_eq!(
+            classify("ALTER TABLE a COMMENT \"rename to b\"", "shop"),
+            Ddl::Alter(t("shop", "a"))
+        );
+        assert_eq!(
+            classify(r#"RENAME TABLE "shop"."a" TO "b""c""#, "x"),
+            Ddl::Rename(vec![(t("shop", "a"), t("x", "b\"c"))])
+        );
         assert_eq!(
             classify("DROP DATABASE shop", "x"),
             Ddl::DropDatabase("shop".into())

@@ -245,7 +245,7 @@ fn a_table_dropped_in_the_stream_and_found_again_is_copied_again() {
     note(&mut state, TableNote::Dropped(&t("a")));
     note(&mut state, TableNote::Dropped(&t("b")));
     note(&mut state, TableNote::Recreated(&t("a")));
-    rename(&mut state, &t("x"), &t("b"));
+    note(&mut state, TableNote::Taken(&t("b")));
     assert!(state.stream_dropped.is_empty());
     note(&mut state, TableNote::Dropped(&t("c")));
     note(&mut state, TableNote::Copied(&t("c")));
@@ -300,4 +300,30 @@ fn swaps_are_found_before_ids_are_recorded() {
         find_swaps(&state, &[(1, t("a_old"), 1), (2, t("a"), 1)]),
         vec![]
     );
+}
+
+#[test]
+fn a_table_renamed_to_a_dropped_name_or_held_is_not_created_again() {
+    let mut state = RuntimeState {
+        plan: vec![
+            single_chunk_plan(t("a"), 1),
+            single_chunk_plan(t("b"), 1),
+            single_chunk_plan(t("c"), 1),
+        ],
+        held: vec![HeldTable {
+            table: t("c"),
+            error: None,
+        }],
+        ..Default::default()
+    };
+    track_renames(
+        &mut state,
+        &[(1, t("a"), 1), (2, t("b"), 1), (3, t("c"), 1)],
+    );
+    note(&mut state, TableNote::Dropped(&t("a")));
+    note(&mut state, TableNote::Dropped(&t("c")));
+    // b renamed to a (the stream follows it), c dropped and created again while held.
+    let selected = [(2, t("a"), 1), (4, t("c"), 1)];
+    assert!(created_again(&mut state, &selected).is_empty());
+    assert!(state.stream_dropped.is_empty());
 }
