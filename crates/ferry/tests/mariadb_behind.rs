@@ -421,6 +421,43 @@ fn a_table_renamed_then_dropped_and_created_while_paused_is_copied_again() {
     }
 }
 
+/// The stream reads a table's `DROP` and the changefeed is paused before the checkpoint
+/// passes it; while paused, another table is renamed to the dropped one's name. On resume
+/// the table is copied anew, and the stream, reading the `DROP` and the `RENAME` again,
+/// keeps writing its changes (it takes the rename for the table created again).
+#[test]
+fn a_table_renamed_into_a_dropped_name_keeps_receiving_changes() {
+    let setup = Setup::start();
+    setup.source.sql(
+        "CREATE TABLE shop.a (id int PRIMARY KEY, v varchar(20));
+         CREATE TABLE shop.other (id int PRIMARY KEY, v varchar(20));
+         INSERT INTO shop.a VALUES (1, 'old'), (2, 'old');",
+    );
+    // shop.other's copy keeps the stream's start at the checkpoint, before the DROP.
+    setup.create();
+    setup.source.sql("DROP TABLE shop.a;");
+    ferry_testkit::wait_for("the drop read", MINUTE, || {
+        setup.status()["warnings"]
+            .to_string()
+            .contains("table shop.a was dropped on the source")
+    });
+    setup.act("pause");
+    setup.wait_state("paused");
+    setup.source.sql(
+        "CREATE TABLE shop.x (id int PRIMARY KEY, v varchar(20));
+         INSERT INTO shop.x VALUES (7, 'new');
+         RENAME TABLE shop.x TO shop.a;",
+    );
+    setup.act("resume");
+    setup.wait_synced();
+    setup.source.sql("INSERT INTO shop.a VALUES (8, 'later');");
+    setup.wait_synced();
+    let (source, target) = setup.rows("shop.a");
+    assert_eq!(source, "7|new\n8|later");
+
+    assert_eq!(target, source, "{}", setup.ferry.log());
+}
+
 /// The target's tables of `shop` with their rows, `table:id|v;…` per table.
 fn swap_contents(setup: &Setup) -> String {
     let names = setup.target.psql(

@@ -73,7 +73,15 @@ impl MyStream {
             }
             Ddl::Rename(renames) => {
                 for (from, to) in renames {
-                    if !self.rename(from, to, events).await {
+                    // A table this stream does not read took the name of a replicated table
+                    // it saw dropped: that table, created again.
+                    let sent = if !self.tables.contains_key(&from) && self.dropped.contains_key(&to)
+                    {
+                        self.recreate(to, tx.gtid, events).await
+                    } else {
+                        self.rename(from, to, events).await
+                    };
+                    if !sent {
                         return Ok(false);
                     }
                 }
