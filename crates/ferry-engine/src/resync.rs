@@ -60,6 +60,7 @@ impl Engine {
             });
         }
         copies_or_refuse(&self.config(namespace, id)?)?;
+        let all = tables.is_none();
         let tables = match tables {
             Some(tables) => tables,
             None => tables::planned_tables(&runtime),
@@ -76,6 +77,7 @@ impl Engine {
         }
         // The task reads and writes this state: it stops first, and starts again after.
         let running = self.with_feed(namespace, id, |f| f.task.is_some())?;
+        let before = runtime.clone();
         if running {
             self.stop_task(&key).await;
             // What the task recorded until it stopped (renames, drops it read) is kept.
@@ -84,6 +86,15 @@ impl Engine {
                 .get(Collection::ChangefeedState, &key)?
                 .unwrap_or_default();
         }
+        // A table the task followed to a new name as it stopped: re-synced under that name.
+        let tables = if all {
+            tables::planned_tables(&runtime)
+        } else {
+            tables
+                .into_iter()
+                .map(|t| tables::renamed_to(&before, &runtime, t))
+                .collect()
+        };
         for table in &tables {
             if !runtime.resync.contains(table) {
                 runtime.resync.push(table.clone());

@@ -94,8 +94,19 @@ impl Engine {
                 .meta
                 .get(Collection::ChangefeedState, &key)?
                 .unwrap_or_default();
+            if !tables::planned(&state, table) {
+                // Renamed on the source as the task stopped: nothing done, it runs on.
+                self.with_feed(namespace, id, |f| {
+                    f.task = Some(self.spawn(&f.config, &f.status));
+                })?;
+                return Err(EngineError::TableNotFound(format!(
+                    "{table} in changefeed {id}: renamed on the source just now (list the \
+                     changefeed's tables again)"
+                )));
+            }
         }
         match action {
+            TableAction::Pause if state.is_held(table) => {}
             TableAction::Pause => state.held.push(HeldTable {
                 table: table.clone(),
                 error: None,

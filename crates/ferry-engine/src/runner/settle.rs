@@ -143,8 +143,9 @@ impl Applier {
         };
         let end = &sealed.end;
         for (from, to) in std::mem::take(&mut sealed.renamed) {
-            // Durable on the target, and recorded before the checkpoint passes the rename:
-            // a crash in between reads the rename again, which renames nothing again.
+            // Durable on the target, and recorded before a checkpoint Ferry saves itself
+            // passes the rename: a crash in between reads the rename again (a plain rename
+            // then renames nothing again; a swap read again is not covered).
             (self.on_renamed)(&from, &to)?;
         }
         // Durable, then saved, then acknowledged: never reorder.

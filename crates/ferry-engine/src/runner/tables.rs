@@ -349,6 +349,18 @@ pub(crate) fn sort_gone(
     recreated
 }
 
+/// The name `table` of `before` has in `after` (a later state of the same changefeed):
+/// another when the stream followed a rename of it in between.
+pub(crate) fn renamed_to(before: &RuntimeState, after: &RuntimeState, table: TableId) -> TableId {
+    before
+        .source_ids
+        .iter()
+        .find(|(_, name)| **name == table)
+        .and_then(|(id, _)| after.source_ids.get(id))
+        .cloned()
+        .unwrap_or(table)
+}
+
 /// Records that the target table `from` is now `to` (the source renamed it).
 pub(crate) fn rename(state: &mut RuntimeState, from: &TableId, to: &TableId) {
     for plan in &mut state.plan {

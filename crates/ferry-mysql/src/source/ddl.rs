@@ -74,8 +74,9 @@ fn tokens(sql: &str) -> Vec<Token> {
             quote @ ('`' | '"' | '\'') => {
                 let mut text = String::new();
                 while let Some(c) = chars.next() {
-                    if c == '\\' && quote != '`' {
-                        // A backslash escape inside a string.
+                    if c == '\\' && quote == '\'' {
+                        // A backslash escape inside a string (not under NO_BACKSLASH_ESCAPES,
+                        // which this reader does not know).
                         if let Some(escaped) = chars.next() {
                             text.push(escaped);
                         }

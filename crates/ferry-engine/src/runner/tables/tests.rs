@@ -327,3 +327,14 @@ fn a_table_renamed_to_a_dropped_name_or_held_is_not_created_again() {
     assert!(created_again(&mut state, &selected).is_empty());
     assert!(state.stream_dropped.is_empty());
 }
+
+#[test]
+fn a_name_is_followed_to_the_one_a_later_state_has() {
+    let mut before = RuntimeState::default();
+    track_renames(&mut before, &[(1, t("a"), 1), (2, t("b"), 1)]);
+    let mut after = before.clone();
+    after.source_ids.insert(1, t("a2"));
+    assert_eq!(renamed_to(&before, &after, t("a")), t("a2"));
+    assert_eq!(renamed_to(&before, &after, t("b")), t("b"));
+    assert_eq!(renamed_to(&before, &after, t("z")), t("z"));
+}
