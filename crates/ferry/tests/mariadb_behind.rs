@@ -56,8 +56,7 @@ fn rows_written_while_behind_decode_with_the_shape_at_their_position() {
     );
 
     // Paused: the stream stops reading the binlog.
-    setup.act("pause");
-    setup.wait_state("paused");
+    setup.pause();
     setup.source.sql(
         "SET NAMES utf8mb4;
          ALTER TABLE shop.items ADD COLUMN tmp int NULL;
@@ -135,8 +134,7 @@ fn a_table_renamed_while_behind_keeps_the_rows_written_under_its_old_name() {
     );
     assert_eq!(code, 201, "{body}");
     setup.wait_synced();
-    setup.act("pause");
-    setup.wait_state("paused");
+    setup.pause();
     setup.source.sql(
         "INSERT INTO shop.items VALUES (3, 3);
          UPDATE shop.items SET v = 10 WHERE id = 1;
@@ -181,8 +179,7 @@ fn a_table_dropped_while_behind_keeps_its_last_changes() {
          INSERT INTO shop.again VALUES (1, 'old'), (2, 'old');",
     );
     setup.create();
-    setup.act("pause");
-    setup.wait_state("paused");
+    setup.pause();
     setup.source.sql(
         r#"INSERT INTO shop.gone VALUES (2, 'last', '{"a": [1, 2]}'), (3, 'words', NULL);
            UPDATE shop.gone SET v = 'updated' WHERE id = 1;
@@ -225,8 +222,7 @@ fn a_table_dropped_while_behind_keeps_its_last_changes() {
         .source
         .sql("INSERT INTO shop.kept VALUES (2, 'later');");
     setup.wait_synced();
-    setup.act("pause");
-    setup.wait_state("paused");
+    setup.pause();
     setup.act("resume");
     setup.wait_synced();
     ferry_testkit::wait_for("shop.gone released", Duration::from_secs(60), || {
@@ -337,8 +333,7 @@ fn a_table_dropped_before_a_pause_and_created_during_it_is_copied_again() {
         .sql("DROP TABLE shop.again; INSERT INTO shop.other VALUES (2, 'after');");
     setup.wait_synced();
     setup.assert_warned("table shop.again was dropped on the source");
-    setup.act("pause");
-    setup.wait_state("paused");
+    setup.pause();
     setup.source.sql(
         "CREATE TABLE shop.again (id int PRIMARY KEY, v varchar(20));
          INSERT INTO shop.again VALUES (7, 'new');",
@@ -368,8 +363,7 @@ fn a_table_dropped_before_a_pause_and_created_during_it_is_copied_again() {
     assert_eq!(source, "9|new");
     assert_eq!(target, source, "{}", setup.ferry.log());
     // Copied once: a later start finds nothing more to copy again.
-    setup.act("pause");
-    setup.wait_state("paused");
+    setup.pause();
     setup.act("resume");
     setup.wait_synced();
     assert_eq!(setup.rows("shop.other").1, "9|new");
@@ -396,8 +390,7 @@ fn a_table_renamed_then_dropped_and_created_while_paused_is_copied_again() {
         );
         setup.wait_synced();
         setup.assert_warned("table shop.t was dropped on the source");
-        setup.act("pause");
-        setup.wait_state("paused");
+        setup.pause();
         setup.source.sql(
             "CREATE TABLE shop.t (id int PRIMARY KEY, v varchar(20));
              INSERT INTO shop.t VALUES (7, 'new');",
@@ -441,8 +434,7 @@ fn a_table_renamed_into_a_dropped_name_keeps_receiving_changes() {
             .to_string()
             .contains("table shop.a was dropped on the source")
     });
-    setup.act("pause");
-    setup.wait_state("paused");
+    setup.pause();
     setup.source.sql(
         "CREATE TABLE shop.x (id int PRIMARY KEY, v varchar(20));
          INSERT INTO shop.x VALUES (7, 'new');
@@ -498,8 +490,7 @@ fn swap_while_paused(tables: &[&str]) -> (Setup, String) {
     );
     assert_eq!(code, 201, "{body}");
     setup.wait_synced();
-    setup.act("pause");
-    setup.wait_state("paused");
+    setup.pause();
     setup.source.sql(
         "INSERT INTO shop.a VALUES (4, 'old, paused');
          INSERT INTO shop.a_new VALUES (3, 'new, paused');

@@ -113,16 +113,10 @@ fn renamed_tables_are_followed_or_stop_the_changefeed() {
     assert_eq!(tables(&pair), "arch.orders_v4,public.other");
 
     // Excluding the old name too: the target table is kept as it was, the rest streams.
-    let (code, body) = pair.ferry.request(
-        "PUT",
-        "/api/v2/changefeeds/cf",
-        Some(
-            json!({"tables": ["public.*", "arch.*", "!public.secret_*", "!arch.orders_v4"]})
-                .to_string()
-                .as_bytes(),
-        ),
+    update(
+        &pair,
+        json!({"tables": ["public.*", "arch.*", "!public.secret_*", "!arch.orders_v4"]}),
     );
-    assert_eq!(code, 200, "{body}");
     pair.act("cf", "resume");
     pair.source.psql("shop", "INSERT INTO other VALUES (2)");
     pair.wait_synced("cf", MINUTE);
@@ -259,16 +253,10 @@ fn a_swap_with_an_unreplicated_table_stops_before_writing() {
     );
     assert_eq!(contents(&pair), before, "{}", pair.ferry.log());
 
-    let (code, body) = pair.ferry.request(
-        "PUT",
-        "/api/v2/changefeeds/cf",
-        Some(
-            json!({"tables": ["public.a*", "!public.a_new", "!public.a", "!public.a_old"]})
-                .to_string()
-                .as_bytes(),
-        ),
+    update(
+        &pair,
+        json!({"tables": ["public.a*", "!public.a_new", "!public.a", "!public.a_old"]}),
     );
-    assert_eq!(code, 200, "{body}");
     pair.act("cf", "resume");
     pair.source.psql("shop", "INSERT INTO ab VALUES (1, 'ab')");
     pair.wait_synced("cf", MINUTE);
@@ -279,4 +267,14 @@ fn a_swap_with_an_unreplicated_table_stops_before_writing() {
         "{}",
         pair.ferry.log()
     );
+}
+
+/// Updates changefeed `cf` (paused or failed) with `body`.
+fn update(pair: &Pair, body: serde_json::Value) {
+    let (code, body) = pair.ferry.request(
+        "PUT",
+        "/api/v2/changefeeds/cf",
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(code, 200, "{body}");
 }

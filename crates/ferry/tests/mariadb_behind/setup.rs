@@ -86,6 +86,12 @@ impl Setup {
         assert_eq!(code, 200, "{action}: {body}");
     }
 
+    /// Pauses the changefeed and waits until it is paused.
+    pub(crate) fn pause(&self) {
+        self.act("pause");
+        self.wait_state("paused");
+    }
+
     pub(crate) fn wait_state(&self, state: &str) {
         let deadline = Instant::now() + MINUTE;
         while self.status()["state"] != json!(state) {
