@@ -280,6 +280,25 @@ fn while_streaming_renames_and_drops_are_followed() {
     setup.assert_warned("table shop.gone was dropped on the source");
     setup.assert_warned("table shop.again was dropped and created again on the source");
     assert_eq!(setup.status()["state"], json!("running"));
+
+    // A rename under ANSI_QUOTES is read with the session's sql_mode, which the binlog
+    // keeps with it: recognized, not left to the InnoDB-id net.
+    setup.source.sql(
+        r#"SET SESSION sql_mode = 'ANSI_QUOTES';
+           RENAME TABLE "shop"."goods" TO "shop"."wares";
+           SET SESSION sql_mode = DEFAULT;
+           INSERT INTO shop.wares VALUES (3, 3);"#,
+    );
+    setup.wait_synced();
+    let (source, target) = setup.rows("shop.wares");
+    assert_eq!(source, "1|10\n2|2\n3|3");
+    assert_eq!(target, source, "{}", setup.ferry.log());
+    let log = setup.ferry.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("did not recognize") && l.contains("to=shop.wares")),
+        "{log}"
+    );
 }
 
 /// A changefeed that copies nothing (`snapshot: never`) cannot replace a target table's rows

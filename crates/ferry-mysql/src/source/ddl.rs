@@ -38,7 +38,50 @@ enum Token {
     Punct(char),
 }
 
-fn tokens(sql: &str) -> Vec<Token> {
+/// How the session that ran a statement reads quotes: its `sql_mode`, which the binlog
+/// records with the statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Quoting {
+    /// A backslash escapes the next character in a string (unless `NO_BACKSLASH_ESCAPES`).
+    pub(crate) backslash_escapes: bool,
+    /// `"…"` is an identifier, not a string (`ANSI_QUOTES`).
+    pub(crate) ansi_quotes: bool,
+}
+
+impl Default for Quoting {
+    fn default() -> Self {
+        Quoting {
+            backslash_escapes: true,
+            ansi_quotes: false,
+        }
+    }
+}
+
+impl Quoting {
+    /// The quoting of the session that ran `query` (the server's default when the event
+    /// does not say).
+    pub(crate) fn of(query: &mysql_common::binlog::events::QueryEvent<'_>) -> Quoting {
+        use mysql_common::binlog::consts::StatusVarKey;
+        use mysql_common::binlog::events::StatusVarVal;
+        use mysql_common::constants::SqlMode;
+        let mode = query
+            .status_vars()
+            .get_status_var(StatusVarKey::SqlMode)
+            .and_then(|var| match var.get_value() {
+                Ok(StatusVarVal::SqlMode(mode)) => Some(mode.get()),
+                _ => None,
+            });
+        match mode {
+            Some(mode) => Quoting {
+                backslash_escapes: !mode.contains(SqlMode::MODE_NO_BACKSLASH_ESCAPES),
+                ansi_quotes: mode.contains(SqlMode::MODE_ANSI_QUOTES),
+            },
+            None => Quoting::default(),
+        }
+    }
+}
+
+fn tokens(sql: &str, quoting: Quoting) -> Vec<Token> {
     let mut out = Vec::new();
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -68,15 +111,14 @@ fn tokens(sql: &str) -> Vec<Token> {
                     }
                 }
             }
-            // A `quoted` identifier; "…" is one too under ANSI_QUOTES, and otherwise a
-            // string, which no table name position holds. A '…' string is one token, so
+            // A `quoted` identifier, or "…" under ANSI_QUOTES; else a string, one token, so
             // that words inside it (`COMMENT 'rename to b'`) are never read as SQL.
             quote @ ('`' | '"' | '\'') => {
+                let identifier = quote == '`' || (quote == '"' && quoting.ansi_quotes);
+                let escapes = !identifier && quoting.backslash_escapes;
                 let mut text = String::new();
                 while let Some(c) = chars.next() {
-                    if c == '\\' && quote == '\'' {
-                        // A backslash escape inside a string (not under NO_BACKSLASH_ESCAPES,
-                        // which this reader does not know).
+                    if c == '\\' && escapes {
                         if let Some(escaped) = chars.next() {
                             text.push(escaped);
                         }
@@ -91,10 +133,10 @@ fn tokens(sql: &str) -> Vec<Token> {
                         text.push(c);
                     }
                 }
-                out.push(if quote == '\'' {
-                    Token::Punct('\'')
-                } else {
+                out.push(if identifier {
                     Token::Quoted(text)
+                } else {
+                    Token::Punct(quote)
                 });
             }
             c if c.is_alphanumeric() || c == '_' || c == '$' => {
@@ -170,9 +212,9 @@ impl Cursor<'_> {
     }
 }
 
-/// What `sql`, run with default database `database`, does to tables.
-pub(crate) fn classify(sql: &str, database: &str) -> Ddl {
-    let tokens = tokens(sql);
+/// What `sql`, run with default database `database` and `quoting`, does to tables.
+pub(crate) fn classify(sql: &str, database: &str, quoting: Quoting) -> Ddl {
+    let tokens = tokens(sql, quoting);
     let mut c = Cursor {
         tokens: &tokens,
         at: 0,
@@ -282,6 +324,10 @@ mod tests {
         TableId::new(s, n)
     }
 
+    fn classify(sql: &str, database: &str) -> Ddl {
+        super::classify(sql, database, Quoting::default())
+    }
+
     #[test]
     fn statements_that_touch_tables() {
         assert_eq!(
@@ -343,10 +389,27 @@ mod tests {
             classify("ALTER TABLE a COMMENT \"rename to b\"", "shop"),
             Ddl::Alter(t("shop", "a"))
         );
+        let ansi = Quoting {
+            ansi_quotes: true,
+            ..Quoting::default()
+        };
         assert_eq!(
-            classify(r#"RENAME TABLE "shop"."a" TO "b""c""#, "x"),
-            Ddl::Rename(vec![(t("shop", "a"), t("x", "b\"c"))])
+            super::classify(r#"RENAME TABLE "shop"."a" TO "b""c\d""#, "x", ansi),
+            Ddl::Rename(vec![(t("shop", "a"), t("x", "b\"c\\d"))])
         );
+        // Without ANSI_QUOTES "…" is a string: no table.
+        assert_eq!(classify(r#"RENAME TABLE "a" TO "b""#, "x"), Ddl::Other);
+        // Under NO_BACKSLASH_ESCAPES a backslash ends nothing: the RENAME after is read.
+        let literal = Quoting {
+            backslash_escapes: false,
+            ..Quoting::default()
+        };
+        let sql = r"ALTER TABLE a COMMENT 'C:\', RENAME TO b";
+        assert_eq!(
+            super::classify(sql, "shop", literal),
+            Ddl::Rename(vec![(t("shop", "a"), t("shop", "b"))])
+        );
+        assert_eq!(classify(sql, "shop"), Ddl::Alter(t("shop", "a")));
         assert_eq!(
             classify("DROP DATABASE shop", "x"),
             Ddl::DropDatabase("shop".into())

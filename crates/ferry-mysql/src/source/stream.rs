@@ -343,7 +343,8 @@ impl MyStream {
                     } else {
                         let database = query.schema().to_string();
                         if let Some(open) = tx.as_mut() {
-                            if !self.ddl(&sql, &database, open, events).await? {
+                            let quoting = super::ddl::Quoting::of(&query);
+                            if !self.ddl(&sql, &database, quoting, open, events).await? {
                                 return Ok(());
                             }
                         }

@@ -53,10 +53,11 @@ impl MyStream {
         &mut self,
         sql: &str,
         database: &str,
+        quoting: ddl::Quoting,
         tx: &mut Tx,
         events: &EventSender,
     ) -> Result<bool, SourceError> {
-        match ddl::classify(sql, database) {
+        match ddl::classify(sql, database, quoting) {
             Ddl::Truncate(id) => {
                 let Some(tracked) = self.tables.get(&id) else {
                     return Ok(true);
