@@ -123,8 +123,9 @@ pub(crate) enum RunError {
          holds the old table's rows until the stream reaches their rename, and the new \
          table's changes could reach it first; Ferry stops before writing either table. \
          Delete the changefeed and create it again with `snapshot: initial` and \
-         `options.existing_target: truncate` (every table is copied anew), or exclude {exclude} in `tables` (their target tables \
-         are kept as they are and get no further changes) and resume",
+         `options.existing_target: truncate` (every table is copied anew), or exclude \
+         {exclude} in `tables` (their target tables are kept as they are and get no further \
+         changes) and resume",
         table = .names.0,
         renamed_to = .names.1
     )]

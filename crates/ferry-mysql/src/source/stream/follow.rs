@@ -88,14 +88,7 @@ impl MyStream {
                 }
                 Ok(true)
             }
-            Ddl::Drop(ids) => {
-                for id in ids {
-                    if !self.drop_table(id, events).await {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
+            Ddl::Drop(ids) => Ok(self.drop_tables(ids, events).await),
             Ddl::DropDatabase(database) => {
                 let ids: Vec<TableId> = self
                     .tables
@@ -103,12 +96,7 @@ impl MyStream {
                     .filter(|id| id.schema == database)
                     .cloned()
                     .collect();
-                for id in ids {
-                    if !self.drop_table(id, events).await {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
+                Ok(self.drop_tables(ids, events).await)
             }
             Ddl::Create { table, replace } => {
                 if replace && !self.drop_table(table.clone(), events).await {
@@ -136,6 +124,16 @@ impl MyStream {
             }
             Ddl::Other => Ok(true),
         }
+    }
+
+    /// Follows the drop of each of `ids`; `false` when the receiver is gone.
+    async fn drop_tables(&mut self, ids: Vec<TableId>, events: &EventSender) -> bool {
+        for id in ids {
+            if !self.drop_table(id, events).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Follows `DROP TABLE id`: stops reading the table (until a table is created under
