@@ -88,6 +88,16 @@ fn kill_9_during_a_large_snapshot_copies_finished_chunks_once() {
         at_kill[0], at_kill[1], WORKERS
     );
     report.assert_identical();
+    // The copy worker that loaded the last chunk built the key, or the restart did.
+    assert_eq!(
+        pair.target.psql(
+            "analytics",
+            "SELECT count(*) FROM pg_index WHERE indrelid = 'public.big'::regclass \
+             AND indisprimary AND indisvalid"
+        ),
+        "1",
+        "the copied table has its primary key"
+    );
     assert!(
         at_kill[1] < chunks,
         "the second kill landed after the snapshot: make the table larger"

@@ -100,7 +100,7 @@ impl Runner {
             .map(|c| (c.table, c.chunk))
             .collect();
         let mut work = VecDeque::new();
-        for plan in &state.plan {
+        for plan in largest_first(&state.plan) {
             let Some(schema) = schemas.get(&plan.table) else {
                 continue;
             };
@@ -248,6 +248,11 @@ impl Runner {
         let started = std::time::Instant::now();
         let total_chunks = work.len();
         let workers = self.config.options.snapshot_workers.min(work.len()).max(1);
+        let mut unfinished: HashMap<TableId, usize> = HashMap::new();
+        for job in &work {
+            *unfinished.entry(job.schema.id.clone()).or_default() += 1;
+        }
+        let unfinished = Arc::new(Mutex::new(unfinished));
         let work = Arc::new(Mutex::new(work));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..workers {
@@ -258,6 +263,7 @@ impl Runner {
                 export: export.clone(),
                 format,
                 work: work.clone(),
+                unfinished: unfinished.clone(),
                 status: self.status.clone(),
                 metrics: self.metrics.clone(),
             };
@@ -293,6 +299,9 @@ struct SnapshotWorker {
     /// `None`: rows.
     format: Option<BulkFormat>,
     work: Arc<Mutex<VecDeque<ChunkJob>>>,
+    /// Chunks of each table not copied yet: the worker that copies a table's last one
+    /// finishes the table (builds its key) while the others go on copying.
+    unfinished: Arc<Mutex<HashMap<TableId, usize>>>,
     status: StatusCell,
     metrics: FeedMetrics,
 }
@@ -348,6 +357,15 @@ impl SnapshotWorker {
                 .copy_chunk(&job.schema, job.chunk.index, &snapshot, job.replace, data)
                 .await?;
             rows += n;
+            let last = {
+                let mut unfinished = self.unfinished.lock().expect("unfinished lock");
+                let left = unfinished.entry(job.schema.id.clone()).or_insert(1);
+                *left -= 1;
+                *left == 0
+            };
+            if last {
+                sink.finish_table(&job.schema).await?;
+            }
             self.status.update(|s| {
                 if let Some(t) = table_entry(&mut s.tables, &job.schema.id) {
                     t.rows_copied += n;
@@ -369,6 +387,15 @@ fn bulk_format(allowed: bool, source: &[BulkFormat], sink: &[BulkFormat]) -> Opt
         return None;
     }
     source.iter().find(|f| sink.contains(f)).copied()
+}
+
+/// `plans` in the order their chunks are copied: tables in more chunks first, so that the
+/// largest table's copy ends while the others are still copying and the worker that loads
+/// its last chunk builds its key meanwhile (instead of once every chunk is in).
+fn largest_first(plans: &[TablePlan]) -> Vec<&TablePlan> {
+    let mut plans: Vec<&TablePlan> = plans.iter().collect();
+    plans.sort_by_key(|plan| std::cmp::Reverse(plan.chunks.len()));
+    plans
 }
 
 /// The value bytes of a row, as the source's bytes-read metric counts them.
@@ -394,5 +421,26 @@ mod tests {
         assert_eq!(bulk_format(true, &[A], &[B]), None);
         assert_eq!(bulk_format(true, &[], &[A]), None);
         assert_eq!(bulk_format(false, &[A], &[A]), None);
+    }
+
+    #[test]
+    fn tables_in_more_chunks_are_copied_first_and_ties_keep_their_order() {
+        let plan = |name: &str, chunks: u32| TablePlan {
+            table: TableId::new("s", name),
+            key_column: None,
+            chunks: (0..chunks)
+                .map(|index| ChunkSpec {
+                    index,
+                    ..ChunkSpec::whole()
+                })
+                .collect(),
+            estimated_rows: 0,
+        };
+        let plans = [plan("a", 1), plan("b", 5), plan("c", 1), plan("d", 2)];
+        let order: Vec<&str> = largest_first(&plans)
+            .iter()
+            .map(|p| p.table.name.as_str())
+            .collect();
+        assert_eq!(order, ["b", "d", "a", "c"]);
     }
 }
