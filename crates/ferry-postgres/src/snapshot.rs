@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_core::{quote_ident, TableSchema};
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio_postgres::Client;
 
 use crate::catalog::SelectedTable;
@@ -269,8 +269,14 @@ async fn lock_for_read(
     }
 }
 
+/// Bytes gathered into one item of a bulk chunk, at most (as many rows as are ready).
+const GATHER_BYTES: usize = 256 << 10;
+
 /// `stream`, ended by a transient error once it has been silent for `timeout` while asked
-/// for its next item (time the consumer spends elsewhere does not count).
+/// for its next item (time the consumer spends elsewhere does not count). The server sends
+/// a message per row: the rows already received are gathered into items of up to
+/// [`GATHER_BYTES`], so the timer, the metrics and the sink handle one item per few
+/// thousand rows, not one per row.
 fn progress_bounded<S>(
     stream: S,
     timeout: Duration,
@@ -279,17 +285,44 @@ fn progress_bounded<S>(
 where
     S: Stream<Item = Result<Bytes, tokio_postgres::Error>>,
 {
-    let stream = Box::pin(stream);
-    futures::stream::unfold(Some(stream), move |stream| {
+    /// The stream while it has more; the error that ended a gathered item, still to send.
+    type State<S> = (Option<std::pin::Pin<Box<S>>>, Option<PgError>);
+    let state: State<S> = (Some(Box::pin(stream)), None);
+    futures::stream::unfold(state, move |(stream, failed)| {
         let what = what.clone();
         async move {
-            let mut stream = stream?;
-            match tokio::time::timeout(timeout, stream.next()).await {
-                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
-                Ok(Some(Err(e))) => Some((Err(PgError::new(what, e)), None)),
-                Ok(None) => None,
-                Err(_) => Some((Err(silent_source(timeout)), None)),
+            if let Some(e) = failed {
+                return Some((Err(e), (None, None)));
             }
+            let mut stream = stream?;
+            let first = match tokio::time::timeout(timeout, stream.next()).await {
+                Ok(Some(Ok(bytes))) => bytes,
+                Ok(Some(Err(e))) => return Some((Err(PgError::new(what, e)), (None, None))),
+                Ok(None) => return None,
+                Err(_) => return Some((Err(silent_source(timeout)), (None, None))),
+            };
+            let mut gathered: Option<bytes::BytesMut> = None;
+            while gathered.as_ref().map_or(first.len(), |g| g.len()) < GATHER_BYTES {
+                let next = match stream.next().now_or_never() {
+                    None => break,
+                    Some(next) => next,
+                };
+                let buffer = gathered.get_or_insert_with(|| {
+                    let mut buffer = bytes::BytesMut::with_capacity(GATHER_BYTES + first.len());
+                    buffer.extend_from_slice(&first);
+                    buffer
+                });
+                match next {
+                    Some(Ok(bytes)) => buffer.extend_from_slice(&bytes),
+                    Some(Err(e)) => {
+                        let bytes = buffer.split().freeze();
+                        return Some((Ok(bytes), (None, Some(PgError::new(what, e)))));
+                    }
+                    None => return Some((Ok(buffer.split().freeze()), (None, None))),
+                }
+            }
+            let bytes = gathered.map_or(first, |mut g| g.split().freeze());
+            Some((Ok(bytes), (Some(stream), None)))
         }
     })
 }
@@ -297,6 +330,39 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(i: usize) -> Bytes {
+        Bytes::from(format!("{i}\t{}\n", "x".repeat(i % 200)))
+    }
+
+    #[tokio::test]
+    async fn ready_rows_are_gathered_into_large_items_in_order() {
+        let rows: Vec<Bytes> = (0..20_000).map(row).collect();
+        let source = futures::stream::iter(rows.clone().into_iter().map(Ok));
+        let items: Vec<Bytes> = progress_bounded(source, Duration::from_secs(5), "t".into())
+            .map(|item| item.unwrap())
+            .collect()
+            .await;
+        assert_eq!(items.concat(), rows.concat());
+        assert!(items.len() < 20, "{} items", items.len());
+        assert!(items.iter().all(|i| i.len() < GATHER_BYTES + 300));
+    }
+
+    #[tokio::test]
+    async fn a_row_that_arrives_alone_is_passed_on_alone() {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, tokio_postgres::Error>>();
+        let mut items = Box::pin(progress_bounded(rx, Duration::from_secs(5), "t".into()));
+        tx.unbounded_send(Ok(row(1))).unwrap();
+        assert_eq!(items.next().await.unwrap().unwrap(), row(1));
+        tx.unbounded_send(Ok(row(2))).unwrap();
+        tx.unbounded_send(Ok(row(3))).unwrap();
+        assert_eq!(
+            items.next().await.unwrap().unwrap(),
+            [row(2), row(3)].concat()
+        );
+        drop(tx);
+        assert!(items.next().await.is_none());
+    }
     use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
 
     #[test]

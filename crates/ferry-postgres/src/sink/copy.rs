@@ -242,11 +242,16 @@ impl PgSink {
         while !ended {
             let sent = match data.next().await {
                 Some(Ok(bytes)) => {
-                    pending.extend_from_slice(&bytes);
-                    if pending.len() < COPY_MESSAGE_BYTES {
-                        continue;
-                    }
-                    let message = pending.split().freeze();
+                    // Large enough on its own (a source that gathers rows itself): as it is.
+                    let message = if pending.is_empty() && bytes.len() >= COPY_MESSAGE_BYTES / 2 {
+                        bytes
+                    } else {
+                        pending.extend_from_slice(&bytes);
+                        if pending.len() < COPY_MESSAGE_BYTES {
+                            continue;
+                        }
+                        pending.split().freeze()
+                    };
                     futures::SinkExt::feed(&mut sink, message)
                         .await
                         .map_err(fail)
