@@ -308,7 +308,8 @@ where
                     Some(next) => next,
                 };
                 let buffer = gathered.get_or_insert_with(|| {
-                    let mut buffer = bytes::BytesMut::with_capacity(GATHER_BYTES + first.len());
+                    // Grown as rows come: a few rows ready keep a small buffer alive.
+                    let mut buffer = bytes::BytesMut::with_capacity(4 * first.len().max(64));
                     buffer.extend_from_slice(&first);
                     buffer
                 });

@@ -255,6 +255,16 @@ impl Runner {
         let unfinished = Arc::new(Mutex::new(unfinished));
         let work = Arc::new(Mutex::new(work));
         let mut tasks = tokio::task::JoinSet::new();
+        let (copied, copied_rx) = tokio::sync::mpsc::unbounded_channel();
+        tasks.spawn(
+            KeyBuilder {
+                config: self.config.clone(),
+                connectors: self.connectors.clone(),
+                policy: self.target_policy(),
+                copied: copied_rx,
+            }
+            .run(),
+        );
         for _ in 0..workers {
             let job = SnapshotWorker {
                 config: self.config.clone(),
@@ -264,11 +274,14 @@ impl Runner {
                 format,
                 work: work.clone(),
                 unfinished: unfinished.clone(),
+                copied: copied.clone(),
                 status: self.status.clone(),
                 metrics: self.metrics.clone(),
             };
             tasks.spawn(job.run());
         }
+        // The builder ends once the last worker is done with its sender.
+        drop(copied);
         let mut rows = 0u64;
         while let Some(joined) = tasks.join_next().await {
             match joined {
@@ -300,8 +313,9 @@ struct SnapshotWorker {
     format: Option<BulkFormat>,
     work: Arc<Mutex<VecDeque<ChunkJob>>>,
     /// Chunks of each table not copied yet: the worker that copies a table's last one
-    /// finishes the table (builds its key) while the others go on copying.
+    /// hands the table to the [`KeyBuilder`] (on `copied`) and goes on copying.
     unfinished: Arc<Mutex<HashMap<TableId, usize>>>,
+    copied: tokio::sync::mpsc::UnboundedSender<Arc<TableSchema>>,
     status: StatusCell,
     metrics: FeedMetrics,
 }
@@ -364,7 +378,8 @@ impl SnapshotWorker {
                 *left == 0
             };
             if last {
-                sink.finish_table(&job.schema).await?;
+                // Gone only when the builder failed, whose error ends the copy.
+                let _ = self.copied.send(job.schema.clone());
             }
             self.status.update(|s| {
                 if let Some(t) = table_entry(&mut s.tables, &job.schema.id) {
@@ -380,6 +395,38 @@ impl SnapshotWorker {
     }
 }
 
+/// Finishes each table whose chunks are all copied (builds its key on the target), one at
+/// a time on a session of its own, while the workers go on copying: their source sessions
+/// never wait idle in their snapshot's transaction, and the target builds one key at a
+/// time. The main session's pass after the copy completes the tables (and builds any key
+/// not built here, e.g. of tables whose chunks were all copied before a restart).
+struct KeyBuilder {
+    config: ChangefeedConfig,
+    connectors: Arc<dyn ferry_core::Connectors>,
+    policy: TargetPolicy,
+    copied: tokio::sync::mpsc::UnboundedReceiver<Arc<TableSchema>>,
+}
+
+impl KeyBuilder {
+    async fn run(mut self) -> Result<u64, RunError> {
+        let uri = &self.config.sink_uri;
+        let mut sink: Option<Box<dyn Sink>> = None;
+        while let Some(schema) = self.copied.recv().await {
+            let sink = match &mut sink {
+                Some(sink) => sink,
+                None => sink.insert(
+                    self.connectors
+                        .sink(uri)
+                        .connect(uri, &self.config.key(), self.policy.clone())
+                        .await?,
+                ),
+            };
+            sink.finish_table(&schema).await?;
+        }
+        Ok(0)
+    }
+}
+
 /// The bulk format chunks travel in: the source's first that the sink loads, when the
 /// changefeed allows the bulk path; `None` (rows) otherwise.
 fn bulk_format(allowed: bool, source: &[BulkFormat], sink: &[BulkFormat]) -> Option<BulkFormat> {
@@ -389,12 +436,12 @@ fn bulk_format(allowed: bool, source: &[BulkFormat], sink: &[BulkFormat]) -> Opt
     source.iter().find(|f| sink.contains(f)).copied()
 }
 
-/// `plans` in the order their chunks are copied: tables in more chunks first, so that the
-/// largest table's copy ends while the others are still copying and the worker that loads
-/// its last chunk builds its key meanwhile (instead of once every chunk is in).
+/// `plans` in the order their chunks are copied: the tables the source estimates larger
+/// first (then those in more chunks), so that the largest table's copy ends while the others
+/// are still copying and its key is built meanwhile (instead of once every chunk is in).
 fn largest_first(plans: &[TablePlan]) -> Vec<&TablePlan> {
     let mut plans: Vec<&TablePlan> = plans.iter().collect();
-    plans.sort_by_key(|plan| std::cmp::Reverse(plan.chunks.len()));
+    plans.sort_by_key(|plan| std::cmp::Reverse((plan.estimated_rows, plan.chunks.len())));
     plans
 }
 
@@ -424,8 +471,8 @@ mod tests {
     }
 
     #[test]
-    fn tables_in_more_chunks_are_copied_first_and_ties_keep_their_order() {
-        let plan = |name: &str, chunks: u32| TablePlan {
+    fn larger_tables_are_copied_first_and_ties_keep_their_order() {
+        let plan = |name: &str, chunks: u32, estimated_rows: u64| TablePlan {
             table: TableId::new("s", name),
             key_column: None,
             chunks: (0..chunks)
@@ -434,13 +481,20 @@ mod tests {
                     ..ChunkSpec::whole()
                 })
                 .collect(),
-            estimated_rows: 0,
+            estimated_rows,
         };
-        let plans = [plan("a", 1), plan("b", 5), plan("c", 1), plan("d", 2)];
+        // A large table in one chunk (its key is not one integer column) goes first too.
+        let plans = [
+            plan("a", 1, 10),
+            plan("b", 5, 500),
+            plan("c", 1, 10),
+            plan("d", 2, 10),
+            plan("e", 1, 900),
+        ];
         let order: Vec<&str> = largest_first(&plans)
             .iter()
             .map(|p| p.table.name.as_str())
             .collect();
-        assert_eq!(order, ["b", "d", "a", "c"]);
+        assert_eq!(order, ["e", "b", "d", "a", "c"]);
     }
 }
