@@ -276,7 +276,8 @@ const GATHER_BYTES: usize = 256 << 10;
 /// for its next item (time the consumer spends elsewhere does not count). The server sends
 /// a message per row: the rows already received are gathered into items of up to
 /// [`GATHER_BYTES`], so the timer, the metrics and the sink handle one item per few
-/// thousand rows, not one per row.
+/// thousand rows, not one per row. Bounded by bytes, not rows (as `ready_chunks` would be):
+/// a wide table's rows ready at once must not make one item of hundreds of MB.
 fn progress_bounded<S>(
     stream: S,
     timeout: Duration,
@@ -331,6 +332,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
 
     fn row(i: usize) -> Bytes {
         Bytes::from(format!("{i}\t{}\n", "x".repeat(i % 200)))
@@ -364,7 +366,6 @@ mod tests {
         drop(tx);
         assert!(items.next().await.is_none());
     }
-    use ferry_core::{ColumnSchema, ReplicaIdentity, TableId};
 
     #[test]
     fn chunk_sql_is_bounded() {
