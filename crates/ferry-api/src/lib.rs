@@ -82,6 +82,12 @@ pub fn router(engine: Arc<Engine>) -> Router {
     router_with(engine, ApiOptions::default())
 }
 
+/// Installs the process's metrics recorder (once). Call it before the engine starts: a
+/// changefeed resumed before it would hold counters that record nowhere.
+pub fn install_metrics() {
+    let _ = metrics::handle();
+}
+
 /// The API router for `engine`, reporting `options` in `GET /api/v2/status`. Installs the
 /// process's metrics recorder on first use.
 pub fn router_with(engine: Arc<Engine>, options: ApiOptions) -> Router {

@@ -155,6 +155,10 @@ pub enum SourceEvent {
         /// The table.
         table: TableId,
     },
+    /// A change of a transaction still in progress, or its end, sent ahead of its commit
+    /// by a source asked to ([`crate::Source::stream_ahead`]); see [`crate::ahead`].
+    /// Outside any ordinary transaction.
+    Ahead(crate::Ahead),
     /// Something the operator should know that does not stop the stream (a table dropped
     /// on the source while its changes were unread); shown in the status's warnings.
     Warning(String),

@@ -7,6 +7,7 @@
 //! - [`logical`]: a column's database-independent type ([`LogicalType`]) and the canonical
 //!   text of its values.
 //! - [`change`]: what flows from a source to a sink ([`SourceEvent`], [`RowChange`], [`Value`]).
+//! - [`ahead`]: changes of a transaction still in progress, sent before its commit.
 //! - [`compact`]: a batch's row changes merged per key, for the database sinks.
 //! - [`filter`]: which tables a changefeed selects ([`TableFilter`], TiCDC's rule syntax).
 //! - [`uri`]: source and sink connection strings, with secrets that never print.
@@ -22,6 +23,7 @@
 //! transactions in commit order as a *stream* of events (begin, changes, commit), never as
 //! one buffered value, so memory stays bounded whatever a transaction's size.
 
+pub mod ahead;
 pub mod change;
 pub mod compact;
 pub mod connector;
@@ -37,6 +39,7 @@ pub mod table;
 pub mod tls;
 pub mod uri;
 
+pub use ahead::{Ahead, AheadReply};
 pub use change::{Row, RowChange, SourceEvent, Value};
 pub use connector::{
     BacklogRisk, Connectors, FeedBacklog, ForeignKeyCreated, ForeignKeyOutcome, OrphanObject,

@@ -175,6 +175,36 @@ pub trait Sink: Send {
     /// too. The engine asks for it when it replays a refused batch.
     fn set_in_order(&mut self, _in_order: bool) {}
 
+    /// Whether a second session of this sink may hold one source transaction's changes
+    /// ahead of its commit ([`crate::ahead`]) while this one goes on applying the
+    /// transactions that commit before it. The engine then guarantees that the second
+    /// session never writes a row this one holds uncommitted, and that this one changes no
+    /// table the second session wrote while it is open; the sink makes sure the second
+    /// session never holds its locks for long while idle (something outside Ferry's
+    /// sessions, such as another client's DDL queued on a table, may still make the main
+    /// session wait for it). Default: `false`.
+    fn applies_ahead(&self) -> bool {
+        false
+    }
+
+    /// Learns `schema`'s target table as another session of this changefeed shaped it, so
+    /// [`Sink::apply`] can write it: reads, changes nothing on the target (no claim, no
+    /// DDL). Asked only of a second session that applies ahead; fails when the table is not
+    /// as `schema` describes it, or cannot be written ahead.
+    async fn adopt_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        Err(SinkError::Unsupported {
+            message: format!("this sink cannot write {} ahead of a commit", schema.id),
+        })
+    }
+
+    /// Outside a batch, does now what the sink keeps for its next commit (completing tables
+    /// with their definition), so the session neither holds nor queues work on the target:
+    /// asked before a second session writes a table ahead ([`crate::ahead`]). Default:
+    /// nothing is kept.
+    async fn flush_deferred(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Makes the open batch durable together with `checkpoint`.
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError>;
 

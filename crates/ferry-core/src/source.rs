@@ -184,6 +184,11 @@ pub trait Source: Send {
     /// as the returned value.
     async fn export_snapshot(&mut self) -> Result<Box<dyn SnapshotExport>, SourceError>;
 
+    /// Asks the stream started next to send the changes of transactions still in progress
+    /// ahead of their commit ([`crate::Ahead`]), where the source learns them before the
+    /// commit; a source that does not ignores it (the default).
+    fn stream_ahead(&mut self, _on: bool) {}
+
     /// Starts streaming after `from` (`None`: from the stream's confirmed position).
     /// `tables` maps the source ids of the replicated tables to their target names.
     async fn start_stream(

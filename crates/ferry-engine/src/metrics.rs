@@ -18,6 +18,8 @@ use metrics::{counter, Counter};
 pub const ROWS_APPLIED: &str = "ferry_rows_applied_total";
 /// Source transactions applied.
 pub const TRANSACTIONS_APPLIED: &str = "ferry_transactions_applied_total";
+/// Source transactions applied ahead of their commit, on a second session of the sink.
+pub const TRANSACTIONS_AHEAD: &str = "ferry_transactions_applied_ahead_total";
 /// Value bytes read from the source.
 pub const SOURCE_BYTES_READ: &str = "ferry_source_bytes_read_total";
 /// Failed attempts, by class.
@@ -31,6 +33,7 @@ pub(crate) struct FeedMetrics {
     namespace: String,
     changefeed: String,
     transactions: Counter,
+    ahead: Counter,
     bytes_read: Counter,
     retries: Counter,
 }
@@ -45,6 +48,7 @@ impl FeedMetrics {
             namespace: namespace.to_string(),
             changefeed: changefeed.to_string(),
             transactions: counter!(TRANSACTIONS_APPLIED, &labels),
+            ahead: counter!(TRANSACTIONS_AHEAD, &labels),
             bytes_read: counter!(SOURCE_BYTES_READ, &labels),
             retries: counter!(RETRIES, &labels),
         }
@@ -56,6 +60,10 @@ impl FeedMetrics {
 
     pub(crate) fn transactions(&self, n: u64) {
         self.transactions.increment(n);
+    }
+
+    pub(crate) fn applied_ahead(&self) {
+        self.ahead.increment(1);
     }
 
     pub(crate) fn retry(&self) {

@@ -32,6 +32,19 @@ pub async fn server_version_num(client: &Client) -> Result<i32, PgError> {
     Ok(row.get(0))
 }
 
+/// The server's `logical_decoding_work_mem`, in kB.
+pub async fn decoding_work_mem_kb(client: &Client) -> Result<i32, PgError> {
+    let row = client
+        .query_one(
+            "SELECT setting::int4 FROM pg_catalog.pg_settings
+             WHERE name = 'logical_decoding_work_mem'",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::new("read the server's logical_decoding_work_mem", e))?;
+    Ok(row.get(0))
+}
+
 /// The tables a filter chooses from in `mode`, by OID, with the partitioned tables each is
 /// a partition of (parent first): in [`PartitionMode::Root`] ordinary and partitioned
 /// tables that are no partitions (a partition's rows travel as its root's:

@@ -10,7 +10,8 @@
 //! Insert/Update/Delete/Truncate ─► SourceEvent::Change (values stay zero-copy Bytes)
 //! Begin/Commit ─► SourceEvent::Begin/Commit (Commit carries end_lsn, the resume point)
 //! KeepAlive outside a transaction ─► SourceEvent::Idle (lets `synced` work on a quiet source)
-//! Stream Start … Stream Commit ─► spooled, then Begin, its changes, Commit ([`crate::spool`])
+//! Stream Start … Stream Commit ─► spooled, then Begin, its changes, Commit ([`crate::spool`]);
+//!   asked to, also sent ahead of the commit ([`ahead`])
 //! ```
 //!
 //! A row holding an enum label the relation's description did not know (added by
@@ -29,8 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::{
-    ErrorClass, Lsn, PartitionMode, Position, ReplicaIdentity, Row, RowChange, SourceEvent,
-    TableId, TableSchema, Value,
+    ErrorClass, Lsn, PartitionMode, Position, Row, RowChange, SourceEvent, TableId, TableSchema,
+    Value,
 };
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::time::Instant;
@@ -62,6 +63,9 @@ pub struct StreamOptions {
     /// The session asked for protocol 2 with in-progress transactions streamed
     /// ([`crate::spool`]).
     pub streaming: bool,
+    /// Streamed transactions' changes are also sent ahead of their commit
+    /// ([`ferry_core::Ahead`]; needs `streaming`).
+    pub ahead: bool,
 }
 
 /// An enum column of a relation: its index in rows, and the labels known for its type.
@@ -88,8 +92,16 @@ pub struct PgStream {
     block: Option<u32>,
     /// A streamed transaction that committed, to be handed on as an ordinary one.
     committed: Option<streamed::Committed>,
+    /// The last Relation message the committed path read, per relation.
+    relation_messages: HashMap<u32, RelationMessage>,
+    /// The definition last announced per relation.
+    definitions: HashMap<u32, ferry_core::TableDefinition>,
+    /// Streamed transactions whose changes go ahead of their commit ([`ahead`]).
+    ahead: ahead::AheadTransactions,
 }
 
+mod ahead;
+mod describe;
 mod streamed;
 
 impl PgStream {
@@ -155,6 +167,9 @@ impl PgStream {
             spools: HashMap::new(),
             block: None,
             committed: None,
+            relation_messages: HashMap::new(),
+            definitions: HashMap::new(),
+            ahead: HashMap::new(),
         })
     }
 
@@ -300,7 +315,7 @@ impl PgStream {
                 }
             }
             ReplicationEvent::XLogData { data, .. } => {
-                if self.options.streaming && self.on_streamed(&data)? {
+                if self.options.streaming && self.on_streamed(&data).await? {
                     return Ok(());
                 }
                 let message = decode::decode(&data).map_err(|e| {
@@ -328,6 +343,7 @@ impl PgStream {
                     )));
                 }
                 self.relations.insert(relation.id, schema.clone());
+                self.relation_messages.insert(relation.id, relation.clone());
                 // Published via its root, a partition's changes name the root, but pgoutput
                 // describes the partition too: nothing is written under its name. Leaves
                 // published on their own are tables like any other.
@@ -346,11 +362,22 @@ impl PgStream {
                     // default changed too (they invalidate it): its definition goes with
                     // it. A dropped table's target table is kept as it is.
                     if !dropped {
-                        let definition =
-                            crate::definition::read(&self.catalog, relation.id, &id).await?;
+                        let read = crate::definition::read(&self.catalog, relation.id, &id).await?;
+                        // The same value as last time: the same announcement, which the
+                        // engine recognizes by its address.
+                        let definition = match self.definitions.get(&relation.id) {
+                            Some(known)
+                                if known.0.downcast_ref::<crate::definition::TableDefinition>()
+                                    == Some(&read) =>
+                            {
+                                known.clone()
+                            }
+                            _ => ferry_core::TableDefinition(Arc::new(read)),
+                        };
+                        self.definitions.insert(relation.id, definition.clone());
                         self.pending.push_back(SourceEvent::Definition {
                             table: id,
-                            definition: ferry_core::TableDefinition(Arc::new(definition)),
+                            definition,
                         });
                     }
                 }
@@ -472,113 +499,6 @@ impl PgStream {
         self.relations.get(&id).cloned().ok_or_else(|| {
             PgError::definite(format!("pgoutput sent a change for unknown relation {id}"))
         })
-    }
-
-    /// The relation's shape: its name and columns as pgoutput lists them (as of the
-    /// change's position: a table renamed since keeps its name until the rename), completed
-    /// from the catalog (types, nullability, key, user types). `true` when the table is gone from the
-    /// catalog (dropped after these changes): its shape then comes from the message and what
-    /// this session knew of it.
-    async fn describe(&self, relation: &RelationMessage) -> Result<(TableSchema, bool), PgError> {
-        let (mut schema, dropped) = match catalog::table_schema(&self.catalog, relation.id).await? {
-            Some(schema) => (schema, false),
-            None => (self.dropped_table_schema(relation), true),
-        };
-        schema.id = TableId::new(relation.namespace.clone(), relation.name.clone());
-        let key_names: Vec<String> = schema
-            .key
-            .iter()
-            .map(|&i| schema.columns[i].name.clone())
-            .collect();
-        let mut columns = Vec::with_capacity(relation.columns.len());
-        for col in &relation.columns {
-            match schema
-                .columns
-                .iter()
-                .find(|c| c.name == col.name && c.type_oid == col.type_oid)
-            {
-                Some(c) => columns.push(c.clone()),
-                None => {
-                    // The catalog moved on since this change: describe it from the message.
-                    let row = self
-                        .catalog
-                        .query_one(
-                            "SELECT pg_catalog.format_type($1, $2), $1 >= 16384",
-                            &[&col.type_oid, &col.type_modifier],
-                        )
-                        .await
-                        .map_err(|e| PgError::new("describe a column type", e))?;
-                    let user: bool = row.get(1);
-                    let type_name: String = row.get(0);
-                    // A dropped table's user-typed columns exist on the target with that
-                    // type already (created with the table): keep its name if it resolves.
-                    let keep_user_type = dropped && type_name != "???";
-                    let logical =
-                        crate::types::describe(&self.catalog, col.type_oid, col.type_modifier)
-                            .await?;
-                    columns.push(ferry_core::ColumnSchema {
-                        name: col.name.clone(),
-                        type_name: if user && !keep_user_type {
-                            "text".into()
-                        } else {
-                            type_name
-                        },
-                        type_oid: col.type_oid,
-                        logical,
-                        nullable: true,
-                        missing_value: None,
-                        has_default: false,
-                    });
-                }
-            }
-        }
-        schema.key = key_names
-            .iter()
-            .filter_map(|k| columns.iter().position(|c| &c.name == k))
-            .collect();
-        schema.columns = columns;
-        Ok((schema, dropped))
-    }
-
-    /// What is known of a relation the catalog no longer has: the shape this session last
-    /// saw, else the message's (name, key columns for a primary-key or index identity).
-    /// Columns the shape lacks are described from the message by the caller.
-    fn dropped_table_schema(&self, relation: &RelationMessage) -> TableSchema {
-        if let Some(known) = self.relations.get(&relation.id) {
-            return known.as_ref().clone();
-        }
-        let identity = match relation.replica_identity {
-            b'f' => ReplicaIdentity::Full,
-            b'i' => ReplicaIdentity::Index,
-            b'n' => ReplicaIdentity::Nothing,
-            _ => ReplicaIdentity::Default,
-        };
-        // With FULL every column is flagged, which says nothing about the key.
-        let key_columns: Vec<ferry_core::ColumnSchema> = relation
-            .columns
-            .iter()
-            .filter(|c| c.is_key && identity != ReplicaIdentity::Full)
-            .map(|c| ferry_core::ColumnSchema {
-                name: c.name.clone(),
-                type_name: String::new(),
-                type_oid: u32::MAX,
-                logical: ferry_core::LogicalType::default(),
-                nullable: true,
-                missing_value: None,
-                has_default: false,
-            })
-            .collect();
-        TableSchema {
-            id: TableId::new(relation.namespace.clone(), relation.name.clone()),
-            key: (0..key_columns.len()).collect(),
-            // Placeholders that only carry the key's names: no message column matches their
-            // type, so each is described from the message.
-            columns: key_columns,
-            identity,
-            user_types: Vec::new(),
-            partition_of: Vec::new(),
-            dialect: ferry_core::Dialect::Postgres,
-        }
     }
 }
 

@@ -14,6 +14,11 @@ use futures::StreamExt;
 
 const TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The sessions here stream in-progress transactions, with the server's block size.
+const STREAMING: slot::Streaming = slot::Streaming::Blocks {
+    decoding_work_mem_kb: None,
+};
+
 fn proxied(pg: &PgCluster, proxy: &TcpProxy) -> ConnectionUri {
     let uri = pg
         .uri("shop")
@@ -168,7 +173,7 @@ async fn a_slot_creation_waiting_for_a_transaction_is_not_a_dead_session() {
         open.batch_execute("COMMIT").await.unwrap();
     });
     let names = SlotNames::for_changefeed("default/waiting");
-    let target = slot::replication_config(&uri, &names, Lsn::ZERO, "ferry", true).unwrap();
+    let target = slot::replication_config(&uri, &names, Lsn::ZERO, "ferry", STREAMING).unwrap();
     let started = Instant::now();
     let created = slot::create_slot_with_snapshot_within(target, true, TIMEOUT)
         .await
@@ -192,7 +197,7 @@ async fn slot_creation_through_a_cut(pg: &PgCluster, proxy: TcpProxy) {
             .await
             .unwrap();
         let names = SlotNames::for_changefeed(&format!("default/cut-{finished_meanwhile}"));
-        let target = slot::replication_config(&uri, &names, Lsn::ZERO, "ferry", true).unwrap();
+        let target = slot::replication_config(&uri, &names, Lsn::ZERO, "ferry", STREAMING).unwrap();
         let creation = tokio::spawn(slot::create_slot_with_snapshot_within(
             target, false, TIMEOUT,
         ));

@@ -4,7 +4,7 @@
 
 use ferry_core::{parse_postgres_uri, ConnectionUri, ErrorClass, Lsn};
 use ferry_postgres::connect::{connect, connection_security};
-use ferry_postgres::slot::{replication_config, SlotNames};
+use ferry_postgres::slot::{replication_config, SlotNames, Streaming};
 use ferry_testkit::certs::{IssuedCert, TestCa};
 use ferry_testkit::{PgCluster, PgOptions, ServerTls};
 use pgwire_replication::ReplicationClient;
@@ -33,9 +33,17 @@ fn verify_full(ca: &TestCa) -> String {
 /// Opens a gated replication session and runs IDENTIFY_SYSTEM on it.
 async fn replicate(uri: &ConnectionUri) -> Result<ReplicationClient, ferry_postgres::PgError> {
     let names = SlotNames::for_changefeed("default/tls");
-    let mut session = replication_config(uri, &names, Lsn::ZERO, "ferry-tls-test", true)?
-        .connect_gated()
-        .await?;
+    let mut session = replication_config(
+        uri,
+        &names,
+        Lsn::ZERO,
+        "ferry-tls-test",
+        Streaming::Blocks {
+            decoding_work_mem_kb: None,
+        },
+    )?
+    .connect_gated()
+    .await?;
     session
         .identify_system()
         .await

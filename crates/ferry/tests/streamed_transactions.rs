@@ -4,7 +4,8 @@
 //! What commits arrives exactly (savepoints rolled back are not applied, released ones
 //! are), what aborts never arrives, a transaction committed meanwhile keeps its place, and
 //! a Ferry server killed in the middle of a streamed transaction gets it whole after its
-//! restart.
+//! restart. Into PostgreSQL, a streamed transaction is applied ahead of its commit on a
+//! second target session when it can be, and comes whole at its commit when it cannot.
 
 mod common;
 
@@ -43,6 +44,148 @@ fn while_open(source: &PgCluster, sql: &str, after: Duration, during: impl FnOnc
         during();
         open.join().unwrap();
     });
+}
+
+/// Transactions the changefeed applied ahead of their commit, as its metrics count them.
+fn applied_ahead(pair: &Pair) -> u64 {
+    let (code, metrics) = pair.ferry.get("/metrics");
+    assert_eq!(code, 200);
+    metrics
+        .as_str()
+        .expect("text")
+        .lines()
+        .find(|l| l.starts_with("ferry_transactions_applied_ahead_total{") && l.contains("\"cf\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn streamed_transactions_apply_ahead_of_their_commit() {
+    let mut pair = Pair::start_with(streamed_source(), PgOptions::default());
+    pair.source.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, v text, n int);
+         CREATE TABLE log (at int, what text);
+         CREATE TABLE small (id int PRIMARY KEY, at text);
+         INSERT INTO t SELECT g, 'snapshot', g FROM generate_series(1, 10) g",
+    );
+    pair.create("cf", &[]);
+    pair.wait_synced("cf", MINUTE);
+
+    // While the big transaction is open, another session changes a row it changes later,
+    // inserts into its table and into another one: both commit first, and the big
+    // transaction's later update must build on the first.
+    while_open(
+        &pair.source,
+        "BEGIN;
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3), g FROM generate_series(11, 3000) g;
+         INSERT INTO log SELECT g, 'keyless' FROM generate_series(1, 500) g;
+         SELECT pg_sleep(2);
+         UPDATE t SET n = n + 1000 WHERE id <= 10;
+         DELETE FROM t WHERE id BETWEEN 100 AND 199;
+         UPDATE t SET v = 'updated' WHERE id BETWEEN 200 AND 2999;
+         COMMIT",
+        Duration::from_millis(1000),
+        || {
+            pair.source.psql(
+                "shop",
+                "UPDATE t SET v = 'meanwhile', n = -5 WHERE id = 5;
+                 INSERT INTO t VALUES (100001, 'meanwhile', 1);
+                 INSERT INTO small VALUES (1, 'committed while the big one was open')",
+            );
+        },
+    );
+    pair.wait_synced("cf", MINUTE);
+    pair.compare(&["t", "log", "small"]).assert_identical();
+    assert_eq!(
+        pair.target
+            .psql("analytics", "SELECT v, n FROM t WHERE id = 5"),
+        "meanwhile|995"
+    );
+    assert_eq!(
+        applied_ahead(&pair),
+        1,
+        "the big transaction went ahead: {}",
+        std::fs::read_to_string(pair.ferry.log_path()).unwrap_or_default()
+    );
+
+    // Rolled back: what went ahead is dropped, nothing arrives. Changing its own table's
+    // shape: not applied ahead, but whole at its commit.
+    pair.source.psql(
+        "shop",
+        "BEGIN;
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3), g FROM generate_series(10001, 13000) g;
+         ROLLBACK;
+         BEGIN;
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3), g FROM generate_series(20001, 23000) g;
+         ALTER TABLE t ADD COLUMN extra int;
+         INSERT INTO t SELECT g, 'after the change', g, g FROM generate_series(30001, 33000) g;
+         COMMIT",
+    );
+    pair.wait_synced("cf", MINUTE);
+    pair.compare(&["t", "log", "small"]).assert_identical();
+    assert_eq!(applied_ahead(&pair), 1);
+
+    // Another big one on the new shape goes ahead again.
+    pair.source.psql(
+        "shop",
+        "INSERT INTO t SELECT g, repeat(md5(g::text), 3), g, -g FROM generate_series(40001, 44000) g",
+    );
+    pair.wait_synced("cf", MINUTE);
+    pair.compare(&["t", "log", "small"]).assert_identical();
+    assert_eq!(applied_ahead(&pair), 2);
+
+    // One that makes a column NOT NULL, which no Relation message shows: whole at its
+    // commit, and the target follows.
+    pair.source.psql(
+        "shop",
+        "BEGIN;
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3), g, g FROM generate_series(50001, 53000) g;
+         ALTER TABLE t ALTER COLUMN n SET NOT NULL;
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3), g, g FROM generate_series(53001, 56000) g;
+         COMMIT",
+    );
+    pair.wait_synced("cf", MINUTE);
+    pair.compare(&["t", "log", "small"]).assert_identical();
+    assert_eq!(applied_ahead(&pair), 2);
+    assert_eq!(
+        pair.target.psql(
+            "analytics",
+            "SELECT attnotnull FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'n'"
+        ),
+        "t"
+    );
+
+    // After a restart the target table's definition (a secondary index) is completed by
+    // the main session while a big transaction goes ahead: neither waits for the other.
+    pair.source.psql("shop", "CREATE INDEX t_n ON t (n)");
+    pair.source.psql(
+        "shop",
+        "INSERT INTO small VALUES (2, 'announces the index')",
+    );
+    pair.wait_synced("cf", MINUTE);
+    pair.ferry.stop();
+    pair.ferry.restart();
+    while_open(
+        &pair.source,
+        "BEGIN;
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3), g, g FROM generate_series(60001, 64000) g;
+         SELECT pg_sleep(2);
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3), g, g FROM generate_series(64001, 65000) g;
+         COMMIT",
+        Duration::from_millis(1000),
+        || {
+            pair.source
+                .psql("shop", "INSERT INTO t VALUES (100002, 'meanwhile', 2, 2)");
+        },
+    );
+    pair.wait_synced("cf", Duration::from_secs(30));
+    pair.compare(&["t", "log", "small"]).assert_identical();
+    assert_eq!(
+        applied_ahead(&pair),
+        1,
+        "counted since the restart (the counters of a changefeed resumed at start record too)"
+    );
 }
 
 #[test]

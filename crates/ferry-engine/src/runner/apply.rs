@@ -23,6 +23,7 @@ use crate::lifecycle::SkipTransaction;
 use crate::metrics::{FeedMetrics, RowCounts};
 use crate::status::StatusCell;
 
+pub(crate) mod ahead;
 mod tables;
 
 /// Live (the batch's last transaction committed on the source less than [`BEHIND`] ago),
@@ -113,6 +114,12 @@ pub(crate) struct Applier {
     /// The copy shaped the table as it was later; an older shape would undo that (drop a
     /// column the copy filled, add it back empty).
     pub(crate) deferred_shapes: HashSet<TableId>,
+    /// The shape the sink last followed per table in this run.
+    pub(crate) shaped: HashMap<TableId, Arc<TableSchema>>,
+    /// The definition the sink last followed per table in this run (kept while `ahead`).
+    pub(crate) defined: HashMap<TableId, ferry_core::TableDefinition>,
+    /// Applies a large transaction ahead of its commit, when the sink can.
+    pub(crate) ahead: Option<ahead::AheadApply>,
 }
 
 /// Saves a checkpoint outside the target.
@@ -203,6 +210,7 @@ impl Applier {
                     return Ok(StreamEnd::Stopped);
                 }
                 Some(request) = repairs.recv(), if !cursor.in_transaction => {
+                    self.ahead_before_repair().await;
                     if let Err(e) = self.repair(&mut batch, request).await {
                         let e = named(e, &batch.trail);
                         self.abort(&mut batch).await;
@@ -270,6 +278,7 @@ impl Applier {
     }
 
     pub(super) async fn abort(&mut self, batch: &mut Batch) {
+        self.ahead_abort().await;
         self.sink.abort_batch().await;
         batch.counts.discard();
     }
@@ -284,7 +293,11 @@ impl Applier {
         batch: &mut Batch,
         cursor: &mut Cursor,
     ) -> Result<Option<StreamEnd>, RunError> {
+        if self.ahead.is_some() {
+            self.ahead_before(&event).await;
+        }
         match event {
+            SourceEvent::Ahead(ahead) => self.on_ahead(ahead, batch, cursor).await?,
             SourceEvent::Begin {
                 commit,
                 xid,
@@ -337,6 +350,9 @@ impl Applier {
                     && !self.excluded.contains(&table)
                     && !self.held.contains(&table)
                 {
+                    if self.ahead.is_some() {
+                        self.defined.insert(table.clone(), definition.clone());
+                    }
                     self.sink.follow_definition(&table, definition).await?;
                 }
             }

@@ -38,6 +38,7 @@ impl Applier {
             self.end_batch_before(&schema.id, batch, cursor).await?;
         }
         self.sink.ensure_table(schema).await?;
+        self.shaped.insert(schema.id.clone(), schema.clone());
         Ok(())
     }
 

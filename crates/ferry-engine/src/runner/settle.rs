@@ -125,6 +125,32 @@ impl Applier {
         Ok(())
     }
 
+    /// A transaction another session of the sink made durable with checkpoint `end` (see
+    /// [`super::apply::ahead`]), after every batch before it: finished as a batch.
+    pub(super) fn finished_elsewhere(
+        &mut self,
+        end: Position,
+        commit_time_us: i64,
+        rows: u64,
+        counts: &mut RowCounts,
+    ) -> Result<(), RunError> {
+        debug_assert!(
+            self.sealed.is_empty(),
+            "a database sink's batches are durable"
+        );
+        self.sealed.0.push_back(Sealed {
+            settle: None,
+            end,
+            commit_time_us,
+            rows,
+            transactions: 1,
+            counts: std::mem::take(counts),
+            renamed: Vec::new(),
+            idle: None,
+        });
+        self.finish_oldest()
+    }
+
     /// Waits until every sealed batch is durable and finished: before the stream ends at
     /// its target, before confirming a keepalive position, before a repair.
     pub(super) async fn settle_all(&mut self) -> Result<(), RunError> {

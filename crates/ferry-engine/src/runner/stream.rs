@@ -49,6 +49,16 @@ impl Runner {
         let (names, forgotten) = self.stream_tables(state, start.as_ref())?;
         // Dropped tables whose last changes are written: another changefeed may claim them.
         sink.release_tables(&forgotten).await?;
+        let ahead = (!external && sink.applies_ahead()).then(|| {
+            let (connectors, uri) = (self.connectors.clone(), self.config.sink_uri.clone());
+            let (key, policy) = (key.clone(), self.target_policy());
+            super::apply::ahead::AheadApply::new(Box::new(move || {
+                let (connectors, uri) = (connectors.clone(), uri.clone());
+                let (key, policy) = (key.clone(), policy.clone());
+                Box::pin(async move { connectors.sink(&uri).connect(&uri, &key, policy).await })
+            }))
+        });
+        source.stream_ahead(ahead.is_some());
         let stream = source.start_stream(start.clone(), names).await?;
         drop(source);
         info!(changefeed = %key, start = ?start.as_ref().map(ToString::to_string), overwritten = resume_from.is_some(), "streaming");
@@ -107,6 +117,9 @@ impl Runner {
             sealed: Default::default(),
             counts: Default::default(),
             deferred_shapes: HashSet::new(),
+            shaped: Default::default(),
+            defined: Default::default(),
+            ahead,
             on_renamed: {
                 let meta = self.meta.clone();
                 let key = self.config.key();

@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use pgwire_replication::ReplicationClient;
 use tokio_postgres::Client;
 
-use crate::slot::{self, SlotNames};
+use crate::slot::{self, SlotNames, Streaming};
 use crate::source::{PgStream, StreamOptions};
 use crate::{catalog, definition, snapshot, PgError};
 
@@ -30,8 +30,10 @@ pub struct PgSource {
     names: SlotNames,
     options: SourceOptions,
     catalog: Option<Client>,
-    /// The source streams transactions in progress (PostgreSQL 14 and later).
-    streaming: bool,
+    /// Whether the source streams transactions in progress (PostgreSQL 14 and later).
+    streaming: Streaming,
+    /// Send streamed transactions' changes ahead of their commit ([`Source::stream_ahead`]).
+    ahead: bool,
     /// The session that created the changefeed's slot in this attempt: idle until the
     /// snapshot copy is done (its exported snapshot lives until then), then it streams.
     created: Option<ReplicationClient>,
@@ -45,13 +47,22 @@ impl PgSource {
     ) -> Result<Self, PgError> {
         let catalog = crate::connect::connect(uri, "ferry-catalog").await?;
         catalog::prepare_session(&catalog).await?;
-        let streaming = catalog::server_version_num(&catalog).await? >= 140_000;
+        let streaming = if catalog::server_version_num(&catalog).await? >= 140_000 {
+            let server_kb = catalog::decoding_work_mem_kb(&catalog).await?;
+            Streaming::Blocks {
+                decoding_work_mem_kb: (server_kb > slot::DECODING_WORK_MEM_KB)
+                    .then_some(slot::DECODING_WORK_MEM_KB),
+            }
+        } else {
+            Streaming::Off
+        };
         Ok(PgSource {
             uri: uri.clone(),
             names: SlotNames::for_changefeed(feed),
             options: options.clone(),
             catalog: Some(catalog),
             streaming,
+            ahead: false,
             created: None,
         })
     }
@@ -241,6 +252,10 @@ impl Source for PgSource {
         }))
     }
 
+    fn stream_ahead(&mut self, on: bool) {
+        self.ahead = on;
+    }
+
     async fn start_stream(
         &mut self,
         from: Option<Position>,
@@ -263,7 +278,8 @@ impl Source for PgSource {
             application_name: "ferry".into(),
             timeout: self.options.replication_timeout,
             partitions: self.options.partitions,
-            streaming: self.streaming,
+            streaming: self.streaming != Streaming::Off,
+            ahead: self.streaming != Streaming::Off && self.ahead,
         };
         let catalog = self
             .catalog

@@ -104,6 +104,8 @@ pub struct PgSink {
     uri: ConnectionUri,
     /// Whether the target compresses TOASTed values with lz4 ([`copy`]); asked once.
     lz4: Option<bool>,
+    /// This session writes ahead of commits ([`ferry_core::Sink::adopt_table`]).
+    ahead_session: bool,
 }
 
 /// A failed connection to the target, keeping the class it was given where it was born.
@@ -190,6 +192,7 @@ impl PgSink {
             foreign_keys: false,
             uri: uri.clone(),
             lz4: None,
+            ahead_session: false,
         })
     }
 
@@ -486,6 +489,21 @@ impl Sink for PgSink {
     ) -> Result<(), SinkError> {
         self.settle().await?;
         PgSink::follow_definition(self, table, definition).await
+    }
+
+    fn applies_ahead(&self) -> bool {
+        !self.foreign_keys
+    }
+
+    async fn adopt_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        self.adopt_shaped(schema).await
+    }
+
+    async fn flush_deferred(&mut self) -> Result<(), SinkError> {
+        if !self.in_batch {
+            self.complete_changed_tables().await;
+        }
+        Ok(())
     }
 
     fn set_in_order(&mut self, in_order: bool) {

@@ -8,6 +8,9 @@ use ferry_core::{DdlPolicy, ExistingTarget, SinkError, TableId, TableSchema};
 
 use super::{ddl, nullability, ownership, statement_error, PgSink, TargetTable};
 
+/// How long the session writing ahead may stay idle inside its transaction.
+const AHEAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl PgSink {
     pub(super) async fn shape_table(
         &mut self,
@@ -46,21 +49,69 @@ impl PgSink {
         if with_key {
             self.ensure_key(schema).await?;
         }
-        let casts = schema
-            .columns
-            .iter()
-            .map(|c| {
-                current
-                    .iter()
-                    .find(|t| t.name == c.name)
-                    .map_or_else(|| c.type_name.clone(), |t| t.type_name.clone())
-            })
-            .collect();
         self.tables.insert(
             schema.id.clone(),
             TargetTable {
                 schema: schema.clone(),
-                casts,
+                casts: casts(schema, &current),
+                statements: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Learns a table another session of this changefeed shaped (see
+    /// [`ferry_core::Sink::adopt_table`]): reads the target's columns, changes nothing.
+    pub(super) async fn adopt_shaped(
+        &mut self,
+        schema: &Arc<TableSchema>,
+    ) -> Result<(), SinkError> {
+        let schema = &super::foreign::in_postgres(schema)?;
+        if let Some(t) = self.tables.get_mut(&schema.id) {
+            if t.schema.columns == schema.columns && t.schema.key == schema.key {
+                t.schema = schema.clone();
+                return Ok(());
+            }
+        }
+        if !self.ahead_session {
+            // It holds transactions open beside the main session, which commits first:
+            // left idle in one (the main session waiting on its locks, a source transaction
+            // that pauses), the server ends it, so it never holds locks or the target's
+            // vacuum horizon for long; the transaction is then applied at its commit.
+            self.client
+                .batch_execute(&format!(
+                    "SET idle_in_transaction_session_timeout = '{}ms'",
+                    AHEAD_IDLE_TIMEOUT.as_millis()
+                ))
+                .await
+                .map_err(|e| {
+                    statement_error("limit the idle time of the session writing ahead", e)
+                })?;
+            self.ahead_session = true;
+        }
+        let id = &schema.id;
+        let unusable = |why: &str| SinkError::Unsupported {
+            message: format!("target table {id} cannot be written ahead of a commit: {why}"),
+        };
+        self.note_foreign_keys(id).await?;
+        if self.foreign_keys {
+            return Err(unusable("the target has foreign keys"));
+        }
+        let current = ddl::target_columns(&self.client, schema)
+            .await?
+            .ok_or_else(|| unusable("it does not exist"))?;
+        if schema
+            .columns
+            .iter()
+            .any(|c| !current.iter().any(|t| t.name == c.name))
+        {
+            return Err(unusable("its columns are not the source's"));
+        }
+        self.tables.insert(
+            id.clone(),
+            TargetTable {
+                schema: schema.clone(),
+                casts: casts(schema, &current),
                 statements: HashMap::new(),
             },
         );
@@ -185,6 +236,20 @@ impl PgSink {
             }
         }
     }
+}
+
+/// The type each of `schema`'s values is cast to: its target column's.
+fn casts(schema: &TableSchema, current: &[ddl::TargetColumn]) -> Vec<String> {
+    schema
+        .columns
+        .iter()
+        .map(|c| {
+            current
+                .iter()
+                .find(|t| t.name == c.name)
+                .map_or_else(|| c.type_name.clone(), |t| t.type_name.clone())
+        })
+        .collect()
 }
 
 /// Why Ferry stops rather than add `columns` to `table` with NULL in its existing rows.

@@ -15,6 +15,8 @@ pub(super) struct Committed {
     commit_lsn: ferry_core::Lsn,
     end_lsn: ferry_core::Lsn,
     commit_time_us: i64,
+    /// The engine's answer when the changes went ahead: `true` when it applied them all.
+    answer: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
 
 fn spool_error(e: std::io::Error) -> PgError {
@@ -32,9 +34,9 @@ fn decode_error(e: decode::DecodeError) -> PgError {
 impl PgStream {
     /// Handles `payload` if it belongs to a streamed transaction (a stream control message
     /// or a message inside a stream block); `false` when it is an ordinary message.
-    pub(super) fn on_streamed(&mut self, payload: &[u8]) -> Result<bool, PgError> {
+    pub(super) async fn on_streamed(&mut self, payload: &[u8]) -> Result<bool, PgError> {
         if let Some(control) = spool::control(payload).map_err(decode_error)? {
-            self.on_control(control)?;
+            self.on_control(control).await?;
             return Ok(true);
         }
         let Some(xid) = self.block else {
@@ -55,14 +57,16 @@ impl PgStream {
             spool.spill().map_err(spool_error)?;
         }
         spool.push(subxid, &message).map_err(spool_error)?;
+        self.ahead_message(xid, message).await?;
         Ok(true)
     }
 
-    fn on_control(&mut self, control: StreamControl) -> Result<(), PgError> {
+    async fn on_control(&mut self, control: StreamControl) -> Result<(), PgError> {
         match control {
             StreamControl::Start { xid, first } => {
                 if first {
                     self.spools.insert(xid, Spool::new(xid));
+                    self.ahead_begin(xid);
                 } else if !self.spools.contains_key(&xid) {
                     return Err(PgError::other(
                         format!(
@@ -99,18 +103,29 @@ impl PgStream {
                     spilled = spool.spilled(),
                     "streamed transaction committed"
                 );
+                let answer = self
+                    .ahead_commit(
+                        xid,
+                        Position::PgLsn(commit_lsn),
+                        Position::PgLsn(end_lsn),
+                        commit_time_us.saturating_add(PG_EPOCH_OFFSET_US),
+                    )
+                    .await?;
                 self.committed = Some(Committed {
                     spool,
                     xid,
                     commit_lsn,
                     end_lsn,
                     commit_time_us,
+                    answer,
                 });
             }
             StreamControl::Abort { xid, subxid } if xid == subxid => {
                 self.spools.remove(&xid);
+                self.ahead_discard(xid, "it rolled back");
             }
             StreamControl::Abort { xid, subxid } => {
+                self.ahead_discard(xid, "a subtransaction rolled back");
                 if let Some(spool) = self.spools.get_mut(&xid) {
                     spool.abort_subtransaction(subxid).map_err(spool_error)?;
                 }
@@ -119,13 +134,20 @@ impl PgStream {
         Ok(())
     }
 
-    /// Sends a committed streamed transaction on as Begin, its changes and Commit;
-    /// `Ok(false)` when the receiver is gone.
+    /// Sends a committed streamed transaction on as Begin, its changes and Commit, unless
+    /// the engine applied it from the changes sent ahead; `Ok(false)` when the receiver is
+    /// gone.
     pub(super) async fn hand_on(
         &mut self,
-        committed: Committed,
+        mut committed: Committed,
         events: &ferry_core::source::EventSender,
     ) -> Result<bool, PgError> {
+        if let Some(answer) = committed.answer.take() {
+            // Unanswered (the engine went away or left it): sent whole, as before.
+            if answer.await == Ok(true) {
+                return Ok(true);
+            }
+        }
         let commit_time_us = committed.commit_time_us.saturating_add(PG_EPOCH_OFFSET_US);
         self.pending.push_back(SourceEvent::Begin {
             commit: Position::PgLsn(committed.commit_lsn),

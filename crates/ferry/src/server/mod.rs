@@ -291,6 +291,8 @@ async fn serve(
         );
     }
     let connectors = Arc::new(ferry_connectors::Registry);
+    // Before the engine resumes changefeeds, so their counters record from the start.
+    ferry_api::install_metrics();
     let engine = ferry_engine::Engine::start(Arc::new(meta), settings.engine_options(), connectors)
         .context("start the engine")?;
     let listener = tokio::net::TcpListener::bind(settings.addr)
