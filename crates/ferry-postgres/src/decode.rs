@@ -173,6 +173,15 @@ pub enum OldTuple {
     Full(TupleData),
 }
 
+impl OldTuple {
+    /// The old row's values, whichever form it came in.
+    pub fn into_row(self) -> TupleData {
+        match self {
+            OldTuple::Key(row) | OldTuple::Full(row) => row,
+        }
+    }
+}
+
 /// A row's values in the relation's column order.
 pub type TupleData = Vec<Value>;
 

@@ -397,17 +397,13 @@ impl PgStream {
                 self.check_enum_values(relation_id, &new).await?;
                 let table = self.relation(relation_id)?;
                 check_width(&table, &new)?;
-                let old = old.map(|o| match o {
-                    OldTuple::Key(row) | OldTuple::Full(row) => row,
-                });
+                let old = old.map(OldTuple::into_row);
                 self.pending
                     .push_back(SourceEvent::Change(RowChange::Update { table, old, new }));
             }
             PgOutputMessage::Delete { relation_id, old } => {
                 let table = self.relation(relation_id)?;
-                let old: Row = match old {
-                    OldTuple::Key(row) | OldTuple::Full(row) => row,
-                };
+                let old: Row = old.into_row();
                 self.pending
                     .push_back(SourceEvent::Change(RowChange::Delete { table, old }));
             }

@@ -133,16 +133,12 @@ impl PgStream {
                 new,
             } => {
                 self.check_enum_values(relation_id, &new).await?;
-                let old = old.map(|o| match o {
-                    OldTuple::Key(row) | OldTuple::Full(row) => row,
-                });
+                let old = old.map(OldTuple::into_row);
                 self.ahead_table(xid, relation_id)
                     .map(|table| RowChange::Update { table, old, new })
             }
             PgOutputMessage::Delete { relation_id, old } => {
-                let old = match old {
-                    OldTuple::Key(row) | OldTuple::Full(row) => row,
-                };
+                let old = old.into_row();
                 self.ahead_table(xid, relation_id)
                     .map(|table| RowChange::Delete { table, old })
             }
