@@ -247,11 +247,24 @@ pub enum DecodeError {
 ///
 /// Text values and message contents share `payload`'s buffer.
 pub fn decode(payload: &Bytes) -> Result<PgOutputMessage, DecodeError> {
+    decode_message(payload, false)
+}
+
+/// Decodes a message of a stream block (protocol 2): the (sub)transaction's xid that
+/// follows the tag is skipped, and the rest shares `payload`'s buffer as [`decode`]'s does.
+pub fn decode_streamed(payload: &Bytes) -> Result<PgOutputMessage, DecodeError> {
+    decode_message(payload, true)
+}
+
+fn decode_message(payload: &Bytes, streamed: bool) -> Result<PgOutputMessage, DecodeError> {
     let mut cursor = Cursor {
         buf: payload,
         pos: 0,
     };
     let tag = cursor.u8("message type")?;
+    if streamed {
+        cursor.u32("streamed message xid")?;
+    }
     let (message, kind) = match tag {
         b'B' => (cursor.begin()?, "begin"),
         b'C' => (cursor.commit()?, "commit"),

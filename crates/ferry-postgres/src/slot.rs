@@ -381,8 +381,9 @@ pub enum Streaming {
 
 /// The largest block Ferry has the walsender stream: 2 MB. With the server's 64 MB default
 /// the last block of a 1M-row transaction (up to 64 MB) was decoded and applied only after
-/// its commit; blocks of 256 kB to 2 MB took its commit-to-caught-up time from 4.6–4.9 s to
-/// 3.4–4.2 s (`docs/benchmarks.md`). A transaction smaller than this is never streamed.
+/// its commit; with 2 MB blocks its commit-to-caught-up time was 3.35–4.21 s (six runs)
+/// against 4.63 and 4.90 s with 64 MB, smaller blocks no better within the noise
+/// (`docs/benchmarks.md`). A transaction smaller than this is never streamed.
 pub const DECODING_WORK_MEM_KB: i32 = 2048;
 
 /// A replication-protocol configuration for `slot` on the source `uri`. Reads the password

@@ -80,10 +80,10 @@ pub struct PgStream {
     /// The name each replicated table (by the source's OID) had when last announced: seeded
     /// with what the target holds, so a rename is seen across sessions too.
     names: HashMap<u32, TableId>,
-    /// Per relation: its last Relation message and, per enum column, the labels known when
-    /// it was described. A value outside them was added since (`ALTER TYPE … ADD VALUE`,
-    /// which the stream does not announce): the relation is described again first.
-    enums: HashMap<u32, (RelationMessage, Vec<EnumColumn>)>,
+    /// Per relation, per enum column: the labels known when it was described. A value
+    /// outside them was added since (`ALTER TYPE … ADD VALUE`, which the stream does not
+    /// announce): the relation is described again first, from its last Relation message.
+    enums: HashMap<u32, Vec<EnumColumn>>,
     in_transaction: bool,
     pending: std::collections::VecDeque<SourceEvent>,
     /// Transactions the source streams in progress, by top-level xid ([`crate::spool`]).
@@ -93,7 +93,7 @@ pub struct PgStream {
     /// A streamed transaction that committed, to be handed on as an ordinary one.
     committed: Option<streamed::Committed>,
     /// The last Relation message the committed path read, per relation.
-    relation_messages: HashMap<u32, RelationMessage>,
+    relation_messages: HashMap<u32, Arc<RelationMessage>>,
     /// The definition last announced per relation.
     definitions: HashMap<u32, ferry_core::TableDefinition>,
     /// Streamed transactions whose changes go ahead of their commit ([`ahead`]).
@@ -343,7 +343,8 @@ impl PgStream {
                     )));
                 }
                 self.relations.insert(relation.id, schema.clone());
-                self.relation_messages.insert(relation.id, relation.clone());
+                self.relation_messages
+                    .insert(relation.id, Arc::new(relation.clone()));
                 // Published via its root, a partition's changes name the root, but pgoutput
                 // describes the partition too: nothing is written under its name. Leaves
                 // published on their own are tables like any other.
@@ -464,7 +465,7 @@ impl PgStream {
         if columns.is_empty() {
             self.enums.remove(&relation.id);
         } else {
-            self.enums.insert(relation.id, (relation.clone(), columns));
+            self.enums.insert(relation.id, columns);
         }
         Ok(())
     }
@@ -472,7 +473,7 @@ impl PgStream {
     /// Describes the relation again (announcing its new shape) when `row` holds an enum
     /// label added since it was described.
     async fn check_enum_values(&mut self, id: u32, row: &Row) -> Result<(), PgError> {
-        let Some((relation, columns)) = self.enums.get(&id) else {
+        let Some(columns) = self.enums.get(&id) else {
             return Ok(());
         };
         let added = columns.iter().any(|(i, labels)| match row.get(*i) {
@@ -482,7 +483,9 @@ impl PgStream {
         if !added {
             return Ok(());
         }
-        let relation = relation.clone();
+        let Some(relation) = self.relation_messages.get(&id).cloned() else {
+            return Ok(());
+        };
         let (schema, _) = self.describe(&relation).await?;
         self.note_enums(&relation).await?;
         let schema = Arc::new(schema);

@@ -114,7 +114,7 @@ pub(crate) struct Applier {
     /// The copy shaped the table as it was later; an older shape would undo that (drop a
     /// column the copy filled, add it back empty).
     pub(crate) deferred_shapes: HashSet<TableId>,
-    /// The shape the sink last followed per table in this run.
+    /// The shape the sink last followed per table in this run (kept while `ahead`).
     pub(crate) shaped: HashMap<TableId, Arc<TableSchema>>,
     /// The definition the sink last followed per table in this run (kept while `ahead`).
     pub(crate) defined: HashMap<TableId, ferry_core::TableDefinition>,

@@ -38,7 +38,9 @@ impl Applier {
             self.end_batch_before(&schema.id, batch, cursor).await?;
         }
         self.sink.ensure_table(schema).await?;
-        self.shaped.insert(schema.id.clone(), schema.clone());
+        if self.ahead.is_some() {
+            self.shaped.insert(schema.id.clone(), schema.clone());
+        }
         Ok(())
     }
 

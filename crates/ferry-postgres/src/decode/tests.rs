@@ -440,3 +440,39 @@ fn trailing_bytes_are_rejected_without_echoing_them() {
     );
     assert!(!error.to_string().contains("secret"));
 }
+
+#[test]
+fn streamed_messages_decode_as_their_plain_form() {
+    let messages = [
+        PgOutputMessage::Insert {
+            relation_id: 7,
+            new: vec![text("1"), Value::Null],
+        },
+        PgOutputMessage::Update {
+            relation_id: 7,
+            old: Some(OldTuple::Key(vec![text("1"), Value::Null])),
+            new: vec![text("2"), Value::Unchanged],
+        },
+        PgOutputMessage::Delete {
+            relation_id: 7,
+            old: OldTuple::Full(vec![text("2"), text("x")]),
+        },
+    ];
+    for message in messages {
+        let plain = encode(&message);
+        // Protocol 2 puts the (sub)transaction's xid right after the tag.
+        let mut streamed = vec![plain[0]];
+        streamed.extend_from_slice(&4242u32.to_be_bytes());
+        streamed.extend_from_slice(&plain[1..]);
+        let payload = Bytes::from(streamed);
+        assert_eq!(decode_streamed(&payload), Ok(message));
+        // Values are slices of the payload, as in the plain form.
+        if let Ok(PgOutputMessage::Insert { new, .. }) = decode_streamed(&payload) {
+            let Value::Text(v) = &new[0] else {
+                panic!("a text value")
+            };
+            assert!(payload.as_ptr_range().contains(&v.as_ptr()));
+        }
+    }
+    assert!(decode_streamed(&Bytes::from_static(b"I\0\0")).is_err());
+}

@@ -12,8 +12,9 @@
 //! ([`Ahead::Discard`]); its spool is still whole, and it comes at its commit as before.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferry_core::{Ahead, AheadReply, Position, RowChange, SourceEvent};
 use tokio::sync::oneshot;
 
@@ -22,8 +23,8 @@ use crate::decode::{self, OldTuple, PgOutputMessage, RelationMessage};
 use crate::PgError;
 
 /// The transactions whose changes are sent ahead, by top-level xid: the relations each
-/// one's blocks described, as they described them.
-pub(super) type AheadTransactions = HashMap<u32, HashMap<u32, RelationMessage>>;
+/// one's blocks described, as they described them (the committed path's message, shared).
+pub(super) type AheadTransactions = HashMap<u32, HashMap<u32, Arc<RelationMessage>>>;
 
 impl PgStream {
     /// A streamed transaction's first block: its changes go ahead when asked for.
@@ -96,21 +97,12 @@ impl PgStream {
             == Some(&now))
     }
 
-    /// A stream block's message of `xid` (`message`: its tag and body, the xid taken out),
-    /// already spooled.
-    pub(super) async fn ahead_message(
-        &mut self,
-        xid: u32,
-        message: [&[u8]; 2],
-    ) -> Result<(), PgError> {
+    /// A stream block's message of `xid`, as received, already spooled.
+    pub(super) async fn ahead_message(&mut self, xid: u32, payload: &Bytes) -> Result<(), PgError> {
         if !self.ahead.contains_key(&xid) {
             return Ok(());
         }
-        let mut buf = BytesMut::with_capacity(message[0].len() + message[1].len());
-        buf.extend_from_slice(message[0]);
-        buf.extend_from_slice(message[1]);
-        let payload: Bytes = buf.freeze();
-        let Ok(decoded) = decode::decode(&payload) else {
+        let Ok(decoded) = decode::decode_streamed(payload) else {
             // The commit path decodes it again, and fails with the decoder's error.
             self.ahead_discard(xid, "a message did not decode");
             return Ok(());
@@ -167,9 +159,11 @@ impl PgStream {
 
     /// The shape `xid`'s changes of relation `id` are decoded with: the committed path's,
     /// while it is the one `xid`'s block described.
-    fn ahead_table(&self, xid: u32, id: u32) -> Option<std::sync::Arc<ferry_core::TableSchema>> {
+    fn ahead_table(&self, xid: u32, id: u32) -> Option<Arc<ferry_core::TableSchema>> {
         let described = self.ahead.get(&xid)?.get(&id)?;
-        (self.relation_messages.get(&id) == Some(described))
+        // Compared by address first: this runs for every change.
+        let known = self.relation_messages.get(&id)?;
+        (Arc::ptr_eq(known, described) || known == described)
             .then(|| self.relations.get(&id).cloned())
             .flatten()
     }
@@ -181,15 +175,16 @@ impl PgStream {
         xid: u32,
         relation: RelationMessage,
     ) -> Result<bool, PgError> {
-        if self.relation_messages.get(&relation.id) != Some(&relation) {
+        if self.relation_messages.get(&relation.id).map(|m| &**m) != Some(&relation) {
             if !self.committed_shape(&relation).await? {
                 return Ok(false);
             }
             self.on_message(PgOutputMessage::Relation(relation.clone()))
                 .await?;
         }
-        if let Some(described) = self.ahead.get_mut(&xid) {
-            described.insert(relation.id, relation);
+        let known = self.relation_messages.get(&relation.id).cloned();
+        if let (Some(described), Some(known)) = (self.ahead.get_mut(&xid), known) {
+            described.insert(relation.id, known);
         }
         Ok(true)
     }

@@ -34,7 +34,7 @@ fn decode_error(e: decode::DecodeError) -> PgError {
 impl PgStream {
     /// Handles `payload` if it belongs to a streamed transaction (a stream control message
     /// or a message inside a stream block); `false` when it is an ordinary message.
-    pub(super) async fn on_streamed(&mut self, payload: &[u8]) -> Result<bool, PgError> {
+    pub(super) async fn on_streamed(&mut self, payload: &bytes::Bytes) -> Result<bool, PgError> {
         if let Some(control) = spool::control(payload).map_err(decode_error)? {
             self.on_control(control).await?;
             return Ok(true);
@@ -57,7 +57,7 @@ impl PgStream {
             spool.spill().map_err(spool_error)?;
         }
         spool.push(subxid, &message).map_err(spool_error)?;
-        self.ahead_message(xid, message).await?;
+        self.ahead_message(xid, payload).await?;
         Ok(true)
     }
 

@@ -350,7 +350,9 @@ impl AheadApply {
             .held
             .as_mut()
             .expect("a change is written for the held transaction");
-        held.tables.insert(table.id.clone());
+        if !held.tables.contains(&table.id) {
+            held.tables.insert(table.id.clone());
+        }
         held.rows += 1;
         held.bytes += change.payload_bytes() as u64;
         held.counts.count(&change);
