@@ -34,21 +34,25 @@ impl Engine {
         warn!(changefeed = %key, slot = %over.slot, retained = over.retained, limit = over.limit, action = ?over.action, "slot past max_retained_wal_bytes");
         match over.action {
             RetainedWalAction::Pause => {
+                // Say why now, not at the next measurement: before the pause too, so no
+                // status read finds the changefeed paused without the reason.
+                let say_why = |state: Option<FeedState>| {
+                    let _ = self.with_feed(&over.namespace, &over.id, |f| {
+                        f.status.update(|s| {
+                            s.slot_warning = guard_warning(
+                                &over.slot,
+                                Some(over.retained),
+                                Some((over.limit, over.action)),
+                                state.unwrap_or(s.state),
+                            )
+                        })
+                    });
+                };
+                say_why(Some(FeedState::Paused));
                 match self.pause(&over.namespace, &over.id).await {
-                    // Say why now, not at the next measurement.
-                    Ok(_) => {
-                        let _ = self.with_feed(&over.namespace, &over.id, |f| {
-                            f.status.update(|s| {
-                                s.slot_warning = guard_warning(
-                                    &over.slot,
-                                    Some(over.retained),
-                                    Some((over.limit, over.action)),
-                                    s.state,
-                                )
-                            })
-                        });
-                    }
+                    Ok(_) => say_why(None),
                     Err(e) => {
+                        say_why(None);
                         warn!(changefeed = %key, error = %ferry_core::error_chain(&e), "could not pause the changefeed past max_retained_wal_bytes");
                     }
                 }
