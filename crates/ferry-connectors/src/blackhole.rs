@@ -104,7 +104,7 @@ impl Sink for BlackholeSink {
 
     /// Takes PostgreSQL COPY text as it comes (it only counts lines), so it measures a
     /// PostgreSQL source's bulk path; with `snapshot_bulk` off it counts decoded rows.
-    fn bulk_formats(&self) -> &'static [BulkFormat] {
+    fn bulk_formats(&self, _schema: &TableSchema) -> &'static [BulkFormat] {
         &[BulkFormat::PG_COPY_TEXT]
     }
 

@@ -261,8 +261,9 @@ pub trait Sink: Send {
     /// [`Sink::finish_table`]).
     async fn ensure_table_for_copy(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError>;
 
-    /// The bulk formats [`Sink::copy_chunk`] loads besides rows (none: rows only).
-    fn bulk_formats(&self) -> &'static [BulkFormat] {
+    /// The bulk formats [`Sink::copy_chunk`] loads into `schema`'s table besides rows
+    /// (none: rows only), as [`Sink::ensure_table_for_copy`] left that table.
+    fn bulk_formats(&self, _schema: &TableSchema) -> &'static [BulkFormat] {
         &[]
     }
 

@@ -5,9 +5,10 @@
 //! # Two paths
 //! Any source and sink meet on the row path: [`ChunkData::Rows`], values in canonical text.
 //! A source and a sink that share an encoding ([`BulkFormat`]) may skip decoding: the
-//! source offers its formats ([`crate::SnapshotExport::bulk_formats`]), the sink names
-//! those it loads ([`crate::Sink::bulk_formats`]), and the engine picks the first of the
-//! source's that the sink loads, unless the changefeed's `snapshot_bulk` option is off.
+//! source offers its formats for a table ([`crate::SnapshotExport::bulk_formats`]), the
+//! sink names those it loads into that table ([`crate::Sink::bulk_formats`]), and the
+//! engine picks the first of the source's that the sink loads, unless the changefeed's
+//! `snapshot_bulk` option is off.
 //!
 //! A chunk commits in the target together with its marker, so a restart copies only the
 //! chunks not finished. The plan is persisted in the metadata store: its serialized form
@@ -107,6 +108,10 @@ pub struct BulkFormat(pub &'static str);
 impl BulkFormat {
     /// PostgreSQL's `COPY … (FORMAT text)`: one row per line.
     pub const PG_COPY_TEXT: BulkFormat = BulkFormat("pg.copy.text");
+    /// PostgreSQL's `COPY … (FORMAT binary)`, whole (header, rows, trailer): each value in
+    /// its type's binary send form, so offered and loaded only for tables whose columns
+    /// have the same built-in type on both sides.
+    pub const PG_COPY_BINARY: BulkFormat = BulkFormat("pg.copy.binary");
 }
 
 /// The rows of a chunk, decoded, as the source reads them.

@@ -204,8 +204,9 @@ pub trait SnapshotExport: Send + Sync {
     /// The position the snapshot shows the data at.
     fn position(&self) -> Position;
 
-    /// The bulk formats the readers can produce, preferred first (none: rows only).
-    fn bulk_formats(&self) -> &'static [BulkFormat] {
+    /// The bulk formats the readers can produce for `schema`'s table, preferred first
+    /// (none: rows only).
+    fn bulk_formats(&self, _schema: &TableSchema) -> &'static [BulkFormat] {
         &[]
     }
 

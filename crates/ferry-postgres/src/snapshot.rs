@@ -190,10 +190,27 @@ pub async fn copy_out(
     plan: &TablePlan,
     chunk: &ChunkSpec,
 ) -> Result<BoxStream<'static, Result<Bytes, PgError>>, PgError> {
-    copy_out_within(client, schema, plan, chunk, DEFAULT_REPLICATION_TIMEOUT).await
+    copy_out_within(
+        client,
+        schema,
+        plan,
+        chunk,
+        CopyFormat::Text,
+        DEFAULT_REPLICATION_TIMEOUT,
+    )
+    .await
 }
 
-/// Streams one chunk as COPY text. Never waits on a silent source for more than `timeout`,
+/// How a chunk's rows are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// COPY text: every value in its type's output form, one row per line.
+    Text,
+    /// COPY binary, whole (header, rows, trailer): every value in its type's send form.
+    Binary,
+}
+
+/// Streams one chunk in `format`. Never waits on a silent source for more than `timeout`,
 /// but waits as long as it takes for a table
 /// another session has locked (see the module doc). A silent source ends the stream with a
 /// transient error.
@@ -202,6 +219,7 @@ pub async fn copy_out_within(
     schema: &TableSchema,
     plan: &TablePlan,
     chunk: &ChunkSpec,
+    format: CopyFormat,
     timeout: Duration,
 ) -> Result<BoxStream<'static, Result<Bytes, PgError>>, PgError> {
     let partitioned: bool = answer(
@@ -216,7 +234,10 @@ pub async fn copy_out_within(
     .map_err(|e| PgError::new(format!("look up table {}", schema.id), e))?
     .get(0);
     lock_for_read(client, schema, timeout).await?;
-    let sql = copy_out_sql(schema, plan.key_column.as_deref(), chunk, partitioned);
+    let mut sql = copy_out_sql(schema, plan.key_column.as_deref(), chunk, partitioned);
+    if format == CopyFormat::Binary {
+        sql.push_str(" (FORMAT binary)");
+    }
     let what = format!("copy {} chunk {}", schema.id, chunk.index);
     let stream = answer(timeout, client.copy_out(&sql))
         .await?

@@ -90,9 +90,16 @@ async fn copy_through_a_cut(pg: &PgCluster, proxy: TcpProxy) {
         .await
         .unwrap();
     let (schema, plan) = whole_table_plan(&client).await;
-    let stream = snapshot::copy_out_within(&client, &schema, &plan, &whole(), TIMEOUT)
-        .await
-        .unwrap();
+    let stream = snapshot::copy_out_within(
+        &client,
+        &schema,
+        &plan,
+        &whole(),
+        snapshot::CopyFormat::Text,
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
     futures::pin_mut!(stream);
     // Some rows arrive, then the network goes silent.
     assert!(stream.next().await.unwrap().is_ok());
@@ -142,9 +149,16 @@ async fn a_copy_waits_for_a_table_locked_longer_than_the_timeout() {
         locker.batch_execute("COMMIT").await.unwrap();
     });
     let started = Instant::now();
-    let stream = snapshot::copy_out_within(&client, &schema, &plan, &whole(), TIMEOUT)
-        .await
-        .unwrap();
+    let stream = snapshot::copy_out_within(
+        &client,
+        &schema,
+        &plan,
+        &whole(),
+        snapshot::CopyFormat::Text,
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
     let rows: usize = stream
         .map(|b| bytecount(&b.unwrap()))
         .fold(0, |a, b| async move { a + b })

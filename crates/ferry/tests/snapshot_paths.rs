@@ -1,6 +1,7 @@
-//! The two snapshot paths end identical: PostgreSQL → PostgreSQL with the bulk path off
+//! The snapshot paths end identical: PostgreSQL → PostgreSQL with the bulk path off
 //! (chunks decoded into rows of typed values, then encoded as COPY text again by the sink)
-//! and on (COPY text passed through), for the copy and for the stream after it.
+//! and on (COPY binary passed through for tables of built-in types the target has too,
+//! COPY text for the others), for the copy and for the stream after it.
 
 mod common;
 
@@ -44,7 +45,31 @@ SELECT 100 + g, g::bigint * 1000003, g / 7.0, 'line ' || g || E'\n\t\\' || chr(1
 FROM generate_series(1, 3000) g;
 CREATE TABLE keyless (a text, b bytea);
 INSERT INTO keyless VALUES (E'x\ty', '\x09'), (E'x\ty', '\x09'), (NULL, NULL);
+CREATE TABLE builtin AS SELECT id, i2, i4, i8, n, n2, f8, t, c, b, flag, d, tm, ttz, ts, tstz,
+    iv, u, j, jb, arr, tarr, ip, big, bigb FROM typed;
+ALTER TABLE builtin ADD PRIMARY KEY (id),
+    ADD f4 real, ADD nm name, ADD ch "char", ADD o oid, ADD cd cidr, ADD mac macaddr,
+    ADD mac8 macaddr8, ADD vc varchar(7), ADD bits bit(4), ADD vbits varbit, ADD ts3 timestamp(3),
+    ADD r4 int4range, ADD r8 int8range, ADD rn numrange, ADD rts tsrange, ADD rtstz tstzrange,
+    ADD rd daterange, ADD n2arr numeric(6, 2)[], ADD tsarr timestamptz[], ADD jbarr jsonb[];
+UPDATE builtin SET f4 = '-0', nm = 'naïve', ch = 'é', o = 4294967295, cd = '10.1/16',
+    mac = '08:00:2b:01:02:03', mac8 = '08:00:2b:01:02:03:04:05', vc = 'seven77', bits = B'1010',
+    vbits = B'', ts3 = '2024-01-01 00:00:00.123', r4 = '[1,5)', r8 = 'empty', rn = '(,1.5]',
+    rts = '[2020-01-01,infinity)', rtstz = '[-infinity,2020-01-01 00:00+00)', rd = '[2020-01-01,2020-02-01)',
+    n2arr = '{1.25,NULL,-3.5}', tsarr = '{infinity,"2001-02-03 04:05:06.789+00"}', jbarr = ARRAY['{"x": 1}'::jsonb, 'null']
+WHERE id = 1;
+UPDATE builtin SET f4 = 'NaN', ch = E'\\', vbits = B'1', r4 = 'empty', n2arr = '{}' WHERE id = 2;
+CREATE TABLE retyped (id int PRIMARY KEY, v varchar(10), w smallint);
+INSERT INTO retyped SELECT g, 'v' || g, g FROM generate_series(1, 100) g;
 "#;
+
+/// A table the target's owner made before the changefeed, with types wider than the
+/// source's: its chunks load as text (binary values read as another type would be wrong).
+const TARGET_RETYPED: &str =
+    "CREATE TABLE retyped (id bigint PRIMARY KEY, v text, w int, mine text DEFAULT 'kept')";
+
+/// Every table, compared source against target.
+const TABLES: &[&str] = &["typed", "keyless", "builtin"];
 
 /// Changes for the stream after the copy: every operation, a TOASTed value left unchanged
 /// by an update of another column, escapes on the way.
@@ -55,11 +80,13 @@ INSERT INTO typed (id, t, b, arr) VALUES (9000, E'\\\\\t\r\n', '\x5c4e', '{7,NUL
 DELETE FROM typed WHERE id BETWEEN 150 AND 250;
 UPDATE typed SET id = 9001 WHERE id = 3;
 INSERT INTO keyless VALUES (E'\\N', '\x5c4e');
+UPDATE builtin SET f4 = 1.5, r4 = '[2,3)', bits = B'0001', ch = 'x' WHERE id = 2;
 "#;
 
 fn copy_then_stream(snapshot_bulk: bool) {
     let pair = Pair::start();
     pair.source.psql("shop", TYPES);
+    pair.target.psql("analytics", TARGET_RETYPED);
     let (code, body) = pair.ferry.post(
         "/api/v2/changefeeds",
         &json!({
@@ -77,17 +104,35 @@ fn copy_then_stream(snapshot_bulk: bool) {
         "the option is not shown: {body}"
     );
     pair.wait_synced("paths", Duration::from_secs(60));
-    let path = if snapshot_bulk {
-        "path=\"pg.copy.text\""
+    // Each path with the tables it took, as the log names them.
+    let paths: &[(&str, &str)] = if snapshot_bulk {
+        &[
+            ("pg.copy.binary", "public.builtin, public.keyless"),
+            ("pg.copy.text", "public.retyped, public.typed"),
+        ]
     } else {
-        "path=\"rows\""
+        &[(
+            "rows",
+            "public.builtin, public.keyless, public.retyped, public.typed",
+        )]
     };
-    assert!(
-        pair.ferry.log().contains(path),
-        "the snapshot did not take the {path} path:\n{}",
-        pair.ferry.log()
+    let log = pair.ferry.log();
+    for (path, tables) in paths {
+        assert!(
+            log.lines().any(|l| l.contains("tables copied in this path")
+                && l.contains(&format!("path=\"{path}\""))
+                && l.contains(&format!("tables={tables}"))),
+            "the snapshot did not copy {tables} in {path}:\n{log}"
+        );
+    }
+    pair.compare(TABLES).assert_identical();
+    assert_eq!(
+        pair.target.psql(
+            "analytics",
+            "SELECT count(*), count(*) FILTER (WHERE v = 'v' || id AND w = id AND mine = 'kept') FROM retyped"
+        ),
+        "100|100"
     );
-    pair.compare(&["typed", "keyless"]).assert_identical();
     // The copy compresses what it TOASTs with lz4 (the test servers have it).
     assert_eq!(
         pair.target.psql(
@@ -99,7 +144,7 @@ fn copy_then_stream(snapshot_bulk: bool) {
 
     pair.source.psql("shop", CHANGES);
     pair.wait_synced("paths", Duration::from_secs(60));
-    pair.compare(&["typed", "keyless"]).assert_identical();
+    pair.compare(TABLES).assert_identical();
     let toast = pair.target.psql(
         "analytics",
         "SELECT length(big), length(bigb), i4 FROM typed WHERE id = 1",

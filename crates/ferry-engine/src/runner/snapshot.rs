@@ -10,7 +10,7 @@
 //! A chunk travels as rows, or in a bulk format when the source offers one the sink loads
 //! and the changefeed's `snapshot_bulk` option allows it ([`bulk_format`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use ferry_core::{
@@ -112,12 +112,12 @@ impl Runner {
                         chunk: chunk.clone(),
                         // A single-chunk table copied in a later snapshot replaces what is there.
                         replace: !fresh && plan.chunks.len() == 1,
+                        format: self.chunk_format(export.as_ref(), sink, schema),
                     });
                 }
             }
         }
-        let format = self.chunk_format(export.as_ref(), sink);
-        self.copy(export, work, format).await?;
+        self.copy(export, work).await?;
         for schema in schemas.values() {
             sink.finish_table(schema).await?;
         }
@@ -197,6 +197,7 @@ impl Runner {
             let schema = Arc::new(table.schema.clone());
             sink.ensure_table_for_copy(&schema).await?;
             work.push_back(ChunkJob {
+                format: self.chunk_format(export.as_ref(), sink, &schema),
                 schema,
                 plan: added.plan.clone(),
                 chunk: ChunkSpec::whole(),
@@ -204,8 +205,7 @@ impl Runner {
             });
         }
         let copied: Vec<Arc<TableSchema>> = work.iter().map(|j| j.schema.clone()).collect();
-        let format = self.chunk_format(export.as_ref(), sink);
-        self.copy(export, work, format).await?;
+        self.copy(export, work).await?;
         for schema in &copied {
             sink.finish_table(schema).await?;
         }
@@ -229,24 +229,45 @@ impl Runner {
         Ok(())
     }
 
-    /// The format chunks travel in from `export` to `sink` (see [`bulk_format`]).
-    fn chunk_format(&self, export: &dyn SnapshotExport, sink: &dyn Sink) -> Option<BulkFormat> {
+    /// The format `schema`'s chunks travel in from `export` to `sink` (see [`bulk_format`]),
+    /// once the sink has its table ready for the copy.
+    fn chunk_format(
+        &self,
+        export: &dyn SnapshotExport,
+        sink: &dyn Sink,
+        schema: &TableSchema,
+    ) -> Option<BulkFormat> {
         bulk_format(
             self.config.options.snapshot_bulk,
-            export.bulk_formats(),
-            sink.bulk_formats(),
+            export.bulk_formats(schema),
+            sink.bulk_formats(schema),
         )
     }
 
-    /// Copies `work` with parallel workers inside `export`, chunks as rows or in `format`.
+    /// Copies `work` with parallel workers inside `export`, each chunk as rows or in its
+    /// job's format.
     async fn copy(
         &mut self,
         export: Arc<dyn SnapshotExport>,
         work: VecDeque<ChunkJob>,
-        format: Option<BulkFormat>,
     ) -> Result<(), RunError> {
         let started = std::time::Instant::now();
         let total_chunks = work.len();
+        let mut paths: BTreeMap<&str, BTreeSet<&TableId>> = BTreeMap::new();
+        for job in &work {
+            let path = job.format.map_or("rows", |f| f.0);
+            paths.entry(path).or_default().insert(&job.schema.id);
+        }
+        for (path, tables) in &paths {
+            // Named up to a point: a log line, not a catalog.
+            let mut named: Vec<String> = tables.iter().take(20).map(|t| t.to_string()).collect();
+            if tables.len() > named.len() {
+                named.push(format!("and {} more", tables.len() - named.len()));
+            }
+            info!(changefeed = %self.config.key(), path, count = tables.len(), tables = %named.join(", "), "tables copied in this path");
+        }
+        let paths: Vec<&str> = paths.keys().copied().collect();
+        let paths = paths.join(", ");
         let workers = self.config.options.snapshot_workers.min(work.len()).max(1);
         let mut unfinished: HashMap<TableId, usize> = HashMap::new();
         for job in &work {
@@ -271,7 +292,6 @@ impl Runner {
                 connectors: self.connectors.clone(),
                 policy: self.target_policy(),
                 export: export.clone(),
-                format,
                 work: work.clone(),
                 unfinished: unfinished.clone(),
                 copied: copied.clone(),
@@ -291,8 +311,7 @@ impl Runner {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        let path = format.map_or("rows", |f| f.0);
-        info!(changefeed = %self.config.key(), rows, chunks = total_chunks, path, seconds = secs, rows_per_sec = rows as f64 / secs.max(1e-9), "snapshot done");
+        info!(changefeed = %self.config.key(), rows, chunks = total_chunks, path = %paths, seconds = secs, rows_per_sec = rows as f64 / secs.max(1e-9), "snapshot done");
         Ok(())
     }
 }
@@ -302,6 +321,8 @@ struct ChunkJob {
     plan: TablePlan,
     chunk: ChunkSpec,
     replace: bool,
+    /// `None`: rows.
+    format: Option<BulkFormat>,
 }
 
 struct SnapshotWorker {
@@ -309,8 +330,6 @@ struct SnapshotWorker {
     connectors: Arc<dyn ferry_core::Connectors>,
     policy: TargetPolicy,
     export: Arc<dyn SnapshotExport>,
-    /// `None`: rows.
-    format: Option<BulkFormat>,
     work: Arc<Mutex<VecDeque<ChunkJob>>>,
     /// Chunks of each table not copied yet: the worker that copies a table's last one
     /// hands the table to the [`KeyBuilder`] (on `copied`) and goes on copying.
@@ -330,7 +349,6 @@ impl SnapshotWorker {
             .connect(uri, &self.config.key(), self.policy.clone())
             .await?;
         let snapshot = self.export.position();
-        let format = self.format;
         let mut rows = 0;
         loop {
             let job = self.work.lock().expect("work queue lock").pop_front();
@@ -344,7 +362,7 @@ impl SnapshotWorker {
                 }
             });
             let data = reader
-                .read(&job.schema, &job.plan, &job.chunk, format)
+                .read(&job.schema, &job.plan, &job.chunk, job.format)
                 .await?;
             let metrics = self.metrics.clone();
             let data = match data {

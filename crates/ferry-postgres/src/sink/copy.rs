@@ -32,6 +32,23 @@ const ROWS_PER_MESSAGE: usize = 256;
 
 pub use ferry_core::FinishedChunk;
 
+/// How a chunk's rows are encoded for `COPY … FROM STDIN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Text,
+    Binary,
+}
+
+impl Encoding {
+    /// The COPY option naming it.
+    fn option(self) -> &'static str {
+        match self {
+            Encoding::Text => "",
+            Encoding::Binary => " (FORMAT binary)",
+        }
+    }
+}
+
 /// Moves the staged rows into the table, replacing rows of the same key.
 fn upsert_staged_sql(schema: &TableSchema, columns: &str) -> String {
     let key: Vec<String> = schema
@@ -128,7 +145,12 @@ impl PgSink {
     ) -> Result<u64, SinkError> {
         match data {
             ChunkData::Bulk { format, data } if format == BulkFormat::PG_COPY_TEXT => {
-                self.copy_text(schema, chunk, snapshot, replace, data).await
+                self.copy_encoded(schema, chunk, snapshot, replace, Encoding::Text, data)
+                    .await
+            }
+            ChunkData::Bulk { format, data } if format == BulkFormat::PG_COPY_BINARY => {
+                self.copy_encoded(schema, chunk, snapshot, replace, Encoding::Binary, data)
+                    .await
             }
             ChunkData::Rows(rows) => {
                 // Encoded as COPY text, a batch of rows per message, so rows from any source
@@ -148,7 +170,8 @@ impl PgSink {
                     }
                     Ok(out.freeze())
                 });
-                self.copy_text(schema, chunk, snapshot, replace, data).await
+                self.copy_encoded(schema, chunk, snapshot, replace, Encoding::Text, data)
+                    .await
             }
             ChunkData::Bulk { format, .. } => Err(SinkError::Unsupported {
                 message: format!(
@@ -159,15 +182,16 @@ impl PgSink {
         }
     }
 
-    /// Copies one snapshot chunk (COPY text) in its own transaction, recording it as
-    /// finished in the same transaction. With `replace`, the table is emptied first (a
+    /// Copies one snapshot chunk (COPY text or binary) in its own transaction, recording it
+    /// as finished in the same transaction. With `replace`, the table is emptied first (a
     /// table re-copied whole after a restart). Returns the rows copied.
-    async fn copy_text<S, E>(
+    async fn copy_encoded<S, E>(
         &mut self,
         schema: &TableSchema,
         chunk: u32,
         snapshot: &Position,
         replace: bool,
+        encoding: Encoding,
         data: S,
     ) -> Result<u64, SinkError>
     where
@@ -207,6 +231,9 @@ impl PgSink {
                 .await
                 .map_err(fail)?;
         }
+        if encoding == Encoding::Binary {
+            self.check_binary_types(schema).await?;
+        }
         let columns: Vec<String> = schema
             .columns
             .iter()
@@ -228,7 +255,10 @@ impl PgSink {
         };
         let sink = self
             .client
-            .copy_in::<_, Bytes>(&format!("COPY {into} ({columns}) FROM STDIN"))
+            .copy_in::<_, Bytes>(&format!(
+                "COPY {into} ({columns}) FROM STDIN{}",
+                encoding.option()
+            ))
             .await
             .map_err(fail)?;
         // Boxed, not pinned on the stack: on a failure it is dropped before the ROLLBACK,
@@ -310,6 +340,38 @@ impl PgSink {
             .map_err(fail)?;
         self.client.batch_execute("COMMIT").await.map_err(fail)?;
         Ok(rows)
+    }
+
+    /// Refuses a binary copy into `schema`'s table unless each of its target columns still
+    /// has the source column's type: binary values read as another type of the same width
+    /// (an `int8` as a `timestamp`) would load wrong without an error. Locks the table as
+    /// the COPY would, so no one changes a type until the chunk commits.
+    async fn check_binary_types(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
+        let what = format!("check target column types of {}", schema.id);
+        self.client
+            .batch_execute(&format!(
+                "LOCK TABLE {} IN ROW EXCLUSIVE MODE",
+                schema.id.quoted()
+            ))
+            .await
+            .map_err(|e| statement_error(what.clone(), e))?;
+        let current = super::ddl::target_columns(&self.client, schema)
+            .await?
+            .unwrap_or_default();
+        if super::shape::loads_binary(schema, &current) {
+            return Ok(());
+        }
+        let _ = self.client.batch_execute("ROLLBACK").await;
+        Err(SinkError::Statement {
+            what,
+            // Copied again in text by the next attempt, which reads the target's types anew.
+            class: ErrorClass::Transient,
+            source: format!(
+                "a column of target table {} changed type since the copy began",
+                schema.id
+            )
+            .into(),
+        })
     }
 
     /// Creates the target table of `schema` for a bulk copy, or follows its column changes

@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS _ferry.created_tables (
 pub(crate) struct TargetColumn {
     pub(crate) name: String,
     pub(crate) type_name: String,
+    /// The type's OID (`atttypid`).
+    pub(crate) type_oid: u32,
     /// `GENERATED ALWAYS AS (…) STORED`: nothing may write it.
     pub(crate) generated: bool,
     /// `NOT NULL` without a default or identity: an insert must name it.
@@ -74,7 +76,8 @@ pub(crate) async fn target_columns(
     let rows = client
         .query(
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
-                    a.attgenerated <> '', a.attnotnull AND NOT a.atthasdef AND a.attidentity = ''
+                    a.attgenerated <> '', a.attnotnull AND NOT a.atthasdef AND a.attidentity = '',
+                    a.atttypid
              FROM pg_catalog.pg_attribute a
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -103,6 +106,7 @@ pub(crate) async fn target_columns(
             .map(|r| TargetColumn {
                 name: r.get(0),
                 type_name: r.get(1),
+                type_oid: r.get(4),
                 generated: r.get(2),
                 required: r.get(3),
             })
@@ -436,6 +440,7 @@ mod tests {
             .map(|(n, t)| TargetColumn {
                 name: n.to_string(),
                 type_name: t.to_string(),
+                type_oid: 0,
                 generated: false,
                 required: false,
             })
@@ -494,6 +499,7 @@ mod tests {
         cur.push(TargetColumn {
             name: "g".into(),
             type_name: "integer".into(),
+            type_oid: 0,
             generated: true,
             required: false,
         });
@@ -512,6 +518,7 @@ mod tests {
         generated.push(TargetColumn {
             name: "v".into(),
             type_name: "text".into(),
+            type_oid: 0,
             generated: true,
             required: false,
         });
@@ -529,6 +536,7 @@ mod tests {
         required.push(TargetColumn {
             name: "r".into(),
             type_name: "text".into(),
+            type_oid: 0,
             generated: false,
             required: true,
         });

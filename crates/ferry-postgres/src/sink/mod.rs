@@ -65,6 +65,8 @@ struct TargetTable {
     /// The target's type of each source column, which set statements cast to.
     casts: Vec<String>,
     statements: HashMap<Shape, Statement>,
+    /// Its chunks load in COPY binary ([`shape::loads_binary`]).
+    binary: bool,
 }
 
 /// Writes into a PostgreSQL database.
@@ -540,8 +542,13 @@ impl Sink for PgSink {
         PgSink::ensure_table_for_copy(self, schema).await
     }
 
-    fn bulk_formats(&self) -> &'static [ferry_core::BulkFormat] {
-        &[ferry_core::BulkFormat::PG_COPY_TEXT]
+    fn bulk_formats(&self, schema: &TableSchema) -> &'static [ferry_core::BulkFormat] {
+        use ferry_core::BulkFormat;
+        if self.tables.get(&schema.id).is_some_and(|t| t.binary) {
+            &[BulkFormat::PG_COPY_BINARY, BulkFormat::PG_COPY_TEXT]
+        } else {
+            &[BulkFormat::PG_COPY_TEXT]
+        }
     }
 
     async fn copy_chunk(

@@ -55,6 +55,7 @@ impl PgSink {
                 schema: schema.clone(),
                 casts: casts(schema, &current),
                 statements: HashMap::new(),
+                binary: loads_binary(schema, &current),
             },
         );
         Ok(())
@@ -113,6 +114,7 @@ impl PgSink {
                 schema: schema.clone(),
                 casts: casts(schema, &current),
                 statements: HashMap::new(),
+                binary: loads_binary(schema, &current),
             },
         );
         Ok(())
@@ -250,6 +252,18 @@ fn casts(schema: &TableSchema, current: &[ddl::TargetColumn]) -> Vec<String> {
                 .map_or_else(|| c.type_name.clone(), |t| t.type_name.clone())
         })
         .collect()
+}
+
+/// Whether chunks of `schema` load in COPY binary: every column's type copies in binary
+/// ([`crate::types::binary_copy_safe`]) and its target column is of the same type. (A
+/// source other than PostgreSQL has no type OIDs here: see [`super::foreign`].)
+pub(super) fn loads_binary(schema: &TableSchema, current: &[ddl::TargetColumn]) -> bool {
+    schema.columns.iter().all(|c| {
+        crate::types::binary_copy_safe(c.type_oid)
+            && current
+                .iter()
+                .any(|t| t.name == c.name && t.type_oid == c.type_oid)
+    })
 }
 
 /// Why Ferry stops rather than add `columns` to `table` with NULL in its existing rows.
