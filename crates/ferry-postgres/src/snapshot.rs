@@ -234,6 +234,11 @@ pub async fn copy_out_within(
     .map_err(|e| PgError::new(format!("look up table {}", schema.id), e))?
     .get(0);
     lock_for_read(client, schema, timeout).await?;
+    answer(
+        timeout,
+        unchanged_since_snapshot(client, schema, partitioned, format),
+    )
+    .await??;
     let mut sql = copy_out_sql(schema, plan.key_column.as_deref(), chunk, partitioned);
     if format == CopyFormat::Binary {
         sql.push_str(" (FORMAT binary)");
@@ -243,6 +248,83 @@ pub async fn copy_out_within(
         .await?
         .map_err(|e| PgError::new(what.clone(), e))?;
     Ok(progress_bounded(stream, timeout, what).boxed())
+}
+
+/// Refuses to read a table the snapshot no longer shows as it is, once its lock is held:
+/// - rewritten or truncated after the snapshot was taken (`ALTER TABLE` rewriting it,
+///   `TRUNCATE`, `VACUUM FULL`, `CLUSTER`): such a table reads empty in older snapshots
+///   (PostgreSQL's MVCC caveat), and no row event brings the rows back. The snapshot's
+///   catalog still names the old file, the current one the new;
+/// - for `format` binary, a column whose type is no longer the one `schema` was read with:
+///   binary values carry no type, and the target's column has the old one.
+///
+/// Both fail as transient: the next attempt copies from a new snapshot and schema.
+async fn unchanged_since_snapshot(
+    client: &Client,
+    schema: &TableSchema,
+    partitioned: bool,
+    format: CopyFormat,
+) -> Result<(), PgError> {
+    let table = schema.id.quoted();
+    let rewritten = client
+        .query(
+            "WITH RECURSIVE tree(oid) AS (
+               SELECT pg_catalog.to_regclass($1)::oid
+               UNION ALL
+               SELECT i.inhrelid FROM pg_catalog.pg_inherits i
+               JOIN tree ON i.inhparent = tree.oid
+               JOIN pg_catalog.pg_class p ON p.oid = tree.oid AND p.relkind = 'p')
+             SELECT c.relname::text FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid
+             WHERE c.relkind IN ('r', 'm')
+               AND pg_catalog.pg_relation_filenode(c.oid) IS DISTINCT FROM c.relfilenode",
+            &[&table],
+        )
+        .await
+        .map_err(|e| PgError::new(format!("look up table {}", schema.id), e))?;
+    if let Some(row) = rewritten.first() {
+        let name: String = row.get(0);
+        return Err(PgError::other(
+            format!(
+                "table {} ({name}) was rewritten or truncated on the source after the copy's \
+                 snapshot was taken; that snapshot no longer shows its rows: copying again from \
+                 a new snapshot",
+                schema.id
+            ),
+            ferry_core::ErrorClass::Transient,
+            "rewritten after the snapshot",
+        ));
+    }
+    if format == CopyFormat::Binary {
+        let columns: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let only = if partitioned { "" } else { "ONLY " };
+        let select = format!("SELECT {} FROM {only}{table}", columns.join(", "));
+        let prepared = client
+            .prepare(&select)
+            .await
+            .map_err(|e| PgError::new(format!("read column types of {}", schema.id), e))?;
+        let same = prepared.columns().len() == schema.columns.len()
+            && prepared
+                .columns()
+                .iter()
+                .zip(&schema.columns)
+                .all(|(now, then)| now.type_().oid() == then.type_oid);
+        if !same {
+            return Err(PgError::other(
+                format!(
+                    "a column of table {} changed type on the source since the copy began: \
+                     copying again with its new shape",
+                    schema.id
+                ),
+                ferry_core::ErrorClass::Transient,
+                "column type changed",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `future`'s output, or the silent-source error after `timeout`.

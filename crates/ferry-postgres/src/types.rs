@@ -89,16 +89,22 @@ fn builtin(oid: u32, typmod: i32) -> Option<LogicalType> {
     })
 }
 
-/// Whether a column of type `oid` copies in `COPY … (FORMAT binary)` from any PostgreSQL
-/// to any other, the target's column being of the same type: a built-in type (its OID is
-/// the same in every version) whose send and receive forms hold the value exactly and
-/// read it the same on every server, or an array of one. PostgreSQL's own logical
-/// replication copies in binary across versions on the same grounds. Left out: domains,
-/// enums, composites and extension types (OIDs of their cluster), `money` (its binary
-/// form counts units of the server's `lc_monetary`), and everything less common.
+/// Whether a column of type `oid` copies in `COPY … (FORMAT binary)` between servers of
+/// [`BINARY_COPY_VERSIONS`], the target's column being of the same type: a built-in type
+/// (its OID is the same in every version) whose send and receive forms have not changed
+/// across those versions and hold the value exactly, or an array of one. Where a form did
+/// change, the new values are refused by older servers (numeric's infinities before 14),
+/// except `interval`: PostgreSQL 17 sends its infinities as extreme field values that older
+/// servers store as finite intervals, so it is left out. Also left out: domains, enums,
+/// composites and extension types (OIDs of their cluster), `money` (its binary form counts
+/// units of the server's `lc_monetary`), and everything less common.
 pub fn binary_copy_safe(oid: u32) -> bool {
     BINARY_COPY_TYPES.contains(&oid)
 }
+
+/// The servers (`server_version_num`) whose binary forms of [`BINARY_COPY_TYPES`] were
+/// checked: a server newer than this build knows copies in text.
+pub const BINARY_COPY_VERSIONS: std::ops::RangeInclusive<i32> = 100_000..=189_999;
 
 /// The types of [`binary_copy_safe`], by OID.
 #[rustfmt::skip]
@@ -107,14 +113,14 @@ pub const BINARY_COPY_TYPES: &[u32] = &[
     16, 17, 18, 19, 20, 21, 23, 25, 26, 114,
     // cidr, float4, float8, macaddr8, macaddr, inet, char(n), varchar
     650, 700, 701, 774, 829, 869, 1042, 1043,
-    // date, time, timestamp, timestamptz, interval, timetz, bit, varbit, numeric
-    1082, 1083, 1114, 1184, 1186, 1266, 1560, 1562, 1700,
+    // date, time, timestamp, timestamptz, timetz, bit, varbit, numeric
+    1082, 1083, 1114, 1184, 1266, 1560, 1562, 1700,
     // uuid, jsonb, int4range, numrange, tsrange, tstzrange, daterange, int8range
     2950, 3802, 3904, 3906, 3908, 3910, 3912, 3926,
     // Their arrays, in the same order.
     1000, 1001, 1002, 1003, 1016, 1005, 1007, 1009, 1028, 199,
     651, 1021, 1022, 775, 1040, 1041, 1014, 1015,
-    1182, 1183, 1115, 1185, 1187, 1270, 1561, 1563, 1231,
+    1182, 1183, 1115, 1185, 1270, 1561, 1563, 1231,
     2951, 3807, 3905, 3907, 3909, 3911, 3913, 3927,
 ];
 

@@ -46,7 +46,7 @@ FROM generate_series(1, 3000) g;
 CREATE TABLE keyless (a text, b bytea);
 INSERT INTO keyless VALUES (E'x\ty', '\x09'), (E'x\ty', '\x09'), (NULL, NULL);
 CREATE TABLE builtin AS SELECT id, i2, i4, i8, n, n2, f8, t, c, b, flag, d, tm, ttz, ts, tstz,
-    iv, u, j, jb, arr, tarr, ip, big, bigb FROM typed;
+    u, j, jb, arr, tarr, ip, big, bigb FROM typed;
 ALTER TABLE builtin ADD PRIMARY KEY (id),
     ADD f4 real, ADD nm name, ADD ch "char", ADD o oid, ADD cd cidr, ADD mac macaddr,
     ADD mac8 macaddr8, ADD vc varchar(7), ADD bits bit(4), ADD vbits varbit, ADD ts3 timestamp(3),

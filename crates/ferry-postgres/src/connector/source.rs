@@ -32,6 +32,9 @@ pub struct PgSource {
     catalog: Option<Client>,
     /// Whether the source streams transactions in progress (PostgreSQL 14 and later).
     streaming: Streaming,
+    /// The server's version is one whose binary COPY forms are known
+    /// ([`crate::types::BINARY_COPY_VERSIONS`]).
+    binary_copy: bool,
     /// Send streamed transactions' changes ahead of their commit ([`Source::stream_ahead`]).
     ahead: bool,
     /// The session that created the changefeed's slot in this attempt: idle until the
@@ -47,7 +50,8 @@ impl PgSource {
     ) -> Result<Self, PgError> {
         let catalog = crate::connect::connect(uri, "ferry-catalog").await?;
         catalog::prepare_session(&catalog).await?;
-        let streaming = if catalog::server_version_num(&catalog).await? >= 140_000 {
+        let version = catalog::server_version_num(&catalog).await?;
+        let streaming = if version >= 140_000 {
             let server_kb = catalog::decoding_work_mem_kb(&catalog).await?;
             Streaming::Blocks {
                 decoding_work_mem_kb: (server_kb > slot::DECODING_WORK_MEM_KB)
@@ -62,6 +66,7 @@ impl PgSource {
             options: options.clone(),
             catalog: Some(catalog),
             streaming,
+            binary_copy: crate::types::BINARY_COPY_VERSIONS.contains(&version),
             ahead: false,
             created: None,
         })
@@ -237,6 +242,7 @@ impl Source for PgSource {
             timeout: self.options.replication_timeout,
             name: created.snapshot_name,
             lsn: created.consistent_point,
+            binary_copy: self.binary_copy,
             _session: None,
         }))
     }
@@ -248,6 +254,7 @@ impl Source for PgSource {
             timeout: self.options.replication_timeout,
             name: created.snapshot_name,
             lsn: created.consistent_point,
+            binary_copy: self.binary_copy,
             _session: Some(created.session),
         }))
     }
@@ -332,6 +339,8 @@ struct PgExport {
     timeout: std::time::Duration,
     name: String,
     lsn: Lsn,
+    /// See [`PgSource::binary_copy`].
+    binary_copy: bool,
     _session: Option<ReplicationClient>,
 }
 
@@ -341,14 +350,15 @@ impl SnapshotExport for PgExport {
         Position::PgLsn(self.lsn)
     }
 
-    /// Binary first when every column's type copies in binary from any PostgreSQL to any
-    /// other ([`crate::types::binary_copy_safe`]): the servers neither print nor parse
-    /// the values (a fraction of both servers' CPU, docs/benchmarks.md).
+    /// Binary first when every column's type copies in binary between known servers
+    /// ([`crate::types::binary_copy_safe`]): the servers neither print nor parse the
+    /// values (docs/benchmarks.md, "Snapshot chunks in COPY binary").
     fn bulk_formats(&self, schema: &TableSchema) -> &'static [BulkFormat] {
-        if schema
-            .columns
-            .iter()
-            .all(|c| crate::types::binary_copy_safe(c.type_oid))
+        if self.binary_copy
+            && schema
+                .columns
+                .iter()
+                .all(|c| crate::types::binary_copy_safe(c.type_oid))
         {
             &[BulkFormat::PG_COPY_BINARY, BulkFormat::PG_COPY_TEXT]
         } else {

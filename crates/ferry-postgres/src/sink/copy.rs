@@ -231,9 +231,6 @@ impl PgSink {
                 .await
                 .map_err(fail)?;
         }
-        if encoding == Encoding::Binary {
-            self.check_binary_types(schema).await?;
-        }
         let columns: Vec<String> = schema
             .columns
             .iter()
@@ -314,6 +311,9 @@ impl PgSink {
             }
         }
         let rows = sink.as_mut().finish().await.map_err(fail)?;
+        if encoding == Encoding::Binary {
+            self.check_binary_types(schema).await?;
+        }
         if staged {
             self.client
                 .batch_execute(&upsert_staged_sql(schema, &columns))
@@ -342,29 +342,20 @@ impl PgSink {
         Ok(rows)
     }
 
-    /// Refuses a binary copy into `schema`'s table unless each of its target columns still
-    /// has the source column's type: binary values read as another type of the same width
-    /// (an `int8` as a `timestamp`) would load wrong without an error. Locks the table as
-    /// the COPY would, so no one changes a type until the chunk commits.
+    /// Undoes a binary chunk just loaded into `schema`'s table unless each of its target
+    /// columns has the source column's type: binary values read as another type of the same
+    /// width (an `int8` as a `timestamp`) load wrong without an error. Checked after the
+    /// COPY, whose lock no type change gets past until the chunk commits, so what is read
+    /// is what the COPY wrote into.
     async fn check_binary_types(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
-        let what = format!("check target column types of {}", schema.id);
-        self.client
-            .batch_execute(&format!(
-                "LOCK TABLE {} IN ROW EXCLUSIVE MODE",
-                schema.id.quoted()
-            ))
-            .await
-            .map_err(|e| statement_error(what.clone(), e))?;
-        let current = super::ddl::target_columns(&self.client, schema)
-            .await?
-            .unwrap_or_default();
-        if super::shape::loads_binary(schema, &current) {
+        let current = super::ddl::target_columns(&self.client, schema).await;
+        if current.is_ok_and(|c| super::shape::loads_binary(schema, &c.unwrap_or_default())) {
             return Ok(());
         }
         let _ = self.client.batch_execute("ROLLBACK").await;
         Err(SinkError::Statement {
-            what,
-            // Copied again in text by the next attempt, which reads the target's types anew.
+            what: format!("check target column types of {}", schema.id),
+            // The next attempt reads the target's types anew and decides again.
             class: ErrorClass::Transient,
             source: format!(
                 "a column of target table {} changed type since the copy began",
@@ -372,6 +363,34 @@ impl PgSink {
             )
             .into(),
         })
+    }
+
+    /// The formats chunks of `schema` load in: binary first when the target's server is
+    /// known for it and [`PgSink::ensure_table_for_copy`] found the table's columns of the
+    /// source's types ([`super::shape::loads_binary`]).
+    pub(super) fn copy_formats(&self, schema: &TableSchema) -> &'static [BulkFormat] {
+        let binary = self.binary_server == Some(true)
+            && (self.tables.get(&schema.id))
+                .is_some_and(|t| t.binary && t.schema.columns == schema.columns);
+        if binary {
+            &[BulkFormat::PG_COPY_BINARY, BulkFormat::PG_COPY_TEXT]
+        } else {
+            &[BulkFormat::PG_COPY_TEXT]
+        }
+    }
+
+    /// Whether the target's server is one whose binary COPY forms are known
+    /// ([`crate::types::BINARY_COPY_VERSIONS`]); asked once per session, `false` when it
+    /// cannot be told.
+    async fn binary_server(&mut self) -> bool {
+        if let Some(known) = self.binary_server {
+            return known;
+        }
+        let known = crate::catalog::server_version_num(&self.client)
+            .await
+            .is_ok_and(|v| crate::types::BINARY_COPY_VERSIONS.contains(&v));
+        self.binary_server = Some(known);
+        known
     }
 
     /// Creates the target table of `schema` for a bulk copy, or follows its column changes
@@ -382,6 +401,7 @@ impl PgSink {
         &mut self,
         schema: &Arc<TableSchema>,
     ) -> Result<(), SinkError> {
+        self.binary_server().await;
         self.shape_table(schema, false).await
     }
 

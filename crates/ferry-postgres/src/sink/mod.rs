@@ -106,6 +106,8 @@ pub struct PgSink {
     uri: ConnectionUri,
     /// Whether the target compresses TOASTed values with lz4 ([`copy`]); asked once.
     lz4: Option<bool>,
+    /// Whether the target's version is one binary COPY is known for ([`copy`]); asked once.
+    binary_server: Option<bool>,
     /// This session writes ahead of commits ([`ferry_core::Sink::adopt_table`]).
     ahead_session: bool,
 }
@@ -144,9 +146,14 @@ impl PgSink {
         // `synchronous_commit = on` whatever the target's default: the engine tells the
         // source's slot it may discard WAL once `commit_batch` returns, so a commit the target
         // has acknowledged must already be flushed. With the target at `off`, a target crash
-        // would otherwise lose transactions the source has already forgotten.
+        // would otherwise lose transactions the source has already forgotten. Notices
+        // ("schema … already exists, skipping" for every session's bookkeeping) stay out
+        // of the log.
         client
-            .batch_execute("SET search_path TO ''; SET synchronous_commit TO on")
+            .batch_execute(
+                "SET search_path TO ''; SET synchronous_commit TO on; \
+                 SET client_min_messages TO warning",
+            )
             .await
             .map_err(|e| statement_error("set session settings", e))?;
         if let Some(source) = &policy.source {
@@ -194,6 +201,7 @@ impl PgSink {
             foreign_keys: false,
             uri: uri.clone(),
             lz4: None,
+            binary_server: None,
             ahead_session: false,
         })
     }
@@ -543,12 +551,7 @@ impl Sink for PgSink {
     }
 
     fn bulk_formats(&self, schema: &TableSchema) -> &'static [ferry_core::BulkFormat] {
-        use ferry_core::BulkFormat;
-        if self.tables.get(&schema.id).is_some_and(|t| t.binary) {
-            &[BulkFormat::PG_COPY_BINARY, BulkFormat::PG_COPY_TEXT]
-        } else {
-            &[BulkFormat::PG_COPY_TEXT]
-        }
+        self.copy_formats(schema)
     }
 
     async fn copy_chunk(
