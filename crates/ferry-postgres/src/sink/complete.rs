@@ -71,7 +71,7 @@ impl PgSink {
                 if let Err(e) = self
                     .client
                     .batch_execute(&format!(
-                        "SET maintenance_work_mem = '{}'; {sql}; RESET maintenance_work_mem",
+                        "{}; {sql}; RESET maintenance_work_mem",
                         super::copy::INDEX_BUILD_MEMORY
                     ))
                     .await
