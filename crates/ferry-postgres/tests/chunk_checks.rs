@@ -81,6 +81,26 @@ async fn read(
     })
 }
 
+/// The whole table as COPY text on `client`, inside its transaction.
+async fn read_text(
+    client: &tokio_postgres::Client,
+    schema: &TableSchema,
+    plan: &TablePlan,
+) -> Result<
+    futures::stream::BoxStream<'static, Result<bytes::Bytes, ferry_postgres::PgError>>,
+    ferry_postgres::PgError,
+> {
+    snapshot::copy_out_within(
+        client,
+        schema,
+        plan,
+        &ChunkSpec::whole(),
+        CopyFormat::Text,
+        TIMEOUT,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_chunks_load_only_into_the_types_they_were_read_from() {
     let pg = PgCluster::start();
@@ -210,17 +230,10 @@ async fn a_table_rewritten_after_the_snapshot_is_not_read_empty() {
             .await
             .unwrap();
         pg.psql("shop", rewrite);
-        let err = snapshot::copy_out_within(
-            &client,
-            &schema,
-            &plan,
-            &ChunkSpec::whole(),
-            CopyFormat::Text,
-            TIMEOUT,
-        )
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("read after {rewrite}"));
+        let err = read_text(&client, &schema, &plan)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("read after {rewrite}"));
         assert_eq!(err.class, ErrorClass::Transient, "{err}");
         assert!(
             err.to_string()
@@ -235,18 +248,11 @@ async fn a_table_rewritten_after_the_snapshot_is_not_read_empty() {
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await
         .unwrap();
-    let bytes: Vec<_> = snapshot::copy_out_within(
-        &client,
-        &schema,
-        &plan,
-        &ChunkSpec::whole(),
-        CopyFormat::Text,
-        TIMEOUT,
-    )
-    .await
-    .unwrap()
-    .collect()
-    .await;
+    let bytes: Vec<_> = read_text(&client, &schema, &plan)
+        .await
+        .unwrap()
+        .collect()
+        .await;
     let text: Vec<u8> = bytes
         .into_iter()
         .flat_map(|b| b.unwrap().to_vec())

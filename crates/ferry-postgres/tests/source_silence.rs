@@ -26,6 +26,24 @@ fn proxied(pg: &PgCluster, proxy: &TcpProxy) -> ConnectionUri {
     parse_postgres_uri(&uri).unwrap()
 }
 
+/// The whole table as COPY text, with the tests' read timeout.
+async fn copy_text(
+    client: &tokio_postgres::Client,
+    schema: &ferry_core::TableSchema,
+    plan: &TablePlan,
+) -> futures::stream::BoxStream<'static, Result<bytes::Bytes, ferry_postgres::PgError>> {
+    snapshot::copy_out_within(
+        client,
+        schema,
+        plan,
+        &whole(),
+        snapshot::CopyFormat::Text,
+        TIMEOUT,
+    )
+    .await
+    .unwrap()
+}
+
 async fn whole_table_plan(client: &tokio_postgres::Client) -> (ferry_core::TableSchema, TablePlan) {
     let oid: u32 = client
         .query_one("SELECT 'public.t'::regclass::oid", &[])
@@ -90,16 +108,7 @@ async fn copy_through_a_cut(pg: &PgCluster, proxy: TcpProxy) {
         .await
         .unwrap();
     let (schema, plan) = whole_table_plan(&client).await;
-    let stream = snapshot::copy_out_within(
-        &client,
-        &schema,
-        &plan,
-        &whole(),
-        snapshot::CopyFormat::Text,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let stream = copy_text(&client, &schema, &plan).await;
     futures::pin_mut!(stream);
     // Some rows arrive, then the network goes silent.
     assert!(stream.next().await.unwrap().is_ok());
@@ -149,16 +158,7 @@ async fn a_copy_waits_for_a_table_locked_longer_than_the_timeout() {
         locker.batch_execute("COMMIT").await.unwrap();
     });
     let started = Instant::now();
-    let stream = snapshot::copy_out_within(
-        &client,
-        &schema,
-        &plan,
-        &whole(),
-        snapshot::CopyFormat::Text,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let stream = copy_text(&client, &schema, &plan).await;
     let rows: usize = stream
         .map(|b| bytecount(&b.unwrap()))
         .fold(0, |a, b| async move { a + b })
