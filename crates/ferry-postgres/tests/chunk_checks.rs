@@ -164,6 +164,8 @@ async fn binary_chunks_load_only_into_the_types_they_were_read_from() {
         "{err:#}"
     );
     assert_eq!(pg.psql("analytics", "SELECT count(*) FROM t"), "3");
+    // The session is out of the failed transaction, usable as it was.
+    assert_eq!(sink.finished_chunks().await.unwrap(), vec![]);
 
     // The next attempt reads the target anew: a column Ferry created is its again (the
     // sink refuses what it cannot cast back), then the chunk loads in binary, every value

@@ -232,7 +232,38 @@ impl PgSink {
             "BEGIN"
         };
         self.client.batch_execute(begin).await.map_err(fail)?;
-        if replace && !append {
+        let loaded = match self
+            .load_chunk(schema, chunk, replace && !append, staged, encoding, data)
+            .await
+        {
+            Ok(rows) => self.record_chunk(schema, chunk, snapshot, rows).await,
+            Err(e) => Err(e),
+        };
+        if loaded.is_err() {
+            // Nothing of the chunk stays: not its rows, not an emptied table.
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        loaded
+    }
+
+    /// Loads a chunk's data inside the open transaction (emptying the table first with
+    /// `truncate`; through a staging table with `staged`). Returns the rows loaded.
+    async fn load_chunk<S, E>(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        truncate: bool,
+        staged: bool,
+        encoding: Encoding,
+        data: S,
+    ) -> Result<u64, SinkError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = format!("copy {} chunk {chunk}", schema.id);
+        let fail = |e| statement_error(what.clone(), e);
+        if truncate {
             self.client
                 .batch_execute(&format!("TRUNCATE {}", schema.id.quoted()))
                 .await
@@ -265,8 +296,9 @@ impl PgSink {
             ))
             .await
             .map_err(fail)?;
-        // Boxed, not pinned on the stack: on a failure it is dropped before the ROLLBACK,
-        // which aborts the COPY (the ROLLBACK would otherwise queue behind it forever).
+        // Boxed, not pinned on the stack: on a failure it is dropped (as this returns) before
+        // the caller's ROLLBACK, which aborts the COPY (the ROLLBACK would otherwise queue
+        // behind it forever).
         let mut sink = Box::pin(sink);
         let mut data = std::pin::pin!(data);
         // The source sends a message per row: gather them into large messages, so the
@@ -311,11 +343,7 @@ impl PgSink {
                     }
                 }
             };
-            if let Err(e) = sent {
-                drop(sink);
-                let _ = self.client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
+            sent?;
         }
         let rows = sink.as_mut().finish().await.map_err(fail)?;
         if encoding == Encoding::Binary {
@@ -327,6 +355,18 @@ impl PgSink {
                 .await
                 .map_err(fail)?;
         }
+        Ok(rows)
+    }
+
+    /// Records the chunk as copied and commits it with its rows.
+    async fn record_chunk(
+        &mut self,
+        schema: &TableSchema,
+        chunk: u32,
+        snapshot: &Position,
+        rows: u64,
+    ) -> Result<u64, SinkError> {
+        let fail = |e| statement_error(format!("record {} chunk {chunk}", schema.id), e);
         self.client
             .execute(
                 "INSERT INTO _ferry.snapshot_chunks
@@ -349,17 +389,16 @@ impl PgSink {
         Ok(rows)
     }
 
-    /// Undoes a binary chunk just loaded into `schema`'s table unless each of its target
-    /// columns has the source column's type: binary values read as another type of the same
-    /// width (an `int8` as a `timestamp`) load wrong without an error. Checked after the
-    /// COPY, whose lock no type change gets past until the chunk commits, so what is read
-    /// is what the COPY wrote into.
+    /// Refuses a binary chunk just loaded into `schema`'s table (the caller undoes it)
+    /// unless each of its target columns has the source column's type: binary values read
+    /// as another type of the same width (an `int8` as a `timestamp`) load wrong without an
+    /// error. Checked after the COPY, whose lock no type change gets past until the chunk
+    /// commits, so what is read is what the COPY wrote into.
     async fn check_binary_types(&mut self, schema: &TableSchema) -> Result<(), SinkError> {
         let current = super::ddl::target_columns(&self.client, schema).await;
         if current.is_ok_and(|c| super::shape::loads_binary(schema, &c.unwrap_or_default())) {
             return Ok(());
         }
-        let _ = self.client.batch_execute("ROLLBACK").await;
         Err(SinkError::Statement {
             what: format!("check target column types of {}", schema.id),
             // The next attempt reads the target's types anew and decides again.
