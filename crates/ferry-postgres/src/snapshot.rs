@@ -201,13 +201,32 @@ pub async fn copy_out(
     .await
 }
 
-/// How a chunk's rows are encoded.
+/// How a chunk's rows are encoded, out of the source and into the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyFormat {
     /// COPY text: every value in its type's output form, one row per line.
     Text,
     /// COPY binary, whole (header, rows, trailer): every value in its type's send form.
     Binary,
+}
+
+impl CopyFormat {
+    /// The encoding of a bulk format, `None` for one that is not PostgreSQL's COPY.
+    pub fn of(format: ferry_core::BulkFormat) -> Option<CopyFormat> {
+        match format {
+            ferry_core::BulkFormat::PG_COPY_TEXT => Some(CopyFormat::Text),
+            ferry_core::BulkFormat::PG_COPY_BINARY => Some(CopyFormat::Binary),
+            _ => None,
+        }
+    }
+
+    /// The option that follows `TO STDOUT` / `FROM STDIN` to name it.
+    pub fn option(self) -> &'static str {
+        match self {
+            CopyFormat::Text => "",
+            CopyFormat::Binary => " (FORMAT binary)",
+        }
+    }
 }
 
 /// Streams one chunk in `format`. Never waits on a silent source for more than `timeout`,
@@ -239,10 +258,8 @@ pub async fn copy_out_within(
         unchanged_since_snapshot(client, schema, partitioned, format),
     )
     .await??;
-    let mut sql = copy_out_sql(schema, plan.key_column.as_deref(), chunk, partitioned);
-    if format == CopyFormat::Binary {
-        sql.push_str(" (FORMAT binary)");
-    }
+    let sql =
+        copy_out_sql(schema, plan.key_column.as_deref(), chunk, partitioned) + format.option();
     let what = format!("copy {} chunk {}", schema.id, chunk.index);
     let stream = answer(timeout, client.copy_out(&sql))
         .await?

@@ -102,6 +102,11 @@ pub fn binary_copy_safe(oid: u32) -> bool {
     BINARY_COPY_TYPES.contains(&oid)
 }
 
+/// Whether every column of `schema` copies in binary ([`binary_copy_safe`]).
+pub fn binary_copy_columns(schema: &ferry_core::TableSchema) -> bool {
+    schema.columns.iter().all(|c| binary_copy_safe(c.type_oid))
+}
+
 /// The servers (`server_version_num`) whose binary forms of [`BINARY_COPY_TYPES`] were
 /// checked: a server newer than this build knows copies in text.
 pub const BINARY_COPY_VERSIONS: std::ops::RangeInclusive<i32> = 100_000..=189_999;

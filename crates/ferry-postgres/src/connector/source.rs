@@ -351,15 +351,10 @@ impl SnapshotExport for PgExport {
     }
 
     /// Binary first when every column's type copies in binary between known servers
-    /// ([`crate::types::binary_copy_safe`]): the servers neither print nor parse the
+    /// ([`crate::types::binary_copy_columns`]): the servers neither print nor parse the
     /// values (docs/benchmarks.md, "Snapshot chunks in COPY binary").
     fn bulk_formats(&self, schema: &TableSchema) -> &'static [BulkFormat] {
-        if self.binary_copy
-            && schema
-                .columns
-                .iter()
-                .all(|c| crate::types::binary_copy_safe(c.type_oid))
-        {
+        if self.binary_copy && crate::types::binary_copy_columns(schema) {
             &[BulkFormat::PG_COPY_BINARY, BulkFormat::PG_COPY_TEXT]
         } else {
             &[BulkFormat::PG_COPY_TEXT]
@@ -393,14 +388,14 @@ impl ChunkReader for PgChunkReader {
         format: Option<BulkFormat>,
     ) -> Result<ChunkData, SourceError> {
         let what = format!("read {} chunk {}", schema.id, chunk.index);
-        let encoding = match format {
-            None | Some(BulkFormat::PG_COPY_TEXT) => snapshot::CopyFormat::Text,
-            Some(BulkFormat::PG_COPY_BINARY) => snapshot::CopyFormat::Binary,
-            Some(other) => {
+        let encoding = match format.map(snapshot::CopyFormat::of) {
+            None => snapshot::CopyFormat::Text,
+            Some(Some(encoding)) => encoding,
+            Some(None) => {
                 return Err(SourceError::message(
                     format!(
                         "a PostgreSQL source cannot read chunks in format {}",
-                        other.0
+                        format.map_or("", |f| f.0)
                     ),
                     ErrorClass::Definite,
                 ))

@@ -19,6 +19,7 @@ use futures::{Stream, StreamExt};
 
 use super::{ddl, statement_error, PgSink};
 use crate::copy_text;
+use crate::snapshot::CopyFormat;
 
 /// Raises `maintenance_work_mem` to 512 MB for an index build after a bulk copy (a higher
 /// setting of the target's is kept), until `RESET maintenance_work_mem`: a parallel build
@@ -38,23 +39,6 @@ const COPY_MESSAGE_BYTES: usize = 256 << 10;
 const ROWS_PER_MESSAGE: usize = 256;
 
 pub use ferry_core::FinishedChunk;
-
-/// How a chunk's rows are encoded for `COPY … FROM STDIN`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Encoding {
-    Text,
-    Binary,
-}
-
-impl Encoding {
-    /// The COPY option naming it.
-    fn option(self) -> &'static str {
-        match self {
-            Encoding::Text => "",
-            Encoding::Binary => " (FORMAT binary)",
-        }
-    }
-}
 
 /// Moves the staged rows into the table, replacing rows of the same key.
 fn upsert_staged_sql(schema: &TableSchema, columns: &str) -> String {
@@ -151,14 +135,18 @@ impl PgSink {
         data: ChunkData,
     ) -> Result<u64, SinkError> {
         match data {
-            ChunkData::Bulk { format, data } if format == BulkFormat::PG_COPY_TEXT => {
-                self.copy_encoded(schema, chunk, snapshot, replace, Encoding::Text, data)
-                    .await
-            }
-            ChunkData::Bulk { format, data } if format == BulkFormat::PG_COPY_BINARY => {
-                self.copy_encoded(schema, chunk, snapshot, replace, Encoding::Binary, data)
-                    .await
-            }
+            ChunkData::Bulk { format, data } => match CopyFormat::of(format) {
+                Some(encoding) => {
+                    self.copy_encoded(schema, chunk, snapshot, replace, encoding, data)
+                        .await
+                }
+                None => Err(SinkError::Unsupported {
+                    message: format!(
+                        "the PostgreSQL sink cannot load snapshot chunks in format {}",
+                        format.0
+                    ),
+                }),
+            },
             ChunkData::Rows(rows) => {
                 // Encoded as COPY text, a batch of rows per message, so rows from any source
                 // load as fast as COPY allows.
@@ -177,15 +165,9 @@ impl PgSink {
                     }
                     Ok(out.freeze())
                 });
-                self.copy_encoded(schema, chunk, snapshot, replace, Encoding::Text, data)
+                self.copy_encoded(schema, chunk, snapshot, replace, CopyFormat::Text, data)
                     .await
             }
-            ChunkData::Bulk { format, .. } => Err(SinkError::Unsupported {
-                message: format!(
-                    "the PostgreSQL sink cannot load snapshot chunks in format {}",
-                    format.0
-                ),
-            }),
         }
     }
 
@@ -198,7 +180,7 @@ impl PgSink {
         chunk: u32,
         snapshot: &Position,
         replace: bool,
-        encoding: Encoding,
+        encoding: CopyFormat,
         data: S,
     ) -> Result<u64, SinkError>
     where
@@ -232,13 +214,12 @@ impl PgSink {
             "BEGIN"
         };
         self.client.batch_execute(begin).await.map_err(fail)?;
-        let loaded = match self
-            .load_chunk(schema, chunk, replace && !append, staged, encoding, data)
-            .await
-        {
-            Ok(rows) => self.record_chunk(schema, chunk, snapshot, rows).await,
-            Err(e) => Err(e),
-        };
+        let loaded = async {
+            let rows = (self.load_chunk(schema, chunk, replace && !append, staged, encoding, data))
+                .await?;
+            self.record_chunk(schema, chunk, snapshot, rows).await
+        }
+        .await;
         if loaded.is_err() {
             // Nothing of the chunk stays: not its rows, not an emptied table.
             let _ = self.client.batch_execute("ROLLBACK").await;
@@ -254,7 +235,7 @@ impl PgSink {
         chunk: u32,
         truncate: bool,
         staged: bool,
-        encoding: Encoding,
+        encoding: CopyFormat,
         data: S,
     ) -> Result<u64, SinkError>
     where
@@ -346,7 +327,7 @@ impl PgSink {
             sent?;
         }
         let rows = sink.as_mut().finish().await.map_err(fail)?;
-        if encoding == Encoding::Binary {
+        if encoding == CopyFormat::Binary {
             self.check_binary_types(schema).await?;
         }
         if staged {

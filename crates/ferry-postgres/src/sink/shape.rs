@@ -255,15 +255,15 @@ fn casts(schema: &TableSchema, current: &[ddl::TargetColumn]) -> Vec<String> {
 }
 
 /// Whether chunks of `schema` load in COPY binary: every column's type copies in binary
-/// ([`crate::types::binary_copy_safe`]) and its target column is of the same type. (A
+/// ([`crate::types::binary_copy_columns`]) and its target column is of the same type. (A
 /// source other than PostgreSQL has no type OIDs here: see [`super::foreign`].)
 pub(super) fn loads_binary(schema: &TableSchema, current: &[ddl::TargetColumn]) -> bool {
-    schema.columns.iter().all(|c| {
-        crate::types::binary_copy_safe(c.type_oid)
-            && current
+    crate::types::binary_copy_columns(schema)
+        && schema.columns.iter().all(|c| {
+            current
                 .iter()
                 .any(|t| t.name == c.name && t.type_oid == c.type_oid)
-    })
+        })
 }
 
 /// Why Ferry stops rather than add `columns` to `table` with NULL in its existing rows.
