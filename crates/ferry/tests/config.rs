@@ -72,6 +72,7 @@ fn layers_apply_in_order() {
         "format = \"json\"",           // file
         "initial_backoff = \"1s\"",    // default
         "data_dir = \"./ferry-data\"", // default
+        "cpu_scheduling = \"batch\"",  // default
     ] {
         assert!(out.contains(line), "{line} in:\n{out}");
     }
@@ -88,6 +89,12 @@ fn layers_apply_in_order() {
         out.contains("max_changefeeds = 3") && out.contains("give_up_after = \"1h\""),
         "{out}"
     );
+    let (code, out, err) = run(
+        &["server", "--cpu-scheduling", "normal", "--print-config"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cpu_scheduling = \"normal\""), "{out}");
 }
 
 #[test]
@@ -138,6 +145,16 @@ fn bad_configuration_exits_2_naming_the_key() {
             vec![("FERRY_MAX_NAME_LENGTH", "500")],
             "max_name_length must be between 1 and 128",
         ),
+        (
+            file("i.toml", "cpu_scheduling = \"realtime\"\n"),
+            vec![],
+            "unknown variant `realtime`",
+        ),
+        (
+            file("j.toml", ""),
+            vec![("FERRY_CPU_SCHEDULING", "fast")],
+            "unknown CPU scheduling \"fast\": use batch or normal",
+        ),
     ];
     for (path, env, expected) in cases {
         let (code, _, err) = run(&["server", "--config", &path, "--print-config"], &env);
@@ -186,15 +203,15 @@ fn limits_from_the_file_reach_the_engine() {
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let _server = Server(
-        ferry(
-            &["server", "--config", config.to_str().unwrap()],
-            &[("FERRY_NODE_ID", "node-7")],
-        )
-        .stderr(log)
-        .spawn()
-        .expect("spawn ferry server"),
-    );
+    let server_process = ferry(
+        &["server", "--config", config.to_str().unwrap()],
+        &[("FERRY_NODE_ID", "node-7")],
+    )
+    .stderr(log)
+    .spawn()
+    .expect("spawn ferry server");
+    let pid = server_process.id();
+    let _server = Server(server_process);
     let server = format!("http://127.0.0.1:{port}");
     let client = |args: &[&str]| {
         let mut all = vec!["--server", server.as_str()];
@@ -240,6 +257,13 @@ fn limits_from_the_file_reach_the_engine() {
     let status = http_get(port, "/api/v2/status");
     assert!(status.contains("\"node_id\":\"node-7\""), "{status}");
 
+    // cpu_scheduling's default reaches every thread of the running server.
+    let policies = thread_policies(pid);
+    assert!(
+        policies.len() > 1 && policies.iter().all(|&p| p == SCHED_BATCH),
+        "{policies:?}"
+    );
+
     // log.format = json from the file: every log line is a JSON object.
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     let first = log.lines().next().expect("the server logged");
@@ -247,6 +271,27 @@ fn limits_from_the_file_reach_the_engine() {
         serde_json::from_str::<serde_json::Value>(first).is_ok(),
         "{first}"
     );
+}
+
+/// Linux's number for `SCHED_BATCH`.
+const SCHED_BATCH: u32 = 3;
+
+/// The scheduling policy of each thread of process `pid` (`/proc/PID/task/*/stat`, field 41).
+fn thread_policies(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+            // The fields after the command's closing parenthesis start at field 3.
+            let after_command = &stat[stat.rfind(')').unwrap() + 2..];
+            after_command
+                .split(' ')
+                .nth(41 - 3)
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
 }
 
 /// `GET path` on the loopback port: the raw response (head and body).

@@ -6,6 +6,7 @@
 //! an unusable certificate, a non-loopback address without tokens) is reported on stderr and
 //! exits with [`crate::cli::exit::USAGE`] before anything starts.
 
+mod cpu;
 mod https;
 
 use std::path::PathBuf;
@@ -44,6 +45,11 @@ pub(crate) struct ServerArgs {
     /// process id]
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
+    /// How the OS schedules the server's threads: batch (a thread that wakes does not
+    /// preempt the one running, such as a database's process on the same host) or normal
+    /// [env: FERRY_CPU_SCHEDULING] [default: batch]
+    #[arg(long, value_name = "POLICY")]
+    cpu_scheduling: Option<String>,
     /// Log filter (`info`, `warn,ferry_engine=debug`, …) [env: FERRY_LOG] [default: info]
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
@@ -111,6 +117,7 @@ impl ServerArgs {
             ("data_dir", &self.data_dir),
             ("secret_key_file", &self.secret_key_file),
             ("node_id", &self.node_id),
+            ("cpu_scheduling", &self.cpu_scheduling),
             ("log.level", &self.log),
             ("log.format", &self.log_format),
             ("max_changefeeds", &self.max_changefeeds),
@@ -182,6 +189,15 @@ pub(crate) fn main(args: ServerArgs) -> ExitCode {
         }
     };
     init_logs(&settings);
+    // Before the runtime starts its threads, so they inherit it.
+    match cpu::apply(settings.cpu_scheduling) {
+        Ok(()) => info!(policy = %settings.cpu_scheduling, "CPU scheduling"),
+        Err(err) => warn!(
+            policy = %settings.cpu_scheduling,
+            error = %err,
+            "CPU scheduling not set; the system's default applies"
+        ),
+    }
     let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -17,13 +17,16 @@
 //! The defaults are the engine's own ([`EngineOptions::default`]), so the server and a test
 //! that starts an engine directly agree without repeating numbers.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_engine::{EngineOptions, RetryPolicy};
 use serde::{Deserialize, Serialize};
+
+mod values;
+
+pub(crate) use values::{CpuScheduling, LogFormat, LogSettings};
 
 /// Default API address: loopback only, so a fresh server is not reachable from outside.
 pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8300";
@@ -80,46 +83,6 @@ pub(crate) enum SettingsError {
         /// What is wrong.
         problem: String,
     },
-}
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown log format {other:?}: use text or json")),
-        }
-    }
-}
-
-/// `[log]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct LogSettings {
-    /// A tracing filter: `info`, `warn,ferry_engine=debug`, …
-    pub(crate) level: String,
-    /// `text` or `json`.
-    pub(crate) format: LogFormat,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        LogSettings {
-            level: DEFAULT_LOG_LEVEL.to_string(),
-            format: LogFormat::Text,
-        }
-    }
 }
 
 /// `[retry]`: how changefeeds retry transient failures. Durations are written `500ms`,
@@ -202,6 +165,8 @@ pub(crate) struct Settings {
     /// it is treated as unreachable (a cut network) and the changefeed reconnects.
     #[serde(with = "duration_text")]
     pub(crate) replication_timeout: Duration,
+    /// How the OS schedules the server's threads.
+    pub(crate) cpu_scheduling: CpuScheduling,
     /// Logging.
     pub(crate) log: LogSettings,
     /// Retries of transient failures.
@@ -225,6 +190,7 @@ impl Default for Settings {
             insecure_no_auth: false,
             retained_wal_warning_bytes: engine.retained_wal_warning_bytes,
             replication_timeout: engine.replication_timeout,
+            cpu_scheduling: CpuScheduling::default(),
             log: LogSettings::default(),
             retry: RetrySettings::default(),
             tls: TlsSettings::default(),
@@ -272,6 +238,7 @@ pub(crate) const KEYS: &[Key] = &[
         "FERRY_REPLICATION_TIMEOUT",
         "replication-timeout",
     ),
+    key("cpu_scheduling", "FERRY_CPU_SCHEDULING", "cpu-scheduling"),
     key("log.level", "FERRY_LOG", "log"),
     key("log.format", "FERRY_LOG_FORMAT", "log-format"),
     key(
@@ -411,6 +378,7 @@ impl Settings {
                 self.retained_wal_warning_bytes = number(value)? as u64;
             }
             "replication_timeout" => self.replication_timeout = duration(value)?,
+            "cpu_scheduling" => self.cpu_scheduling = value.trim().parse()?,
             "log.level" => self.log.level = value.to_string(),
             "log.format" => self.log.format = value.trim().parse()?,
             "retry.initial_backoff" => self.retry.initial_backoff = duration(value)?,
@@ -568,15 +536,6 @@ impl Settings {
     /// The effective configuration as a TOML file (`ferry server --print-config`).
     pub(crate) fn to_toml(&self) -> String {
         toml::to_string(self).expect("settings are plain TOML values")
-    }
-}
-
-impl fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        })
     }
 }
 
