@@ -18,6 +18,7 @@
 //! - [`replicator`]: native logical replication and Ferry behind one interface.
 //! - [`workload`]: snapshot, backlog, latency, bigtx — what each times and how.
 //! - [`peer_process`]: peers that are processes (pg_dump, pgcopydb, …) and their CPU/RSS.
+//! - [`servers`]: the servers' CPU in each timed part.
 //! - [`measurement`], [`report`], [`targets`], [`machine`]: numbers, tables, context.
 //!
 //! A run that fails (a contender errors out, times out or loses rows) is reported as failed
@@ -32,6 +33,7 @@ mod peer_process;
 mod plan;
 mod replicator;
 mod report;
+mod servers;
 mod targets;
 mod testbed;
 mod workload;

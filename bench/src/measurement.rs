@@ -21,6 +21,9 @@ pub(crate) struct Measurement {
     pub(crate) bytes: u64,
     /// CPU and peak RSS of the contender's own process(es), where it has any.
     pub(crate) usage: Option<ProcessUsage>,
+    /// The source's and the target's server CPU seconds in the timed part (the PostgreSQL
+    /// suite's snapshot, backlog and bigtx; the MariaDB suite keeps its own breakdown).
+    pub(crate) servers_cpu: Option<[f64; 2]>,
     /// The latency probe's results (latency workload only).
     pub(crate) latency: Option<LatencySummary>,
 }
@@ -199,6 +202,7 @@ mod tests {
             rows: 100,
             bytes: 1_000_000,
             usage: None,
+            servers_cpu: None,
             latency: None,
         };
         results.push(Workload::Snapshot, Contender::Ferry, Ok(run(2)));

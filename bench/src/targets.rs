@@ -238,6 +238,7 @@ mod tests {
                 cpu_seconds: 1.0,
                 peak_rss_kib: rss_mb * 1_000_000 / 1024,
             }),
+            servers_cpu: None,
             latency: None,
         }
     }

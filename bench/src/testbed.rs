@@ -26,6 +26,7 @@ use tokio::runtime::{Handle, Runtime};
 use crate::db::Db;
 use crate::peer_process;
 use crate::plan::Plan;
+use crate::servers::{postmaster_of, Clock, ServerProcesses};
 
 /// The source database.
 pub(crate) const SOURCE_DB: &str = "bench";
@@ -116,6 +117,8 @@ pub(crate) struct Testbed {
     pub(crate) dataset: Dataset,
     /// Scratch space for logs, COPY files and pgcopydb's work directories.
     pub(crate) scratch: tempfile::TempDir,
+    /// The source's and the target's postmaster, for the servers' CPU in a timed part.
+    servers: ServerProcesses<2>,
     runtime: Runtime,
 }
 
@@ -158,10 +161,22 @@ impl Testbed {
                 wide_toast_bytes: 0,
             },
             scratch,
+            servers: ServerProcesses::new([0, 0]),
             runtime,
         };
+        let postmaster = |cluster: &PgCluster| -> anyhow::Result<u32> {
+            postmaster_of(&Db::connect(testbed.handle(), &cluster.uri("postgres"))?)
+        };
+        testbed.servers =
+            ServerProcesses::new([postmaster(&testbed.source)?, postmaster(&testbed.target)?]);
         testbed.load(plan)?;
         Ok(testbed)
+    }
+
+    /// Samples the source's and the target's server CPU, then starts a timed part's clock;
+    /// its `stop` gives the wall time and each server's CPU seconds in between.
+    pub(crate) fn clock(&self) -> Clock<'_, 2> {
+        self.servers.clock()
     }
 
     /// The runtime handle sessions block on.

@@ -22,9 +22,8 @@ use anyhow::Context as _;
 use mysql_async::prelude::Queryable;
 
 use crate::maria::replica::{GtidList, Replica};
-use crate::maria::servers::{Clock, ServerProcesses};
 use crate::maria::testbed::{MariaTestbed, Session, PGBENCH_TABLES};
-use crate::maria::{ferry_uri, timeout, verify, Breakdown, Target};
+use crate::maria::{ferry_uri, timeout, verify, Breakdown, Servers, Target};
 use crate::measurement::Measurement;
 use crate::plan::{Contender, Plan, PGBENCH_CLIENTS};
 use crate::replicator::FerryChangefeed;
@@ -33,7 +32,7 @@ use crate::replicator::FerryChangefeed;
 /// part (the drain copies nothing).
 pub(super) fn run(
     testbed: &MariaTestbed,
-    servers: &ServerProcesses,
+    servers: &Servers,
     plan: &Plan,
     contender: Contender,
 ) -> anyhow::Result<(Measurement, Breakdown)> {
@@ -44,7 +43,7 @@ pub(super) fn run(
             let mut replica = Replica::start(testbed, &PGBENCH_TABLES, timeout(plan))?;
             replica.pause()?;
             let backlog = write_backlog(testbed, plan, &mut source)?;
-            let clock = Clock::start(servers);
+            let clock = servers.clock();
             replica.resume()?;
             replica.wait_applied(&backlog.end, timeout(plan))?;
             let (wall, cpu) = clock.stop();
@@ -61,7 +60,7 @@ pub(super) fn run(
             ferry.wait_synced(timeout(plan))?;
             ferry.stop()?;
             let backlog = write_backlog(testbed, plan, &mut source)?;
-            let clock = Clock::start(servers);
+            let clock = servers.clock();
             ferry.restart()?;
             ferry.wait_synced(timeout(plan))?;
             let (wall, cpu) = clock.stop();
@@ -77,6 +76,7 @@ pub(super) fn run(
         rows: backlog.transactions * 4,
         bytes: backlog.binlog_bytes,
         usage,
+        servers_cpu: None,
         latency: None,
     };
     let breakdown = Breakdown {

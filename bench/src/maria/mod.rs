@@ -15,13 +15,12 @@
 //!
 //! - [`testbed`]: the servers, their settings, the data, the reset between runs.
 //! - [`snapshot`], [`backlog`]: the workloads; [`replica`]: MariaDB's own replication.
-//! - [`verify`]: the target holds what the source holds; [`servers`]: the servers' CPU
-//!   during each timed part; [`report`]: the section.
+//! - [`verify`]: the target holds what the source holds; [`crate::servers`]: the
+//!   servers' CPU during each timed part; [`report`]: the section.
 
 mod backlog;
 mod replica;
 pub(crate) mod report;
-mod servers;
 mod snapshot;
 mod testbed;
 mod verify;
@@ -31,8 +30,8 @@ use std::time::{Duration, Instant};
 use crate::machine::{self, Machine};
 use crate::measurement::Measurement;
 use crate::plan::{Contender, Plan, Workload};
+use crate::servers::ServerProcesses;
 use crate::{command_line, run_all, wants};
-use servers::{ServerProcesses, ServersCpu};
 use testbed::{MariaTestbed, PG_TARGET_DB};
 
 /// How long a replicator may take to copy or catch up before the run counts as failed: at
@@ -41,6 +40,16 @@ use testbed::{MariaTestbed, PG_TARGET_DB};
 pub(crate) fn timeout(plan: &Plan) -> Duration {
     Duration::from_secs(120 + 15 * u64::from(plan.scale))
 }
+
+/// The servers whose CPU the suite samples in each timed part ([`crate::servers`]), as the
+/// report names them.
+pub(crate) const SERVERS: [&str; 3] = ["source mariadbd", "target mariadbd", "target postgres"];
+
+/// CPU seconds of each server, in [`SERVERS`] order.
+pub(crate) type ServersCpu = [f64; 3];
+
+/// The suite's servers, in [`SERVERS`] order.
+pub(crate) type Servers = ServerProcesses<3>;
 
 /// Where a timed part's work happened, besides the contender's own CPU: the servers' CPU
 /// and, for Ferry's snapshots, the copy's own seconds from its log (`snapshot done`); the
@@ -69,7 +78,7 @@ pub(crate) fn suite(plan: &Plan) -> anyhow::Result<String> {
     let load_before = machine::load_average();
     let machine = Machine::describe();
     let testbed = MariaTestbed::start(plan)?;
-    let servers = ServerProcesses::find(&testbed)?;
+    let servers = testbed.server_processes()?;
     let mut breakdowns = Vec::new();
     let results = run_all(plan, |workload, contender| {
         let (measurement, breakdown) = run(&testbed, &servers, plan, workload, contender)?;
@@ -109,7 +118,7 @@ pub(crate) fn suite(plan: &Plan) -> anyhow::Result<String> {
 /// Runs `contender` once on `workload`; also returns where the timed part's work happened.
 fn run(
     testbed: &MariaTestbed,
-    servers: &ServerProcesses,
+    servers: &Servers,
     plan: &Plan,
     workload: Workload,
     contender: Contender,

@@ -4,13 +4,12 @@
 //! The tables are the PostgreSQL suite's ([`report::throughput_table`]): medians, min–max,
 //! CPU and peak RSS of the contender's processes, and each table's Ferry row against every
 //! other row (time ÷ time for the snapshots, rate ÷ rate for the backlog); then one more
-//! table: the servers' CPU in the timed parts ([`crate::maria::servers`]) and how long
+//! table: the servers' CPU in the timed parts ([`crate::servers`]) and how long
 //! Ferry's copy itself took ([`crate::maria::Breakdown`]).
 
 use crate::machine::Machine;
-use crate::maria::servers::SERVERS;
 use crate::maria::testbed::{Dataset, SERVER_SETTINGS, TARGET_SETTINGS, TESTKIT_SETTINGS};
-use crate::maria::Breakdown;
+use crate::maria::{Breakdown, SERVERS};
 use crate::measurement::{median, Results};
 use crate::plan::{Contender, Plan, Workload, PGBENCH_CLIENTS};
 use crate::report::{self, line, Ratio};

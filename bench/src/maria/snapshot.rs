@@ -19,9 +19,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ferry_testkit::mariadb::{MARIADB_PASSWORD, MARIADB_USER};
 
-use crate::maria::servers::{Clock, ServerProcesses};
 use crate::maria::testbed::{snapshot_tables, MariaTestbed, DATABASE, PG_TARGET_DB};
-use crate::maria::{ferry_uri, timeout, verify, Breakdown, Target};
+use crate::maria::{ferry_uri, timeout, verify, Breakdown, Servers, Target};
 use crate::measurement::Measurement;
 use crate::peer_process::{self, ProcessUsage};
 use crate::plan::{Contender, Plan};
@@ -31,7 +30,7 @@ use crate::replicator::FerryChangefeed;
 /// work happened.
 pub(super) fn run(
     testbed: &MariaTestbed,
-    servers: &ServerProcesses,
+    servers: &Servers,
     plan: &Plan,
     contender: Contender,
     target: Target,
@@ -52,6 +51,7 @@ pub(super) fn run(
         rows: testbed.dataset.snapshot_rows,
         bytes: testbed.dataset.snapshot_bytes,
         usage,
+        servers_cpu: None,
         latency: None,
     };
     Ok((measurement, breakdown))
@@ -61,7 +61,7 @@ type Timed = (Duration, Option<ProcessUsage>, Breakdown);
 
 fn ferry(
     testbed: &MariaTestbed,
-    servers: &ServerProcesses,
+    servers: &Servers,
     plan: &Plan,
     target: Target,
     tables: &[&str],
@@ -71,7 +71,7 @@ fn ferry(
         Target::Postgres => Contender::FerryMariaPg,
     };
     let ferry = FerryChangefeed::start_bare(plan, contender)?;
-    let clock = Clock::start(servers);
+    let clock = servers.clock();
     ferry.create_between(
         &testbed.source.uri(DATABASE),
         &ferry_uri(testbed, target),
@@ -88,11 +88,7 @@ fn ferry(
     Ok((wall, usage, breakdown))
 }
 
-fn mydumper(
-    testbed: &MariaTestbed,
-    servers: &ServerProcesses,
-    plan: &Plan,
-) -> anyhow::Result<Timed> {
+fn mydumper(testbed: &MariaTestbed, servers: &Servers, plan: &Plan) -> anyhow::Result<Timed> {
     let dir = testbed.scratch_path("mydumper");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).context("remove mydumper's old directory")?;
@@ -102,7 +98,7 @@ fn mydumper(
     dump.args(["--database", DATABASE, "--outputdir"]).arg(&dir);
     let mut load = tool(plan, "myloader", testbed.target.port(), &log)?;
     load.arg("--directory").arg(&dir);
-    let clock = Clock::start(servers);
+    let clock = servers.clock();
     let dumped = peer_process::run(dump, &bounded_name(plan, "mydumper"), &log)?;
     let loaded = peer_process::run(load, &bounded_name(plan, "myloader"), &log)?;
     let (wall, cpu) = clock.stop();
@@ -113,11 +109,7 @@ fn mydumper(
     Ok((wall, Some(dumped.plus(loaded)), breakdown))
 }
 
-fn pgloader(
-    testbed: &MariaTestbed,
-    servers: &ServerProcesses,
-    plan: &Plan,
-) -> anyhow::Result<Timed> {
+fn pgloader(testbed: &MariaTestbed, servers: &Servers, plan: &Plan) -> anyhow::Result<Timed> {
     let root = testbed.scratch_path("pgloader");
     let log = testbed.scratch_path("pgloader.log");
     let mut load = bounded(plan, "pgloader");
@@ -134,7 +126,7 @@ fn pgloader(
         .stdin(Stdio::null())
         // A fresh log per run: a failure is told by what this run printed.
         .stdout(std::fs::File::create(&log).context("create pgloader's log")?);
-    let clock = Clock::start(servers);
+    let clock = servers.clock();
     let usage =
         peer_process::run(load, &bounded_name(plan, "pgloader"), &log).map_err(|error| {
             // Its last lines are SBCL's heap dump and debugger prompt; say what happened.

@@ -27,6 +27,7 @@ use tokio::runtime::{Handle, Runtime};
 
 use crate::db::Db;
 use crate::plan::Plan;
+use crate::servers::ServerProcesses;
 
 /// The source database, and the database (MariaDB) or schema (PostgreSQL) it lands in.
 pub(crate) const DATABASE: &str = "bench";
@@ -171,6 +172,24 @@ impl MariaTestbed {
     /// A new session on the target server.
     pub(crate) fn target_session(&self) -> anyhow::Result<Session> {
         Session::connect(self.handle(), self.target.port())
+    }
+
+    /// The suite's servers for [`crate::servers`]: each `mariadbd` from its `@@pid_file`,
+    /// the PostgreSQL cluster's postmaster.
+    pub(crate) fn server_processes(&self) -> anyhow::Result<crate::maria::Servers> {
+        let pid_of = |mut session: Session| -> anyhow::Result<u32> {
+            let file = session.query_text("SELECT @@pid_file")?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("read {file}"))?;
+            text.trim()
+                .parse()
+                .with_context(|| format!("a pid in {file}"))
+        };
+        let db = Db::connect(self.handle(), &self.pg.uri("postgres"))?;
+        Ok(ServerProcesses::new([
+            pid_of(self.source_session()?)?,
+            pid_of(self.target_session()?)?,
+            crate::servers::postmaster_of(&db)?,
+        ]))
     }
 
     /// A new session on the PostgreSQL target database.

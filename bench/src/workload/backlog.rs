@@ -13,8 +13,6 @@
 //! run wrote. A stream contender's destination must hold at least one event per row copied
 //! by the snapshot plus one per change.
 
-use std::time::Instant;
-
 use crate::measurement::Measurement;
 use crate::plan::{Contender, Plan, PGBENCH_CLIENTS, PGBENCH_THREADS};
 use crate::replicator::{Replicator, CATCH_UP_TIMEOUT};
@@ -42,15 +40,16 @@ pub(super) fn run(
         let start = source.current_wal_lsn()?;
         let pgbench = testbed.pgbench(&pgbench_args)?;
         let end = source.current_wal_lsn()?;
-        let started = Instant::now();
+        let clock = testbed.clock();
         let usage = decoder.drain(testbed, end)?;
-        let wall = started.elapsed();
+        let (wall, servers_cpu) = clock.stop();
         decoder.finish()?;
         return Ok(Measurement {
             wall,
             rows: pgbench.row_changes(),
             bytes: end.bytes_since(start),
             usage: Some(usage),
+            servers_cpu: Some(servers_cpu),
             latency: None,
         });
     }
@@ -62,10 +61,10 @@ pub(super) fn run(
     let start = source.current_wal_lsn()?;
     let pgbench = testbed.pgbench(&pgbench_args)?;
     let end = source.current_wal_lsn()?;
-    let started = Instant::now();
+    let clock = testbed.clock();
     replicator.resume()?;
     replicator.wait_applied(end, CATCH_UP_TIMEOUT)?;
-    let wall = started.elapsed();
+    let (wall, servers_cpu) = clock.stop();
     let usage = replicator.usage();
     if contender.is_stream() {
         replicator.check_events(testbed, copied + pgbench.row_changes())?;
@@ -78,6 +77,7 @@ pub(super) fn run(
         rows: pgbench.row_changes(),
         bytes: end.bytes_since(start),
         usage,
+        servers_cpu: Some(servers_cpu),
         latency: None,
     })
 }

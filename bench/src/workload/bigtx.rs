@@ -6,8 +6,6 @@
 //! The decode limit follows the slot during the insert too, and is done when its walsender
 //! has sent the commit (`sent_lsn` past the end of the transaction).
 
-use std::time::Instant;
-
 use crate::measurement::Measurement;
 use crate::plan::{Contender, Plan};
 use crate::replicator::{Replicator, CATCH_UP_TIMEOUT};
@@ -29,39 +27,40 @@ pub(super) fn run(
         plan.bigtx_rows
     );
 
-    let (wall, usage, start, end) = if contender == Contender::Recvlogical {
+    let (wall, servers_cpu, usage, start, end) = if contender == Contender::Recvlogical {
         let decoder = DecodeLimit::prepare(testbed, &[BIGTX_TABLE])?;
         let follower = decoder.follow(testbed)?;
         let start = source.current_wal_lsn()?;
         source.execute(&insert)?;
-        let committed = Instant::now();
+        let clock = testbed.clock();
         let end = source.current_wal_lsn()?;
         decoder.wait_sent(end, CATCH_UP_TIMEOUT)?;
-        let wall = committed.elapsed();
+        let (wall, cpu) = clock.stop();
         let usage = follower.interrupt()?;
         decoder.finish()?;
-        (wall, Some(usage), start, end)
+        (wall, cpu, Some(usage), start, end)
     } else {
         let replicator = Replicator::start(testbed, plan, contender, &[BIGTX_TABLE])?;
         replicator.wait_caught_up(CATCH_UP_TIMEOUT)?;
         let start = source.current_wal_lsn()?;
         source.execute(&insert)?;
-        let committed = Instant::now();
+        let clock = testbed.clock();
         let end = source.current_wal_lsn()?;
         replicator.wait_applied(end, CATCH_UP_TIMEOUT)?;
-        let wall = committed.elapsed();
+        let (wall, cpu) = clock.stop();
         let usage = replicator.usage();
         if contender != Contender::FerryBlackhole {
             verify::same_rows(testbed, &[BIGTX_TABLE])?;
         }
         replicator.finish()?;
-        (wall, usage, start, end)
+        (wall, cpu, usage, start, end)
     };
     Ok(Measurement {
         wall,
         rows: plan.bigtx_rows,
         bytes: end.bytes_since(start),
         usage,
+        servers_cpu: Some(servers_cpu),
         latency: None,
     })
 }

@@ -106,6 +106,7 @@ pub(super) fn run(
         rows: pgbench.row_changes(),
         bytes: end.bytes_since(start),
         usage,
+        servers_cpu: None,
         latency: Some(LatencySummary {
             p50_ms,
             p95_ms,

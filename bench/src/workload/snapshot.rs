@@ -20,7 +20,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -39,7 +39,7 @@ pub(super) fn run(
 ) -> anyhow::Result<Measurement> {
     testbed.prepare_run(&["public.pgbench_history"])?;
     let tables = snapshot_tables();
-    let (wall, usage) = match contender {
+    let (wall, servers_cpu, usage) = match contender {
         Contender::Native => native(testbed, &tables)?,
         Contender::PgDump => pg_dump(testbed, &tables)?,
         Contender::Pgcopydb => pgcopydb(testbed, &tables)?,
@@ -58,20 +58,22 @@ pub(super) fn run(
         rows: testbed.dataset.snapshot_rows,
         bytes: testbed.dataset.snapshot_bytes,
         usage,
+        servers_cpu: Some(servers_cpu),
         latency: None,
     })
 }
 
-type Timed = (Duration, Option<ProcessUsage>);
+/// The timed part's wall time, the servers' CPU in it, the contender's own usage.
+type Timed = (Duration, [f64; 2], Option<ProcessUsage>);
 
 fn native(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<Timed> {
     let native = NativeSubscription::prepare(testbed, tables)?;
-    let started = Instant::now();
+    let clock = testbed.clock();
     native.subscribe()?;
     native.wait_tables_ready(CATCH_UP_TIMEOUT)?;
-    let wall = started.elapsed();
+    let (wall, cpu) = clock.stop();
     native.finish()?;
-    Ok((wall, None))
+    Ok((wall, cpu, None))
 }
 
 fn pg_dump(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<Timed> {
@@ -82,9 +84,10 @@ fn pg_dump(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<Timed> {
     dump.arg(SOURCE_DB);
     let restore = testbed.psql(&testbed.target, TARGET_DB);
     let log = testbed.scratch_path("pg_dump.log");
-    let started = Instant::now();
+    let clock = testbed.clock();
     let usage = peer_process::run_pipeline(dump, restore, "pg_dump | psql", &log)?;
-    Ok((started.elapsed(), Some(usage)))
+    let (wall, cpu) = clock.stop();
+    Ok((wall, cpu, Some(usage)))
 }
 
 fn pgcopydb(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<Timed> {
@@ -113,21 +116,23 @@ fn pgcopydb(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<Timed> {
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     let log = testbed.scratch_path("pgcopydb.log");
-    let started = Instant::now();
+    let clock = testbed.clock();
     let usage = peer_process::run(clone, "pgcopydb clone", &log)?;
-    Ok((started.elapsed(), Some(usage)))
+    let (wall, cpu) = clock.stop();
+    Ok((wall, cpu, Some(usage)))
 }
 
 fn copy_out(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<Timed> {
     let log = testbed.scratch_path("copy-out.log");
-    let started = Instant::now();
+    let clock = testbed.clock();
     let mut usage = ProcessUsage::default();
     for table in tables {
         let mut copy = testbed.psql(&testbed.source, SOURCE_DB);
         copy.args(["-c", &format!("COPY {table} TO STDOUT")]);
         usage = usage.plus(peer_process::run(copy, "COPY TO STDOUT", &log)?);
     }
-    Ok((started.elapsed(), Some(usage)))
+    let (wall, cpu) = clock.stop();
+    Ok((wall, cpu, Some(usage)))
 }
 
 fn copy_in(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<Timed> {
@@ -147,7 +152,7 @@ fn copy_in(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<Timed> {
     }
     testbed.copy_schema(tables, true)?;
     testbed.checkpoint()?;
-    let started = Instant::now();
+    let clock = testbed.clock();
     let mut usage = ProcessUsage::default();
     for (table, file) in tables.iter().zip(&files) {
         let mut load = testbed.psql(&testbed.target, TARGET_DB);
@@ -155,7 +160,8 @@ fn copy_in(testbed: &Testbed, tables: &[&str]) -> anyhow::Result<Timed> {
         load.stdin(std::fs::File::open(file).context("open a COPY file")?);
         usage = usage.plus(peer_process::run(load, "COPY FROM STDIN", &log)?);
     }
-    Ok((started.elapsed(), Some(usage)))
+    let (wall, cpu) = clock.stop();
+    Ok((wall, cpu, Some(usage)))
 }
 
 fn ferry(
@@ -165,16 +171,16 @@ fn ferry(
     tables: &[&str],
 ) -> anyhow::Result<Timed> {
     let ferry = FerryChangefeed::start_server(testbed, plan, contender, tables)?;
-    let started = Instant::now();
+    let clock = testbed.clock();
     ferry.create(testbed, contender, tables)?;
     ferry.wait_synced(CATCH_UP_TIMEOUT)?;
-    let wall = started.elapsed();
+    let (wall, cpu) = clock.stop();
     let usage = ferry.usage();
     if contender.is_stream() {
         ferry.check_events(testbed, testbed.dataset.snapshot_rows)?;
     }
     ferry.finish()?;
-    Ok((wall, usage))
+    Ok((wall, cpu, usage))
 }
 
 /// `PATH` with `first` in front, so that tools which run `pg_dump` themselves find the

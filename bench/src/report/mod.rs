@@ -10,7 +10,10 @@
 //! (below 1 is Ferry faster), of rates for the backlog (above 1 is Ferry faster), of p99
 //! latencies for the latency workload (below 1 is Ferry better). A table with stream sinks
 //! in it also gives each sink's rate ÷ the blackhole's (issue 13: at least 0.8 to drain a
-//! backlog).
+//! backlog). After the tables, [`cpu_split`]: the CPU the servers and each contender used
+//! in the timed parts.
+
+mod cpu_split;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -220,6 +223,7 @@ pub(crate) fn render(context: &Context<'_>, results: &Results) -> String {
         line(w, "");
     }
 
+    cpu_split::table(w, plan, results, context.machine.cores);
     targets_table(w, "Targets (issues 4 and 13)", &targets::check(results));
     every_run(w, plan, results);
     line(w, END_MARKER);

@@ -1,10 +1,11 @@
 //! The servers' CPU during a timed part: where the time goes besides the contender.
 //!
 //! The throughput tables show the contender's own CPU; on a 2-core machine the servers' CPU
-//! says as much about a result (a replica's applier and a myloader both work inside the
-//! target server, which has no column of its own there). So the MariaDB suite samples the
-//! CPU of the source `mariadbd`, the target `mariadbd` and the PostgreSQL cluster at the
-//! clock's start and stop, and the report shows the differences.
+//! says as much about a result (native replication's apply worker and walsender, a
+//! replica's applier, a loader's COPY all work inside a server, which has no column of its
+//! own there). So each suite samples its servers' CPU at the clock's start and stop and
+//! reports the differences: the PostgreSQL suite its source and target clusters, the
+//! MariaDB suite its two `mariadbd` and its PostgreSQL cluster.
 //!
 //! A server's CPU is that of its process tree: `mariadbd` is one process (its threads are
 //! in its own counters); PostgreSQL is a postmaster with a backend per connection, so its
@@ -17,70 +18,55 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::maria::testbed::MariaTestbed;
+use crate::db::Db;
 
-/// CPU seconds of each server, in [`SERVERS`] order.
-pub(crate) type ServersCpu = [f64; 3];
-
-/// The servers sampled, as the report names them.
-pub(crate) const SERVERS: [&str; 3] = ["source mariadbd", "target mariadbd", "target postgres"];
-
-/// The process ids whose trees are sampled.
-pub(crate) struct ServerProcesses {
-    pids: [u32; 3],
+/// The process ids whose trees are sampled, `N` servers in the suite's order.
+pub(crate) struct ServerProcesses<const N: usize> {
+    pids: [u32; N],
 }
 
-impl ServerProcesses {
-    /// Finds the servers' processes: each `mariadbd` from its `@@pid_file`, the postmaster
-    /// as the parent of a backend.
-    pub(crate) fn find(testbed: &MariaTestbed) -> anyhow::Result<ServerProcesses> {
-        let pid_of = |session: &mut crate::maria::testbed::Session| -> anyhow::Result<u32> {
-            let file = session.query_text("SELECT @@pid_file")?;
-            let text = std::fs::read_to_string(&file).with_context(|| format!("read {file}"))?;
-            text.trim()
-                .parse()
-                .with_context(|| format!("a pid in {file}"))
-        };
-        let source = pid_of(&mut testbed.source_session()?)?;
-        let target = pid_of(&mut testbed.target_session()?)?;
-        let db = crate::db::Db::connect(testbed.handle(), &testbed.pg.uri("postgres"))?;
-        let backend = u32::try_from(db.query_i64("SELECT pg_backend_pid()::bigint")?)?;
-        let postmaster = read_stat(backend)
-            .context("read a PostgreSQL backend's /proc stat")?
-            .parent;
-        Ok(ServerProcesses {
-            pids: [source, target, postmaster],
-        })
+impl<const N: usize> ServerProcesses<N> {
+    /// Samples the trees rooted at `pids`.
+    pub(crate) fn new(pids: [u32; N]) -> ServerProcesses<N> {
+        ServerProcesses { pids }
     }
 
     /// Each server's CPU seconds so far.
-    pub(crate) fn sample(&self) -> ServersCpu {
+    pub(crate) fn sample(&self) -> [f64; N] {
         let stats = all_stats();
         self.pids.map(|pid| tree_cpu(pid, &stats))
     }
-}
 
-/// A timed part's clock, with the servers' CPU sampled just outside it.
-pub(crate) struct Clock<'a> {
-    servers: &'a ServerProcesses,
-    cpu: ServersCpu,
-    started: Instant,
-}
-
-impl<'a> Clock<'a> {
-    /// Samples the servers, then starts the clock.
-    pub(crate) fn start(servers: &'a ServerProcesses) -> Clock<'a> {
-        let cpu = servers.sample();
+    /// Samples the servers, then starts a clock.
+    pub(crate) fn clock(&self) -> Clock<'_, N> {
+        let cpu = self.sample();
         Clock {
-            servers,
+            servers: self,
             cpu,
             started: Instant::now(),
         }
     }
+}
 
+/// The postmaster of the cluster `db` is connected to: the parent of its backend.
+pub(crate) fn postmaster_of(db: &Db) -> anyhow::Result<u32> {
+    let backend = u32::try_from(db.query_i64("SELECT pg_backend_pid()::bigint")?)?;
+    Ok(read_stat(backend)
+        .context("read a PostgreSQL backend's /proc stat")?
+        .parent)
+}
+
+/// A timed part's clock, with the servers' CPU sampled just outside it.
+pub(crate) struct Clock<'a, const N: usize> {
+    servers: &'a ServerProcesses<N>,
+    cpu: [f64; N],
+    started: Instant,
+}
+
+impl<const N: usize> Clock<'_, N> {
     /// Stops the clock, then samples the servers: the wall time and each server's CPU in
     /// between.
-    pub(crate) fn stop(self) -> (Duration, ServersCpu) {
+    pub(crate) fn stop(self) -> (Duration, [f64; N]) {
         let wall = self.started.elapsed();
         let now = self.servers.sample();
         let mut used = now;
