@@ -1,5 +1,6 @@
 //! Issue 4's targets, and issue 13's for the stream sinks, checked against a run's medians;
-//! issue 12's for the MariaDB suite ([`check_mariadb`]).
+//! issue 15's, every workload against its best peer ([`check_issue15`]); issue 12's for the
+//! MariaDB suite ([`check_mariadb`]).
 //!
 //! Each target compares Ferry with a peer measured in the same run (or with an absolute
 //! number for the source side and memory); each stream sink's backlog rate is compared with
@@ -155,6 +156,81 @@ pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
     checks
 }
 
+/// Issue 15: snapshot in at most this fraction of the fastest peer's time.
+const SNAPSHOT_VS_FASTEST_PEER_MAX: f64 = 0.85;
+/// Issue 15: drain a backlog at least this many times native replication's rate.
+const BACKLOG_VS_NATIVE_MIN_15: f64 = 2.0;
+/// Issue 15: one big transaction in at most this fraction of native replication's time.
+const BIGTX_VS_NATIVE_MAX: f64 = 1.0;
+/// Issue 15: median latency under load at most this many milliseconds.
+const LATENCY_P50_MAX_MS_15: f64 = 3.0;
+/// Issue 15: p99 latency at most native replication's p99 plus this many milliseconds.
+const LATENCY_P99_OVER_NATIVE_MAX_MS: f64 = 5.0;
+
+/// Issue 15's targets: every workload against the best of its peers in the same run.
+pub(crate) fn check_issue15(results: &Results) -> Vec<TargetCheck> {
+    let seconds = |m: &Measurement| Some(m.wall.as_secs_f64());
+    let rate = |m: &Measurement| Some(m.rows_per_second());
+    let p50 = |m: &Measurement| m.latency.as_ref().map(|l| l.p50_ms);
+    let p99 = |m: &Measurement| m.latency.as_ref().map(|l| l.p99_ms);
+    let med = |w, c, metric: &dyn Fn(&Measurement) -> Option<f64>| results.median_of(w, c, metric);
+    let mut checks = Vec::new();
+    let mut push = |target: String, measured: String, met: bool| {
+        checks.push(TargetCheck {
+            target,
+            measured,
+            met: Some(met),
+        });
+    };
+
+    use Contender::*;
+    use Workload::*;
+    let fastest_peer = [Native, Pgcopydb, PgDump]
+        .into_iter()
+        .filter_map(|peer| Some((med(Snapshot, peer, &seconds)?, peer)))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    if let (Some(ferry), Some((theirs, peer))) = (med(Snapshot, Ferry, &seconds), fastest_peer) {
+        let ratio = ferry / theirs;
+        push(
+            format!("snapshot ≤ {SNAPSHOT_VS_FASTEST_PEER_MAX}× the fastest peer's time"),
+            format!("{ratio:.2}× ({ferry:.2} s vs {peer}'s {theirs:.2} s)"),
+            ratio <= SNAPSHOT_VS_FASTEST_PEER_MAX,
+        );
+    }
+    if let (Some(ferry), Some(native)) = (med(Backlog, Ferry, &rate), med(Backlog, Native, &rate)) {
+        let ratio = ferry / native;
+        push(
+            format!("backlog ≥ {BACKLOG_VS_NATIVE_MIN_15}× native replication's rate"),
+            format!("{ratio:.2}× ({ferry:.0} vs {native:.0} changes/s)"),
+            ratio >= BACKLOG_VS_NATIVE_MIN_15,
+        );
+    }
+    if let (Some(ferry), Some(native)) = (med(Bigtx, Ferry, &seconds), med(Bigtx, Native, &seconds))
+    {
+        let ratio = ferry / native;
+        push(
+            format!("one big transaction ≤ {BIGTX_VS_NATIVE_MAX}× native replication's time"),
+            format!("{ratio:.2}× ({ferry:.2} s vs {native:.2} s)"),
+            ratio <= BIGTX_VS_NATIVE_MAX,
+        );
+    }
+    if let Some(ferry) = med(Latency, Ferry, &p50) {
+        push(
+            format!("latency p50 ≤ {LATENCY_P50_MAX_MS_15:.0} ms"),
+            format!("{ferry:.1} ms"),
+            ferry <= LATENCY_P50_MAX_MS_15,
+        );
+    }
+    if let (Some(ferry), Some(native)) = (med(Latency, Ferry, &p99), med(Latency, Native, &p99)) {
+        push(
+            format!("latency p99 ≤ native replication's + {LATENCY_P99_OVER_NATIVE_MAX_MS:.0} ms"),
+            format!("{ferry:.1} ms vs {native:.1} ms"),
+            ferry <= native + LATENCY_P99_OVER_NATIVE_MAX_MS,
+        );
+    }
+    checks
+}
+
 /// Issue 12's targets for the MariaDB suite: drain a MariaDB backlog at least 1.5× as fast
 /// as a native replica, snapshot faster than mydumper + myloader (into MariaDB) and than
 /// pgloader (into PostgreSQL); and issue 4's memory bound.
@@ -259,6 +335,26 @@ mod tests {
             "{:?}",
             checks[1]
         );
+    }
+
+    #[test]
+    fn issue_15_compares_with_the_fastest_peer() {
+        let mut results = Results::default();
+        for (workload, contender, secs) in [
+            (Workload::Snapshot, Contender::Ferry, 8.0),
+            (Workload::Snapshot, Contender::Native, 12.0),
+            (Workload::Snapshot, Contender::Pgcopydb, 10.0),
+            (Workload::Bigtx, Contender::Ferry, 3.0),
+            (Workload::Bigtx, Contender::Native, 3.5),
+        ] {
+            results.push(workload, contender, Ok(run(secs, 100, 10)));
+        }
+        let checks = check_issue15(&results);
+        assert_eq!(checks.len(), 2, "{checks:?}");
+        assert_eq!(checks[0].measured, "0.80× (8.00 s vs pgcopydb's 10.00 s)");
+        assert_eq!(checks[0].met, Some(true));
+        assert_eq!(checks[1].measured, "0.86× (3.00 s vs 3.50 s)");
+        assert_eq!(checks[1].met, Some(true));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! workload and contender (medians of the successful runs), the source's and the target's
 //! server CPU ([`crate::servers`]), the contender's own CPU, and how many cores the three
 //! kept busy on average (their sum ÷ the wall time). The harness's own polling and anything
-//! else on the machine are not in it, so the busy figure is a lower bound.
+//! else on the machine are not in it. The contender's CPU is its processes' whole, as in the
+//! throughput tables: a Ferry server that worked before the clock started (bigtx) counts
+//! that work too.
 
 use crate::measurement::{median, Measurement, Results};
 use crate::plan::{Contender, Plan};

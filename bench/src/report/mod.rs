@@ -225,6 +225,7 @@ pub(crate) fn render(context: &Context<'_>, results: &Results) -> String {
 
     cpu_split::table(w, plan, results, context.machine.cores);
     targets_table(w, "Targets (issues 4 and 13)", &targets::check(results));
+    targets_table(w, "Targets (issue 15)", &targets::check_issue15(results));
     every_run(w, plan, results);
     line(w, END_MARKER);
     out
