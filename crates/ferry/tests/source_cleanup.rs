@@ -1,6 +1,7 @@
 //! Ferry's objects left on a source: `ferry_*` slots and publications that no changefeed
 //! owns appear in the source's status, and deleting a changefeed while its source is down
-//! records a pending clean-up that is done once the source is back.
+//! records a pending clean-up that is done once the source is back; the session `/synced`
+//! reads the source's position on is kept, one per source, and closed with the changefeed.
 
 mod common;
 
@@ -112,4 +113,39 @@ fn orphans_are_listed_and_a_delete_while_the_source_is_down_finishes_when_it_is_
         "{status}"
     );
     eprintln!("pending clean-up done {took:?} after the source came back");
+}
+
+/// `/synced` reads the source's position on one kept session: polling it does not open a
+/// connection (a forked backend) per request, and deleting the changefeed closes the
+/// session at once.
+#[test]
+fn polling_synced_keeps_one_session_on_the_source_and_delete_closes_it() {
+    let pair = Pair::start();
+    pair.source.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
+    let (code, body) = pair.ferry.post(
+        "/api/v2/changefeeds",
+        &json!({"id": "cf", "source_uri": pair.source.uri("shop"),
+                "sink_uri": pair.target.uri("analytics"), "tables": ["public.t"]}),
+    );
+    assert_eq!(code, 201, "{body}");
+    pair.wait_synced("cf", MINUTE);
+    let sessions = "SELECT count(*) || ' ' || coalesce(min(pid), 0) || ' ' || coalesce(max(pid), 0)
+                    FROM pg_stat_activity WHERE application_name = 'ferry-position'";
+    let before = pair.source.psql("shop", sessions);
+    for _ in 0..50 {
+        let (code, body) = pair.ferry.get("/api/v2/changefeeds/cf/synced");
+        assert_eq!((code, &body["synced"]), (200, &json!(true)), "{body}");
+    }
+    let after = pair.source.psql("shop", sessions);
+    assert!(after.starts_with("1 "), "one kept session: {after}");
+    assert_eq!(before, after, "the same backend answered every request");
+
+    let (code, body) = pair.ferry.delete("/api/v2/changefeeds/cf");
+    assert!(code == 200 || code == 204, "{code} {body}");
+    wait_for("the position session to close", MINUTE, || {
+        pair.source.psql("shop", sessions).starts_with("0 ")
+    });
 }

@@ -2,6 +2,7 @@
 //! per-attempt [`PgSource`]) and [`PgSinkConnector`]. Everything the engine once did with
 //! slots, publications and catalogs itself happens here.
 
+mod position;
 mod source;
 
 use std::collections::BTreeSet;
@@ -130,8 +131,7 @@ impl SourceConnector for PgSourceConnector {
     }
 
     async fn current_position(&self, uri: &ConnectionUri) -> Result<Position, SourceError> {
-        let client = connect(uri, "ferry-position").await?;
-        Ok(Position::PgLsn(source::current_wal_lsn(&client).await?))
+        Ok(Position::PgLsn(position::current_wal_lsn(uri).await?))
     }
 
     /// At or after what the slot has confirmed (older WAL may be gone) and not beyond the
@@ -238,6 +238,7 @@ impl SourceConnector for PgSourceConnector {
     }
 
     async fn release(&self, uri: &ConnectionUri, feed: &str) -> Result<(), SourceError> {
+        position::forget(uri);
         let client = connect(uri, "ferry-cleanup").await?;
         Ok(slot::drop_all(&client, &SlotNames::for_changefeed(feed)).await?)
     }
