@@ -37,12 +37,28 @@ pub(crate) struct TargetCheck {
     pub(crate) met: Option<bool>,
 }
 
+/// A run's wall time in seconds.
+fn seconds(m: &Measurement) -> Option<f64> {
+    Some(m.wall.as_secs_f64())
+}
+
+/// A run's rows (or row changes) per second.
+fn rate(m: &Measurement) -> Option<f64> {
+    Some(m.rows_per_second())
+}
+
+/// A latency run's median, in milliseconds.
+fn p50(m: &Measurement) -> Option<f64> {
+    m.latency.as_ref().map(|l| l.p50_ms)
+}
+
+/// A latency run's 99th percentile, in milliseconds.
+fn p99(m: &Measurement) -> Option<f64> {
+    m.latency.as_ref().map(|l| l.p99_ms)
+}
+
 /// Every target this run has the numbers for.
 pub(crate) fn check(results: &Results) -> Vec<TargetCheck> {
-    let seconds = |m: &Measurement| Some(m.wall.as_secs_f64());
-    let rate = |m: &Measurement| Some(m.rows_per_second());
-    let p50 = |m: &Measurement| m.latency.as_ref().map(|l| l.p50_ms);
-    let p99 = |m: &Measurement| m.latency.as_ref().map(|l| l.p99_ms);
     let med = |w, c, metric: &dyn Fn(&Measurement) -> Option<f64>| results.median_of(w, c, metric);
     let mut checks = Vec::new();
     let mut push = |target: String, measured: String, met: Option<bool>| {
@@ -169,10 +185,6 @@ const LATENCY_P99_OVER_NATIVE_MAX_MS: f64 = 5.0;
 
 /// Issue 15's targets: every workload against the best of its peers in the same run.
 pub(crate) fn check_issue15(results: &Results) -> Vec<TargetCheck> {
-    let seconds = |m: &Measurement| Some(m.wall.as_secs_f64());
-    let rate = |m: &Measurement| Some(m.rows_per_second());
-    let p50 = |m: &Measurement| m.latency.as_ref().map(|l| l.p50_ms);
-    let p99 = |m: &Measurement| m.latency.as_ref().map(|l| l.p99_ms);
     let med = |w, c, metric: &dyn Fn(&Measurement) -> Option<f64>| results.median_of(w, c, metric);
     let mut checks = Vec::new();
     let mut push = |target: String, measured: String, met: bool| {
@@ -235,8 +247,6 @@ pub(crate) fn check_issue15(results: &Results) -> Vec<TargetCheck> {
 /// as a native replica, snapshot faster than mydumper + myloader (into MariaDB) and than
 /// pgloader (into PostgreSQL); and issue 4's memory bound.
 pub(crate) fn check_mariadb(results: &Results) -> Vec<TargetCheck> {
-    let seconds = |m: &Measurement| Some(m.wall.as_secs_f64());
-    let rate = |m: &Measurement| Some(m.rows_per_second());
     let mut checks = Vec::new();
     use Contender::*;
     use Workload::*;

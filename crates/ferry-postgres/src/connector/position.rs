@@ -9,7 +9,8 @@
 //! pipelined).
 //!
 //! Nothing of Ferry's stays open on a source nobody asks about: a session unused for
-//! [`IDLE`] is closed, so is one whose query failed (the next request connects again), and
+//! [`IDLE`] is closed, so is one whose query failed or went unanswered for
+//! [`QUERY_TIMEOUT`] (the next request connects again), and
 //! releasing a changefeed closes its source's session at once (`DROP DATABASE` waits for
 //! every session on the database).
 
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use ferry_core::{ConnectionUri, Lsn};
+use ferry_core::{ConnectionUri, ErrorClass, Lsn};
 use tokio_postgres::Client;
 
 use crate::PgError;
@@ -34,7 +35,14 @@ struct Kept {
 /// The kept sessions, by the source's full URI (only ever compared, never shown).
 static SESSIONS: LazyLock<Mutex<HashMap<String, Kept>>> = LazyLock::new(Default::default);
 
-/// The source's current WAL position, on its kept session (opened when there is none).
+/// How long the position query may take on a session before the request fails: a silent
+/// network (a cut behind a proxy) would otherwise hold a kept session's query, and every
+/// request after it, forever.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The source's current WAL position, on its kept session. A kept session whose query
+/// fails (the source restarted since) is replaced by a new one for this request; one that
+/// does not answer is dropped and the request fails.
 pub(super) async fn current_wal_lsn(uri: &ConnectionUri) -> Result<Lsn, PgError> {
     let key = uri.expose().to_owned();
     let kept = {
@@ -44,19 +52,39 @@ pub(super) async fn current_wal_lsn(uri: &ConnectionUri) -> Result<Lsn, PgError>
             (!kept.client.is_closed()).then(|| kept.client.clone())
         })
     };
-    let client = match kept {
-        Some(client) => client,
-        None => {
-            let client = Arc::new(super::connect(uri, "ferry-position").await?);
-            keep(key.clone(), &client);
-            client
+    if let Some(client) = kept {
+        match read(&client).await {
+            Ok(lsn) => return Ok(lsn),
+            Err((silent, e)) => {
+                forget_if(&key, &client);
+                if silent {
+                    return Err(e);
+                }
+            }
         }
-    };
-    let read = super::source::current_wal_lsn(&client).await;
-    if read.is_err() {
-        forget_if(&key, &client);
     }
-    read
+    let client = Arc::new(super::connect(uri, "ferry-position").await?);
+    keep(key.clone(), &client);
+    read(&client).await.map_err(|(_, e)| {
+        forget_if(&key, &client);
+        e
+    })
+}
+
+/// The position query on `client`, bounded by [`QUERY_TIMEOUT`]; an error says whether the
+/// session was silent (`true`) or answered with an error.
+async fn read(client: &Client) -> Result<Lsn, (bool, PgError)> {
+    match tokio::time::timeout(QUERY_TIMEOUT, super::source::current_wal_lsn(client)).await {
+        Ok(read) => read.map_err(|e| (false, e)),
+        Err(_) => Err((
+            true,
+            PgError::other(
+                "read the current WAL position",
+                ErrorClass::Transient,
+                format!("no answer within {QUERY_TIMEOUT:?}"),
+            ),
+        )),
+    }
 }
 
 /// Closes the kept session of `uri`, if there is one.
