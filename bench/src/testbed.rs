@@ -151,6 +151,10 @@ impl Testbed {
             .prefix("ferry-bench-")
             .tempdir()
             .context("create the scratch directory")?;
+        let postmaster = |cluster: &PgCluster| -> anyhow::Result<u32> {
+            postmaster_of(&Db::connect(runtime.handle(), &cluster.uri("postgres"))?)
+        };
+        let servers = ServerProcesses::new([postmaster(&source)?, postmaster(&target)?]);
         let mut testbed = Testbed {
             source,
             target,
@@ -161,14 +165,9 @@ impl Testbed {
                 wide_toast_bytes: 0,
             },
             scratch,
-            servers: ServerProcesses::new([0, 0]),
+            servers,
             runtime,
         };
-        let postmaster = |cluster: &PgCluster| -> anyhow::Result<u32> {
-            postmaster_of(&Db::connect(testbed.handle(), &cluster.uri("postgres"))?)
-        };
-        testbed.servers =
-            ServerProcesses::new([postmaster(&testbed.source)?, postmaster(&testbed.target)?]);
         testbed.load(plan)?;
         Ok(testbed)
     }

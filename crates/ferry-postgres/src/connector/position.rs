@@ -11,8 +11,8 @@
 //! Nothing of Ferry's stays open on a source nobody asks about: a session unused for
 //! [`IDLE`] is closed, so is one whose query failed or went unanswered for
 //! [`QUERY_TIMEOUT`] (the next request connects again), and
-//! releasing a changefeed closes its source's session at once (`DROP DATABASE` waits for
-//! every session on the database).
+//! releasing a changefeed closes its source's session at once (`DROP DATABASE` on the
+//! source fails while any session is connected to the database).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 use crate::PgError;
 
 /// How long a kept session may stay unused before it is closed.
-pub(super) const IDLE: Duration = Duration::from_secs(30);
+const IDLE: Duration = Duration::from_secs(30);
 
 /// A kept session and when a request last used it.
 struct Kept {
