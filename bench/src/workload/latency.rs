@@ -64,11 +64,14 @@ pub(super) fn run(
     );
 
     let start = source.current_wal_lsn()?;
-    let (pgbench, committed, seen, catch_up) = std::thread::scope(|scope| {
+    let clock = testbed.clock();
+    let (pgbench, committed, seen, catch_up, servers_cpu) = std::thread::scope(|scope| {
         let reader = scope.spawn(|| read_probes(&reader_db, &last_id));
         let writer = scope.spawn(|| write_probes(&writer_db, &stop_writing));
         let pgbench = testbed.pgbench(&["-c", &clients, "-j", &threads, "-T", &seconds]);
         let load_end = Instant::now();
+        // The servers' CPU in the load's window (the catch-up after it is not timed).
+        let (_, servers_cpu) = clock.stop();
         stop_writing.store(true, Ordering::Relaxed);
         let committed = writer.join().expect("the probe writer does not panic");
         let written = committed.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -80,7 +83,7 @@ pub(super) fn run(
             .wait_caught_up(CATCH_UP_TIMEOUT)
             .map(|()| load_end.elapsed());
         let seen = reader.join().expect("the probe reader does not panic");
-        (pgbench, committed, seen, caught_up)
+        (pgbench, committed, seen, caught_up, servers_cpu)
     });
     let (pgbench, committed, catch_up) = (pgbench?, committed?, catch_up?);
     seen?;
@@ -106,7 +109,7 @@ pub(super) fn run(
         rows: pgbench.row_changes(),
         bytes: end.bytes_since(start),
         usage,
-        servers_cpu: None,
+        servers_cpu: Some(servers_cpu),
         latency: Some(LatencySummary {
             p50_ms,
             p95_ms,

@@ -49,7 +49,7 @@ use ferry_core::{ConnectionUri, Position, RowChange, Sink, SinkError, TableId, T
 use tokio_postgres::{Client, Statement};
 
 use ferry_core::compact::TableChanges;
-use pipeline::{run_pipelined, run_segment, InFlight};
+use pipeline::{answered, run_pipelined, run_segment, InFlight};
 use statements::{Op, Param, Shape};
 
 /// Queued row statements are sent when this many are waiting…
@@ -75,6 +75,8 @@ pub struct PgSink {
     /// A segment's statements sent but not yet answered ([`pipeline`]).
     /// (In a mutex only to make the sink `Sync`; it is never locked while shared.)
     in_flight: Option<std::sync::Mutex<InFlight>>,
+    /// The open batch's `BEGIN`, sent but not yet answered (see `begin_if_needed`).
+    begin: Option<std::sync::Mutex<InFlight>>,
     changefeed: String,
     tables: HashMap<TableId, TargetTable>,
     in_batch: bool,
@@ -184,6 +186,7 @@ impl PgSink {
         Ok(PgSink {
             client: Arc::new(client),
             in_flight: None,
+            begin: None,
             changefeed: changefeed.to_string(),
             tables: HashMap::new(),
             in_batch: false,
@@ -208,10 +211,9 @@ impl PgSink {
 
     async fn begin_if_needed(&mut self) -> Result<(), SinkError> {
         if !self.in_batch {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(|e| statement_error("begin a batch", e))?;
+            // Not awaited: a live batch's BEGIN, statements and COMMIT cost one round trip
+            // to the target, not two. A failed BEGIN fails the batch at its next `settle`.
+            self.begin = pipeline::launch_begin(&self.client).map(std::sync::Mutex::new);
             self.in_batch = true;
         }
         Ok(())
@@ -223,15 +225,11 @@ impl PgSink {
         self.flush_queue().await
     }
 
-    /// Waits for the segment in flight, if any: its failure is the batch's.
+    /// Waits for the batch's `BEGIN` and the segment in flight, if any: their failure is
+    /// the batch's.
     async fn settle(&mut self) -> Result<(), SinkError> {
-        match self.in_flight.take() {
-            Some(in_flight) => {
-                let in_flight = in_flight.into_inner().unwrap_or_else(|e| e.into_inner());
-                in_flight.await
-            }
-            None => Ok(()),
-        }
+        answered(self.begin.take()).await?;
+        answered(self.in_flight.take()).await
     }
 
     /// Sends every queued row statement, pipelined, and waits for all of them.
@@ -363,8 +361,9 @@ impl PgSink {
 
     /// Rolls back an open batch (after a failure), leaving no trace of it.
     pub async fn abort_batch(&mut self) {
-        // Its answer no longer matters: the ROLLBACK below runs after it on the connection.
+        // Their answers no longer matter: the ROLLBACK below runs after them.
         self.in_flight = None;
+        self.begin = None;
         self.queue.clear();
         self.queued_bytes = 0;
         self.segment.clear();
@@ -441,13 +440,16 @@ impl Sink for PgSink {
 
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
         self.begin_if_needed().await?;
-        self.settle().await?;
-        // The last statements, the checkpoint and COMMIT go out together: one round trip
-        // (a segment with plain inserts first on its own: it may need its fallback).
+        // The last statements, the checkpoint and COMMIT go out together, behind what is
+        // in flight (the BEGIN of a live batch): one round trip (a segment with plain
+        // inserts first on its own: it may need its fallback).
+        // A segment in flight may still need its fallback: answered before more is sent.
+        answered(self.in_flight.take()).await?;
         let segment = self.segment_statements().await?;
         let mut work = if segment.fallbacks.is_empty() {
             segment.work
         } else {
+            self.settle().await?;
             run_segment(&self.client, segment).await?;
             Vec::new()
         };
@@ -478,7 +480,13 @@ impl Sink for PgSink {
                 Param::Text(Some(Bytes::from(position))),
             ],
         ));
-        let result = run_pipelined(&self.client, &work, Some("COMMIT")).await;
+        // Polled in order: the BEGIN is answered first, and its failure (which makes the
+        // COMMIT fail too) is the one reported.
+        let (begun, result) = futures::join!(
+            answered(self.begin.take()),
+            run_pipelined(&self.client, &work, Some("COMMIT"))
+        );
+        let result = begun.and(result);
         // Committed, or (after an error) rolled back by the failed COMMIT: either way the
         // transaction is over.
         self.in_batch = false;

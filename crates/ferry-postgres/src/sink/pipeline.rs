@@ -85,8 +85,33 @@ pub(super) fn launch(client: &Arc<Client>, segment: Segment) -> Option<InFlight>
         return None;
     }
     let client = client.clone();
-    let mut in_flight: InFlight = Box::pin(async move { run_segment(&client, segment).await });
-    // One poll sends every request, in order (see `send`); the answers come later.
+    start(Box::pin(async move { run_segment(&client, segment).await }))
+}
+
+/// Sends `BEGIN` and returns without waiting for its answer: the batch's first statements
+/// follow it on the connection, and their answers come after its own.
+pub(super) fn launch_begin(client: &Arc<Client>) -> Option<InFlight> {
+    let client = client.clone();
+    start(Box::pin(async move {
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| statement_error("begin a batch", e))
+    }))
+}
+
+/// The answer of requests sent earlier (none: nothing to wait for). (In a mutex only to
+/// keep the sink `Sync`.)
+pub(super) async fn answered(sent: Option<std::sync::Mutex<InFlight>>) -> Result<(), SinkError> {
+    match sent {
+        Some(sent) => sent.into_inner().unwrap_or_else(|e| e.into_inner()).await,
+        None => Ok(()),
+    }
+}
+
+/// Polls `in_flight` once, which sends its requests, in order (see `send`); the answers
+/// come later.
+fn start(mut in_flight: InFlight) -> Option<InFlight> {
     let waker = futures::task::noop_waker();
     match in_flight
         .as_mut()
