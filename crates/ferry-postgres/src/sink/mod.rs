@@ -209,14 +209,13 @@ impl PgSink {
         })
     }
 
-    async fn begin_if_needed(&mut self) -> Result<(), SinkError> {
+    fn begin_if_needed(&mut self) {
         if !self.in_batch {
             // Not awaited: a live batch's BEGIN, statements and COMMIT cost one round trip
             // to the target, not two. A failed BEGIN fails the batch at its next `settle`.
             self.begin = pipeline::launch_begin(&self.client).map(std::sync::Mutex::new);
             self.in_batch = true;
         }
-        Ok(())
     }
 
     /// Sends everything pending, in order.
@@ -401,7 +400,7 @@ impl Sink for PgSink {
     }
 
     async fn apply(&mut self, change: RowChange) -> Result<(), SinkError> {
-        self.begin_if_needed().await?;
+        self.begin_if_needed();
         match change {
             RowChange::Insert { ref table, .. }
             | RowChange::Update { ref table, .. }
@@ -439,7 +438,7 @@ impl Sink for PgSink {
     }
 
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
-        self.begin_if_needed().await?;
+        self.begin_if_needed();
         // The last statements, the checkpoint and COMMIT go out together, behind what is
         // in flight (the BEGIN of a live batch): one round trip (a segment with plain
         // inserts first on its own: it may need its fallback).

@@ -24,7 +24,7 @@ impl PgSink {
     ) -> Result<(), SinkError> {
         let to = &schema.id;
         self.flush().await?;
-        self.begin_if_needed().await?;
+        self.begin_if_needed();
         let conflict = |problem: String| SinkError::Unsupported {
             message: format!(
                 "table {from} was renamed to {to} on the source, but {problem}; Ferry stops \
