@@ -439,10 +439,10 @@ impl Sink for PgSink {
 
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
         self.begin_if_needed();
-        // The last statements, the checkpoint and COMMIT go out together, behind what is
-        // in flight (the BEGIN of a live batch): one round trip (a segment with plain
-        // inserts first on its own: it may need its fallback).
-        // A segment in flight may still need its fallback: answered before more is sent.
+        // The last statements, the checkpoint and COMMIT go out together behind the
+        // batch's BEGIN, still unanswered in a live batch: one round trip. A segment in
+        // flight, or one with plain inserts first, may need its fallback (rolled back to
+        // its savepoint and sent again): it is answered before anything goes after it.
         answered(self.in_flight.take()).await?;
         let segment = self.segment_statements().await?;
         let mut work = if segment.fallbacks.is_empty() {
