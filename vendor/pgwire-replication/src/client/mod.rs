@@ -71,6 +71,7 @@
 //! ```
 
 mod feedback;
+mod lowat;
 mod metrics;
 mod progress;
 mod tokio_client;

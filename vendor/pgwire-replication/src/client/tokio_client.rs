@@ -485,6 +485,10 @@ async fn run_worker(worker: &mut WorkerState, cfg: &ReplicationConfig) -> Result
 
     let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port)).await?;
     tcp.set_nodelay(true)?;
+    #[cfg(unix)]
+    {
+        worker.socket_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+    }
 
     #[cfg(feature = "tls-rustls")]
     {

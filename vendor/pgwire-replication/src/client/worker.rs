@@ -4,6 +4,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::lowat::{LowWater, BULK_WAIT};
 use super::metrics::ReplicationMetrics;
 use super::progress::ProgressCell;
 use crate::config::ReplicationConfig;
@@ -207,6 +208,9 @@ pub struct WorkerState {
     gate: Option<mpsc::Receiver<GateCommand>>,
     /// The applied LSN in the last status update written to the server, if any.
     last_sent: Option<Lsn>,
+    /// The TCP socket under the stream, whose receive low-water mark follows the
+    /// stream's rate ([`super::lowat`]); `None` on other transports.
+    pub(crate) socket_fd: Option<i32>,
 }
 
 impl WorkerState {
@@ -225,6 +229,7 @@ impl WorkerState {
             metrics,
             started: None,
             gate: None,
+            socket_fd: None,
             last_sent: None,
         }
     }
@@ -378,11 +383,13 @@ impl WorkerState {
         let mut applied_rx = self.progress.subscribe();
         // Cancellation-safe message reader, partial reads survive dropped futures.
         let mut reader = MessageReader::new().with_max_message_size(self.cfg.max_message_size);
+        let mut low_water = LowWater::new(self.socket_fd);
         // How many messages to process in the tight loop before checking
         // stop signal and sending periodic status feedback.
         const DRAIN_BATCH: usize = 256;
 
         loop {
+            low_water.after_wait();
             // Update applied LSN from client
             let current_applied = self.progress.load_applied();
             if current_applied != last_applied {
@@ -403,6 +410,7 @@ impl WorkerState {
             while stream.buffer().len() >= 5 && drained < DRAIN_BATCH {
                 let msg = reader.read(stream).await?;
                 drained += 1;
+                low_water.received(msg.payload.len() + 5);
                 if msg.tag == b'E' {
                     return Err(PgWireError::Server(parse_error_response(&msg.payload)));
                 }
@@ -447,6 +455,12 @@ impl WorkerState {
             let applied = self.progress.take_signal();
             let pending = self.last_sent.is_none_or(|sent| applied > sent);
             let feedback_due = last_status_sent + self.cfg.status_interval;
+            let bulk = low_water.before_wait();
+            let wait = if bulk {
+                BULK_WAIT
+            } else {
+                self.cfg.idle_wakeup_interval
+            };
             let msg = tokio::select! {
                 biased;
 
@@ -469,12 +483,13 @@ impl WorkerState {
                 // The sender lives in `self.progress`, so this never closes.
                 _ = applied_rx.changed(), if !pending => continue,
 
-                msg_result = tokio::time::timeout(
-                    self.cfg.idle_wakeup_interval,
-                    reader.read(stream),
-                ) => {
+                msg_result = tokio::time::timeout(wait, reader.read(stream)) => {
                     match msg_result {
                         Ok(res) => res?,
+                        Err(_) if bulk => {
+                            low_water.timed_out();
+                            continue;
+                        }
                         Err(_) => {
                             let applied = self.progress.load_applied();
                             last_applied = applied;
@@ -485,6 +500,7 @@ impl WorkerState {
                     }
                 }
             };
+            low_water.received(msg.payload.len() + 5);
 
             if msg.tag == b'E' {
                 return Err(PgWireError::Server(parse_error_response(&msg.payload)));
@@ -1263,6 +1279,73 @@ mod tests {
             !sent.contains("options"),
             "startup message should omit 'options' when unset: {sent:?}"
         );
+    }
+
+    /// Ferry's patch ([`super::super::lowat`]): over a real TCP socket, a stream that
+    /// comes in bulk raises the receive low-water mark, and a message that ends the bulk,
+    /// one split across two sends, and one sent alone after a pause all still arrive
+    /// (no read waits for bytes that will not come; the idle wakeup is 60 s here).
+    #[tokio::test]
+    async fn a_bulk_stream_and_what_follows_it_all_arrive() {
+        use std::os::fd::AsRawFd;
+        use std::time::Duration;
+        use tokio::io::AsyncWriteExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let cfg = ReplicationConfig {
+            idle_wakeup_interval: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let progress = Arc::new(SharedProgress::new(Lsn(0)));
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let (tx, mut rx) = mpsc::channel(1024);
+        let metrics = Arc::new(ReplicationMetrics::default());
+        let mut worker = WorkerState::new(cfg, progress, stop_rx, tx, metrics);
+        worker.socket_fd = Some(client.as_raw_fd());
+        let _worker_task = tokio::spawn(async move {
+            let mut buf = BufReader::with_capacity(128 * 1024, &mut client);
+            worker.stream_loop(&mut buf).await
+        });
+
+        // 16 MiB in 300-byte messages, sent as fast as the socket takes them: bulk.
+        let bulk = 16 << 20;
+        let message = xlog_frame(1, &[b'x'; 300]);
+        let count = bulk / message.len();
+        let writer = tokio::spawn(async move {
+            let mut chunk = Vec::new();
+            for _ in 0..128 {
+                chunk.extend_from_slice(&message);
+            }
+            for _ in 0..count / 128 {
+                server.write_all(&chunk).await.unwrap();
+            }
+            // The end of the bulk: one message split across two sends…
+            let split = xlog_frame(2, &[b'y'; 100]);
+            server.write_all(&split[..40]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            server.write_all(&split[40..]).await.unwrap();
+            // …and one alone, after a pause.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            server.write_all(&xlog_frame(3, b"z")).await.unwrap();
+            server
+        });
+
+        let expected = count / 128 * 128 + 2;
+        let mut received = 0;
+        while received < expected {
+            let event = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("stalled after {received} of {expected} messages"))
+                .expect("the worker ended")
+                .expect("the worker failed");
+            assert!(matches!(event, ReplicationEvent::XLogData { .. }));
+            received += 1;
+        }
+        let _server = writer.await.unwrap();
     }
 
     /// The worker must build its reader from `cfg.max_message_size`. Without
