@@ -88,7 +88,7 @@ pub(crate) const SERVER_SETTINGS: &[(&str, &str, &str)] = &[
         "wal_init_zero",
         "off",
         "with no checkpoint inside a run every 16 MB of WAL is a new segment, and zero-filling \
-         one held every writer of WAL for 65-133 ms, deciding the latency p99 of either contender",
+         one held the target's commits for 65-133 ms in the latency workload",
     ),
 ];
 

@@ -1281,10 +1281,11 @@ mod tests {
         );
     }
 
-    /// Ferry's patch ([`super::super::lowat`]): over a real TCP socket, a stream that
-    /// comes in bulk raises the receive low-water mark, and a message that ends the bulk,
-    /// one split across two sends, and one sent alone after a pause all still arrive
-    /// (no read waits for bytes that will not come; the idle wakeup is 60 s here).
+    /// Ferry's patch ([`super::super::lowat`]): over a real TCP socket, a stream sent in
+    /// bulk (well above the bulk rate), then a message split across two sends, then one
+    /// sent alone after a pause, all arrive: no read waits for bytes that will not come
+    /// (the idle wakeup is 60 s here, the per-message limit 20 s). That the mark rises is
+    /// checked in `lowat`'s own test.
     #[tokio::test]
     async fn a_bulk_stream_and_what_follows_it_all_arrive() {
         use std::os::fd::AsRawFd;
