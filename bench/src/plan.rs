@@ -77,6 +77,12 @@ pub(crate) struct Args {
     /// Latency workload: seconds of pgbench load (`-T`) [full: 60, quick: 10].
     #[arg(long)]
     latency_seconds: Option<u64>,
+    /// Latency workload: hold pgbench to this many transactions a second (`-R`) instead of
+    /// as many as the machine runs [default: unthrottled]. Unthrottled, the load takes every
+    /// core and every process on the way waits for one. Does not write the docs unless
+    /// --docs is given.
+    #[arg(long)]
+    latency_rate: Option<u32>,
     /// Big-transaction workload: rows inserted by the one transaction [full: 1M, quick: 100k].
     #[arg(long)]
     bigtx_rows: Option<u64>,
@@ -92,7 +98,8 @@ pub(crate) struct Args {
     /// Markdown file whose results section is replaced with this run's results.
     #[arg(long, default_value = "docs/benchmarks.md")]
     docs: PathBuf,
-    /// Do not write the docs file (implied by --quick unless --docs is given explicitly).
+    /// Do not write the docs file (implied by --quick and --latency-rate unless --docs is given
+    /// explicitly).
     #[arg(long)]
     no_docs: bool,
     /// Copy each Ferry server's log into this directory, numbered in run order
@@ -341,6 +348,8 @@ pub(crate) struct Plan {
     pub(crate) contenders: Vec<Contender>,
     pub(crate) backlog_transactions: u32,
     pub(crate) latency_window: Duration,
+    /// pgbench's rate in the latency workload (`-R`); `None`: unthrottled.
+    pub(crate) latency_rate: Option<u32>,
     pub(crate) bigtx_rows: u64,
     pub(crate) wide_rows: u64,
     pub(crate) quick: bool,
@@ -366,7 +375,9 @@ impl Plan {
         anyhow::ensure!(scale > 0, "--scale must be > 0");
         let runs = args.runs.unwrap_or(pick(FULL_RUNS, QUICK_RUNS));
         anyhow::ensure!(runs > 0, "--runs must be > 0");
-        let docs = if args.no_docs || (quick && !docs_given) {
+        // A throttled latency load is not the issues' workload: not written as the record.
+        let partial = quick || args.latency_rate.is_some();
+        let docs = if args.no_docs || (partial && !docs_given) {
             None
         } else {
             Some(args.docs)
@@ -384,6 +395,7 @@ impl Plan {
                 args.latency_seconds
                     .unwrap_or(pick_u64(FULL_LATENCY_SECONDS, QUICK_LATENCY_SECONDS)),
             ),
+            latency_rate: args.latency_rate,
             bigtx_rows: args
                 .bigtx_rows
                 .unwrap_or(pick_u64(FULL_BIGTX_ROWS, QUICK_BIGTX_ROWS)),
@@ -453,6 +465,9 @@ mod tests {
         assert_eq!((full.scale, full.runs, full.bigtx_rows), (50, 3, 1_000_000));
         assert_eq!(full.docs, Some(PathBuf::from("docs/benchmarks.md")));
         assert!(plan(&["--quick", "--docs", "x.md"]).docs.is_some());
+        let throttled = plan(&["--latency-rate", "2000"]);
+        assert_eq!(throttled.latency_rate, Some(2000));
+        assert!(throttled.docs.is_none());
     }
 
     #[test]

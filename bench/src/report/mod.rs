@@ -189,11 +189,15 @@ pub(crate) fn render(context: &Context<'_>, results: &Results) -> String {
                 );
             }
             Workload::Latency => {
+                let rate = plan
+                    .latency_rate
+                    .map(|r| format!(" -R {r}"))
+                    .unwrap_or_default();
                 line(
                     w,
                     &format!(
-                        "### Latency under `pgbench -c {PGBENCH_CLIENTS} -T {}`, a probe row \
-                         every 50 ms",
+                        "### Latency under `pgbench -c {PGBENCH_CLIENTS} -T {}{rate}`, a probe \
+                         row every 50 ms",
                         plan.latency_window.as_secs()
                     ),
                 );

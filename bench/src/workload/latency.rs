@@ -62,13 +62,18 @@ pub(super) fn run(
         PGBENCH_THREADS.to_string(),
         plan.latency_window.as_secs().to_string(),
     );
+    let rate = plan.latency_rate.map(|r| r.to_string());
+    let mut load = vec!["-c", &clients, "-j", &threads, "-T", &seconds];
+    if let Some(rate) = &rate {
+        load.extend(["-R", rate]);
+    }
 
     let start = source.current_wal_lsn()?;
     let clock = testbed.clock();
     let (pgbench, committed, seen, catch_up, servers_cpu) = std::thread::scope(|scope| {
         let reader = scope.spawn(|| read_probes(&reader_db, &last_id));
         let writer = scope.spawn(|| write_probes(&writer_db, &stop_writing));
-        let pgbench = testbed.pgbench(&["-c", &clients, "-j", &threads, "-T", &seconds]);
+        let pgbench = testbed.pgbench(&load);
         let load_end = Instant::now();
         // The servers' CPU in the load's window (the catch-up after it is not timed).
         let (_, servers_cpu) = clock.stop();
