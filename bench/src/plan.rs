@@ -356,7 +356,8 @@ pub(crate) struct Plan {
     pub(crate) ferry_bin: PathBuf,
     /// Where each Ferry server's log is copied (`--keep-logs`).
     pub(crate) keep_logs: Option<PathBuf>,
-    /// Where to write the results section; `None` for quick or `--no-docs` runs.
+    /// Where to write the results section; `None` for quick, throttled (`--latency-rate`)
+    /// or `--no-docs` runs unless `--docs` is given.
     pub(crate) docs: Option<PathBuf>,
 }
 
@@ -375,6 +376,7 @@ impl Plan {
         anyhow::ensure!(scale > 0, "--scale must be > 0");
         let runs = args.runs.unwrap_or(pick(FULL_RUNS, QUICK_RUNS));
         anyhow::ensure!(runs > 0, "--runs must be > 0");
+        anyhow::ensure!(args.latency_rate != Some(0), "--latency-rate must be > 0");
         // A throttled latency load is not the issues' workload: not written as the record.
         let partial = quick || args.latency_rate.is_some();
         let docs = if args.no_docs || (partial && !docs_given) {
@@ -468,6 +470,11 @@ mod tests {
         let throttled = plan(&["--latency-rate", "2000"]);
         assert_eq!(throttled.latency_rate, Some(2000));
         assert!(throttled.docs.is_none());
+        assert!(plan(&["--latency-rate", "2000", "--docs", "x.md"])
+            .docs
+            .is_some());
+        let zero = Args::try_parse_from(["ferry-bench", "--latency-rate", "0"]).expect("parses");
+        assert!(Plan::from_args(zero, false).is_err());
     }
 
     #[test]

@@ -9,11 +9,14 @@ mod common;
 use std::time::Duration;
 
 use common::Pair;
+use serde_json::json;
 
 /// Rows of one chunk (`ferry_postgres::snapshot::CHUNK_ROWS`).
 const CHUNK_ROWS: u64 = 100_000;
-/// Parallel copy workers (the default `snapshot_workers`): chunks in flight at a kill.
-const WORKERS: u64 = 4;
+/// Parallel copy workers (`snapshot_workers`): chunks in flight at a kill. Two, not the
+/// default four: chunks of one size finish in waves of `WORKERS`, and the fast run's 8
+/// chunks in two waves of four left the second kill no wave to land in before the end.
+const WORKERS: u64 = 2;
 
 fn rows() -> u64 {
     if std::env::var_os("FERRY_CHAOS_FULL").is_some() {
@@ -50,7 +53,14 @@ fn kill_9_during_a_large_snapshot_copies_finished_chunks_once() {
              ANALYZE big;"
         ),
     );
-    pair.create("cf", &["public.big"]);
+    let (code, body) = pair.ferry.post(
+        "/api/v2/changefeeds",
+        &json!({
+            "id": "cf", "tables": ["public.big"], "options": {"snapshot_workers": WORKERS},
+            "source_uri": pair.source.uri("shop"), "sink_uri": pair.target.uri("analytics"),
+        }),
+    );
+    assert_eq!(code, 201, "create failed: {body}");
     // Kill once a chunk is done, and again once more are; each time right after a marker.
     let mut at_kill: Vec<u64> = Vec::new();
     for round in 0..2 {
