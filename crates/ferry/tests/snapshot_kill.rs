@@ -53,14 +53,7 @@ fn kill_9_during_a_large_snapshot_copies_finished_chunks_once() {
              ANALYZE big;"
         ),
     );
-    let (code, body) = pair.ferry.post(
-        "/api/v2/changefeeds",
-        &json!({
-            "id": "cf", "tables": ["public.big"], "options": {"snapshot_workers": WORKERS},
-            "source_uri": pair.source.uri("shop"), "sink_uri": pair.target.uri("analytics"),
-        }),
-    );
-    assert_eq!(code, 201, "create failed: {body}");
+    pair.create_with("cf", &["public.big"], json!({"snapshot_workers": WORKERS}));
     // Kill once a chunk is done, and again once more are; each time right after a marker.
     let mut at_kill: Vec<u64> = Vec::new();
     for round in 0..2 {

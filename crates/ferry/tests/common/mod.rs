@@ -62,6 +62,11 @@ impl Pair {
 
     /// Creates changefeed `id` from `shop` to `analytics` with `tables` rules.
     pub fn create(&self, id: &str, tables: &[&str]) -> Value {
+        self.create_with(id, tables, json!({}))
+    }
+
+    /// [`Pair::create`] with changefeed `options` (`{}`: the defaults).
+    pub fn create_with(&self, id: &str, tables: &[&str], options: Value) -> Value {
         let (code, body) = self.ferry.post(
             "/api/v2/changefeeds",
             &json!({
@@ -69,6 +74,7 @@ impl Pair {
                 "source_uri": self.source.uri("shop"),
                 "sink_uri": self.target.uri("analytics"),
                 "tables": tables,
+                "options": options,
             }),
         );
         assert_eq!(code, 201, "create failed: {body}\n{}", self.ferry.log());
