@@ -17,6 +17,17 @@ fn options(batch_max_rows: usize) -> Options {
     }
 }
 
+/// A changefeed on one table `t`, caught up, its source giving commit times of now.
+async fn live_feed() -> (MemDb, ferry_core::TableId, Harness) {
+    let db = MemDb::new();
+    let t = db.create_table("public", "t");
+    let h = Harness::start(&db);
+    h.create(h.config(&[], Options::default())).await;
+    h.wait_caught_up().await;
+    db.live_commit_times();
+    (db, t, h)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_backlog_commits_in_batches_of_max_rows() {
     let db = MemDb::new();
@@ -75,12 +86,7 @@ async fn a_trickling_backlog_shares_target_commits() {
 /// are coarse).
 #[tokio::test(start_paused = true)]
 async fn live_transactions_commit_at_once_when_quiet_and_grouped_under_load() {
-    let db = MemDb::new();
-    let t = db.create_table("public", "t");
-    let h = Harness::start(&db);
-    h.create(h.config(&[], Options::default())).await;
-    h.wait_caught_up().await;
-    db.live_commit_times();
+    let (db, t, h) = live_feed().await;
 
     for id in 0..5 {
         let before = db.batches(FEED).len();
@@ -121,12 +127,7 @@ async fn live_transactions_commit_at_once_when_quiet_and_grouped_under_load() {
 /// spaces commits under load.
 #[tokio::test(start_paused = true)]
 async fn a_live_transaction_right_after_a_commit_does_not_wait_for_the_spacing() {
-    let db = MemDb::new();
-    let t = db.create_table("public", "t");
-    let h = Harness::start(&db);
-    h.create(h.config(&[], Options::default())).await;
-    h.wait_caught_up().await;
-    db.live_commit_times();
+    let (db, t, h) = live_feed().await;
 
     // Yielding never lets the paused clock move: a transaction that needed a timer to
     // commit would not reach the target in this loop.
