@@ -34,9 +34,9 @@ mod tables;
 /// previous commit, so a busy stream shares target commits and a slow target commit spaces
 /// the next ones by itself. Measured under `pgbench -c 4` (docs/benchmarks.md): the median
 /// went from 2.4–3.9 ms (a commit at most every 1 ms) to 1.1–1.3, for ~10% more of Ferry's
-/// CPU and ~35% more of the target's under a saturating load (~65% at 2,000 tps, about
-/// what native replication's target uses there); on two shared cores the source ran fewer
-/// transactions beside it (measured at scale 10).
+/// CPU and ~35% more of the target's under a saturating load (~65% at 2,000 tps, slightly
+/// more than native replication's target uses there); on two shared cores the source ran
+/// fewer transactions beside it (measured at scale 10).
 const LIVE_COMMIT_INTERVAL: Duration = Duration::from_millis(1);
 
 /// A batch whose last transaction is older than this (by the source's commit time, which

@@ -80,10 +80,9 @@ async fn a_trickling_backlog_shares_target_commits() {
 }
 
 /// Live (commit times of now): a transaction on a quiet stream reaches the target without
-/// waiting for a commit timer; transactions arriving together share a commit, and under a
-/// steady stream the target commits about every millisecond, each commit taking what
-/// arrived meanwhile (the count of commits is bounded loosely: the paused clock's timers
-/// are coarse).
+/// waiting for a commit timer; transactions arriving together share a commit, so under a
+/// steady stream the target commits far less often than the source does (the count of
+/// commits is bounded loosely: the paused clock's timers are coarse).
 #[tokio::test(start_paused = true)]
 async fn live_transactions_commit_at_once_when_quiet_and_grouped_under_load() {
     let (db, t, h) = live_feed().await;
