@@ -433,9 +433,11 @@ fn bulk_inserts_fall_back_to_upserts_when_the_target_holds_a_key() {
         .psql("shop", "CREATE TABLE t (id int PRIMARY KEY, v text)");
     pair.create("cf", &[]);
     pair.wait_synced("cf", MINUTE);
+    // One key in the batch's first segment (sent before the commit), one after it (sent
+    // with the commit), whichever way the two transactions are batched.
     pair.target.psql(
         "analytics",
-        "INSERT INTO t VALUES (1500, 'written on the target')",
+        "INSERT INTO t VALUES (1500, 'written on the target'), (5500, 'written on the target')",
     );
 
     pair.source.psql(
@@ -449,6 +451,11 @@ fn bulk_inserts_fall_back_to_upserts_when_the_target_holds_a_key() {
         pair.target
             .psql("analytics", "SELECT v FROM t WHERE id = 1500"),
         "from the source 1500"
+    );
+    assert_eq!(
+        pair.target
+            .psql("analytics", "SELECT v FROM t WHERE id = 5500"),
+        "fresh 5500"
     );
     // The plain insert ran and was rolled back: the rows it wrote before meeting the key
     // (in the arrays' order) and that key's own new row are dead tuples; an upsert alone

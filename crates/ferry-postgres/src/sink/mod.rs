@@ -55,12 +55,15 @@ use statements::{Op, Param, Shape};
 /// Queued row statements are sent when this many are waiting…
 const FLUSH_OPS: usize = 4096;
 /// …and a segment is applied when it holds this many changes (a set statement's size), sent
-/// without waiting so that the target applies it while the next one is compacted. Measured
-/// against 50,000 (docs/benchmarks.md): a backlog batch (5,000–20,000 changes) used to reach
-/// the target only at its commit, the target idle while it filled; the backlog drains ~8%
-/// faster (medians of 12 runs), a 1M-row transaction ~25% faster with a third of the peak
-/// memory (34 against ~100 MB). 1,024 was no faster than 4,096 and cost the target more CPU.
-const SEGMENT_ROWS: usize = 4_096;
+/// without waiting so that the target applies it while the next one is compacted. A batch's
+/// first segment closes at [`FIRST_SEGMENT_ROWS`], each next one at twice the one before, up
+/// to this: a backlog batch (1,000–20,000 changes) reaches the target while it fills instead
+/// of all at its commit, and a huge transaction still takes few segments (each with plain
+/// inserts takes a savepoint, and past 64 subtransactions PostgreSQL's snapshots of every
+/// session on the target slow down). Measured in docs/benchmarks.md.
+const SEGMENT_ROWS: usize = 50_000;
+/// The size at which a batch's first segment is applied (see [`SEGMENT_ROWS`]).
+const FIRST_SEGMENT_ROWS: usize = 4_096;
 /// …or when either holds this many bytes of values (bounds memory for huge transactions).
 const FLUSH_BYTES: usize = 16 << 20;
 
@@ -92,6 +95,8 @@ pub struct PgSink {
     segment: HashMap<TableId, TableChanges>,
     segment_rows: usize,
     segment_bytes: usize,
+    /// The size at which the open segment is applied: grows within a batch.
+    segment_limit: usize,
     /// The prepared checkpoint upsert.
     checkpoint_statement: Option<Statement>,
     /// Ownership and the handling of existing tables.
@@ -199,6 +204,7 @@ impl PgSink {
             queued_bytes: 0,
             segment: HashMap::new(),
             segment_rows: 0,
+            segment_limit: FIRST_SEGMENT_ROWS,
             segment_bytes: 0,
             checkpoint_statement: None,
             policy,
@@ -216,6 +222,7 @@ impl PgSink {
 
     fn begin_if_needed(&mut self) {
         if !self.in_batch {
+            self.segment_limit = FIRST_SEGMENT_ROWS;
             // Not awaited: a live batch's BEGIN, statements and COMMIT cost one round trip
             // to the target, not two. A failed BEGIN fails the batch at its next `settle`.
             self.begin = pipeline::launch_begin(&self.client).map(std::sync::Mutex::new);
@@ -333,7 +340,8 @@ impl PgSink {
                 self.flush_queue().await?;
                 self.segment_rows += 1;
                 self.segment_bytes += bytes;
-                if self.segment_rows >= SEGMENT_ROWS || self.segment_bytes >= FLUSH_BYTES {
+                if self.segment_rows >= self.segment_limit || self.segment_bytes >= FLUSH_BYTES {
+                    self.segment_limit = (self.segment_limit * 2).min(SEGMENT_ROWS);
                     self.launch_segment().await?;
                 }
                 Ok(())
