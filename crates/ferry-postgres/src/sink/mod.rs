@@ -526,6 +526,8 @@ impl Sink for PgSink {
     }
 
     async fn adopt_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        // A segment in flight fails as itself, not as the adoption's queries behind it.
+        self.settle().await?;
         self.adopt_shaped(schema).await
     }
 
