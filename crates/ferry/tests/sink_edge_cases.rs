@@ -433,30 +433,34 @@ fn bulk_inserts_fall_back_to_upserts_when_the_target_holds_a_key() {
         .psql("shop", "CREATE TABLE t (id int PRIMARY KEY, v text)");
     pair.create("cf", &[]);
     pair.wait_synced("cf", MINUTE);
-    // One key in the batch's first segment (sent before the commit), one after it (sent
-    // with the commit), whichever way the two transactions are batched.
+    // `psql -c` runs both inserts in one transaction: one batch of 20,000 inserts. Its
+    // first segment (4,096 changes, key 1500) and its second (8,192, key 6000) go to the
+    // target while the batch fills, each awaited before the next statement; the rest
+    // (key 15000) goes with the commit. Each meets a key the target holds.
     pair.target.psql(
         "analytics",
-        "INSERT INTO t VALUES (1500, 'written on the target'), (5500, 'written on the target')",
+        "INSERT INTO t VALUES (1500, 'written on the target'), (6000, 'written on the target'),
+                              (15000, 'written on the target')",
     );
 
     pair.source.psql(
         "shop",
         "INSERT INTO t SELECT g, 'from the source ' || g FROM generate_series(1, 3000) g;
-         INSERT INTO t SELECT g, 'fresh ' || g FROM generate_series(3001, 6000) g",
+         INSERT INTO t SELECT g, 'fresh ' || g FROM generate_series(3001, 20000) g",
     );
     pair.wait_synced("cf", MINUTE);
     pair.compare(&["t"]).assert_identical();
-    assert_eq!(
-        pair.target
-            .psql("analytics", "SELECT v FROM t WHERE id = 1500"),
-        "from the source 1500"
-    );
-    assert_eq!(
-        pair.target
-            .psql("analytics", "SELECT v FROM t WHERE id = 5500"),
-        "fresh 5500"
-    );
+    for (id, value) in [
+        (1500, "from the source 1500"),
+        (6000, "fresh 6000"),
+        (15000, "fresh 15000"),
+    ] {
+        assert_eq!(
+            pair.target
+                .psql("analytics", &format!("SELECT v FROM t WHERE id = {id}")),
+            value
+        );
+    }
     // The plain insert ran and was rolled back: the rows it wrote before meeting the key
     // (in the arrays' order) and that key's own new row are dead tuples; an upsert alone
     // leaves one, the version it replaced.

@@ -49,9 +49,7 @@ impl PgSink {
             )
             .await
             .map_err(connect_error)?;
-            side.batch_execute("SET search_path TO ''")
-                .await
-                .map_err(|e| statement_error("set session settings", e))?;
+            super::session_settings(&side).await?;
             &side
         } else {
             &self.client

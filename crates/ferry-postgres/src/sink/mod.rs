@@ -49,7 +49,7 @@ use ferry_core::{ConnectionUri, Position, RowChange, Sink, SinkError, TableId, T
 use tokio_postgres::{Client, Statement};
 
 use ferry_core::compact::TableChanges;
-use pipeline::{answered, run_pipelined, run_segment, InFlight};
+use pipeline::{answered, commit_pipelined, run_pipelined, run_segment, InFlight};
 use statements::{Op, Param, Shape};
 
 /// Queued row statements are sent when this many are waiting…
@@ -155,19 +155,7 @@ impl PgSink {
         let client = crate::connect::connect(uri, &format!("ferry-sink {changefeed}"))
             .await
             .map_err(connect_error)?;
-        // `synchronous_commit = on` whatever the target's default: the engine tells the
-        // source's slot it may discard WAL once `commit_batch` returns, so a commit the target
-        // has acknowledged must already be flushed. With the target at `off`, a target crash
-        // would otherwise lose transactions the source has already forgotten. Notices
-        // ("schema … already exists, skipping" for every session's bookkeeping) stay out
-        // of the log.
-        client
-            .batch_execute(
-                "SET search_path TO ''; SET synchronous_commit TO on; \
-                 SET client_min_messages TO warning",
-            )
-            .await
-            .map_err(|e| statement_error("set session settings", e))?;
+        session_settings(&client).await?;
         if let Some(source) = &policy.source {
             // A target that hides its identity (a restricted managed service) cannot be
             // compared: say so, and carry on.
@@ -251,7 +239,7 @@ impl PgSink {
         self.settle().await?;
         let queue = std::mem::take(&mut self.queue);
         self.queued_bytes = 0;
-        run_pipelined(&self.client, &queue, None).await
+        run_pipelined(&self.client, &queue).await
     }
 
     /// Applies the segment: per table its deletes, then its upserts, then its partial
@@ -388,6 +376,22 @@ impl PgSink {
     }
 }
 
+/// The settings of every session Ferry opens on the target. `synchronous_commit = on`
+/// whatever the target's default: the engine tells the source's slot it may discard WAL
+/// once `commit_batch` returns, so a commit the target has acknowledged must already be
+/// flushed. With the target at `off`, a target crash would otherwise lose transactions the
+/// source has already forgotten. Notices ("schema … already exists, skipping" for every
+/// session's bookkeeping) stay out of the log.
+pub(crate) async fn session_settings(client: &Client) -> Result<(), SinkError> {
+    client
+        .batch_execute(
+            "SET search_path TO ''; SET synchronous_commit TO on; \
+             SET client_min_messages TO warning",
+        )
+        .await
+        .map_err(|e| statement_error("set session settings", e))
+}
+
 #[async_trait::async_trait]
 impl Sink for PgSink {
     async fn load_checkpoint(&mut self) -> Result<Option<Position>, SinkError> {
@@ -496,11 +500,10 @@ impl Sink for PgSink {
         // COMMIT fail too) is the one reported.
         let (begun, result) = futures::join!(
             answered(self.begin.take()),
-            run_pipelined(&self.client, &work, Some("COMMIT"))
+            commit_pipelined(&self.client, &work)
         );
         let result = begun.and(result);
-        // Committed, or (after an error) rolled back by the failed COMMIT: either way the
-        // transaction is over.
+        // Committed, or (after an error) rolled back: either way the transaction is over.
         self.in_batch = false;
         if result.is_ok() && !self.complete_after_commit.is_empty() {
             self.complete_changed_tables().await;
@@ -526,8 +529,10 @@ impl Sink for PgSink {
     }
 
     async fn adopt_table(&mut self, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
-        // A segment in flight fails as itself, not as the adoption's queries behind it.
-        self.settle().await?;
+        // The batch's changes so far go first, at the shape they were compacted for: the
+        // table's statements are prepared anew for the adopted one. (A segment in flight
+        // also fails as itself, not as the adoption's queries behind it.)
+        self.flush().await?;
         self.adopt_shaped(schema).await
     }
 

@@ -346,6 +346,7 @@ pub async fn release(
     let client = crate::connect::connect(uri, &format!("ferry-release {changefeed}"))
         .await
         .map_err(super::connect_error)?;
+    super::session_settings(&client).await?;
     let row = client
         .query_one(
             "SELECT pg_catalog.to_regclass('_ferry.checkpoints') IS NOT NULL",

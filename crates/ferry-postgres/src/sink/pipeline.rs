@@ -55,7 +55,7 @@ const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT ferry_segment";
 /// target holds.
 pub(super) async fn run_segment(client: &Client, segment: Segment) -> Result<(), SinkError> {
     if segment.fallbacks.is_empty() {
-        return run_pipelined(client, &segment.work, None).await;
+        return run_pipelined(client, &segment.work).await;
     }
     match send(client, Some(SAVEPOINT), &segment.work, Some(RELEASE)).await {
         Ok(()) => return Ok(()),
@@ -123,35 +123,47 @@ fn start(mut in_flight: InFlight) -> Option<InFlight> {
     }
 }
 
-/// Sends `work` (then `finish`, a simple statement such as COMMIT) pipelined, in order, and
-/// waits for all of it; the first failure is the error. COMMIT after a failed statement
-/// rolls back, so a failed batch never commits.
-pub(super) async fn run_pipelined(
-    client: &Client,
-    work: &[Work],
-    finish: Option<&str>,
-) -> Result<(), SinkError> {
-    send(client, None, work, finish)
+/// Sends `work` pipelined, in order, and waits for all of it; the first failure is the
+/// error.
+pub(super) async fn run_pipelined(client: &Client, work: &[Work]) -> Result<(), SinkError> {
+    send(client, None, work, None)
         .await
         .map_err(Failure::into_sink_error)
+}
+
+/// Sends `work`, then COMMIT, pipelined, and waits for all of it. COMMIT after a failed
+/// statement rolls back, so a failed batch never commits, and the transaction ends either
+/// way: a statement that could not be sent (its parameters do not encode) keeps
+/// COMMIT from being sent too, and leaves the transaction open with the statements sent
+/// before it applied; it is rolled back here, so that no later batch commits them.
+pub(super) async fn commit_pipelined(client: &Client, work: &[Work]) -> Result<(), SinkError> {
+    match send(client, None, work, Some("COMMIT")).await {
+        Err(Failure::Unsent(e)) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(statement_error("apply a batch of changes", e))
+        }
+        result => result.map_err(Failure::into_sink_error),
+    }
 }
 
 /// The first statement of a pipeline that failed.
 enum Failure {
     Work(tokio_postgres::Error),
     Simple(tokio_postgres::Error),
+    /// A statement that failed before it was sent: nothing after it was sent either.
+    Unsent(tokio_postgres::Error),
 }
 
 impl Failure {
     fn code(&self) -> Option<&SqlState> {
         match self {
-            Failure::Work(e) | Failure::Simple(e) => e.code(),
+            Failure::Work(e) | Failure::Simple(e) | Failure::Unsent(e) => e.code(),
         }
     }
 
     fn into_sink_error(self) -> SinkError {
         match self {
-            Failure::Work(e) => statement_error("apply a batch of changes", e),
+            Failure::Work(e) | Failure::Unsent(e) => statement_error("apply a batch of changes", e),
             Failure::Simple(e) => statement_error("commit a batch", e),
         }
     }
@@ -202,11 +214,50 @@ async fn send(
         Poll::Ready(())
     })
     .await;
-    if let Some(e) = unsent {
-        return Err(e);
+    if let Some(Failure::Work(e) | Failure::Simple(e) | Failure::Unsent(e)) = unsent {
+        return Err(Failure::Unsent(e));
     }
     for result in futures::future::join_all(sent).await {
         result?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use ferry_testkit::PgCluster;
+
+    use super::*;
+
+    /// Regression: a statement whose parameters do not encode is never sent, and neither is
+    /// the COMMIT behind it; the statements sent before it had applied, in a transaction
+    /// left open for the next batch to commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_not_sent_rolls_the_batch_back() {
+        let pg = PgCluster::start();
+        pg.create_database("analytics");
+        pg.psql("analytics", "CREATE TABLE t (id int PRIMARY KEY)");
+        let client = pg.connect("analytics").await;
+        let insert = client
+            .prepare("INSERT INTO t VALUES ($1::text::int)")
+            .await
+            .unwrap();
+        let one = |v: &str| Param::Text(Some(Bytes::from(v.to_owned())));
+        client.batch_execute("BEGIN").await.unwrap();
+        let work = vec![
+            (insert.clone(), vec![one("1")]),
+            // One parameter too many: refused before it is sent.
+            (insert, vec![one("2"), one("3")]),
+        ];
+        let error = commit_pipelined(&client, &work).await.unwrap_err();
+        assert!(error.to_string().contains("apply a batch"), "{error}");
+        // Rolled back: the session no longer sees its own insert.
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 0);
+    }
 }
