@@ -496,6 +496,13 @@ fn pause_during_the_snapshot_then_resume_copies_everything_once() {
     let paused = ok(pair.ferry.post(&path("cf", "pause"), &json!({})));
     assert_eq!(paused["state"], json!("paused"), "{paused}");
     eprintln!("paused in phase {}", paused["phase"]);
+    // Paused means stopped: the copy's sessions (on threads of their own) end too.
+    wait_for("the copy's target sessions closed", MINUTE, || {
+        pair.target.psql(
+            "analytics",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'ferry%'",
+        ) == "0"
+    });
     pair.source.psql(
         "shop",
         "UPDATE big SET pad = 'changed' WHERE id % 1000 = 0; DELETE FROM big WHERE id <= 10;",
