@@ -353,7 +353,7 @@ impl SnapshotWorker {
     /// runtime has several threads (for chunks in a bulk format, see `copy`): the sessions it opens (their connection tasks) and the
     /// copy between them stay on that thread, so a chunk's data is handed from reader to
     /// writer without waking another thread (docs/benchmarks.md: Ferry's CPU in the
-    /// snapshot ~15% lower). Dropping the returned future stops the worker and closes its
+    /// snapshot ~14% lower). Dropping the returned future stops the worker and closes its
     /// sessions, as dropping a task would.
     async fn start(self) -> Result<u64, RunError> {
         if tokio::runtime::Handle::current().runtime_flavor()
