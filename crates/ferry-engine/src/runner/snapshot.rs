@@ -350,11 +350,11 @@ struct SnapshotWorker {
 
 impl SnapshotWorker {
     /// Runs the worker on a thread of its own, with a single-threaded runtime, when this
-    /// runtime has several threads (for chunks in a bulk format, see `copy`): the sessions it opens (their connection tasks) and the
-    /// copy between them stay on that thread, so a chunk's data is handed from reader to
-    /// writer without waking another thread (docs/benchmarks.md: Ferry's CPU in the
-    /// snapshot ~14% lower). Dropping the returned future stops the worker and closes its
-    /// sessions, as dropping a task would.
+    /// runtime has several threads (for chunks in a bulk format, see `copy`): the sessions
+    /// it opens (their connection tasks) and the copy between them stay on that thread, so
+    /// a chunk's data is handed from reader to writer without waking another thread
+    /// (docs/benchmarks.md: Ferry's CPU in the snapshot ~14% lower). Dropping the returned
+    /// future stops the worker and closes its sessions, as dropping a task would.
     async fn start(self) -> Result<u64, RunError> {
         if tokio::runtime::Handle::current().runtime_flavor()
             != tokio::runtime::RuntimeFlavor::MultiThread
@@ -362,7 +362,6 @@ impl SnapshotWorker {
             return self.run().await;
         }
         let (mut done, result) = tokio::sync::oneshot::channel();
-        let crashed = || RunError::Worker("snapshot worker crashed".into());
         let spawned = std::thread::Builder::new()
             .name("ferry-copy".into())
             .spawn(move || {
@@ -390,7 +389,10 @@ impl SnapshotWorker {
         if let Err(e) = spawned {
             return Err(RunError::Worker(format!("start a snapshot worker: {e}")));
         }
-        result.await.unwrap_or_else(|_| Err(crashed()))
+        // The sender dropped unanswered: the thread panicked.
+        result
+            .await
+            .unwrap_or_else(|_| Err(RunError::Worker("snapshot worker crashed".into())))
     }
 
     async fn run(self) -> Result<u64, RunError> {
