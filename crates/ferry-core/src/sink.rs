@@ -210,13 +210,15 @@ pub trait Sink: Send {
 
     /// Ends the open batch at `checkpoint` and returns what makes it durable, when that
     /// is still under way: `Some(settle)` resolves once the destination acknowledged the
-    /// whole batch. Only for a sink whose checkpoint the engine keeps
-    /// ([`CheckpointStore::External`]): the engine fills the next batch while `settle`
-    /// waits (acknowledgements then overlap the next batch's sending instead of stalling
-    /// the stream at every batch end), runs `settle` on a task of its own, and saves the
-    /// checkpoint of each batch once it and every batch before it settled. `settle` must
-    /// not need the sink to make progress. The default commits and returns `None`: durable
-    /// on return.
+    /// whole batch (resolving with an error, the batch is over and nothing of it stays).
+    /// The engine fills the next batch while `settle` waits (acknowledgements then overlap
+    /// the next batch's sending instead of stalling the stream at every batch end), runs
+    /// `settle` on a task of its own, and saves the checkpoint of each batch once it and
+    /// every batch before it settled. A sink whose checkpoint commits with the batch
+    /// ([`CheckpointStore::InTarget`]) is asked to seal its next batch only once this one
+    /// settled, so a later checkpoint never covers a batch that failed. `settle` must not
+    /// need the sink to make progress. The default commits and returns `None`: durable on
+    /// return.
     async fn seal_batch(&mut self, checkpoint: Position) -> Result<Option<Settle>, SinkError> {
         self.commit_batch(checkpoint).await.map(|()| None)
     }

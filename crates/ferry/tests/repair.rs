@@ -3,7 +3,8 @@
 //! the target refuses one source transaction (a CHECK the user's target table has); the
 //! changefeed fails naming it, with `last_error_position`; `skip` with any other position
 //! is refused; with that position the transaction is left out (all of it, or with
-//! `--table` only its changes to that table) and every other row arrives. Re-syncing: a
+//! `--table` only its changes to that table) and every other row arrives; so for one
+//! the target refuses only at its COMMIT. Re-syncing: a
 //! table corrupted on the target behind Ferry's back is copied again while writes go on,
 //! and ends identical; so does every table, a keyless one too.
 
@@ -131,6 +132,58 @@ fn a_poison_transaction_is_skipped_by_its_position() {
         history["items"][5]["parameters"]["body"]["table"],
         "public.t"
     );
+}
+
+/// The target refuses a transaction only at COMMIT (a deferred constraint trigger), whose
+/// answer Ferry takes in while it fills the next batch: the changefeed still fails naming
+/// that transaction, nothing after it is committed first, and skipping it works as for a
+/// refused statement.
+#[test]
+fn a_transaction_refused_at_commit_is_named_and_skipped() {
+    let pair = Pair::start();
+    pair.source
+        .psql("shop", "CREATE TABLE t (id int PRIMARY KEY, v int)");
+    pair.target.psql(
+        "analytics",
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         CREATE FUNCTION public.refuse_large() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.v >= 100 THEN
+             RAISE EXCEPTION 'v is too large' USING ERRCODE = '23514';
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER refuse_large AFTER INSERT OR UPDATE ON public.t
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.refuse_large();",
+    );
+    pair.create("cf", &["public.t"]);
+    pair.wait_synced("cf", MINUTE);
+
+    // The refused transaction is large enough that its batch sends segments while it
+    // fills, whose COMMIT is answered while the next batch fills.
+    for sql in [
+        "INSERT INTO t VALUES (1, 5)",
+        "INSERT INTO t SELECT g, CASE WHEN g = 9000 THEN 500 ELSE 1 END
+         FROM generate_series(2, 10001) g",
+        "INSERT INTO t VALUES (20000, 7)",
+    ] {
+        pair.source.psql("shop", sql);
+    }
+    let status = pair.wait_state("cf", "failed", MINUTE);
+    let error = status["last_error"].as_str().unwrap();
+    let position = status["last_error_position"].as_str().unwrap().to_string();
+    assert!(error.contains("source transaction"), "{error}");
+    assert!(error.contains("INSERT public.t"), "{error}");
+    assert!(error.contains("v is too large"), "{error}");
+    assert_eq!(ids(&pair, "t"), "1");
+
+    let (code, body) = pair.ferry.post(
+        "/api/v2/changefeeds/cf/skip",
+        &json!({"position": position}),
+    );
+    assert_eq!(code, 200, "{body}");
+    pair.wait_synced("cf", MINUTE);
+    assert_eq!(ids(&pair, "t"), "1,20000");
 }
 
 #[test]

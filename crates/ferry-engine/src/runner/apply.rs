@@ -162,6 +162,7 @@ pub(super) struct BatchParts {
     pub(super) counts: RowCounts,
     pub(super) renamed: Vec<(TableId, TableId)>,
     pub(super) idle: Option<(Position, i64)>,
+    pub(super) trail: Trail,
 }
 
 impl Batch {
@@ -174,6 +175,7 @@ impl Batch {
             counts: batch.counts,
             renamed: batch.renamed,
             idle: batch.idle,
+            trail: batch.trail,
         }
     }
 }
@@ -536,7 +538,7 @@ impl Applier {
 
 /// A definite sink error, named by the batch it refused (transient ones stay as they are:
 /// a broken connection is no fault of the data).
-fn named(err: RunError, trail: &Trail) -> RunError {
+pub(super) fn named(err: RunError, trail: &Trail) -> RunError {
     match err {
         RunError::Sink(source) if source.class() == ErrorClass::Definite => RunError::Apply {
             context: trail.describe(),

@@ -1,11 +1,11 @@
 //! Ending batches: commit (or seal) a batch, then, once it is durable, save and confirm its
 //! checkpoint and publish what it applied.
 //!
-//! A database sink commits its batch with the checkpoint in one transaction: durable when
-//! [`Sink::seal_batch`](ferry_core::Sink::seal_batch) returns, finished at once. A stream
-//! sink may return a batch still settling (its destination has not acknowledged every event
-//! yet); the applier then fills the next batch while the acknowledgements come, and
-//! finishes sealed batches strictly in order:
+//! A sink may return a batch still settling from
+//! [`Sink::seal_batch`](ferry_core::Sink::seal_batch): a stream sink's destination has not
+//! acknowledged every event yet, a database sink's COMMIT (the checkpoint is in its
+//! transaction) is not answered yet. The applier then fills the next batch while the
+//! answers come, and finishes sealed batches strictly in order:
 //!
 //! ```text
 //! batch n ─ seal ─► settling ─────────────► durable ─► save checkpoint n ─► confirm n
@@ -14,13 +14,17 @@
 //!
 //! A checkpoint is saved only once its batch and every batch before it are durable, so a
 //! crash resends what may be missing (with the same event ids), never skips it. At most
-//! [`MAX_SEALED`] batches settle at once: past it, the oldest is waited for.
+//! [`MAX_SEALED`] batches settle at once: past it, the oldest is waited for. A sink whose
+//! checkpoint commits with its batch settles one at a time: its next batch is sealed only
+//! once the one before is durable, since that one's checkpoint would otherwise cover a
+//! batch whose COMMIT failed.
 
 use std::collections::VecDeque;
 
 use ferry_core::{Position, Settle, SinkError, TableId};
 
-use super::apply::{Applier, Batch};
+use super::apply::{named, Applier, Batch};
+use super::trail::Trail;
 use super::RunError;
 use crate::metrics::RowCounts;
 
@@ -40,6 +44,8 @@ pub(super) struct Sealed {
     renamed: Vec<(TableId, TableId)>,
     /// A keepalive position received after the batch, confirmed with it.
     idle: Option<(Position, i64)>,
+    /// What the batch holds, to name it when it fails to settle.
+    trail: Trail,
 }
 
 /// A settle future on its own task, so the destination's acknowledgements are taken in
@@ -82,8 +88,9 @@ impl SealedQueue {
         match self.0.front_mut() {
             Some(Sealed {
                 settle: Some(settling),
+                trail,
                 ..
-            }) => settling.wait().await,
+            }) => settling.wait().await.map_err(|e| named(e, trail)),
             Some(_) => Ok(()),
             None => std::future::pending().await,
         }
@@ -98,6 +105,10 @@ impl Applier {
         let Some((end, commit_time_us)) = batch.end.clone() else {
             return Ok(());
         };
+        if self.save_checkpoint.is_none() {
+            // The checkpoint is in the sink's transaction (see the module docs).
+            self.settle_all().await?;
+        }
         let settle = self.sink.seal_batch(end.clone()).await?;
         self.last_commit = tokio::time::Instant::now();
         let parts = batch.take();
@@ -110,6 +121,7 @@ impl Applier {
             counts: parts.counts,
             renamed: parts.renamed,
             idle: parts.idle,
+            trail: parts.trail,
         });
         while let Some(oldest) = self.sealed.0.front() {
             let durable = oldest
@@ -147,6 +159,7 @@ impl Applier {
             counts: std::mem::take(counts),
             renamed: Vec::new(),
             idle: None,
+            trail: Trail::default(),
         });
         self.finish_oldest()
     }

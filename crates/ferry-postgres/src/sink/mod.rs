@@ -44,12 +44,13 @@ pub(crate) use readback::PgTargetReader;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use ferry_core::{ConnectionUri, Position, RowChange, Sink, SinkError, TableId, TableSchema};
+use ferry_core::{
+    ConnectionUri, Position, RowChange, Settle, Sink, SinkError, TableId, TableSchema,
+};
 use tokio_postgres::{Client, Statement};
 
 use ferry_core::compact::TableChanges;
-use pipeline::{answered, commit_pipelined, run_pipelined, run_segment, InFlight};
+use pipeline::{answered, run_pipelined, run_segment, InFlight};
 use statements::{Op, Param, Shape};
 
 /// Queued row statements are sent when this many are waiting…
@@ -455,60 +456,26 @@ impl Sink for PgSink {
     }
 
     async fn commit_batch(&mut self, checkpoint: Position) -> Result<(), SinkError> {
-        self.begin_if_needed();
-        // The last statements, the checkpoint and COMMIT go out together behind the
-        // batch's BEGIN, still unanswered in a live batch: one round trip. A segment in
-        // flight, or one with plain inserts first, may need its fallback (rolled back to
-        // its savepoint and sent again): it is answered before anything goes after it.
-        answered(self.in_flight.take()).await?;
-        let segment = self.segment_statements().await?;
-        let mut work = if segment.fallbacks.is_empty() {
-            segment.work
-        } else {
-            self.settle().await?;
-            run_segment(&self.client, segment).await?;
-            Vec::new()
-        };
-        work.append(&mut self.queue);
-        self.queued_bytes = 0;
-        let store = match &self.checkpoint_statement {
-            Some(s) => s.clone(),
-            None => {
-                let prepared = self
-                    .client
-                    .prepare(
-                        "INSERT INTO _ferry.checkpoints (changefeed, position, updated_at)
-                         VALUES ($1, $2, now())
-                         ON CONFLICT (changefeed) DO UPDATE
-                         SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
-                    )
-                    .await
-                    .map_err(|e| statement_error("prepare the checkpoint statement", e))?;
-                self.checkpoint_statement = Some(prepared.clone());
-                prepared
-            }
-        };
-        let position = serde_json::to_string(&checkpoint).expect("a position serializes");
-        work.push((
-            store,
-            vec![
-                Param::Text(Some(Bytes::from(self.changefeed.clone()))),
-                Param::Text(Some(Bytes::from(position))),
-            ],
-        ));
-        // Polled in order: the BEGIN is answered first, and its failure (which makes the
-        // COMMIT fail too) is the one reported.
-        let (begun, result) = futures::join!(
-            answered(self.begin.take()),
-            commit_pipelined(&self.client, &work)
-        );
-        let result = begun.and(result);
-        // Committed, or (after an error) rolled back: either way the transaction is over.
-        self.in_batch = false;
+        let result = self.launch_commit(&checkpoint).await?.await;
         if result.is_ok() && !self.complete_after_commit.is_empty() {
             self.complete_changed_tables().await;
         }
         result
+    }
+
+    /// A batch that sent a segment while it filled (a backlog's, a large transaction's)
+    /// sends its last statements and COMMIT, and is answered while the engine fills the
+    /// next batch on this session (whose statements run after them on the target): the
+    /// target applies the end of one batch while Ferry compacts the next. The engine seals
+    /// no other batch before this one settles, so a batch whose COMMIT fails is never
+    /// followed by a later one's. A smaller batch (a live stream's: one round trip) commits
+    /// at once, as does one after which tables are completed: waiting for its answer on a
+    /// task of its own costs wake-ups, measured as a longer latency tail.
+    async fn seal_batch(&mut self, checkpoint: Position) -> Result<Option<Settle>, SinkError> {
+        if self.segment_limit == FIRST_SEGMENT_ROWS || !self.complete_after_commit.is_empty() {
+            return self.commit_batch(checkpoint).await.map(|()| None);
+        }
+        self.launch_commit(&checkpoint).await.map(Some)
     }
 
     async fn abort_batch(&mut self) {

@@ -21,12 +21,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use ferry_core::SinkError;
+use bytes::Bytes;
+use ferry_core::{Position, SinkError};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 
-use super::statement_error;
 use super::statements::Param;
+use super::{statement_error, PgSink};
 
 /// Statements on their way: resolves once the target answered all of them.
 pub(super) type InFlight = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
@@ -50,6 +51,65 @@ pub(super) struct Segment {
 const SAVEPOINT: &str = "SAVEPOINT ferry_segment";
 const RELEASE: &str = "RELEASE SAVEPOINT ferry_segment";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT ferry_segment";
+
+impl PgSink {
+    /// Sends the open batch's last statements, its checkpoint and COMMIT, behind its BEGIN
+    /// when still unanswered (a live batch costs one round trip), and returns what answers
+    /// them: the batch is durable once it resolves `Ok`, and over (rolled back) once it
+    /// resolves with an error. It needs nothing more of the sink: whatever the sink sends
+    /// next runs after the COMMIT on the target. A segment in flight, or a last one with
+    /// plain inserts first, may need its fallback (rolled back to its savepoint and sent
+    /// again): it is answered before anything goes after it.
+    pub(super) async fn launch_commit(
+        &mut self,
+        checkpoint: &Position,
+    ) -> Result<InFlight, SinkError> {
+        self.begin_if_needed();
+        answered(self.in_flight.take()).await?;
+        let segment = self.segment_statements().await?;
+        let mut work = if segment.fallbacks.is_empty() {
+            segment.work
+        } else {
+            self.settle().await?;
+            run_segment(&self.client, segment).await?;
+            Vec::new()
+        };
+        work.append(&mut self.queue);
+        self.queued_bytes = 0;
+        work.push(self.checkpoint_work(checkpoint).await?);
+        self.in_batch = false;
+        Ok(send_commit(&self.client, self.begin.take(), work))
+    }
+
+    /// The statement that stores `checkpoint` with the batch.
+    async fn checkpoint_work(&mut self, checkpoint: &Position) -> Result<Work, SinkError> {
+        let store = match &self.checkpoint_statement {
+            Some(s) => s.clone(),
+            None => {
+                let prepared = self
+                    .client
+                    .prepare(
+                        "INSERT INTO _ferry.checkpoints (changefeed, position, updated_at)
+                         VALUES ($1, $2, now())
+                         ON CONFLICT (changefeed) DO UPDATE
+                         SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
+                    )
+                    .await
+                    .map_err(|e| statement_error("prepare the checkpoint statement", e))?;
+                self.checkpoint_statement = Some(prepared.clone());
+                prepared
+            }
+        };
+        let position = serde_json::to_string(checkpoint).expect("a position serializes");
+        Ok((
+            store,
+            vec![
+                Param::Text(Some(Bytes::from(self.changefeed.clone()))),
+                Param::Text(Some(Bytes::from(position))),
+            ],
+        ))
+    }
+}
 
 /// Runs `segment` and waits for it: plain inserts first, upserts when one met a key the
 /// target holds.
@@ -98,6 +158,23 @@ pub(super) fn launch_begin(client: &Arc<Client>) -> Option<InFlight> {
             .await
             .map_err(|e| statement_error("begin a batch", e))
     }))
+}
+
+/// Sends the batch's last `work`, then COMMIT, behind its `begin` (when still unanswered),
+/// and returns without waiting (see [`PgSink::launch_commit`]).
+fn send_commit(
+    client: &Arc<Client>,
+    begin: Option<std::sync::Mutex<InFlight>>,
+    work: Vec<Work>,
+) -> InFlight {
+    let client = client.clone();
+    // Polled in order: the BEGIN is answered first, and its failure (which makes the
+    // COMMIT fail too) is the one reported.
+    let commit = Box::pin(async move {
+        let (begun, result) = futures::join!(answered(begin), commit_pipelined(&client, &work));
+        begun.and(result)
+    });
+    start(commit).unwrap_or_else(|| Box::pin(std::future::ready(Ok(()))))
 }
 
 /// The answer of requests sent earlier (none: nothing to wait for). (In a mutex only to

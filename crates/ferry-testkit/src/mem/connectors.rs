@@ -241,11 +241,16 @@ impl SinkConnector for MemSinkConnector {
         feed: &str,
         _policy: TargetPolicy,
     ) -> Result<Box<dyn Sink>, SinkError> {
+        let (settle_after, commit_settles) = {
+            let state = self.db.lock();
+            (state.settle_after, state.commit_settles)
+        };
         Ok(Box::new(MemSink {
             db: self.db.clone(),
             feed: feed.to_string(),
             pending: Vec::new(),
-            settle_after: self.db.lock().settle_after,
+            settle_after,
+            commit_settles,
             settled: None,
         }))
     }

@@ -179,6 +179,8 @@ struct State {
     checkpoint_violations: Vec<String>,
     /// Sinks act as streams: see [`MemDb::settle_after`].
     settle_after: Option<Duration>,
+    /// With `settle_after`, sinks act as databases: see [`MemDb::commit_settles_after`].
+    commit_settles: bool,
 }
 
 #[derive(Default)]
@@ -477,6 +479,17 @@ impl MemDb {
     /// and every batch sealed after it fails too, landing nothing.
     pub fn settle_after(&self, delay: Duration) {
         self.lock().settle_after = Some(delay);
+    }
+
+    /// Makes the sinks connected from now on act as database sinks that send a batch's
+    /// COMMIT without waiting for its answer: the checkpoint commits with the batch, which
+    /// lands on the target `delay` after it was sealed, whether or not a batch before it
+    /// failed (so the engine must not seal a batch while the one before it settles; one
+    /// sealed then is recorded as an anomaly); a [`SinkStep::CommitBatch`] fault fails it.
+    pub fn commit_settles_after(&self, delay: Duration) {
+        let mut state = self.lock();
+        state.settle_after = Some(delay);
+        state.commit_settles = true;
     }
 
     /// Makes the sink change a target table's shape only while the open batch holds none

@@ -23,6 +23,9 @@ pub struct MemSink {
     /// Acting as a stream: batches are durable this long after they are sealed, and the
     /// engine keeps the checkpoint ([`MemDb::settle_after`]).
     pub(super) settle_after: Option<Duration>,
+    /// With `settle_after`: acting as a database sink that sends its COMMIT without waiting
+    /// for the answer ([`MemDb::commit_settles_after`]).
+    pub(super) commit_settles: bool,
     /// Whether the batch sealed last landed, once it settled.
     pub(super) settled: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
@@ -97,8 +100,8 @@ impl MemSink {
 impl Sink for MemSink {
     fn checkpoint_store(&self) -> CheckpointStore {
         match self.settle_after {
-            Some(_) => CheckpointStore::External,
-            None => CheckpointStore::InTarget,
+            Some(_) if !self.commit_settles => CheckpointStore::External,
+            _ => CheckpointStore::InTarget,
         }
     }
 
@@ -147,10 +150,20 @@ impl Sink for MemSink {
         };
         // The batch lands when it settled, after every batch sealed before it, and not at
         // all when one before it failed (as a stream's acknowledgements come in order).
+        // A database sink's COMMIT lands on its own: the engine must not seal a batch
+        // before the one before it is durable.
         let fault = self.db.take_sink_fault(SinkStep::CommitBatch);
         let (db, feed) = (self.db.clone(), self.feed.clone());
         let pending = std::mem::take(&mut self.pending);
-        let before = self.settled.take();
+        let mut before = self.settled.take();
+        if self.commit_settles {
+            if let Some(mut before) = before.take() {
+                if before.try_recv() == Err(tokio::sync::oneshot::error::TryRecvError::Empty) {
+                    let anomaly = "a batch was sealed while the one before it was settling";
+                    self.db.lock().target.anomalies.push(anomaly.into());
+                }
+            }
+        }
         let (done, settled) = tokio::sync::oneshot::channel();
         self.settled = Some(settled);
         Ok(Some(Box::pin(async move {
