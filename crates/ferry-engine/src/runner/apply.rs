@@ -291,6 +291,11 @@ impl Applier {
     pub(super) async fn abort(&mut self, batch: &mut Batch) {
         self.ahead_abort().await;
         self.sink.abort_batch().await;
+        if self.save_checkpoint.is_none() {
+            // A COMMIT still on its way ends first, so the next attempt reads a checkpoint
+            // in the target that no batch of this run can still move.
+            self.sealed.answered().await;
+        }
         batch.counts.discard();
     }
 

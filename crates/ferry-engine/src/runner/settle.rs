@@ -83,6 +83,17 @@ impl SealedQueue {
         self.0.is_empty()
     }
 
+    /// Waits until every sealed batch is answered, whatever the answer, and forgets them:
+    /// their checkpoints are neither saved nor confirmed.
+    pub(super) async fn answered(&mut self) {
+        for sealed in &mut self.0 {
+            if let Some(settling) = &mut sealed.settle {
+                let _ = settling.wait().await;
+            }
+        }
+        self.0.clear();
+    }
+
     /// Resolves once the oldest sealed batch is durable (pending while there is none).
     pub(super) async fn oldest_settled(&mut self) -> Result<(), RunError> {
         match self.0.front_mut() {
