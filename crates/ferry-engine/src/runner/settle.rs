@@ -87,7 +87,8 @@ impl SealedQueue {
     /// their checkpoints are neither saved nor confirmed.
     pub(super) async fn answered(&mut self) {
         for sealed in &mut self.0 {
-            if let Some(settling) = &mut sealed.settle {
+            // A finished one may have been awaited already (its failure ended the run).
+            if let Some(settling) = sealed.settle.as_mut().filter(|s| !s.0.is_finished()) {
                 let _ = settling.wait().await;
             }
         }
