@@ -321,8 +321,7 @@ impl Applier {
             } => {
                 if self.past_target(&commit) {
                     // Everything at or before the target is in the batch.
-                    self.commit(batch).await?;
-                    self.settle_all().await?;
+                    self.commit_durable(batch).await?;
                     return Ok(Some(StreamEnd::Finished));
                 }
                 cursor.in_transaction = true;
@@ -457,8 +456,7 @@ impl Applier {
                     batch.idle = Some((position, server_time_us));
                     return Ok(None);
                 }
-                self.commit(batch).await?;
-                self.settle_all().await?;
+                self.commit_durable(batch).await?;
                 // Everything up to `position` was sent and is applied: safe to confirm.
                 let at_target = self.at_target(&position);
                 self.confirm_idle(position, server_time_us);

@@ -77,8 +77,7 @@ impl Applier {
         batch: &mut Batch,
         request: RepairRequest,
     ) -> Result<(), RunError> {
-        self.commit(batch).await?;
-        self.settle_all().await?;
+        self.commit_durable(batch).await?;
         if request.holding.send(()).is_err() {
             return Ok(());
         }

@@ -149,6 +149,13 @@ impl Applier {
         Ok(())
     }
 
+    /// Ends the open batch and waits until it and every batch before it are durable and
+    /// finished: before anything that must see the target as the stream left it.
+    pub(super) async fn commit_durable(&mut self, batch: &mut Batch) -> Result<(), RunError> {
+        self.commit(batch).await?;
+        self.settle_all().await
+    }
+
     /// A transaction another session of the sink made durable with checkpoint `end` (see
     /// [`super::apply::ahead`]), after every batch before it: finished as a batch.
     pub(super) fn finished_elsewhere(

@@ -469,8 +469,8 @@ impl Sink for PgSink {
     /// target applies the end of one batch while Ferry compacts the next. The engine seals
     /// no other batch before this one settles, so a batch whose COMMIT fails is never
     /// followed by a later one's. A smaller batch (a live stream's: one round trip) commits
-    /// at once, as does one after which tables are completed: waiting for its answer on a
-    /// task of its own costs wake-ups, measured as a longer latency tail.
+    /// at once, as does one after which tables are completed: when live batches were
+    /// answered on a task of their own too, the latency tail was longer (docs/benchmarks.md).
     async fn seal_batch(&mut self, checkpoint: Position) -> Result<Option<Settle>, SinkError> {
         if self.segment_limit == FIRST_SEGMENT_ROWS || !self.complete_after_commit.is_empty() {
             return self.commit_batch(checkpoint).await.map(|()| None);

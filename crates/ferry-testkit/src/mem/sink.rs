@@ -156,13 +156,13 @@ impl Sink for MemSink {
         let (db, feed) = (self.db.clone(), self.feed.clone());
         let pending = std::mem::take(&mut self.pending);
         let mut before = self.settled.take();
-        if self.commit_settles {
-            if let Some(mut before) = before.take() {
-                if before.try_recv() == Err(tokio::sync::oneshot::error::TryRecvError::Empty) {
-                    let anomaly = "a batch was sealed while the one before it was settling";
-                    self.db.lock().target.anomalies.push(anomaly.into());
-                }
-            }
+        if self.commit_settles
+            && before.take().is_some_and(|mut before| {
+                before.try_recv() == Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            })
+        {
+            let anomaly = "a batch was sealed while the one before it was settling";
+            self.db.lock().target.anomalies.push(anomaly.into());
         }
         let (done, settled) = tokio::sync::oneshot::channel();
         self.settled = Some(settled);

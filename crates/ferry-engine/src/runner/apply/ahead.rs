@@ -271,8 +271,7 @@ impl Applier {
         }
         // The second session writes only once the main one holds nothing uncommitted, nor
         // keeps anything for its next commit that would lock the table.
-        self.commit(batch).await?;
-        self.settle_all().await?;
+        self.commit_durable(batch).await?;
         let first = self
             .ahead
             .as_ref()
@@ -317,8 +316,7 @@ impl Applier {
             return Ok(());
         }
         // Everything committed before it first: the target sees the source's order.
-        self.commit(batch).await?;
-        self.settle_all().await?;
+        self.commit_durable(batch).await?;
         let ahead = self.ahead.as_mut().expect("checked above");
         let mut held = ahead.held.take().expect("checked above");
         let sink = ahead.sink.as_mut().expect("checked above");

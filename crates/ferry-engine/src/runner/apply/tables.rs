@@ -53,8 +53,7 @@ impl Applier {
             // Replayed from the checkpoint after the copy.
             self.abort(batch).await;
         } else {
-            self.commit(batch).await?;
-            self.settle_all().await?;
+            self.commit_durable(batch).await?;
         }
         (self.on_table)(TableNote::Recreated(&table))?;
         Ok(Some(StreamEnd::Recreated))
