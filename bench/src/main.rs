@@ -159,7 +159,7 @@ fn summary(outcome: &Result<Measurement, String>) -> String {
             );
             if let Some(usage) = m.usage {
                 text.push_str(&format!(
-                    "  cpu {:.1} s  rss {:.0} MB",
+                    "  cpu {:.2} s  rss {:.0} MB",
                     usage.cpu_seconds,
                     usage.peak_rss_kib as f64 * 1024.0 / 1e6
                 ));

@@ -18,10 +18,38 @@
 //! deletes of a table without a key, an update that changes the key and leaves TOAST
 //! values unsent (unless the batch holds the old row), a key value not sent.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::{Row, RowChange, TableSchema, Value};
+// foldhash (seeded per process) rather than SipHash: hashing every change's key showed in
+// the backlog's profile (docs/benchmarks.md).
+use foldhash::{HashMap, HashMapExt};
+
+use crate::{Row, RowChange, TableId, TableSchema, Value};
+
+/// The open segment's compacted changes, per table.
+pub type SegmentMap = HashMap<TableId, TableChanges>;
+
+/// Whether `segment` holds changes of `table` made with another shape: the segment must be
+/// applied before `table`'s next change joins it. (The same schema, shared, is the common
+/// case: then no column is compared.)
+pub fn shape_changed(segment: &SegmentMap, table: &Arc<TableSchema>) -> bool {
+    segment.get(&table.id).is_some_and(|c| {
+        !Arc::ptr_eq(&c.schema, table)
+            && (c.schema.columns != table.columns || c.schema.key != table.key)
+    })
+}
+
+/// `table`'s entry in `segment`, empty when new.
+pub fn entry<'a>(segment: &'a mut SegmentMap, table: &Arc<TableSchema>) -> &'a mut TableChanges {
+    // Looked up before inserting: `HashMap::entry` would clone the table's name for every
+    // change.
+    if !segment.contains_key(&table.id) {
+        segment.insert(table.id.clone(), TableChanges::new(table.clone()));
+    }
+    segment
+        .get_mut(&table.id)
+        .expect("the entry was inserted above")
+}
 
 /// The final state of one key within a segment.
 #[derive(Clone, Debug, PartialEq)]

@@ -33,6 +33,7 @@ use ferry_core::{
     ErrorClass, Lsn, PartitionMode, Position, Row, RowChange, SourceEvent, TableId, TableSchema,
     Value,
 };
+use futures::FutureExt;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::time::Instant;
 use tokio_postgres::Client;
@@ -184,37 +185,52 @@ impl PgStream {
     ) {
         let timeout = self.options.timeout;
         let mut last_heard = Instant::now();
+        // Whether a message came since `last_heard`: the clock is read once per wait rather
+        // than once per message (a backlog brings hundreds of thousands a second).
+        let mut heard = false;
         loop {
-            let raw = tokio::select! {
-                biased;
-                changed = confirms.changed() => {
-                    if changed.is_err() {
-                        return;
+            // Positions confirmed while messages kept coming; the wait below sees the rest.
+            match confirms.has_changed() {
+                Err(_) => return,
+                Ok(true) => self.report_applied(&mut confirms),
+                Ok(false) => {}
+            }
+            // A message already received is taken at once: no timer armed, no clock read.
+            let raw = match self.session.recv().now_or_never() {
+                Some(raw) => raw,
+                None => {
+                    if heard {
+                        last_heard = Instant::now();
+                        heard = false;
                     }
-                    if let Some(Position::PgLsn(lsn)) = *confirms.borrow_and_update() {
-                        self.session.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
-                    }
-                    continue;
-                }
-                raw = self.session.recv() => raw,
-                _ = tokio::time::sleep_until(last_heard + timeout) => {
-                    match self.check_alive().await {
-                        Ok(()) => {
-                            last_heard = Instant::now();
+                    tokio::select! {
+                        biased;
+                        changed = confirms.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            self.report_applied(&mut confirms);
                             continue;
                         }
-                        Err(e) => {
-                            let _ = events.send(Err(e.into())).await;
-                            return;
+                        raw = self.session.recv() => raw,
+                        _ = tokio::time::sleep_until(last_heard + timeout) => {
+                            match self.check_alive().await {
+                                Ok(()) => {
+                                    last_heard = Instant::now();
+                                    continue;
+                                }
+                                Err(e) => {
+                                    let _ = events.send(Err(e.into())).await;
+                                    return;
+                                }
+                            }
                         }
                     }
                 }
             };
-            last_heard = Instant::now();
+            heard = true;
             let handled = match raw {
-                Ok(Some(event)) => tokio::time::timeout(timeout, self.translate(event))
-                    .await
-                    .unwrap_or_else(|_| Err(liveness::silent_source(timeout))),
+                Ok(Some(event)) => self.translate_within(event, timeout).await,
                 Ok(None) => Err(PgError::other(
                     "the replication stream ended",
                     ErrorClass::Transient,
@@ -231,7 +247,7 @@ impl PgStream {
             }
             if let Some(committed) = self.committed.take() {
                 match self.hand_on(committed, &events).await {
-                    Ok(true) => last_heard = Instant::now(),
+                    Ok(true) => {}
                     Ok(false) => return,
                     Err(e) => {
                         let _ = events.send(Err(e.into())).await;
@@ -240,6 +256,31 @@ impl PgStream {
                 }
             }
         }
+    }
+
+    /// Reports the position last confirmed on `confirms` to the slot as durably applied.
+    fn report_applied(&mut self, confirms: &mut ferry_core::source::Confirmed) {
+        if let Some(Position::PgLsn(lsn)) = *confirms.borrow_and_update() {
+            self.session
+                .update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+        }
+    }
+
+    /// Translates `event`, failing when that takes longer than `timeout` (a catalog query
+    /// the source does not answer). Most events need no query: those finish at their first
+    /// poll, before any timer is armed.
+    async fn translate_within(
+        &mut self,
+        event: ReplicationEvent,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        let mut translating = std::pin::pin!(self.translate(event));
+        if let Some(done) = translating.as_mut().now_or_never() {
+            return done;
+        }
+        tokio::time::timeout(timeout, translating)
+            .await
+            .unwrap_or_else(|_| Err(liveness::silent_source(timeout)))
     }
 
     /// Sends the pending events; `false` when the receiver is gone.

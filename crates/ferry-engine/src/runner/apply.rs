@@ -13,6 +13,7 @@ use ferry_core::{
     ErrorClass, Position, RowChange, Sink, SourceError, SourceEvent, TableFilter, TableId,
     TableSchema, TxMeta,
 };
+use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 
 use super::repair::RepairRequest;
@@ -210,36 +211,48 @@ impl Applier {
             } else {
                 self.commit_due(&batch)
             };
-            let next = tokio::select! {
-                biased;
-                _ = stop.changed() => {
-                    self.abort(&mut batch).await;
-                    return Ok(StreamEnd::Stopped);
-                }
-                Some(request) = repairs.recv(), if !cursor.in_transaction => {
-                    self.ahead_before_repair().await;
-                    if let Err(e) = self.repair(&mut batch, request).await {
-                        let e = named(e, &batch.trail);
+            // Inside a transaction an event already queued is taken at once: the wait below
+            // arms a wake-up for each of its branches, per change. Repairs and deadlines wait
+            // for the transaction's end anyway, and a settled batch is seen at the next wait.
+            let queued = if cursor.in_transaction && matches!(stop.has_changed(), Ok(false)) {
+                self.events.recv().now_or_never()
+            } else {
+                None
+            };
+            let next = if let Some(next) = queued {
+                next
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => {
                         self.abort(&mut batch).await;
-                        return Err(e);
+                        return Ok(StreamEnd::Stopped);
                     }
-                    continue;
-                }
-                settled = self.sealed.oldest_settled() => {
-                    if let Err(e) = settled.and_then(|()| self.finish_oldest()) {
-                        self.abort(&mut batch).await;
-                        return Err(e);
+                    Some(request) = repairs.recv(), if !cursor.in_transaction => {
+                        self.ahead_before_repair().await;
+                        if let Err(e) = self.repair(&mut batch, request).await {
+                            let e = named(e, &batch.trail);
+                            self.abort(&mut batch).await;
+                            return Err(e);
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                ev = self.events.recv() => ev,
-                _ = sleep_until(deadline), if deadline.is_some() && !cursor.in_transaction => {
-                    if let Err(e) = self.commit(&mut batch).await {
-                        let e = named(e, &batch.trail);
-                        self.abort(&mut batch).await;
-                        return Err(e);
+                    settled = self.sealed.oldest_settled() => {
+                        if let Err(e) = settled.and_then(|()| self.finish_oldest()) {
+                            self.abort(&mut batch).await;
+                            return Err(e);
+                        }
+                        continue;
                     }
-                    continue;
+                    ev = self.events.recv() => ev,
+                    _ = sleep_until(deadline), if deadline.is_some() && !cursor.in_transaction => {
+                        if let Err(e) = self.commit(&mut batch).await {
+                            let e = named(e, &batch.trail);
+                            self.abort(&mut batch).await;
+                            return Err(e);
+                        }
+                        continue;
+                    }
                 }
             };
             let Some(event) = next else {

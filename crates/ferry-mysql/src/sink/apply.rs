@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ferry_core::compact::TableChanges;
+use ferry_core::compact;
 use ferry_core::{RowChange, SinkError, TableId, TableSchema, Value};
 use mysql_async::prelude::Queryable;
 
@@ -136,21 +136,10 @@ impl MySqlSink {
         change: RowChange,
     ) -> Result<(), SinkError> {
         let bytes = change.payload_bytes();
-        if self
-            .segment
-            .get(&table.id)
-            .is_some_and(|c| c.schema.columns != table.columns || c.schema.key != table.key)
-        {
+        if compact::shape_changed(&self.segment, table) {
             self.segment_to_queue()?;
         }
-        if !self.segment.contains_key(&table.id) {
-            self.segment
-                .insert(table.id.clone(), TableChanges::new(table.clone()));
-        }
-        let changes = self
-            .segment
-            .get_mut(&table.id)
-            .expect("the entry was inserted above");
+        let changes = compact::entry(&mut self.segment, table);
         match changes.absorb(change) {
             Ok(()) => {
                 self.segment_rows += 1;

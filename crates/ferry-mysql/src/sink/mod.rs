@@ -46,7 +46,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ferry_core::compact::TableChanges;
+use ferry_core::compact::SegmentMap;
 use ferry_core::{
     ConnectionUri, ErrorClass, Position, RowChange, Sink, SinkConnector, SinkError, SinkUri,
     TableId, TableSchema, TargetPolicy, TargetProblem,
@@ -196,7 +196,7 @@ pub struct MySqlSink {
     renames: HashMap<TableId, TableId>,
     queue: Vec<Work>,
     queued_bytes: usize,
-    segment: HashMap<TableId, TableChanges>,
+    segment: SegmentMap,
     segment_rows: usize,
     segment_bytes: usize,
     in_order: bool,
@@ -256,7 +256,7 @@ impl MySqlSink {
             renames: HashMap::new(),
             queue: Vec::new(),
             queued_bytes: 0,
-            segment: HashMap::new(),
+            segment: SegmentMap::default(),
             segment_rows: 0,
             segment_bytes: 0,
             in_order: false,

@@ -49,7 +49,7 @@ use ferry_core::{
 };
 use tokio_postgres::{Client, Statement};
 
-use ferry_core::compact::TableChanges;
+use ferry_core::compact::{self, SegmentMap};
 use pipeline::{answered, run_pipelined, run_segment, InFlight};
 use statements::{Op, Param, Shape};
 
@@ -93,7 +93,7 @@ pub struct PgSink {
     queue: Vec<(Statement, Vec<Param>)>,
     queued_bytes: usize,
     /// Compacted changes per table (empty while `queue` is not).
-    segment: HashMap<TableId, TableChanges>,
+    segment: SegmentMap,
     segment_rows: usize,
     segment_bytes: usize,
     /// The size at which the open segment is applied: grows within a batch.
@@ -191,7 +191,7 @@ impl PgSink {
             in_batch: false,
             queue: Vec::new(),
             queued_bytes: 0,
-            segment: HashMap::new(),
+            segment: SegmentMap::default(),
             segment_rows: 0,
             segment_limit: FIRST_SEGMENT_ROWS,
             segment_bytes: 0,
@@ -306,22 +306,10 @@ impl PgSink {
     ) -> Result<(), SinkError> {
         let bytes = change.payload_bytes();
         // A table whose shape changed since its segment entry: apply the segment first.
-        if self
-            .segment
-            .get(&table.id)
-            .is_some_and(|c| c.schema.columns != table.columns || c.schema.key != table.key)
-        {
+        if compact::shape_changed(&self.segment, table) {
             self.flush_segment().await?;
         }
-        // Look up before inserting: `entry` would clone the table's name for every change.
-        if !self.segment.contains_key(&table.id) {
-            self.segment
-                .insert(table.id.clone(), TableChanges::new(table.clone()));
-        }
-        let changes = self
-            .segment
-            .get_mut(&table.id)
-            .expect("the entry was inserted above");
+        let changes = compact::entry(&mut self.segment, table);
         match changes.absorb(change) {
             Ok(()) => {
                 // Row statements queued before this change run before the segment (which
