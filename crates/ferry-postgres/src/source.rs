@@ -176,7 +176,8 @@ impl PgStream {
 
     /// Reads the stream until it ends, the receiver of `events` goes away, or an error
     /// (sent as the last item). Positions received on `confirms` are reported to the slot
-    /// as durably applied; only the raw receive is ever raced against them, so no decoded
+    /// as durably applied; only the raw receive is ever raced against them or dropped
+    /// unfinished (it is cancel-safe: vendor/pgwire-replication/PATCHES.md), so no decoded
     /// event is lost to cancellation.
     pub async fn run(
         mut self,
@@ -191,7 +192,11 @@ impl PgStream {
         loop {
             // Positions confirmed while messages kept coming; the wait below sees the rest.
             match confirms.has_changed() {
-                Err(_) => return,
+                Err(_) => {
+                    // The engine is gone; what it confirmed last is still reported.
+                    self.report_applied(&mut confirms);
+                    return;
+                }
                 Ok(true) => self.report_applied(&mut confirms),
                 Ok(false) => {}
             }
@@ -259,7 +264,7 @@ impl PgStream {
     }
 
     /// Reports the position last confirmed on `confirms` to the slot as durably applied.
-    fn report_applied(&mut self, confirms: &mut ferry_core::source::Confirmed) {
+    fn report_applied(&self, confirms: &mut ferry_core::source::Confirmed) {
         if let Some(Position::PgLsn(lsn)) = *confirms.borrow_and_update() {
             self.session
                 .update_applied_lsn(pgwire_replication::Lsn(lsn.0));

@@ -213,8 +213,11 @@ impl Applier {
             };
             // Inside a transaction an event already queued is taken at once: the wait below
             // arms a wake-up for each of its branches, per change. Repairs and deadlines wait
-            // for the transaction's end anyway, and a settled batch is seen at the next wait.
-            let queued = if cursor.in_transaction && matches!(stop.has_changed(), Ok(false)) {
+            // for the transaction's end anyway; a batch whose answer is in goes through it.
+            let queued = if cursor.in_transaction
+                && matches!(stop.has_changed(), Ok(false))
+                && !self.sealed.oldest_answered()
+            {
                 self.events.recv().now_or_never()
             } else {
                 None

@@ -95,6 +95,16 @@ impl SealedQueue {
         self.0.clear();
     }
 
+    /// Whether the oldest sealed batch has its answer (to be taken by [`Self::oldest_settled`]).
+    pub(super) fn oldest_answered(&self) -> bool {
+        self.0.front().is_some_and(|oldest| {
+            oldest
+                .settle
+                .as_ref()
+                .is_none_or(|settling| settling.0.is_finished())
+        })
+    }
+
     /// Resolves once the oldest sealed batch is durable (pending while there is none).
     pub(super) async fn oldest_settled(&mut self) -> Result<(), RunError> {
         match self.0.front_mut() {
@@ -135,12 +145,8 @@ impl Applier {
             idle: parts.idle,
             trail: parts.trail,
         });
-        while let Some(oldest) = self.sealed.0.front() {
-            let durable = oldest
-                .settle
-                .as_ref()
-                .is_none_or(|settling| settling.0.is_finished());
-            if !durable && self.sealed.0.len() <= MAX_SEALED {
+        while !self.sealed.is_empty() {
+            if !self.sealed.oldest_answered() && self.sealed.0.len() <= MAX_SEALED {
                 break;
             }
             self.sealed.oldest_settled().await?;

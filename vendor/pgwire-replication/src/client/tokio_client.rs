@@ -298,13 +298,17 @@ impl ReplicationClient {
         }
     }
 
+    /// Cancel-safe: the join handle is kept until the worker's result is in, so a `recv`
+    /// dropped while the worker was still finishing, then called again, returns that result.
     async fn handle_worker_shutdown(&mut self) -> Result<Option<ReplicationEvent>> {
         let join = self
             .join
-            .take()
+            .as_mut()
             .ok_or_else(|| PgWireError::Internal("replication worker already joined".into()))?;
+        let joined = join.await;
+        self.join = None;
 
-        match join.await {
+        match joined {
             Ok(Ok(())) => Ok(None),
             Ok(Err(e)) => Err(e),
             Err(join_err) => Err(PgWireError::Task(format!(
@@ -507,5 +511,49 @@ async fn run_worker(worker: &mut WorkerState, cfg: &ReplicationConfig) -> Result
         }
         let mut s = tcp;
         worker.run_on_stream(&mut s).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A client whose worker is `worker` and whose event channel is `rx`.
+    fn client(
+        rx: ReplicationEventReceiver,
+        worker: JoinHandle<std::result::Result<(), PgWireError>>,
+    ) -> ReplicationClient {
+        ReplicationClient {
+            rx,
+            progress: Arc::new(SharedProgress::with_timing(Lsn(0), false)),
+            stop_tx: watch::channel(false).0,
+            metrics: Arc::new(ReplicationMetrics::default()),
+            join: Some(worker),
+            started: watch::channel(false).1,
+            gate: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recv_dropped_while_the_worker_finishes_still_returns_its_error() {
+        let (tx, rx) = mpsc::channel(1);
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(async move {
+            drop(tx);
+            let _ = finished.await;
+            Err(PgWireError::Io(Arc::new(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            ))))
+        });
+        let mut client = client(rx, worker);
+        // The channel is closed, the worker not yet done: this `recv` is dropped waiting.
+        let waited = tokio::time::timeout(Duration::from_millis(50), client.recv()).await;
+        assert!(waited.is_err(), "recv returned before the worker ended");
+        finish.send(()).unwrap();
+        match client.recv().await {
+            Err(PgWireError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+            other => panic!("expected the worker's I/O error, got {other:?}"),
+        }
     }
 }
