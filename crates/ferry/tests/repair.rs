@@ -24,6 +24,21 @@ fn ids(pair: &Pair, table: &str) -> String {
     )
 }
 
+/// Runs each of `transactions` in a psql call of its own, waits for `cf` to fail on one of
+/// them, and returns the error, which names an `INSERT public.t` of a source transaction,
+/// and the position to skip.
+fn fails_on_a_transaction(pair: &Pair, transactions: &[&str]) -> (String, String) {
+    for sql in transactions {
+        pair.source.psql("shop", sql);
+    }
+    let status = pair.wait_state("cf", "failed", MINUTE);
+    let error = status["last_error"].as_str().unwrap().to_string();
+    let position = status["last_error_position"].as_str().unwrap().to_string();
+    assert!(error.contains("source transaction"), "{error}");
+    assert!(error.contains("INSERT public.t"), "{error}");
+    (error, position)
+}
+
 #[test]
 fn a_poison_transaction_is_skipped_by_its_position() {
     let pair = Pair::start();
@@ -45,18 +60,14 @@ fn a_poison_transaction_is_skipped_by_its_position() {
     assert_eq!(code, 409, "running: {body}");
 
     // One psql call a transaction (statements sent together share one).
-    for sql in [
-        "INSERT INTO t VALUES (1, 5)",
-        "INSERT INTO t VALUES (2, 500); INSERT INTO u VALUES (1, 'with the poison')",
-        "INSERT INTO t VALUES (3, 7); INSERT INTO u VALUES (2, 'after')",
-    ] {
-        pair.source.psql("shop", sql);
-    }
-    let status = pair.wait_state("cf", "failed", MINUTE);
-    let error = status["last_error"].as_str().unwrap();
-    let position = status["last_error_position"].as_str().unwrap().to_string();
-    assert!(error.contains("source transaction"), "{error}");
-    assert!(error.contains("INSERT public.t"), "{error}");
+    let (error, position) = fails_on_a_transaction(
+        &pair,
+        &[
+            "INSERT INTO t VALUES (1, 5)",
+            "INSERT INTO t VALUES (2, 500); INSERT INTO u VALUES (1, 'with the poison')",
+            "INSERT INTO t VALUES (3, 7); INSERT INTO u VALUES (2, 'after')",
+        ],
+    );
     assert!(error.contains(&format!("skip cf {position}")), "{error}");
 
     for (wrong, why) in [
@@ -161,19 +172,15 @@ fn a_transaction_refused_at_commit_is_named_and_skipped() {
 
     // The refused transaction is large enough that its batch sends segments while it
     // fills, whose COMMIT is answered while the next batch fills.
-    for sql in [
-        "INSERT INTO t VALUES (1, 5)",
-        "INSERT INTO t SELECT g, CASE WHEN g = 9000 THEN 500 ELSE 1 END
+    let (error, position) = fails_on_a_transaction(
+        &pair,
+        &[
+            "INSERT INTO t VALUES (1, 5)",
+            "INSERT INTO t SELECT g, CASE WHEN g = 9000 THEN 500 ELSE 1 END
          FROM generate_series(2, 10001) g",
-        "INSERT INTO t VALUES (20000, 7)",
-    ] {
-        pair.source.psql("shop", sql);
-    }
-    let status = pair.wait_state("cf", "failed", MINUTE);
-    let error = status["last_error"].as_str().unwrap();
-    let position = status["last_error_position"].as_str().unwrap().to_string();
-    assert!(error.contains("source transaction"), "{error}");
-    assert!(error.contains("INSERT public.t"), "{error}");
+            "INSERT INTO t VALUES (20000, 7)",
+        ],
+    );
     assert!(error.contains("v is too large"), "{error}");
     assert_eq!(ids(&pair, "t"), "1");
 

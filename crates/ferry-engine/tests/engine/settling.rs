@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ferry_core::ErrorClass;
+use ferry_core::{ErrorClass, TableId};
 use ferry_engine::config::Options;
 use ferry_testkit::mem::{MemDb, SinkFault, SinkStep};
 use tokio::time::Instant;
@@ -20,33 +20,44 @@ fn options(batch_max_rows: usize) -> Options {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_next_batch_fills_while_one_settles() {
-    let db = MemDb::new();
-    db.settle_after(Duration::from_millis(50));
+/// A changefeed of one table on `db` (its sink set up by the caller), caught up.
+async fn started(db: &MemDb, batch_max_rows: usize) -> (TableId, Harness) {
     let t = db.create_table("public", "t");
-    let h = Harness::start(&db);
-    h.create(h.config(&[], options(50))).await;
+    let h = Harness::start(db);
+    h.create(h.config(&[], options(batch_max_rows))).await;
     h.wait_caught_up().await;
+    (t, h)
+}
 
-    let started = Instant::now();
-    insert_each(&db, &t, 0, 400);
-    h.wait_caught_up().await;
-    let took = started.elapsed();
-
+/// The batches that landed hold `rows` rows, each checkpoint covering the one before.
+fn assert_landed_in_order(db: &MemDb, rows: usize) {
     let batches = db.batches(FEED);
-    assert_eq!(batches.iter().map(|b| b.rows).sum::<usize>(), 400);
+    assert_eq!(batches.iter().map(|b| b.rows).sum::<usize>(), rows);
     assert!(
         batches
             .windows(2)
             .all(|w| w[1].checkpoint.covers(&w[0].checkpoint)),
         "batches landed out of order"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_batch_fills_while_one_settles() {
+    let db = MemDb::new();
+    db.settle_after(Duration::from_millis(50));
+    let (t, h) = started(&db, 50).await;
+
+    let started = Instant::now();
+    insert_each(&db, &t, 0, 400);
+    h.wait_caught_up().await;
+    let took = started.elapsed();
+
+    assert_landed_in_order(&db, 400);
     // One after another, 8 batches would take 8 × 50 ms; up to 4 settle at once.
     assert!(
         took < Duration::from_millis(8 * 50),
         "{} batches took {took:?}",
-        batches.len()
+        db.batches(FEED).len()
     );
     assert_eq!(h.status().transactions_applied, 400);
     h.assert_identical(&[&t]);
@@ -56,10 +67,7 @@ async fn the_next_batch_fills_while_one_settles() {
 async fn a_batch_that_fails_to_settle_is_sent_again_with_every_batch_after_it() {
     let db = MemDb::new();
     db.settle_after(Duration::from_millis(20));
-    let t = db.create_table("public", "t");
-    let h = Harness::start(&db);
-    h.create(h.config(&[], options(20))).await;
-    h.wait_caught_up().await;
+    let (t, h) = started(&db, 20).await;
 
     // The third batch is never acknowledged; the ones sealed after it land nothing either.
     db.fail_sink_after(
@@ -82,22 +90,12 @@ async fn a_batch_that_fails_to_settle_is_sent_again_with_every_batch_after_it() 
 async fn a_database_sink_seals_a_batch_only_once_the_one_before_is_durable() {
     let db = MemDb::new();
     db.commit_settles_after(Duration::from_millis(50));
-    let t = db.create_table("public", "t");
-    let h = Harness::start(&db);
-    h.create(h.config(&[], options(50))).await;
-    h.wait_caught_up().await;
+    let (t, h) = started(&db, 50).await;
 
     insert_each(&db, &t, 0, 400);
     h.wait_caught_up().await;
 
-    let batches = db.batches(FEED);
-    assert_eq!(batches.iter().map(|b| b.rows).sum::<usize>(), 400);
-    assert!(
-        batches
-            .windows(2)
-            .all(|w| w[1].checkpoint.covers(&w[0].checkpoint)),
-        "batches landed out of order"
-    );
+    assert_landed_in_order(&db, 400);
     // A later batch's checkpoint, committed while an earlier COMMIT could still fail,
     // would skip that batch.
     assert_eq!(db.anomalies(), Vec::<String>::new());
@@ -109,10 +107,7 @@ async fn a_database_sink_seals_a_batch_only_once_the_one_before_is_durable() {
 async fn a_database_sink_batch_refused_at_its_commit_is_retried_one_transaction_per_batch() {
     let db = MemDb::new();
     db.commit_settles_after(Duration::from_millis(10));
-    let t = db.create_table("public", "t");
-    let h = Harness::start(&db);
-    h.create(h.config(&[], options(1000))).await;
-    h.wait_caught_up().await;
+    let (t, h) = started(&db, 1000).await;
 
     // The target refuses the COMMIT of the five transactions' batch, once: the error
     // names the batch, so the replay isolates its transactions.
