@@ -314,7 +314,7 @@ impl Runner {
                         .as_ref()
                         .is_none_or(|until| !until.covers(last))
                 {
-                    info!(changefeed = %key, until = %last, "target refused a batch; replaying it one source transaction per batch, in source order");
+                    info!(changefeed = %key, until = %last, error = %err.chain(), "target refused a batch; replaying it one source transaction per batch, in source order");
                     self.isolate_until = Some(Position::clone(last));
                     continue;
                 }

@@ -249,13 +249,14 @@ pub(crate) fn sql(schema: &TableSchema, casts: &[String], shape: &Shape) -> Stri
                 on_conflict(schema, &cols)
             };
             format!(
-                "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}{conflict}",
+                "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}{}{conflict}",
                 cols.join(", "),
                 all.iter()
                     .map(|&c| cast(casts, c))
                     .collect::<Vec<_>>()
                     .join(", "),
-                unnest(&all)
+                unnest(&all),
+                key_order(schema)
             )
         }
         Shape::DeleteSet => format!(
@@ -302,6 +303,18 @@ fn on_conflict(schema: &TableSchema, cols: &[String]) -> String {
             updates.join(", ")
         )
     }
+}
+
+/// ` ORDER BY <key positions>` (nothing for a table without a key): rows reach the key's
+/// B-tree and the heap in key order, so neighbours share pages already in the CPU's caches
+/// (docs/design.md has the measurement). Only a hint: keys are distinct within a set, so
+/// any order ends the same.
+fn key_order(schema: &TableSchema) -> String {
+    if !schema.has_key() {
+        return String::new();
+    }
+    let positions: Vec<String> = schema.key.iter().map(|k| (k + 1).to_string()).collect();
+    format!(" ORDER BY {}", positions.join(", "))
 }
 
 /// `unnest($1::text[], …) AS u(c0, c3, …)`: one array parameter per listed column, each
@@ -439,7 +452,7 @@ mod tests {
             sql(&s, &casts(), &Shape::UpsertSet),
             "INSERT INTO \"s\".\"t\" (\"id\", \"a\", \"b\") OVERRIDING SYSTEM VALUE SELECT CAST(u.c0 AS integer), \
              CAST(u.c1 AS text), CAST(u.c2 AS jsonb) FROM unnest($1::text[], $2::text[], \
-             $3::text[]) AS u(c0, c1, c2) ON CONFLICT (\"id\") DO UPDATE SET \"a\" = \
+             $3::text[]) AS u(c0, c1, c2) ORDER BY 1 ON CONFLICT (\"id\") DO UPDATE SET \"a\" = \
              EXCLUDED.\"a\", \"b\" = EXCLUDED.\"b\""
         );
         assert_eq!(
@@ -453,6 +466,8 @@ mod tests {
              unnest($1::text[], $2::text[]) AS u(c0, c2) WHERE t.\"id\" = CAST(u.c0 AS integer)"
         );
         assert!(sql(&schema(vec![]), &casts(), &Shape::InsertSet).ends_with("AS u(c0, c1, c2)"));
+        assert!(sql(&schema(vec![0, 2]), &casts(), &Shape::InsertSet)
+            .ends_with("AS u(c0, c1, c2) ORDER BY 1, 3"));
     }
 
     #[test]
