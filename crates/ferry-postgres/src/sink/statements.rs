@@ -305,10 +305,10 @@ fn on_conflict(schema: &TableSchema, cols: &[String]) -> String {
     }
 }
 
-/// ` ORDER BY <key positions>` (nothing for a table without a key): rows reach the key's
-/// B-tree and the heap in key order, so neighbours share pages already in the CPU's caches
-/// (docs/design.md has the measurement). Only a hint: keys are distinct within a set, so
-/// any order ends the same.
+/// ` ORDER BY <key positions>` (nothing for a table without a key): the set's rows reach
+/// the target sorted by the key, in the cast type's default order. Not needed for
+/// correctness (keys are distinct within a set, so any order ends the same); it made
+/// random-key upserts faster (docs/design.md, "Applying the stream").
 fn key_order(schema: &TableSchema) -> String {
     if !schema.has_key() {
         return String::new();
