@@ -147,6 +147,17 @@ impl Pair {
         )
     }
 
+    /// Asserts the target refused no batch. A refused batch is replayed change by change,
+    /// which ends as the compacted batch would: without this, a test comparing both sides
+    /// passes even when a set statement is broken.
+    pub fn assert_no_refused_batch(&self) {
+        let log = self.ferry.log();
+        assert!(
+            !log.contains("target refused a batch"),
+            "the target refused a batch:\n{log}"
+        );
+    }
+
     /// Asserts `table` has the same rows on both sides (sorted COPY text).
     pub fn assert_same(&self, table: &str) {
         let source = dump(&self.source, "shop", table);
