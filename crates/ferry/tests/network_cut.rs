@@ -80,11 +80,7 @@ fn a_silent_network_cut_is_noticed_and_survived() {
             "2s",
         ],
     );
-    let pair = Pair {
-        source,
-        target,
-        ferry,
-    };
+    let pair = Pair::from_parts(source, target, ferry);
     let proxy = TcpProxy::start(pair.source.port());
     let init = pair.source.pgbench("shop", &["-i", "-q", "-s", plan.scale]);
     assert!(init.status.success(), "{init:?}");

@@ -148,6 +148,7 @@ fn one_table_paused_resumed_and_removed_while_the_others_stream() {
 #[test]
 fn a_table_the_target_refuses_is_parked_while_the_others_go_on() {
     let pair = Pair::start();
+    pair.expect_refused_batches();
     pair.source.psql(
         "shop",
         "CREATE TABLE t (id int PRIMARY KEY, v int);

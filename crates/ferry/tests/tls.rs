@@ -53,11 +53,7 @@ fn changefeed_over_verify_full_replicates_snapshot_and_stream() {
         "CREATE TABLE orders (id int PRIMARY KEY, note text);
          INSERT INTO orders SELECT g, 'n' || g FROM generate_series(1, 500) g;",
     );
-    let pair = Pair {
-        source,
-        target,
-        ferry: ferry(),
-    };
+    let pair = Pair::from_parts(source, target, ferry());
     let tls = verify_full(&ca.cert_path());
     let (code, body) = pair.ferry.post(
         "/api/v2/changefeeds",
