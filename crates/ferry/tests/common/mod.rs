@@ -165,7 +165,7 @@ impl Pair {
     /// Asserts the target refused no batch (unless the test expects it). A refused batch is
     /// replayed change by change, which ends as the compacted batch would: without this, a
     /// test comparing both sides passes even when a set statement is broken.
-    pub fn assert_no_refused_batch(&self) {
+    fn assert_no_refused_batch(&self) {
         if self
             .refusals_expected
             .load(std::sync::atomic::Ordering::Relaxed)
