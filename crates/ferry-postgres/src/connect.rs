@@ -2,9 +2,12 @@
 //! classification.
 
 use ferry_core::{ConnectionSecurity, ConnectionUri, ErrorClass, SslMode, TlsOptions};
+use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
 
+use crate::tap::Tap;
 use crate::tls::ClientTls;
+use crate::tunnel::Negotiated;
 
 /// Session settings that make text output parse back to the same value on another server.
 pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC \
@@ -161,37 +164,130 @@ const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 pub async fn connect(uri: &ConnectionUri, application_name: &str) -> Result<Client, PgError> {
     let config = config(uri, application_name)?;
     let options = tls_options(uri)?;
-    let what = || format!("connect to {}", uri.masked());
-    let failed = |e: tokio_postgres::Error| match crate::tls::explain(&e, &options, uri.host()) {
-        Some(reason) => PgError::other(format!("{}: {reason}", what()), ErrorClass::Definite, e),
-        None => PgError::new(what(), e),
-    };
     let tls = ClientTls::for_options(&options)?;
     let login = async {
         match tls {
-            None => {
-                let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
-                spawn_connection(connection);
-                Ok(client)
-            }
-            Some(tls) => {
-                let (client, connection) = config.connect(tls.connector()).await.map_err(failed)?;
-                spawn_connection(connection);
-                Ok(client)
-            }
+            None => config.connect(NoTls).await.map(run),
+            Some(tls) => config.connect(tls.connector()).await.map(run),
         }
+        .map_err(|e| login_failed(uri, &options, e))
     };
-    // The driver's connect_timeout covers the TCP connect only; a source that accepts and
-    // then says nothing (a cut network behind a proxy) would hold the login forever.
+    within_login_timeout(uri, login).await
+}
+
+/// Connects as [`connect`] does, with a [`Tap`] on the session's stream for its COPY data
+/// (snapshot reads). `None` for the tap where the session did not get one (then it is
+/// connected as by [`connect`]): a URI with several hosts or a `hostaddr`, or TLS asked
+/// over a Unix socket.
+pub async fn connect_tapped(
+    uri: &ConnectionUri,
+    application_name: &str,
+) -> Result<(Client, Option<Tap>), PgError> {
+    let config = config(uri, application_name)?;
+    let options = tls_options(uri)?;
+    let tls = ClientTls::for_options(&options)?;
+    let host = match config.get_hosts() {
+        [host] if config.get_hostaddrs().is_empty() => host,
+        _ => return Ok((connect(uri, application_name).await?, None)),
+    };
+    if matches!(host, Host::Unix(_)) && tls.is_some() {
+        // TLS over a Unix socket is the driver's matter, as for every other session.
+        return Ok((connect(uri, application_name).await?, None));
+    }
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let tap = Tap::default();
+    let login = async {
+        let what = format!("connect to {}", uri.masked());
+        let unreachable =
+            |e: std::io::Error| PgError::other(what.clone(), ErrorClass::Transient, e);
+        // SSL is negotiated here, below the tap; the driver then speaks in the clear to it.
+        let mut plain = config.clone();
+        plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        let connected = match (host, tls) {
+            (Host::Tcp(name), None) => {
+                let stream = tcp(&config, name, port).await.map_err(unreachable)?;
+                plain.connect_raw(tap.wrap(stream), NoTls).await.map(run)
+            }
+            (Host::Tcp(name), Some(tls)) => {
+                let stream = tcp(&config, name, port).await.map_err(unreachable)?;
+                match crate::tunnel::negotiate(stream, uri, &options, &tls, &what).await? {
+                    Negotiated::Tls(stream) => {
+                        plain.connect_raw(tap.wrap(stream), NoTls).await.map(run)
+                    }
+                    Negotiated::Plain(stream) => {
+                        plain.connect_raw(tap.wrap(stream), NoTls).await.map(run)
+                    }
+                }
+            }
+            (Host::Unix(dir), _) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(unreachable)?;
+                plain.connect_raw(tap.wrap(stream), NoTls).await.map(run)
+            }
+        };
+        connected.map_err(|e| login_failed(uri, &options, e))
+    };
+    let client = within_login_timeout(uri, login).await?;
+    Ok((client, Some(tap)))
+}
+
+/// A TCP connection to `host`, as the driver would open it: its connect timeout, no delay,
+/// its keepalives.
+async fn tcp(config: &Config, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let connect = tokio::net::TcpStream::connect((host, port));
+    let stream = match config.get_connect_timeout() {
+        Some(limit) => tokio::time::timeout(*limit, connect).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+        })??,
+        None => connect.await?,
+    };
+    stream.set_nodelay(true)?;
+    if config.get_keepalives() {
+        let keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    }
+    Ok(stream)
+}
+
+/// A failed login, explained when TLS is the reason.
+fn login_failed(uri: &ConnectionUri, options: &TlsOptions, e: tokio_postgres::Error) -> PgError {
+    let what = format!("connect to {}", uri.masked());
+    match crate::tls::explain(&e, options, uri.host()) {
+        Some(reason) => PgError::other(format!("{what}: {reason}"), ErrorClass::Definite, e),
+        None => PgError::new(what, e),
+    }
+}
+
+/// `login`, failed as transient when it takes longer than [`LOGIN_TIMEOUT`]: the driver's
+/// connect_timeout covers the TCP connect only, and a source that accepts and then says
+/// nothing (a cut network behind a proxy) would hold the login forever.
+async fn within_login_timeout(
+    uri: &ConnectionUri,
+    login: impl std::future::Future<Output = Result<Client, PgError>>,
+) -> Result<Client, PgError> {
     tokio::time::timeout(LOGIN_TIMEOUT, login)
         .await
         .map_err(|_| {
             PgError::other(
-                format!("{}: no answer within {LOGIN_TIMEOUT:?}", what()),
+                format!(
+                    "connect to {}: no answer within {LOGIN_TIMEOUT:?}",
+                    uri.masked()
+                ),
                 ErrorClass::Transient,
                 "timed out",
             )
         })?
+}
+
+/// Drives `connection` on a background task; the client is the caller's.
+fn run<C>((client, connection): (Client, C)) -> Client
+where
+    C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    spawn_connection(connection);
+    client
 }
 
 fn spawn_connection<F>(connection: F)

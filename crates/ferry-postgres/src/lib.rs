@@ -65,6 +65,7 @@ pub mod slot;
 pub mod snapshot;
 pub mod source;
 pub mod spool;
+pub mod tap;
 pub mod tls;
 mod tunnel;
 pub mod types;

@@ -6,7 +6,9 @@
 //! first and last ranges are open-ended, so rows outside the planned bounds are still
 //! covered. Every other table is one chunk. Chunks are read with
 //! `COPY (SELECT …) TO STDOUT` inside the changefeed's exported snapshot, and the bytes go
-//! to the sink untouched: no per-row work in Ferry.
+//! to the sink untouched: no per-row work in Ferry. A worker's session takes them off the
+//! wire with its [`crate::tap`], in large items, before the driver would parse a message per
+//! row.
 //!
 //! The plan is persisted before the first chunk is copied, so a restart reuses the same
 //! ranges and skips the chunks the sink already committed.
@@ -37,6 +39,7 @@ use tokio_postgres::Client;
 use crate::catalog::SelectedTable;
 use crate::liveness::silent_source;
 use crate::replication::DEFAULT_REPLICATION_TIMEOUT;
+use crate::tap::Tap;
 use crate::PgError;
 
 /// Rows per chunk the planner aims for: large enough that per-chunk overhead (a
@@ -192,6 +195,7 @@ pub async fn copy_out(
 ) -> Result<BoxStream<'static, Result<Bytes, PgError>>, PgError> {
     copy_out_within(
         client,
+        None,
         schema,
         plan,
         chunk,
@@ -232,9 +236,11 @@ impl CopyFormat {
 /// Streams one chunk in `format`. Never waits on a silent source for more than `timeout`,
 /// but waits as long as it takes for a table
 /// another session has locked (see the module doc). A silent source ends the stream with a
-/// transient error.
+/// transient error. With the session's `tap`, the rows come off the wire in large items
+/// (see [`crate::tap`]).
 pub async fn copy_out_within(
     client: &Client,
+    tap: Option<&Tap>,
     schema: &TableSchema,
     plan: &TablePlan,
     chunk: &ChunkSpec,
@@ -261,10 +267,16 @@ pub async fn copy_out_within(
     let sql =
         copy_out_sql(schema, plan.key_column.as_deref(), chunk, partitioned) + format.option();
     let what = format!("copy {} chunk {}", schema.id, chunk.index);
+    if let Some(tap) = tap {
+        tap.arm();
+    }
     let stream = answer(timeout, client.copy_out(&sql))
         .await?
         .map_err(|e| PgError::new(what.clone(), e))?;
-    Ok(progress_bounded(stream, timeout, what).boxed())
+    Ok(match tap {
+        Some(tap) => progress_bounded(tap.rows(stream), timeout, what).boxed(),
+        None => progress_bounded(stream, timeout, what).boxed(),
+    })
 }
 
 /// Refuses to read a table the snapshot no longer shows as it is, once its lock is held:

@@ -48,9 +48,10 @@ pub(crate) async fn connect_gated(
     let Some(tls) = ClientTls::for_options(&options)? else {
         return connect_library(config).await;
     };
-    let Some(stream) = open(uri, &options, &tls).await? else {
+    let stream = match open(uri, &options, &tls).await? {
+        Negotiated::Tls(stream) => *stream,
         // `prefer` and the server has no SSL: connect directly, nothing to relay.
-        return connect_library(config).await;
+        Negotiated::Plain(_) => return connect_library(config).await,
     };
     let dir = tempfile::Builder::new()
         .prefix("ferry-repl-")
@@ -83,63 +84,85 @@ async fn connect_library(config: ReplicationConfig) -> Result<ReplicationClient,
 
 type ServerStream = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// TCP connect, SSL negotiation and the TLS handshake, with errors explained. `None` when
-/// the server declines SSL and `sslmode=prefer` allows that.
+/// A TCP connection after SSL negotiation.
+pub(crate) enum Negotiated {
+    /// Encrypted.
+    Tls(Box<ServerStream>),
+    /// The server declined SSL and `sslmode=prefer` allows that: the same connection, in
+    /// the clear, ready for the startup message.
+    Plain(TcpStream),
+}
+
+/// TCP connect, SSL negotiation and the TLS handshake, with errors explained.
 async fn open(
     uri: &ConnectionUri,
     options: &TlsOptions,
     tls: &ClientTls,
-) -> Result<Option<ServerStream>, PgError> {
+) -> Result<Negotiated, PgError> {
     let what = format!("open replication session to {}", uri.masked());
-    // Transient: an unreachable source (a cut network) comes back.
-    let timed_out = || {
-        PgError::other(
-            format!("{what}: timed out after {CONNECT_TIMEOUT:?}"),
-            Transient,
-            "timed out",
-        )
-    };
     let host = uri.host().to_owned();
     let connect = TcpStream::connect((
         host.trim_start_matches('[').trim_end_matches(']'),
         uri.port_or(5432),
     ));
-    let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| timed_out())?
+        .map_err(|_| timed_out(&what))?
         .map_err(|e| PgError::other(what.clone(), Transient, e))?;
     tcp.set_nodelay(true)
         .map_err(|e| PgError::other(what.clone(), Transient, e))?;
+    negotiate(tcp, uri, options, tls, &what).await
+}
+
+/// Transient: an unreachable source (a cut network) comes back.
+fn timed_out(what: &str) -> PgError {
+    PgError::other(
+        format!("{what}: timed out after {CONNECT_TIMEOUT:?}"),
+        Transient,
+        "timed out",
+    )
+}
+
+/// SSL negotiation and the TLS handshake on a connected `tcp`, as `options` ask, with errors
+/// explained (`what` names the session).
+pub(crate) async fn negotiate(
+    mut tcp: TcpStream,
+    uri: &ConnectionUri,
+    options: &TlsOptions,
+    tls: &ClientTls,
+    what: &str,
+) -> Result<Negotiated, PgError> {
+    let host = uri.host().to_owned();
     let mut answer = [0u8; 1];
-    let negotiate = async {
+    let request = async {
         tcp.write_all(&SSL_REQUEST).await?;
         tcp.read_exact(&mut answer).await
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, negotiate)
+    tokio::time::timeout(CONNECT_TIMEOUT, request)
         .await
-        .map_err(|_| timed_out())?
-        .map_err(|e| PgError::other(what.clone(), Transient, e))?;
+        .map_err(|_| timed_out(what))?
+        .map_err(|e| PgError::other(what.to_owned(), Transient, e))?;
     if answer[0] != b'S' {
         if options.mode == SslMode::Prefer {
-            return Ok(None);
+            return Ok(Negotiated::Plain(tcp));
         }
         return Err(PgError::definite(format!(
             "{what}: {}",
             tls::server_without_ssl(options)
         )));
     }
-    let name = tls::server_name(&host).map_err(|e| PgError::other(what.clone(), Definite, e))?;
+    let name = tls::server_name(&host).map_err(|e| PgError::other(what.to_owned(), Definite, e))?;
     let handshake = tls.rustls_connector().connect(name, tcp);
     match tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await
-        .map_err(|_| timed_out())?
+        .map_err(|_| timed_out(what))?
     {
-        Ok(stream) => Ok(Some(stream)),
+        Ok(stream) => Ok(Negotiated::Tls(Box::new(stream))),
         Err(e) => {
             let e = tls::unwrap_rustls(e);
             match tls::explain(e.as_ref(), options, &host) {
                 Some(reason) => Err(PgError::other(format!("{what}: {reason}"), Definite, e)),
-                None => Err(PgError::other(what, Transient, e)),
+                None => Err(PgError::other(what.to_owned(), Transient, e)),
             }
         }
     }

@@ -64,14 +64,21 @@ async fn read(
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await
         .unwrap();
-    let data =
-        snapshot::copy_out_within(&client, schema, plan, &ChunkSpec::whole(), format, TIMEOUT)
-            .await?
-            .map(move |item| {
-                let _session = &client;
-                item.map_err(ferry_core::SourceError::from)
-            })
-            .boxed();
+    let data = snapshot::copy_out_within(
+        &client,
+        None,
+        schema,
+        plan,
+        &ChunkSpec::whole(),
+        format,
+        TIMEOUT,
+    )
+    .await?
+    .map(move |item| {
+        let _session = &client;
+        item.map_err(ferry_core::SourceError::from)
+    })
+    .boxed();
     Ok(ChunkData::Bulk {
         format: match format {
             CopyFormat::Binary => BulkFormat::PG_COPY_BINARY,
@@ -92,6 +99,7 @@ async fn read_text(
 > {
     snapshot::copy_out_within(
         client,
+        None,
         schema,
         plan,
         &ChunkSpec::whole(),

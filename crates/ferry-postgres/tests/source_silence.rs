@@ -7,8 +7,10 @@
 use std::time::{Duration, Instant};
 
 use ferry_core::{parse_postgres_uri, ConnectionUri, ErrorClass, Lsn};
+use ferry_postgres::connect::connect_tapped;
 use ferry_postgres::slot::{self, SlotNames};
 use ferry_postgres::snapshot::{self, ChunkSpec, TablePlan};
+use ferry_postgres::tap::Tap;
 use ferry_testkit::{PgCluster, TcpProxy};
 use futures::StreamExt;
 
@@ -26,14 +28,17 @@ fn proxied(pg: &PgCluster, proxy: &TcpProxy) -> ConnectionUri {
     parse_postgres_uri(&uri).unwrap()
 }
 
-/// The whole table as COPY text, with the tests' read timeout.
+/// The whole table as COPY text, with the tests' read timeout, through the session's tap
+/// as a snapshot worker reads it.
 async fn copy_text(
-    client: &tokio_postgres::Client,
+    (client, tap): &(tokio_postgres::Client, Option<Tap>),
     schema: &ferry_core::TableSchema,
     plan: &TablePlan,
 ) -> futures::stream::BoxStream<'static, Result<bytes::Bytes, ferry_postgres::PgError>> {
+    assert!(tap.is_some(), "a snapshot session over TCP has a tap");
     snapshot::copy_out_within(
         client,
+        tap.as_ref(),
         schema,
         plan,
         &whole(),
@@ -100,15 +105,16 @@ fn a_copy_from_a_cut_source_fails_transiently_within_the_timeout() {
 }
 
 async fn copy_through_a_cut(pg: &PgCluster, proxy: TcpProxy) {
-    let client = ferry_postgres::connect::connect(&proxied(pg, &proxy), "ferry-snapshot")
+    let session = connect_tapped(&proxied(pg, &proxy), "ferry-snapshot")
         .await
         .unwrap();
-    client
+    session
+        .0
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .unwrap();
-    let (schema, plan) = whole_table_plan(&client).await;
-    let stream = copy_text(&client, &schema, &plan).await;
+    let (schema, plan) = whole_table_plan(&session.0).await;
+    let stream = copy_text(&session, &schema, &plan).await;
     futures::pin_mut!(stream);
     // Some rows arrive, then the network goes silent.
     assert!(stream.next().await.unwrap().is_ok());
@@ -139,14 +145,13 @@ async fn copy_through_a_cut(pg: &PgCluster, proxy: TcpProxy) {
 async fn a_copy_waits_for_a_table_locked_longer_than_the_timeout() {
     let pg = source();
     let uri = parse_postgres_uri(&pg.uri("shop")).unwrap();
-    let client = ferry_postgres::connect::connect(&uri, "ferry-snapshot")
-        .await
-        .unwrap();
-    client
+    let session = connect_tapped(&uri, "ferry-snapshot").await.unwrap();
+    session
+        .0
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .unwrap();
-    let (schema, plan) = whole_table_plan(&client).await;
+    let (schema, plan) = whole_table_plan(&session.0).await;
     let locker = pg.connect("shop").await;
     locker
         .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
@@ -158,7 +163,7 @@ async fn a_copy_waits_for_a_table_locked_longer_than_the_timeout() {
         locker.batch_execute("COMMIT").await.unwrap();
     });
     let started = Instant::now();
-    let stream = copy_text(&client, &schema, &plan).await;
+    let stream = copy_text(&session, &schema, &plan).await;
     let rows: usize = stream
         .map(|b| bytecount(&b.unwrap()))
         .fold(0, |a, b| async move { a + b })

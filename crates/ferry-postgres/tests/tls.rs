@@ -1,12 +1,14 @@
 //! Ferry's TLS client against real PostgreSQL with `ssl = on`: ordinary sessions and the
-//! replication session (relayed through [`ferry_postgres::slot::ReplicationTarget`]), with
-//! verification, client certificates and the `prefer` fallback.
+//! replication session (relayed through [`ferry_postgres::slot::ReplicationTarget`]) and the
+//! snapshot sessions (with their tap), with verification, client certificates and the
+//! `prefer` fallback.
 
 use ferry_core::{parse_postgres_uri, ConnectionUri, ErrorClass, Lsn};
-use ferry_postgres::connect::{connect, connection_security};
+use ferry_postgres::connect::{connect, connect_tapped, connection_security};
 use ferry_postgres::slot::{replication_config, SlotNames, Streaming};
 use ferry_testkit::certs::{IssuedCert, TestCa};
 use ferry_testkit::{PgCluster, PgOptions, ServerTls};
+use futures::StreamExt;
 use pgwire_replication::ReplicationClient;
 
 fn tls_cluster(cert: &IssuedCert, client_ca: Option<&TestCa>) -> PgCluster {
@@ -28,6 +30,30 @@ fn verify_full(ca: &TestCa) -> String {
         "sslmode=verify-full&sslrootcert={}",
         ca.cert_path().display()
     )
+}
+
+/// A snapshot session as workers open it (with a tap), its encryption, and 100,000 rows
+/// copied through its tap: whole rows, in order, none lost.
+async fn tapped_copy(uri: &ConnectionUri) -> Result<bool, ferry_postgres::PgError> {
+    let (client, tap) = connect_tapped(uri, "ferry-tls-test").await?;
+    let tap = tap.expect("a snapshot session over TCP has a tap");
+    let encrypted = connection_security(&client).await?.encrypted;
+    tap.arm();
+    let copy = client
+        .copy_out(
+            "COPY (SELECT g, repeat('x', g % 50) FROM generate_series(1, 100000) g) TO STDOUT",
+        )
+        .await
+        .unwrap();
+    let items: Vec<bytes::Bytes> = tap.rows(copy).map(Result::unwrap).collect().await;
+    assert!(items.len() > 1, "{} items", items.len());
+    assert!(items.iter().all(|item| item.ends_with(b"\n")));
+    let text: String = items.iter().map(|i| String::from_utf8_lossy(i)).collect();
+    let expected: String = (1..=100_000)
+        .map(|g| format!("{g}\t{}\n", "x".repeat(g % 50)))
+        .collect();
+    assert!(text == expected, "the copy through the tap differs");
+    Ok(encrypted)
 }
 
 /// Opens a gated replication session and runs IDENTIFY_SYSTEM on it.
@@ -63,6 +89,7 @@ async fn replication_session_is_encrypted_and_verified() {
     assert!(security.encrypted);
     assert_eq!(security.tls_version.as_deref(), Some("TLSv1.3"));
 
+    assert!(tapped_copy(&good).await.unwrap());
     let session = replicate(&good).await.unwrap();
     // The server's view of the walsender: over TLS 1.3.
     let walsender: String = client
@@ -81,6 +108,26 @@ async fn replication_session_is_encrypted_and_verified() {
     let Err(err) = replicate(&uri(&cluster, &verify_full(&other))).await else {
         panic!("a session with the wrong CA opened");
     };
+    let Err(snapshot_err) = tapped_copy(&uri(&cluster, &verify_full(&other))).await else {
+        panic!("a snapshot session with the wrong CA opened");
+    };
+    assert_eq!(snapshot_err.class, ErrorClass::Definite);
+    assert!(
+        snapshot_err
+            .chain()
+            .contains("the server's certificate is not trusted"),
+        "{}",
+        snapshot_err.chain()
+    );
+    let Err(snapshot_err) = tapped_copy(&uri(&cluster, "sslmode=disable")).await else {
+        panic!("a snapshot session without TLS opened on a hostssl-only server");
+    };
+    assert_eq!(snapshot_err.class, ErrorClass::Definite);
+    assert!(
+        snapshot_err.chain().contains("the server requires SSL"),
+        "{}",
+        snapshot_err.chain()
+    );
     assert_eq!(err.class, ErrorClass::Definite);
     assert!(
         err.chain()
@@ -155,6 +202,7 @@ async fn prefer_falls_back_to_plain_when_the_server_has_no_ssl() {
     let client = connect(&default, "t").await.unwrap();
     assert!(!connection_security(&client).await.unwrap().encrypted);
     replicate(&default).await.unwrap();
+    assert!(!tapped_copy(&default).await.unwrap());
 }
 
 #[tokio::test]

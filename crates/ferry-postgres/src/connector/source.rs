@@ -362,10 +362,11 @@ impl SnapshotExport for PgExport {
     }
 
     async fn reader(&self) -> Result<Box<dyn ChunkReader>, SourceError> {
-        let client = crate::connect::connect(&self.uri, "ferry-snapshot").await?;
+        let (client, tap) = crate::connect::connect_tapped(&self.uri, "ferry-snapshot").await?;
         snapshot::enter_snapshot(&client, &self.name).await?;
         Ok(Box::new(PgChunkReader {
             client,
+            tap,
             timeout: self.timeout,
         }))
     }
@@ -374,6 +375,8 @@ impl SnapshotExport for PgExport {
 /// A connection inside an exported snapshot.
 struct PgChunkReader {
     client: Client,
+    /// The session's COPY data off the wire, when it has a tap.
+    tap: Option<crate::tap::Tap>,
     /// Longest silence of the source while a chunk is read.
     timeout: std::time::Duration,
 }
@@ -401,11 +404,18 @@ impl ChunkReader for PgChunkReader {
                 ))
             }
         };
-        let data =
-            snapshot::copy_out_within(&self.client, schema, plan, chunk, encoding, self.timeout)
-                .await?
-                .map_err(SourceError::from)
-                .boxed();
+        let data = snapshot::copy_out_within(
+            &self.client,
+            self.tap.as_ref(),
+            schema,
+            plan,
+            chunk,
+            encoding,
+            self.timeout,
+        )
+        .await?
+        .map_err(SourceError::from)
+        .boxed();
         Ok(match format {
             Some(format) => ChunkData::Bulk { format, data },
             // The session's settings print every value in its canonical text: decoding

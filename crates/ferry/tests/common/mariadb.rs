@@ -11,6 +11,9 @@ pub struct ToMariaDb {
     pub source: PgCluster,
     pub target: MariaDb,
     pub ferry: FerryServer,
+    /// Whether the test makes the target refuse a batch (see
+    /// [`ToMariaDb::expect_refused_batches`]).
+    refusals_expected: std::sync::atomic::AtomicBool,
 }
 
 impl ToMariaDb {
@@ -27,7 +30,15 @@ impl ToMariaDb {
             source,
             target,
             ferry,
+            refusals_expected: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Lets [`ToMariaDb::assert_same`] pass after the target refused a batch: for the tests
+    /// of what happens then.
+    pub fn expect_refused_batches(&self) {
+        self.refusals_expected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The sink URI: the server, no database (tables land in the database named by their
@@ -109,9 +120,22 @@ impl ToMariaDb {
         }
     }
 
+    /// Asserts the target refused no batch, unless the test expects it
+    /// ([`super::assert_no_refused_batch_in`]).
+    fn assert_no_refused_batch(&self) {
+        if !self
+            .refusals_expected
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            super::assert_no_refused_batch_in(&self.ferry);
+        }
+    }
+
     /// Asserts that `table` holds the same rows on both sides, each column normalized by
-    /// its pair of expressions (PostgreSQL's, MariaDB's), rows sorted, NULL spelled out.
+    /// its pair of expressions (PostgreSQL's, MariaDB's), rows sorted, NULL spelled out; and
+    /// that the target refused no batch ([`ToMariaDb::assert_no_refused_batch`]).
     pub fn assert_same(&self, schema: &str, table: &str, columns: &[(String, String)]) {
+        self.assert_no_refused_batch();
         let pg: Vec<String> = columns
             .iter()
             .map(|(pg, _)| format!("coalesce(({pg})::text, 'NULL')"))

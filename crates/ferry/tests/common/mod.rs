@@ -162,21 +162,15 @@ impl Pair {
         )
     }
 
-    /// Asserts the target refused no batch (unless the test expects it). A refused batch is
-    /// replayed change by change, which ends as the compacted batch would: without this, a
-    /// test comparing both sides passes even when a set statement is broken.
+    /// Asserts the target refused no batch, unless the test expects it
+    /// ([`assert_no_refused_batch_in`]).
     fn assert_no_refused_batch(&self) {
-        if self
+        if !self
             .refusals_expected
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            return;
+            assert_no_refused_batch_in(&self.ferry);
         }
-        let log = self.ferry.log();
-        assert!(
-            !log.contains("target refused a batch"),
-            "the target refused a batch:\n{log}"
-        );
     }
 
     /// Asserts `table` has the same rows on both sides (sorted COPY text), and that the
@@ -224,6 +218,17 @@ pub fn dump(cluster: &PgCluster, db: &str, table: &str) -> String {
         db,
         &format!("COPY (SELECT * FROM {table} t ORDER BY t::text COLLATE \"C\") TO STDOUT"),
     )
+}
+
+/// Asserts `ferry`'s log shows no batch the target refused. A refused batch is replayed
+/// change by change, which ends as the compacted batch would: without this, a test comparing
+/// both sides passes even when a set statement is broken.
+pub fn assert_no_refused_batch_in(ferry: &FerryServer) {
+    let log = ferry.log();
+    assert!(
+        !log.contains("target refused a batch"),
+        "the target refused a batch:\n{log}"
+    );
 }
 
 /// Everything the catalog says about `table` beyond its rows, one object a line.
