@@ -267,14 +267,12 @@ pub async fn copy_out_within(
     let sql =
         copy_out_sql(schema, plan.key_column.as_deref(), chunk, partitioned) + format.option();
     let what = format!("copy {} chunk {}", schema.id, chunk.index);
-    if let Some(tap) = tap {
-        tap.arm();
-    }
+    let armed = tap.map(Tap::arm);
     let stream = answer(timeout, client.copy_out(&sql))
         .await?
         .map_err(|e| PgError::new(what.clone(), e))?;
-    Ok(match tap {
-        Some(tap) => progress_bounded(tap.rows(stream), timeout, what).boxed(),
+    Ok(match armed {
+        Some(armed) => progress_bounded(armed.rows(stream), timeout, what).boxed(),
         None => progress_bounded(stream, timeout, what).boxed(),
     })
 }

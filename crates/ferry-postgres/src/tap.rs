@@ -23,6 +23,8 @@
 //!   driver would give them;
 //! - the buffer is bounded: while it holds [`TAP_BYTES`] of whole rows, the tap reads
 //!   nothing more from the socket, so a slow target holds the source back as before.
+//! - a copy whose consumer is gone ([`Armed`] dropped) is read to its end and its rows
+//!   dropped, as the driver does with a stream nobody reads: the session stays usable.
 
 use std::io;
 use std::pin::Pin;
@@ -49,6 +51,8 @@ pub struct Tap {
 struct Shared {
     /// Whether `CopyData` payloads are taken (from [`Tap::arm`] to the copy's end).
     armed: bool,
+    /// Nobody takes the armed copy's rows any more: they are dropped as they come.
+    abandoned: bool,
     /// Payloads taken, in order.
     rows: BytesMut,
     /// Length of `rows` up to the end of the last complete payload.
@@ -77,26 +81,55 @@ impl Tap {
     }
 
     /// Takes the next copy's `CopyData` payloads; call before sending its statement, with
-    /// nothing else in flight on the session.
-    pub fn arm(&self) {
+    /// nothing else in flight on the session. Dropping the returned guard (or the copy made
+    /// of it) before the copy ended abandons it: the rest of its rows are read and dropped,
+    /// as the driver drops the messages of a stream nobody reads, and the session stays
+    /// usable.
+    pub fn arm(&self) -> Armed {
         let mut shared = self.lock();
         shared.armed = true;
+        shared.abandoned = false;
         shared.ended = false;
         shared.rows.clear();
         shared.whole = 0;
-    }
-
-    /// The rows of the armed copy, ending with `copy` (the driver's stream of the same
-    /// statement, which yields no rows but the copy's end or error).
-    pub fn rows<C>(&self, copy: C) -> TappedCopy<C> {
-        TappedCopy {
+        Armed {
             shared: self.shared.clone(),
-            copy: Box::pin(copy),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().expect("tap lock")
+    }
+}
+
+/// A copy armed on a [`Tap`] (see [`Tap::arm`]).
+#[derive(Debug)]
+pub struct Armed {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Armed {
+    /// The rows of the armed copy, ending with `copy` (the driver's stream of the same
+    /// statement, which yields no rows but the copy's end or error).
+    pub fn rows<C>(self, copy: C) -> TappedCopy<C> {
+        TappedCopy {
+            armed: self,
+            copy: Box::pin(copy),
+        }
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        let mut shared = self.shared.lock().expect("tap lock");
+        if shared.armed {
+            shared.abandoned = true;
+            shared.rows = BytesMut::new();
+            shared.whole = 0;
+            if let Some(waker) = shared.connection.take() {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -200,6 +233,11 @@ impl<S: AsyncRead + Unpin> Tapped<S> {
             let n = self.body_left.min(self.input.len());
             if self.divert {
                 let mut shared = self.shared.lock().expect("tap lock");
+                if shared.abandoned {
+                    self.input.advance(n);
+                    self.body_left -= n;
+                    return Step::Continue;
+                }
                 if shared.whole >= TAP_BYTES {
                     shared.connection = Some(cx.waker().clone());
                     return Step::Wait;
@@ -280,7 +318,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tapped<S> {
 /// The rows of one tapped copy, in items of whole rows of up to about [`TAP_BYTES`], then
 /// the driver's end or error of the same copy.
 pub struct TappedCopy<C> {
-    shared: Arc<Mutex<Shared>>,
+    armed: Armed,
     copy: Pin<Box<C>>,
 }
 
@@ -292,7 +330,7 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         {
-            let mut shared = self.shared.lock().expect("tap lock");
+            let mut shared = self.armed.shared.lock().expect("tap lock");
             if shared.whole > 0 {
                 let whole = shared.whole;
                 let rows = shared.rows.split_to(whole).freeze();

@@ -38,14 +38,14 @@ async fn tapped_copy(uri: &ConnectionUri) -> Result<bool, ferry_postgres::PgErro
     let (client, tap) = connect_tapped(uri, "ferry-tls-test").await?;
     let tap = tap.expect("a snapshot session over TCP has a tap");
     let encrypted = connection_security(&client).await?.encrypted;
-    tap.arm();
+    let armed = tap.arm();
     let copy = client
         .copy_out(
             "COPY (SELECT g, repeat('x', g % 50) FROM generate_series(1, 100000) g) TO STDOUT",
         )
         .await
         .unwrap();
-    let items: Vec<bytes::Bytes> = tap.rows(copy).map(Result::unwrap).collect().await;
+    let items: Vec<bytes::Bytes> = armed.rows(copy).map(Result::unwrap).collect().await;
     assert!(items.len() > 1, "{} items", items.len());
     assert!(items.iter().all(|item| item.ends_with(b"\n")));
     let text: String = items.iter().map(|i| String::from_utf8_lossy(i)).collect();

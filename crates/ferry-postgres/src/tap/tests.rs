@@ -49,9 +49,9 @@ fn run(wire: &[u8], cuts: &[usize], window: usize) -> (Vec<u8>, Vec<Bytes>, bool
         at = end;
     }
     let tap = Tap::default();
-    tap.arm();
+    let armed = tap.arm();
     let mut stream = tap.wrap(Pieces(pieces));
-    let mut copy = tap.rows(futures::stream::empty::<Result<Bytes, Infallible>>());
+    let mut copy = armed.rows(futures::stream::empty::<Result<Bytes, Infallible>>());
     let mut cx = Context::from_waker(Waker::noop());
     let (mut driver, mut items) = (Vec::new(), Vec::new());
     let mut take = |items: &mut Vec<Bytes>, cx: &mut Context<'_>| {
@@ -144,7 +144,7 @@ fn a_full_tap_stops_reading_until_its_rows_are_taken() {
     }
     wire.extend_from_slice(&message(b'c', b""));
     let tap = Tap::default();
-    tap.arm();
+    let armed = tap.arm();
     let mut stream = tap.wrap(Pieces(VecDeque::from([wire])));
     let mut cx = Context::from_waker(Waker::noop());
     let mut space = vec![0u8; 64];
@@ -154,7 +154,7 @@ fn a_full_tap_stops_reading_until_its_rows_are_taken() {
         .is_pending());
     let held = tap.lock().whole;
     assert!((TAP_BYTES..TAP_BYTES + row.len()).contains(&held), "{held}");
-    let mut copy = tap.rows(futures::stream::empty::<Result<Bytes, Infallible>>());
+    let mut copy = armed.rows(futures::stream::empty::<Result<Bytes, Infallible>>());
     let Poll::Ready(Some(Ok(item))) = copy.poll_next_unpin(&mut cx) else {
         panic!("rows ready");
     };
@@ -162,4 +162,51 @@ fn a_full_tap_stops_reading_until_its_rows_are_taken() {
     assert!(Pin::new(&mut stream)
         .poll_read(&mut cx, &mut out)
         .is_pending());
+}
+
+#[test]
+fn an_abandoned_copy_is_read_to_its_end_and_the_session_goes_on() {
+    let row = vec![7u8; 1000];
+    let mut wire = Vec::new();
+    for _ in 0..3 * TAP_BYTES / row.len() {
+        wire.extend_from_slice(&message(b'd', &row));
+    }
+    let after = [
+        message(b'c', b""),
+        message(b'C', b"COPY\0"),
+        message(b'Z', b"I"),
+    ]
+    .concat();
+    wire.extend_from_slice(&after);
+    for taken_first in [false, true] {
+        let tap = Tap::default();
+        let armed = tap.arm();
+        let mut stream = tap.wrap(Pieces(VecDeque::from([wire.clone()])));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut space = vec![0u8; 64];
+        let mut out = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut stream)
+            .poll_read(&mut cx, &mut out)
+            .is_pending());
+        if taken_first {
+            let mut copy = armed.rows(futures::stream::pending::<Result<Bytes, Infallible>>());
+            assert!(copy.poll_next_unpin(&mut cx).is_ready());
+            drop(copy);
+        } else {
+            // The statement never came back (a timeout): the guard alone is dropped.
+            drop(armed);
+        }
+        let mut driver = Vec::new();
+        loop {
+            let mut space = vec![0u8; 64];
+            let mut out = ReadBuf::new(&mut space);
+            match Pin::new(&mut stream).poll_read(&mut cx, &mut out) {
+                Poll::Ready(Ok(())) if out.filled().is_empty() => break,
+                Poll::Ready(Ok(())) => driver.extend_from_slice(out.filled()),
+                other => panic!("the abandoned copy held the session: {other:?}"),
+            }
+        }
+        assert_eq!(driver, after);
+        assert!(tap.lock().rows.is_empty());
+    }
 }
