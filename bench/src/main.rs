@@ -85,6 +85,8 @@ fn postgres_suite(plan: &Plan) -> anyhow::Result<String> {
     let started = Instant::now();
     let started_at = machine::utc_now();
     let load_before = machine::load_average();
+    // Read now, as the binary was built: the tree may change while the run goes on.
+    let ferry_revision = machine::ferry_revision();
     let machine = Machine::describe();
     let testbed = Testbed::start(plan)?;
     let results = run_all(plan, |workload, contender| {
@@ -101,7 +103,7 @@ fn postgres_suite(plan: &Plan) -> anyhow::Result<String> {
         load_after: machine::load_average(),
         postgres: testbed.server_version(),
         pgcopydb,
-        ferry_revision: machine::ferry_revision(),
+        ferry_revision,
     };
     Ok(report::render(&context, &results))
 }
