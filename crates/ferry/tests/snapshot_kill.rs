@@ -18,6 +18,10 @@ const CHUNK_ROWS: u64 = 100_000;
 /// chunks in two waves of four left the second kill no wave to land in before the end.
 const WORKERS: u64 = 2;
 
+/// Rows of ~170 bytes (a 128-character text), so that a chunk takes long enough to copy for
+/// the second kill to land within the snapshot: with 45-byte rows the whole table was
+/// sometimes copied between two polls of the markers. 800k of them are ~130 MB, 4 chunks by
+/// `CHUNK_BYTES`, so the table is still cut by `CHUNK_ROWS`.
 fn rows() -> u64 {
     if std::env::var_os("FERRY_CHAOS_FULL").is_some() {
         2_000_000
@@ -49,7 +53,7 @@ fn kill_9_during_a_large_snapshot_copies_finished_chunks_once() {
         "shop",
         &format!(
             "CREATE TABLE big (id bigint PRIMARY KEY, v text);
-             INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;
+             INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, {rows}) g;
              ANALYZE big;"
         ),
     );

@@ -120,76 +120,74 @@ proptest! {
     }
 }
 
-#[test]
-fn an_unarmed_tap_passes_everything_on() {
-    let wire = [message(b'd', b"row\n"), message(b'Z', b"I")].concat();
-    let tap = Tap::default();
-    let mut stream = tap.wrap(Pieces(VecDeque::from([wire.clone()])));
+/// One read by the driver, into a buffer of 64 bytes: what it got, or `None` for a wait.
+fn read_once(stream: &mut Tapped<Pieces>) -> Option<Vec<u8>> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut space = vec![0u8; 64];
     let mut out = ReadBuf::new(&mut space);
-    assert!(Pin::new(&mut stream)
-        .poll_read(&mut cx, &mut out)
-        .is_ready());
-    assert_eq!(out.filled(), &wire[..]);
-}
-
-#[test]
-fn a_full_tap_stops_reading_until_its_rows_are_taken() {
-    let row = vec![7u8; 1000];
-    let count = 3 * TAP_BYTES / row.len();
-    let mut wire = Vec::new();
-    for _ in 0..count {
-        wire.extend_from_slice(&message(b'd', &row));
+    match Pin::new(stream).poll_read(&mut cx, &mut out) {
+        Poll::Ready(result) => {
+            result.expect("no error");
+            Some(out.filled().to_vec())
+        }
+        Poll::Pending => None,
     }
-    wire.extend_from_slice(&message(b'c', b""));
-    let tap = Tap::default();
-    let armed = tap.arm();
-    let mut stream = tap.wrap(Pieces(VecDeque::from([wire])));
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut space = vec![0u8; 64];
-    let mut out = ReadBuf::new(&mut space);
-    assert!(Pin::new(&mut stream)
-        .poll_read(&mut cx, &mut out)
-        .is_pending());
-    let held = tap.lock().whole;
-    assert!((TAP_BYTES..TAP_BYTES + row.len()).contains(&held), "{held}");
-    let mut copy = armed.rows(futures::stream::empty::<Result<Bytes, Infallible>>());
-    let Poll::Ready(Some(Ok(item))) = copy.poll_next_unpin(&mut cx) else {
-        panic!("rows ready");
-    };
-    assert_eq!(item.len(), held);
-    assert!(Pin::new(&mut stream)
-        .poll_read(&mut cx, &mut out)
-        .is_pending());
 }
 
-#[test]
-fn an_abandoned_copy_is_read_to_its_end_and_the_session_goes_on() {
+/// Rows of 1,000 bytes, three times what a tap holds, then `after`.
+fn three_taps_of_rows(after: &[u8]) -> Vec<u8> {
     let row = vec![7u8; 1000];
     let mut wire = Vec::new();
     for _ in 0..3 * TAP_BYTES / row.len() {
         wire.extend_from_slice(&message(b'd', &row));
     }
+    wire.extend_from_slice(after);
+    wire
+}
+
+#[test]
+fn an_unarmed_tap_passes_everything_on() {
+    let wire = [message(b'd', b"row\n"), message(b'Z', b"I")].concat();
+    let tap = Tap::default();
+    let mut stream = tap.wrap(Pieces(VecDeque::from([wire.clone()])));
+    assert_eq!(read_once(&mut stream), Some(wire));
+}
+
+#[test]
+fn a_full_tap_stops_reading_until_its_rows_are_taken() {
+    let wire = three_taps_of_rows(&message(b'c', b""));
+    let tap = Tap::default();
+    let armed = tap.arm();
+    let mut stream = tap.wrap(Pieces(VecDeque::from([wire])));
+    assert_eq!(read_once(&mut stream), None);
+    let held = tap.lock().whole;
+    assert!((TAP_BYTES..TAP_BYTES + 1000).contains(&held), "{held}");
+    let mut copy = armed.rows(futures::stream::empty::<Result<Bytes, Infallible>>());
+    let mut cx = Context::from_waker(Waker::noop());
+    let Poll::Ready(Some(Ok(item))) = copy.poll_next_unpin(&mut cx) else {
+        panic!("rows ready");
+    };
+    assert_eq!(item.len(), held);
+    assert_eq!(read_once(&mut stream), None);
+}
+
+#[test]
+fn an_abandoned_copy_is_read_to_its_end_and_the_session_goes_on() {
     let after = [
         message(b'c', b""),
         message(b'C', b"COPY\0"),
         message(b'Z', b"I"),
     ]
     .concat();
-    wire.extend_from_slice(&after);
+    let wire = three_taps_of_rows(&after);
     for taken_first in [false, true] {
         let tap = Tap::default();
         let armed = tap.arm();
         let mut stream = tap.wrap(Pieces(VecDeque::from([wire.clone()])));
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut space = vec![0u8; 64];
-        let mut out = ReadBuf::new(&mut space);
-        assert!(Pin::new(&mut stream)
-            .poll_read(&mut cx, &mut out)
-            .is_pending());
+        assert_eq!(read_once(&mut stream), None);
         if taken_first {
             let mut copy = armed.rows(futures::stream::pending::<Result<Bytes, Infallible>>());
+            let mut cx = Context::from_waker(Waker::noop());
             assert!(copy.poll_next_unpin(&mut cx).is_ready());
             drop(copy);
         } else {
@@ -198,12 +196,10 @@ fn an_abandoned_copy_is_read_to_its_end_and_the_session_goes_on() {
         }
         let mut driver = Vec::new();
         loop {
-            let mut space = vec![0u8; 64];
-            let mut out = ReadBuf::new(&mut space);
-            match Pin::new(&mut stream).poll_read(&mut cx, &mut out) {
-                Poll::Ready(Ok(())) if out.filled().is_empty() => break,
-                Poll::Ready(Ok(())) => driver.extend_from_slice(out.filled()),
-                other => panic!("the abandoned copy held the session: {other:?}"),
+            match read_once(&mut stream) {
+                Some(bytes) if bytes.is_empty() => break,
+                Some(bytes) => driver.extend_from_slice(&bytes),
+                None => panic!("the abandoned copy held the session"),
             }
         }
         assert_eq!(driver, after);
