@@ -203,39 +203,45 @@ pub async fn connect_tapped(
         // SSL is negotiated here, below the tap; the driver then speaks in the clear to it.
         let mut plain = config.clone();
         plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        let connected = match (host, tls) {
+        let wire: Box<dyn Wire> = match (host, tls) {
             (Host::Tcp(name), None) => {
-                let stream = tcp(&config, name, port).await.map_err(unreachable)?;
-                plain.connect_raw(tap.wrap(stream), NoTls).await.map(run)
+                Box::new(tcp(&config, name, port).await.map_err(unreachable)?)
             }
             (Host::Tcp(name), Some(tls)) => {
                 let stream = tcp(&config, name, port).await.map_err(unreachable)?;
                 match crate::tunnel::negotiate(stream, uri, &options, &tls, &what).await? {
-                    Negotiated::Tls(stream) => {
-                        plain.connect_raw(tap.wrap(stream), NoTls).await.map(run)
-                    }
-                    Negotiated::Plain(stream) => {
-                        plain.connect_raw(tap.wrap(stream), NoTls).await.map(run)
-                    }
+                    Negotiated::Tls(stream) => stream,
+                    Negotiated::Plain(stream) => Box::new(stream),
                 }
             }
             (Host::Unix(dir), _) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                let stream = tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(unreachable)?;
-                plain.connect_raw(tap.wrap(stream), NoTls).await.map(run)
+                Box::new(
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(unreachable)?,
+                )
             }
         };
-        connected.map_err(|e| login_failed(uri, &options, e))
+        plain
+            .connect_raw(tap.wrap(wire), NoTls)
+            .await
+            .map(run)
+            .map_err(|e| login_failed(uri, &options, e))
     };
     let client = within_login_timeout(uri, login).await?;
     Ok((client, Some(tap)))
 }
 
+/// A session's connection under its tap: TCP, TLS over TCP, or a Unix socket.
+trait Wire: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Wire for S {}
+
 /// A TCP connection to `host`, as the driver would open it: its connect timeout, no delay,
 /// its keepalives.
 async fn tcp(config: &Config, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     let connect = tokio::net::TcpStream::connect((host, port));
     let stream = match config.get_connect_timeout() {
         Some(limit) => tokio::time::timeout(*limit, connect).await.map_err(|_| {

@@ -171,9 +171,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let start = out.filled().len();
+        let cell = Arc::clone(&this.shared);
         loop {
-            match this.step(cx, out) {
-                Step::Continue => continue,
+            // One lock for all the messages `input` holds, not one per row.
+            let step = {
+                let mut shared = cell.lock().expect("tap lock");
+                loop {
+                    match this.step(&mut shared, cx, out) {
+                        Step::Continue => {}
+                        done => break done,
+                    }
+                }
+            };
+            match step {
+                Step::Continue => unreachable!("steps go on until one is not Continue"),
                 Step::Full => return Poll::Ready(Ok(())),
                 Step::Wait => {
                     if out.filled().len() > start {
@@ -189,11 +200,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
                     match this.fill(cx) {
                         Poll::Ready(Ok(true)) => continue,
                         Poll::Ready(Ok(false)) => {
-                            this.shared.lock().expect("tap lock").end();
+                            cell.lock().expect("tap lock").end();
                             return Poll::Ready(Ok(()));
                         }
                         Poll::Ready(Err(e)) => {
-                            this.shared.lock().expect("tap lock").end();
+                            cell.lock().expect("tap lock").end();
                             return Poll::Ready(Err(e));
                         }
                         Poll::Pending => return Poll::Pending,
@@ -216,7 +227,7 @@ enum Step {
 
 impl<S: AsyncRead + Unpin> Tapped<S> {
     /// Passes on or takes what `input` holds, one piece at a time.
-    fn step(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Step {
+    fn step(&mut self, shared: &mut Shared, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Step {
         if !self.forward.is_empty() {
             let n = self.forward.len().min(out.remaining());
             if n == 0 {
@@ -232,7 +243,6 @@ impl<S: AsyncRead + Unpin> Tapped<S> {
             }
             let n = self.body_left.min(self.input.len());
             if self.divert {
-                let mut shared = self.shared.lock().expect("tap lock");
                 if shared.abandoned {
                     self.input.advance(n);
                     self.body_left -= n;
@@ -275,7 +285,6 @@ impl<S: AsyncRead + Unpin> Tapped<S> {
         let length = u32::from_be_bytes(self.header[1..5].try_into().expect("4 bytes")) as usize;
         // A length below 4 is a broken stream: pass it on, the driver reports it.
         self.body_left = length.saturating_sub(4);
-        let mut shared = self.shared.lock().expect("tap lock");
         self.divert = shared.armed && kind == b'd';
         if !self.divert {
             self.forward = 0..5;
